@@ -1,0 +1,34 @@
+//! The `spendguard` command line. Each area keeps its subcommands in its own file
+//! (`cli/policy.rs`, `cli/ledger.rs`, `cli/service.rs`, ...); this file only routes.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spendguard",
+    version,
+    about = "Decides whether an autonomous agent may spend money, and proves afterwards why.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `spendguard=debug`.
+    #[arg(long, global = true, env = "SPENDGUARD_LOG", default_value = "warn")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    // Each area adds its variants below its own heading, and handles them in `run`.
+    // --- policy engine ---
+    // --- ledger ---
+    // --- service ---
+    // --- operators & auditors ---
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {}
+}

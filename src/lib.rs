@@ -1,0 +1,11 @@
+//! spendguard: decides whether an autonomous agent may spend money, and proves why.
+//!
+//! The pure core (`money`, `intent`, `decision`, `window`, `policy`) does no I/O.
+//! PostgreSQL, Kafka and HTTP live at the edges.
+
+pub mod decision;
+pub mod intent;
+pub mod money;
+pub mod window;
+pub mod cli;
+pub mod telemetry;

@@ -1,0 +1,14 @@
+use clap::Parser;
+use spendguard::cli::{self, Cli};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    spendguard::telemetry::init(&cli.log);
+    match cli::run(cli) {
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
