@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"). Brings up the real servers the
+# integration tests need (PostgreSQL and the tansu Kafka-protocol broker), then runs
+# every test. With CI=true a test that cannot reach a server fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh up
+# shellcheck disable=SC1091
+source scripts/env.sh
+
+cargo test --locked --all-targets "$@"
