@@ -3,9 +3,13 @@
 //! The pure core (`money`, `intent`, `decision`, `window`, `policy`) does no I/O.
 //! PostgreSQL, Kafka and HTTP live at the edges.
 
+pub mod cli;
 pub mod decision;
 pub mod intent;
 pub mod money;
-pub mod window;
-pub mod cli;
 pub mod telemetry;
+pub mod window;
+
+// --- operators & auditors ---
+pub mod api;
+pub mod report;

@@ -1,0 +1,545 @@
+//! The operators' and auditors' HTTP API (axum), mounted inside `spendguard serve`.
+//!
+//! Every route is declared once in [`openapi::OPERATIONS`] with its method, path, roles and
+//! response shapes; the router and the OpenAPI document are both built from that table, so
+//! the document cannot drift from the routes.
+//!
+//! The API reads through small traits ([`LedgerQueries`], [`PolicyCatalog`],
+//! [`KillSwitchControl`], [`ReadinessProbe`]) so the service can hand it its live ledger
+//! pool, the active policy set and the kill switch without this module knowing how they
+//! are wired.
+
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod views;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+pub use auth::{Principal, Role, TokenStore};
+pub use error::{ApiError, StoreError};
+use views::*;
+
+use crate::decision::PolicyIdentity;
+use crate::window::Windows;
+
+/// Largest request body accepted, in bytes. The only body is a kill-switch request
+/// (scope + reason ≤ 1 KiB); 8 KiB leaves room without letting a client make us buffer more.
+pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024;
+/// Most pending approvals returned by one request.
+pub const MAX_PENDING_APPROVALS_PAGE: usize = 500;
+/// Default page size of the approvals queue.
+pub const DEFAULT_PENDING_APPROVALS_PAGE: usize = 100;
+/// Longest id accepted in a path or query (same bound as intent ids).
+pub const MAX_PATH_ID_LEN: usize = crate::intent::MAX_ID_LEN;
+/// Longest kill-switch reason.
+pub const MAX_KILL_SWITCH_REASON_LEN: usize = 1024;
+
+/// Amounts an agent has in its current windows (from the ledger's usage projection).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowAmounts {
+    pub daily_spent: Decimal,
+    pub daily_reserved: Decimal,
+    pub monthly_spent: Decimal,
+    pub monthly_reserved: Decimal,
+}
+
+/// What the usage endpoint needs to know about the policy bound to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyLimits {
+    pub identity: PolicyIdentity,
+    pub currency: crate::money::Currency,
+    pub tz: Tz,
+    pub daily_cap: Option<Decimal>,
+    pub monthly_cap: Option<Decimal>,
+}
+
+/// Read access to the ledger.
+pub trait LedgerQueries: Send + Sync + 'static {
+    /// The recorded decision for an intent, with votes and outcome; `None` if unknown.
+    fn decision<'a>(
+        &'a self,
+        intent_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DecisionView>, StoreError>>;
+    /// The entity of the agent's most recent recorded intent; `None` if the agent is unknown.
+    fn agent_entity<'a>(
+        &'a self,
+        agent_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+    /// Committed and reserved amounts in the windows given (local day / month of `tz`).
+    fn window_amounts<'a>(
+        &'a self,
+        agent_id: &'a str,
+        windows: Windows,
+        tz: Tz,
+    ) -> BoxFuture<'a, Result<WindowAmounts, StoreError>>;
+    /// Intents waiting for approval, oldest first.
+    fn pending_approvals(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<PendingApprovalView>, StoreError>>;
+}
+
+/// The active policy set.
+pub trait PolicyCatalog: Send + Sync + 'static {
+    fn active(&self) -> Vec<PolicyView>;
+    /// The policy bound to an agent of an entity (most specific binding), if any.
+    fn limits_for(&self, agent_id: &str, entity_id: &str) -> Option<PolicyLimits>;
+}
+
+/// A kill-switch change as requested through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillSwitchChange {
+    pub scope: String,
+    pub on: bool,
+    /// `api:<token name>`.
+    pub actor: String,
+    pub reason: String,
+}
+
+/// Reads and changes the kill switch. `set` must record the audited ledger event before
+/// it returns, and propagate to every instance (`spend.control`).
+pub trait KillSwitchControl: Send + Sync + 'static {
+    fn status(&self) -> BoxFuture<'_, Result<KillSwitchStatus, StoreError>>;
+    fn set(
+        &self,
+        change: KillSwitchChange,
+    ) -> BoxFuture<'_, Result<KillSwitchScopeView, StoreError>>;
+}
+
+/// Whether the instance can do its job (PostgreSQL answers, broker answers, partitions
+/// assigned).
+pub trait ReadinessProbe: Send + Sync + 'static {
+    fn check(&self) -> BoxFuture<'_, Vec<ReadinessCheck>>;
+}
+
+/// Everything the handlers need. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub tokens: Arc<TokenStore>,
+    pub ledger: Arc<dyn LedgerQueries>,
+    pub policies: Arc<dyn PolicyCatalog>,
+    pub kill_switch: Arc<dyn KillSwitchControl>,
+    pub readiness: Arc<dyn ReadinessProbe>,
+    pub metrics: PrometheusHandle,
+    /// The clock for usage windows (tests pin it; the service passes `Utc::now`).
+    pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
+}
+
+/// The API's router, with authentication, body limit, JSON errors and request metrics.
+pub fn router(state: ApiState) -> Router {
+    let mut router: Router<ApiState> = Router::new();
+    for op in openapi::OPERATIONS {
+        let mut method_router: MethodRouter<ApiState> = (op.handler)();
+        if !op.roles.is_empty() {
+            method_router = method_router.route_layer(middleware::from_fn_with_state(
+                Gate {
+                    tokens: state.tokens.clone(),
+                    op,
+                },
+                require_role,
+            ));
+        }
+        router = router.route(op.path, method_router);
+    }
+    router
+        .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(record_request))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the API on `addr` until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_listener(listener, state, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0 and read the address back).
+pub async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "HTTP API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[derive(Clone)]
+struct Gate {
+    tokens: Arc<TokenStore>,
+    op: &'static openapi::Operation,
+}
+
+async fn require_role(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+    let principal = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::bearer_token)
+        .and_then(|token| gate.tokens.authenticate(token));
+    let Some(principal) = principal else {
+        return ApiError::Unauthorized.into_response();
+    };
+    if !gate.op.roles.contains(&principal.role) {
+        return ApiError::Forbidden {
+            role: principal.role.as_str(),
+            action: format!("{} {}", gate.op.method.to_uppercase(), gate.op.path),
+            allowed: gate
+                .op
+                .roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+        .into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+async fn record_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // The route template, never the raw path: ids must not become label values.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    crate::telemetry::record_http_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// `Json` whose rejections are our JSON errors (413 for oversized bodies, 415, 400).
+struct JsonBody<T>(T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::rejection::JsonRejection;
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::PayloadTooLarge {
+                    limit_bytes: MAX_REQUEST_BODY_BYTES,
+                })
+            }
+            Err(e) => Err(ApiError::InvalidRequest(format!(
+                "invalid JSON body: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_PATH_ID_LEN || id.chars().any(char::is_control) {
+        return Err(ApiError::InvalidRequest(format!(
+            "{what} must be 1..={MAX_PATH_ID_LEN} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+// ---- handlers ----
+
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    let checks = state.readiness.check().await;
+    let ready = !checks.is_empty() && checks.iter().all(|c| c.ok);
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Readiness { ready, checks })).into_response()
+}
+
+async fn metrics_text(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+async fn get_decision(
+    State(state): State<ApiState>,
+    Path(intent_id): Path<String>,
+) -> Result<Json<DecisionView>, ApiError> {
+    check_id("intentId", &intent_id)?;
+    match state.ledger.decision(&intent_id).await? {
+        Some(d) => Ok(Json(d)),
+        None => Err(ApiError::NotFound(format!(
+            "no decision is recorded for intent {intent_id:?}"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// Entity to resolve the policy binding for; default: the entity of the agent's last intent.
+    pub entity: Option<String>,
+}
+
+async fn get_usage(
+    State(state): State<ApiState>,
+    Path(agent_id): Path<String>,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AgentUsageView>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    check_id("agentId", &agent_id)?;
+    let entity_id = match query.entity {
+        Some(e) => {
+            check_id("entity", &e)?;
+            e
+        }
+        None => state.ledger.agent_entity(&agent_id).await?.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "agent {agent_id:?} has no recorded intents; pass ?entity=ID to see its (empty) windows"
+            ))
+        })?,
+    };
+    let limits = state.policies.limits_for(&agent_id, &entity_id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no policy is bound to agent {agent_id:?} of entity {entity_id:?}: add a binding in bindings.yaml"
+        ))
+    })?;
+    let now = (state.clock)();
+    let windows = Windows::containing(now, limits.tz);
+    let amounts = state
+        .ledger
+        .window_amounts(&agent_id, windows, limits.tz)
+        .await?;
+    Ok(Json(usage_view(
+        agent_id, entity_id, &limits, windows, amounts, now,
+    )))
+}
+
+/// Pure: the usage view of one agent's windows.
+pub fn usage_view(
+    agent_id: String,
+    entity_id: String,
+    limits: &PolicyLimits,
+    windows: Windows,
+    amounts: WindowAmounts,
+    now: DateTime<Utc>,
+) -> AgentUsageView {
+    let minor = limits.currency.minor_units;
+    let fmt = |d: Decimal| crate::money::format_amount(d, minor);
+    let window = |name: &str,
+                  period: String,
+                  spent: Decimal,
+                  reserved: Decimal,
+                  cap: Option<Decimal>,
+                  resets_at| {
+        WindowUsageView {
+            window: name.into(),
+            period,
+            spent: fmt(spent),
+            reserved: fmt(reserved),
+            cap: cap.map(fmt),
+            remaining: cap.map(|c| fmt((c - spent - reserved).max(Decimal::ZERO))),
+            resets_at,
+        }
+    };
+    AgentUsageView {
+        agent_id,
+        entity_id,
+        policy: limits.identity.clone(),
+        currency: limits.currency.code.to_string(),
+        timezone: limits.tz.name().to_string(),
+        as_of: now,
+        windows: vec![
+            window(
+                "day",
+                windows.day.to_string(),
+                amounts.daily_spent,
+                amounts.daily_reserved,
+                limits.daily_cap,
+                windows.day_resets_at(limits.tz),
+            ),
+            window(
+                "month",
+                month_label(windows.month),
+                amounts.monthly_spent,
+                amounts.monthly_reserved,
+                limits.monthly_cap,
+                windows.month_resets_at(limits.tz),
+            ),
+        ],
+    }
+}
+
+fn month_label(first_of_month: NaiveDate) -> String {
+    first_of_month.format("%Y-%m").to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsQuery {
+    pub status: Option<String>,
+    pub limit: Option<usize>,
+}
+
+async fn get_approvals(
+    State(state): State<ApiState>,
+    query: Result<Query<ApprovalsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PendingApprovals>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    match query.status.as_deref() {
+        None | Some("pending") => {}
+        Some(other) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "status={other:?} is not supported: only status=pending (closed intents are in GET /v1/decisions/{{intentId}} and the compliance report)"
+            )));
+        }
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_PENDING_APPROVALS_PAGE);
+    if limit == 0 || limit > MAX_PENDING_APPROVALS_PAGE {
+        return Err(ApiError::InvalidRequest(format!(
+            "limit must be 1..={MAX_PENDING_APPROVALS_PAGE}"
+        )));
+    }
+    let approvals = state.ledger.pending_approvals(limit).await?;
+    Ok(Json(PendingApprovals { approvals }))
+}
+
+async fn get_kill_switch(
+    State(state): State<ApiState>,
+) -> Result<Json<KillSwitchStatus>, ApiError> {
+    Ok(Json(state.kill_switch.status().await?))
+}
+
+async fn post_kill_switch(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(body): JsonBody<KillSwitchRequest>,
+) -> Result<Json<KillSwitchScopeView>, ApiError> {
+    validate_scope(&body.scope)?;
+    if body.reason.trim().is_empty() || body.reason.len() > MAX_KILL_SWITCH_REASON_LEN {
+        return Err(ApiError::InvalidRequest(format!(
+            "reason must be 1..={MAX_KILL_SWITCH_REASON_LEN} characters: say why, it goes into the audit trail"
+        )));
+    }
+    let change = KillSwitchChange {
+        scope: body.scope,
+        on: body.on,
+        actor: format!("api:{}", principal.name),
+        reason: body.reason,
+    };
+    tracing::info!(scope = %change.scope, on = change.on, actor = %change.actor, "kill switch change requested");
+    Ok(Json(state.kill_switch.set(change).await?))
+}
+
+/// `global`, `entity:ID` or `agent:ID` (same grammar as `spendguard kill-switch --scope`).
+pub fn validate_scope(scope: &str) -> Result<(), ApiError> {
+    let ok = match scope.split_once(':') {
+        None => scope == "global",
+        Some(("entity" | "agent", id)) => {
+            !id.is_empty() && id.len() <= MAX_PATH_ID_LEN && !id.chars().any(char::is_control)
+        }
+        Some(_) => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest(format!(
+            "invalid scope {:?}: use `global`, `entity:ID` or `agent:ID`",
+            scope.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+async fn get_policies(State(state): State<ApiState>) -> Json<ActivePolicies> {
+    let mut policies = state.policies.active();
+    policies.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    Json(ActivePolicies { policies })
+}
+
+// Route constructors referenced by the operation table.
+pub(crate) fn route_healthz() -> MethodRouter<ApiState> {
+    axum::routing::get(healthz)
+}
+pub(crate) fn route_readyz() -> MethodRouter<ApiState> {
+    axum::routing::get(readyz)
+}
+pub(crate) fn route_metrics() -> MethodRouter<ApiState> {
+    axum::routing::get(metrics_text)
+}
+pub(crate) fn route_openapi() -> MethodRouter<ApiState> {
+    axum::routing::get(openapi_json)
+}
+pub(crate) fn route_decision() -> MethodRouter<ApiState> {
+    axum::routing::get(get_decision)
+}
+pub(crate) fn route_usage() -> MethodRouter<ApiState> {
+    axum::routing::get(get_usage)
+}
+pub(crate) fn route_approvals() -> MethodRouter<ApiState> {
+    axum::routing::get(get_approvals)
+}
+pub(crate) fn route_kill_switch_get() -> MethodRouter<ApiState> {
+    axum::routing::get(get_kill_switch)
+}
+pub(crate) fn route_kill_switch_post() -> MethodRouter<ApiState> {
+    axum::routing::post(post_kill_switch)
+}
+pub(crate) fn route_policies() -> MethodRouter<ApiState> {
+    axum::routing::get(get_policies)
+}
+
+#[cfg(test)]
+mod tests;

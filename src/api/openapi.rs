@@ -1,0 +1,387 @@
+//! The operation table — the single source of the routes, their roles and their shapes —
+//! and the OpenAPI 3.1 document generated from it (schemas from the Rust types via
+//! `schemars`, so a changed field changes the document).
+
+use axum::routing::MethodRouter;
+use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
+use serde_json::{Map, Value, json};
+
+use super::ApiState;
+use super::auth::Role;
+use super::error::ErrorBody;
+use super::views::*;
+
+/// What a 200 response carries.
+#[derive(Clone, Copy)]
+pub enum Body {
+    /// JSON of the type whose schema the function returns.
+    Json(fn(&mut SchemaGenerator) -> schemars::Schema),
+    /// Prometheus text exposition format.
+    PrometheusText,
+    /// An arbitrary JSON object (the OpenAPI document itself).
+    AnyJson,
+}
+
+/// A query or path parameter.
+#[derive(Clone, Copy)]
+pub struct Param {
+    pub name: &'static str,
+    pub location: &'static str,
+    pub required: bool,
+    pub description: &'static str,
+    /// JSON Schema type: `string` or `integer`.
+    pub kind: &'static str,
+}
+
+/// One route.
+pub struct Operation {
+    /// Lower-case HTTP method.
+    pub method: &'static str,
+    /// axum / OpenAPI path template (`{name}` parameters).
+    pub path: &'static str,
+    pub operation_id: &'static str,
+    pub summary: &'static str,
+    /// Roles admitted; empty = no token needed.
+    pub roles: &'static [Role],
+    pub params: &'static [Param],
+    pub request: Option<fn(&mut SchemaGenerator) -> schemars::Schema>,
+    pub response: Body,
+    /// Error statuses besides 401/403 (which follow from `roles`).
+    pub errors: &'static [u16],
+    pub handler: fn() -> MethodRouter<ApiState>,
+}
+
+const ANY_ROLE: &[Role] = &[Role::Reader, Role::Operator, Role::Auditor];
+const STAFF: &[Role] = &[Role::Operator, Role::Auditor];
+const OPERATOR: &[Role] = &[Role::Operator];
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> schemars::Schema {
+    g.subschema_for::<T>()
+}
+
+pub static OPERATIONS: &[Operation] = &[
+    Operation {
+        method: "get",
+        path: "/healthz",
+        operation_id: "healthz",
+        summary: "Liveness: the process answers.",
+        roles: &[],
+        params: &[],
+        request: None,
+        response: Body::Json(schema::<Health>),
+        errors: &[],
+        handler: super::route_healthz,
+    },
+    Operation {
+        method: "get",
+        path: "/readyz",
+        operation_id: "readyz",
+        summary: "Readiness: PostgreSQL and the broker answer and partitions are assigned (503 otherwise, same body).",
+        roles: &[],
+        params: &[],
+        request: None,
+        response: Body::Json(schema::<Readiness>),
+        errors: &[503],
+        handler: super::route_readyz,
+    },
+    Operation {
+        method: "get",
+        path: "/metrics",
+        operation_id: "metrics",
+        summary: "Prometheus metrics (text exposition format).",
+        roles: STAFF,
+        params: &[],
+        request: None,
+        response: Body::PrometheusText,
+        errors: &[],
+        handler: super::route_metrics,
+    },
+    Operation {
+        method: "get",
+        path: "/openapi.json",
+        operation_id: "openapi",
+        summary: "This document.",
+        roles: &[],
+        params: &[],
+        request: None,
+        response: Body::AnyJson,
+        errors: &[],
+        handler: super::route_openapi,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/decisions/{intentId}",
+        operation_id: "getDecision",
+        summary: "A recorded decision with all reasons, the votes received and the outcome.",
+        roles: ANY_ROLE,
+        params: &[Param {
+            name: "intentId",
+            location: "path",
+            required: true,
+            description: "The intent's idempotency key.",
+            kind: "string",
+        }],
+        request: None,
+        response: Body::Json(schema::<DecisionView>),
+        errors: &[400, 404],
+        handler: super::route_decision,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/agents/{agentId}/usage",
+        operation_id: "getAgentUsage",
+        summary: "The agent's current day and month windows: spent, reserved, remaining, reset instant, in the policy's currency and timezone.",
+        roles: ANY_ROLE,
+        params: &[
+            Param {
+                name: "agentId",
+                location: "path",
+                required: true,
+                description: "The agent.",
+                kind: "string",
+            },
+            Param {
+                name: "entity",
+                location: "query",
+                required: false,
+                description: "Entity to resolve the policy binding for (default: the entity of the agent's last intent).",
+                kind: "string",
+            },
+        ],
+        request: None,
+        response: Body::Json(schema::<AgentUsageView>),
+        errors: &[400, 404],
+        handler: super::route_usage,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/approvals",
+        operation_id: "listPendingApprovals",
+        summary: "Intents waiting for approval (HITL / MSIG), oldest first.",
+        roles: STAFF,
+        params: &[
+            Param {
+                name: "status",
+                location: "query",
+                required: false,
+                description: "Only `pending` is supported (the default).",
+                kind: "string",
+            },
+            Param {
+                name: "limit",
+                location: "query",
+                required: false,
+                description: "Page size, 1..=500 (default 100).",
+                kind: "integer",
+            },
+        ],
+        request: None,
+        response: Body::Json(schema::<PendingApprovals>),
+        errors: &[400],
+        handler: super::route_approvals,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/kill-switch",
+        operation_id: "getKillSwitch",
+        summary: "Tripped kill-switch scopes with actor, reason and since when.",
+        roles: ANY_ROLE,
+        params: &[],
+        request: None,
+        response: Body::Json(schema::<KillSwitchStatus>),
+        errors: &[],
+        handler: super::route_kill_switch_get,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/kill-switch",
+        operation_id: "setKillSwitch",
+        summary: "Trip or clear the kill switch for a scope; recorded in the ledger with the token's name as actor and propagated to every instance.",
+        roles: OPERATOR,
+        params: &[],
+        request: Some(schema::<KillSwitchRequest>),
+        response: Body::Json(schema::<KillSwitchScopeView>),
+        errors: &[400, 413, 415],
+        handler: super::route_kill_switch_post,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/policies",
+        operation_id: "listPolicies",
+        summary: "The active policy set with identities (name, version, SHA-256).",
+        roles: STAFF,
+        params: &[],
+        request: None,
+        response: Body::Json(schema::<ActivePolicies>),
+        errors: &[],
+        handler: super::route_policies,
+    },
+];
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        400 => "Invalid request (code `invalid_request`).",
+        401 => "Missing or unknown bearer token (code `unauthorized`).",
+        403 => "The token's role may not use this route (code `forbidden`).",
+        404 => "Unknown id (code `not_found`).",
+        413 => "Body larger than the limit (code `payload_too_large`).",
+        415 => "Body is not JSON (code `unsupported_media_type`).",
+        503 => "Not ready.",
+        _ => "Error.",
+    }
+}
+
+/// The OpenAPI 3.1 document of [`OPERATIONS`].
+pub fn document() -> Value {
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    let mut generator = SchemaGenerator::new(settings);
+    let error_schema = generator.subschema_for::<ErrorBody>();
+
+    let mut paths = Map::new();
+    for op in OPERATIONS {
+        let mut responses = Map::new();
+        let ok = match op.response {
+            Body::Json(f) => {
+                json!({"description": "OK", "content": {"application/json": {"schema": f(&mut generator)}}})
+            }
+            Body::PrometheusText => {
+                json!({"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}})
+            }
+            Body::AnyJson => {
+                json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}})
+            }
+        };
+        responses.insert("200".into(), ok);
+        let mut statuses: Vec<u16> = op.errors.to_vec();
+        if !op.roles.is_empty() {
+            statuses.push(401);
+            if op.roles.len() < Role::ALL.len() {
+                statuses.push(403);
+            }
+        }
+        statuses.sort_unstable();
+        for status in statuses {
+            let schema = if status == 503 && op.operation_id == "readyz" {
+                generator.subschema_for::<Readiness>()
+            } else {
+                error_schema.clone()
+            };
+            responses.insert(
+                status.to_string(),
+                json!({"description": status_text(status), "content": {"application/json": {"schema": schema}}}),
+            );
+        }
+        let mut operation = json!({
+            "operationId": op.operation_id,
+            "summary": op.summary,
+            "responses": responses,
+            "x-roles": op.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        });
+        let obj = operation.as_object_mut().expect("built as an object above");
+        if op.roles.is_empty() {
+            obj.insert("security".into(), json!([]));
+        }
+        if !op.params.is_empty() {
+            let params: Vec<Value> = op
+                .params
+                .iter()
+                .map(|p| {
+                    json!({"name": p.name, "in": p.location, "required": p.required,
+                           "description": p.description, "schema": {"type": p.kind}})
+                })
+                .collect();
+            obj.insert("parameters".into(), Value::Array(params));
+        }
+        if let Some(f) = op.request {
+            obj.insert(
+                "requestBody".into(),
+                json!({"required": true, "content": {"application/json": {"schema": f(&mut generator)}}}),
+            );
+        }
+        let entry = paths
+            .entry(op.path.to_string())
+            .or_insert_with(|| json!({}));
+        if let Some(map) = entry.as_object_mut() {
+            map.insert(op.method.to_string(), operation);
+        }
+    }
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "spendguard operators' and auditors' API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Bearer tokens carry one role: reader, operator or auditor. `x-roles` lists the roles each operation admits. Errors are `{\"error\": {\"code\", \"message\"}}` with stable codes."
+        },
+        "paths": paths,
+        "components": {
+            "schemas": generator.take_definitions(true),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
+        },
+        "security": [{"bearer": []}]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` in the document resolves to a component schema.
+    #[test]
+    fn refs_resolve_and_every_operation_is_described() {
+        let doc = document();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        fn walk(v: &Value, refs: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        refs.push(r.clone());
+                    }
+                    m.values().for_each(|x| walk(x, refs));
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, refs)),
+                _ => {}
+            }
+        }
+        let mut refs = Vec::new();
+        walk(&doc, &mut refs);
+        assert!(!refs.is_empty());
+        for r in refs {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("odd ref {r}"));
+            assert!(schemas.contains_key(name), "dangling {r}");
+        }
+        for op in OPERATIONS {
+            let o = &doc["paths"][op.path][op.method];
+            assert_eq!(o["operationId"], op.operation_id);
+            assert!(o["responses"]["200"].is_object());
+            assert_eq!(
+                o["responses"]["401"].is_object(),
+                !op.roles.is_empty(),
+                "{}",
+                op.path
+            );
+            // Path parameters in the template are declared, and vice versa.
+            let declared: Vec<&str> = op
+                .params
+                .iter()
+                .filter(|p| p.location == "path")
+                .map(|p| p.name)
+                .collect();
+            let in_template: Vec<&str> = op
+                .path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                .collect();
+            assert_eq!(declared, in_template, "{}", op.path);
+        }
+        let ids: std::collections::BTreeSet<_> =
+            OPERATIONS.iter().map(|o| o.operation_id).collect();
+        assert_eq!(ids.len(), OPERATIONS.len());
+        assert!(schemas.contains_key("DecisionView"));
+        assert!(schemas.contains_key("ErrorBody"));
+    }
+}

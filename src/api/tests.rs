@@ -1,0 +1,473 @@
+//! Router tests in-process: authentication, roles, JSON errors, body limit, and that the
+//! routes served are exactly the documented ones. The backing traits are implemented
+//! in memory here; the same routes against the real ledger are in `tests/api_*.rs`.
+
+use super::*;
+use axum::body::Body;
+use axum::http::{Method, Request as HttpRequest, StatusCode};
+use chrono::TimeZone;
+use std::sync::Mutex;
+use tower::ServiceExt;
+
+struct MemLedger;
+impl LedgerQueries for MemLedger {
+    fn decision<'a>(
+        &'a self,
+        intent_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DecisionView>, StoreError>> {
+        Box::pin(async move {
+            Ok((intent_id == "i-1").then(|| DecisionView {
+                intent_id: "i-1".into(),
+                agent_id: "a-1".into(),
+                entity_id: "e-1".into(),
+                amount: "10.00".into(),
+                currency: "BRL".into(),
+                category: "utility".into(),
+                purpose: "PIX".into(),
+                effect: crate::decision::Effect::Allow,
+                approvals_required: 0,
+                reasons: vec![],
+                policy: None,
+                usage: None,
+                decided_at: Utc.timestamp_opt(0, 0).unwrap(),
+                ledger_seq: 1,
+                votes: vec![],
+                outcome: None,
+            }))
+        })
+    }
+    fn agent_entity<'a>(
+        &'a self,
+        agent_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move { Ok((agent_id == "a-1").then(|| "e-1".to_string())) })
+    }
+    fn window_amounts<'a>(
+        &'a self,
+        _: &'a str,
+        _: Windows,
+        _: Tz,
+    ) -> BoxFuture<'a, Result<WindowAmounts, StoreError>> {
+        Box::pin(async move {
+            Ok(WindowAmounts {
+                daily_spent: Decimal::new(30000, 2),
+                daily_reserved: Decimal::new(25000, 2),
+                monthly_spent: Decimal::new(90000, 2),
+                monthly_reserved: Decimal::new(25000, 2),
+            })
+        })
+    }
+    fn pending_approvals(
+        &self,
+        _: usize,
+    ) -> BoxFuture<'_, Result<Vec<PendingApprovalView>, StoreError>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+}
+
+struct MemPolicies;
+impl PolicyCatalog for MemPolicies {
+    fn active(&self) -> Vec<PolicyView> {
+        vec![PolicyView {
+            name: "p".into(),
+            version: "1".into(),
+            sha256: "00".repeat(32),
+            currency: "BRL".into(),
+            timezone: "America/Sao_Paulo".into(),
+        }]
+    }
+    fn limits_for(&self, _: &str, entity_id: &str) -> Option<PolicyLimits> {
+        (entity_id == "e-1").then(|| PolicyLimits {
+            identity: PolicyIdentity {
+                name: "p".into(),
+                version: "1".into(),
+                sha256: "00".repeat(32),
+            },
+            currency: crate::money::currency("BRL").unwrap(),
+            tz: chrono_tz::America::Sao_Paulo,
+            daily_cap: Some(Decimal::new(50000, 2)),
+            monthly_cap: None,
+        })
+    }
+}
+
+#[derive(Default)]
+struct MemKill(Mutex<Vec<KillSwitchChange>>);
+impl KillSwitchControl for MemKill {
+    fn status(&self) -> BoxFuture<'_, Result<KillSwitchStatus, StoreError>> {
+        Box::pin(async { Ok(KillSwitchStatus { active: vec![] }) })
+    }
+    fn set(
+        &self,
+        change: KillSwitchChange,
+    ) -> BoxFuture<'_, Result<KillSwitchScopeView, StoreError>> {
+        Box::pin(async move {
+            self.0.lock().unwrap().push(change.clone());
+            Ok(KillSwitchScopeView {
+                scope: change.scope,
+                on: change.on,
+                actor: change.actor,
+                reason: change.reason,
+                since: Utc.timestamp_opt(0, 0).unwrap(),
+            })
+        })
+    }
+}
+
+struct NotReady;
+impl ReadinessProbe for NotReady {
+    fn check(&self) -> BoxFuture<'_, Vec<ReadinessCheck>> {
+        Box::pin(async {
+            vec![
+                ReadinessCheck {
+                    name: "postgres".into(),
+                    ok: true,
+                    detail: "ok".into(),
+                },
+                ReadinessCheck {
+                    name: "partitions".into(),
+                    ok: false,
+                    detail: "none assigned".into(),
+                },
+            ]
+        })
+    }
+}
+
+const READER: &str = "reader-token";
+const OPERATOR: &str = "operator-token";
+const AUDITOR: &str = "auditor-token";
+
+fn state(kill: Arc<MemKill>) -> ApiState {
+    let tokens = TokenStore::default()
+        .with_hash("dash", Role::Reader, &auth::hash_token(READER))
+        .and_then(|t| t.with_hash("ops-alice", Role::Operator, &auth::hash_token(OPERATOR)))
+        .and_then(|t| t.with_hash("audit-bob", Role::Auditor, &auth::hash_token(AUDITOR)))
+        .unwrap();
+    ApiState {
+        tokens: Arc::new(tokens),
+        ledger: Arc::new(MemLedger),
+        policies: Arc::new(MemPolicies),
+        kill_switch: kill,
+        readiness: Arc::new(NotReady),
+        metrics: crate::telemetry::metrics_handle(),
+        clock: Arc::new(|| Utc.with_ymd_and_hms(2026, 11, 25, 15, 0, 0).unwrap()),
+    }
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = HttpRequest::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req
+        .body(Body::from(body.unwrap_or("").to_string()))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+        String::from_utf8_lossy(&bytes).into(),
+    ));
+    (status, json)
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{intentId}", "i-1")
+        .replace("{agentId}", "a-1")
+}
+
+#[tokio::test]
+async fn every_route_enforces_its_roles() {
+    let app = router(state(Arc::default()));
+    let body = r#"{"scope":"agent:a-1","on":true,"reason":"runaway"}"#;
+    for op in openapi::OPERATIONS {
+        let method = Method::from_bytes(op.method.to_uppercase().as_bytes()).unwrap();
+        let path = concrete(op.path);
+        let b = (op.method == "post").then_some(body);
+        let (status, json) = call(&app, method.clone(), &path, None, b).await;
+        if op.roles.is_empty() {
+            assert!(
+                status.is_success() || status == StatusCode::SERVICE_UNAVAILABLE,
+                "{path}: {status}"
+            );
+            continue;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} without a token");
+        assert_eq!(json["error"]["code"], "unauthorized");
+        let (status, _) = call(&app, method.clone(), &path, Some("wrong-token"), b).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{path} with an unknown token"
+        );
+        for (token, role) in [
+            (READER, Role::Reader),
+            (OPERATOR, Role::Operator),
+            (AUDITOR, Role::Auditor),
+        ] {
+            let (status, json) = call(&app, method.clone(), &path, Some(token), b).await;
+            if op.roles.contains(&role) {
+                assert_eq!(
+                    status,
+                    StatusCode::OK,
+                    "{} {path} as {role:?}: {json}",
+                    op.method
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{} {path} as {role:?}",
+                    op.method
+                );
+                assert_eq!(json["error"]["code"], "forbidden");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn errors_are_json_with_stable_codes() {
+    let kill = Arc::new(MemKill::default());
+    let app = router(state(kill.clone()));
+    let (s, j) = call(&app, Method::GET, "/v1/decisions/nope", Some(READER), None).await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (s, j) = call(&app, Method::GET, "/v1/nowhere", Some(READER), None).await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (s, j) = call(
+        &app,
+        Method::DELETE,
+        "/v1/kill-switch",
+        Some(OPERATOR),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+    let (s, j) = call(
+        &app,
+        Method::GET,
+        "/v1/agents/ghost/usage",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (s, j) = call(
+        &app,
+        Method::GET,
+        "/v1/approvals?status=closed",
+        Some(OPERATOR),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    let (s, _) = call(
+        &app,
+        Method::GET,
+        "/v1/approvals?limit=0",
+        Some(OPERATOR),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    for bad in [
+        r#"{"scope":"team:x","on":true,"reason":"r"}"#,
+        r#"{"scope":"global","on":true,"reason":""}"#,
+        r#"{"scope":"global","on":"yes","reason":"r"}"#,
+        r#"{"scope":"global","on":true,"reason":"r","extra":1}"#,
+        "not json",
+    ] {
+        let (s, j) = call(
+            &app,
+            Method::POST,
+            "/v1/kill-switch",
+            Some(OPERATOR),
+            Some(bad),
+        )
+        .await;
+        assert_eq!(
+            (s, j["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{bad}"
+        );
+    }
+    // Nothing invalid reached the kill switch.
+    assert!(kill.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn oversized_and_non_json_bodies_are_refused() {
+    let kill = Arc::new(MemKill::default());
+    let app = router(state(kill.clone()));
+    let huge = format!(
+        r#"{{"scope":"global","on":true,"reason":"{}"}}"#,
+        "x".repeat(MAX_REQUEST_BODY_BYTES)
+    );
+    let (s, j) = call(
+        &app,
+        Method::POST,
+        "/v1/kill-switch",
+        Some(OPERATOR),
+        Some(&huge),
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+    let req = HttpRequest::builder()
+        .method(Method::POST)
+        .uri("/v1/kill-switch")
+        .header("authorization", format!("Bearer {OPERATOR}"))
+        .header("content-type", "text/plain")
+        .body(Body::from("scope=global"))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(kill.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn kill_switch_actor_is_the_token_name() {
+    let kill = Arc::new(MemKill::default());
+    let app = router(state(kill.clone()));
+    let (s, j) = call(
+        &app,
+        Method::POST,
+        "/v1/kill-switch",
+        Some(OPERATOR),
+        Some(r#"{"scope":"entity:e-1","on":true,"reason":"fraud"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(j["actor"], "api:ops-alice");
+    let recorded = kill.0.lock().unwrap().clone();
+    assert_eq!(
+        recorded,
+        vec![KillSwitchChange {
+            scope: "entity:e-1".into(),
+            on: true,
+            actor: "api:ops-alice".into(),
+            reason: "fraud".into()
+        }]
+    );
+}
+
+#[tokio::test]
+async fn usage_reports_windows_in_policy_zone_and_currency() {
+    let app = router(state(Arc::default()));
+    let (s, j) = call(
+        &app,
+        Method::GET,
+        "/v1/agents/a-1/usage",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(j["currency"], "BRL");
+    assert_eq!(j["timezone"], "America/Sao_Paulo");
+    let day = &j["windows"][0];
+    assert_eq!(day["period"], "2026-11-25");
+    assert_eq!(day["spent"], "300.00");
+    assert_eq!(day["reserved"], "250.00");
+    // 500 - 300 - 250 would be negative: remaining is floored at zero.
+    assert_eq!(day["remaining"], "0.00");
+    // Next local midnight in São Paulo (UTC-3, no DST since 2019).
+    assert_eq!(day["resetsAt"], "2026-11-26T03:00:00Z");
+    let month = &j["windows"][1];
+    assert_eq!(month["period"], "2026-11");
+    assert_eq!(month["spent"], "900.00");
+    assert!(
+        month.get("remaining").is_none(),
+        "no monthly cap, no remaining"
+    );
+    assert_eq!(month["resetsAt"], "2026-12-01T03:00:00Z");
+}
+
+#[tokio::test]
+async fn readiness_is_503_until_every_check_passes() {
+    let app = router(state(Arc::default()));
+    let (s, j) = call(&app, Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(j["ready"], false);
+    assert_eq!(j["checks"][1]["name"], "partitions");
+}
+
+#[tokio::test]
+async fn served_routes_are_exactly_the_documented_ones() {
+    let app = router(state(Arc::default()));
+    let (s, doc) = call(&app, Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented = 0;
+    for (path, methods) in paths {
+        for method in ["get", "post", "put", "delete", "patch"] {
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (status, _) = call(&app, m, &concrete(path), Some(OPERATOR), Some("{}")).await;
+            if methods.get(method).is_some() {
+                documented += 1;
+                assert_ne!(
+                    status,
+                    StatusCode::NOT_FOUND,
+                    "{method} {path} documented but not routed"
+                );
+                assert_ne!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} documented but not routed"
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} routed but not documented"
+                );
+            }
+        }
+    }
+    assert_eq!(documented, openapi::OPERATIONS.len());
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template() {
+    let app = router(state(Arc::default()));
+    let (s, _) = call(&app, Method::GET, "/v1/decisions/i-1", Some(READER), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, text) = call(&app, Method::GET, "/metrics", Some(AUDITOR), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = text.as_str().unwrap().to_string();
+    assert!(
+        text.contains(r#"spendguard_http_requests_total{route="/v1/decisions/{intentId}",method="GET",status="200"}"#),
+        "{text}"
+    );
+    assert!(!text.contains("i-1"), "raw ids must not become labels");
+    assert!(!text.contains(READER), "tokens never appear");
+}

@@ -1,0 +1,203 @@
+//! The JSON shapes the API returns. Amounts are decimal strings in the policy's currency
+//! (never floats); instants are RFC 3339 UTC.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::decision::{Effect, PolicyIdentity};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    /// Always `ok` when the process answers.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: Vec<ReadinessCheck>,
+}
+
+/// One dependency's state (`postgres`, `broker`, `partitions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReadinessCheck {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReasonView {
+    pub effect: Effect,
+    pub code: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionUsageView {
+    pub daily_so_far: String,
+    pub monthly_so_far: String,
+    /// Local day of the window, `YYYY-MM-DD`.
+    pub day: String,
+    pub tz: String,
+}
+
+/// An approval vote as recorded, accepted or refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VoteView {
+    pub approver_id: String,
+    /// `APPROVE` or `REJECT`.
+    pub vote: String,
+    pub accepted: bool,
+    /// Why a refused vote was refused (stable code), absent when accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_reason: Option<String>,
+    #[schemars(with = "String")]
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutcomeView {
+    /// `APPROVED`, `REJECTED`, `EXPIRED` or `KILLED`.
+    pub outcome: String,
+    pub approvers: Vec<String>,
+    #[schemars(with = "String")]
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A recorded decision with everything that happened to it since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionView {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    pub amount: String,
+    pub currency: String,
+    pub category: String,
+    pub purpose: String,
+    pub effect: Effect,
+    pub approvals_required: u32,
+    /// Every finding, most severe first.
+    pub reasons: Vec<ReasonView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyIdentity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<DecisionUsageView>,
+    #[schemars(with = "String")]
+    pub decided_at: DateTime<Utc>,
+    pub ledger_seq: i64,
+    pub votes: Vec<VoteView>,
+    /// Absent while the intent waits for approval, and for decisions that never waited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<OutcomeView>,
+}
+
+/// One usage window of an agent, in the policy's currency and timezone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowUsageView {
+    /// `day` or `month`.
+    pub window: String,
+    /// `YYYY-MM-DD` for a day, `YYYY-MM` for a month (local to `timezone`).
+    pub period: String,
+    /// Committed spend: allowed, or waited and approved.
+    pub spent: String,
+    /// Held by intents still waiting for approval.
+    pub reserved: String,
+    /// Cap minus spent minus reserved (never below zero); absent when the policy has no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<String>,
+    #[schemars(with = "String")]
+    pub resets_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentUsageView {
+    pub agent_id: String,
+    pub entity_id: String,
+    pub policy: PolicyIdentity,
+    pub currency: String,
+    pub timezone: String,
+    #[schemars(with = "String")]
+    pub as_of: DateTime<Utc>,
+    pub windows: Vec<WindowUsageView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingApprovalView {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    pub amount: String,
+    pub currency: String,
+    pub effect: Effect,
+    pub approvals_required: u32,
+    pub approvals_received: u32,
+    #[schemars(with = "String")]
+    pub decided_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyIdentity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PendingApprovals {
+    pub approvals: Vec<PendingApprovalView>,
+}
+
+/// One tripped kill-switch scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KillSwitchScopeView {
+    /// `global`, `entity:ID` or `agent:ID`.
+    pub scope: String,
+    pub on: bool,
+    pub actor: String,
+    pub reason: String,
+    #[schemars(with = "String")]
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct KillSwitchStatus {
+    /// Scopes currently tripped; empty when nothing is.
+    pub active: Vec<KillSwitchScopeView>,
+}
+
+/// `POST /v1/kill-switch`. The actor is the token's configured name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KillSwitchRequest {
+    /// `global`, `entity:ID` or `agent:ID`.
+    pub scope: String,
+    /// `true` trips the switch, `false` clears it.
+    pub on: bool,
+    /// Why (recorded in the audit trail), 1..=1024 characters.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PolicyView {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub currency: String,
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ActivePolicies {
+    pub policies: Vec<PolicyView>,
+}

@@ -1,0 +1,1 @@
+//! Compliance reports and policy impact analysis (filled in once the ledger lands).
