@@ -3,12 +3,12 @@
 //! The pure core (`money`, `intent`, `decision`, `window`, `policy`) does no I/O.
 //! PostgreSQL, Kafka and HTTP live at the edges.
 
-pub mod cli;
 pub mod decision;
 pub mod intent;
 pub mod money;
-pub mod telemetry;
 pub mod window;
+pub mod cli;
+pub mod telemetry;
 
 // --- operators & auditors ---
 pub mod api;
