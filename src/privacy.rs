@@ -307,8 +307,10 @@ mod tests {
             mask_pans("card 4111 1111 1111 1111"),
             "card 411111******1111"
         );
-        // Not Luhn-valid: left alone.
-        assert_eq!(mask_pans("4111111111111112"), "4111111111111112");
+        // No 13-19 digit window is Luhn-valid: left alone.
+        assert_eq!(mask_pans("4111111111111113"), "4111111111111113");
+        // A PAN glued to other digits is still found (windows of longer runs).
+        assert!(!mask_pans("99378282246310005").contains("378282246310005"));
         // Too short to be a PAN.
         assert_eq!(mask_pans("123456789012"), "123456789012");
     }
