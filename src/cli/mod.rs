@@ -3,6 +3,9 @@
 
 use clap::{Parser, Subcommand};
 
+// --- policy engine ---
+pub mod policy;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "spendguard",
@@ -23,6 +26,11 @@ pub struct Cli {
 pub enum Command {
     // Each area adds its variants below its own heading, and handles them in `run`.
     // --- policy engine ---
+    /// Check policies and print the language's JSON Schema.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Decide intents offline (one JSON per line) against a policy or a policy directory.
+    Evaluate(policy::EvaluateArgs),
     // --- ledger ---
     // --- service ---
     // --- operators & auditors ---
@@ -30,5 +38,9 @@ pub enum Command {
 
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    match cli.command {}
+    match cli.command {
+        // --- policy engine ---
+        Command::Policy(cmd) => policy::run_policy(cmd),
+        Command::Evaluate(args) => policy::run_evaluate(args),
+    }
 }

@@ -114,10 +114,10 @@ impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parse_str(d, "a string", |s: &str| {
             if s.is_empty() || s.len() > MAX_PATTERN_LEN || s.chars().any(char::is_control) {
-                return Err((format!(
+                return Err(format!(
                     "pattern {:?} must be 1..={MAX_PATTERN_LEN} characters without control characters",
                     short(&s)
-                )));
+                ));
             }
             Ok(Pattern(s.to_string()))
         })
@@ -145,10 +145,10 @@ impl<'de> Deserialize<'de> for CountryCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parse_str(d, "a string", |s: &str| {
             if !(s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())) {
-                return Err((format!(
+                return Err(format!(
                     "country {:?} must be an ISO 3166-1 alpha-2 code in upper case, like \"BR\"",
                     short(&s)
-                )));
+                ));
             }
             Ok(CountryCode(s.to_string()))
         })
@@ -173,10 +173,10 @@ impl<'de> Deserialize<'de> for CurrencyCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parse_str(d, "a string", |s: &str| {
             if !crate::money::is_known_currency(&s) {
-                return Err((format!(
+                return Err(format!(
                     "currency {:?} is not a supported ISO 4217 code (write it in upper case, e.g. \"BRL\")",
                     short(&s)
-                )));
+                ));
             }
             Ok(CurrencyCode(s.to_string()))
         })
@@ -201,10 +201,10 @@ impl<'de> Deserialize<'de> for TimeZoneName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parse_str(d, "a string", |s: &str| {
             if s.parse::<chrono_tz::Tz>().is_err() {
-                return Err((format!(
+                return Err(format!(
                     "timezone {:?} is not an IANA timezone name (e.g. \"America/Sao_Paulo\", \"UTC\")",
                     short(&s)
-                )));
+                ));
             }
             Ok(TimeZoneName(s.to_string()))
         })
@@ -340,10 +340,10 @@ impl<'de> Deserialize<'de> for ReasonCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parse_str(d, "a string", |s: &str| {
             if !is_reason_code(&s) {
-                return Err((format!(
+                return Err(format!(
                     "reason {:?} must be a lower_snake_case code of 1..=64 characters (e.g. \"high_value_requires_dual_approval\")",
                     short(&s)
-                )));
+                ));
             }
             Ok(ReasonCode(s.to_string()))
         })
