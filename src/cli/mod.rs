@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+// --- policy engine ---
+pub mod policy;
 // --- ledger ---
 pub mod ledger;
 
@@ -26,6 +28,11 @@ pub struct Cli {
 pub enum Command {
     // Each area adds its variants below its own heading, and handles them in `run`.
     // --- policy engine ---
+    /// Check policies and print the language's JSON Schema.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Decide intents offline (one JSON per line) against a policy or a policy directory.
+    Evaluate(policy::EvaluateArgs),
     // --- ledger ---
     /// Database schema (migrations).
     #[command(subcommand)]
@@ -48,6 +55,9 @@ pub enum Command {
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        // --- policy engine ---
+        Command::Policy(cmd) => policy::run_policy(cmd),
+        Command::Evaluate(args) => policy::run_evaluate(args),
         // --- ledger ---
         Command::Db(c) => ledger::run_db(c),
         Command::Ledger(c) => ledger::run_ledger(c),
