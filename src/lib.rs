@@ -3,9 +3,15 @@
 //! The pure core (`money`, `intent`, `decision`, `window`, `policy`) does no I/O.
 //! PostgreSQL, Kafka and HTTP live at the edges.
 
+pub mod cli;
 pub mod decision;
 pub mod intent;
 pub mod money;
-pub mod window;
-pub mod cli;
 pub mod telemetry;
+pub mod window;
+// --- service (Kafka side) ---
+pub mod approvals;
+pub mod bus;
+pub mod config;
+pub mod kill_switch;
+pub mod loadgen;

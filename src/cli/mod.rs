@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod service;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "spendguard",
@@ -25,10 +27,33 @@ pub enum Command {
     // --- policy engine ---
     // --- ledger ---
     // --- service ---
+    /// Approver key management.
+    Approvers {
+        #[command(subcommand)]
+        command: service::ApproversCommand,
+    },
+    /// Publish spend intents to Kafka.
+    Intents {
+        #[command(subcommand)]
+        command: service::IntentsCommand,
+    },
+    /// Read decisions and outcomes from Kafka.
+    Decisions {
+        #[command(subcommand)]
+        command: service::DecisionsCommand,
+    },
+    /// Offer load and measure throughput and latency against a bare-broker baseline.
+    Loadgen(crate::loadgen::LoadgenArgs),
     // --- operators & auditors ---
 }
 
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    match cli.command {}
+    match cli.command {
+        // --- service ---
+        Command::Approvers { command } => service::approvers(command),
+        Command::Intents { command } => service::intents(command),
+        Command::Decisions { command } => service::decisions(command),
+        Command::Loadgen(args) => service::run_loadgen(args),
+    }
 }
