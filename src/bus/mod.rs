@@ -18,6 +18,10 @@ use crate::config::{CONTROL_PARTITIONS, Settings};
 
 /// How long admin and metadata requests may take before we report the broker as down.
 pub const ADMIN_TIMEOUT_MS: u64 = 10_000;
+/// tansu answers a fetch only when `fetch.wait.max.ms` expires, even if data arrived
+/// meanwhile (Apache Kafka answers as soon as `fetch.min.bytes` is there), so this bounds
+/// the consume latency; each idle consumer then sends ~1000/FETCH_WAIT_MAX_MS fetches/s.
+pub const FETCH_WAIT_MAX_MS: &str = "2";
 /// How long a produce may wait in the client queue / for the broker before it fails.
 pub const PRODUCE_TIMEOUT_MS: u64 = 30_000;
 
@@ -182,6 +186,7 @@ pub fn group_consumer(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .create()
         .map_err(client_err(brokers))
 }
@@ -198,7 +203,7 @@ pub fn standalone_consumer(brokers: &str) -> Result<StreamConsumer, BusError> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .create()
         .map_err(client_err(brokers))
 }
