@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::decision::KillState;
 use crate::intent::MAX_ID_LEN;
@@ -118,13 +119,39 @@ impl ControlMessage {
 #[derive(Debug, Default)]
 pub struct KillSwitch {
     active: RwLock<BTreeSet<Scope>>,
+    /// Bumped by every control message, so a slow re-read of the ledger that started
+    /// before a message arrived cannot overwrite the newer state.
+    generation: AtomicU64,
 }
 
 impl KillSwitch {
     pub fn new(active: impl IntoIterator<Item = Scope>) -> KillSwitch {
         KillSwitch {
             active: RwLock::new(active.into_iter().collect()),
+            generation: Default::default(),
         }
+    }
+
+    /// The current generation; pass it to [`KillSwitch::replace_if_unchanged`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Replaces the state read from the ledger unless a control message was applied since
+    /// `generation` was taken (then that message is newer than the read). Returns whether
+    /// the state was replaced.
+    pub fn replace_if_unchanged(
+        &self,
+        generation: u64,
+        active: impl IntoIterator<Item = Scope>,
+    ) -> bool {
+        let next: BTreeSet<Scope> = active.into_iter().collect();
+        let mut guard = self.active.write().unwrap_or_else(|p| p.into_inner());
+        if self.generation() != generation {
+            return false;
+        }
+        *guard = next;
+        true
     }
 
     /// Replaces the whole state (restore from the ledger).
@@ -135,6 +162,7 @@ impl KillSwitch {
 
     pub fn set(&self, scope: Scope, on: bool) {
         let mut guard = self.active.write().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if on {
             guard.insert(scope);
         } else {
@@ -210,6 +238,28 @@ mod tests {
         ks.set(Scope::Entity("e1".into()), false);
         assert_eq!(ks.state_for("a1", "e1"), KillState::Off);
         ks.replace([]);
+        assert!(ks.active().is_empty());
+    }
+
+    #[test]
+    fn a_stale_ledger_read_does_not_undo_a_newer_message() {
+        let ks = KillSwitch::default();
+        let before = ks.generation();
+        ks.set(Scope::Global, true);
+        assert!(!ks.replace_if_unchanged(before, []));
+        assert_eq!(ks.active(), vec![Scope::Global]);
+        assert!(ks.replace_if_unchanged(ks.generation(), []));
+        assert!(ks.active().is_empty());
+    }
+
+    #[test]
+    fn a_stale_ledger_read_does_not_undo_a_newer_message() {
+        let ks = KillSwitch::default();
+        let before = ks.generation();
+        ks.set(Scope::Global, true);
+        assert!(!ks.replace_if_unchanged(before, []));
+        assert_eq!(ks.active(), vec![Scope::Global]);
+        assert!(ks.replace_if_unchanged(ks.generation(), []));
         assert!(ks.active().is_empty());
     }
 

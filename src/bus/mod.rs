@@ -46,6 +46,19 @@ impl Topics {
         }
     }
 
+    /// The deployment's name of a topic named without prefix (as the ledger's outbox
+    /// records it: `spend.decisions`).
+    pub fn resolve(&self, logical: &str) -> String {
+        match logical {
+            "spend.intents" => self.intents.clone(),
+            "spend.decisions" => self.decisions.clone(),
+            "spend.approvals" => self.approvals.clone(),
+            "spend.control" => self.control.clone(),
+            "spend.dlq" => self.dlq.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// Every topic with the partition count it is created with.
     pub fn layout(&self, s: &Settings) -> Vec<(String, i32)> {
         vec![
