@@ -556,6 +556,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_registry_matches_the_demo_keys() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let registry = Registry::load(&root.join("policies/approvers.yaml")).unwrap();
+        for id in ["alice", "bob", "carol"] {
+            let key = read_signing_key(&root.join(format!("examples/keys/{id}.key"))).unwrap();
+            assert_eq!(registry.get(id).unwrap().key, key.verifying_key(), "{id}");
+        }
+    }
+
+    #[test]
     fn globs_match_like_shell_patterns() {
         assert!(glob_match("acme-*", "acme-br"));
         assert!(glob_match("*", ""));
