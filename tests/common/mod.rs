@@ -72,3 +72,17 @@ pub fn unique(prefix: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
 }
+
+/// Creates a fresh, empty database on the server of `DATABASE_URL` and returns its URL.
+pub async fn fresh_database(prefix: &str) -> String {
+    use sqlx::Connection;
+    let base = database_url();
+    let name = unique(prefix).replace(['-', '.'], "_");
+    let mut conn = sqlx::PgConnection::connect(&base).await.expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let (server, _) = base.rsplit_once('/').unwrap_or((&base, ""));
+    format!("{server}/{name}")
+}
