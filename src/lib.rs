@@ -15,3 +15,4 @@ pub mod bus;
 pub mod config;
 pub mod kill_switch;
 pub mod loadgen;
+pub mod serve;

@@ -27,6 +27,12 @@ pub enum Command {
     // --- policy engine ---
     // --- ledger ---
     // --- service ---
+    /// Consume intents and votes, decide through the ledger, publish decisions.
+    Serve(crate::config::ServiceArgs),
+    /// Sign and publish an approval vote for a waiting intent.
+    Approve(service::ApproveArgs),
+    /// Trip, clear or show the kill switch.
+    KillSwitch(service::KillSwitchArgs),
     /// Approver key management.
     Approvers {
         #[command(subcommand)]
@@ -51,6 +57,9 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         // --- service ---
+        Command::Serve(args) => service::serve(args),
+        Command::Approve(args) => service::approve(args),
+        Command::KillSwitch(args) => service::kill_switch(args),
         Command::Approvers { command } => service::approvers(command),
         Command::Intents { command } => service::intents(command),
         Command::Decisions { command } => service::decisions(command),

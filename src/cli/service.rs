@@ -9,14 +9,59 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::approvals;
+use crate::approvals::{self, Vote};
 use crate::bus::{self, Topics};
 use crate::config::ServiceArgs;
+use crate::kill_switch::{ControlMessage, Scope};
+use crate::ledger::{Ledger, Origin};
 use crate::loadgen;
 
 /// Longest line `intents publish` accepts (anything longer is certainly not an intent,
 /// but it is still published so the service dead-letters it visibly).
 const MAX_PUBLISH_LINE_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// The waiting intent to vote on.
+    #[arg(long)]
+    pub intent: String,
+    /// Your approver id (as registered in approvers.yaml).
+    #[arg(long)]
+    pub approver: String,
+    /// Your secret key file (from `spendguard approvers keygen`).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Vote REJECT instead of APPROVE.
+    #[arg(long)]
+    pub reject: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KillAction {
+    On,
+    Off,
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct KillSwitchArgs {
+    /// `on` trips, `off` clears, `status` lists the tripped scopes.
+    #[arg(value_enum)]
+    pub action: KillAction,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// `global`, `entity:ID` or `agent:ID` (required for on/off).
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Why (required for on/off; recorded in the audit trail).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who (default: $USER).
+    #[arg(long, env = "USER")]
+    pub actor: Option<String>,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum ApproversCommand {
@@ -264,6 +309,128 @@ pub fn describe(payload: &[u8]) -> String {
         s("effect"),
         codes.join("; ")
     )
+}
+
+pub fn serve(service: ServiceArgs) -> anyhow::Result<i32> {
+    let settings = service.resolve()?;
+    runtime()?.block_on(crate::serve::run(settings, crate::serve::termination()))?;
+    Ok(0)
+}
+
+pub fn approve(args: ApproveArgs) -> anyhow::Result<i32> {
+    let settings = args.service.resolve()?;
+    let key = approvals::read_signing_key(&args.key).map_err(anyhow::Error::msg)?;
+    let topics = Topics::with_prefix(&settings.topic_prefix);
+    runtime()?.block_on(async move {
+        let ledger = Ledger::connect(&settings.database_url, &settings.instance).await?;
+        let Some(record) = ledger.decision(&args.intent).await? else {
+            bail!(
+                "no decision is recorded for intent {}: check the id (`spendguard decisions tail`)",
+                args.intent
+            );
+        };
+        // Show what is being signed: the approver vouches for this exact decision.
+        eprintln!("{}", describe(&serde_json::to_vec(&record.message)?));
+        let vote = if args.reject {
+            Vote::Reject
+        } else {
+            Vote::Approve
+        };
+        let msg = approvals::sign_vote(
+            &key,
+            &args.intent,
+            &args.approver,
+            &record.decision_hash,
+            vote,
+        );
+        let producer = bus::producer(&settings.brokers)?;
+        bus::publish(
+            &producer,
+            &topics.approvals,
+            args.intent.as_bytes(),
+            &serde_json::to_vec(&msg)?,
+            None,
+        )
+        .await?;
+        eprintln!(
+            "{} by {} on {} published to {}",
+            vote.as_str(),
+            args.approver,
+            args.intent,
+            topics.approvals
+        );
+        Ok(0)
+    })
+}
+
+pub fn kill_switch(args: KillSwitchArgs) -> anyhow::Result<i32> {
+    let settings = args.service.resolve()?;
+    let topics = Topics::with_prefix(&settings.topic_prefix);
+    runtime()?.block_on(async move {
+        let ledger = Ledger::connect(&settings.database_url, &settings.instance).await?;
+        if args.action == KillAction::Status {
+            let entries = ledger.kill_switch_state().await?;
+            let active: Vec<_> = entries.iter().filter(|e| e.active).collect();
+            if active.is_empty() {
+                println!("kill switch: off (no scope tripped)");
+            }
+            for e in active {
+                println!(
+                    "kill switch: ON for {} since {} by {}: {}",
+                    e.scope, e.changed_at, e.actor, e.reason
+                );
+            }
+            return Ok(0);
+        }
+        let on = args.action == KillAction::On;
+        let scope_text = args
+            .scope
+            .context("--scope is required: global, entity:ID or agent:ID")?;
+        let scope = Scope::parse(&scope_text)?;
+        let reason = args
+            .reason
+            .context("--reason is required: it is recorded in the audit trail")?;
+        let actor = args.actor.unwrap_or_else(|| "unknown-operator".into());
+        // The ledger first: the audited event is the truth, the message only spreads it
+        // (instances re-read the ledger if the message is lost).
+        ledger
+            .set_kill_switch(
+                &scope.to_string(),
+                on,
+                &actor,
+                &reason,
+                &Origin::cli(&settings.instance),
+            )
+            .await?;
+        // Connect before stamping `sentAt`, so the propagation measured by the instances
+        // is publish -> applied, not client start-up.
+        bus::ensure_topics(&settings.brokers, &topics.layout(&settings)).await?;
+        let producer = bus::producer(&settings.brokers)?;
+        // Metadata through the producer's own client opens its broker connection.
+        rdkafka::producer::Producer::client(&producer)
+            .fetch_metadata(
+                Some(&topics.control),
+                Duration::from_millis(bus::ADMIN_TIMEOUT_MS),
+            )
+            .context("cannot reach the broker")?;
+        let control = ControlMessage {
+            scope: scope.clone(),
+            on,
+            actor,
+            reason,
+            sent_at: chrono::Utc::now(),
+        };
+        bus::publish(
+            &producer,
+            &topics.control,
+            scope.to_string().as_bytes(),
+            &serde_json::to_vec(&control)?,
+            None,
+        )
+        .await?;
+        eprintln!("kill switch {} for {scope}", if on { "ON" } else { "OFF" });
+        Ok(0)
+    })
 }
 
 pub fn run_loadgen(args: loadgen::LoadgenArgs) -> anyhow::Result<i32> {
