@@ -156,7 +156,10 @@ pub async fn run(
         w.await.context("worker task failed")?;
     }
     // Every stored offset belongs to committed ledger work: commit them now.
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+    // NoOffset = nothing stored since the last auto-commit: nothing to do.
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
+        && e.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::NoOffset)
+    {
         tracing::warn!(error = %e, "final offset commit failed; the next owner redelivers (the ledger deduplicates)");
     }
     shared.outbox_ready.notify_one();
