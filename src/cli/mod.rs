@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod policy;
 // --- ledger ---
 pub mod ledger;
+pub mod service;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,6 +50,29 @@ pub enum Command {
     #[command(subcommand)]
     Privacy(ledger::PrivacyCommand),
     // --- service ---
+    /// Consume intents and votes, decide through the ledger, publish decisions.
+    Serve(crate::config::ServiceArgs),
+    /// Sign and publish an approval vote for a waiting intent.
+    Approve(service::ApproveArgs),
+    /// Trip, clear or show the kill switch.
+    KillSwitch(service::KillSwitchArgs),
+    /// Approver key management.
+    Approvers {
+        #[command(subcommand)]
+        command: service::ApproversCommand,
+    },
+    /// Publish spend intents to Kafka.
+    Intents {
+        #[command(subcommand)]
+        command: service::IntentsCommand,
+    },
+    /// Read decisions and outcomes from Kafka.
+    Decisions {
+        #[command(subcommand)]
+        command: service::DecisionsCommand,
+    },
+    /// Offer load and measure throughput and latency against a bare-broker baseline.
+    Loadgen(crate::loadgen::LoadgenArgs),
     // --- operators & auditors ---
 }
 
@@ -64,5 +88,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit(c) => ledger::run_audit(c),
         Command::Replay(a) => ledger::run_replay(a),
         Command::Privacy(c) => ledger::run_privacy(c),
+        // --- service ---
+        Command::Serve(args) => service::serve(args),
+        Command::Approve(args) => service::approve(args),
+        Command::KillSwitch(args) => service::kill_switch(args),
+        Command::Approvers { command } => service::approvers(command),
+        Command::Intents { command } => service::intents(command),
+        Command::Decisions { command } => service::decisions(command),
+        Command::Loadgen(args) => service::run_loadgen(args),
     }
 }
