@@ -18,6 +18,8 @@ export DATABASE_URL="$server/spendguard_demo"
 export SPENDGUARD_TOPIC_PREFIX="demo$run_id."
 export SPENDGUARD_POLICIES="${SPENDGUARD_POLICIES:-policies}"
 log=target/demo-serve.log
+# Seconds without a new message after which the demo stops reading a topic.
+IDLE_S=5
 
 "$bin" serve --instance demo >"$log" 2>&1 &
 serve_pid=$!
@@ -28,8 +30,9 @@ for _ in $(seq 120); do
   sleep 0.5
 done
 
-count=$(grep -cv '^[[:space:]]*$' examples/intents.jsonl)
 "$bin" intents publish --input examples/intents.jsonl
-echo "--- decisions (serve log: $log) ---"
-"$bin" decisions tail --from-beginning --count "$count" --idle-timeout 20
-echo "--- dead letters: malformed input goes to ${SPENDGUARD_TOPIC_PREFIX}spend.dlq ---"
+# Every line gets exactly one answer: a decision, or a dead letter when it is malformed.
+echo "--- decisions on ${SPENDGUARD_TOPIC_PREFIX}spend.decisions (serve log: $log) ---"
+"$bin" decisions tail --from-beginning --idle-timeout "$IDLE_S"
+echo "--- dead letters on ${SPENDGUARD_TOPIC_PREFIX}spend.dlq ---"
+"$bin" decisions tail --dead-letters --from-beginning --idle-timeout "$IDLE_S"

@@ -22,21 +22,9 @@ pub const MAX_VOTE_BYTES: usize = 4 * 1024;
 /// Largest approver registry accepted.
 pub const MAX_REGISTRY_BYTES: u64 = 1024 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Vote {
-    Approve,
-    Reject,
-}
-
-impl Vote {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Vote::Approve => "APPROVE",
-            Vote::Reject => "REJECT",
-        }
-    }
-}
+/// The vote and the verified vote are the ledger's types: what this module checks is
+/// exactly what the ledger records.
+pub use crate::ledger::{VerifiedVote, Vote};
 
 /// The message on `spend.approvals`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,17 +36,6 @@ pub struct VoteMessage {
     /// Base64 Ed25519 signature over [`signing_message`]. Absent or empty = unsigned.
     #[serde(default)]
     pub signature: Option<String>,
-    pub signed_at: DateTime<Utc>,
-}
-
-/// A vote whose signature and separation-of-duties checks passed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VerifiedVote {
-    pub intent_id: String,
-    pub approver_id: String,
-    pub vote: Vote,
-    pub signature: String,
     pub signed_at: DateTime<Utc>,
 }
 
@@ -289,7 +266,6 @@ impl Registry {
             intent_id: vote.intent_id.clone(),
             approver_id: vote.approver_id.clone(),
             vote: vote.vote,
-            signature: sig_text.to_string(),
             signed_at: vote.signed_at,
         })
     }
@@ -563,6 +539,20 @@ mod tests {
             let key = read_signing_key(&root.join(format!("examples/keys/{id}.key"))).unwrap();
             assert_eq!(registry.get(id).unwrap().key, key.verifying_key(), "{id}");
         }
+    }
+
+    #[test]
+    fn the_registry_next_to_the_policies_is_not_loaded_as_a_policy() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        assert!(root.join("approvers.yaml").exists());
+        let set = crate::policy::PolicySet::load_dir(&root).unwrap();
+        assert!(set.policies().all(|p| p.identity.name != "approvers"));
+        assert!(
+            !crate::policy::dir_files(&root)
+                .unwrap()
+                .iter()
+                .any(|p| crate::policy::is_approvers_file(p))
+        );
     }
 
     #[test]

@@ -32,15 +32,6 @@ fn registry_yaml() -> String {
     )
 }
 
-fn intent(id: &str, amount: &str) -> String {
-    serde_json::json!({
-        "intentId": id, "agentId": AGENT, "entityId": "acme-br", "amount": amount,
-        "currency": "BRL", "category": "supplies",
-        "beneficiary": {"id": "vendor:acme-supplies", "country": "BR"}, "purpose": "PIX"
-    })
-    .to_string()
-}
-
 async fn refusal_reasons(db: &str) -> Vec<(String, String)> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(db).await.unwrap();
@@ -48,6 +39,18 @@ async fn refusal_reasons(db: &str) -> Vec<(String, String)> {
         "SELECT coalesce(payload::jsonb->>'intentId', ''), payload::jsonb->>'reason' FROM ledger_event WHERE event_type = 'vote_refused' ORDER BY seq",
     )
     .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// Sums of committed and reserved over every usage window row.
+async fn usage_totals(db: &str) -> (rust_decimal::Decimal, rust_decimal::Decimal) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(db).await.unwrap();
+    sqlx::query_as(
+        "SELECT coalesce(sum(committed), 0), coalesce(sum(reserved), 0) FROM usage_window",
+    )
+    .fetch_one(&mut conn)
     .await
     .unwrap()
 }
@@ -78,7 +81,7 @@ async fn approvals_complete_reject_and_refuse_with_audited_reasons() {
     let settings = ServiceArgs {
         database_url: Some(db.clone()),
         brokers: Some(brokers.clone()),
-        policies: Some(common::policies_dir()),
+        policies: Some(common::test_policies(dir.path(), "1", "1000000", "1h")),
         approvers: Some(approvers),
         topic_prefix: Some(prefix.clone()),
         group_id: Some(common::unique("g-")),
@@ -93,22 +96,21 @@ async fn approvals_complete_reject_and_refuse_with_audited_reasons() {
         let _ = stop_rx.await;
     }));
 
-    // Candidates: large amounts (multi-signature) and a run of mid-size ones whose sum
-    // passes the daily cap (human approval).
+    // Large amounts need two approvals; an unknown beneficiary needs one.
     let producer = bus::producer(&brokers).unwrap();
     let mut ids = Vec::new();
     for i in 0..4 {
-        ids.push((format!("big-{i}"), "2500.00"));
+        ids.push((format!("big-{i}"), "2500.00", "vendor:known"));
     }
-    for i in 0..12 {
-        ids.push((format!("mid-{i}"), "1900.00"));
+    for i in 0..4 {
+        ids.push((format!("new-{i}"), "190.00", "vendor:new"));
     }
-    for (id, amount) in &ids {
+    for (id, amount, beneficiary) in &ids {
         bus::publish(
             &producer,
             &topics.intents,
             AGENT.as_bytes(),
-            intent(id, amount).as_bytes(),
+            common::intent_json(id, AGENT, amount, beneficiary).as_bytes(),
             None,
         )
         .await
@@ -336,11 +338,15 @@ async fn approvals_complete_reject_and_refuse_with_audited_reasons() {
     .await;
     assert_eq!(outcome(m3.clone()).await.as_deref(), Some("KILLED"));
 
+    // 6 on the HITL intent (unsigned, forged, unknown, wrong entity, self, replayed),
+    // the unknown intent, the duplicate MSIG vote, and the vote after closing.
+    const REFUSALS: usize = 9;
     wait_for("every refusal audited", || async {
-        refusal_reasons(&db).await.len() >= 10
+        refusal_reasons(&db).await.len() >= REFUSALS
     })
     .await;
     let reasons = refusal_reasons(&db).await;
+    assert_eq!(reasons.len(), REFUSALS, "{reasons:?}");
     let on_h: Vec<&str> = reasons
         .iter()
         .filter(|(i, _)| *i == h)
@@ -379,6 +385,18 @@ async fn approvals_complete_reject_and_refuse_with_audited_reasons() {
             .any(|(i, r)| *i == h && (r == "already_closed" || r == "not_awaiting_approval")),
         "{reasons:?}"
     );
+
+    // Usage: what was approved is committed, what still waits is reserved, nothing else.
+    let (committed, reserved) = usage_totals(&db).await;
+    let approved: rust_decimal::Decimal = "2690.00".parse().unwrap(); // h (190) + m1 (2500)
+    let waiting_amount = ids
+        .iter()
+        .filter(|(id, _, _)| ![&h, &m1, &m2, &m3].contains(&&id.to_string()))
+        .map(|(_, a, _)| a.parse::<rust_decimal::Decimal>().unwrap())
+        .sum::<rust_decimal::Decimal>();
+    // Day and month windows each hold the same amounts.
+    assert_eq!(committed, approved * rust_decimal::Decimal::from(2));
+    assert_eq!(reserved, waiting_amount * rust_decimal::Decimal::from(2));
 
     stop_tx.send(()).unwrap();
     service.await.unwrap().expect("serve stops cleanly");

@@ -113,6 +113,10 @@ pub struct TailArgs {
     /// Stop when no message arrived for this many seconds.
     #[arg(long)]
     pub idle_timeout: Option<u64>,
+    /// Follow the dead-letter topic (spend.dlq) instead: each refused message with the
+    /// error code and message from its headers.
+    #[arg(long)]
+    pub dead_letters: bool,
 }
 
 pub fn approvers(cmd: ApproversCommand) -> anyhow::Result<i32> {
@@ -229,7 +233,12 @@ pub fn decisions(cmd: DecisionsCommand) -> anyhow::Result<i32> {
         } else {
             rdkafka::Offset::End
         };
-        bus::assign_all(&consumer, &settings.brokers, &topics.decisions, start)?;
+        let topic = if args.dead_letters {
+            &topics.dlq
+        } else {
+            &topics.decisions
+        };
+        bus::assign_all(&consumer, &settings.brokers, topic, start)?;
         let mut stream = consumer.stream();
         let mut seen = 0usize;
         let stdout = std::io::stdout();
@@ -247,10 +256,12 @@ pub fn decisions(cmd: DecisionsCommand) -> anyhow::Result<i32> {
                 None => stream.next().await,
             };
             let Some(msg) = next else { return Ok(0) };
-            let msg = msg.context("reading spend.decisions")?;
+            let msg = msg.with_context(|| format!("reading {topic}"))?;
             let payload = msg.payload().unwrap_or_default();
             let mut out = stdout.lock();
-            if args.format == "json" {
+            if args.dead_letters {
+                writeln!(out, "{}", describe_dead_letter(&msg, &args.format))?;
+            } else if args.format == "json" {
                 out.write_all(payload)?;
                 out.write_all(b"\n")?;
             } else {
@@ -260,6 +271,37 @@ pub fn decisions(cmd: DecisionsCommand) -> anyhow::Result<i32> {
             seen += 1;
         }
     })
+}
+
+/// One line for a dead letter: its error headers and the original bytes (as text when
+/// they are UTF-8). `json` gives `{"error": {header: value}, "original": text}`.
+fn describe_dead_letter(msg: &rdkafka::message::BorrowedMessage<'_>, format: &str) -> String {
+    use rdkafka::message::Headers;
+    let mut headers = serde_json::Map::new();
+    if let Some(h) = msg.headers() {
+        for header in h.iter() {
+            let value = header
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            let name = header.key.strip_prefix("spendguard-").unwrap_or(header.key);
+            headers.insert(name.to_string(), serde_json::Value::String(value));
+        }
+    }
+    let original = String::from_utf8_lossy(msg.payload().unwrap_or_default()).into_owned();
+    if format == "json" {
+        return serde_json::json!({"error": headers, "original": original}).to_string();
+    }
+    let h = |k: &str| headers.get(k).and_then(|v| v.as_str()).unwrap_or("-");
+    format!(
+        "DEAD LETTER {} ({}) from {}[{}]@{}: {}",
+        h("error-code"),
+        h("error-message"),
+        h("source-topic"),
+        h("source-partition"),
+        h("source-offset"),
+        original.trim_end()
+    )
 }
 
 /// One readable line for a decision or outcome message.

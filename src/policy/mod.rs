@@ -51,14 +51,24 @@ pub fn is_bindings_file(path: &Path) -> bool {
     )
 }
 
-/// Policy and bindings files of a directory, sorted (non-recursive).
+/// The approver registry (SPEC §4) lives next to the policies but is not a policy: the
+/// service reads it (`crate::approvals::Registry`), the policy loader skips it.
+pub fn is_approvers_file(path: &Path) -> bool {
+    matches!(
+        path.file_name().and_then(|n| n.to_str()),
+        Some("approvers.yaml" | "approvers.yml" | "approvers.json")
+    )
+}
+
+/// Policy and bindings files of a directory, sorted (non-recursive). The approver
+/// registry is not among them.
 pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let origin = dir.display().to_string();
     let rd = std::fs::read_dir(dir).map_err(|e| io_error(&origin, &e))?;
     let mut files = Vec::new();
     for entry in rd {
         let path = entry.map_err(|e| io_error(&origin, &e))?.path();
-        if path.is_file() && is_policy_file(&path) {
+        if path.is_file() && is_policy_file(&path) && !is_approvers_file(&path) {
             files.push(path);
         }
     }

@@ -36,6 +36,9 @@ const WORKER_QUEUE_LEN: usize = 256;
 /// First and largest pause between retries of a ledger call that failed transiently.
 const RETRY_FIRST_MS: u64 = 50;
 const RETRY_MAX_MS: u64 = 5_000;
+/// Attempts for a failure that is not transient (a bug, a constraint the ledger refuses)
+/// before the message is dead-lettered instead of blocking its partition for ever.
+pub(crate) const MAX_PERMANENT_ATTEMPTS: u32 = 5;
 
 /// Everything the tasks of one instance share.
 pub struct Shared {
@@ -230,6 +233,83 @@ where
     }
 }
 
+/// How a bounded retry ended.
+#[derive(Debug)]
+pub(crate) enum Attempt<T> {
+    Done(T),
+    /// A non-transient failure repeated `MAX_PERMANENT_ATTEMPTS` times (the last error).
+    GaveUp(String),
+    /// Shutting down mid-retry: leave the offset unstored, the next owner redelivers.
+    Stopped,
+}
+
+/// Like [`retry`], but only transient failures (the database unreachable, a
+/// serialization conflict) are retried without end: while the database is down no
+/// message can be handled anyway, and giving up would skip work. Any other failure is
+/// retried `MAX_PERMANENT_ATTEMPTS` times, then reported so the caller dead-letters.
+pub(crate) async fn retry_bounded<T, E: std::fmt::Display, F, Fut>(
+    shared: &Shared,
+    what: &str,
+    transient: impl Fn(&E) -> bool,
+    mut op: F,
+) -> Attempt<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut pause_ms = RETRY_FIRST_MS;
+    let mut permanent_failures = 0u32;
+    loop {
+        match op().await {
+            Ok(v) => return Attempt::Done(v),
+            Err(e) => {
+                metrics::counter!("spendguard_retries_total").increment(1);
+                if transient(&e) {
+                    tracing::warn!(error = %e, "{what} failed (transient); retrying in {pause_ms} ms");
+                } else {
+                    permanent_failures += 1;
+                    tracing::error!(error = %e, attempt = permanent_failures, "{what} failed");
+                    if permanent_failures >= MAX_PERMANENT_ATTEMPTS {
+                        return Attempt::GaveUp(e.to_string());
+                    }
+                }
+            }
+        }
+        if shared.shutting_down() {
+            return Attempt::Stopped;
+        }
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        pause_ms = (pause_ms * 2).min(RETRY_MAX_MS);
+    }
+}
+
+/// Whether a database error is worth retrying without end: the server is unreachable
+/// or overloaded, the connection broke, or the transaction lost a serialization race.
+/// Constraint violations, decoding errors and the like are not: retrying repeats them.
+pub(crate) fn sqlx_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        // SQLSTATE classes: 08 connection, 40 transaction rollback (serialization,
+        // deadlock), 53 insufficient resources, 57P operator intervention (restart).
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57P")
+        }),
+        _ => false,
+    }
+}
+
+/// [`sqlx_transient`] for the ledger's `anyhow` errors (looks through the chain).
+pub(crate) fn anyhow_transient(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(sqlx_transient))
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn termination() {
     #[cfg(unix)]
@@ -256,6 +336,17 @@ pub async fn termination() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_connectivity_and_serialization_failures_are_transient() {
+        assert!(sqlx_transient(&sqlx::Error::PoolTimedOut));
+        assert!(sqlx_transient(&sqlx::Error::Io(std::io::Error::other("reset"))));
+        assert!(!sqlx_transient(&sqlx::Error::RowNotFound));
+        assert!(sqlx_transient(&sqlx::Error::Protocol("x".into())));
+        let wrapped = anyhow::Error::from(sqlx::Error::PoolClosed).context("apply vote");
+        assert!(anyhow_transient(&wrapped));
+        assert!(!anyhow_transient(&anyhow::anyhow!("internal: no sequence reserved")));
+    }
 
     #[test]
     fn a_partition_always_maps_to_the_same_worker() {

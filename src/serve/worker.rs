@@ -7,18 +7,15 @@ use rdkafka::message::OwnedMessage;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-use super::{Shared, retry};
+use super::{Attempt, Shared, anyhow_transient, retry, retry_bounded, sqlx_transient};
 use crate::approvals::{self, VoteSubject};
 use crate::bus::dlq::{self, DeadLetter};
 use crate::intent::{self, IntentError};
-use crate::ledger::{self, LedgerError, Origin, VoteResult};
+use crate::ledger::{LedgerError, Origin, VoteResult};
 
 /// Intents decided in one ledger transaction at most (what is already queued is taken,
 /// nothing is waited for: a lone intent is decided at once).
 const MAX_DECIDE_BATCH: usize = 64;
-/// Attempts for a ledger failure that is not a database error (a bug or a state the
-/// ledger refuses) before the message is dead-lettered instead of blocking its partition.
-const MAX_INTERNAL_ATTEMPTS: u32 = 5;
 
 pub async fn run(
     shared: Arc<Shared>,
@@ -91,48 +88,40 @@ async fn handle_intents(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
     }
     let policies = shared.policies.load_full();
     let started = std::time::Instant::now();
-    let internal_failures = std::sync::atomic::AtomicU32::new(0);
-    let results = retry(shared, "ledger decide", || {
-        let policies = &policies;
-        let items = &items;
-        let failures = &internal_failures;
-        async move {
-            match shared.ledger.decide_batch(policies, items).await {
-                Ok(r) => Ok(Some(r)),
-                Err(LedgerError::Database(e)) => Err(e.to_string()),
-                Err(e) => {
-                    let n = failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    if n >= MAX_INTERNAL_ATTEMPTS {
-                        Ok(None)
-                    } else {
-                        Err(e.to_string())
-                    }
+    let transient = |e: &LedgerError| match e {
+        LedgerError::Database(e) => sqlx_transient(e),
+        LedgerError::Internal(e) => anyhow_transient(e),
+        LedgerError::IdempotencyConflict { .. } => false,
+    };
+    let results = match retry_bounded(shared, "ledger decide", transient, || {
+        shared.ledger.decide_batch(&policies, &items)
+    })
+    .await
+    {
+        Attempt::Done(r) => r,
+        Attempt::Stopped => return false,
+        Attempt::GaveUp(last) => {
+            // The ledger keeps refusing this batch for a reason that is not temporary:
+            // dead-letter it so the partition moves on, and say so loudly.
+            tracing::error!(
+                intents = items.len(),
+                error = %last,
+                "ledger refused the batch repeatedly; dead-lettering it"
+            );
+            for msg in item_msgs {
+                let err = IntentError {
+                    code: "internal_error",
+                    message: format!(
+                        "the ledger could not record a decision for this intent: {last}"
+                    ),
+                    field: None,
+                };
+                if !send_dead_letter(shared, msg, &err).await {
+                    return false;
                 }
             }
+            return true;
         }
-    })
-    .await;
-    let Some(results) = results else { return false };
-    let Some(results) = results else {
-        // The ledger keeps refusing this batch for a reason that is not the database:
-        // dead-letter it so the partition moves on, and say so loudly.
-        tracing::error!(
-            intents = items.len(),
-            "ledger refused the batch repeatedly; dead-lettering it"
-        );
-        for msg in item_msgs {
-            let err = IntentError {
-                code: "internal_error",
-                message:
-                    "the ledger could not record a decision for this intent; see the service log"
-                        .into(),
-                field: None,
-            };
-            if !send_dead_letter(shared, msg, &err).await {
-                return false;
-            }
-        }
-        return true;
     };
     metrics::histogram!("spendguard_decide_batch_seconds").record(started.elapsed().as_secs_f64());
     shared.outbox_ready.notify_one();
@@ -178,11 +167,23 @@ async fn dead_letter_intent(
 ) -> bool {
     metrics::counter!("spendguard_invalid_intents_total", "code" => err.code).increment(1);
     let raw = msg.payload().unwrap_or_default();
-    let audited = retry(shared, "ledger record_invalid_intent", || {
-        shared.ledger.record_invalid_intent(raw, err, origin)
-    })
-    .await;
-    audited.is_some() && send_dead_letter(shared, msg, err).await
+    match retry_bounded(
+        shared,
+        "ledger record_invalid_intent",
+        anyhow_transient,
+        || shared.ledger.record_invalid_intent(raw, err, origin),
+    )
+    .await
+    {
+        Attempt::Stopped => false,
+        Attempt::Done(_) => send_dead_letter(shared, msg, err).await,
+        // The dead letter still carries the bytes and the reason; the log says why the
+        // audit event is missing.
+        Attempt::GaveUp(last) => {
+            tracing::error!(code = err.code, error = %last, "invalid intent could not be audited");
+            send_dead_letter(shared, msg, err).await
+        }
+    }
 }
 
 async fn send_dead_letter(shared: &Shared, msg: &OwnedMessage, err: &IntentError) -> bool {
@@ -223,12 +224,26 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
                 && send_dead_letter(shared, msg, &as_intent_error).await;
         }
     };
-    let Some(record) = retry(shared, "ledger decision lookup", || {
-        shared.ledger.decision(&vote.intent_id)
-    })
+    let record = match retry_bounded(
+        shared,
+        "ledger decision lookup",
+        anyhow_transient,
+        || shared.ledger.decision(&vote.intent_id),
+    )
     .await
-    else {
-        return false;
+    {
+        Attempt::Done(r) => r,
+        Attempt::Stopped => return false,
+        Attempt::GaveUp(last) => {
+            let detail = format!("the decision of intent {} cannot be read: {last}", vote.intent_id);
+            let err = IntentError {
+                code: "internal_error",
+                message: detail.clone(),
+                field: None,
+            };
+            return refuse(shared, raw, "internal_error", &detail, origin).await
+                && send_dead_letter(shared, msg, &err).await;
+        }
     };
     let Some(record) = record else {
         let refusal = approvals::VoteRefusal::UnknownIntent(vote.intent_id.clone());
@@ -245,33 +260,38 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
             return refuse(shared, raw, refusal.code(), &refusal.to_string(), origin).await;
         }
     };
-    let verified = ledger::VerifiedVote {
-        intent_id: verified.intent_id,
-        approver_id: verified.approver_id,
-        vote: match verified.vote {
-            approvals::Vote::Approve => ledger::Vote::Approve,
-            approvals::Vote::Reject => ledger::Vote::Reject,
-        },
-        signed_at: verified.signed_at,
-    };
-    match retry(shared, "ledger apply_vote", || {
+    match retry_bounded(shared, "ledger apply_vote", anyhow_transient, || {
         shared.ledger.apply_vote(&verified, origin)
     })
     .await
     {
-        None => false,
-        Some(VoteResult::Accepted { outcome, .. }) => {
+        Attempt::Stopped => false,
+        Attempt::Done(VoteResult::Accepted { outcome, .. }) => {
             metrics::counter!("spendguard_votes_total", "result" => "accepted").increment(1);
             if outcome.is_some() {
                 shared.outbox_ready.notify_one();
             }
             true
         }
-        Some(VoteResult::Refused { reason, .. }) => {
+        Attempt::Done(VoteResult::Refused { reason, .. }) => {
             // The ledger audited the refusal (duplicate approver, closed, expired, killed).
             tracing::info!(intent = %vote.intent_id, approver = %vote.approver_id, %reason, "vote refused by the ledger");
             metrics::counter!("spendguard_votes_total", "result" => "refused").increment(1);
             true
+        }
+        Attempt::GaveUp(last) => {
+            // Not a vote's fault we can name, but it must not stall the partition:
+            // audit it as refused and keep the bytes in the dead-letter topic so an
+            // operator can replay it once the cause is fixed.
+            tracing::error!(intent = %vote.intent_id, error = %last, "ledger could not apply a vote; dead-lettering it");
+            let detail = format!("the ledger could not apply this vote: {last}");
+            let err = IntentError {
+                code: "internal_error",
+                message: detail.clone(),
+                field: None,
+            };
+            refuse(shared, raw, "internal_error", &detail, origin).await
+                && send_dead_letter(shared, msg, &err).await
         }
     }
 }
@@ -285,9 +305,18 @@ async fn refuse(
 ) -> bool {
     tracing::info!(%code, %detail, "vote refused");
     metrics::counter!("spendguard_votes_total", "result" => "refused").increment(1);
-    retry(shared, "ledger refuse_vote", || {
+    match retry_bounded(shared, "ledger refuse_vote", anyhow_transient, || {
         shared.ledger.refuse_vote(raw, code, detail, origin)
     })
     .await
-    .is_some()
+    {
+        Attempt::Done(_) => true,
+        Attempt::Stopped => false,
+        // The audit itself fails for a non-transient reason: the vote is still refused
+        // (never applied); the log says why it is missing from the audit trail.
+        Attempt::GaveUp(last) => {
+            tracing::error!(%code, error = %last, "refused vote could not be audited");
+            true
+        }
+    }
 }

@@ -237,3 +237,41 @@ pub fn policies_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies"))
 }
+
+/// A policy directory made for one service test (the repository's example policies
+/// change with the product; these tests need known effects): entities `acme-*` are
+/// bound to policy `svc-test` in BRL. An intent is REQUIRE_HITL when its beneficiary is
+/// not `vendor:known`, REQUIRE_MSIG (2 approvals) above 1000 BRL, DENY above 10000 BRL or
+/// past `daily_cap`, ALLOW otherwise. Returns the directory.
+pub fn test_policies(
+    dir: &std::path::Path,
+    version: &str,
+    daily_cap: &str,
+    approval_ttl: &str,
+) -> std::path::PathBuf {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).expect("create policy dir");
+    std::fs::write(
+        policies.join("bindings.yaml"),
+        "apiVersion: policy.spendguard.v1\nkind: PolicyBindings\nentities:\n  \"acme-*\": svc-test\n",
+    )
+    .expect("write bindings");
+    std::fs::write(
+        policies.join("svc-test.yaml"),
+        format!(
+            "name: svc-test\nversion: \"{version}\"\ncurrency: BRL\ntimezone: America/Sao_Paulo\napprovalTtl: {approval_ttl}\ncaps: {{perTxn: 10000, daily: {daily_cap}, monthly: 100000000}}\nmsig: {{threshold: {{higherThan: 1000, approvals: 2}}}}\nallowLists: {{beneficiaries: [\"vendor:known\"]}}\nblockLists: {{categories: [gambling]}}\n"
+        ),
+    )
+    .expect("write policy");
+    policies
+}
+
+/// An intent of `agent` for entity `acme-br` in BRL.
+pub fn intent_json(id: &str, agent: &str, amount: &str, beneficiary: &str) -> String {
+    serde_json::json!({
+        "intentId": id, "agentId": agent, "entityId": "acme-br", "amount": amount,
+        "currency": "BRL", "category": "supplies",
+        "beneficiary": {"id": beneficiary, "country": "BR"}, "purpose": "PIX"
+    })
+    .to_string()
+}
