@@ -7,7 +7,10 @@
 //!
 //! Run: `cargo bench --bench policy_eval -- --warm-up-time 1 --measurement-time 3`
 
-use cedar_policy::{Authorizer, Context, Entities, EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression};
+use cedar_policy::{
+    Authorizer, Context, Entities, EntityUid, Policy, PolicyId, PolicySet, Request,
+    RestrictedExpression,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 use spendguard::decision::{Effect, KillState, Usage};
 use spendguard::intent::{SpendIntent, parse_intent};
@@ -52,25 +55,76 @@ effect := "DENY" if {
 /// Cedar has only permit/forbid; each policy here is one finding, named by its severity,
 /// and the decision is the most severe satisfied policy (deny overrides).
 const CEDAR: &[(&str, &str)] = &[
-    ("deny_currency", r#"permit(principal, action, resource) when { context.currency != "BRL" };"#),
-    ("deny_per_txn", "permit(principal, action, resource) when { context.amountMinor > 50000 };"),
-    ("deny_category", r#"permit(principal, action, resource) when { ["crypto", "gambling", "adult_content", "weapons"].contains(context.category) };"#),
-    ("deny_beneficiary", r#"permit(principal, action, resource) when { context.beneficiary like "sanctioned:*" || context.beneficiary like "high_risk:*" };"#),
-    ("deny_country", r#"permit(principal, action, resource) when { context.country != "BR" };"#),
-    ("hitl_daily", "permit(principal, action, resource) when { context.dailySoFarMinor + context.amountMinor > 100000 };"),
-    ("hitl_monthly", "permit(principal, action, resource) when { context.monthlySoFarMinor + context.amountMinor > 500000 };"),
-    ("hitl_beneficiary", r#"permit(principal, action, resource) when { !["tax:receita_federal", "utility:light_company", "utility:water_company", "bank:itau", "bank:nubank"].contains(context.beneficiary) };"#),
-    ("msig_amount", "permit(principal, action, resource) when { context.amountMinor > 30000 };"),
+    (
+        "deny_currency",
+        r#"permit(principal, action, resource) when { context.currency != "BRL" };"#,
+    ),
+    (
+        "deny_per_txn",
+        "permit(principal, action, resource) when { context.amountMinor > 50000 };",
+    ),
+    (
+        "deny_category",
+        r#"permit(principal, action, resource) when { ["crypto", "gambling", "adult_content", "weapons"].contains(context.category) };"#,
+    ),
+    (
+        "deny_beneficiary",
+        r#"permit(principal, action, resource) when { context.beneficiary like "sanctioned:*" || context.beneficiary like "high_risk:*" };"#,
+    ),
+    (
+        "deny_country",
+        r#"permit(principal, action, resource) when { context.country != "BR" };"#,
+    ),
+    (
+        "hitl_daily",
+        "permit(principal, action, resource) when { context.dailySoFarMinor + context.amountMinor > 100000 };",
+    ),
+    (
+        "hitl_monthly",
+        "permit(principal, action, resource) when { context.monthlySoFarMinor + context.amountMinor > 500000 };",
+    ),
+    (
+        "hitl_beneficiary",
+        r#"permit(principal, action, resource) when { !["tax:receita_federal", "utility:light_company", "utility:water_company", "bank:itau", "bank:nubank"].contains(context.beneficiary) };"#,
+    ),
+    (
+        "msig_amount",
+        "permit(principal, action, resource) when { context.amountMinor > 30000 };",
+    ),
 ];
 
 fn intents() -> Vec<SpendIntent> {
     let cases: &[(&str, &str, &str, &str, Option<&str>)] = &[
-        ("250.00", "BRL", "utility", "utility:light_company", Some("BR")),
-        ("120.00", "BRL", "utility", "utility:new_gas_company", Some("BR")),
+        (
+            "250.00",
+            "BRL",
+            "utility",
+            "utility:light_company",
+            Some("BR"),
+        ),
+        (
+            "120.00",
+            "BRL",
+            "utility",
+            "utility:new_gas_company",
+            Some("BR"),
+        ),
         ("450.00", "BRL", "tax", "tax:receita_federal", Some("BR")),
-        ("600.00", "BRL", "utility", "utility:water_company", Some("BR")),
+        (
+            "600.00",
+            "BRL",
+            "utility",
+            "utility:water_company",
+            Some("BR"),
+        ),
         ("50.00", "BRL", "gambling", "bank:itau", Some("BR")),
-        ("75.00", "BRL", "supplier", "sanctioned:offshore_trading_ltd", Some("BR")),
+        (
+            "75.00",
+            "BRL",
+            "supplier",
+            "sanctioned:offshore_trading_ltd",
+            Some("BR"),
+        ),
         ("100.00", "USD", "software", "bank:itau", Some("BR")),
         ("80.00", "BRL", "supplier", "bank:nubank", Some("AR")),
         ("89.90", "BRL", "subscription", "bank:nubank", Some("BR")),
@@ -92,11 +146,16 @@ fn intents() -> Vec<SpendIntent> {
 }
 
 fn usage() -> Usage {
-    Usage { daily_so_far: "650.00".parse().unwrap(), monthly_so_far: "1200.00".parse().unwrap() }
+    Usage {
+        daily_so_far: "650.00".parse().unwrap(),
+        monthly_so_far: "1200.00".parse().unwrap(),
+    }
 }
 
 fn at() -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339("2026-11-25T15:00:00Z").unwrap().into()
+    chrono::DateTime::parse_from_rfc3339("2026-11-25T15:00:00Z")
+        .unwrap()
+        .into()
 }
 
 fn rego_inputs(intents: &[SpendIntent]) -> Vec<regorus::Value> {
@@ -115,13 +174,36 @@ fn cedar_requests(intents: &[SpendIntent]) -> Vec<Request> {
         .iter()
         .map(|i| {
             let ctx = Context::from_pairs([
-                ("currency".to_string(), RestrictedExpression::new_string(i.currency.clone())),
-                ("amountMinor".to_string(), RestrictedExpression::new_long(minor(i.amount, 2))),
-                ("category".to_string(), RestrictedExpression::new_string(i.category.clone())),
-                ("beneficiary".to_string(), RestrictedExpression::new_string(i.beneficiary.id.clone())),
-                ("country".to_string(), RestrictedExpression::new_string(i.beneficiary.country.clone().unwrap_or_default())),
-                ("dailySoFarMinor".to_string(), RestrictedExpression::new_long(minor(u.daily_so_far, 2))),
-                ("monthlySoFarMinor".to_string(), RestrictedExpression::new_long(minor(u.monthly_so_far, 2))),
+                (
+                    "currency".to_string(),
+                    RestrictedExpression::new_string(i.currency.clone()),
+                ),
+                (
+                    "amountMinor".to_string(),
+                    RestrictedExpression::new_long(minor(i.amount, 2)),
+                ),
+                (
+                    "category".to_string(),
+                    RestrictedExpression::new_string(i.category.clone()),
+                ),
+                (
+                    "beneficiary".to_string(),
+                    RestrictedExpression::new_string(i.beneficiary.id.clone()),
+                ),
+                (
+                    "country".to_string(),
+                    RestrictedExpression::new_string(
+                        i.beneficiary.country.clone().unwrap_or_default(),
+                    ),
+                ),
+                (
+                    "dailySoFarMinor".to_string(),
+                    RestrictedExpression::new_long(minor(u.daily_so_far, 2)),
+                ),
+                (
+                    "monthlySoFarMinor".to_string(),
+                    RestrictedExpression::new_long(minor(u.monthly_so_far, 2)),
+                ),
             ])
             .unwrap();
             Request::new(
@@ -136,11 +218,16 @@ fn cedar_requests(intents: &[SpendIntent]) -> Vec<Request> {
         .collect()
 }
 
-fn cedar_effect(authorizer: &Authorizer, policies: &PolicySet, entities: &Entities, r: &Request) -> Effect {
+fn cedar_effect(
+    authorizer: &Authorizer,
+    policies: &PolicySet,
+    entities: &Entities,
+    r: &Request,
+) -> Effect {
     let resp = authorizer.is_authorized(r, policies, entities);
     resp.diagnostics()
         .reason()
-        .map(|id| match id.as_ref().split('_').next() {
+        .map(|id| match AsRef::<str>::as_ref(id).split('_').next() {
             Some("deny") => Effect::Deny,
             Some("msig") => Effect::RequireMsig,
             Some("hitl") => Effect::RequireHitl,
@@ -152,7 +239,9 @@ fn cedar_effect(authorizer: &Authorizer, policies: &PolicySet, entities: &Entiti
 
 fn rego_effect(engine: &mut regorus::Engine, input: &regorus::Value) -> Effect {
     engine.set_input(input.clone());
-    let v = engine.eval_rule("data.bench.effect".to_string()).expect("rego evaluates");
+    let v = engine
+        .eval_rule("data.bench.effect".to_string())
+        .expect("rego evaluates");
     Effect::parse(v.as_string().expect("effect is a string")).expect("known effect")
 }
 
@@ -177,7 +266,17 @@ fn bench(c: &mut Criterion) {
     let policy = CompiledPolicy::parse(&text, "conservative").unwrap();
     let intents = intents();
     let kill = KillState::Off;
-    let sg = |i: &SpendIntent| evaluate(&policy, &EvalInput { intent: i, usage: usage(), kill: &kill, accepted_at: at() });
+    let sg = |i: &SpendIntent| {
+        evaluate(
+            &policy,
+            &EvalInput {
+                intent: i,
+                usage: usage(),
+                kill: &kill,
+                accepted_at: at(),
+            },
+        )
+    };
 
     let mut engine = regorus::Engine::new();
     engine.add_policy("bench.rego".into(), REGO.into()).unwrap();
@@ -185,7 +284,9 @@ fn bench(c: &mut Criterion) {
 
     let mut cedar_policies = PolicySet::new();
     for (id, src) in CEDAR {
-        cedar_policies.add(Policy::parse(Some(PolicyId::new(id)), src).unwrap()).unwrap();
+        cedar_policies
+            .add(Policy::parse(Some(PolicyId::new(id)), src).unwrap())
+            .unwrap();
     }
     let authorizer = Authorizer::new();
     let entities = Entities::empty();
@@ -197,10 +298,18 @@ fn bench(c: &mut Criterion) {
         let a = sg(i).effect;
         let b = rego_effect(&mut engine, &inputs[k]);
         let c = cedar_effect(&authorizer, &cedar_policies, &entities, &requests[k]);
-        assert!(a == b && b == c, "engines disagree on intent {k} ({i:?}): spendguard {a}, rego {b}, cedar {c}");
+        assert!(
+            a == b && b == c,
+            "engines disagree on intent {k} ({i:?}): spendguard {a}, rego {b}, cedar {c}"
+        );
         effects.push(a);
     }
-    for e in [Effect::Allow, Effect::RequireHitl, Effect::RequireMsig, Effect::Deny] {
+    for e in [
+        Effect::Allow,
+        Effect::RequireHitl,
+        Effect::RequireMsig,
+        Effect::Deny,
+    ] {
         assert!(effects.contains(&e), "benched intents must cover {e}");
     }
 
@@ -212,14 +321,27 @@ fn bench(c: &mut Criterion) {
         black_box(rego_effect(&mut engine, black_box(&inputs[k % n])));
     });
     let (cd_med, cd_p99) = time_each(|k| {
-        black_box(cedar_effect(&authorizer, &cedar_policies, &entities, black_box(&requests[k % n])));
+        black_box(cedar_effect(
+            &authorizer,
+            &cedar_policies,
+            &entities,
+            black_box(&requests[k % n]),
+        ));
     });
     println!("\n| engine | median (ns) | p99 (ns) | median ratio vs spendguard |");
     println!("|---|---:|---:|---:|");
     println!("| spendguard | {sg_med} | {sg_p99} | 1.0x |");
-    println!("| regorus (Rego) | {rg_med} | {rg_p99} | {:.1}x |", rg_med as f64 / sg_med.max(1) as f64);
-    println!("| cedar-policy | {cd_med} | {cd_p99} | {:.1}x |", cd_med as f64 / sg_med.max(1) as f64);
-    println!("(per single evaluation over {n} intents covering ALLOW/HITL/MSIG/DENY, {SAMPLES_PER_ENGINE} samples each)\n");
+    println!(
+        "| regorus (Rego) | {rg_med} | {rg_p99} | {:.1}x |",
+        rg_med as f64 / sg_med.max(1) as f64
+    );
+    println!(
+        "| cedar-policy | {cd_med} | {cd_p99} | {:.1}x |",
+        cd_med as f64 / sg_med.max(1) as f64
+    );
+    println!(
+        "(per single evaluation over {n} intents covering ALLOW/HITL/MSIG/DENY, {SAMPLES_PER_ENGINE} samples each)\n"
+    );
 
     let mut g = c.benchmark_group("conservative_policy_all_intents");
     g.bench_function("spendguard", |b| {
@@ -239,7 +361,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("cedar", |b| {
         b.iter(|| {
             for r in &requests {
-                black_box(cedar_effect(&authorizer, &cedar_policies, &entities, black_box(r)));
+                black_box(cedar_effect(
+                    &authorizer,
+                    &cedar_policies,
+                    &entities,
+                    black_box(r),
+                ));
             }
         })
     });
