@@ -115,7 +115,7 @@ prop_compose! {
         mut rules in proptest::collection::vec(rule(), 0..5),
     ) -> PolicySpec {
         // Most severe first: the order under which first-match rules are monotone.
-        rules.sort_by(|a, b| b.then.effect.cmp(&a.then.effect));
+        rules.sort_by_key(|r| std::cmp::Reverse(r.then.effect));
         PolicySpec {
             name: Some("prop".into()), version: Some("1".into()), tags: vec![], description: None,
             currency: CurrencyCode("BRL".into()), timezone: None,

@@ -370,19 +370,19 @@ fn validate_spec(spec: &PolicySpec, text: &str, origin: &str) -> Result<(), Poli
             );
         }
     }
-    if let Some(m) = &spec.msig {
-        if m.threshold.approvals == 0 || m.threshold.approvals > model::MAX_APPROVALS {
-            return err(
-                &["msig", "approvals"],
-                "invalid_approvals",
-                format!(
-                    "msig.threshold.approvals must be 1..={}, got {}",
-                    model::MAX_APPROVALS,
-                    m.threshold.approvals
-                ),
-                "require at least one approval",
-            );
-        }
+    if let Some(m) = &spec.msig
+        && (m.threshold.approvals == 0 || m.threshold.approvals > model::MAX_APPROVALS)
+    {
+        return err(
+            &["msig", "approvals"],
+            "invalid_approvals",
+            format!(
+                "msig.threshold.approvals must be 1..={}, got {}",
+                model::MAX_APPROVALS,
+                m.threshold.approvals
+            ),
+            "require at least one approval",
+        );
     }
     let lists: [(&[&str], usize); 4] = [
         (

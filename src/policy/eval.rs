@@ -373,8 +373,8 @@ fn conclude(mut findings: Vec<Finding>) -> Evaluation {
             approvals: 0,
         });
     }
-    // `sort_by` is stable, so equal severities keep check order.
-    findings.sort_by(|a, b| b.effect.cmp(&a.effect));
+    // `sort_by_key` is stable, so equal severities keep check order.
+    findings.sort_by_key(|f| std::cmp::Reverse(f.effect));
     let approvals_required = if effect.needs_approval() {
         findings
             .iter()

@@ -216,13 +216,12 @@ pub fn lint(spec: &PolicySpec) -> Vec<Lint> {
                 out.push("allow_rule_relaxes_nothing", format!("rule {n} is ALLOW but cannot relax anything: an ALLOW rule only skips later rules, and {}", if only_blocked { "its categories are blocked anyway" } else { "no later rule decides anything the caps, lists and msig threshold do not already decide" }), "remove it, or place it before the rules it should skip; caps, lists and msig always apply", &keys);
             }
         }
-        if w.amount_gt.is_some() || w.amount_gte.is_some() {
-            if let Some(k) = spec.rules[i + 1..]
+        if (w.amount_gt.is_some() || w.amount_gte.is_some())
+            && let Some(k) = spec.rules[i + 1..]
                 .iter()
                 .position(|r| r.then.effect > rule.then.effect)
-            {
-                out.push("rule_order_can_lower_severity", format!("rule {n} ({} on an amount condition) comes before the stricter rule {} ({}): raising the amount can make rule {n} match first and lower the decision", rule.then.effect, n + 1 + k, spec.rules[i + 1 + k].then.effect), "order rules from most to least severe", &keys);
-            }
+        {
+            out.push("rule_order_can_lower_severity", format!("rule {n} ({} on an amount condition) comes before the stricter rule {} ({}): raising the amount can make rule {n} match first and lower the decision", rule.then.effect, n + 1 + k, spec.rules[i + 1 + k].then.effect), "order rules from most to least severe", &keys);
         }
     }
     out.0

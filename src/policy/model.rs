@@ -116,7 +116,7 @@ impl<'de> Deserialize<'de> for Pattern {
             if s.is_empty() || s.len() > MAX_PATTERN_LEN || s.chars().any(char::is_control) {
                 return Err(format!(
                     "pattern {:?} must be 1..={MAX_PATTERN_LEN} characters without control characters",
-                    short(&s)
+                    short(s)
                 ));
             }
             Ok(Pattern(s.to_string()))
@@ -147,7 +147,7 @@ impl<'de> Deserialize<'de> for CountryCode {
             if !(s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())) {
                 return Err(format!(
                     "country {:?} must be an ISO 3166-1 alpha-2 code in upper case, like \"BR\"",
-                    short(&s)
+                    short(s)
                 ));
             }
             Ok(CountryCode(s.to_string()))
@@ -172,10 +172,10 @@ pub struct CurrencyCode(pub String);
 impl<'de> Deserialize<'de> for CurrencyCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parse_str(d, "a string", |s: &str| {
-            if !crate::money::is_known_currency(&s) {
+            if !crate::money::is_known_currency(s) {
                 return Err(format!(
                     "currency {:?} is not a supported ISO 4217 code (write it in upper case, e.g. \"BRL\")",
-                    short(&s)
+                    short(s)
                 ));
             }
             Ok(CurrencyCode(s.to_string()))
@@ -203,7 +203,7 @@ impl<'de> Deserialize<'de> for TimeZoneName {
             if s.parse::<chrono_tz::Tz>().is_err() {
                 return Err(format!(
                     "timezone {:?} is not an IANA timezone name (e.g. \"America/Sao_Paulo\", \"UTC\")",
-                    short(&s)
+                    short(s)
                 ));
             }
             Ok(TimeZoneName(s.to_string()))
@@ -339,10 +339,10 @@ pub struct ReasonCode(pub String);
 impl<'de> Deserialize<'de> for ReasonCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parse_str(d, "a string", |s: &str| {
-            if !is_reason_code(&s) {
+            if !is_reason_code(s) {
                 return Err(format!(
                     "reason {:?} must be a lower_snake_case code of 1..=64 characters (e.g. \"high_value_requires_dual_approval\")",
-                    short(&s)
+                    short(s)
                 ));
             }
             Ok(ReasonCode(s.to_string()))
