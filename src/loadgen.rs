@@ -235,7 +235,7 @@ async fn phase(
 
     // Wait until every answer arrived or the drain timeout passed.
     let drain_deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
-    while lock(&pending).len() > 0 && Instant::now() < drain_deadline {
+    while !lock(&pending).is_empty() && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     collector.abort();

@@ -98,7 +98,11 @@ async fn sigkill_of_one_instance_loses_and_duplicates_nothing() {
 
     // Exactly one decision event per intent (redeliveries were answered from the ledger).
     assert_eq!(
-        scalar(&db, "SELECT count(*) FROM ledger_event WHERE event_type = 'intent_decided'").await,
+        scalar(
+            &db,
+            "SELECT count(*) FROM ledger_event WHERE event_type = 'intent_decided'"
+        )
+        .await,
         INTENTS as i64
     );
     assert_eq!(
@@ -155,7 +159,12 @@ async fn sigkill_of_one_instance_loses_and_duplicates_nothing() {
     let published = common::read_until(&brokers, &topics.decisions, WAIT_MS, |ms| {
         let ids: std::collections::BTreeSet<String> = ms
             .iter()
-            .map(|m| common::json(m)["intentId"].as_str().unwrap_or("").to_string())
+            .map(|m| {
+                common::json(m)["intentId"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .collect();
         ids.len() >= INTENTS
     })

@@ -298,7 +298,10 @@ pub(crate) fn sqlx_transient(e: &sqlx::Error) -> bool {
         // SQLSTATE classes: 08 connection, 40 transaction rollback (serialization,
         // deadlock), 53 insufficient resources, 57P operator intervention (restart).
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57P")
+            c.starts_with("08")
+                || c.starts_with("40")
+                || c.starts_with("53")
+                || c.starts_with("57P")
         }),
         _ => false,
     }
@@ -340,12 +343,16 @@ mod tests {
     #[test]
     fn only_connectivity_and_serialization_failures_are_transient() {
         assert!(sqlx_transient(&sqlx::Error::PoolTimedOut));
-        assert!(sqlx_transient(&sqlx::Error::Io(std::io::Error::other("reset"))));
+        assert!(sqlx_transient(&sqlx::Error::Io(std::io::Error::other(
+            "reset"
+        ))));
         assert!(!sqlx_transient(&sqlx::Error::RowNotFound));
         assert!(sqlx_transient(&sqlx::Error::Protocol("x".into())));
         let wrapped = anyhow::Error::from(sqlx::Error::PoolClosed).context("apply vote");
         assert!(anyhow_transient(&wrapped));
-        assert!(!anyhow_transient(&anyhow::anyhow!("internal: no sequence reserved")));
+        assert!(!anyhow_transient(&anyhow::anyhow!(
+            "internal: no sequence reserved"
+        )));
     }
 
     #[test]

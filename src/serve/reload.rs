@@ -56,6 +56,9 @@ pub async fn watch(shared: Arc<Shared>) {
     let dir = shared.settings.policies_dir.clone();
     let approvers = shared.settings.approvers_file.clone();
     let mut seen = fingerprint(&dir, &approvers);
+    // Also in the metrics; kept here so the log line carries it (operators without a
+    // metrics endpoint, tests).
+    let mut refused_total = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(
         shared.settings.policy_poll_interval_ms,
     ));
@@ -66,12 +69,12 @@ pub async fn watch(shared: Arc<Shared>) {
             continue;
         }
         seen = now;
-        reload_policies(&shared).await;
+        reload_policies(&shared, &mut refused_total).await;
         reload_approvers(&shared);
     }
 }
 
-async fn reload_policies(shared: &Shared) {
+async fn reload_policies(shared: &Shared, refused_total: &mut u64) {
     let dir = &shared.settings.policies_dir;
     match PolicySet::load_dir(dir) {
         Ok(set) => {
@@ -100,7 +103,8 @@ async fn reload_policies(shared: &Shared) {
             metrics::counter!("spendguard_policy_reloads_total", "result" => "refused")
                 .increment(1);
             tracing::error!(error = %e, dir = %dir.display(), "policy change refused; keeping the last good set");
-            eprintln!("policy-reload refused: {e}");
+            *refused_total += 1;
+            eprintln!("policy-reload refused (refused_total={refused_total}): {e}");
         }
     }
 }

@@ -224,18 +224,18 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
                 && send_dead_letter(shared, msg, &as_intent_error).await;
         }
     };
-    let record = match retry_bounded(
-        shared,
-        "ledger decision lookup",
-        anyhow_transient,
-        || shared.ledger.decision(&vote.intent_id),
-    )
+    let record = match retry_bounded(shared, "ledger decision lookup", anyhow_transient, || {
+        shared.ledger.decision(&vote.intent_id)
+    })
     .await
     {
         Attempt::Done(r) => r,
         Attempt::Stopped => return false,
         Attempt::GaveUp(last) => {
-            let detail = format!("the decision of intent {} cannot be read: {last}", vote.intent_id);
+            let detail = format!(
+                "the decision of intent {} cannot be read: {last}",
+                vote.intent_id
+            );
             let err = IntentError {
                 code: "internal_error",
                 message: detail.clone(),
