@@ -1,1 +1,7 @@
-//! Compliance reports and policy impact analysis (filled in once the ledger lands).
+//! Compliance reports and policy impact analysis, both computed by replaying the
+//! ledger's events.
+
+pub mod compliance;
+pub mod events;
+pub mod render;
+pub mod svg;
