@@ -3,5 +3,6 @@
 
 pub mod compliance;
 pub mod events;
+pub mod impact;
 pub mod render;
 pub mod svg;
