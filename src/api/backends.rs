@@ -96,9 +96,18 @@ impl LedgerBackend {
                 .as_ref()
                 .map(|f| crate::money::format_amount(f.amount, minor))
                 .unwrap_or_default(),
-            currency: facts.as_ref().map(|f| f.currency.clone()).unwrap_or_default(),
-            category: facts.as_ref().map(|f| f.category.clone()).unwrap_or_default(),
-            purpose: facts.as_ref().map(|f| f.purpose.clone()).unwrap_or_default(),
+            currency: facts
+                .as_ref()
+                .map(|f| f.currency.clone())
+                .unwrap_or_default(),
+            category: facts
+                .as_ref()
+                .map(|f| f.category.clone())
+                .unwrap_or_default(),
+            purpose: facts
+                .as_ref()
+                .map(|f| f.purpose.clone())
+                .unwrap_or_default(),
             effect: m.effect,
             approvals_required: m.approvals_required,
             reasons: m
@@ -211,7 +220,8 @@ impl LedgerQueries for LedgerBackend {
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 let message: String = r.try_get("message").map_err(db)?;
-                let m: Option<crate::decision::DecisionMessage> = serde_json::from_str(&message).ok();
+                let m: Option<crate::decision::DecisionMessage> =
+                    serde_json::from_str(&message).ok();
                 let currency: String = r.try_get("currency").map_err(db)?;
                 let minor = crate::money::currency(&currency).map_or(2, |c| c.minor_units);
                 let effect: String = r.try_get("effect").map_err(db)?;
@@ -284,9 +294,17 @@ impl KillSwitchControl for LedgerKillSwitch {
                 offset: None,
             };
             self.ledger
-                .set_kill_switch(&change.scope, change.on, &change.actor, &change.reason, &origin)
+                .set_kill_switch(
+                    &change.scope,
+                    change.on,
+                    &change.actor,
+                    &change.reason,
+                    &origin,
+                )
                 .await
-                .map_err(|e| StoreError::Other(format!("recording the kill-switch change failed: {e:#}")))?;
+                .map_err(|e| {
+                    StoreError::Other(format!("recording the kill-switch change failed: {e:#}"))
+                })?;
             crate::telemetry::set_kill_switch(&change.scope, change.on);
             if let Some(propagate) = &self.propagate {
                 propagate(change.clone()).await.map_err(|e| {
@@ -368,8 +386,16 @@ impl ReadinessProbe for Readiness {
             )
             .await;
             let mut checks = vec![match pg {
-                Ok(Ok(_)) => ReadinessCheck { name: "postgres".into(), ok: true, detail: "answers".into() },
-                Ok(Err(e)) => ReadinessCheck { name: "postgres".into(), ok: false, detail: e.to_string() },
+                Ok(Ok(_)) => ReadinessCheck {
+                    name: "postgres".into(),
+                    ok: true,
+                    detail: "answers".into(),
+                },
+                Ok(Err(e)) => ReadinessCheck {
+                    name: "postgres".into(),
+                    ok: false,
+                    detail: e.to_string(),
+                },
                 Err(_) => ReadinessCheck {
                     name: "postgres".into(),
                     ok: false,
@@ -395,7 +421,10 @@ pub fn state_for(
 ) -> ApiState {
     ApiState {
         tokens: Arc::new(tokens),
-        readiness: Arc::new(Readiness { pool: ledger.pool().clone(), extra: extra_checks }),
+        readiness: Arc::new(Readiness {
+            pool: ledger.pool().clone(),
+            extra: extra_checks,
+        }),
         kill_switch: Arc::new(LedgerKillSwitch {
             ledger: ledger.clone(),
             instance: instance.to_string(),

@@ -59,12 +59,20 @@ pub struct PeriodArgs {
 impl PeriodArgs {
     pub fn period(&self) -> anyhow::Result<Period> {
         if self.to < self.from {
-            anyhow::bail!("--to {} is before --from {}: give the first day, then the last", self.to, self.from);
+            anyhow::bail!(
+                "--to {} is before --from {}: give the first day, then the last",
+                self.to,
+                self.from
+            );
         }
         if (self.to - self.from).num_days() >= MAX_PERIOD_DAYS {
             anyhow::bail!("the period is longer than {MAX_PERIOD_DAYS} days: split it");
         }
-        Ok(Period { from: self.from, to: self.to, entity: self.entity.clone() })
+        Ok(Period {
+            from: self.from,
+            to: self.to,
+            entity: self.entity.clone(),
+        })
     }
 }
 
@@ -107,7 +115,9 @@ pub struct ImpactArgs {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 async fn connect(url: &str) -> anyhow::Result<sqlx::PgPool> {
@@ -115,7 +125,11 @@ async fn connect(url: &str) -> anyhow::Result<sqlx::PgPool> {
         .max_connections(2)
         .connect(url)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the ledger database: {e} (check --database-url / DATABASE_URL)"))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to the ledger database: {e} (check --database-url / DATABASE_URL)"
+            )
+        })
 }
 
 /// Recomputes the hash chain for the report.
@@ -124,15 +138,20 @@ pub async fn chain_check(pool: &sqlx::PgPool) -> anyhow::Result<ChainCheck> {
     Ok(ChainCheck {
         ok: v.problems.is_empty(),
         events_checked: v.events,
-        first_problem: v
-            .problems
-            .first()
-            .map(|p| format!("event seq {} (chain {} position {}): {}", p.seq, p.chain_id, p.chain_pos, p.problem)),
+        first_problem: v.problems.first().map(|p| {
+            format!(
+                "event seq {} (chain {} position {}): {}",
+                p.seq, p.chain_id, p.chain_pos, p.problem
+            )
+        }),
     })
 }
 
 /// Builds the compliance report of a period from the ledger at `pool`.
-pub async fn compliance_report(pool: &sqlx::PgPool, period: Period) -> anyhow::Result<ComplianceReport> {
+pub async fn compliance_report(
+    pool: &sqlx::PgPool,
+    period: Period,
+) -> anyhow::Result<ComplianceReport> {
     let chain = chain_check(pool).await?;
     let events = load_events(pool, period.end()).await?;
     Ok(compliance::build(&events, period, chain, Utc::now()))
@@ -155,7 +174,11 @@ pub fn run_report(args: ReportArgs) -> anyhow::Result<i32> {
     if !report.audit_chain.ok {
         eprintln!(
             "audit chain verification FAILED: {}",
-            report.audit_chain.first_problem.as_deref().unwrap_or("unknown problem")
+            report
+                .audit_chain
+                .first_problem
+                .as_deref()
+                .unwrap_or("unknown problem")
         );
         return Ok(1);
     }
@@ -167,15 +190,32 @@ pub async fn impact_report(pool: &sqlx::PgPool, args: &ImpactArgs) -> anyhow::Re
     let period = args.period.period()?;
     let text = crate::policy::read_text(&args.candidate).map_err(|e| anyhow::anyhow!("{e}"))?;
     let origin = args.candidate.display().to_string();
-    let policy = crate::policy::CompiledPolicy::parse(&text, &origin).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policy =
+        crate::policy::CompiledPolicy::parse(&text, &origin).map_err(|e| anyhow::anyhow!("{e}"))?;
     let evaluate = |intent: &crate::intent::SpendIntent,
                     usage: crate::decision::Usage,
                     kill: &crate::decision::KillState,
                     accepted_at: chrono::DateTime<Utc>| {
-        crate::policy::evaluate(&policy, &crate::policy::EvalInput { intent, usage, kill, accepted_at })
+        crate::policy::evaluate(
+            &policy,
+            &crate::policy::EvalInput {
+                intent,
+                usage,
+                kill,
+                accepted_at,
+            },
+        )
     };
-    let candidate = Candidate { identity: policy.identity.clone(), tz: policy.tz, evaluate: &evaluate };
-    let scope = if args.all_intents { Scope::All } else { Scope::PolicyName(policy.identity.name.clone()) };
+    let candidate = Candidate {
+        identity: policy.identity.clone(),
+        tz: policy.tz,
+        evaluate: &evaluate,
+    };
+    let scope = if args.all_intents {
+        Scope::All
+    } else {
+        Scope::PolicyName(policy.identity.name.clone())
+    };
     let events = load_events(pool, period.end()).await?;
     Ok(impact::analyse(&events, period, &scope, &candidate))
 }

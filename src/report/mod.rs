@@ -6,3 +6,6 @@ pub mod events;
 pub mod impact;
 pub mod render;
 pub mod svg;
+
+#[cfg(test)]
+mod tests;
