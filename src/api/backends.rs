@@ -436,3 +436,29 @@ pub fn state_for(
         clock: Arc::new(Utc::now),
     }
 }
+
+/// The broker answers a metadata request (a real Kafka-protocol round trip).
+pub fn broker_check(brokers: String) -> ExtraCheck {
+    Arc::new(move || {
+        let brokers = brokers.clone();
+        Box::pin(async move {
+            let probe = tokio::task::spawn_blocking(move || -> Result<usize, String> {
+                use rdkafka::consumer::{BaseConsumer, Consumer};
+                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .create()
+                    .map_err(|e| e.to_string())?;
+                consumer
+                    .fetch_metadata(None, Duration::from_millis(READINESS_TIMEOUT_MS))
+                    .map(|m| m.brokers().len())
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            match probe {
+                Ok(Ok(n)) => ReadinessCheck { name: "broker".into(), ok: true, detail: format!("{n} broker(s) answer") },
+                Ok(Err(e)) => ReadinessCheck { name: "broker".into(), ok: false, detail: e },
+                Err(e) => ReadinessCheck { name: "broker".into(), ok: false, detail: e.to_string() },
+            }
+        })
+    })
+}
