@@ -7,6 +7,9 @@ pub mod decision;
 pub mod intent;
 pub mod money;
 pub mod window;
+// --- policy engine ---
+pub mod policy;
+// --- end policy engine ---
 pub mod cli;
 pub mod telemetry;
 

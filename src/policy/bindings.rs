@@ -1,0 +1,146 @@
+//! Which policy governs which agent (SPEC §2 "Binding"): `policies/bindings.yaml` maps agent
+//! and entity globs to policy names. Agent over entity over `default`; the agent never
+//! chooses its policy, and an agent nothing covers gets no policy (DENY `no_policy_bound`).
+
+use super::compile::glob_match;
+use super::error::PolicyError;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The bindings file as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BindingsFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<super::model::ApiVersion>,
+    /// `PolicyBindings` when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<BindingsKind>,
+    /// Policy for agents no agent or entity pattern covers. Without it such agents are denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// Entity id pattern -> policy name.
+    #[serde(default)]
+    pub entities: BTreeMap<String, String>,
+    /// Agent id pattern -> policy name. Wins over entity bindings.
+    #[serde(default)]
+    pub agents: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum BindingsKind {
+    PolicyBindings,
+}
+
+#[derive(Debug, Clone)]
+struct Binding {
+    pattern: String,
+    is_glob: bool,
+    /// Non-wildcard characters: the more, the more specific.
+    literal_len: usize,
+    policy: String,
+}
+
+/// Compiled bindings: for each level, patterns ordered most specific first.
+#[derive(Debug, Clone, Default)]
+pub struct Bindings {
+    agents: Vec<Binding>,
+    entities: Vec<Binding>,
+    default: Option<String>,
+}
+
+impl Bindings {
+    pub fn parse(text: &str, origin: &str) -> Result<(Bindings, BindingsFile), PolicyError> {
+        let file: BindingsFile = super::compile::from_text(text, origin)?;
+        Ok((Bindings::from_file(&file), file))
+    }
+
+    pub fn from_file(file: &BindingsFile) -> Bindings {
+        Bindings {
+            agents: compile_level(&file.agents),
+            entities: compile_level(&file.entities),
+            default: file.default.clone(),
+        }
+    }
+
+    /// Name of the policy for this agent: the most specific agent pattern, else the most
+    /// specific entity pattern, else `default`. Specificity: an exact id beats any glob;
+    /// among globs the one with more literal characters wins; ties go to the pattern
+    /// that sorts first, so the answer never depends on file order.
+    pub fn resolve(&self, agent_id: &str, entity_id: &str) -> Option<&str> {
+        best(&self.agents, agent_id)
+            .or_else(|| best(&self.entities, entity_id))
+            .or(self.default.as_deref())
+    }
+
+    /// Every policy name referenced, with where (`agents["x"]`, `default`).
+    pub fn references(&self) -> Vec<(String, &str)> {
+        let mut v: Vec<(String, &str)> = Vec::new();
+        for b in &self.agents {
+            v.push((format!("agents[{:?}]", b.pattern), &b.policy));
+        }
+        for b in &self.entities {
+            v.push((format!("entities[{:?}]", b.pattern), &b.policy));
+        }
+        if let Some(d) = &self.default {
+            v.push(("default".into(), d));
+        }
+        v
+    }
+}
+
+fn compile_level(map: &BTreeMap<String, String>) -> Vec<Binding> {
+    let mut v: Vec<Binding> = map
+        .iter()
+        .map(|(pattern, policy)| Binding {
+            is_glob: pattern.contains(['*', '?']),
+            literal_len: pattern.chars().filter(|c| *c != '*' && *c != '?').count(),
+            pattern: pattern.clone(),
+            policy: policy.clone(),
+        })
+        .collect();
+    // Exact ids first, then globs by literal length (desc), then pattern (the map's order).
+    v.sort_by(|a, b| {
+        a.is_glob
+            .cmp(&b.is_glob)
+            .then(b.literal_len.cmp(&a.literal_len))
+            .then(a.pattern.cmp(&b.pattern))
+    });
+    v
+}
+
+fn best<'a>(level: &'a [Binding], id: &str) -> Option<&'a str> {
+    level
+        .iter()
+        .find(|b| {
+            if b.is_glob {
+                glob_match(b.pattern.as_bytes(), id.as_bytes())
+            } else {
+                b.pattern == id
+            }
+        })
+        .map(|b| b.policy.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_over_entity_over_default_and_most_specific_glob() {
+        let (b, _) = Bindings::parse(
+            "default: d\nentities:\n  \"acme-*\": e\n  acme-br: e2\nagents:\n  \"agent-*\": a\n  \"agent-inv*\": a2\n  agent-42: a3\n",
+            "b.yaml",
+        )
+        .unwrap();
+        assert_eq!(b.resolve("agent-42", "x"), Some("a3"));
+        assert_eq!(b.resolve("agent-invest", "x"), Some("a2"));
+        assert_eq!(b.resolve("agent-1", "acme-br"), Some("a"));
+        assert_eq!(b.resolve("bot-1", "acme-br"), Some("e2"));
+        assert_eq!(b.resolve("bot-1", "acme-us"), Some("e"));
+        assert_eq!(b.resolve("bot-1", "other"), Some("d"));
+        let (none, _) = Bindings::parse("agents:\n  a: p\n", "b.yaml").unwrap();
+        assert_eq!(none.resolve("b", "e"), None);
+    }
+}
