@@ -16,3 +16,7 @@ pub mod telemetry;
 // --- operators & auditors ---
 pub mod api;
 pub mod report;
+
+// --- ledger ---
+pub mod ledger;
+pub mod privacy;

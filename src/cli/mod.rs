@@ -3,6 +3,9 @@
 
 use clap::{Parser, Subcommand};
 
+// --- ledger ---
+pub mod ledger;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "spendguard",
@@ -24,11 +27,32 @@ pub enum Command {
     // Each area adds its variants below its own heading, and handles them in `run`.
     // --- policy engine ---
     // --- ledger ---
+    /// Database schema (migrations).
+    #[command(subcommand)]
+    Db(ledger::DbCommand),
+    /// The ledger's direct door: decide intents without Kafka; benchmark `decide`.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
+    /// Verify the tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(ledger::AuditCommand),
+    /// Rebuild every projection from the events and compare; `--verify` re-evaluates decisions.
+    Replay(ledger::ReplayArgs),
+    /// Personal data (LGPD): erase a data subject.
+    #[command(subcommand)]
+    Privacy(ledger::PrivacyCommand),
     // --- service ---
     // --- operators & auditors ---
 }
 
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    match cli.command {}
+    match cli.command {
+        // --- ledger ---
+        Command::Db(c) => ledger::run_db(c),
+        Command::Ledger(c) => ledger::run_ledger(c),
+        Command::Audit(c) => ledger::run_audit(c),
+        Command::Replay(a) => ledger::run_replay(a),
+        Command::Privacy(c) => ledger::run_privacy(c),
+    }
 }

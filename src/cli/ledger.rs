@@ -1,0 +1,309 @@
+//! Ledger subcommands: `db migrate`, `ledger submit`, `ledger bench`, `audit verify`,
+//! `replay [--verify]`, `privacy forget SUBJECT`.
+
+use crate::intent::parse_intent;
+use crate::ledger::{self, Ledger, LedgerError, Origin};
+use crate::policy::PolicySet;
+use clap::{Args, Subcommand};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply the ledger's schema migrations (idempotent).
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Decide intents read as JSON lines (stdin or --input) through the ledger's decision
+    /// path, printing one JSON line per input line (decision, or error with its code).
+    Submit(SubmitArgs),
+    /// Measure `decide` throughput and latency against the database (see docs/benchmarks.md).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Directory with the policies and bindings.yaml.
+    #[arg(long, env = "SPENDGUARD_POLICIES", default_value = "policies")]
+    pub policies: PathBuf,
+    /// JSON-lines file of intents (default: stdin).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Intents decided per transaction.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Name recorded as the origin instance of the events.
+    #[arg(long, env = "SPENDGUARD_INSTANCE", default_value = "cli")]
+    pub instance: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Distinct agents the intents are spread over (1 = single hot agent).
+    #[arg(long, default_value_t = 10_000)]
+    pub agents: usize,
+    /// Intents to decide.
+    #[arg(long, default_value_t = 50_000)]
+    pub intents: usize,
+    /// Intents per transaction.
+    #[arg(long, default_value_t = 200)]
+    pub batch: usize,
+    /// Concurrent deciders (connections).
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute every hash chain; exit 0 with a summary, or 1 naming the first broken event.
+    Verify {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Also re-evaluate every decision with the policy version recorded for it.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrivacyCommand {
+    /// Erase a data subject's personal data (destroys the subject's key; audited).
+    Forget {
+        /// The data subject: the beneficiary id.
+        subject: String,
+        #[command(flatten)]
+        db: DbArgs,
+        /// Who asked (recorded in the audit trail).
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn connect(db: &DbArgs, instance: &str) -> anyhow::Result<Ledger> {
+    Ledger::connect(&db.database_url, instance).await
+}
+
+pub fn run_db(cmd: DbCommand) -> anyhow::Result<i32> {
+    match cmd {
+        DbCommand::Migrate { db } => runtime()?.block_on(async {
+            let pool = sqlx::PgPool::connect(&db.database_url).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect to PostgreSQL ({e}); check --database-url / DATABASE_URL"
+                )
+            })?;
+            ledger::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(0)
+        }),
+    }
+}
+
+pub fn run_ledger(cmd: LedgerCommand) -> anyhow::Result<i32> {
+    match cmd {
+        LedgerCommand::Submit(args) => runtime()?.block_on(submit(args)),
+        LedgerCommand::Bench(args) => runtime()?.block_on(crate::ledger::bench::run(
+            &args.db.database_url,
+            args.agents,
+            args.intents,
+            args.batch,
+            args.concurrency,
+        )),
+    }
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
+    let set = PolicySet::load_dir(&args.policies).map_err(|e| {
+        anyhow::anyhow!("cannot load policies from {}: {e}", args.policies.display())
+    })?;
+    let ledger = connect(&args.db, &args.instance).await?;
+    ledger.activate_policies(&set, "ledger-submit").await?;
+    let reader: Box<dyn BufRead> = match &args.input {
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p)
+                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+    };
+    let batch = args.batch.clamp(1, ledger::decide::MAX_BATCH);
+    let mut out = std::io::stdout().lock();
+    let mut pending: Vec<(crate::intent::SpendIntent, Origin)> = Vec::new();
+    let mut failures = 0;
+    for (n, line) in reader.split(b'\n').enumerate() {
+        let line = line?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let origin = Origin {
+            instance: args.instance.clone(),
+            source: "cli".into(),
+            partition: None,
+            offset: Some(i64::try_from(n + 1).unwrap_or(i64::MAX)),
+        };
+        match parse_intent(line) {
+            Ok(intent) => {
+                pending.push((intent, origin));
+                if pending.len() >= batch {
+                    failures += flush(&ledger, &set, &mut pending, &mut out).await?;
+                }
+            }
+            Err(err) => {
+                failures += flush(&ledger, &set, &mut pending, &mut out).await?;
+                let seq = ledger.record_invalid_intent(line, &err, &origin).await?;
+                failures += 1;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"line": n + 1, "error": err, "ledgerSeq": seq})
+                )?;
+            }
+        }
+    }
+    failures += flush(&ledger, &set, &mut pending, &mut out).await?;
+    out.flush()?;
+    Ok(if failures == 0 { 0 } else { 2 })
+}
+
+async fn flush(
+    ledger: &Ledger,
+    set: &PolicySet,
+    pending: &mut Vec<(crate::intent::SpendIntent, Origin)>,
+    out: &mut impl Write,
+) -> anyhow::Result<usize> {
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let results = ledger.decide_batch(set, pending).await?;
+    pending.clear();
+    let mut failures = 0;
+    for r in results {
+        match r {
+            Ok(d) => writeln!(out, "{}", serde_json::to_string(&d.message)?)?,
+            Err(e) if e.code() == "idempotency_conflict" => {
+                failures += 1;
+                let (intent_id, existing_seq, audit_seq) = match &e {
+                    LedgerError::IdempotencyConflict {
+                        intent_id,
+                        existing_seq,
+                        audit_seq,
+                    } => (intent_id.clone(), *existing_seq, *audit_seq),
+                    _ => (String::new(), 0, 0),
+                };
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"intentId": intent_id, "error": {"code": e.code(), "message": e.to_string()},
+                        "existingLedgerSeq": existing_seq, "ledgerSeq": audit_seq})
+                )?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    out.flush()?;
+    Ok(failures)
+}
+
+pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<i32> {
+    match cmd {
+        AuditCommand::Verify { db } => runtime()?.block_on(async {
+            let ledger = connect(&db, "audit").await?;
+            let v = ledger.audit_verify().await?;
+            if v.problems.is_empty() {
+                println!("audit verify: OK — {} events, every hash chain intact, every chain head matches", v.events);
+                Ok(0)
+            } else {
+                let first = &v.problems[0];
+                println!(
+                    "audit verify: FAILED — first broken event: seq {} (chain {}, position {}): {}",
+                    first.seq, first.chain_id, first.chain_pos, first.problem
+                );
+                for p in v.problems.iter().skip(1).take(ledger::replay::MAX_LISTED) {
+                    println!("  also: seq {} (chain {}, position {}): {}", p.seq, p.chain_id, p.chain_pos, p.problem);
+                }
+                println!("{} problem(s) in {} events", v.problems.len(), v.events);
+                Ok(1)
+            }
+        }),
+    }
+}
+
+pub fn run_replay(args: ReplayArgs) -> anyhow::Result<i32> {
+    runtime()?.block_on(async {
+        let ledger = connect(&args.db, "replay").await?;
+        let report = ledger::replay::replay(ledger.pool(), args.verify).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "replay: {} events, {} decisions{}; {} projection difference(s), {} chain problem(s){}",
+                report.events,
+                report.decisions,
+                if args.verify {
+                    format!(
+                        ", {} re-evaluated, {} did not reproduce ({} with erased personal data)",
+                        report.decisions_reevaluated, report.decision_mismatch_count, report.erased_personal_data
+                    )
+                } else {
+                    String::new()
+                },
+                report.projection_difference_count,
+                report.chain_problems.len(),
+                if report.ok() { " — OK" } else { " — FAILED" }
+            );
+            for m in &report.decision_mismatches {
+                println!("  decision: {m}");
+            }
+            for d in &report.projection_differences {
+                println!("  projection: {d}");
+            }
+            for p in &report.chain_problems {
+                println!("  chain: seq {} ({} pos {}): {}", p.seq, p.chain_id, p.chain_pos, p.problem);
+            }
+        }
+        Ok(if report.ok() { 0 } else { 1 })
+    })
+}
+
+pub fn run_privacy(cmd: PrivacyCommand) -> anyhow::Result<i32> {
+    match cmd {
+        PrivacyCommand::Forget { subject, db, actor } => runtime()?.block_on(async {
+            let ledger = connect(&db, "privacy").await?;
+            let (seq, keys) = ledger
+                .forget_subject(&subject, &actor, &Origin::cli("privacy"))
+                .await?;
+            println!("subject {subject:?}: {keys} key(s) destroyed; recorded as ledgerSeq {seq}");
+            Ok(0)
+        }),
+    }
+}

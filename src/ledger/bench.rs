@@ -1,0 +1,152 @@
+//! `spendguard ledger bench`: decide throughput and latency against a real PostgreSQL.
+//! Creates a scratch database next to the one in the URL, decides N synthetic intents
+//! (spread over A agents) in batches from C concurrent deciders, and reports
+//! decisions/s and per-batch latency percentiles. Results go in docs/benchmarks.md.
+
+use super::{Ledger, Origin};
+use crate::intent::{Beneficiary, Purpose, SpendIntent};
+use crate::policy::PolicySet;
+use rust_decimal::Decimal;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Policy used by the benchmark: caps high enough that most intents are allowed, with
+/// some needing approval (realistic write mix: commits, reservations, pending rows).
+pub const BENCH_POLICY: &str = r#"
+name: bench
+description: ledger benchmark
+currency: BRL
+timezone: America/Sao_Paulo
+caps: { perTxn: "5000.00", daily: "100000.00", monthly: "1000000.00" }
+msig: { threshold: { higherThan: "4000.00", approvals: 2 } }
+"#;
+
+pub const BENCH_BINDINGS: &str = "default: bench\n";
+
+/// Writes the bench policy set into `dir` and loads it.
+pub fn bench_policies(dir: &std::path::Path) -> anyhow::Result<PolicySet> {
+    std::fs::write(dir.join("bench.yaml"), BENCH_POLICY)?;
+    std::fs::write(dir.join("bindings.yaml"), BENCH_BINDINGS)?;
+    PolicySet::load_dir(dir).map_err(|e| anyhow::anyhow!("bench policy does not load: {e}"))
+}
+
+pub fn synthetic_intent(run: &str, i: usize, agents: usize) -> SpendIntent {
+    let amount = Decimal::new(i64::try_from(100 + (i * 7919) % 450_000).unwrap_or(100), 2);
+    SpendIntent {
+        intent_id: format!("{run}-{i}"),
+        agent_id: format!("agent-{}", i % agents.max(1)),
+        entity_id: "acme-br".into(),
+        amount,
+        currency: "BRL".into(),
+        category: "utility".into(),
+        beneficiary: Beneficiary {
+            id: format!("ben-{}", i % 97),
+            account: (i % 4 == 0).then(|| "4111111111111111".to_string()),
+            country: Some("BR".into()),
+        },
+        purpose: Purpose::Pix,
+        metadata: None,
+    }
+}
+
+pub async fn run(
+    database_url: &str,
+    agents: usize,
+    intents: usize,
+    batch: usize,
+    concurrency: usize,
+) -> anyhow::Result<i32> {
+    let dir = std::env::temp_dir().join(format!("spendguard-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let set = Arc::new(bench_policies(&dir)?);
+    // A scratch database so the numbers do not depend on what else is in the ledger.
+    let admin = sqlx::PgPool::connect(database_url).await?;
+    let db_name = format!("spendguard_bench_{}", std::process::id());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+        .execute(&admin)
+        .await?;
+    let url = replace_db(database_url, &db_name);
+    let opts = super::ConnectOptions {
+        max_connections: u32::try_from(concurrency.max(1)).unwrap_or(8),
+        migrate: true,
+    };
+    let ledger = Arc::new(Ledger::connect_with(&url, "bench", opts).await?);
+    ledger.activate_policies(&set, "bench").await?;
+
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let batch = batch.clamp(1, super::decide::MAX_BATCH);
+    let all: Vec<SpendIntent> = (0..intents)
+        .map(|i| synthetic_intent(&run_id, i, agents))
+        .collect();
+    let chunks: Vec<Vec<(SpendIntent, Origin)>> = all
+        .chunks(batch)
+        .map(|c| {
+            c.iter()
+                .map(|i| (i.clone(), Origin::cli("bench")))
+                .collect()
+        })
+        .collect();
+    let queue = Arc::new(std::sync::Mutex::new(chunks.into_iter()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (ledger, set, queue) = (ledger.clone(), set.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us = Vec::new();
+            loop {
+                let next = queue.lock().ok().and_then(|mut q| q.next());
+                let Some(chunk) = next else { break };
+                let t = Instant::now();
+                ledger.decide_batch(&set, &chunk).await?;
+                latencies_us.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+            }
+            anyhow::Ok(latencies_us)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "decide bench: {intents} intents, {agents} agents, batch {batch}, concurrency {concurrency}: {:.0} decisions/s; batch latency ms p50 {:.2} p95 {:.2} p99 {:.2} max {:.2}",
+        intents as f64 / secs,
+        pct(0.50),
+        pct(0.95),
+        pct(0.99),
+        pct(1.0)
+    );
+    let verify = ledger.audit_verify().await?;
+    println!(
+        "audit verify of the bench ledger: {} events, {} problems",
+        verify.events,
+        verify.problems.len()
+    );
+    ledger.pool().close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db_name}")))
+        .execute(&admin)
+        .await?;
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(0)
+}
+
+/// The URL with its database name replaced.
+pub fn replace_db(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    match base.rsplit_once('/') {
+        Some((host, _)) if host.contains("://") && !host.ends_with('/') => {
+            format!("{host}/{db}{query}")
+        }
+        _ => format!("{base}/{db}{query}"),
+    }
+}

@@ -1,0 +1,194 @@
+//! The event catalogue: every fact the ledger records, with its payload. Payloads are
+//! serialized as canonical JSON (keys sorted, `serde_json` without `preserve_order`) and
+//! stored as the exact text that was hashed. docs/ledger.md lists them for auditors.
+
+use crate::decision::{Evaluation, KillState, PolicyIdentity, UsageReport};
+use crate::privacy::Sealed;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Event types (stable: auditors' tooling keys on them).
+pub mod kind {
+    pub const POLICY_ACTIVATED: &str = "policy_activated";
+    pub const INTENT_DECIDED: &str = "intent_decided";
+    pub const INTENT_INVALID: &str = "intent_invalid";
+    pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
+    pub const VOTE_ACCEPTED: &str = "vote_accepted";
+    pub const VOTE_REFUSED: &str = "vote_refused";
+    pub const INTENT_CLOSED: &str = "intent_closed";
+    pub const KILL_SWITCH_SET: &str = "kill_switch_set";
+    pub const SUBJECT_ERASED: &str = "subject_erased";
+
+    pub const ALL: [&str; 9] = [
+        POLICY_ACTIVATED,
+        INTENT_DECIDED,
+        INTENT_INVALID,
+        IDEMPOTENCY_CONFLICT,
+        VOTE_ACCEPTED,
+        VOTE_REFUSED,
+        INTENT_CLOSED,
+        KILL_SWITCH_SET,
+        SUBJECT_ERASED,
+    ];
+}
+
+/// Where an event came from (PCI DSS 10.2.2 "origination of event").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// Service instance (host/pod name) that wrote the event.
+    pub instance: String,
+    /// `kafka`, `cli` or `api`.
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+}
+
+impl Origin {
+    pub fn cli(instance: &str) -> Origin {
+        Origin {
+            instance: instance.to_string(),
+            source: "cli".into(),
+            partition: None,
+            offset: None,
+        }
+    }
+
+    pub fn kafka(instance: &str, partition: i32, offset: i64) -> Origin {
+        Origin {
+            instance: instance.to_string(),
+            source: "kafka".into(),
+            partition: Some(partition),
+            offset: Some(offset),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyActivated {
+    pub policy: PolicyIdentity,
+    /// The full canonical policy, so replay can re-evaluate with exactly this version.
+    pub canonical: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IntentDecided {
+    /// The intent with `beneficiary.account` masked and every PAN-looking string masked.
+    pub intent: serde_json::Value,
+    /// `{"account": ...}` sealed for the beneficiary (data subject); erasable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personal: Option<Sealed>,
+    /// Hex HMAC of the intent's canonical form (idempotency).
+    pub fingerprint: String,
+    pub accepted_at: DateTime<Utc>,
+    /// The kill switch as seen inside the deciding transaction.
+    pub kill: KillState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyIdentity>,
+    /// Usage seen before this intent (committed + reserved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageReport>,
+    pub evaluation: Evaluation,
+    /// For HITL / MSIG: when the approval window closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvalidInput {
+    /// The input as text, PANs masked, cut at `MAX_RAW_STORED_BYTES` (the original bytes
+    /// go to the dead-letter topic).
+    pub raw: String,
+    pub raw_bytes: usize,
+    pub truncated: bool,
+    /// Keyed fingerprint of the original bytes (ties this event to the DLQ message).
+    pub raw_fingerprint: String,
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdempotencyConflict {
+    pub intent_id: String,
+    pub fingerprint: String,
+    pub existing_fingerprint: String,
+    pub existing_seq: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoteAccepted {
+    pub intent_id: String,
+    pub approver_id: String,
+    pub vote: String,
+    pub signed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoteRefused {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vote: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    /// For refusals before the ledger: the message as received (PANs masked, cut).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IntentClosed {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    pub outcome: String,
+    pub approvers: Vec<String>,
+    pub closed_at: DateTime<Utc>,
+    /// The reservation this outcome moves (APPROVED) or releases (others).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: rust_decimal::Decimal,
+    pub currency: String,
+    pub tz: String,
+    pub day: chrono::NaiveDate,
+    pub month: chrono::NaiveDate,
+    /// Kill-switch scope that stopped an approval (KILLED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_scope: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KillSwitchSet {
+    pub scope: String,
+    pub active: bool,
+    pub actor: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectErased {
+    pub subject: String,
+    pub key_ids: Vec<uuid::Uuid>,
+    pub actor: String,
+}
+
+/// Canonical JSON text of a payload (sorted keys).
+pub fn canonical<T: Serialize>(payload: &T) -> String {
+    // Serializing our own plain structs to a Value cannot fail (no non-string map keys).
+    serde_json::to_value(payload)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| "null".to_string())
+}

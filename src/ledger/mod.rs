@@ -1,0 +1,851 @@
+//! The ledger: append-only, hash-chained events in PostgreSQL, and the projections
+//! derived from them (usage windows, pending approvals, kill switch, outbox).
+//!
+//! Every decision is made here, in one transaction per call (or per batch):
+//!
+//! ```text
+//! Ledger::connect(database_url, instance)      // runs the migrations
+//! ledger.activate_policies(&set, actor)        // policy_activated per new identity
+//! ledger.decide(&set, &intent, &origin)        // -> Decided { message, decision_hash, status: New | Redelivered }
+//!                                              //    Err(LedgerError::IdempotencyConflict) is audited
+//! ledger.decide_batch(&set, &[(intent, origin)]) // many intents, one transaction
+//! ledger.record_invalid_intent(raw, &err, &origin)
+//! ledger.apply_vote(&VerifiedVote, &origin)    // -> Accepted { outcome } | Refused { reason }
+//! ledger.refuse_vote(raw, reason, detail, &origin)
+//! ledger.expire_due(now)                       // EXPIRED outcomes; safe with several instances
+//! ledger.set_kill_switch(scope, on, actor, reason, &origin) / kill_switch_state()
+//! ledger.decision(intent_id)                   // decision + votes + outcome + decision hash
+//! ledger.outbox_claim(limit) / outbox_mark_published(&ids)
+//! ledger.forget_subject(subject, actor, &origin) // LGPD erasure
+//! ledger.audit_verify() / replay(verify)
+//! ```
+//!
+//! Guarantees and how they are enforced are in docs/ledger.md.
+
+pub mod bench;
+pub mod chain;
+pub mod decide;
+pub mod events;
+pub mod replay;
+pub mod store;
+pub mod usage;
+pub mod votes;
+
+pub use events::Origin;
+
+use crate::decision::{DecisionMessage, PolicyIdentity};
+use crate::intent::IntentError;
+use crate::policy::PolicySet;
+use crate::privacy;
+use chain::{GLOBAL_CHAIN, INTAKE_CHAIN};
+use chrono::{DateTime, Utc};
+use events::kind;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use store::{KillRow, PolicyRow, WriteSet};
+
+/// Connections the ledger opens by default (2 cores: more only adds contention).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+/// Most input bytes kept in an audit event (the dead-letter topic keeps the original).
+pub const MAX_RAW_STORED_BYTES: usize = 16 * 1024;
+/// How long an outbox claim is leased before another instance may publish it.
+pub const OUTBOX_LEASE_SECONDS: i64 = 30;
+/// Most pending approvals one `expire_due` call closes.
+pub const EXPIRE_BATCH_MAX: i64 = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DecideStatus {
+    /// Decided now.
+    New,
+    /// Already decided: the recorded decision, unchanged.
+    Redelivered,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decided {
+    pub message: DecisionMessage,
+    /// Hex SHA-256 of the `intent_decided` event: what approvers sign.
+    pub decision_hash: String,
+    pub status: DecideStatus,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(
+        "idempotency_conflict: intent {intent_id} was already decided (ledgerSeq {existing_seq}) with a different payload; the conflict is recorded as ledgerSeq {audit_seq}. Use a new intentId for a new intent."
+    )]
+    IdempotencyConflict {
+        intent_id: String,
+        existing_seq: i64,
+        audit_seq: i64,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl LedgerError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            LedgerError::IdempotencyConflict { .. } => "idempotency_conflict",
+            LedgerError::Database(_) => "database_error",
+            LedgerError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Vote {
+    Approve,
+    Reject,
+}
+
+impl Vote {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vote::Approve => "APPROVE",
+            Vote::Reject => "REJECT",
+        }
+    }
+}
+
+/// A vote whose signature the approvals module has already checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedVote {
+    pub intent_id: String,
+    pub approver_id: String,
+    pub vote: Vote,
+    pub signed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Outcome {
+    Approved,
+    Rejected,
+    Expired,
+    Killed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Approved => "APPROVED",
+            Outcome::Rejected => "REJECTED",
+            Outcome::Expired => "EXPIRED",
+            Outcome::Killed => "KILLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [
+            Outcome::Approved,
+            Outcome::Rejected,
+            Outcome::Expired,
+            Outcome::Killed,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+/// SPEC §3 outcome event, published on `spend.decisions` (key = agentId).
+/// `decidedAt` = `closedAt`: the moment this outcome was decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutcomeMessage {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    pub outcome: Outcome,
+    pub approvers: Vec<String>,
+    pub decided_at: DateTime<Utc>,
+    pub closed_at: DateTime<Utc>,
+    pub ledger_seq: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VoteResult {
+    Accepted {
+        seq: i64,
+        outcome: Option<OutcomeMessage>,
+    },
+    /// `reason` is a stable code: `unknown_intent`, `not_awaiting_approval`,
+    /// `already_closed`, `expired`, `self_approval`, `duplicate_approver`.
+    Refused {
+        seq: i64,
+        reason: String,
+        detail: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KillSwitchEntry {
+    pub scope: String,
+    pub active: bool,
+    pub actor: String,
+    pub reason: String,
+    pub changed_at: DateTime<Utc>,
+    pub seq: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoteRecord {
+    pub approver_id: String,
+    pub vote: Vote,
+    pub signed_at: DateTime<Utc>,
+    pub seq: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingInfo {
+    pub approvals_required: u32,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionRecord {
+    pub message: DecisionMessage,
+    pub decision_hash: String,
+    pub votes: Vec<VoteRecord>,
+    pub pending: Option<PendingInfo>,
+    pub outcome: Option<OutcomeMessage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub seq: i64,
+    pub topic: String,
+    pub key: String,
+    pub payload: String,
+}
+
+/// What is known of an intent's beneficiary account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersonalData {
+    /// The intent had no `beneficiary.account`.
+    None,
+    Clear(String),
+    /// The subject's key was erased (`privacy forget`).
+    Erased,
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    pool: PgPool,
+    instance: String,
+    fingerprint_key: Vec<u8>,
+    /// Policy identities known to be recorded (avoids a lookup per decision).
+    activated: Mutex<HashSet<String>>,
+}
+
+/// Options of [`Ledger::connect_with`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub max_connections: u32,
+    /// Apply pending migrations (needs a role allowed to change the schema).
+    pub migrate: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            migrate: true,
+        }
+    }
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// True when every migration of this build is applied (the service role, which may
+/// not create tables, can then start without migrating).
+pub async fn is_migrated(pool: &PgPool) -> bool {
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(v) => v,
+            Err(_) => return false,
+        };
+    MIGRATOR.iter().all(|m| applied.contains(&m.version))
+}
+
+/// Applies pending migrations (`spendguard db migrate`).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    if is_migrated(pool).await {
+        return Ok(());
+    }
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("applying database migrations failed: {e}. Check that the role in DATABASE_URL may create tables (run `spendguard db migrate` as the schema owner)."))
+}
+
+/// Valid kill-switch scopes: `global`, `entity:ID`, `agent:ID`.
+pub fn validate_scope(scope: &str) -> Result<(), String> {
+    if scope == "global" {
+        return Ok(());
+    }
+    match scope.split_once(':') {
+        Some(("entity" | "agent", id))
+            if !id.is_empty() && id.len() <= crate::intent::MAX_ID_LEN =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "kill-switch scope {scope:?} is not valid: use `global`, `entity:ID` or `agent:ID`"
+        )),
+    }
+}
+
+impl Ledger {
+    pub async fn connect(database_url: &str, instance: &str) -> anyhow::Result<Ledger> {
+        Ledger::connect_with(database_url, instance, ConnectOptions::default()).await
+    }
+
+    pub async fn connect_with(
+        database_url: &str,
+        instance: &str,
+        opts: ConnectOptions,
+    ) -> anyhow::Result<Ledger> {
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections)
+            .connect(database_url)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect to PostgreSQL ({e}). Is it running? `scripts/postgres.sh` starts a local one; set DATABASE_URL or --database-url."
+                )
+            })?;
+        if opts.migrate {
+            migrate(&pool).await?;
+        }
+        let fingerprint_key = load_fingerprint_key(&pool).await?;
+        Ok(Ledger {
+            pool,
+            instance: instance.to_string(),
+            fingerprint_key,
+            activated: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub(crate) fn fingerprint(&self, bytes: &[u8]) -> [u8; 32] {
+        privacy::fingerprint(&self.fingerprint_key, bytes)
+    }
+
+    fn is_activated(&self, sha: &str) -> bool {
+        self.activated
+            .lock()
+            .map(|s| s.contains(sha))
+            .unwrap_or(false)
+    }
+
+    fn mark_activated(&self, sha: &str) {
+        if let Ok(mut s) = self.activated.lock() {
+            s.insert(sha.to_string());
+        }
+    }
+
+    /// Records a `policy_activated` event (with the full canonical content) for every
+    /// policy of `set` not recorded before. Returns the new events' seqs.
+    pub async fn activate_policies(
+        &self,
+        set: &PolicySet,
+        actor: &str,
+    ) -> anyhow::Result<Vec<i64>> {
+        let wanted: Vec<(PolicyIdentity, String)> = set
+            .policies()
+            .filter(|p| !self.is_activated(&p.identity.sha256))
+            .map(|p| (p.identity.clone(), p.canonical_json().to_string()))
+            .collect();
+        self.activate(wanted, actor, &Origin::cli(&self.instance))
+            .await
+    }
+
+    pub(crate) async fn activate(
+        &self,
+        wanted: Vec<(PolicyIdentity, String)>,
+        actor: &str,
+        origin: &Origin,
+    ) -> anyhow::Result<Vec<i64>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let chains = vec![GLOBAL_CHAIN.to_string()];
+        let now = store::lock_chains(&mut tx, &chains, None, false).await?;
+        let shas: Vec<&str> = wanted.iter().map(|(i, _)| i.sha256.as_str()).collect();
+        let known: Vec<String> =
+            sqlx::query_scalar("SELECT sha256 FROM policy_version WHERE sha256 = ANY($1)")
+                .bind(&shas)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut new: Vec<&(PolicyIdentity, String)> = Vec::new();
+        for w in &wanted {
+            if !known.contains(&w.0.sha256) && !new.iter().any(|n| n.0.sha256 == w.0.sha256) {
+                new.push(w);
+            }
+        }
+        let mut ws = WriteSet::default();
+        ws.load_heads(&mut tx, &chains).await?;
+        ws.reserve_seqs(&mut tx, new.len()).await?;
+        let mut seqs = Vec::new();
+        for (identity, canonical) in new {
+            let payload = events::PolicyActivated {
+                policy: identity.clone(),
+                canonical: canonical.clone(),
+            };
+            let resource = format!("policy:{}@{}", identity.name, identity.version);
+            let seq = ws
+                .append(
+                    GLOBAL_CHAIN,
+                    kind::POLICY_ACTIVATED,
+                    now,
+                    actor,
+                    &resource,
+                    origin,
+                    &payload,
+                )?
+                .seq;
+            ws.policies.push(PolicyRow {
+                sha256: identity.sha256.clone(),
+                name: identity.name.clone(),
+                version: identity.version.clone(),
+                canonical: canonical.clone(),
+                seq,
+            });
+            seqs.push(seq);
+        }
+        ws.flush(&mut tx).await?;
+        tx.commit().await?;
+        for (identity, _) in &wanted {
+            self.mark_activated(&identity.sha256);
+        }
+        Ok(seqs)
+    }
+
+    /// Records input that is not a valid intent (`intent_invalid`, chain `intake`).
+    pub async fn record_invalid_intent(
+        &self,
+        raw: &[u8],
+        err: &IntentError,
+        origin: &Origin,
+    ) -> anyhow::Result<i64> {
+        let (text, truncated) = stored_raw(raw);
+        let (actor, resource) = ids_from_raw(raw, "agentId", "intentId");
+        let payload = events::InvalidInput {
+            raw: text,
+            raw_bytes: raw.len(),
+            truncated,
+            raw_fingerprint: hex::encode(self.fingerprint(raw)),
+            code: err.code.to_string(),
+            message: privacy::mask_pans(&err.message),
+            field: err.field.map(str::to_string),
+        };
+        self.append_single(
+            INTAKE_CHAIN,
+            kind::INTENT_INVALID,
+            &actor,
+            &resource,
+            origin,
+            &payload,
+        )
+        .await
+    }
+
+    /// Records a vote refused before it reached the ledger (bad signature, unknown
+    /// approver, ...). `reason` is the refusal's stable code.
+    pub async fn refuse_vote(
+        &self,
+        raw: &[u8],
+        reason: &str,
+        detail: &str,
+        origin: &Origin,
+    ) -> anyhow::Result<i64> {
+        let (text, _) = stored_raw(raw);
+        let (approver, intent) = ids_from_raw(raw, "approverId", "intentId");
+        let vote = serde_json::from_slice::<serde_json::Value>(raw)
+            .ok()
+            .and_then(|v| {
+                v.get("vote")
+                    .and_then(|x| x.as_str())
+                    .map(|s| privacy::mask_pans(s))
+            });
+        let payload = events::VoteRefused {
+            intent_id: (intent != "unknown").then(|| intent.clone()),
+            approver_id: (approver != "unknown").then(|| approver.clone()),
+            vote,
+            reason: reason.to_string(),
+            detail: privacy::mask_pans(detail),
+            raw: Some(text),
+        };
+        self.append_single(
+            INTAKE_CHAIN,
+            kind::VOTE_REFUSED,
+            &approver,
+            &intent,
+            origin,
+            &payload,
+        )
+        .await
+    }
+
+    async fn append_single<T: Serialize>(
+        &self,
+        chain_id: &str,
+        event_type: &str,
+        actor: &str,
+        resource: &str,
+        origin: &Origin,
+        payload: &T,
+    ) -> anyhow::Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let chains = vec![chain_id.to_string()];
+        let now = store::lock_chains(&mut tx, &chains, None, false).await?;
+        let mut ws = WriteSet::default();
+        ws.load_heads(&mut tx, &chains).await?;
+        ws.reserve_seqs(&mut tx, 1).await?;
+        let seq = ws
+            .append(chain_id, event_type, now, actor, resource, origin, payload)?
+            .seq;
+        ws.flush(&mut tx).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Trips (`on`) or clears a kill switch. Recorded only when the state changes (every
+    /// instance receiving the same control message may call this); returns the seq of
+    /// the event that set the current state.
+    pub async fn set_kill_switch(
+        &self,
+        scope: &str,
+        on: bool,
+        actor: &str,
+        reason: &str,
+        origin: &Origin,
+    ) -> anyhow::Result<i64> {
+        validate_scope(scope).map_err(anyhow::Error::msg)?;
+        let mut tx = self.pool.begin().await?;
+        let chains = vec![GLOBAL_CHAIN.to_string()];
+        // Exclusive on the kill-switch key: waits for every decision in flight, and every
+        // later decision waits for this commit, so none straddles the change.
+        let now = store::lock_chains(&mut tx, &chains, Some(chain::kill_switch_lock_key()), false)
+            .await?;
+        let current: Option<(bool, i64)> =
+            sqlx::query_as("SELECT active, seq FROM kill_switch WHERE scope = $1")
+                .bind(scope)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some((active, seq)) = current
+            && active == on
+        {
+            tx.rollback().await?;
+            return Ok(seq);
+        }
+        if current.is_none() && !on {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let mut ws = WriteSet::default();
+        ws.load_heads(&mut tx, &chains).await?;
+        ws.reserve_seqs(&mut tx, 1).await?;
+        let payload = events::KillSwitchSet {
+            scope: scope.to_string(),
+            active: on,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+        };
+        let resource = format!("kill-switch:{scope}");
+        let seq = ws
+            .append(
+                GLOBAL_CHAIN,
+                kind::KILL_SWITCH_SET,
+                now,
+                actor,
+                &resource,
+                origin,
+                &payload,
+            )?
+            .seq;
+        ws.kills.push(KillRow {
+            scope: scope.to_string(),
+            active: on,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+            changed_at: chain::to_micros(now),
+            seq,
+        });
+        ws.flush(&mut tx).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    pub async fn kill_switch_state(&self) -> anyhow::Result<Vec<KillSwitchEntry>> {
+        let rows = sqlx::query(
+            "SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch ORDER BY scope",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(KillSwitchEntry {
+                scope: r.try_get("scope")?,
+                active: r.try_get("active")?,
+                actor: r.try_get("actor")?,
+                reason: r.try_get("reason")?,
+                changed_at: r.try_get("changed_at")?,
+                seq: r.try_get("seq")?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The recorded decision of an intent, with its votes, pending state and outcome.
+    pub async fn decision(&self, intent_id: &str) -> anyhow::Result<Option<DecisionRecord>> {
+        let Some(row) =
+            sqlx::query("SELECT message, decision_hash FROM decision WHERE intent_id = $1")
+                .bind(intent_id)
+                .fetch_optional(&self.pool)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let message: DecisionMessage = serde_json::from_str(row.try_get::<&str, _>("message")?)?;
+        let decision_hash = hex::encode(row.try_get::<Vec<u8>, _>("decision_hash")?);
+        let mut votes = Vec::new();
+        for r in sqlx::query("SELECT approver_id, vote, signed_at, seq FROM approval_vote WHERE intent_id = $1 ORDER BY seq")
+            .bind(intent_id)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let vote: String = r.try_get("vote")?;
+            votes.push(VoteRecord {
+                approver_id: r.try_get("approver_id")?,
+                vote: if vote == "REJECT" { Vote::Reject } else { Vote::Approve },
+                signed_at: r.try_get("signed_at")?,
+                seq: r.try_get("seq")?,
+            });
+        }
+        let pending = sqlx::query(
+            "SELECT approvals_required, expires_at FROM pending_approval WHERE intent_id = $1",
+        )
+        .bind(intent_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| -> anyhow::Result<PendingInfo> {
+            Ok(PendingInfo {
+                approvals_required: u32::try_from(r.try_get::<i32, _>("approvals_required")?)
+                    .unwrap_or(0),
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .transpose()?;
+        let outcome = match sqlx::query_scalar::<_, String>(
+            "SELECT message FROM intent_outcome WHERE intent_id = $1",
+        )
+        .bind(intent_id)
+        .fetch_optional(&self.pool)
+        .await?
+        {
+            Some(m) => Some(serde_json::from_str(&m)?),
+            None => None,
+        };
+        Ok(Some(DecisionRecord {
+            message,
+            decision_hash,
+            votes,
+            pending,
+            outcome,
+        }))
+    }
+
+    /// Leases up to `limit` unpublished outbox rows (oldest first) to this instance.
+    /// Rows leased by another live instance are skipped; a lease expires after
+    /// `OUTBOX_LEASE_SECONDS`, so a crashed publisher's rows are published by others.
+    pub async fn outbox_claim(&self, limit: usize) -> anyhow::Result<Vec<OutboxRow>> {
+        let rows = sqlx::query(
+            "UPDATE outbox o SET claimed_by = $2, claimed_until = now() + make_interval(secs => $3)
+             FROM (SELECT id FROM outbox
+                   WHERE claimed_until IS NULL OR claimed_until < now() OR claimed_by = $2
+                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) c
+             WHERE o.id = c.id
+             RETURNING o.id, o.seq, o.topic, o.msg_key, o.payload",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(&self.instance)
+        .bind(OUTBOX_LEASE_SECONDS as f64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(OutboxRow {
+                id: r.try_get("id")?,
+                seq: r.try_get("seq")?,
+                topic: r.try_get("topic")?,
+                key: r.try_get("msg_key")?,
+                payload: r.try_get("payload")?,
+            });
+        }
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    /// Removes published rows from the outbox (the events keep everything).
+    pub async fn outbox_mark_published(&self, ids: &[i64]) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// LGPD erasure: destroys the subject's keys and records `subject_erased`. The
+    /// events keep their ciphertext (now unreadable) so the chain and replay stay valid.
+    pub async fn forget_subject(
+        &self,
+        subject: &str,
+        actor: &str,
+        origin: &Origin,
+    ) -> anyhow::Result<(i64, usize)> {
+        let mut tx = self.pool.begin().await?;
+        let chains = vec![GLOBAL_CHAIN.to_string()];
+        let now = store::lock_chains(&mut tx, &chains, None, false).await?;
+        let key_ids: Vec<uuid::Uuid> =
+            sqlx::query_scalar("DELETE FROM subject_key WHERE subject_id = $1 RETURNING key_id")
+                .bind(subject)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut ws = WriteSet::default();
+        ws.load_heads(&mut tx, &chains).await?;
+        ws.reserve_seqs(&mut tx, 1).await?;
+        let n = key_ids.len();
+        let payload = events::SubjectErased {
+            subject: subject.to_string(),
+            key_ids,
+            actor: actor.to_string(),
+        };
+        let resource = format!("subject:{subject}");
+        let seq = ws
+            .append(
+                GLOBAL_CHAIN,
+                kind::SUBJECT_ERASED,
+                now,
+                actor,
+                &resource,
+                origin,
+                &payload,
+            )?
+            .seq;
+        ws.flush(&mut tx).await?;
+        tx.commit().await?;
+        Ok((seq, n))
+    }
+
+    /// The beneficiary account of a decided intent, decrypted if its subject's key exists.
+    pub async fn beneficiary_account(
+        &self,
+        intent_id: &str,
+    ) -> anyhow::Result<Option<PersonalData>> {
+        let Some(payload) = sqlx::query_scalar::<_, String>(
+            "SELECT e.payload FROM decision d JOIN ledger_event e ON e.seq = d.seq WHERE d.intent_id = $1",
+        )
+        .bind(intent_id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let decided: events::IntentDecided = serde_json::from_str(&payload)?;
+        let Some(sealed) = decided.personal else {
+            return Ok(Some(PersonalData::None));
+        };
+        let key = sqlx::query("SELECT key_id, key FROM subject_key WHERE key_id = $1")
+            .bind(sealed.key_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(key) = key else {
+            return Ok(Some(PersonalData::Erased));
+        };
+        let key = privacy::SubjectKey::from_bytes(
+            key.try_get("key_id")?,
+            &key.try_get::<Vec<u8>, _>("key")?,
+        )
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "stored key of subject {} has the wrong length",
+                sealed.subject
+            )
+        })?;
+        let clear = privacy::open(&key, &sealed, intent_id)?;
+        let personal: serde_json::Value = serde_json::from_slice(&clear)?;
+        Ok(Some(PersonalData::Clear(
+            personal
+                .get("account")
+                .and_then(|a| a.as_str())
+                .unwrap_or_default()
+                .to_string(),
+        )))
+    }
+
+    /// `spendguard audit verify`: recomputes every chain; problems sorted by seq.
+    pub async fn audit_verify(&self) -> anyhow::Result<chain::Verifier> {
+        replay::verify_chains(&self.pool).await
+    }
+}
+
+async fn load_fingerprint_key(pool: &PgPool) -> anyhow::Result<Vec<u8>> {
+    let candidate = privacy::SubjectKey::generate().key.to_vec();
+    sqlx::query("INSERT INTO ledger_secret (name, key) VALUES ('fingerprint', $1) ON CONFLICT (name) DO NOTHING")
+        .bind(&candidate)
+        .execute(pool)
+        .await?;
+    Ok(
+        sqlx::query_scalar("SELECT key FROM ledger_secret WHERE name = 'fingerprint'")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Input kept in an audit event: text with PANs masked, cut to `MAX_RAW_STORED_BYTES`.
+fn stored_raw(raw: &[u8]) -> (String, bool) {
+    let truncated = raw.len() > MAX_RAW_STORED_BYTES;
+    let cut = &raw[..raw.len().min(MAX_RAW_STORED_BYTES)];
+    (privacy::mask_pans(&String::from_utf8_lossy(cut)), truncated)
+}
+
+/// Best-effort actor and resource ids from a message that may not parse.
+fn ids_from_raw(raw: &[u8], actor_field: &str, resource_field: &str) -> (String, String) {
+    let v: Option<serde_json::Value> = serde_json::from_slice(raw).ok();
+    let get = |f: &str| {
+        v.as_ref()
+            .and_then(|v| v.get(f))
+            .and_then(|x| x.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= crate::intent::MAX_ID_LEN)
+            .map(privacy::mask_pans)
+            .unwrap_or_else(|| "unknown".to_string())
+    };
+    (get(actor_field), get(resource_field))
+}

@@ -1,0 +1,680 @@
+//! Replay and verification: rebuild every projection from the events, compare with the
+//! live tables, re-evaluate every recorded decision with the policy version recorded
+//! for it, and recompute the hash chains.
+//!
+//! Gap safety. Replay reads all events and all live projections inside one
+//! REPEATABLE READ snapshot: a transaction is either entirely visible (its events and
+//! the projection changes it made) or not at all, so replay never sees a "hole" left by
+//! a transaction that has not committed yet. Within one chain, seq order is chain order
+//! (seqs are allocated while holding the chain's lock), and a kill-switch change and a
+//! decision are ordered by the kill-switch lock, so seq order is a valid apply order.
+//! Followers that tail the ledger incrementally use [`events_after`], which only
+//! returns events of transactions older than every running one.
+
+use super::chain::{self, EventRow, Verifier};
+use super::decide::kill_scope_for;
+use super::events::{self, kind};
+use super::usage::{self, UsageKey};
+use super::votes::usage_change;
+use crate::decision::{DecisionMessage, Effect, Usage};
+use crate::intent::SpendIntent;
+use crate::policy::{self, CompiledPolicy, EvalInput};
+use crate::privacy;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Most differences listed in a report (the count is always exact).
+pub const MAX_LISTED: usize = 50;
+
+fn row_to_event(r: &sqlx::postgres::PgRow) -> anyhow::Result<EventRow> {
+    let hash = |name: &str| -> anyhow::Result<chain::Hash> {
+        let v: Vec<u8> = r.try_get(name)?;
+        let mut h = chain::GENESIS;
+        if v.len() == h.len() {
+            h.copy_from_slice(&v);
+        } else {
+            // A wrong-length hash cannot match anything; keep it visibly wrong.
+            h = [0xff; chain::HASH_BYTES];
+        }
+        Ok(h)
+    };
+    Ok(EventRow {
+        seq: r.try_get("seq")?,
+        chain_id: r.try_get("chain_id")?,
+        chain_pos: r.try_get("chain_pos")?,
+        event_type: r.try_get("event_type")?,
+        recorded_at: r.try_get("recorded_at")?,
+        actor: r.try_get("actor")?,
+        resource: r.try_get("resource")?,
+        origin: r.try_get("origin")?,
+        payload: r.try_get("payload")?,
+        prev_hash: hash("prev_hash")?,
+        hash: hash("hash")?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "seq, chain_id, chain_pos, event_type, recorded_at, actor, resource, origin, payload, prev_hash, hash";
+
+async fn load_heads(
+    conn: &mut sqlx::PgConnection,
+) -> anyhow::Result<Vec<(String, i64, chain::Hash, i64)>> {
+    let mut heads = Vec::new();
+    for r in sqlx::query("SELECT chain_id, chain_pos, hash, seq FROM chain_head")
+        .fetch_all(conn)
+        .await?
+    {
+        let v: Vec<u8> = r.try_get("hash")?;
+        let mut h = chain::GENESIS;
+        if v.len() == h.len() {
+            h.copy_from_slice(&v);
+        }
+        heads.push((
+            r.try_get("chain_id")?,
+            r.try_get("chain_pos")?,
+            h,
+            r.try_get("seq")?,
+        ));
+    }
+    Ok(heads)
+}
+
+/// Recomputes every chain in one snapshot.
+pub async fn verify_chains(pool: &PgPool) -> anyhow::Result<Verifier> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let mut v = Verifier::default();
+    {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM ledger_event ORDER BY seq");
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *tx);
+        while let Some(r) = rows.try_next().await? {
+            v.check(&row_to_event(&r)?);
+        }
+    }
+    let heads = load_heads(&mut tx).await?;
+    v.finish(&heads);
+    tx.commit().await?;
+    Ok(v)
+}
+
+/// A position in the ledger for followers: `(xid, seq)` of the last event read.
+pub type Cursor = (i64, i64);
+
+/// Events after `cursor` of transactions that finished before every transaction still
+/// running (`xid < pg_snapshot_xmin`), in `(xid, seq)` order. No event can later appear
+/// before the returned ones, so a follower never skips an event.
+pub async fn events_after(
+    pool: &PgPool,
+    cursor: Cursor,
+    limit: i64,
+) -> anyhow::Result<Vec<(Cursor, EventRow)>> {
+    let sql = format!(
+        "SELECT xid::text::bigint AS xid_n, {EVENT_COLUMNS} FROM ledger_event
+         WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
+           AND (xid::text::bigint, seq) > ($1, $2)
+         ORDER BY xid, seq LIMIT $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(cursor.0)
+        .bind(cursor.1)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| Ok(((r.try_get("xid_n")?, r.try_get("seq")?), row_to_event(r)?)))
+        .collect()
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayReport {
+    pub events: u64,
+    pub decisions: u64,
+    pub decisions_reevaluated: u64,
+    /// Decisions that did not reproduce (with `--verify`).
+    pub decision_mismatches: Vec<String>,
+    pub decision_mismatch_count: u64,
+    /// Rebuilt projection rows that differ from the live tables.
+    pub projection_differences: Vec<String>,
+    pub projection_difference_count: u64,
+    /// Hash-chain problems found on the way.
+    pub chain_problems: Vec<chain::ChainProblem>,
+    /// Decisions whose personal data was erased (re-evaluated with the masked account).
+    pub erased_personal_data: u64,
+}
+
+impl ReplayReport {
+    pub fn ok(&self) -> bool {
+        self.decision_mismatch_count == 0
+            && self.projection_difference_count == 0
+            && self.chain_problems.is_empty()
+    }
+
+    fn mismatch(&mut self, s: String) {
+        self.decision_mismatch_count += 1;
+        if self.decision_mismatches.len() < MAX_LISTED {
+            self.decision_mismatches.push(s);
+        }
+    }
+
+    fn difference(&mut self, s: String) {
+        self.projection_difference_count += 1;
+        if self.projection_differences.len() < MAX_LISTED {
+            self.projection_differences.push(s);
+        }
+    }
+}
+
+/// The projections, rebuilt in memory.
+#[derive(Debug, Default, PartialEq)]
+struct Projections {
+    /// intent -> (agent, entity, seq, fingerprint hex, decision hash hex, effect, message)
+    decisions: BTreeMap<String, (String, String, i64, String, String, String, DecisionMessage)>,
+    usage: BTreeMap<UsageKey, (Decimal, Decimal)>,
+    /// intent -> (agent, entity, effect, approvals, amount, currency, tz, day, month, decided seq, expires)
+    pending: BTreeMap<String, String>,
+    votes: BTreeMap<(String, String), (String, DateTime<Utc>, i64)>,
+    outcomes: BTreeMap<String, (String, String, DateTime<Utc>, i64)>,
+    kills: BTreeMap<String, (bool, String, String, DateTime<Utc>, i64)>,
+    policies: BTreeMap<String, (String, String, String, i64)>,
+}
+
+fn pending_text(
+    agent: &str,
+    entity: &str,
+    effect: &str,
+    approvals: i32,
+    amount: Decimal,
+    currency: &str,
+    tz: &str,
+    day: chrono::NaiveDate,
+    month: chrono::NaiveDate,
+    seq: i64,
+    expires: DateTime<Utc>,
+) -> String {
+    format!(
+        "{agent} {entity} {effect} {approvals} {} {currency} {tz} {day} {month} {seq} {}",
+        amount.normalize(),
+        chain::format_time(&expires)
+    )
+}
+
+/// `spendguard replay [--verify]`.
+pub async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<ReplayReport> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let keys: HashMap<uuid::Uuid, privacy::SubjectKey> =
+        sqlx::query("SELECT key_id, key FROM subject_key")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .filter_map(|r| {
+                let id: uuid::Uuid = r.try_get("key_id").ok()?;
+                let k: Vec<u8> = r.try_get("key").ok()?;
+                privacy::SubjectKey::from_bytes(id, &k).map(|k| (id, k))
+            })
+            .collect();
+
+    let mut report = ReplayReport::default();
+    let mut p = Projections::default();
+    let mut compiled: HashMap<String, CompiledPolicy> = HashMap::new();
+    let mut verifier = Verifier::default();
+    {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM ledger_event ORDER BY seq");
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *tx);
+        while let Some(r) = rows.try_next().await? {
+            let e = row_to_event(&r)?;
+            verifier.check(&e);
+            report.events += 1;
+            apply(&e, &mut p, &mut report, &mut compiled, &keys, verify)?;
+        }
+    }
+    let heads = load_heads(&mut tx).await?;
+    verifier.finish(&heads);
+    report.chain_problems = verifier.problems;
+
+    let live = load_live(&mut tx).await?;
+    compare(&p, &live, &mut report);
+    tx.commit().await?;
+    Ok(report)
+}
+
+fn apply(
+    e: &EventRow,
+    p: &mut Projections,
+    report: &mut ReplayReport,
+    compiled: &mut HashMap<String, CompiledPolicy>,
+    keys: &HashMap<uuid::Uuid, privacy::SubjectKey>,
+    verify: bool,
+) -> anyhow::Result<()> {
+    let at = |what: &str| format!("seq {} ({}): {what}", e.seq, e.event_type);
+    match e.event_type.as_str() {
+        kind::POLICY_ACTIVATED => {
+            let a: events::PolicyActivated = serde_json::from_str(&e.payload)?;
+            p.policies.insert(
+                a.policy.sha256.clone(),
+                (
+                    a.policy.name.clone(),
+                    a.policy.version.clone(),
+                    a.canonical.clone(),
+                    e.seq,
+                ),
+            );
+            if verify {
+                match CompiledPolicy::parse(&a.canonical, &format!("ledger seq {}", e.seq)) {
+                    Ok(c) => {
+                        if c.identity != a.policy {
+                            report.mismatch(at(&format!(
+                                "recorded policy {}@{} ({}) parses to a different identity {:?}",
+                                a.policy.name, a.policy.version, a.policy.sha256, c.identity
+                            )));
+                        }
+                        compiled.insert(a.policy.sha256.clone(), c);
+                    }
+                    Err(err) => {
+                        report.mismatch(at(&format!("recorded policy does not parse: {err}")))
+                    }
+                }
+            }
+        }
+        kind::INTENT_DECIDED => {
+            report.decisions += 1;
+            let d: events::IntentDecided = serde_json::from_str(&e.payload)?;
+            let mut intent: SpendIntent = serde_json::from_value(d.intent.clone())?;
+            let message = DecisionMessage {
+                intent_id: intent.intent_id.clone(),
+                agent_id: intent.agent_id.clone(),
+                entity_id: intent.entity_id.clone(),
+                effect: d.evaluation.effect,
+                approvals_required: d.evaluation.approvals_required,
+                reasons: d.evaluation.reasons.clone(),
+                policy: d.policy.clone(),
+                usage: d.usage.clone(),
+                decided_at: d.accepted_at,
+                ledger_seq: Some(e.seq),
+            };
+            let policy_tz_currency = d
+                .usage
+                .as_ref()
+                .map(|u| (u.window.tz.clone(), intent.currency.clone()));
+            let windows = match (&d.usage, &policy_tz_currency) {
+                (Some(u), Some((tz, _))) => {
+                    let month = chrono::NaiveDate::parse_from_str(
+                        &format!("{}-01", u.window.month),
+                        "%Y-%m-%d",
+                    )?;
+                    // Usage is kept in the policy's currency; a DENY for another currency
+                    // changes nothing, so the intent's currency only matters when it matches.
+                    let cur = d
+                        .policy
+                        .as_ref()
+                        .and_then(|pi| {
+                            compiled
+                                .get(&pi.sha256)
+                                .map(|c| c.currency.code.to_string())
+                        })
+                        .unwrap_or_else(|| intent.currency.clone());
+                    Some((
+                        usage::key(&intent.agent_id, usage::DAY, tz, &cur, u.window.day),
+                        usage::key(&intent.agent_id, usage::MONTH, tz, &cur, month),
+                        u.window.day,
+                        month,
+                        cur,
+                    ))
+                }
+                _ => None,
+            };
+            if verify {
+                report.decisions_reevaluated += 1;
+                if let (Some(u), Some((dk, mk, ..))) = (&d.usage, &windows) {
+                    let daily = p.usage.get(dk).map(|(c, r)| c + r).unwrap_or_default();
+                    let monthly = p.usage.get(mk).map(|(c, r)| c + r).unwrap_or_default();
+                    if daily != u.daily_so_far || monthly != u.monthly_so_far {
+                        report.mismatch(at(&format!(
+                            "intent {}: recorded usage {}/{} but the events before it give {daily}/{monthly}",
+                            intent.intent_id, u.daily_so_far, u.monthly_so_far
+                        )));
+                    }
+                }
+                let active: HashSet<String> = p
+                    .kills
+                    .iter()
+                    .filter(|(_, v)| v.0)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let kill = kill_scope_for(&active, &intent.agent_id, &intent.entity_id);
+                if kill != d.kill {
+                    report.mismatch(at(&format!(
+                        "intent {}: recorded kill switch {:?} but the events before it give {kill:?}",
+                        intent.intent_id, d.kill
+                    )));
+                }
+                // Restore the personal data when its key still exists (a Rego module may
+                // read it); after erasure the masked account is used.
+                if let Some(sealed) = &d.personal {
+                    match keys
+                        .get(&sealed.key_id)
+                        .map(|k| privacy::open(k, sealed, &intent.intent_id))
+                    {
+                        Some(Ok(clear)) => {
+                            if let Some(a) = serde_json::from_slice::<serde_json::Value>(&clear)
+                                .ok()
+                                .and_then(|v| {
+                                    v.get("account")
+                                        .and_then(|a| a.as_str())
+                                        .map(str::to_string)
+                                })
+                            {
+                                intent.beneficiary.account = Some(a);
+                            }
+                        }
+                        Some(Err(err)) => {
+                            report.mismatch(at(&format!("personal data does not decrypt: {err}")))
+                        }
+                        None => report.erased_personal_data += 1,
+                    }
+                }
+                let usage_in = d
+                    .usage
+                    .as_ref()
+                    .map(|u| Usage {
+                        daily_so_far: u.daily_so_far,
+                        monthly_so_far: u.monthly_so_far,
+                    })
+                    .unwrap_or_default();
+                let again = match &d.policy {
+                    None => Some(policy::no_policy_bound(&intent)),
+                    Some(pi) => match compiled.get(&pi.sha256) {
+                        Some(c) => Some(policy::evaluate(
+                            c,
+                            &EvalInput {
+                                intent: &intent,
+                                usage: usage_in,
+                                kill: &d.kill,
+                                accepted_at: d.accepted_at,
+                            },
+                        )),
+                        None => {
+                            report.mismatch(at(&format!(
+                                "intent {}: policy {} ({}) was never activated in the ledger",
+                                intent.intent_id, pi.name, pi.sha256
+                            )));
+                            None
+                        }
+                    },
+                };
+                if let Some(again) = again
+                    && again != d.evaluation
+                {
+                    report.mismatch(at(&format!(
+                        "intent {}: recorded {} {:?} but re-evaluation gives {} {:?}",
+                        intent.intent_id,
+                        d.evaluation.effect,
+                        d.evaluation
+                            .reasons
+                            .iter()
+                            .map(|r| r.code.as_ref())
+                            .collect::<Vec<_>>(),
+                        again.effect,
+                        again
+                            .reasons
+                            .iter()
+                            .map(|r| r.code.as_ref())
+                            .collect::<Vec<_>>()
+                    )));
+                }
+            }
+            if let Some((dk, mk, day, month, cur)) = windows {
+                let (committed, reserved) = match d.evaluation.effect {
+                    Effect::Allow => (intent.amount, Decimal::ZERO),
+                    Effect::RequireHitl | Effect::RequireMsig => (Decimal::ZERO, intent.amount),
+                    Effect::Deny => (Decimal::ZERO, Decimal::ZERO),
+                };
+                if !committed.is_zero() || !reserved.is_zero() {
+                    for k in [dk, mk] {
+                        let v = p.usage.entry(k).or_insert((Decimal::ZERO, Decimal::ZERO));
+                        v.0 += committed;
+                        v.1 += reserved;
+                    }
+                }
+                if let (Some(expires), Some((tz, _))) = (d.expires_at, &policy_tz_currency) {
+                    p.pending.insert(
+                        intent.intent_id.clone(),
+                        pending_text(
+                            &intent.agent_id,
+                            &intent.entity_id,
+                            d.evaluation.effect.as_str(),
+                            i32::try_from(d.evaluation.approvals_required.max(1))
+                                .unwrap_or(i32::MAX),
+                            intent.amount,
+                            &cur,
+                            tz,
+                            day,
+                            month,
+                            e.seq,
+                            expires,
+                        ),
+                    );
+                }
+            }
+            p.decisions.insert(
+                intent.intent_id.clone(),
+                (
+                    intent.agent_id.clone(),
+                    intent.entity_id.clone(),
+                    e.seq,
+                    d.fingerprint.clone(),
+                    hex::encode(e.hash),
+                    d.evaluation.effect.as_str().to_string(),
+                    message,
+                ),
+            );
+        }
+        kind::VOTE_ACCEPTED => {
+            let v: events::VoteAccepted = serde_json::from_str(&e.payload)?;
+            p.votes
+                .insert((v.intent_id, v.approver_id), (v.vote, v.signed_at, e.seq));
+        }
+        kind::INTENT_CLOSED => {
+            let c: events::IntentClosed = serde_json::from_str(&e.payload)?;
+            for (k, committed, reserved) in usage_change(&c) {
+                let v = p.usage.entry(k).or_insert((Decimal::ZERO, Decimal::ZERO));
+                v.0 += committed;
+                v.1 += reserved;
+            }
+            if p.pending.remove(&c.intent_id).is_none() {
+                report.mismatch(at(&format!(
+                    "intent {} closed but it was not waiting for approval",
+                    c.intent_id
+                )));
+            }
+            p.outcomes.insert(
+                c.intent_id.clone(),
+                (c.agent_id.clone(), c.outcome.clone(), c.closed_at, e.seq),
+            );
+        }
+        kind::KILL_SWITCH_SET => {
+            let k: events::KillSwitchSet = serde_json::from_str(&e.payload)?;
+            p.kills
+                .insert(k.scope, (k.active, k.actor, k.reason, e.recorded_at, e.seq));
+        }
+        kind::INTENT_INVALID
+        | kind::IDEMPOTENCY_CONFLICT
+        | kind::VOTE_REFUSED
+        | kind::SUBJECT_ERASED => {}
+        other => report.mismatch(at(&format!("unknown event type {other:?}"))),
+    }
+    Ok(())
+}
+
+async fn load_live(conn: &mut sqlx::PgConnection) -> anyhow::Result<Projections> {
+    let mut p = Projections::default();
+    for r in sqlx::query("SELECT intent_id, agent_id, entity_id, seq, fingerprint, decision_hash, effect, message FROM decision")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let message: DecisionMessage = serde_json::from_str(r.try_get::<&str, _>("message")?)?;
+        p.decisions.insert(
+            r.try_get("intent_id")?,
+            (
+                r.try_get("agent_id")?,
+                r.try_get("entity_id")?,
+                r.try_get("seq")?,
+                hex::encode(r.try_get::<Vec<u8>, _>("fingerprint")?),
+                hex::encode(r.try_get::<Vec<u8>, _>("decision_hash")?),
+                r.try_get("effect")?,
+                message,
+            ),
+        );
+    }
+    for r in sqlx::query(
+        "SELECT agent_id, kind, tz, currency, window_start, committed, reserved FROM usage_window",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let k = usage::key(
+            r.try_get::<&str, _>("agent_id")?,
+            r.try_get::<&str, _>("kind")?,
+            r.try_get::<&str, _>("tz")?,
+            r.try_get::<&str, _>("currency")?,
+            r.try_get("window_start")?,
+        );
+        p.usage
+            .insert(k, (r.try_get("committed")?, r.try_get("reserved")?));
+    }
+    for r in sqlx::query(
+        "SELECT intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at FROM pending_approval",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        p.pending.insert(
+            r.try_get("intent_id")?,
+            pending_text(
+                r.try_get::<&str, _>("agent_id")?,
+                r.try_get::<&str, _>("entity_id")?,
+                r.try_get::<&str, _>("effect")?,
+                r.try_get("approvals_required")?,
+                r.try_get("amount")?,
+                r.try_get::<&str, _>("currency")?,
+                r.try_get::<&str, _>("tz")?,
+                r.try_get("day")?,
+                r.try_get("month")?,
+                r.try_get("decided_seq")?,
+                r.try_get("expires_at")?,
+            ),
+        );
+    }
+    for r in sqlx::query("SELECT intent_id, approver_id, vote, signed_at, seq FROM approval_vote")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        p.votes.insert(
+            (r.try_get("intent_id")?, r.try_get("approver_id")?),
+            (
+                r.try_get("vote")?,
+                r.try_get("signed_at")?,
+                r.try_get("seq")?,
+            ),
+        );
+    }
+    for r in sqlx::query("SELECT intent_id, agent_id, outcome, closed_at, seq FROM intent_outcome")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        p.outcomes.insert(
+            r.try_get("intent_id")?,
+            (
+                r.try_get("agent_id")?,
+                r.try_get("outcome")?,
+                r.try_get("closed_at")?,
+                r.try_get("seq")?,
+            ),
+        );
+    }
+    for r in sqlx::query("SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        p.kills.insert(
+            r.try_get("scope")?,
+            (
+                r.try_get("active")?,
+                r.try_get("actor")?,
+                r.try_get("reason")?,
+                r.try_get("changed_at")?,
+                r.try_get("seq")?,
+            ),
+        );
+    }
+    for r in sqlx::query("SELECT sha256, name, version, canonical, seq FROM policy_version")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        p.policies.insert(
+            r.try_get("sha256")?,
+            (
+                r.try_get("name")?,
+                r.try_get("version")?,
+                r.try_get("canonical")?,
+                r.try_get("seq")?,
+            ),
+        );
+    }
+    Ok(p)
+}
+
+fn diff_maps<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+    table: &str,
+    rebuilt: &BTreeMap<K, V>,
+    live: &BTreeMap<K, V>,
+    report: &mut ReplayReport,
+) {
+    for (k, v) in rebuilt {
+        match live.get(k) {
+            None => report.difference(format!(
+                "{table} {k:?}: rebuilt {v:?}, missing in the live table"
+            )),
+            Some(l) if l != v => {
+                report.difference(format!("{table} {k:?}: rebuilt {v:?}, live {l:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (k, l) in live {
+        if !rebuilt.contains_key(k) {
+            report.difference(format!("{table} {k:?}: live {l:?} has no events behind it"));
+        }
+    }
+}
+
+fn compare(rebuilt: &Projections, live: &Projections, report: &mut ReplayReport) {
+    diff_maps("decision", &rebuilt.decisions, &live.decisions, report);
+    // Window rows that went back to zero are equivalent to absent ones.
+    let nonzero =
+        |m: &BTreeMap<UsageKey, (Decimal, Decimal)>| -> BTreeMap<UsageKey, (Decimal, Decimal)> {
+            m.iter()
+                .filter(|(_, (c, r))| !c.is_zero() || !r.is_zero())
+                .map(|(k, (c, r))| (k.clone(), (c.normalize(), r.normalize())))
+                .collect()
+        };
+    diff_maps(
+        "usage_window",
+        &nonzero(&rebuilt.usage),
+        &nonzero(&live.usage),
+        report,
+    );
+    diff_maps("pending_approval", &rebuilt.pending, &live.pending, report);
+    diff_maps("approval_vote", &rebuilt.votes, &live.votes, report);
+    diff_maps("intent_outcome", &rebuilt.outcomes, &live.outcomes, report);
+    diff_maps("kill_switch", &rebuilt.kills, &live.kills, report);
+    diff_maps("policy_version", &rebuilt.policies, &live.policies, report);
+}

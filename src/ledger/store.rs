@@ -1,0 +1,415 @@
+//! Transaction plumbing shared by every write path: chain locks, sequence allocation,
+//! event appends and the bulk writes of events and projections (one statement per
+//! table per transaction, arrays through `unnest`, so a batch of intents costs a
+//! handful of round trips).
+
+use super::chain::{self, EventRow, Hash, Heads};
+use super::events::{Origin, canonical};
+use super::usage::UsageKey;
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sqlx::{PgConnection, Row};
+use std::collections::{BTreeMap, VecDeque};
+
+pub const DECISIONS_TOPIC: &str = "spend.decisions";
+
+pub struct DecisionRow {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    pub seq: i64,
+    pub fingerprint: Vec<u8>,
+    pub decision_hash: Vec<u8>,
+    pub effect: String,
+    pub message: String,
+}
+
+pub struct PendingRow {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    pub effect: String,
+    pub approvals_required: i32,
+    pub amount: Decimal,
+    pub currency: String,
+    pub tz: String,
+    pub day: NaiveDate,
+    pub month: NaiveDate,
+    pub decided_seq: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub struct VoteRow {
+    pub intent_id: String,
+    pub approver_id: String,
+    pub vote: String,
+    pub signed_at: DateTime<Utc>,
+    pub seq: i64,
+}
+
+pub struct OutcomeRow {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub outcome: String,
+    pub closed_at: DateTime<Utc>,
+    pub seq: i64,
+    pub message: String,
+}
+
+pub struct KillRow {
+    pub scope: String,
+    pub active: bool,
+    pub actor: String,
+    pub reason: String,
+    pub changed_at: DateTime<Utc>,
+    pub seq: i64,
+}
+
+pub struct PolicyRow {
+    pub sha256: String,
+    pub name: String,
+    pub version: String,
+    pub canonical: String,
+    pub seq: i64,
+}
+
+/// Everything one transaction appends and changes, written by [`WriteSet::flush`].
+#[derive(Default)]
+pub struct WriteSet {
+    pub heads: Heads,
+    touched_chains: Vec<String>,
+    seqs: VecDeque<i64>,
+    pub events: Vec<EventRow>,
+    pub decisions: Vec<DecisionRow>,
+    /// (committed delta, reserved delta) per window row.
+    pub usage: BTreeMap<UsageKey, (Decimal, Decimal)>,
+    pub pending_insert: Vec<PendingRow>,
+    pub pending_delete: Vec<String>,
+    pub votes: Vec<VoteRow>,
+    pub outcomes: Vec<OutcomeRow>,
+    pub kills: Vec<KillRow>,
+    pub policies: Vec<PolicyRow>,
+    /// (seq, topic, key, payload)
+    pub outbox: Vec<(i64, String, String, String)>,
+}
+
+/// Takes the advisory locks of `chains` (sorted by key, so never in opposite orders),
+/// after the kill-switch lock in shared mode when `share_kill`. Returns the
+/// transaction's time (`now()`), the acceptance time of everything it records.
+pub async fn lock_chains(
+    conn: &mut PgConnection,
+    chains: &[String],
+    extra_exclusive: Option<i64>,
+    share_kill: bool,
+) -> sqlx::Result<DateTime<Utc>> {
+    let mut keys: Vec<i64> = chains.iter().map(|c| chain::lock_key(c)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if let Some(k) = extra_exclusive {
+        // The kill-switch key always comes first: every transaction takes it before any
+        // chain lock (shared or exclusive), so lock order is global.
+        keys.insert(0, k);
+    }
+    let shared = share_kill.then(chain::kill_switch_lock_key);
+    sqlx::query_scalar("SELECT now() FROM (SELECT ledger_lock($1, $2)) l")
+        .bind(&keys)
+        .bind(shared)
+        .fetch_one(conn)
+        .await
+}
+
+impl WriteSet {
+    /// Loads the heads of chains the caller has locked.
+    pub async fn load_heads(
+        &mut self,
+        conn: &mut PgConnection,
+        chains: &[String],
+    ) -> sqlx::Result<()> {
+        let rows = sqlx::query(
+            "SELECT chain_id, chain_pos, hash FROM chain_head WHERE chain_id = ANY($1)",
+        )
+        .bind(chains)
+        .fetch_all(conn)
+        .await?;
+        for r in rows {
+            let hash: Vec<u8> = r.try_get("hash")?;
+            let mut h: Hash = chain::GENESIS;
+            if hash.len() == h.len() {
+                h.copy_from_slice(&hash);
+            }
+            self.heads
+                .insert(r.try_get("chain_id")?, r.try_get("chain_pos")?, h);
+        }
+        Ok(())
+    }
+
+    /// Allocates `n` ledger sequence numbers (ascending).
+    pub async fn reserve_seqs(&mut self, conn: &mut PgConnection, n: usize) -> sqlx::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let mut seqs: Vec<i64> = sqlx::query_scalar(
+            "SELECT nextval('ledger_event_seq_seq') FROM generate_series(1, $1)",
+        )
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .fetch_all(conn)
+        .await?;
+        seqs.sort_unstable();
+        self.seqs.extend(seqs);
+        Ok(())
+    }
+
+    /// The sequence number the next `append` will use.
+    pub fn peek_seq(&self) -> Option<i64> {
+        self.seqs.front().copied()
+    }
+
+    /// Appends one event to a chain (locked by the caller) and returns it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append<T: Serialize>(
+        &mut self,
+        chain_id: &str,
+        event_type: &str,
+        recorded_at: DateTime<Utc>,
+        actor: &str,
+        resource: &str,
+        origin: &Origin,
+        payload: &T,
+    ) -> anyhow::Result<&EventRow> {
+        let seq = self.seqs.pop_front().ok_or_else(|| {
+            anyhow::anyhow!("internal: no ledger sequence reserved for this event")
+        })?;
+        let (pos, prev) = self.heads.next(chain_id);
+        let mut row = EventRow {
+            seq,
+            chain_id: chain_id.to_string(),
+            chain_pos: pos,
+            event_type: event_type.to_string(),
+            recorded_at: chain::to_micros(recorded_at),
+            actor: actor.to_string(),
+            resource: resource.to_string(),
+            origin: canonical(origin),
+            payload: canonical(payload),
+            prev_hash: prev,
+            hash: chain::GENESIS,
+        };
+        row.hash = row.compute_hash();
+        self.heads.advance(&row);
+        if !self.touched_chains.iter().any(|c| c == chain_id) {
+            self.touched_chains.push(chain_id.to_string());
+        }
+        self.events.push(row);
+        Ok(self.events.last().expect("just pushed"))
+    }
+
+    pub fn add_usage(&mut self, key: UsageKey, committed: Decimal, reserved: Decimal) {
+        let e = self
+            .usage
+            .entry(key)
+            .or_insert((Decimal::ZERO, Decimal::ZERO));
+        e.0 += committed;
+        e.1 += reserved;
+    }
+
+    /// Writes everything (the caller commits).
+    pub async fn flush(self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        if !self.events.is_empty() {
+            let e = &self.events;
+            sqlx::query(
+                "INSERT INTO ledger_event (seq, chain_id, chain_pos, event_type, recorded_at, actor, resource, origin, payload, prev_hash, hash)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[], $11::bytea[])",
+            )
+            .bind(e.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.chain_id.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.chain_pos).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.event_type.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.recorded_at).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.resource.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.origin.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.prev_hash.to_vec()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.hash.to_vec()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+
+            let mut ids = Vec::new();
+            let mut pos = Vec::new();
+            let mut hashes = Vec::new();
+            let mut seqs = Vec::new();
+            for c in &self.touched_chains {
+                if let Some(last) = e.iter().rev().find(|r| &r.chain_id == c) {
+                    ids.push(c.as_str());
+                    pos.push(last.chain_pos);
+                    hashes.push(last.hash.to_vec());
+                    seqs.push(last.seq);
+                }
+            }
+            sqlx::query(
+                "INSERT INTO chain_head (chain_id, chain_pos, hash, seq)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bigint[])
+                 ON CONFLICT (chain_id) DO UPDATE SET chain_pos = EXCLUDED.chain_pos, hash = EXCLUDED.hash, seq = EXCLUDED.seq",
+            )
+            .bind(ids)
+            .bind(pos)
+            .bind(hashes)
+            .bind(seqs)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.decisions.is_empty() {
+            let d = &self.decisions;
+            sqlx::query(
+                "INSERT INTO decision (intent_id, agent_id, entity_id, seq, fingerprint, decision_hash, effect, message)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::bytea[], $7::text[], $8::text[])",
+            )
+            .bind(d.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.decision_hash.clone()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        // Increases are upserts; decreases (outcomes) touch rows that exist, and go
+        // through UPDATE because an INSERT's CHECK constraints see the negative delta.
+        let (grow, shrink): (Vec<_>, Vec<_>) = self
+            .usage
+            .iter()
+            .filter(|(_, (c, r))| !c.is_zero() || !r.is_zero())
+            .partition(|(_, (c, r))| !c.is_sign_negative() && !r.is_sign_negative());
+        for (rows, sql) in [
+            (
+                grow,
+                "INSERT INTO usage_window (agent_id, kind, tz, currency, window_start, committed, reserved)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::numeric[], $7::numeric[])
+                 ON CONFLICT (agent_id, kind, tz, currency, window_start) DO UPDATE
+                 SET committed = usage_window.committed + EXCLUDED.committed,
+                     reserved = usage_window.reserved + EXCLUDED.reserved",
+            ),
+            (
+                shrink,
+                "UPDATE usage_window u SET committed = u.committed + d.committed, reserved = u.reserved + d.reserved
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::numeric[], $7::numeric[])
+                   AS d(agent_id, kind, tz, currency, window_start, committed, reserved)
+                 WHERE u.agent_id = d.agent_id AND u.kind = d.kind AND u.tz = d.tz
+                   AND u.currency = d.currency AND u.window_start = d.window_start",
+            ),
+        ] {
+            if rows.is_empty() {
+                continue;
+            }
+            sqlx::query(sql)
+                .bind(rows.iter().map(|(k, _)| k.agent_id.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(k, _)| k.kind.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(k, _)| k.tz.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(k, _)| k.currency.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(k, _)| k.start).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, v)| v.1).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
+        }
+        if !self.pending_insert.is_empty() {
+            let p = &self.pending_insert;
+            sqlx::query(
+                "INSERT INTO pending_approval (intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::numeric[], $7::text[], $8::text[], $9::date[], $10::date[], $11::bigint[], $12::timestamptz[])",
+            )
+            .bind(p.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.approvals_required).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.amount).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.tz.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.day).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.month).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.decided_seq).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.expires_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.pending_delete.is_empty() {
+            sqlx::query("DELETE FROM pending_approval WHERE intent_id = ANY($1)")
+                .bind(&self.pending_delete)
+                .execute(&mut *conn)
+                .await?;
+        }
+        if !self.votes.is_empty() {
+            let v = &self.votes;
+            sqlx::query(
+                "INSERT INTO approval_vote (intent_id, approver_id, vote, signed_at, seq)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])",
+            )
+            .bind(v.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(v.iter().map(|r| r.approver_id.as_str()).collect::<Vec<_>>())
+            .bind(v.iter().map(|r| r.vote.as_str()).collect::<Vec<_>>())
+            .bind(v.iter().map(|r| r.signed_at).collect::<Vec<_>>())
+            .bind(v.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.outcomes.is_empty() {
+            let o = &self.outcomes;
+            sqlx::query(
+                "INSERT INTO intent_outcome (intent_id, agent_id, outcome, closed_at, seq, message)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::text[])",
+            )
+            .bind(o.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.closed_at).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        for k in &self.kills {
+            sqlx::query(
+                "INSERT INTO kill_switch (scope, active, actor, reason, changed_at, seq) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (scope) DO UPDATE SET active = EXCLUDED.active, actor = EXCLUDED.actor,
+                     reason = EXCLUDED.reason, changed_at = EXCLUDED.changed_at, seq = EXCLUDED.seq",
+            )
+            .bind(&k.scope)
+            .bind(k.active)
+            .bind(&k.actor)
+            .bind(&k.reason)
+            .bind(k.changed_at)
+            .bind(k.seq)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for p in &self.policies {
+            sqlx::query(
+                "INSERT INTO policy_version (sha256, name, version, canonical, seq) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&p.sha256)
+            .bind(&p.name)
+            .bind(&p.version)
+            .bind(&p.canonical)
+            .bind(p.seq)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.outbox.is_empty() {
+            let o = &self.outbox;
+            sqlx::query(
+                "INSERT INTO outbox (seq, topic, msg_key, payload)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])",
+            )
+            .bind(o.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
