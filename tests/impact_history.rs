@@ -11,7 +11,11 @@ fn args(url: &str, candidate: &std::path::Path) -> ImpactArgs {
     ImpactArgs {
         database_url: url.to_string(),
         candidate: candidate.to_path_buf(),
-        period: PeriodArgs { from: from.parse().unwrap(), to: to.parse().unwrap(), entity: None },
+        period: PeriodArgs {
+            from: from.parse().unwrap(),
+            to: to.parse().unwrap(),
+            entity: None,
+        },
         all_intents: false,
         format: ImpactFormat::Json,
     }
@@ -19,7 +23,9 @@ fn args(url: &str, candidate: &std::path::Path) -> ImpactArgs {
 
 #[tokio::test]
 async fn tightening_and_loosening_candidates() {
-    let Some((url, ledger)) = fresh_ledger().await else { return };
+    let Some((url, ledger)) = fresh_ledger().await else {
+        return;
+    };
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);
     impact_history(&ledger, &set).await;
@@ -42,10 +48,19 @@ async fn tightening_and_loosening_candidates() {
     assert_eq!(r.transitions.len(), 1, "{:?}", r.transitions);
     assert_eq!(r.transitions.get("ALLOW->REQUIRE_HITL"), Some(&2));
     assert_eq!(r.unchanged, 4);
-    let ids: Vec<&str> = r.examples["ALLOW->REQUIRE_HITL"].iter().map(|e| e.intent_id.as_str()).collect();
+    let ids: Vec<&str> = r.examples["ALLOW->REQUIRE_HITL"]
+        .iter()
+        .map(|e| e.intent_id.as_str())
+        .collect();
     assert_eq!(ids, ["h4", "h6"]);
-    assert!(r.examples["ALLOW->REQUIRE_HITL"][0].candidate_reasons[0].starts_with("would_exceed_daily_limit"));
-    assert_eq!(r.newly_blocked_spend.get("BRL").map(|d| d.to_string()), Some("250.00".into()));
+    assert!(
+        r.examples["ALLOW->REQUIRE_HITL"][0].candidate_reasons[0]
+            .starts_with("would_exceed_daily_limit")
+    );
+    assert_eq!(
+        r.newly_blocked_spend.get("BRL").map(|d| d.to_string()),
+        Some("250.00".into())
+    );
     assert_eq!(r.exit_code(), 0);
 
     // Gambling unblocked: h3 is allowed (250 + 200 = 450), which pushes h4 (650) and h6
@@ -53,20 +68,33 @@ async fn tightening_and_loosening_candidates() {
     let loose = tmp.path().join("loose.yaml");
     std::fs::write(&loose, policy_text("1.2.0", "500.00", false)).unwrap();
     let r = impact_report(&pool, &args(&url, &loose)).await.unwrap();
-    assert_eq!(r.transitions.get("DENY->ALLOW"), Some(&1), "{:?}", r.transitions);
+    assert_eq!(
+        r.transitions.get("DENY->ALLOW"),
+        Some(&1),
+        "{:?}",
+        r.transitions
+    );
     assert_eq!(r.transitions.get("ALLOW->REQUIRE_HITL"), Some(&2));
     assert_eq!(r.transitions.len(), 2);
     assert_eq!(r.unchanged, 3);
     assert_eq!(r.denied_now_allowed, 1);
     assert_eq!(r.examples["DENY->ALLOW"][0].intent_id, "h3");
-    assert_eq!(r.examples["DENY->ALLOW"][0].recorded_reasons, ["category_blocked"]);
-    assert_eq!(r.newly_allowed_spend.get("BRL").map(|d| d.to_string()), Some("200.00".into()));
+    assert_eq!(
+        r.examples["DENY->ALLOW"][0].recorded_reasons,
+        ["category_blocked"]
+    );
+    assert_eq!(
+        r.newly_allowed_spend.get("BRL").map(|d| d.to_string()),
+        Some("200.00".into())
+    );
     assert_eq!(r.exit_code(), 3);
 }
 
 #[tokio::test]
 async fn run_impact_exits_3_when_loosening() {
-    let Some((url, ledger)) = fresh_ledger().await else { return };
+    let Some((url, ledger)) = fresh_ledger().await else {
+        return;
+    };
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);
     impact_history(&ledger, &set).await;
@@ -78,7 +106,10 @@ async fn run_impact_exits_3_when_loosening() {
     // run_impact builds its own runtime: call it off the test's runtime.
     let (a, b) = (args(&url, &loose), args(&url, &tight));
     let codes = tokio::task::spawn_blocking(move || {
-        (spendguard::cli::ops::run_impact(a).unwrap(), spendguard::cli::ops::run_impact(b).unwrap())
+        (
+            spendguard::cli::ops::run_impact(a).unwrap(),
+            spendguard::cli::ops::run_impact(b).unwrap(),
+        )
     })
     .await
     .unwrap();

@@ -9,8 +9,19 @@ use std::process::Command;
 fn run_report(url: &str, format: &str, out: &std::path::Path, entity: Option<&str>) -> i32 {
     let (from, to) = period_args();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spendguard"));
-    cmd.args(["report", "--database-url", url, "--from", &from, "--to", &to, "--format", format, "--out"])
-        .arg(out);
+    cmd.args([
+        "report",
+        "--database-url",
+        url,
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--format",
+        format,
+        "--out",
+    ])
+    .arg(out);
     if let Some(e) = entity {
         cmd.args(["--entity", e]);
     }
@@ -23,7 +34,9 @@ fn run_report(url: &str, format: &str, out: &std::path::Path, entity: Option<&st
 
 #[tokio::test]
 async fn report_numbers_match_the_scenario_in_every_format() {
-    let Some((url, ledger)) = fresh_ledger().await else { return };
+    let Some((url, ledger)) = fresh_ledger().await else {
+        return;
+    };
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);
     report_scenario(&ledger, &set).await;
@@ -31,7 +44,8 @@ async fn report_numbers_match_the_scenario_in_every_format() {
 
     let json_path = tmp.path().join("r.json");
     assert_eq!(run_report(&url, "json", &json_path, None), 0);
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let d = &r["decisions"];
     assert_eq!(d["total"], 6, "{r:#}");
     assert_eq!(d["byEffect"]["ALLOW"], 1);
@@ -44,8 +58,15 @@ async fn report_numbers_match_the_scenario_in_every_format() {
     assert_eq!(d["byPurpose"]["PIX"]["ALLOW"], 1);
     assert_eq!(d["byPolicy"]["ops-p@1.0.0"]["REQUIRE_MSIG"], 1);
     let reasons: Vec<(String, u64)> = serde_json::from_value(d["topDenyReasons"].clone()).unwrap();
-    for code in ["exceeds_per_transaction_limit", "category_blocked", "kill_switch_activated"] {
-        assert!(reasons.contains(&(code.to_string(), 1)), "{code} in {reasons:?}");
+    for code in [
+        "exceeds_per_transaction_limit",
+        "category_blocked",
+        "kill_switch_activated",
+    ] {
+        assert!(
+            reasons.contains(&(code.to_string(), 1)),
+            "{code} in {reasons:?}"
+        );
     }
     let a = &r["approvals"];
     assert_eq!(a["requested"], 2);
@@ -57,11 +78,19 @@ async fn report_numbers_match_the_scenario_in_every_format() {
     assert_eq!(a["refusedVotesByReason"]["bad_signature"], 1);
     let kill = r["killSwitch"].as_array().unwrap();
     assert_eq!(kill.len(), 2);
-    assert_eq!((kill[0]["active"].as_bool(), kill[1]["active"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (kill[0]["active"].as_bool(), kill[1]["active"].as_bool()),
+        (Some(true), Some(false))
+    );
     assert_eq!(kill[0]["actor"], "ops-carol");
     assert_eq!(r["invalidInputs"], 1);
     assert_eq!(r["invalidInputsByCode"]["invalid_json"], 1);
-    let a1 = r["spendByAgent"].as_array().unwrap().iter().find(|s| s["agentId"] == "a1").unwrap();
+    let a1 = r["spendByAgent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["agentId"] == "a1")
+        .unwrap();
     assert_eq!(a1["spent"], "550.00");
     assert_eq!(a1["dailyCap"], "500.00");
     assert_eq!(r["auditChain"]["ok"], true);
@@ -87,7 +116,10 @@ async fn report_numbers_match_the_scenario_in_every_format() {
     ] {
         assert!(md.contains(row), "markdown lacks {row:?}:\n{md}");
     }
-    assert!(md.contains("## PCI DSS 10.2.2 mapping") && md.contains("## LGPD Art. 37 record of processing"));
+    assert!(
+        md.contains("## PCI DSS 10.2.2 mapping")
+            && md.contains("## LGPD Art. 37 record of processing")
+    );
     assert!(!md.contains("4111111111111111"), "no PAN in the report");
 
     let html_path = tmp.path().join("r.html");
@@ -108,20 +140,28 @@ async fn report_numbers_match_the_scenario_in_every_format() {
     // The same ledger filtered to an entity with no activity.
     let other = tmp.path().join("other.json");
     assert_eq!(run_report(&url, "json", &other, Some("nobody")), 0);
-    let o: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&other).unwrap()).unwrap();
+    let o: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&other).unwrap()).unwrap();
     assert_eq!(o["decisions"]["total"], 0);
     assert_eq!(o["invalidInputs"], 0);
 }
 
 #[tokio::test]
 async fn a_tampered_ledger_gives_exit_1_and_says_so() {
-    let Some((url, ledger)) = fresh_ledger().await else { return };
+    let Some((url, ledger)) = fresh_ledger().await else {
+        return;
+    };
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);
     report_scenario(&ledger, &set).await;
     // A superuser bypasses the append-only trigger and edits one amount.
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
-    sqlx::query("SET session_replication_role = replica").execute(&mut conn).await.unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     sqlx::query("UPDATE ledger_event SET payload = replace(payload, '\"450.00\"', '\"45.00\"') WHERE resource LIKE '%i3%' AND event_type = 'intent_decided'")
         .execute(&mut conn)
         .await
@@ -131,5 +171,11 @@ async fn a_tampered_ledger_gives_exit_1_and_says_so() {
     assert_eq!(run_report(&url, "json", &p, None), 1);
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     assert_eq!(r["auditChain"]["ok"], false);
-    assert!(r["auditChain"]["firstProblem"].as_str().unwrap().contains("altered"), "{r:#}");
+    assert!(
+        r["auditChain"]["firstProblem"]
+            .as_str()
+            .unwrap()
+            .contains("altered"),
+        "{r:#}"
+    );
 }

@@ -455,9 +455,21 @@ pub fn broker_check(brokers: String) -> ExtraCheck {
             })
             .await;
             match probe {
-                Ok(Ok(n)) => ReadinessCheck { name: "broker".into(), ok: true, detail: format!("{n} broker(s) answer") },
-                Ok(Err(e)) => ReadinessCheck { name: "broker".into(), ok: false, detail: e },
-                Err(e) => ReadinessCheck { name: "broker".into(), ok: false, detail: e.to_string() },
+                Ok(Ok(n)) => ReadinessCheck {
+                    name: "broker".into(),
+                    ok: true,
+                    detail: format!("{n} broker(s) answer"),
+                },
+                Ok(Err(e)) => ReadinessCheck {
+                    name: "broker".into(),
+                    ok: false,
+                    detail: e,
+                },
+                Err(e) => ReadinessCheck {
+                    name: "broker".into(),
+                    ok: false,
+                    detail: e.to_string(),
+                },
             }
         })
     })

@@ -10,6 +10,7 @@
 //! are wired.
 
 pub mod auth;
+pub mod backends;
 pub mod error;
 pub mod openapi;
 pub mod views;

@@ -3,6 +3,9 @@
 
 use clap::{Parser, Subcommand};
 
+// --- operators & auditors ---
+pub mod ops;
+
 // --- ledger ---
 pub mod ledger;
 
@@ -43,11 +46,15 @@ pub enum Command {
     Privacy(ledger::PrivacyCommand),
     // --- service ---
     // --- operators & auditors ---
+    /// Compliance report of a period, computed by replaying the ledger (json, md or html).
+    Report(ops::ReportArgs),
 }
 
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        // --- operators & auditors ---
+        Command::Report(a) => ops::run_report(a),
         // --- ledger ---
         Command::Db(c) => ledger::run_db(c),
         Command::Ledger(c) => ledger::run_ledger(c),

@@ -470,10 +470,16 @@ pub fn build(
                 .iter()
                 .max_by(|x, y| x.1.cmp(y.1).then_with(|| y.0.cmp(x.0)))
                 .map_or((None, Decimal::ZERO), |(d, v)| (Some(*d), *v));
+            // Caps in the currency's scale, like the amounts ("500.00", not "500").
+            let minor = crate::money::currency(&currency).map_or(2, |c| c.minor_units);
             let daily_cap = agent_policy
                 .get(&agent)
                 .and_then(|sha| caps.get(sha))
-                .and_then(|c| c.0);
+                .and_then(|c| c.0)
+                .map(|mut c| {
+                    c.rescale(minor);
+                    c
+                });
             AgentSpend {
                 spent: days.values().copied().sum(),
                 agent_id: agent,

@@ -21,7 +21,7 @@ pub const MAX_DAY_BARS: usize = 120;
 
 fn empty(title: &str) -> String {
     format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" role=\"img\" aria-label=\"{t}\" width=\"{WIDTH_PX}\" height=\"60\" viewBox=\"0 0 {WIDTH_PX} 60\">\
+        "<svg role=\"img\" aria-label=\"{t}\" width=\"{WIDTH_PX}\" height=\"60\" viewBox=\"0 0 {WIDTH_PX} 60\">\
 <text x=\"0\" y=\"18\" font-size=\"14\" font-weight=\"600\">{t}</text><text x=\"0\" y=\"45\" font-size=\"12\" fill=\"#777\">no data in period</text></svg>",
         t = esc(title)
     )
@@ -58,7 +58,7 @@ pub fn stacked_days(title: &str, days: &[(String, [u64; 4])]) -> String {
     let slot = (WIDTH_PX - left - 10) as f64 / days.len() as f64;
     let bar_w = (slot * 0.7).max(1.0);
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" role=\"img\" aria-label=\"{t}\" width=\"{WIDTH_PX}\" height=\"{height}\" viewBox=\"0 0 {WIDTH_PX} {height}\">\
+        "<svg role=\"img\" aria-label=\"{t}\" width=\"{WIDTH_PX}\" height=\"{height}\" viewBox=\"0 0 {WIDTH_PX} {height}\">\
 <text x=\"0\" y=\"18\" font-size=\"14\" font-weight=\"600\">{t}</text>",
         t = esc(title)
     );
@@ -135,7 +135,7 @@ pub fn spend_vs_caps(title: &str, bars: &[CapBar]) -> String {
         .max(f64::MIN_POSITIVE);
     let plot_w = (WIDTH_PX - left - 90) as f64;
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" role=\"img\" aria-label=\"{t}\" width=\"{WIDTH_PX}\" height=\"{height}\" viewBox=\"0 0 {WIDTH_PX} {height}\">\
+        "<svg role=\"img\" aria-label=\"{t}\" width=\"{WIDTH_PX}\" height=\"{height}\" viewBox=\"0 0 {WIDTH_PX} {height}\">\
 <text x=\"0\" y=\"18\" font-size=\"14\" font-weight=\"600\">{t}</text>",
         t = esc(title)
     );
@@ -223,7 +223,7 @@ pub fn latency_histogram(title: &str, latencies_seconds: &[i64]) -> String {
     let slot = (WIDTH_PX - left - 10) as f64 / counts.len() as f64;
     let base = top + plot_h;
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" role=\"img\" aria-label=\"{t}\" width=\"{WIDTH_PX}\" height=\"{height}\" viewBox=\"0 0 {WIDTH_PX} {height}\">\
+        "<svg role=\"img\" aria-label=\"{t}\" width=\"{WIDTH_PX}\" height=\"{height}\" viewBox=\"0 0 {WIDTH_PX} {height}\">\
 <text x=\"0\" y=\"18\" font-size=\"14\" font-weight=\"600\">{t}</text>\
 <line x1=\"{left}\" y1=\"{base}\" x2=\"{WIDTH_PX}\" y2=\"{base}\" stroke=\"#555\"/>",
         t = esc(title)
