@@ -420,13 +420,11 @@ pub fn build(
                     }
                 }
             }
-            "intent_invalid" => {
-                // Invalid input cannot be attributed to an entity (it did not parse).
-                if in_period && period.entity.is_none() {
-                    let code = serde_json::from_value::<InvalidView>(ev.payload.clone())
-                        .map_or_else(|_| "unknown".to_string(), |v| v.code);
-                    *invalid_by_code.entry(code).or_default() += 1;
-                }
+            // Invalid input cannot be attributed to an entity (it did not parse).
+            "intent_invalid" if in_period && period.entity.is_none() => {
+                let code = serde_json::from_value::<InvalidView>(ev.payload.clone())
+                    .map_or_else(|_| "unknown".to_string(), |v| v.code);
+                *invalid_by_code.entry(code).or_default() += 1;
             }
             "idempotency_conflict" => {
                 let entity = ev

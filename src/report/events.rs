@@ -27,29 +27,29 @@ pub struct EventRecord {
     pub payload: serde_json::Value,
 }
 
+/// `seq, event_type, recorded_at, actor, resource, origin, payload` as selected.
+type EventRow = (i64, String, DateTime<Utc>, String, String, String, String);
+
 /// Every event recorded before `until`, in sequence order.
 pub async fn load_events(pool: &PgPool, until: DateTime<Utc>) -> anyhow::Result<Vec<EventRecord>> {
     let mut out = Vec::new();
     let mut after: i64 = i64::MIN;
     loop {
-        let rows: Vec<(i64, String, DateTime<Utc>, String, String, String, String)> =
-            sqlx::query_as(
-                "SELECT seq, event_type, recorded_at, actor, resource, origin, payload
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT seq, event_type, recorded_at, actor, resource, origin, payload
                FROM ledger_event
               WHERE seq > $1 AND recorded_at < $2
               ORDER BY seq
               LIMIT $3",
-            )
-            .bind(after)
-            .bind(until)
-            .bind(EVENT_PAGE_ROWS)
-            .fetch_all(pool)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read ledger_event (is DATABASE_URL the ledger, migrated?): {e}"
-                )
-            })?;
+        )
+        .bind(after)
+        .bind(until)
+        .bind(EVENT_PAGE_ROWS)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot read ledger_event (is DATABASE_URL the ledger, migrated?): {e}")
+        })?;
         let n = rows.len();
         for (seq, event_type, recorded_at, actor, resource, origin, payload) in rows {
             after = seq;

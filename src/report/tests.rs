@@ -19,6 +19,7 @@ fn ev(seq: i64, kind: &str, day: u32, minute: u32, payload: serde_json::Value) -
     }
 }
 
+#[allow(clippy::too_many_arguments)] // a table row of the scenario, read positionally
 fn decided(
     seq: i64,
     day: u32,
