@@ -179,3 +179,57 @@ async fn a_tampered_ledger_gives_exit_1_and_says_so() {
         "{r:#}"
     );
 }
+
+/// PNG width and height from the IHDR chunk.
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 24 || &bytes[1..4] != b"PNG" {
+        return None;
+    }
+    let w = u32::from_be_bytes(bytes[16..20].try_into().ok()?);
+    let h = u32::from_be_bytes(bytes[20..24].try_into().ok()?);
+    Some((w, h))
+}
+
+/// The HTML report opens offline in headless Chromium (network disabled) and renders to a
+/// PNG of the requested size. `scripts/report-screenshot.sh` installs the Debian package
+/// `chromium` when it is missing.
+#[tokio::test]
+async fn html_report_renders_in_headless_chromium() {
+    let Some((url, ledger)) = fresh_ledger().await else {
+        return;
+    };
+    let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
+    let set = load(&path);
+    report_scenario(&ledger, &set).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let html = tmp.path().join("report.html");
+    assert_eq!(run_report(&url, "html", &html, None), 0);
+    let png = tmp.path().join("report.png");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/report-screenshot.sh");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(script)
+            .arg(&html)
+            .arg(&png)
+            .arg("1200x2000")
+            .output()
+            .map(|o| (o, png))
+    })
+    .await
+    .unwrap()
+    .expect("run scripts/report-screenshot.sh");
+    let (output, png) = out;
+    assert!(
+        output.status.success(),
+        "screenshot failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bytes = std::fs::read(&png).expect("screenshot written");
+    assert_eq!(png_size(&bytes), Some((1200, 2000)));
+    // A blank page compresses to almost nothing; tables and charts do not.
+    assert!(
+        bytes.len() > 20_000,
+        "screenshot looks blank ({} bytes)",
+        bytes.len()
+    );
+}
