@@ -9,4 +9,4 @@ scripts/services.sh up
 # shellcheck disable=SC1091
 source scripts/env.sh
 
-cargo test --locked --all-targets "$@"
+cargo test --locked --all-targets --no-fail-fast "$@"

@@ -7,7 +7,17 @@ use std::borrow::Cow;
 
 /// Severity-ordered: `Allow < RequireHitl < RequireMsig < Deny` (deny overrides).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Effect {
@@ -28,9 +38,14 @@ impl Effect {
     }
 
     pub fn parse(s: &str) -> Option<Effect> {
-        [Effect::Allow, Effect::RequireHitl, Effect::RequireMsig, Effect::Deny]
-            .into_iter()
-            .find(|e| e.as_str() == s)
+        [
+            Effect::Allow,
+            Effect::RequireHitl,
+            Effect::RequireMsig,
+            Effect::Deny,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == s)
     }
 
     /// True when the intent waits for a human (or a quorum) before it may proceed.
@@ -71,7 +86,9 @@ pub struct Usage {
 pub enum KillState {
     Off,
     /// Tripped for a scope covering the intent: `"global"`, `"entity:acme"`, `"agent:a1"`.
-    On { scope: String },
+    On {
+        scope: String,
+    },
 }
 
 /// The evaluator's answer: the most severe finding's effect, the largest approval count

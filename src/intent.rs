@@ -30,7 +30,13 @@ pub enum Purpose {
 }
 
 impl Purpose {
-    pub const ALL: [Purpose; 5] = [Purpose::Pix, Purpose::Card, Purpose::Wire, Purpose::Fee, Purpose::Other];
+    pub const ALL: [Purpose; 5] = [
+        Purpose::Pix,
+        Purpose::Card,
+        Purpose::Wire,
+        Purpose::Fee,
+        Purpose::Other,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -92,7 +98,11 @@ pub struct IntentError {
 
 impl IntentError {
     fn new(code: &'static str, field: Option<&'static str>, message: impl Into<String>) -> Self {
-        IntentError { code, message: message.into(), field }
+        IntentError {
+            code,
+            message: message.into(),
+            field,
+        }
     }
 }
 
@@ -130,11 +140,18 @@ pub fn parse_intent(bytes: &[u8]) -> Result<SpendIntent, IntentError> {
         return Err(IntentError::new(
             "message_too_large",
             None,
-            format!("message is {} bytes; the limit is {MAX_INTENT_BYTES}", bytes.len()),
+            format!(
+                "message is {} bytes; the limit is {MAX_INTENT_BYTES}",
+                bytes.len()
+            ),
         ));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        IntentError::new("invalid_utf8", None, format!("message is not valid UTF-8: {e}"))
+        IntentError::new(
+            "invalid_utf8",
+            None,
+            format!("message is not valid UTF-8: {e}"),
+        )
     })?;
     let wire: WireIntent<'_> = serde_json::from_str(text).map_err(classify_json_error)?;
 
@@ -147,7 +164,10 @@ pub fn parse_intent(bytes: &[u8]) -> Result<SpendIntent, IntentError> {
         return Err(IntentError::new(
             "invalid_field",
             Some("amount"),
-            format!("amount must be a decimal string or number, got {}", short(amount_text)),
+            format!(
+                "amount must be a decimal string or number, got {}",
+                short(amount_text)
+            ),
         ));
     };
     let amount = money::parse_decimal(amount_text)
@@ -157,7 +177,10 @@ pub fn parse_intent(bytes: &[u8]) -> Result<SpendIntent, IntentError> {
         IntentError::new(
             "unknown_purpose",
             Some("purpose"),
-            format!("purpose {:?} is not one of PIX, CARD, WIRE, FEE, OTHER", short(&wire.purpose)),
+            format!(
+                "purpose {:?} is not one of PIX, CARD, WIRE, FEE, OTHER",
+                short(&wire.purpose)
+            ),
         )
     })?;
 
@@ -197,7 +220,10 @@ impl SpendIntent {
             IntentError::new(
                 "unknown_currency",
                 Some("currency"),
-                format!("currency {:?} is not a supported ISO 4217 code", short(&self.currency)),
+                format!(
+                    "currency {:?} is not a supported ISO 4217 code",
+                    short(&self.currency)
+                ),
             )
         })?;
         money::validate_amount(self.amount, cur)
@@ -217,16 +243,23 @@ impl SpendIntent {
             return Err(IntentError::new(
                 "invalid_field",
                 Some("beneficiary.country"),
-                format!("beneficiary.country must be an ISO 3166-1 alpha-2 code like \"BR\", got {:?}", short(country)),
+                format!(
+                    "beneficiary.country must be an ISO 3166-1 alpha-2 code like \"BR\", got {:?}",
+                    short(country)
+                ),
             ));
         }
         if let Some(meta) = &self.metadata {
-            let size = serde_json::to_vec(meta).map(|v| v.len()).unwrap_or(usize::MAX);
+            let size = serde_json::to_vec(meta)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
             if size > MAX_METADATA_BYTES {
                 return Err(IntentError::new(
                     "metadata_too_large",
                     Some("metadata"),
-                    format!("metadata is {size} bytes serialized; the limit is {MAX_METADATA_BYTES}"),
+                    format!(
+                        "metadata is {size} bytes serialized; the limit is {MAX_METADATA_BYTES}"
+                    ),
                 ));
             }
         }
@@ -238,7 +271,10 @@ impl SpendIntent {
     pub fn canonical_json(&self) -> String {
         let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         if let Some(obj) = v.as_object_mut() {
-            obj.insert("amount".into(), serde_json::Value::String(self.amount.normalize().to_string()));
+            obj.insert(
+                "amount".into(),
+                serde_json::Value::String(self.amount.normalize().to_string()),
+            );
         }
         // serde_json's Map is a BTreeMap (no preserve_order feature): keys come out sorted.
         v.to_string()
@@ -266,7 +302,11 @@ fn classify_json_error(e: serde_json::Error) -> IntentError {
     } else if e.is_data() {
         IntentError::new("invalid_field", field, msg)
     } else {
-        IntentError::new("invalid_json", field, format!("message is not valid JSON: {msg}"))
+        IntentError::new(
+            "invalid_json",
+            field,
+            format!("message is not valid JSON: {msg}"),
+        )
     }
 }
 
@@ -296,16 +336,27 @@ mod tests {
         assert_eq!(a.amount, Decimal::new(25000, 2));
         let b = parse_intent(with("amount", "0.1").as_bytes()).unwrap();
         assert_eq!(b.amount, Decimal::new(1, 1));
-        assert_eq!(a.canonical_json(), parse_intent(with("amount", "250").as_bytes()).unwrap().canonical_json());
+        assert_eq!(
+            a.canonical_json(),
+            parse_intent(with("amount", "250").as_bytes())
+                .unwrap()
+                .canonical_json()
+        );
     }
 
     #[test]
     fn each_invalid_input_has_its_code() {
         assert_eq!(code("{not json"), "invalid_json");
-        assert_eq!(parse_intent(&[0xff, 0xfe]).unwrap_err().code, "invalid_utf8");
+        assert_eq!(
+            parse_intent(&[0xff, 0xfe]).unwrap_err().code,
+            "invalid_utf8"
+        );
         assert_eq!(code(&with("amount", "\"-5\"")), "non_positive_amount");
         assert_eq!(code(&with("amount", "0")), "non_positive_amount");
-        assert_eq!(code(&with("amount", "\"1.001\"")), "amount_scale_exceeds_currency");
+        assert_eq!(
+            code(&with("amount", "\"1.001\"")),
+            "amount_scale_exceeds_currency"
+        );
         assert_eq!(code(&with("amount", "1e15")), "amount_too_large");
         assert_eq!(code(&with("amount", "\"abc\"")), "invalid_amount");
         assert_eq!(code(&with("amount", "true")), "invalid_field");
@@ -314,9 +365,15 @@ mod tests {
         assert_eq!(code(&with("agentId", "42")), "invalid_field");
         assert_eq!(code(&with("extra", "1")), "unknown_field");
         assert_eq!(code(r#"{"intentId":"x"}"#), "missing_field");
-        let big = with("metadata", &format!("{{\"x\":\"{}\"}}", "a".repeat(MAX_INTENT_BYTES)));
+        let big = with(
+            "metadata",
+            &format!("{{\"x\":\"{}\"}}", "a".repeat(MAX_INTENT_BYTES)),
+        );
         assert_eq!(code(&big), "message_too_large");
-        let meta = with("metadata", &format!("{{\"x\":\"{}\"}}", "a".repeat(MAX_METADATA_BYTES)));
+        let meta = with(
+            "metadata",
+            &format!("{{\"x\":\"{}\"}}", "a".repeat(MAX_METADATA_BYTES)),
+        );
         assert_eq!(code(&meta), "metadata_too_large");
     }
 }

@@ -3,20 +3,28 @@
 //! The pure core (`money`, `intent`, `decision`, `window`, `policy`) does no I/O.
 //! PostgreSQL, Kafka and HTTP live at the edges.
 
+pub mod cli;
 pub mod decision;
 pub mod intent;
 pub mod money;
+pub mod telemetry;
 pub mod window;
+
 // --- policy engine ---
 pub mod policy;
-// --- end policy engine ---
-pub mod cli;
-pub mod telemetry;
-
-// --- operators & auditors ---
-pub mod api;
-pub mod report;
 
 // --- ledger ---
 pub mod ledger;
 pub mod privacy;
+
+// --- service (Kafka side) ---
+pub mod approvals;
+pub mod bus;
+pub mod config;
+pub mod kill_switch;
+pub mod loadgen;
+pub mod serve;
+
+// --- operators & auditors ---
+pub mod api;
+pub mod report;

@@ -17,7 +17,10 @@ pub struct Windows {
 impl Windows {
     pub fn containing(at: DateTime<Utc>, tz: Tz) -> Windows {
         let local = at.with_timezone(&tz).date_naive();
-        Windows { day: local, month: first_of_month(local) }
+        Windows {
+            day: local,
+            month: first_of_month(local),
+        }
     }
 
     /// The instant the day window ends (next local midnight, or the first instant of the

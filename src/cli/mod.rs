@@ -3,11 +3,13 @@
 
 use clap::{Parser, Subcommand};
 
+// --- policy engine ---
+pub mod policy;
 // --- operators & auditors ---
 pub mod ops;
-
 // --- ledger ---
 pub mod ledger;
+pub mod service;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +31,11 @@ pub struct Cli {
 pub enum Command {
     // Each area adds its variants below its own heading, and handles them in `run`.
     // --- policy engine ---
+    /// Check policies and print the language's JSON Schema.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Decide intents offline (one JSON per line) against a policy or a policy directory.
+    Evaluate(policy::EvaluateArgs),
     // --- ledger ---
     /// Database schema (migrations).
     #[command(subcommand)]
@@ -45,6 +52,29 @@ pub enum Command {
     #[command(subcommand)]
     Privacy(ledger::PrivacyCommand),
     // --- service ---
+    /// Consume intents and votes, decide through the ledger, publish decisions.
+    Serve(crate::config::ServiceArgs),
+    /// Sign and publish an approval vote for a waiting intent.
+    Approve(service::ApproveArgs),
+    /// Trip, clear or show the kill switch.
+    KillSwitch(service::KillSwitchArgs),
+    /// Approver key management.
+    Approvers {
+        #[command(subcommand)]
+        command: service::ApproversCommand,
+    },
+    /// Publish spend intents to Kafka.
+    Intents {
+        #[command(subcommand)]
+        command: service::IntentsCommand,
+    },
+    /// Read decisions and outcomes from Kafka.
+    Decisions {
+        #[command(subcommand)]
+        command: service::DecisionsCommand,
+    },
+    /// Offer load and measure throughput and latency against a bare-broker baseline.
+    Loadgen(crate::loadgen::LoadgenArgs),
     // --- operators & auditors ---
     /// Compliance report of a period, computed by replaying the ledger (json, md or html).
     Report(ops::ReportArgs),
@@ -53,6 +83,9 @@ pub enum Command {
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        // --- policy engine ---
+        Command::Policy(cmd) => policy::run_policy(cmd),
+        Command::Evaluate(args) => policy::run_evaluate(args),
         // --- operators & auditors ---
         Command::Report(a) => ops::run_report(a),
         // --- ledger ---
@@ -61,5 +94,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit(c) => ledger::run_audit(c),
         Command::Replay(a) => ledger::run_replay(a),
         Command::Privacy(c) => ledger::run_privacy(c),
+        // --- service ---
+        Command::Serve(args) => service::serve(args),
+        Command::Approve(args) => service::approve(args),
+        Command::KillSwitch(args) => service::kill_switch(args),
+        Command::Approvers { command } => service::approvers(command),
+        Command::Intents { command } => service::intents(command),
+        Command::Decisions { command } => service::decisions(command),
+        Command::Loadgen(args) => service::run_loadgen(args),
     }
 }

@@ -65,11 +65,12 @@ impl PolicyError {
 }
 
 fn classify_data(msg: &str) -> &'static str {
-    if msg.starts_with("unknown field") {
+    // serde_yaml prefixes the path (`rules[0].then: unknown variant ...`).
+    if msg.contains("unknown field `") {
         "unknown_field"
-    } else if msg.starts_with("missing field") {
+    } else if msg.contains("missing field `") {
         "missing_field"
-    } else if msg.starts_with("unknown variant") {
+    } else if msg.contains("unknown variant `") {
         "unknown_value"
     } else {
         "invalid_field"

@@ -112,14 +112,15 @@ impl Pattern {
 
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.is_empty() || s.len() > MAX_PATTERN_LEN || s.chars().any(char::is_control) {
-            return Err(de::Error::custom(format!(
-                "pattern {:?} must be 1..={MAX_PATTERN_LEN} characters without control characters",
-                short(&s)
-            )));
-        }
-        Ok(Pattern(s))
+        parse_str(d, "a string", |s: &str| {
+            if s.is_empty() || s.len() > MAX_PATTERN_LEN || s.chars().any(char::is_control) {
+                return Err(format!(
+                    "pattern {:?} must be 1..={MAX_PATTERN_LEN} characters without control characters",
+                    short(&s)
+                ));
+            }
+            Ok(Pattern(s.to_string()))
+        })
     }
 }
 
@@ -142,14 +143,15 @@ pub struct CountryCode(pub String);
 
 impl<'de> Deserialize<'de> for CountryCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if !(s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())) {
-            return Err(de::Error::custom(format!(
-                "country {:?} must be an ISO 3166-1 alpha-2 code in upper case, like \"BR\"",
-                short(&s)
-            )));
-        }
-        Ok(CountryCode(s))
+        parse_str(d, "a string", |s: &str| {
+            if !(s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())) {
+                return Err(format!(
+                    "country {:?} must be an ISO 3166-1 alpha-2 code in upper case, like \"BR\"",
+                    short(&s)
+                ));
+            }
+            Ok(CountryCode(s.to_string()))
+        })
     }
 }
 
@@ -169,14 +171,15 @@ pub struct CurrencyCode(pub String);
 
 impl<'de> Deserialize<'de> for CurrencyCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if !crate::money::is_known_currency(&s) {
-            return Err(de::Error::custom(format!(
-                "currency {:?} is not a supported ISO 4217 code (write it in upper case, e.g. \"BRL\")",
-                short(&s)
-            )));
-        }
-        Ok(CurrencyCode(s))
+        parse_str(d, "a string", |s: &str| {
+            if !crate::money::is_known_currency(&s) {
+                return Err(format!(
+                    "currency {:?} is not a supported ISO 4217 code (write it in upper case, e.g. \"BRL\")",
+                    short(&s)
+                ));
+            }
+            Ok(CurrencyCode(s.to_string()))
+        })
     }
 }
 
@@ -196,14 +199,15 @@ pub struct TimeZoneName(pub String);
 
 impl<'de> Deserialize<'de> for TimeZoneName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.parse::<chrono_tz::Tz>().is_err() {
-            return Err(de::Error::custom(format!(
-                "timezone {:?} is not an IANA timezone name (e.g. \"America/Sao_Paulo\", \"UTC\")",
-                short(&s)
-            )));
-        }
-        Ok(TimeZoneName(s))
+        parse_str(d, "a string", |s: &str| {
+            if s.parse::<chrono_tz::Tz>().is_err() {
+                return Err(format!(
+                    "timezone {:?} is not an IANA timezone name (e.g. \"America/Sao_Paulo\", \"UTC\")",
+                    short(&s)
+                ));
+            }
+            Ok(TimeZoneName(s.to_string()))
+        })
     }
 }
 
@@ -283,10 +287,29 @@ pub fn parse_duration_secs(s: &str) -> Result<i64, String> {
 
 impl<'de> Deserialize<'de> for TtlSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration_secs(&s)
-            .map(|seconds| TtlSpec { seconds })
-            .map_err(de::Error::custom)
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = TtlSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration string such as \"24h\" or \"30m\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<TtlSpec, E> {
+                parse_duration_secs(s)
+                    .map(|seconds| TtlSpec { seconds })
+                    .map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TtlSpec, E> {
+                Err(E::custom(format!(
+                    "duration {v} has no unit; write \"{v}h\", \"{v}m\" or \"{v}s\""
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TtlSpec, E> {
+                Err(E::custom(format!(
+                    "duration {v} has no unit; write \"{v}h\", \"{v}m\" or \"{v}s\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -315,14 +338,15 @@ pub struct ReasonCode(pub String);
 
 impl<'de> Deserialize<'de> for ReasonCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if !is_reason_code(&s) {
-            return Err(de::Error::custom(format!(
-                "reason {:?} must be a lower_snake_case code of 1..=64 characters (e.g. \"high_value_requires_dual_approval\")",
-                short(&s)
-            )));
-        }
-        Ok(ReasonCode(s))
+        parse_str(d, "a string", |s: &str| {
+            if !is_reason_code(&s) {
+                return Err(format!(
+                    "reason {:?} must be a lower_snake_case code of 1..=64 characters (e.g. \"high_value_requires_dual_approval\")",
+                    short(&s)
+                ));
+            }
+            Ok(ReasonCode(s.to_string()))
+        })
     }
 }
 
@@ -533,6 +557,29 @@ pub struct Envelope {
 pub enum PolicyDocument {
     Envelope(Box<Envelope>),
     Bare(Box<PolicySpec>),
+}
+
+/// Deserializes a string through a visitor: serde_yaml attaches the token's line and
+/// column only to errors raised inside a visitor, not after `String::deserialize`.
+fn parse_str<'de, D: Deserializer<'de>, T>(
+    d: D,
+    what: &'static str,
+    f: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct V<T> {
+        what: &'static str,
+        f: fn(&str) -> Result<T, String>,
+    }
+    impl<T> de::Visitor<'_> for V<T> {
+        type Value = T;
+        fn expecting(&self, fm: &mut fmt::Formatter) -> fmt::Result {
+            fm.write_str(self.what)
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+            (self.f)(s).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V { what, f })
 }
 
 fn short(s: &str) -> String {

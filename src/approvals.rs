@@ -1,0 +1,588 @@
+//! Signed approval votes (SPEC §4): the approver registry, the signed message, and the
+//! checks that need no ledger state (who may vote, and whether the signature holds).
+//!
+//! Checks that need ledger state — the intent is still waiting, the approver has not
+//! voted already, the vote is not after expiry, the kill switch at quorum — are the
+//! ledger's (`Ledger::apply_vote`).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, Utc};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::intent::MAX_ID_LEN;
+
+/// Domain separation: a signature made for anything else can never verify as a vote.
+pub const SIGNING_DOMAIN: &str = "spendguard.approval.v1";
+/// Largest vote message accepted, in bytes.
+pub const MAX_VOTE_BYTES: usize = 4 * 1024;
+/// Largest approver registry accepted.
+pub const MAX_REGISTRY_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Vote {
+    Approve,
+    Reject,
+}
+
+impl Vote {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vote::Approve => "APPROVE",
+            Vote::Reject => "REJECT",
+        }
+    }
+}
+
+/// The message on `spend.approvals`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VoteMessage {
+    pub intent_id: String,
+    pub approver_id: String,
+    pub vote: Vote,
+    /// Base64 Ed25519 signature over [`signing_message`]. Absent or empty = unsigned.
+    #[serde(default)]
+    pub signature: Option<String>,
+    pub signed_at: DateTime<Utc>,
+}
+
+/// A vote whose signature and separation-of-duties checks passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedVote {
+    pub intent_id: String,
+    pub approver_id: String,
+    pub vote: Vote,
+    pub signature: String,
+    pub signed_at: DateTime<Utc>,
+}
+
+/// Why a vote was refused. `code()` values are stable API (audited, asserted by tests).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VoteRefusal {
+    #[error("vote message is malformed: {0}")]
+    Malformed(String),
+    #[error("vote is not signed")]
+    MissingSignature,
+    #[error(
+        "signature does not verify for approver {approver} over intent {intent} and its decision hash"
+    )]
+    BadSignature { approver: String, intent: String },
+    #[error("approver {0:?} is not in the approver registry")]
+    UnknownApprover(String),
+    #[error("approver {approver} is not registered for entity {entity}")]
+    NotRegisteredForEntity { approver: String, entity: String },
+    #[error("agent {0} cannot approve its own intent")]
+    SelfApproval(String),
+    #[error("no decision is recorded for intent {0}")]
+    UnknownIntent(String),
+}
+
+impl VoteRefusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            VoteRefusal::Malformed(_) => "malformed_vote",
+            VoteRefusal::MissingSignature => "missing_signature",
+            VoteRefusal::BadSignature { .. } => "bad_signature",
+            VoteRefusal::UnknownApprover(_) => "unknown_approver",
+            VoteRefusal::NotRegisteredForEntity { .. } => "approver_not_registered_for_entity",
+            VoteRefusal::SelfApproval(_) => "self_approval",
+            VoteRefusal::UnknownIntent(_) => "unknown_intent",
+        }
+    }
+}
+
+/// What the vote is about, as recorded by the ledger.
+#[derive(Debug, Clone, Copy)]
+pub struct VoteSubject<'a> {
+    pub agent_id: &'a str,
+    pub entity_id: &'a str,
+    /// Hex hash of the recorded decision the approver saw.
+    pub decision_hash: &'a str,
+}
+
+/// The exact bytes an approver signs. Identifiers cannot contain control characters
+/// (intent validation), so newline separation is unambiguous.
+pub fn signing_message(intent_id: &str, decision_hash: &str, vote: Vote) -> Vec<u8> {
+    format!(
+        "{SIGNING_DOMAIN}\n{intent_id}\n{decision_hash}\n{}",
+        vote.as_str()
+    )
+    .into_bytes()
+}
+
+/// Parses a vote message; the intent id is needed before anything else can be checked.
+pub fn parse_vote(bytes: &[u8]) -> Result<VoteMessage, VoteRefusal> {
+    if bytes.len() > MAX_VOTE_BYTES {
+        return Err(VoteRefusal::Malformed(format!(
+            "message is {} bytes; the limit is {MAX_VOTE_BYTES}",
+            bytes.len()
+        )));
+    }
+    let msg: VoteMessage =
+        serde_json::from_slice(bytes).map_err(|e| VoteRefusal::Malformed(e.to_string()))?;
+    for (name, value) in [
+        ("intentId", &msg.intent_id),
+        ("approverId", &msg.approver_id),
+    ] {
+        if value.is_empty() || value.len() > MAX_ID_LEN || value.chars().any(char::is_control) {
+            return Err(VoteRefusal::Malformed(format!(
+                "{name} must be 1..={MAX_ID_LEN} characters without control characters"
+            )));
+        }
+    }
+    Ok(msg)
+}
+
+#[derive(Debug, Clone)]
+pub struct Approver {
+    pub id: String,
+    pub key: VerifyingKey,
+    /// Glob patterns of the entities this approver may approve for.
+    pub entities: Vec<String>,
+}
+
+/// The approver registry (`policies/approvers.yaml`).
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    approvers: HashMap<String, Approver>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    approvers: Vec<ApproverEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ApproverEntry {
+    id: String,
+    /// Base64 of the 32-byte Ed25519 public key.
+    public_key: String,
+    entities: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read approver registry {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("approver registry {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Registry {
+    pub fn load(path: &Path) -> Result<Registry, RegistryError> {
+        let shown = path.display().to_string();
+        let read_err = |source| RegistryError::Read {
+            path: shown.clone(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(read_err)?.len();
+        if len > MAX_REGISTRY_BYTES {
+            return Err(RegistryError::Invalid {
+                path: shown,
+                message: format!("larger than {MAX_REGISTRY_BYTES} bytes"),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Registry::parse(&text).map_err(|message| RegistryError::Invalid {
+            path: shown,
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Registry, String> {
+        let file: RegistryFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let mut approvers = HashMap::new();
+        for entry in file.approvers {
+            if entry.id.is_empty() || entry.id.len() > MAX_ID_LEN {
+                return Err(format!(
+                    "approver id {:?} must be 1..={MAX_ID_LEN} characters",
+                    entry.id
+                ));
+            }
+            let key = decode_public_key(&entry.public_key).map_err(|e| {
+                format!(
+                    "approver {}: publicKey {e} (generate one with `spendguard approvers keygen`)",
+                    entry.id
+                )
+            })?;
+            if entry.entities.is_empty() {
+                return Err(format!(
+                    "approver {}: entities must list at least one entity pattern",
+                    entry.id
+                ));
+            }
+            let id = entry.id.clone();
+            let approver = Approver {
+                id: entry.id,
+                key,
+                entities: entry.entities,
+            };
+            if approvers.insert(id.clone(), approver).is_some() {
+                return Err(format!("approver {id} is listed twice"));
+            }
+        }
+        Ok(Registry { approvers })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Approver> {
+        self.approvers.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.approvers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.approvers.is_empty()
+    }
+
+    /// Every check that needs no ledger state, in an order that reveals the least to a
+    /// forger: who the approver is and whether they may vote here, then the signature.
+    pub fn verify(
+        &self,
+        vote: &VoteMessage,
+        subject: VoteSubject<'_>,
+    ) -> Result<VerifiedVote, VoteRefusal> {
+        if vote.approver_id == subject.agent_id {
+            return Err(VoteRefusal::SelfApproval(vote.approver_id.clone()));
+        }
+        let approver = self
+            .get(&vote.approver_id)
+            .ok_or_else(|| VoteRefusal::UnknownApprover(vote.approver_id.clone()))?;
+        if !approver
+            .entities
+            .iter()
+            .any(|p| glob_match(p, subject.entity_id))
+        {
+            return Err(VoteRefusal::NotRegisteredForEntity {
+                approver: approver.id.clone(),
+                entity: subject.entity_id.to_string(),
+            });
+        }
+        let sig_text = vote.signature.as_deref().unwrap_or("");
+        if sig_text.is_empty() {
+            return Err(VoteRefusal::MissingSignature);
+        }
+        let bad = || VoteRefusal::BadSignature {
+            approver: approver.id.clone(),
+            intent: vote.intent_id.clone(),
+        };
+        let sig_bytes = B64.decode(sig_text).map_err(|_| bad())?;
+        let sig = Signature::from_slice(&sig_bytes).map_err(|_| bad())?;
+        let message = signing_message(&vote.intent_id, subject.decision_hash, vote.vote);
+        approver.key.verify(&message, &sig).map_err(|_| bad())?;
+        Ok(VerifiedVote {
+            intent_id: vote.intent_id.clone(),
+            approver_id: vote.approver_id.clone(),
+            vote: vote.vote,
+            signature: sig_text.to_string(),
+            signed_at: vote.signed_at,
+        })
+    }
+}
+
+/// Signs a vote with an approver's secret key (used by `spendguard approve`).
+pub fn sign_vote(
+    key: &SigningKey,
+    intent_id: &str,
+    approver_id: &str,
+    decision_hash: &str,
+    vote: Vote,
+) -> VoteMessage {
+    let sig = key.sign(&signing_message(intent_id, decision_hash, vote));
+    VoteMessage {
+        intent_id: intent_id.to_string(),
+        approver_id: approver_id.to_string(),
+        vote,
+        signature: Some(B64.encode(sig.to_bytes())),
+        signed_at: Utc::now(),
+    }
+}
+
+/// A new key pair: (secret key file contents, public key for the registry), both base64.
+pub fn keygen() -> (String, String) {
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    (
+        B64.encode(key.to_bytes()),
+        B64.encode(key.verifying_key().to_bytes()),
+    )
+}
+
+/// Reads a secret key file written by `approvers keygen` (base64 of the 32-byte seed;
+/// lines starting with `#` are comments).
+pub fn read_signing_key(path: &Path) -> Result<SigningKey, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or_else(|| format!("key file {} holds no key", path.display()))?;
+    let bytes = B64
+        .decode(line)
+        .map_err(|_| format!("key file {} is not base64", path.display()))?;
+    let seed: [u8; 32] = bytes.try_into().map_err(|_| {
+        format!(
+            "key file {} must hold a 32-byte Ed25519 secret key",
+            path.display()
+        )
+    })?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+fn decode_public_key(text: &str) -> Result<VerifyingKey, String> {
+    let bytes = B64
+        .decode(text.trim())
+        .map_err(|_| "is not base64".to_string())?;
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| "must be 32 bytes".to_string())?;
+    VerifyingKey::from_bytes(&arr).map_err(|_| "is not a valid Ed25519 public key".to_string())
+}
+
+/// `*` matches any run of characters, `?` one character; everything else is literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                backtrack = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match backtrack {
+                Some((bp, bt)) => {
+                    pi = bp + 1;
+                    ti = bt + 1;
+                    backtrack = Some((bp, bt + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    struct Fixture {
+        registry: Registry,
+        alice: SigningKey,
+        mallory: SigningKey,
+    }
+
+    fn fixture() -> Fixture {
+        let alice = SigningKey::from_bytes(&[1; 32]);
+        let bob = SigningKey::from_bytes(&[2; 32]);
+        let mallory = SigningKey::from_bytes(&[3; 32]);
+        let yaml = format!(
+            "approvers:\n  - id: alice\n    publicKey: {}\n    entities: [\"acme-*\"]\n  - id: agent-42\n    publicKey: {}\n    entities: [\"*\"]\n",
+            B64.encode(alice.verifying_key().to_bytes()),
+            B64.encode(bob.verifying_key().to_bytes()),
+        );
+        Fixture {
+            registry: Registry::parse(&yaml).unwrap(),
+            alice,
+            mallory,
+        }
+    }
+
+    fn subject() -> VoteSubject<'static> {
+        VoteSubject {
+            agent_id: "agent-42",
+            entity_id: "acme-br",
+            decision_hash: HASH,
+        }
+    }
+
+    fn refusal(f: &Fixture, vote: &VoteMessage, s: VoteSubject<'_>) -> &'static str {
+        f.registry.verify(vote, s).unwrap_err().code()
+    }
+
+    #[test]
+    fn a_correctly_signed_vote_verifies() {
+        let f = fixture();
+        for v in [Vote::Approve, Vote::Reject] {
+            let vote = sign_vote(&f.alice, "i-1", "alice", HASH, v);
+            let ok = f.registry.verify(&vote, subject()).unwrap();
+            assert_eq!(ok.vote, v);
+            assert_eq!(ok.approver_id, "alice");
+        }
+    }
+
+    #[test]
+    fn every_stateless_refusal_has_its_code() {
+        let f = fixture();
+        let good = sign_vote(&f.alice, "i-1", "alice", HASH, Vote::Approve);
+
+        let unsigned = VoteMessage {
+            signature: None,
+            ..good.clone()
+        };
+        assert_eq!(refusal(&f, &unsigned, subject()), "missing_signature");
+        let empty = VoteMessage {
+            signature: Some(String::new()),
+            ..good.clone()
+        };
+        assert_eq!(refusal(&f, &empty, subject()), "missing_signature");
+
+        let forged = sign_vote(&f.mallory, "i-1", "alice", HASH, Vote::Approve);
+        assert_eq!(refusal(&f, &forged, subject()), "bad_signature");
+        let garbage = VoteMessage {
+            signature: Some("!!notbase64".into()),
+            ..good.clone()
+        };
+        assert_eq!(refusal(&f, &garbage, subject()), "bad_signature");
+
+        // The signature binds the vote: flipping APPROVE to REJECT (or back) breaks it.
+        let flipped = VoteMessage {
+            vote: Vote::Reject,
+            ..good.clone()
+        };
+        assert_eq!(refusal(&f, &flipped, subject()), "bad_signature");
+        // ... and the intent: replaying it onto another intent breaks it.
+        let replayed = VoteMessage {
+            intent_id: "i-2".into(),
+            ..good.clone()
+        };
+        assert_eq!(refusal(&f, &replayed, subject()), "bad_signature");
+        // ... and the decision hash: a vote for another decision of the same id fails.
+        let other_decision = VoteSubject {
+            decision_hash: "00",
+            ..subject()
+        };
+        assert_eq!(refusal(&f, &good, other_decision), "bad_signature");
+
+        let stranger = VoteMessage {
+            approver_id: "eve".into(),
+            ..good.clone()
+        };
+        assert_eq!(refusal(&f, &stranger, subject()), "unknown_approver");
+
+        let other_entity = VoteSubject {
+            entity_id: "globex",
+            ..subject()
+        };
+        assert_eq!(
+            refusal(&f, &good, other_entity),
+            "approver_not_registered_for_entity"
+        );
+
+        // agent-42 is a registered approver, but not for its own intents.
+        let own = VoteMessage {
+            approver_id: "agent-42".into(),
+            ..good.clone()
+        };
+        assert_eq!(refusal(&f, &own, subject()), "self_approval");
+    }
+
+    #[test]
+    fn malformed_votes_are_refused_with_a_reason() {
+        assert_eq!(parse_vote(b"nope").unwrap_err().code(), "malformed_vote");
+        let no_intent = br#"{"intentId":"","approverId":"a","vote":"APPROVE","signature":"x","signedAt":"2026-01-01T00:00:00Z"}"#;
+        assert_eq!(parse_vote(no_intent).unwrap_err().code(), "malformed_vote");
+        let bad_vote = br#"{"intentId":"i","approverId":"a","vote":"MAYBE","signature":"x","signedAt":"2026-01-01T00:00:00Z"}"#;
+        assert_eq!(parse_vote(bad_vote).unwrap_err().code(), "malformed_vote");
+        assert_eq!(
+            parse_vote(&vec![b' '; MAX_VOTE_BYTES + 1])
+                .unwrap_err()
+                .code(),
+            "malformed_vote"
+        );
+        let f = fixture();
+        let good = sign_vote(&f.alice, "i-1", "alice", HASH, Vote::Approve);
+        let bytes = serde_json::to_vec(&good).unwrap();
+        assert_eq!(parse_vote(&bytes).unwrap(), good);
+    }
+
+    #[test]
+    fn registry_errors_are_specific() {
+        assert!(
+            Registry::parse("approvers:\n  - id: a\n    publicKey: xx\n    entities: [e]\n")
+                .unwrap_err()
+                .contains("publicKey")
+        );
+        let (_, public) = keygen();
+        let twice = format!(
+            "approvers:\n  - {{id: a, publicKey: {public}, entities: [e]}}\n  - {{id: a, publicKey: {public}, entities: [e]}}\n"
+        );
+        assert!(Registry::parse(&twice).unwrap_err().contains("twice"));
+        let no_entities = format!("approvers:\n  - {{id: a, publicKey: {public}, entities: []}}\n");
+        assert!(
+            Registry::parse(&no_entities)
+                .unwrap_err()
+                .contains("entities")
+        );
+    }
+
+    #[test]
+    fn keygen_key_files_sign_verifiably() {
+        let (secret, public) = keygen();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        std::fs::write(&path, format!("# demo\n{secret}\n")).unwrap();
+        let key = read_signing_key(&path).unwrap();
+        let registry = Registry::parse(&format!(
+            "approvers:\n  - {{id: z, publicKey: {public}, entities: [acme-br]}}\n"
+        ))
+        .unwrap();
+        let vote = sign_vote(&key, "i-9", "z", HASH, Vote::Reject);
+        assert!(registry.verify(&vote, subject()).is_ok());
+        std::fs::write(&path, "c2hvcnQ=\n").unwrap();
+        assert!(read_signing_key(&path).unwrap_err().contains("32-byte"));
+    }
+
+    #[test]
+    fn the_shipped_registry_matches_the_demo_keys() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let registry = Registry::load(&root.join("policies/approvers.yaml")).unwrap();
+        for id in ["alice", "bob", "carol"] {
+            let key = read_signing_key(&root.join(format!("examples/keys/{id}.key"))).unwrap();
+            assert_eq!(registry.get(id).unwrap().key, key.verifying_key(), "{id}");
+        }
+    }
+
+    #[test]
+    fn globs_match_like_shell_patterns() {
+        assert!(glob_match("acme-*", "acme-br"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("acme-*", "globex"));
+        assert!(!glob_match("a*b", "acb-"));
+        assert!(glob_match("exact", "exact"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn star_matches_any_suffix(prefix in "[a-z]{0,8}", suffix in "[a-z:-]{0,12}") {
+            let text = format!("{prefix}{suffix}");
+            let pattern = format!("{prefix}*");
+            proptest::prop_assert!(glob_match(&pattern, &text));
+            proptest::prop_assert!(glob_match(&text, &text));
+        }
+    }
+}

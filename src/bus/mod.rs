@@ -1,0 +1,292 @@
+//! Kafka plumbing over rdkafka: topic names and creation, the producer, the consumer
+//! group of `serve`, the per-instance control consumer, and the dead-letter topic.
+//!
+//! Nothing here decides anything; it only moves bytes and reports what Kafka said.
+
+pub mod dlq;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use std::time::Duration;
+
+use crate::config::{CONTROL_PARTITIONS, Settings};
+
+/// How long admin and metadata requests may take before we report the broker as down.
+pub const ADMIN_TIMEOUT_MS: u64 = 10_000;
+/// tansu answers a fetch only when `fetch.wait.max.ms` expires, even if data arrived
+/// meanwhile (Apache Kafka answers as soon as `fetch.min.bytes` is there), so this bounds
+/// the consume latency; each idle consumer then sends ~1000/FETCH_WAIT_MAX_MS fetches/s.
+pub const FETCH_WAIT_MAX_MS: &str = "2";
+/// How long a produce may wait in the client queue / for the broker before it fails.
+pub const PRODUCE_TIMEOUT_MS: u64 = 30_000;
+
+/// The topic names of one deployment (all share the configured prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub intents: String,
+    pub decisions: String,
+    pub approvals: String,
+    pub control: String,
+    pub dlq: String,
+}
+
+impl Topics {
+    pub fn with_prefix(prefix: &str) -> Topics {
+        Topics {
+            intents: format!("{prefix}spend.intents"),
+            decisions: format!("{prefix}spend.decisions"),
+            approvals: format!("{prefix}spend.approvals"),
+            control: format!("{prefix}spend.control"),
+            dlq: format!("{prefix}spend.dlq"),
+        }
+    }
+
+    /// The deployment's name of a topic named without prefix (as the ledger's outbox
+    /// records it: `spend.decisions`).
+    pub fn resolve(&self, logical: &str) -> String {
+        match logical {
+            "spend.intents" => self.intents.clone(),
+            "spend.decisions" => self.decisions.clone(),
+            "spend.approvals" => self.approvals.clone(),
+            "spend.control" => self.control.clone(),
+            "spend.dlq" => self.dlq.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Every topic with the partition count it is created with.
+    pub fn layout(&self, s: &Settings) -> Vec<(String, i32)> {
+        vec![
+            (self.intents.clone(), s.intent_partitions),
+            (self.decisions.clone(), s.intent_partitions),
+            (self.approvals.clone(), s.approval_partitions),
+            (self.control.clone(), CONTROL_PARTITIONS),
+            (self.dlq.clone(), s.dlq_partitions),
+        ]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(
+        "Kafka client error talking to {brokers}: {source} (is the broker running? `scripts/tansu.sh start`)"
+    )]
+    Client {
+        brokers: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("cannot create topic {topic}: {message}")]
+    CreateTopic { topic: String, message: String },
+    #[error("publish to {topic} failed: {message}")]
+    Publish { topic: String, message: String },
+}
+
+/// Base client settings shared by every client of one deployment.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        // tansu (and Kafka) give every client its own id in logs; keep it recognisable.
+        .set("client.id", "spendguard")
+        .set("socket.keepalive.enable", "true");
+    c
+}
+
+fn client_err(brokers: &str) -> impl Fn(rdkafka::error::KafkaError) -> BusError + '_ {
+    move |source| BusError::Client {
+        brokers: brokers.to_string(),
+        source,
+    }
+}
+
+/// Creates every missing topic with its configured partition count. Existing topics are
+/// left as they are (a partition count is never changed behind an operator's back).
+pub async fn ensure_topics(brokers: &str, topics: &[(String, i32)]) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(client_err(brokers))?;
+    let existing = existing_topics(brokers)?;
+    let missing: Vec<NewTopic<'_>> = topics
+        .iter()
+        .filter(|(name, _)| !existing.contains(name))
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_millis(
+        ADMIN_TIMEOUT_MS,
+    ))));
+    let results = admin
+        .create_topics(missing.iter(), &opts)
+        .await
+        .map_err(client_err(brokers))?;
+    for result in results {
+        match result {
+            Ok(_) => {}
+            // Another instance created it between our metadata read and our request.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(BusError::CreateTopic {
+                    topic,
+                    message: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Names of the topics the broker knows.
+pub fn existing_topics(brokers: &str) -> Result<Vec<String>, BusError> {
+    let consumer: BaseConsumer = client_config(brokers)
+        .create()
+        .map_err(client_err(brokers))?;
+    let md = consumer
+        .fetch_metadata(None, Duration::from_millis(ADMIN_TIMEOUT_MS))
+        .map_err(client_err(brokers))?;
+    Ok(md.topics().iter().map(|t| t.name().to_string()).collect())
+}
+
+/// Partition count of a topic, if it exists.
+pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<usize>, BusError> {
+    let consumer: BaseConsumer = client_config(brokers)
+        .create()
+        .map_err(client_err(brokers))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_millis(ADMIN_TIMEOUT_MS))
+        .map_err(client_err(brokers))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len()))
+}
+
+/// A producer tuned for the service: acks from the leader, small linger so one decision
+/// is not held back waiting for a batch, and key-hashed partitioning (same agent, same
+/// partition) that matches the Java client so other producers agree with us.
+pub fn producer(brokers: &str) -> Result<FutureProducer, BusError> {
+    client_config(brokers)
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", PRODUCE_TIMEOUT_MS.to_string())
+        .set("compression.type", "none")
+        .create()
+        .map_err(client_err(brokers))
+}
+
+/// A group consumer whose offsets are committed only for messages the caller stored
+/// (`store_offset` after the ledger commit); auto-commit then only ever commits
+/// processed work.
+pub fn group_consumer(
+    brokers: &str,
+    group_id: &str,
+    instance: &str,
+) -> Result<StreamConsumer, BusError> {
+    client_config(brokers)
+        .set("group.id", group_id)
+        .set("client.id", format!("spendguard-{instance}"))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "200")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+        .create()
+        .map_err(client_err(brokers))
+}
+
+/// A consumer outside any group, for reading a topic in full (`decisions tail`, control,
+/// tests): every instance gets every message.
+pub fn standalone_consumer(brokers: &str) -> Result<StreamConsumer, BusError> {
+    client_config(brokers)
+        // librdkafka requires a group id even when we only `assign`; it is never joined.
+        .set(
+            "group.id",
+            format!("spendguard-standalone-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+        .create()
+        .map_err(client_err(brokers))
+}
+
+/// Assigns every partition of `topic` to `consumer`, starting at `offset`.
+pub fn assign_all(
+    consumer: &StreamConsumer,
+    brokers: &str,
+    topic: &str,
+    offset: rdkafka::Offset,
+) -> Result<usize, BusError> {
+    let count = partition_count(brokers, topic)?.ok_or_else(|| BusError::CreateTopic {
+        topic: topic.to_string(),
+        message:
+            "topic does not exist (start `spendguard serve` once, or run scripts/services.sh up)"
+                .into(),
+    })?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..count {
+        let p = i32::try_from(p).unwrap_or(i32::MAX);
+        tpl.add_partition_offset(topic, p, offset)
+            .map_err(client_err(brokers))?;
+    }
+    consumer.assign(&tpl).map_err(client_err(brokers))?;
+    Ok(count)
+}
+
+/// Publishes one message and waits for the broker's acknowledgement.
+pub async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    headers: Option<rdkafka::message::OwnedHeaders>,
+) -> Result<(i32, i64), BusError> {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    producer
+        .send(record, Duration::from_millis(PRODUCE_TIMEOUT_MS))
+        .await
+        .map(|d| (d.partition, d.offset))
+        .map_err(|(e, _)| BusError::Publish {
+            topic: topic.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// Assigns every partition of `topic` at its current high watermark, read from the
+/// broker now: unlike `Offset::End` (resolved lazily on first fetch), nothing produced
+/// after this call returns can be missed.
+pub fn assign_at_high_watermarks(
+    consumer: &StreamConsumer,
+    brokers: &str,
+    topic: &str,
+) -> Result<usize, BusError> {
+    let count = partition_count(brokers, topic)?.ok_or_else(|| BusError::CreateTopic {
+        topic: topic.to_string(),
+        message: "topic does not exist".into(),
+    })?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..count {
+        let p = i32::try_from(p).unwrap_or(i32::MAX);
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_millis(ADMIN_TIMEOUT_MS))
+            .map_err(client_err(brokers))?;
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high))
+            .map_err(client_err(brokers))?;
+    }
+    consumer.assign(&tpl).map_err(client_err(brokers))?;
+    Ok(count)
+}

@@ -1,0 +1,435 @@
+//! `spendguard policy check`, `spendguard policy schema` and `spendguard evaluate`.
+
+use crate::decision::{DecisionMessage, KillState, Usage, UsageReport, WindowRef};
+use crate::policy::lint::{self, Severity};
+use crate::policy::{self, Bindings, CompiledPolicy, EvalInput, PolicyError, PolicySet};
+use crate::window::Windows;
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+
+/// Longest input line `evaluate` reads; longer lines are reported, not buffered forever.
+const MAX_LINE_BYTES: usize = crate::intent::MAX_INTENT_BYTES + 1;
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files and directories (bindings included) and lint them for conflicts.
+    Check(CheckArgs),
+    /// Print the JSON Schema of the policy language (for editors).
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Policy files or directories (a directory's bindings.yaml is checked against its policies).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// One policy file applied to every intent.
+    #[arg(
+        long,
+        conflicts_with = "policies",
+        required_unless_present = "policies"
+    )]
+    pub policy: Option<PathBuf>,
+    /// A policy directory; each intent's policy is resolved through its bindings.yaml.
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// Intents, one JSON object per line (default: stdin).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Agent's spend so far today (policy currency), before each intent.
+    #[arg(long, default_value = "0")]
+    pub daily_so_far: String,
+    /// Agent's spend so far this month (policy currency), before each intent.
+    #[arg(long, default_value = "0")]
+    pub monthly_so_far: String,
+    /// Simulate a tripped global kill switch.
+    #[arg(long)]
+    pub kill_switch: bool,
+    /// Acceptance time (RFC 3339) used for windows, Rego and `decidedAt`; default: now.
+    #[arg(long)]
+    pub at: Option<String>,
+}
+
+pub fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
+    match cmd {
+        PolicyCommand::Check(args) => check(&args),
+        PolicyCommand::Schema => {
+            let schema = schemars::schema_for!(crate::policy::model::PolicyDocument);
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(0)
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub severity: Severity,
+    pub code: String,
+    pub message: String,
+    pub hint: String,
+}
+
+impl Diagnostic {
+    fn from_error(e: PolicyError) -> Diagnostic {
+        Diagnostic {
+            file: e.origin,
+            line: e.line,
+            column: e.column,
+            severity: Severity::Error,
+            code: e.code.to_string(),
+            message: e.message,
+            hint: e.hint,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct CheckReport {
+    files: usize,
+    errors: usize,
+    warnings: usize,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Checks the given paths; pure except for reading the files. Public for tests.
+pub fn check_paths(paths: &[PathBuf]) -> (usize, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let mut files = 0usize;
+    for path in paths {
+        if path.is_dir() {
+            match policy::dir_files(path) {
+                Ok(list) => {
+                    files += list.len();
+                    check_group(&list, true, &mut diags);
+                }
+                Err(e) => diags.push(Diagnostic::from_error(e)),
+            }
+        } else {
+            files += 1;
+            check_group(std::slice::from_ref(path), false, &mut diags);
+        }
+    }
+    (files, diags)
+}
+
+/// Checks files that belong together (one directory): policies, then its bindings against
+/// the policy names found.
+fn check_group(paths: &[PathBuf], is_dir: bool, diags: &mut Vec<Diagnostic>) {
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let mut unnamed_failures = false;
+    let mut bindings: Vec<(Bindings, String, String)> = Vec::new();
+    for path in paths {
+        let origin = path.display().to_string();
+        let text = match policy::read_text(path) {
+            Ok(t) => t,
+            Err(e) => {
+                diags.push(Diagnostic::from_error(e));
+                continue;
+            }
+        };
+        if policy::is_bindings_file(path) {
+            match Bindings::parse(&text, &origin) {
+                Ok((b, _)) => bindings.push((b, text, origin)),
+                Err(e) => diags.push(Diagnostic::from_error(e)),
+            }
+            continue;
+        }
+        match CompiledPolicy::parse(&text, &origin) {
+            Ok(p) => {
+                for l in lint::lint(p.spec()) {
+                    let keys: Vec<&str> = l.keys.iter().map(String::as_str).collect();
+                    let (line, column) = policy::error::locate(&text, &keys);
+                    diags.push(Diagnostic {
+                        file: origin.clone(),
+                        line,
+                        column,
+                        severity: l.severity,
+                        code: l.code.to_string(),
+                        message: format!("policy {}: {}", p.identity.name, l.message),
+                        hint: l.hint.to_string(),
+                    });
+                }
+                if let Some(first) = names.get(&p.identity.name) {
+                    let (line, column) = policy::error::locate(&text, &["name"]);
+                    diags.push(Diagnostic {
+                        file: origin.clone(),
+                        line,
+                        column,
+                        severity: Severity::Error,
+                        code: "duplicate_policy".into(),
+                        message: format!("policy {:?} is also defined in {first}", p.identity.name),
+                        hint: "give each policy a unique name".into(),
+                    });
+                } else {
+                    names.insert(p.identity.name.clone(), origin);
+                }
+            }
+            Err(e) => {
+                unnamed_failures = true;
+                diags.push(Diagnostic::from_error(e));
+            }
+        }
+    }
+    for (b, text, origin) in bindings {
+        if !is_dir && names.is_empty() {
+            // A bindings file checked alone: nothing to resolve its names against.
+            continue;
+        }
+        if let Err(mut e) = policy::check_references(&b, &text, &origin, |n| names.contains_key(n))
+        {
+            if unnamed_failures {
+                e.hint
+                    .push_str(" (some policy files in this directory failed to parse)");
+            }
+            diags.push(Diagnostic::from_error(e));
+        }
+    }
+}
+
+fn check(args: &CheckArgs) -> anyhow::Result<i32> {
+    let (files, diagnostics) = check_paths(&args.paths);
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = diagnostics.len() - errors;
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        OutputFormat::Json => {
+            let report = CheckReport {
+                files,
+                errors,
+                warnings,
+                diagnostics,
+            };
+            writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        }
+        OutputFormat::Text => {
+            for d in &diagnostics {
+                let sev = match d.severity {
+                    Severity::Error => "error",
+                    Severity::Warning => "warning",
+                };
+                writeln!(
+                    out,
+                    "{}:{}:{}: {sev}[{}]: {}\n  hint: {}",
+                    d.file, d.line, d.column, d.code, d.message, d.hint
+                )?;
+            }
+            writeln!(
+                out,
+                "checked {files} file(s): {errors} error(s), {warnings} warning(s)"
+            )?;
+        }
+    }
+    Ok(if errors == 0 { 0 } else { 1 })
+}
+
+enum Source {
+    One(std::sync::Arc<CompiledPolicy>),
+    Set(PolicySet),
+}
+
+fn amount_arg(name: &str, text: &str) -> anyhow::Result<Decimal> {
+    let d = crate::money::parse_decimal(text).map_err(|e| anyhow::anyhow!("--{name}: {e}"))?;
+    anyhow::ensure!(
+        !d.is_sign_negative(),
+        "--{name} must not be negative, got {d}"
+    );
+    Ok(d)
+}
+
+pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<i32> {
+    let source = match (&args.policy, &args.policies) {
+        (Some(file), _) => {
+            let text = policy::read_text(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let p = CompiledPolicy::parse(&text, &file.display().to_string())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Source::One(std::sync::Arc::new(p))
+        }
+        (None, Some(dir)) => {
+            Source::Set(PolicySet::load_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?)
+        }
+        (None, None) => anyhow::bail!("give --policy FILE or --policies DIR"),
+    };
+    let usage = Usage {
+        daily_so_far: amount_arg("daily-so-far", &args.daily_so_far)?,
+        monthly_so_far: amount_arg("monthly-so-far", &args.monthly_so_far)?,
+    };
+    let kill = if args.kill_switch {
+        KillState::On {
+            scope: "global".into(),
+        }
+    } else {
+        KillState::Off
+    };
+    let at: chrono::DateTime<chrono::Utc> = match &args.at {
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .with_context(|| {
+                format!("--at {s:?} is not an RFC 3339 time like 2026-11-25T15:00:00Z")
+            })?
+            .into(),
+        None => chrono::Utc::now(),
+    };
+    let reader: Box<dyn BufRead> = match &args.input {
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p)
+                .with_context(|| format!("cannot open --input {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let invalid = evaluate_lines(reader, &mut out, &source, usage, &kill, at)?;
+    out.flush()?;
+    Ok(if invalid > 0 { 2 } else { 0 })
+}
+
+/// Evaluates each line; returns how many lines were invalid.
+fn evaluate_lines(
+    mut reader: Box<dyn BufRead>,
+    out: &mut impl Write,
+    source: &Source,
+    usage: Usage,
+    kill: &KillState,
+    at: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<usize> {
+    let mut invalid = 0usize;
+    let mut line_no = 0usize;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES as u64)
+            .read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let too_long = buf.len() >= MAX_LINE_BYTES && buf.last() != Some(&b'\n');
+        if too_long {
+            // Skip the rest of this line so the next line is read from its start.
+            let mut rest = Vec::new();
+            reader.read_until(b'\n', &mut rest)?;
+        }
+        let bytes = trim_line(&buf);
+        if bytes.is_empty() && !too_long {
+            continue;
+        }
+        let result = if too_long {
+            Err((
+                "message_too_large",
+                format!(
+                    "line is longer than {} bytes",
+                    crate::intent::MAX_INTENT_BYTES
+                ),
+            ))
+        } else {
+            decide_offline(bytes, source_ref(source), usage, kill, at)
+                .map_err(|e| (e.code, e.message))
+        };
+        match result {
+            Ok(decision) => serde_json::to_writer(&mut *out, &decision)?,
+            Err((code, message)) => {
+                invalid += 1;
+                serde_json::to_writer(
+                    &mut *out,
+                    &serde_json::json!({"line": line_no, "error": {"code": code, "message": message}}),
+                )?;
+            }
+        }
+        out.write_all(b"\n")?;
+    }
+    Ok(invalid)
+}
+
+fn source_ref(s: &Source) -> SourceRef<'_> {
+    match s {
+        Source::One(p) => SourceRef::One(p),
+        Source::Set(s) => SourceRef::Set(s),
+    }
+}
+
+pub enum SourceRef<'a> {
+    One(&'a std::sync::Arc<CompiledPolicy>),
+    Set(&'a PolicySet),
+}
+
+fn trim_line(b: &[u8]) -> &[u8] {
+    let mut end = b.len();
+    while end > 0 && matches!(b[end - 1], b'\n' | b'\r' | b' ' | b'\t') {
+        end -= 1;
+    }
+    &b[..end]
+}
+
+/// Decides one intent offline: the SPEC §3 decision without `ledgerSeq`.
+pub fn decide_offline(
+    bytes: &[u8],
+    source: SourceRef<'_>,
+    usage: Usage,
+    kill: &KillState,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<DecisionMessage, crate::intent::IntentError> {
+    let intent = crate::intent::parse_intent(bytes)?;
+    let policy = match source {
+        SourceRef::One(p) => Some(p.clone()),
+        SourceRef::Set(s) => s.resolve(&intent.agent_id, &intent.entity_id),
+    };
+    let (evaluation, identity, usage_report) = match &policy {
+        Some(p) => {
+            let e = policy::evaluate(
+                p,
+                &EvalInput {
+                    intent: &intent,
+                    usage,
+                    kill,
+                    accepted_at: at,
+                },
+            );
+            let w = Windows::containing(at, p.tz);
+            let report = UsageReport {
+                daily_so_far: usage.daily_so_far,
+                monthly_so_far: usage.monthly_so_far,
+                window: WindowRef {
+                    day: w.day,
+                    month: w.month.format("%Y-%m").to_string(),
+                    tz: p.tz.name().to_string(),
+                },
+            };
+            (e, Some(p.identity.clone()), Some(report))
+        }
+        None => (policy::no_policy_bound(&intent), None, None),
+    };
+    Ok(DecisionMessage {
+        intent_id: intent.intent_id,
+        agent_id: intent.agent_id,
+        entity_id: intent.entity_id,
+        effect: evaluation.effect,
+        approvals_required: evaluation.approvals_required,
+        reasons: evaluation.reasons,
+        policy: identity,
+        usage: usage_report,
+        decided_at: at,
+        ledger_seq: None,
+    })
+}

@@ -1,0 +1,463 @@
+//! Service-side subcommands: `serve`, approvals, the kill switch, and the tools a payment
+//! developer uses to try spendguard without other Kafka tooling.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use rdkafka::Message;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::approvals::{self, Vote};
+use crate::bus::{self, Topics};
+use crate::config::ServiceArgs;
+use crate::kill_switch::{ControlMessage, Scope};
+use crate::ledger::{Ledger, Origin};
+use crate::loadgen;
+
+/// Longest line `intents publish` accepts (anything longer is certainly not an intent,
+/// but it is still published so the service dead-letters it visibly).
+const MAX_PUBLISH_LINE_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// The waiting intent to vote on.
+    #[arg(long)]
+    pub intent: String,
+    /// Your approver id (as registered in approvers.yaml).
+    #[arg(long)]
+    pub approver: String,
+    /// Your secret key file (from `spendguard approvers keygen`).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Vote REJECT instead of APPROVE.
+    #[arg(long)]
+    pub reject: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KillAction {
+    On,
+    Off,
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct KillSwitchArgs {
+    /// `on` trips, `off` clears, `status` lists the tripped scopes.
+    #[arg(value_enum)]
+    pub action: KillAction,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// `global`, `entity:ID` or `agent:ID` (required for on/off).
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Why (required for on/off; recorded in the audit trail).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who (default: $USER).
+    #[arg(long, env = "USER")]
+    pub actor: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApproversCommand {
+    /// Make an Ed25519 key pair: writes the secret key file and prints the registry entry.
+    Keygen {
+        /// Approver id (as it will appear in approvers.yaml and the audit trail).
+        #[arg(long)]
+        id: String,
+        /// Entities (glob patterns) this approver may approve for.
+        #[arg(long, default_value = "*")]
+        entities: Vec<String>,
+        /// Where to write the secret key (default: ./<id>.key). Refuses to overwrite.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IntentsCommand {
+    /// Publish intents (JSON lines) to spend.intents, keyed by agentId.
+    Publish {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// Input file (default: standard input).
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DecisionsCommand {
+    /// Follow decisions and outcomes on spend.decisions.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Start from the oldest retained message instead of new ones only.
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// `text` (one readable line per message) or `json` (the messages as JSON lines).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Stop when no message arrived for this many seconds.
+    #[arg(long)]
+    pub idle_timeout: Option<u64>,
+}
+
+pub fn approvers(cmd: ApproversCommand) -> anyhow::Result<i32> {
+    match cmd {
+        ApproversCommand::Keygen { id, entities, out } => {
+            let path = out.unwrap_or_else(|| PathBuf::from(format!("{id}.key")));
+            let (secret, public) = approvals::keygen();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .with_context(|| {
+                    format!(
+                        "cannot create key file {} (it must not exist yet)",
+                        path.display()
+                    )
+                })?;
+            restrict_permissions(&path)?;
+            writeln!(
+                file,
+                "# spendguard approver secret key for {id}. Keep it private.\n{secret}"
+            )?;
+            println!("# secret key written to {}", path.display());
+            println!("# add this entry under `approvers:` in policies/approvers.yaml:");
+            println!("  - id: {id}");
+            println!("    publicKey: {public}");
+            println!("    entities: {}", serde_json::to_string(&entities)?);
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict permissions of {}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_path: &std::path::Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn intents(cmd: IntentsCommand) -> anyhow::Result<i32> {
+    let IntentsCommand::Publish { service, input } = cmd;
+    let settings = service.resolve()?;
+    let topics = Topics::with_prefix(&settings.topic_prefix);
+    let reader: Box<dyn BufRead> = match &input {
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+    };
+    runtime()?.block_on(async move {
+        bus::ensure_topics(&settings.brokers, &topics.layout(&settings)).await?;
+        let producer = bus::producer(&settings.brokers)?;
+        let mut published = 0usize;
+        for (n, line) in reader.split(b'\n').enumerate() {
+            let line = line.with_context(|| format!("cannot read input line {}", n + 1))?;
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if line.len() > MAX_PUBLISH_LINE_BYTES {
+                bail!(
+                    "line {} is {} bytes; refusing to publish more than {MAX_PUBLISH_LINE_BYTES}",
+                    n + 1,
+                    line.len()
+                );
+            }
+            // Malformed lines are published too: the service dead-letters them, which is
+            // what a developer trying the DLQ wants to see.
+            let key = agent_key(line);
+            if key.is_empty() {
+                eprintln!("line {}: no agentId found; published without a key", n + 1);
+            }
+            bus::publish(&producer, &topics.intents, key.as_bytes(), line, None).await?;
+            published += 1;
+        }
+        eprintln!("published {published} intent(s) to {}", topics.intents);
+        Ok(0)
+    })
+}
+
+/// The agentId of a JSON intent, used as the message key (same agent, same partition).
+pub fn agent_key(bytes: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct KeyOnly {
+        #[serde(rename = "agentId")]
+        agent_id: String,
+    }
+    serde_json::from_slice::<KeyOnly>(bytes)
+        .map(|k| k.agent_id)
+        .unwrap_or_default()
+}
+
+pub fn decisions(cmd: DecisionsCommand) -> anyhow::Result<i32> {
+    let DecisionsCommand::Tail(args) = cmd;
+    let settings = args.service.resolve()?;
+    let topics = Topics::with_prefix(&settings.topic_prefix);
+    runtime()?.block_on(async move {
+        bus::ensure_topics(&settings.brokers, &topics.layout(&settings)).await?;
+        let consumer = bus::standalone_consumer(&settings.brokers)?;
+        let start = if args.from_beginning {
+            rdkafka::Offset::Beginning
+        } else {
+            rdkafka::Offset::End
+        };
+        bus::assign_all(&consumer, &settings.brokers, &topics.decisions, start)?;
+        let mut stream = consumer.stream();
+        let mut seen = 0usize;
+        let stdout = std::io::stdout();
+        loop {
+            if args.count.is_some_and(|c| seen >= c) {
+                return Ok(0);
+            }
+            let next = match args.idle_timeout {
+                Some(s) => {
+                    match tokio::time::timeout(Duration::from_secs(s), stream.next()).await {
+                        Ok(m) => m,
+                        Err(_) => return Ok(0),
+                    }
+                }
+                None => stream.next().await,
+            };
+            let Some(msg) = next else { return Ok(0) };
+            let msg = msg.context("reading spend.decisions")?;
+            let payload = msg.payload().unwrap_or_default();
+            let mut out = stdout.lock();
+            if args.format == "json" {
+                out.write_all(payload)?;
+                out.write_all(b"\n")?;
+            } else {
+                writeln!(out, "{}", describe(payload))?;
+            }
+            out.flush()?;
+            seen += 1;
+        }
+    })
+}
+
+/// One readable line for a decision or outcome message.
+pub fn describe(payload: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return format!("(unreadable message: {})", String::from_utf8_lossy(payload));
+    };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+    if let Some(outcome) = v.get("outcome").and_then(|x| x.as_str()) {
+        let approvers = v
+            .get("approvers")
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        return format!("{} OUTCOME {outcome} approvers={approvers}", s("intentId"));
+    }
+    let codes: Vec<String> = v
+        .get("reasons")
+        .and_then(|r| r.as_array())
+        .map(|rs| {
+            rs.iter()
+                .map(|r| {
+                    let code = r.get("code").and_then(|c| c.as_str()).unwrap_or("?");
+                    let detail = r.get("detail").and_then(|c| c.as_str()).unwrap_or("");
+                    if detail.is_empty() {
+                        code.to_string()
+                    } else {
+                        format!("{code} ({detail})")
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let approvals = v
+        .get("approvalsRequired")
+        .and_then(|a| a.as_u64())
+        .unwrap_or(0);
+    let approvals = if approvals > 0 {
+        format!(" approvals={approvals}")
+    } else {
+        String::new()
+    };
+    format!(
+        "{} agent={} entity={} {}{approvals} reasons: {}",
+        s("intentId"),
+        s("agentId"),
+        s("entityId"),
+        s("effect"),
+        codes.join("; ")
+    )
+}
+
+pub fn serve(service: ServiceArgs) -> anyhow::Result<i32> {
+    let settings = service.resolve()?;
+    runtime()?.block_on(crate::serve::run(settings, crate::serve::termination()))?;
+    Ok(0)
+}
+
+pub fn approve(args: ApproveArgs) -> anyhow::Result<i32> {
+    let settings = args.service.resolve()?;
+    let key = approvals::read_signing_key(&args.key).map_err(anyhow::Error::msg)?;
+    let topics = Topics::with_prefix(&settings.topic_prefix);
+    runtime()?.block_on(async move {
+        let ledger = Ledger::connect(&settings.database_url, &settings.instance).await?;
+        let Some(record) = ledger.decision(&args.intent).await? else {
+            bail!(
+                "no decision is recorded for intent {}: check the id (`spendguard decisions tail`)",
+                args.intent
+            );
+        };
+        // Show what is being signed: the approver vouches for this exact decision.
+        eprintln!("{}", describe(&serde_json::to_vec(&record.message)?));
+        let vote = if args.reject {
+            Vote::Reject
+        } else {
+            Vote::Approve
+        };
+        let msg = approvals::sign_vote(
+            &key,
+            &args.intent,
+            &args.approver,
+            &record.decision_hash,
+            vote,
+        );
+        let producer = bus::producer(&settings.brokers)?;
+        bus::publish(
+            &producer,
+            &topics.approvals,
+            args.intent.as_bytes(),
+            &serde_json::to_vec(&msg)?,
+            None,
+        )
+        .await?;
+        eprintln!(
+            "{} by {} on {} published to {}",
+            vote.as_str(),
+            args.approver,
+            args.intent,
+            topics.approvals
+        );
+        Ok(0)
+    })
+}
+
+pub fn kill_switch(args: KillSwitchArgs) -> anyhow::Result<i32> {
+    let settings = args.service.resolve()?;
+    let topics = Topics::with_prefix(&settings.topic_prefix);
+    runtime()?.block_on(async move {
+        let ledger = Ledger::connect(&settings.database_url, &settings.instance).await?;
+        if args.action == KillAction::Status {
+            let entries = ledger.kill_switch_state().await?;
+            let active: Vec<_> = entries.iter().filter(|e| e.active).collect();
+            if active.is_empty() {
+                println!("kill switch: off (no scope tripped)");
+            }
+            for e in active {
+                println!(
+                    "kill switch: ON for {} since {} by {}: {}",
+                    e.scope, e.changed_at, e.actor, e.reason
+                );
+            }
+            return Ok(0);
+        }
+        let on = args.action == KillAction::On;
+        let scope_text = args
+            .scope
+            .context("--scope is required: global, entity:ID or agent:ID")?;
+        let scope = Scope::parse(&scope_text)?;
+        let reason = args
+            .reason
+            .context("--reason is required: it is recorded in the audit trail")?;
+        let actor = args.actor.unwrap_or_else(|| "unknown-operator".into());
+        // The ledger first: the audited event is the truth, the message only spreads it
+        // (instances re-read the ledger if the message is lost).
+        ledger
+            .set_kill_switch(
+                &scope.to_string(),
+                on,
+                &actor,
+                &reason,
+                &Origin::cli(&settings.instance),
+            )
+            .await?;
+        // Connect before stamping `sentAt`, so the propagation measured by the instances
+        // is publish -> applied, not client start-up.
+        bus::ensure_topics(&settings.brokers, &topics.layout(&settings)).await?;
+        let producer = bus::producer(&settings.brokers)?;
+        // Metadata through the producer's own client opens its broker connection.
+        rdkafka::producer::Producer::client(&producer)
+            .fetch_metadata(
+                Some(&topics.control),
+                Duration::from_millis(bus::ADMIN_TIMEOUT_MS),
+            )
+            .context("cannot reach the broker")?;
+        let control = ControlMessage {
+            scope: scope.clone(),
+            on,
+            actor,
+            reason,
+            sent_at: chrono::Utc::now(),
+        };
+        bus::publish(
+            &producer,
+            &topics.control,
+            scope.to_string().as_bytes(),
+            &serde_json::to_vec(&control)?,
+            None,
+        )
+        .await?;
+        eprintln!("kill switch {} for {scope}", if on { "ON" } else { "OFF" });
+        Ok(0)
+    })
+}
+
+pub fn run_loadgen(args: loadgen::LoadgenArgs) -> anyhow::Result<i32> {
+    let settings = args.service.resolve()?;
+    runtime()?.block_on(loadgen::run(&settings, &args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_from_agent_id_or_are_empty() {
+        assert_eq!(agent_key(br#"{"agentId":"a-1","x":1}"#), "a-1");
+        assert_eq!(agent_key(b"not json"), "");
+        assert_eq!(agent_key(br#"{"agentId":42}"#), "");
+    }
+
+    #[test]
+    fn describe_is_readable_for_decisions_outcomes_and_garbage() {
+        let d = br#"{"intentId":"i1","agentId":"a","entityId":"e","effect":"REQUIRE_MSIG","approvalsRequired":2,"reasons":[{"effect":"REQUIRE_MSIG","code":"x","detail":"600 > 500"}]}"#;
+        assert_eq!(
+            describe(d),
+            "i1 agent=a entity=e REQUIRE_MSIG approvals=2 reasons: x (600 > 500)"
+        );
+        let o = br#"{"intentId":"i1","outcome":"APPROVED","approvers":["alice"]}"#;
+        assert_eq!(describe(o), r#"i1 OUTCOME APPROVED approvers=["alice"]"#);
+        assert!(describe(b"\xff").starts_with("(unreadable"));
+    }
+}

@@ -1,0 +1,312 @@
+//! Service settings: command-line flags, then the environment, then a config file
+//! (`--config FILE`, YAML or JSON), then defaults — first one that sets a value wins.
+//!
+//! Every subcommand that talks to PostgreSQL, Kafka or the policies directory takes the
+//! same [`ServiceArgs`] (flattened), so `--database-url` / `DATABASE_URL`, `--brokers` /
+//! `SPENDGUARD_BROKERS` and `--policies` / `SPENDGUARD_POLICIES` mean the same everywhere.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Default partition count of `spend.intents` (and `spend.decisions`): the unit of
+/// scale-out, so it bounds how many `serve` instances can share the work.
+pub const DEFAULT_INTENT_PARTITIONS: i32 = 12;
+/// Approvals are rare next to intents.
+pub const DEFAULT_APPROVAL_PARTITIONS: i32 = 3;
+/// The control topic has one partition: kill-switch messages are totally ordered.
+pub const CONTROL_PARTITIONS: i32 = 1;
+pub const DEFAULT_DLQ_PARTITIONS: i32 = 3;
+pub const DEFAULT_GROUP_ID: &str = "spendguard";
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// How often the expiry sweeper looks for waiting intents past their `approvalTtl`.
+pub const DEFAULT_EXPIRY_SWEEP_INTERVAL_MS: u64 = 1_000;
+/// How often the policies directory is checked for changes (mtime poll).
+pub const DEFAULT_POLICY_POLL_INTERVAL_MS: u64 = 1_000;
+/// How often the outbox is polled when no local decision woke the publisher (rows left
+/// by a crashed instance are picked up within this delay).
+pub const DEFAULT_OUTBOX_POLL_INTERVAL_MS: u64 = 200;
+/// How often the kill-switch state is re-read from the ledger, a safety net for a control
+/// message lost between the ledger write and the publish.
+pub const DEFAULT_KILL_SWITCH_RESYNC_MS: u64 = 2_000;
+/// Parallel deciders per instance (each owns a subset of the partitions, so one agent's
+/// intents are still decided in order).
+pub const DEFAULT_WORKERS: usize = 8;
+/// Longest config file accepted.
+const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The flags shared by every service-side subcommand.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServiceArgs {
+    /// Config file (YAML or JSON) with any of the settings below, in snake_case.
+    #[arg(long, env = "SPENDGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL URL of the ledger.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "SPENDGUARD_BROKERS")]
+    pub brokers: Option<String>,
+    /// Directory with the policies, `bindings.yaml` and `approvers.yaml`.
+    #[arg(long, env = "SPENDGUARD_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// Approver registry (default: `<policies>/approvers.yaml`).
+    #[arg(long, env = "SPENDGUARD_APPROVERS")]
+    pub approvers: Option<PathBuf>,
+    /// Prefix of every topic name (`test1.` gives `test1.spend.intents`), to run several
+    /// deployments or tests on one broker.
+    #[arg(long, env = "SPENDGUARD_TOPIC_PREFIX")]
+    pub topic_prefix: Option<String>,
+    /// Consumer group of the `serve` instances.
+    #[arg(long, env = "SPENDGUARD_GROUP_ID")]
+    pub group_id: Option<String>,
+    /// Name of this instance in the audit trail (default: host-pid).
+    #[arg(long, env = "SPENDGUARD_INSTANCE")]
+    pub instance: Option<String>,
+}
+
+/// Settings as read from a config file: every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    database_url: Option<String>,
+    brokers: Option<String>,
+    policies: Option<PathBuf>,
+    approvers: Option<PathBuf>,
+    topic_prefix: Option<String>,
+    group_id: Option<String>,
+    instance: Option<String>,
+    intent_partitions: Option<i32>,
+    approval_partitions: Option<i32>,
+    dlq_partitions: Option<i32>,
+    workers: Option<usize>,
+    expiry_sweep_interval_ms: Option<u64>,
+    policy_poll_interval_ms: Option<u64>,
+    outbox_poll_interval_ms: Option<u64>,
+    kill_switch_resync_ms: Option<u64>,
+    metrics_addr: Option<String>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub brokers: String,
+    pub policies_dir: PathBuf,
+    pub approvers_file: PathBuf,
+    pub topic_prefix: String,
+    pub group_id: String,
+    pub instance: String,
+    pub intent_partitions: i32,
+    pub approval_partitions: i32,
+    pub dlq_partitions: i32,
+    pub workers: usize,
+    pub expiry_sweep_interval_ms: u64,
+    pub policy_poll_interval_ms: u64,
+    pub outbox_poll_interval_ms: u64,
+    pub kill_switch_resync_ms: u64,
+    /// `host:port` for the Prometheus `/metrics` endpoint, if wanted.
+    pub metrics_addr: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is larger than {MAX_CONFIG_FILE_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error(
+        "config file {path} is not valid YAML/JSON settings: {message} (keys are snake_case, e.g. database_url, brokers, policies)"
+    )]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+impl ServiceArgs {
+    /// Resolves flags/environment over the config file over defaults.
+    pub fn resolve(&self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let policies_dir = self
+            .policies
+            .clone()
+            .or(file.policies)
+            .unwrap_or_else(|| PathBuf::from("policies"));
+        let approvers_file = self
+            .approvers
+            .clone()
+            .or(file.approvers)
+            .unwrap_or_else(|| policies_dir.join("approvers.yaml"));
+        let settings = Settings {
+            database_url: pick(&self.database_url, file.database_url, DEFAULT_DATABASE_URL),
+            brokers: pick(&self.brokers, file.brokers, DEFAULT_BROKERS),
+            policies_dir,
+            approvers_file,
+            topic_prefix: pick(&self.topic_prefix, file.topic_prefix, ""),
+            group_id: pick(&self.group_id, file.group_id, DEFAULT_GROUP_ID),
+            instance: self
+                .instance
+                .clone()
+                .or(file.instance)
+                .unwrap_or_else(default_instance),
+            intent_partitions: file.intent_partitions.unwrap_or(DEFAULT_INTENT_PARTITIONS),
+            approval_partitions: file
+                .approval_partitions
+                .unwrap_or(DEFAULT_APPROVAL_PARTITIONS),
+            dlq_partitions: file.dlq_partitions.unwrap_or(DEFAULT_DLQ_PARTITIONS),
+            workers: file.workers.unwrap_or(DEFAULT_WORKERS),
+            expiry_sweep_interval_ms: file
+                .expiry_sweep_interval_ms
+                .unwrap_or(DEFAULT_EXPIRY_SWEEP_INTERVAL_MS),
+            policy_poll_interval_ms: file
+                .policy_poll_interval_ms
+                .unwrap_or(DEFAULT_POLICY_POLL_INTERVAL_MS),
+            outbox_poll_interval_ms: file
+                .outbox_poll_interval_ms
+                .unwrap_or(DEFAULT_OUTBOX_POLL_INTERVAL_MS),
+            kill_switch_resync_ms: file
+                .kill_switch_resync_ms
+                .unwrap_or(DEFAULT_KILL_SWITCH_RESYNC_MS),
+            metrics_addr: file.metrics_addr,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+impl Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, message: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                message: message.into(),
+            })
+        };
+        if self.brokers.trim().is_empty() {
+            return invalid("brokers", "must name at least one host:port");
+        }
+        for (name, n) in [
+            ("intent_partitions", self.intent_partitions),
+            ("approval_partitions", self.approval_partitions),
+            ("dlq_partitions", self.dlq_partitions),
+        ] {
+            if !(1..=1024).contains(&n) {
+                return invalid(name, "must be between 1 and 1024");
+            }
+        }
+        if !(1..=256).contains(&self.workers) {
+            return invalid("workers", "must be between 1 and 256");
+        }
+        if self
+            .topic_prefix
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return invalid(
+                "topic_prefix",
+                "may only contain ASCII letters, digits, '.', '_' and '-'",
+            );
+        }
+        Ok(())
+    }
+}
+
+fn pick(flag: &Option<String>, file: Option<String>, default: &str) -> String {
+    flag.clone().or(file).unwrap_or_else(|| default.to_string())
+}
+
+fn default_instance() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    if meta.len() > MAX_CONFIG_FILE_BYTES {
+        return Err(ConfigError::TooLarge { path: path.into() });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    parse_settings(&text).map_err(|message| ConfigError::Parse {
+        path: path.into(),
+        message,
+    })
+}
+
+/// YAML is a superset of JSON, so one parser reads both.
+fn parse_settings(text: &str) -> Result<FileSettings, String> {
+    if text.trim().is_empty() {
+        return Ok(FileSettings::default());
+    }
+    serde_yaml::from_str(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "brokers: file:9092\ndatabase_url: postgres://file/db\nworkers: 3\n",
+        )
+        .unwrap();
+        let args = ServiceArgs {
+            config: Some(path),
+            brokers: Some("flag:9092".into()),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.brokers, "flag:9092");
+        assert_eq!(s.database_url, "postgres://file/db");
+        assert_eq!(s.workers, 3);
+        assert_eq!(s.group_id, DEFAULT_GROUP_ID);
+        assert_eq!(s.approvers_file, PathBuf::from("policies/approvers.yaml"));
+    }
+
+    #[test]
+    fn json_config_and_errors_are_specific() {
+        let s = parse_settings(r#"{"brokers": "a:1", "intent_partitions": 4}"#).unwrap();
+        assert_eq!(s.intent_partitions, Some(4));
+        let err = parse_settings("brokerz: x").unwrap_err();
+        assert!(err.contains("brokerz"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "workers: 0\n").unwrap();
+        let err = ServiceArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("workers"), "{err}");
+        let missing = ServiceArgs {
+            config: Some("/nonexistent/x.yaml".into()),
+            ..Default::default()
+        };
+        assert!(matches!(missing.resolve(), Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn topic_prefix_is_restricted_to_kafka_safe_characters() {
+        let args = ServiceArgs {
+            topic_prefix: Some("bad prefix/".into()),
+            ..Default::default()
+        };
+        assert!(args.resolve().is_err());
+    }
+}

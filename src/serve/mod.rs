@@ -1,0 +1,269 @@
+//! `spendguard serve`: the consumer group that turns intents and votes into ledger events
+//! and publishes the ledger's decisions and outcomes.
+//!
+//! Guarantees (SPEC §7) and where they come from:
+//! - effectively once: the ledger decides in one transaction (idempotent per intentId);
+//!   the offset is stored only after that commit, so a crash redelivers and the ledger
+//!   answers with the recorded decision;
+//! - decisions are published from the ledger's outbox, never from memory, so a crash
+//!   between commit and publish loses nothing (another instance or the restart publishes);
+//! - one agent's intents are decided in order: they share a partition (key = agentId) and
+//!   each partition is handled by exactly one worker task, sequentially.
+
+mod control;
+mod outbox;
+mod reload;
+mod worker;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::approvals::Registry;
+use crate::bus::{self, Topics};
+use crate::config::Settings;
+use crate::kill_switch::KillSwitch;
+use crate::ledger::Ledger;
+use crate::policy::PolicySet;
+
+/// Messages queued per worker before the consume loop waits (backpressure).
+const WORKER_QUEUE_LEN: usize = 256;
+/// First and largest pause between retries of a ledger call that failed transiently.
+const RETRY_FIRST_MS: u64 = 50;
+const RETRY_MAX_MS: u64 = 5_000;
+
+/// Everything the tasks of one instance share.
+pub struct Shared {
+    pub settings: Settings,
+    pub topics: Topics,
+    pub ledger: Ledger,
+    pub policies: ArcSwap<PolicySet>,
+    pub approvers: ArcSwap<Registry>,
+    pub kill: KillSwitch,
+    pub producer: rdkafka::producer::FutureProducer,
+    /// Wakes the outbox publisher right after a local ledger commit.
+    pub outbox_ready: Notify,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// Runs until `shutdown` resolves, then drains in-flight work, publishes what the
+/// outbox holds, commits offsets and returns.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let topics = Topics::with_prefix(&settings.topic_prefix);
+    bus::ensure_topics(&settings.brokers, &topics.layout(&settings)).await?;
+    let ledger = Ledger::connect(&settings.database_url, &settings.instance)
+        .await
+        .with_context(|| {
+            "cannot open the ledger (check --database-url / DATABASE_URL)".to_string()
+        })?;
+
+    let policies = PolicySet::load_dir(&settings.policies_dir).with_context(|| {
+        format!(
+            "cannot load policies from {}",
+            settings.policies_dir.display()
+        )
+    })?;
+    ledger
+        .activate_policies(&policies, &settings.instance)
+        .await
+        .context("cannot record the policy activation in the ledger")?;
+    let approvers = reload::load_approvers(&settings.approvers_file)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        producer: bus::producer(&settings.brokers)?,
+        kill: KillSwitch::default(),
+        policies: ArcSwap::from_pointee(policies),
+        approvers: ArcSwap::from_pointee(approvers),
+        outbox_ready: Notify::new(),
+        shutdown: stop_rx,
+        ledger,
+        topics,
+        settings,
+    });
+
+    // The control consumer is positioned before the ledger state is read, so no kill
+    // switch change can fall between the two.
+    let control = control::start(shared.clone()).await?;
+    let outbox = tokio::spawn(outbox::run(shared.clone()));
+    let sweeper = tokio::spawn(sweep_expired(shared.clone()));
+    let watcher = tokio::spawn(reload::watch(shared.clone()));
+
+    let consumer = Arc::new(bus::group_consumer(
+        &shared.settings.brokers,
+        &shared.settings.group_id,
+        &shared.settings.instance,
+    )?);
+    consumer
+        .subscribe(&[&shared.topics.intents, &shared.topics.approvals])
+        .context("cannot subscribe to the intent and approval topics")?;
+
+    let mut senders = Vec::with_capacity(shared.settings.workers);
+    let mut workers = Vec::with_capacity(shared.settings.workers);
+    for _ in 0..shared.settings.workers {
+        let (tx, rx) = mpsc::channel(WORKER_QUEUE_LEN);
+        senders.push(tx);
+        workers.push(tokio::spawn(worker::run(
+            shared.clone(),
+            consumer.clone(),
+            rx,
+        )));
+    }
+    tracing::info!(instance = %shared.settings.instance, group = %shared.settings.group_id, "serving");
+    eprintln!(
+        "spendguard serve: instance {} ready",
+        shared.settings.instance
+    );
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            msg = consumer.recv() => match msg {
+                Ok(m) => {
+                    let owned = m.detach();
+                    let idx = worker_for(owned.topic(), owned.partition(), senders.len());
+                    if senders[idx].send(owned).await.is_err() {
+                        anyhow::bail!("worker {idx} stopped unexpectedly");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume error (the client retries)");
+                    metrics::counter!("spendguard_consume_errors_total").increment(1);
+                }
+            }
+        }
+    }
+
+    tracing::info!("shutting down: draining workers");
+    let _ = stop_tx.send(true);
+    drop(senders);
+    for w in workers {
+        w.await.context("worker task failed")?;
+    }
+    // Every stored offset belongs to committed ledger work: commit them now.
+    // NoOffset = nothing stored since the last auto-commit: nothing to do.
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
+        && e.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::NoOffset)
+    {
+        tracing::warn!(error = %e, "final offset commit failed; the next owner redelivers (the ledger deduplicates)");
+    }
+    shared.outbox_ready.notify_one();
+    outbox.await.context("outbox publisher failed")?;
+    sweeper.abort();
+    watcher.abort();
+    control.abort();
+    eprintln!(
+        "spendguard serve: instance {} stopped cleanly",
+        shared.settings.instance
+    );
+    Ok(())
+}
+
+/// One worker per partition (stable), so a partition's messages stay in order.
+fn worker_for(topic: &str, partition: i32, workers: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (topic, partition).hash(&mut h);
+    (h.finish() % workers.max(1) as u64) as usize
+}
+
+/// Closes waiting intents past their approval TTL. Safe with several instances: the
+/// ledger closes each intent once (the outcome is idempotent per intent).
+async fn sweep_expired(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        shared.settings.expiry_sweep_interval_ms,
+    ));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match shared.ledger.expire_due(chrono::Utc::now()).await {
+            Ok(expired) if !expired.is_empty() => {
+                metrics::counter!("spendguard_intents_expired_total")
+                    .increment(expired.len() as u64);
+                shared.outbox_ready.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed; retrying next tick"),
+        }
+    }
+}
+
+/// Retries `op` with exponential back-off while it fails and the service is not shutting
+/// down. Returns `None` on shutdown (the message is then redelivered to the next owner).
+pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(
+    shared: &Shared,
+    what: &str,
+    mut op: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut pause_ms = RETRY_FIRST_MS;
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying in {pause_ms} ms");
+                metrics::counter!("spendguard_retries_total").increment(1);
+            }
+        }
+        if shared.shutting_down() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        pause_ms = (pause_ms * 2).min(RETRY_MAX_MS);
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_always_maps_to_the_same_worker() {
+        for p in 0..64 {
+            let w = worker_for("spend.intents", p, 8);
+            assert!(w < 8);
+            assert_eq!(w, worker_for("spend.intents", p, 8));
+        }
+        assert_eq!(worker_for("t", 3, 1), 0);
+    }
+}

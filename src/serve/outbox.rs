@@ -1,0 +1,96 @@
+//! Publishes the ledger's outbox (decisions and outcomes) to Kafka, keyed by agentId.
+//!
+//! Rows are claimed from PostgreSQL (several instances never publish the same claim at
+//! once), produced, and marked published only after the broker acknowledged them. A crash
+//! in between republishes the same bytes: consumers may see a decision twice, identical.
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureRecord;
+use rdkafka::types::RDKafkaErrorCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Shared;
+
+/// Rows claimed per round trip.
+const CLAIM_BATCH: usize = 500;
+/// Pause when the client's local queue is full.
+const QUEUE_FULL_BACKOFF_MS: u64 = 2;
+
+pub async fn run(shared: Arc<Shared>) {
+    let poll = Duration::from_millis(shared.settings.outbox_poll_interval_ms);
+    loop {
+        let stopping = shared.shutting_down();
+        match publish_batch(&shared).await {
+            // A full batch: more may be waiting, go again at once.
+            Ok(n) if n == CLAIM_BATCH => continue,
+            Ok(_) if stopping => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox publish failed; retrying");
+                metrics::counter!("spendguard_outbox_errors_total").increment(1);
+                if stopping {
+                    // The rows stay in the outbox: the next instance to run publishes them.
+                    return;
+                }
+            }
+        }
+        let mut stop = shared.shutdown.clone();
+        tokio::select! {
+            _ = shared.outbox_ready.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Claims, produces and marks one batch; returns how many rows were claimed.
+async fn publish_batch(shared: &Shared) -> anyhow::Result<usize> {
+    let rows = shared.ledger.outbox_claim(CLAIM_BATCH).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // Enqueue the whole batch first (in claim order, so one agent's messages keep their
+    // order on its partition), then wait for the acknowledgements.
+    let mut deliveries = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let topic = shared.topics.resolve(&row.topic);
+        let mut record = FutureRecord::to(&topic)
+            .key(row.key.as_bytes())
+            .payload(row.payload.as_bytes());
+        loop {
+            match shared.producer.send_result(record) {
+                Ok(delivery) => {
+                    deliveries.push((row.id, delivery));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(QUEUE_FULL_BACKOFF_MS)).await;
+                }
+                Err((e, _)) => anyhow::bail!("cannot enqueue outbox row {}: {e}", row.id),
+            }
+        }
+    }
+    let mut published = Vec::with_capacity(rows.len());
+    let mut failed = 0usize;
+    for (id, delivery) in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => published.push(id),
+            Ok(Err((e, _))) => {
+                failed += 1;
+                tracing::warn!(error = %e, outbox_id = id, "publish failed; the row stays in the outbox");
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    shared.ledger.outbox_mark_published(&published).await?;
+    metrics::counter!("spendguard_published_total").increment(published.len() as u64);
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} outbox rows were not acknowledged by the broker",
+            rows.len()
+        );
+    }
+    Ok(rows.len())
+}

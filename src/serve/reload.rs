@@ -1,0 +1,123 @@
+//! Hot reload of the policies directory and the approver registry. A valid change is
+//! swapped in atomically (a request sees the old set or the new one, never a mix) and
+//! recorded in the ledger; an invalid one is refused and the last good set stays.
+
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::Shared;
+use crate::approvals::Registry;
+use crate::policy::PolicySet;
+
+/// Files looked at per directory scan (bounds the work of one poll).
+const MAX_WATCHED_FILES: usize = 10_000;
+
+/// What a scan saw: (path, length, modification time) of every file, sorted.
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+pub fn load_approvers(path: &Path) -> anyhow::Result<Registry> {
+    if !path.exists() {
+        tracing::warn!(path = %path.display(), "no approver registry: every vote will be refused as unknown_approver");
+        return Ok(Registry::default());
+    }
+    Registry::load(path).context("cannot load the approver registry")
+}
+
+fn fingerprint(dir: &Path, extra: &Path) -> Fingerprint {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if out.len() >= MAX_WATCHED_FILES {
+                break;
+            }
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    if let Ok(meta) = std::fs::metadata(extra) {
+        out.push((extra.to_path_buf(), meta.len(), meta.modified().ok()));
+    }
+    out.sort();
+    out
+}
+
+pub async fn watch(shared: Arc<Shared>) {
+    let dir = shared.settings.policies_dir.clone();
+    let approvers = shared.settings.approvers_file.clone();
+    let mut seen = fingerprint(&dir, &approvers);
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        shared.settings.policy_poll_interval_ms,
+    ));
+    loop {
+        tick.tick().await;
+        let now = fingerprint(&dir, &approvers);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        reload_policies(&shared).await;
+        reload_approvers(&shared);
+    }
+}
+
+async fn reload_policies(shared: &Shared) {
+    let dir = &shared.settings.policies_dir;
+    match PolicySet::load_dir(dir) {
+        Ok(set) => {
+            if let Err(e) = shared
+                .ledger
+                .activate_policies(&set, &shared.settings.instance)
+                .await
+            {
+                // Not recorded = not active: every decision must name a recorded policy.
+                tracing::error!(error = %e, "policy change valid but not recorded in the ledger; keeping the previous set");
+                metrics::counter!("spendguard_policy_reloads_total", "result" => "ledger_error")
+                    .increment(1);
+                return;
+            }
+            let names: Vec<String> = set
+                .policies()
+                .map(|p| format!("{}@{}", p.identity.name, p.identity.version))
+                .collect();
+            shared.policies.store(Arc::new(set));
+            metrics::counter!("spendguard_policy_reloads_total", "result" => "activated")
+                .increment(1);
+            tracing::warn!(?names, "policies reloaded");
+            eprintln!("policy-reload activated: {}", names.join(", "));
+        }
+        Err(e) => {
+            metrics::counter!("spendguard_policy_reloads_total", "result" => "refused")
+                .increment(1);
+            tracing::error!(error = %e, dir = %dir.display(), "policy change refused; keeping the last good set");
+            eprintln!("policy-reload refused: {e}");
+        }
+    }
+}
+
+fn reload_approvers(shared: &Shared) {
+    let path = &shared.settings.approvers_file;
+    if !path.exists() {
+        return;
+    }
+    match Registry::load(path) {
+        Ok(r) => {
+            shared.approvers.store(Arc::new(r));
+        }
+        Err(e) => {
+            metrics::counter!("spendguard_approver_reloads_total", "result" => "refused")
+                .increment(1);
+            tracing::error!(error = %e, "approver registry change refused; keeping the last good registry");
+        }
+    }
+}
