@@ -294,14 +294,3 @@ fn entity_filter_excludes_other_entities() {
     // The global kill switch applies to every entity.
     assert_eq!(r.kill_switch.len(), 2);
 }
-
-#[test]
-#[ignore = "writes target/report-sample.html for scripts/report-screenshot.sh"]
-fn write_sample_html() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::write(
-        dir.join("report-sample.html"),
-        render(&report(), Format::Html),
-    )
-    .unwrap();
-}
