@@ -134,7 +134,11 @@ async fn connect(url: &str) -> anyhow::Result<sqlx::PgPool> {
 
 /// Recomputes the hash chain for the report.
 pub async fn chain_check(pool: &sqlx::PgPool) -> anyhow::Result<ChainCheck> {
-    let v = crate::ledger::replay::verify_chains(pool).await?;
+    let v = crate::ledger::replay::verify_chains(pool).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the ledger's events ({e}): is --database-url / DATABASE_URL the ledger database, migrated with `spendguard db migrate`?"
+        )
+    })?;
     Ok(ChainCheck {
         ok: v.problems.is_empty(),
         events_checked: v.events,
