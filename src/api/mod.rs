@@ -10,6 +10,7 @@
 //! are wired.
 
 pub mod auth;
+pub mod backends;
 pub mod error;
 pub mod openapi;
 pub mod views;
@@ -82,12 +83,14 @@ pub trait LedgerQueries: Send + Sync + 'static {
         &'a self,
         agent_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
-    /// Committed and reserved amounts in the windows given (local day / month of `tz`).
+    /// Committed and reserved amounts in the windows given (local day / month of `tz`),
+    /// in `currency`.
     fn window_amounts<'a>(
         &'a self,
         agent_id: &'a str,
         windows: Windows,
         tz: Tz,
+        currency: &'a str,
     ) -> BoxFuture<'a, Result<WindowAmounts, StoreError>>;
     /// Intents waiting for approval, oldest first.
     fn pending_approvals(
@@ -361,7 +364,7 @@ async fn get_usage(
     let windows = Windows::containing(now, limits.tz);
     let amounts = state
         .ledger
-        .window_amounts(&agent_id, windows, limits.tz)
+        .window_amounts(&agent_id, windows, limits.tz, limits.currency.code)
         .await?;
     Ok(Json(usage_view(
         agent_id, entity_id, &limits, windows, amounts, now,

@@ -47,6 +47,7 @@ impl LedgerQueries for MemLedger {
         _: &'a str,
         _: Windows,
         _: Tz,
+        _: &'a str,
     ) -> BoxFuture<'a, Result<WindowAmounts, StoreError>> {
         Box::pin(async move {
             Ok(WindowAmounts {

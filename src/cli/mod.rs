@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 
 // --- policy engine ---
 pub mod policy;
+// --- operators & auditors ---
+pub mod ops;
 // --- ledger ---
 pub mod ledger;
 pub mod service;
@@ -74,6 +76,8 @@ pub enum Command {
     /// Offer load and measure throughput and latency against a bare-broker baseline.
     Loadgen(crate::loadgen::LoadgenArgs),
     // --- operators & auditors ---
+    /// Compliance report of a period, computed by replaying the ledger (json, md or html).
+    Report(ops::ReportArgs),
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -82,6 +86,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         // --- policy engine ---
         Command::Policy(cmd) => policy::run_policy(cmd),
         Command::Evaluate(args) => policy::run_evaluate(args),
+        // --- operators & auditors ---
+        Command::Report(a) => ops::run_report(a),
         // --- ledger ---
         Command::Db(c) => ledger::run_db(c),
         Command::Ledger(c) => ledger::run_ledger(c),

@@ -1,0 +1,476 @@
+//! The API's traits implemented over the real parts: the PostgreSQL [`Ledger`], the
+//! active [`PolicySet`] (whatever holds it: `ArcSwap`, a plain `Arc`) and a readiness
+//! probe. `spendguard serve` builds an [`ApiState`] from these with [`state_for`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use futures::future::BoxFuture;
+use rust_decimal::Decimal;
+use sqlx::{PgPool, Row};
+
+use super::views::*;
+use super::*;
+use crate::ledger::{Ledger, Origin};
+use crate::policy::PolicySet;
+use crate::report::events::DecidedView;
+
+/// How long a readiness probe waits for PostgreSQL.
+pub const READINESS_TIMEOUT_MS: u64 = 2_000;
+
+fn db(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("ledger query failed: {e}"))
+}
+
+/// Ledger reads for the API.
+pub struct LedgerBackend {
+    pub ledger: Arc<Ledger>,
+}
+
+impl LedgerBackend {
+    fn pool(&self) -> &PgPool {
+        self.ledger.pool()
+    }
+
+    async fn decision_view(&self, intent_id: &str) -> Result<Option<DecisionView>, StoreError> {
+        let Some(record) = self.ledger.decision(intent_id).await.map_err(db)? else {
+            return Ok(None);
+        };
+        let m = &record.message;
+        // The intent's facts (amount, category, ...) live in the decided event; the
+        // decision message carries only the verdict.
+        let payload: Option<String> = match m.ledger_seq {
+            Some(seq) => sqlx::query_scalar("SELECT payload FROM ledger_event WHERE seq = $1")
+                .bind(seq)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(db)?,
+            None => None,
+        };
+        let facts = payload
+            .and_then(|p| serde_json::from_str::<DecidedView>(&p).ok())
+            .and_then(|v| v.facts());
+        let mut votes: Vec<VoteView> = record
+            .votes
+            .iter()
+            .map(|v| VoteView {
+                approver_id: v.approver_id.clone(),
+                vote: v.vote.as_str().to_string(),
+                accepted: true,
+                refused_reason: None,
+                recorded_at: v.signed_at,
+            })
+            .collect();
+        let refused = sqlx::query(
+            "SELECT payload, recorded_at FROM ledger_event
+              WHERE resource = $1 AND event_type = 'vote_refused' ORDER BY seq",
+        )
+        .bind(intent_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db)?;
+        for r in refused {
+            let payload: String = r.try_get("payload").map_err(db)?;
+            let at: DateTime<Utc> = r.try_get("recorded_at").map_err(db)?;
+            let v: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+            votes.push(VoteView {
+                approver_id: s("approverId").unwrap_or_else(|| "unknown".into()),
+                vote: s("vote").unwrap_or_default(),
+                accepted: false,
+                refused_reason: s("reason"),
+                recorded_at: at,
+            });
+        }
+        let minor = facts
+            .as_ref()
+            .and_then(|f| crate::money::currency(&f.currency))
+            .map_or(2, |c| c.minor_units);
+        Ok(Some(DecisionView {
+            intent_id: m.intent_id.clone(),
+            agent_id: m.agent_id.clone(),
+            entity_id: m.entity_id.clone(),
+            amount: facts
+                .as_ref()
+                .map(|f| crate::money::format_amount(f.amount, minor))
+                .unwrap_or_default(),
+            currency: facts
+                .as_ref()
+                .map(|f| f.currency.clone())
+                .unwrap_or_default(),
+            category: facts
+                .as_ref()
+                .map(|f| f.category.clone())
+                .unwrap_or_default(),
+            purpose: facts
+                .as_ref()
+                .map(|f| f.purpose.clone())
+                .unwrap_or_default(),
+            effect: m.effect,
+            approvals_required: m.approvals_required,
+            reasons: m
+                .reasons
+                .iter()
+                .map(|r| ReasonView {
+                    effect: r.effect,
+                    code: r.code.to_string(),
+                    detail: r.detail.to_string(),
+                })
+                .collect(),
+            policy: m.policy.clone(),
+            usage: m.usage.as_ref().map(|u| DecisionUsageView {
+                daily_so_far: crate::money::format_amount(u.daily_so_far, minor),
+                monthly_so_far: crate::money::format_amount(u.monthly_so_far, minor),
+                day: u.window.day.to_string(),
+                tz: u.window.tz.clone(),
+            }),
+            decided_at: m.decided_at,
+            ledger_seq: m.ledger_seq.unwrap_or_default(),
+            votes,
+            outcome: record.outcome.as_ref().map(|o| OutcomeView {
+                outcome: o.outcome.as_str().to_string(),
+                approvers: o.approvers.clone(),
+                recorded_at: o.closed_at,
+            }),
+        }))
+    }
+}
+
+impl LedgerQueries for LedgerBackend {
+    fn decision<'a>(
+        &'a self,
+        intent_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DecisionView>, StoreError>> {
+        Box::pin(self.decision_view(intent_id))
+    }
+
+    fn agent_entity<'a>(
+        &'a self,
+        agent_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT entity_id FROM decision WHERE agent_id = $1 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(agent_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db)
+        })
+    }
+
+    fn window_amounts<'a>(
+        &'a self,
+        agent_id: &'a str,
+        windows: Windows,
+        tz: Tz,
+        currency: &'a str,
+    ) -> BoxFuture<'a, Result<WindowAmounts, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT kind, committed, reserved FROM usage_window
+                  WHERE agent_id = $1 AND tz = $2 AND currency = $3
+                    AND ((kind = 'D' AND window_start = $4) OR (kind = 'M' AND window_start = $5))",
+            )
+            .bind(agent_id)
+            .bind(tz.name())
+            .bind(currency)
+            .bind(windows.day)
+            .bind(windows.month)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+            let mut a = WindowAmounts::default();
+            for r in rows {
+                let kind: String = r.try_get("kind").map_err(db)?;
+                let committed: Decimal = r.try_get("committed").map_err(db)?;
+                let reserved: Decimal = r.try_get("reserved").map_err(db)?;
+                if kind == "D" {
+                    a.daily_spent = committed;
+                    a.daily_reserved = reserved;
+                } else {
+                    a.monthly_spent = committed;
+                    a.monthly_reserved = reserved;
+                }
+            }
+            Ok(a)
+        })
+    }
+
+    fn pending_approvals(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<PendingApprovalView>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT p.intent_id, p.agent_id, p.entity_id, p.effect, p.approvals_required,
+                        p.amount, p.currency, p.expires_at, d.message,
+                        (SELECT count(*) FROM approval_vote v
+                          WHERE v.intent_id = p.intent_id AND v.vote = 'APPROVE') AS received
+                   FROM pending_approval p JOIN decision d ON d.intent_id = p.intent_id
+                  ORDER BY p.decided_seq
+                  LIMIT $1",
+            )
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let message: String = r.try_get("message").map_err(db)?;
+                let m: Option<crate::decision::DecisionMessage> =
+                    serde_json::from_str(&message).ok();
+                let currency: String = r.try_get("currency").map_err(db)?;
+                let minor = crate::money::currency(&currency).map_or(2, |c| c.minor_units);
+                let effect: String = r.try_get("effect").map_err(db)?;
+                out.push(PendingApprovalView {
+                    intent_id: r.try_get("intent_id").map_err(db)?,
+                    agent_id: r.try_get("agent_id").map_err(db)?,
+                    entity_id: r.try_get("entity_id").map_err(db)?,
+                    amount: crate::money::format_amount(r.try_get("amount").map_err(db)?, minor),
+                    currency,
+                    effect: crate::decision::Effect::parse(&effect)
+                        .unwrap_or(crate::decision::Effect::RequireHitl),
+                    approvals_required: u32::try_from(
+                        r.try_get::<i32, _>("approvals_required").map_err(db)?,
+                    )
+                    .unwrap_or(0),
+                    approvals_received: u32::try_from(r.try_get::<i64, _>("received").map_err(db)?)
+                        .unwrap_or(0),
+                    decided_at: m.as_ref().map_or_else(Utc::now, |m| m.decided_at),
+                    expires_at: r.try_get("expires_at").map_err(db)?,
+                    policy: m.and_then(|m| m.policy),
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Called after a kill-switch change is committed to the ledger, to propagate it to every
+/// instance (the service publishes the control message on `spend.control`).
+pub type KillSwitchPropagate =
+    Arc<dyn Fn(KillSwitchChange) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Kill switch through the ledger (audited event first), then propagated.
+pub struct LedgerKillSwitch {
+    pub ledger: Arc<Ledger>,
+    /// Recorded as the event's origin instance.
+    pub instance: String,
+    pub propagate: Option<KillSwitchPropagate>,
+}
+
+impl KillSwitchControl for LedgerKillSwitch {
+    fn status(&self) -> BoxFuture<'_, Result<KillSwitchStatus, StoreError>> {
+        Box::pin(async move {
+            let entries = self.ledger.kill_switch_state().await.map_err(db)?;
+            Ok(KillSwitchStatus {
+                active: entries
+                    .into_iter()
+                    .filter(|e| e.active)
+                    .map(|e| KillSwitchScopeView {
+                        scope: e.scope,
+                        on: e.active,
+                        actor: e.actor,
+                        reason: e.reason,
+                        since: e.changed_at,
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    fn set(
+        &self,
+        change: KillSwitchChange,
+    ) -> BoxFuture<'_, Result<KillSwitchScopeView, StoreError>> {
+        Box::pin(async move {
+            let origin = Origin {
+                instance: self.instance.clone(),
+                source: "api".into(),
+                partition: None,
+                offset: None,
+            };
+            self.ledger
+                .set_kill_switch(
+                    &change.scope,
+                    change.on,
+                    &change.actor,
+                    &change.reason,
+                    &origin,
+                )
+                .await
+                .map_err(|e| {
+                    StoreError::Other(format!("recording the kill-switch change failed: {e:#}"))
+                })?;
+            crate::telemetry::set_kill_switch(&change.scope, change.on);
+            if let Some(propagate) = &self.propagate {
+                propagate(change.clone()).await.map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "the change is recorded in the ledger but could not be propagated to the other instances ({e}); they pick it up at their next ledger resync"
+                    ))
+                })?;
+            }
+            let entries = self.ledger.kill_switch_state().await.map_err(db)?;
+            let current = entries.into_iter().find(|e| e.scope == change.scope);
+            Ok(match current {
+                Some(e) => KillSwitchScopeView {
+                    scope: e.scope,
+                    on: e.active,
+                    actor: e.actor,
+                    reason: e.reason,
+                    since: e.changed_at,
+                },
+                None => KillSwitchScopeView {
+                    scope: change.scope,
+                    on: change.on,
+                    actor: change.actor,
+                    reason: change.reason,
+                    since: Utc::now(),
+                },
+            })
+        })
+    }
+}
+
+/// The active policy set, read through a function (so it works over an `ArcSwap` held by
+/// the service: `PolicySource(move || shared.policies.load_full())`).
+pub struct PolicySource<F>(pub F);
+
+impl<F> PolicyCatalog for PolicySource<F>
+where
+    F: Fn() -> Arc<PolicySet> + Send + Sync + 'static,
+{
+    fn active(&self) -> Vec<PolicyView> {
+        (self.0)()
+            .policies()
+            .map(|p| PolicyView {
+                name: p.identity.name.clone(),
+                version: p.identity.version.clone(),
+                sha256: p.identity.sha256.clone(),
+                currency: p.currency.code.to_string(),
+                timezone: p.tz.name().to_string(),
+            })
+            .collect()
+    }
+
+    fn limits_for(&self, agent_id: &str, entity_id: &str) -> Option<PolicyLimits> {
+        let p = (self.0)().resolve(agent_id, entity_id)?;
+        Some(PolicyLimits {
+            identity: p.identity.clone(),
+            currency: p.currency,
+            tz: p.tz,
+            daily_cap: Some(p.daily),
+            monthly_cap: Some(p.monthly),
+        })
+    }
+}
+
+/// A readiness check the service supplies (broker reachable, partitions assigned).
+pub type ExtraCheck = Arc<dyn Fn() -> BoxFuture<'static, ReadinessCheck> + Send + Sync>;
+
+/// PostgreSQL answers `SELECT 1` within [`READINESS_TIMEOUT_MS`], plus the service's checks.
+pub struct Readiness {
+    pub pool: PgPool,
+    pub extra: Vec<ExtraCheck>,
+}
+
+impl ReadinessProbe for Readiness {
+    fn check(&self) -> BoxFuture<'_, Vec<ReadinessCheck>> {
+        Box::pin(async move {
+            let pg = tokio::time::timeout(
+                Duration::from_millis(READINESS_TIMEOUT_MS),
+                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool),
+            )
+            .await;
+            let mut checks = vec![match pg {
+                Ok(Ok(_)) => ReadinessCheck {
+                    name: "postgres".into(),
+                    ok: true,
+                    detail: "answers".into(),
+                },
+                Ok(Err(e)) => ReadinessCheck {
+                    name: "postgres".into(),
+                    ok: false,
+                    detail: e.to_string(),
+                },
+                Err(_) => ReadinessCheck {
+                    name: "postgres".into(),
+                    ok: false,
+                    detail: format!("no answer within {READINESS_TIMEOUT_MS} ms"),
+                },
+            }];
+            for extra in &self.extra {
+                checks.push(extra().await);
+            }
+            checks
+        })
+    }
+}
+
+/// An [`ApiState`] over the real parts.
+pub fn state_for(
+    ledger: Arc<Ledger>,
+    policies: Arc<dyn PolicyCatalog>,
+    tokens: TokenStore,
+    instance: &str,
+    propagate: Option<KillSwitchPropagate>,
+    extra_checks: Vec<ExtraCheck>,
+) -> ApiState {
+    ApiState {
+        tokens: Arc::new(tokens),
+        readiness: Arc::new(Readiness {
+            pool: ledger.pool().clone(),
+            extra: extra_checks,
+        }),
+        kill_switch: Arc::new(LedgerKillSwitch {
+            ledger: ledger.clone(),
+            instance: instance.to_string(),
+            propagate,
+        }),
+        ledger: Arc::new(LedgerBackend { ledger }),
+        policies,
+        metrics: crate::telemetry::metrics_handle(),
+        clock: Arc::new(Utc::now),
+    }
+}
+
+/// The broker answers a metadata request (a real Kafka-protocol round trip).
+pub fn broker_check(brokers: String) -> ExtraCheck {
+    Arc::new(move || {
+        let brokers = brokers.clone();
+        Box::pin(async move {
+            let probe = tokio::task::spawn_blocking(move || -> Result<usize, String> {
+                use rdkafka::consumer::{BaseConsumer, Consumer};
+                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .create()
+                    .map_err(|e| e.to_string())?;
+                consumer
+                    .fetch_metadata(None, Duration::from_millis(READINESS_TIMEOUT_MS))
+                    .map(|m| m.brokers().len())
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            match probe {
+                Ok(Ok(n)) => ReadinessCheck {
+                    name: "broker".into(),
+                    ok: true,
+                    detail: format!("{n} broker(s) answer"),
+                },
+                Ok(Err(e)) => ReadinessCheck {
+                    name: "broker".into(),
+                    ok: false,
+                    detail: e,
+                },
+                Err(e) => ReadinessCheck {
+                    name: "broker".into(),
+                    ok: false,
+                    detail: e.to_string(),
+                },
+            }
+        })
+    })
+}

@@ -1,0 +1,245 @@
+//! Operators' and auditors' commands: `spendguard report` and `spendguard policy impact`
+//! (the latter is mounted under the policy engineer's `policy` subcommand), plus the HTTP
+//! API flags `serve` flattens in.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use chrono::{NaiveDate, Utc};
+use clap::Args;
+
+use crate::api::TokenStore;
+use crate::report::compliance::{self, ChainCheck, ComplianceReport, Period};
+use crate::report::events::load_events;
+use crate::report::impact::{self, Candidate, ImpactReport, Scope};
+use crate::report::render::{self, Format};
+
+/// Longest period a report or impact analysis covers (10 years).
+pub const MAX_PERIOD_DAYS: i64 = 3_660;
+
+/// HTTP API settings (`serve` flattens these).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ApiArgs {
+    /// Address of the operators' HTTP API (`/healthz`, `/metrics`, `/v1/...`); off when unset.
+    #[arg(long, env = "SPENDGUARD_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// YAML/JSON file of API bearer tokens (`tokens: [{name, role, sha256}]`), hashes only.
+    #[arg(long, env = "SPENDGUARD_API_TOKENS")]
+    pub api_tokens: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    /// The configured tokens; none configured means every protected route answers 401.
+    pub fn load_tokens(&self) -> anyhow::Result<TokenStore> {
+        match &self.api_tokens {
+            Some(path) => Ok(TokenStore::from_file(path)?),
+            None => {
+                tracing::warn!(
+                    "no API tokens configured (--api-tokens / SPENDGUARD_API_TOKENS): every /v1 route and /metrics will answer 401"
+                );
+                Ok(TokenStore::default())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PeriodArgs {
+    /// First day of the period (UTC, inclusive), YYYY-MM-DD.
+    #[arg(long)]
+    pub from: NaiveDate,
+    /// Last day of the period (UTC, inclusive), YYYY-MM-DD.
+    #[arg(long)]
+    pub to: NaiveDate,
+    /// Only this entity's intents.
+    #[arg(long)]
+    pub entity: Option<String>,
+}
+
+impl PeriodArgs {
+    pub fn period(&self) -> anyhow::Result<Period> {
+        if self.to < self.from {
+            anyhow::bail!(
+                "--to {} is before --from {}: give the first day, then the last",
+                self.to,
+                self.from
+            );
+        }
+        if (self.to - self.from).num_days() >= MAX_PERIOD_DAYS {
+            anyhow::bail!("the period is longer than {MAX_PERIOD_DAYS} days: split it");
+        }
+        Ok(Period {
+            from: self.from,
+            to: self.to,
+            entity: self.entity.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// PostgreSQL URL of the ledger.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    #[command(flatten)]
+    pub period: PeriodArgs,
+    #[arg(long, value_enum, default_value = "html")]
+    pub format: Format,
+    /// Output file (default: stdout).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImpactFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImpactArgs {
+    /// PostgreSQL URL of the ledger.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// The candidate policy file (JSON or YAML, bare or envelope).
+    #[arg(long)]
+    pub candidate: PathBuf,
+    #[command(flatten)]
+    pub period: PeriodArgs,
+    /// Replay every recorded intent, not only those decided under a policy with the
+    /// candidate's name.
+    #[arg(long)]
+    pub all_intents: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ImpactFormat,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn connect(url: &str) -> anyhow::Result<sqlx::PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to the ledger database: {e} (check --database-url / DATABASE_URL)"
+            )
+        })
+}
+
+/// Recomputes the hash chain for the report.
+pub async fn chain_check(pool: &sqlx::PgPool) -> anyhow::Result<ChainCheck> {
+    let v = crate::ledger::replay::verify_chains(pool).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the ledger's events ({e}): is --database-url / DATABASE_URL the ledger database, migrated with `spendguard db migrate`?"
+        )
+    })?;
+    Ok(ChainCheck {
+        ok: v.problems.is_empty(),
+        events_checked: v.events,
+        first_problem: v.problems.first().map(|p| {
+            format!(
+                "event seq {} (chain {} position {}): {}",
+                p.seq, p.chain_id, p.chain_pos, p.problem
+            )
+        }),
+    })
+}
+
+/// Builds the compliance report of a period from the ledger at `pool`.
+pub async fn compliance_report(
+    pool: &sqlx::PgPool,
+    period: Period,
+) -> anyhow::Result<ComplianceReport> {
+    let chain = chain_check(pool).await?;
+    let events = load_events(pool, period.end()).await?;
+    Ok(compliance::build(&events, period, chain, Utc::now()))
+}
+
+/// `spendguard report`: exit 0, or 1 when the audit chain does not verify (the report is
+/// still written, and says so).
+pub fn run_report(args: ReportArgs) -> anyhow::Result<i32> {
+    let period = args.period.period()?;
+    let report = runtime()?.block_on(async {
+        let pool = connect(&args.database_url).await?;
+        compliance_report(&pool, period).await
+    })?;
+    let text = render::render(&report, args.format);
+    match &args.out {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))?,
+        None => print!("{text}"),
+    }
+    if !report.audit_chain.ok {
+        eprintln!(
+            "audit chain verification FAILED: {}",
+            report
+                .audit_chain
+                .first_problem
+                .as_deref()
+                .unwrap_or("unknown problem")
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// Replays the period under the candidate policy read from `args.candidate`.
+pub async fn impact_report(pool: &sqlx::PgPool, args: &ImpactArgs) -> anyhow::Result<ImpactReport> {
+    let period = args.period.period()?;
+    let text = crate::policy::read_text(&args.candidate).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let origin = args.candidate.display().to_string();
+    let policy =
+        crate::policy::CompiledPolicy::parse(&text, &origin).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let evaluate = |intent: &crate::intent::SpendIntent,
+                    usage: crate::decision::Usage,
+                    kill: &crate::decision::KillState,
+                    accepted_at: chrono::DateTime<Utc>| {
+        crate::policy::evaluate(
+            &policy,
+            &crate::policy::EvalInput {
+                intent,
+                usage,
+                kill,
+                accepted_at,
+            },
+        )
+    };
+    let candidate = Candidate {
+        identity: policy.identity.clone(),
+        tz: policy.tz,
+        evaluate: &evaluate,
+    };
+    let scope = if args.all_intents {
+        Scope::All
+    } else {
+        Scope::PolicyName(policy.identity.name.clone())
+    };
+    let events = load_events(pool, period.end()).await?;
+    Ok(impact::analyse(&events, period, &scope, &candidate))
+}
+
+/// `spendguard policy impact`: exit 3 when the candidate would ALLOW an intent the
+/// recorded policy denied, 0 otherwise.
+pub fn run_impact(args: ImpactArgs) -> anyhow::Result<i32> {
+    let report = runtime()?.block_on(async {
+        let pool = connect(&args.database_url).await?;
+        impact_report(&pool, &args).await
+    })?;
+    match args.format {
+        ImpactFormat::Text => print!("{}", impact::render_text(&report)),
+        ImpactFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    if report.intents_replayed == 0 && !args.all_intents {
+        eprintln!(
+            "note: no recorded intent in the period was decided under a policy named {:?}; use --all-intents to replay every intent",
+            report.candidate.name
+        );
+    }
+    Ok(report.exit_code())
+}
