@@ -21,6 +21,9 @@ pub enum PolicyCommand {
     Check(CheckArgs),
     /// Print the JSON Schema of the policy language (for editors).
     Schema,
+    /// Replay recorded intents under a candidate policy and report how decisions change
+    /// (exit 3 when the candidate allows anything the current policy denied).
+    Impact(crate::cli::ops::ImpactArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,6 +78,7 @@ pub fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(0)
         }
+        PolicyCommand::Impact(args) => crate::cli::ops::run_impact(args),
     }
 }
 
