@@ -41,7 +41,7 @@ fn luhn_ok(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Byte ranges of `text` that look like a PAN: 13-19 digits, optionally separated by
@@ -132,11 +132,7 @@ pub fn mask_pans(text: &str) -> String {
 /// Masks every string (keys and values) of a JSON value in place.
 pub fn mask_pans_in_json(v: &mut serde_json::Value) {
     match v {
-        serde_json::Value::String(s) => {
-            if !find_pans(s).is_empty() {
-                *s = mask_pans(s);
-            }
-        }
+        serde_json::Value::String(s) if !find_pans(s).is_empty() => *s = mask_pans(s),
         serde_json::Value::Array(items) => items.iter_mut().for_each(mask_pans_in_json),
         serde_json::Value::Object(map) => {
             let entries = std::mem::take(map);

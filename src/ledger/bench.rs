@@ -41,7 +41,7 @@ pub fn synthetic_intent(run: &str, i: usize, agents: usize) -> SpendIntent {
         category: "utility".into(),
         beneficiary: Beneficiary {
             id: format!("ben-{}", i % 97),
-            account: (i % 4 == 0).then(|| "4111111111111111".to_string()),
+            account: i.is_multiple_of(4).then(|| "4111111111111111".to_string()),
             country: Some("BR".into()),
         },
         purpose: Purpose::Pix,

@@ -492,7 +492,7 @@ impl Ledger {
             .and_then(|v| {
                 v.get("vote")
                     .and_then(|x| x.as_str())
-                    .map(|s| privacy::mask_pans(s))
+                    .map(privacy::mask_pans)
             });
         let payload = events::VoteRefused {
             intent_id: (intent != "unknown").then(|| intent.clone()),

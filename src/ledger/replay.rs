@@ -170,11 +170,14 @@ impl ReplayReport {
     }
 }
 
+/// A decision row: (agent, entity, seq, fingerprint hex, decision hash hex, effect, message).
+type DecisionEntry = (String, String, i64, String, String, String, DecisionMessage);
+
 /// The projections, rebuilt in memory.
 #[derive(Debug, Default, PartialEq)]
 struct Projections {
     /// intent -> (agent, entity, seq, fingerprint hex, decision hash hex, effect, message)
-    decisions: BTreeMap<String, (String, String, i64, String, String, String, DecisionMessage)>,
+    decisions: BTreeMap<String, DecisionEntry>,
     usage: BTreeMap<UsageKey, (Decimal, Decimal)>,
     /// intent -> (agent, entity, effect, approvals, amount, currency, tz, day, month, decided seq, expires)
     pending: BTreeMap<String, String>,
@@ -184,6 +187,7 @@ struct Projections {
     policies: BTreeMap<String, (String, String, String, i64)>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn pending_text(
     agent: &str,
     entity: &str,

@@ -57,6 +57,7 @@ async fn load_pending(conn: &mut PgConnection, ids: &[String]) -> sqlx::Result<V
 }
 
 /// Appends the outcome event, the projection changes and the outbox message.
+#[allow(clippy::too_many_arguments)]
 fn close(
     ws: &mut WriteSet,
     p: &Pending,
