@@ -248,7 +248,7 @@ pub(crate) enum Attempt<T> {
 /// message can be handled anyway, and giving up would skip work. Any other failure is
 /// retried `MAX_PERMANENT_ATTEMPTS` times, then reported so the caller dead-letters.
 pub(crate) async fn retry_bounded<T, E: std::fmt::Display, F, Fut>(
-    shared: &Shared,
+    stop: &watch::Receiver<bool>,
     what: &str,
     transient: impl Fn(&E) -> bool,
     mut op: F,
@@ -275,7 +275,7 @@ where
                 }
             }
         }
-        if shared.shutting_down() {
+        if *stop.borrow() {
             return Attempt::Stopped;
         }
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
@@ -339,6 +339,57 @@ pub async fn termination() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn permanent_failures_give_up_and_transient_ones_do_not() {
+        let (_tx, stop) = watch::channel(false);
+        let mut calls = 0u32;
+        let r: Attempt<()> = retry_bounded(
+            &stop,
+            "op",
+            |_: &String| false,
+            || {
+                calls += 1;
+                async { Err("constraint violated".to_string()) }
+            },
+        )
+        .await;
+        assert!(matches!(r, Attempt::GaveUp(ref e) if e == "constraint violated"));
+        assert_eq!(calls, MAX_PERMANENT_ATTEMPTS);
+
+        // More transient failures than the permanent limit, then success: still done.
+        let mut calls = 0u32;
+        let r = retry_bounded(
+            &stop,
+            "op",
+            |_: &String| true,
+            || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n <= MAX_PERMANENT_ATTEMPTS + 1 {
+                        Err("connection refused".to_string())
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+        )
+        .await;
+        assert!(matches!(r, Attempt::Done(n) if n == MAX_PERMANENT_ATTEMPTS + 2));
+
+        // Shutting down: stop retrying, leave the message for the next owner.
+        let (tx, stop) = watch::channel(false);
+        tx.send(true).unwrap();
+        let r: Attempt<()> = retry_bounded(
+            &stop,
+            "op",
+            |_: &String| true,
+            || async { Err("down".to_string()) },
+        )
+        .await;
+        assert!(matches!(r, Attempt::Stopped));
+    }
 
     #[test]
     fn only_connectivity_and_serialization_failures_are_transient() {

@@ -93,7 +93,7 @@ async fn handle_intents(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
         LedgerError::Internal(e) => anyhow_transient(e),
         LedgerError::IdempotencyConflict { .. } => false,
     };
-    let results = match retry_bounded(shared, "ledger decide", transient, || {
+    let results = match retry_bounded(&shared.shutdown, "ledger decide", transient, || {
         shared.ledger.decide_batch(&policies, &items)
     })
     .await
@@ -168,7 +168,7 @@ async fn dead_letter_intent(
     metrics::counter!("spendguard_invalid_intents_total", "code" => err.code).increment(1);
     let raw = msg.payload().unwrap_or_default();
     match retry_bounded(
-        shared,
+        &shared.shutdown,
         "ledger record_invalid_intent",
         anyhow_transient,
         || shared.ledger.record_invalid_intent(raw, err, origin),
@@ -224,9 +224,12 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
                 && send_dead_letter(shared, msg, &as_intent_error).await;
         }
     };
-    let record = match retry_bounded(shared, "ledger decision lookup", anyhow_transient, || {
-        shared.ledger.decision(&vote.intent_id)
-    })
+    let record = match retry_bounded(
+        &shared.shutdown,
+        "ledger decision lookup",
+        anyhow_transient,
+        || shared.ledger.decision(&vote.intent_id),
+    )
     .await
     {
         Attempt::Done(r) => r,
@@ -260,9 +263,12 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
             return refuse(shared, raw, refusal.code(), &refusal.to_string(), origin).await;
         }
     };
-    match retry_bounded(shared, "ledger apply_vote", anyhow_transient, || {
-        shared.ledger.apply_vote(&verified, origin)
-    })
+    match retry_bounded(
+        &shared.shutdown,
+        "ledger apply_vote",
+        anyhow_transient,
+        || shared.ledger.apply_vote(&verified, origin),
+    )
     .await
     {
         Attempt::Stopped => false,
@@ -305,9 +311,12 @@ async fn refuse(
 ) -> bool {
     tracing::info!(%code, %detail, "vote refused");
     metrics::counter!("spendguard_votes_total", "result" => "refused").increment(1);
-    match retry_bounded(shared, "ledger refuse_vote", anyhow_transient, || {
-        shared.ledger.refuse_vote(raw, code, detail, origin)
-    })
+    match retry_bounded(
+        &shared.shutdown,
+        "ledger refuse_vote",
+        anyhow_transient,
+        || shared.ledger.refuse_vote(raw, code, detail, origin),
+    )
     .await
     {
         Attempt::Done(_) => true,
