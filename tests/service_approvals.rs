@@ -92,7 +92,7 @@ async fn approvals_complete_reject_and_refuse_with_audited_reasons() {
     .unwrap();
     let topics = Topics::with_prefix(&prefix);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(spendguard::serve::run(settings, async {
+    let service = tokio::spawn(spendguard::serve::run(settings, None, async {
         let _ = stop_rx.await;
     }));
 

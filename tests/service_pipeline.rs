@@ -94,7 +94,7 @@ async fn intents_are_decided_once_and_malformed_input_is_dead_lettered() {
     .unwrap();
     let topics = Topics::with_prefix(&prefix);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(spendguard::serve::run(settings, async {
+    let service = tokio::spawn(spendguard::serve::run(settings, None, async {
         let _ = stop_rx.await;
     }));
 

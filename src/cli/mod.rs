@@ -53,7 +53,7 @@ pub enum Command {
     Privacy(ledger::PrivacyCommand),
     // --- service ---
     /// Consume intents and votes, decide through the ledger, publish decisions.
-    Serve(crate::config::ServiceArgs),
+    Serve(service::ServeArgs),
     /// Sign and publish an approval vote for a waiting intent.
     Approve(service::ApproveArgs),
     /// Trip, clear or show the kill switch.

@@ -353,9 +353,29 @@ pub fn describe(payload: &[u8]) -> String {
     )
 }
 
-pub fn serve(service: ServiceArgs) -> anyhow::Result<i32> {
-    let settings = service.resolve()?;
-    runtime()?.block_on(crate::serve::run(settings, crate::serve::termination()))?;
+/// `spendguard serve`: the service settings plus the operators' HTTP API.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub api: crate::cli::ops::ApiArgs,
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let settings = args.service.resolve()?;
+    let api = match args.api.http_addr {
+        Some(addr) => Some(crate::serve::ApiMount {
+            addr,
+            tokens: args.api.load_tokens()?,
+        }),
+        None => None,
+    };
+    runtime()?.block_on(crate::serve::run(
+        settings,
+        api,
+        crate::serve::termination(),
+    ))?;
     Ok(0)
 }
 

@@ -44,7 +44,7 @@ pub(crate) const MAX_PERMANENT_ATTEMPTS: u32 = 5;
 pub struct Shared {
     pub settings: Settings,
     pub topics: Topics,
-    pub ledger: Ledger,
+    pub ledger: Arc<Ledger>,
     pub policies: ArcSwap<PolicySet>,
     pub approvers: ArcSwap<Registry>,
     pub kill: KillSwitch,
@@ -64,6 +64,7 @@ impl Shared {
 /// outbox holds, commits offsets and returns.
 pub async fn run(
     settings: Settings,
+    api: Option<ApiMount>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let topics = Topics::with_prefix(&settings.topic_prefix);
@@ -94,7 +95,7 @@ pub async fn run(
         approvers: ArcSwap::from_pointee(approvers),
         outbox_ready: Notify::new(),
         shutdown: stop_rx,
-        ledger,
+        ledger: Arc::new(ledger),
         topics,
         settings,
     });
@@ -126,6 +127,10 @@ pub async fn run(
             rx,
         )));
     }
+    let http = match api {
+        Some(mount) => Some(start_api(mount, shared.clone(), consumer.clone()).await?),
+        None => None,
+    };
     tracing::info!(instance = %shared.settings.instance, group = %shared.settings.group_id, "serving");
     eprintln!(
         "spendguard serve: instance {} ready",
@@ -169,12 +174,103 @@ pub async fn run(
     outbox.await.context("outbox publisher failed")?;
     sweeper.abort();
     watcher.abort();
+    if let Some(http) = http {
+        // The API's graceful shutdown follows the same stop signal; give it a bound.
+        let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    }
     control.abort();
     eprintln!(
         "spendguard serve: instance {} stopped cleanly",
         shared.settings.instance
     );
     Ok(())
+}
+
+/// Where and with which tokens the operators' HTTP API listens inside `serve`.
+pub struct ApiMount {
+    pub addr: std::net::SocketAddr,
+    pub tokens: crate::api::TokenStore,
+}
+
+/// Starts the HTTP API (SPEC operators' surface) over this instance's ledger, policy set,
+/// broker and consumer; it stops with the instance.
+async fn start_api(
+    mount: ApiMount,
+    shared: Arc<Shared>,
+    consumer: Arc<rdkafka::consumer::StreamConsumer>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use crate::api::{self, backends};
+    let policies = Arc::new(backends::PolicySource({
+        let shared = shared.clone();
+        move || shared.policies.load_full()
+    }));
+    // A change made through the API is recorded in the ledger by the API, then spread to
+    // every instance on spend.control like the CLI does.
+    let propagate: backends::KillSwitchPropagate = {
+        let shared = shared.clone();
+        Arc::new(move |change: api::KillSwitchChange| {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let scope =
+                    crate::kill_switch::Scope::parse(&change.scope).map_err(|e| e.to_string())?;
+                let message = crate::kill_switch::ControlMessage {
+                    scope: scope.clone(),
+                    on: change.on,
+                    actor: change.actor,
+                    reason: change.reason,
+                    sent_at: chrono::Utc::now(),
+                };
+                let payload = serde_json::to_vec(&message).map_err(|e| e.to_string())?;
+                bus::publish(
+                    &shared.producer,
+                    &shared.topics.control,
+                    scope.to_string().as_bytes(),
+                    &payload,
+                    None,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            })
+        })
+    };
+    let assigned: backends::ExtraCheck = Arc::new(move || {
+        let consumer = consumer.clone();
+        Box::pin(async move {
+            let count = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+            api::views::ReadinessCheck {
+                name: "partitions".into(),
+                ok: count > 0,
+                detail: format!("{count} partition(s) assigned to this instance"),
+            }
+        })
+    });
+    let state = backends::state_for(
+        shared.ledger.clone(),
+        policies,
+        mount.tokens,
+        &shared.settings.instance,
+        Some(propagate),
+        vec![
+            backends::broker_check(shared.settings.brokers.clone()),
+            assigned,
+        ],
+    );
+    let listener = tokio::net::TcpListener::bind(mount.addr)
+        .await
+        .with_context(|| format!("cannot listen on --http-addr {}", mount.addr))?;
+    let bound = listener.local_addr()?;
+    let mut stop = shared.shutdown.clone();
+    let handle = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        };
+        if let Err(e) = api::serve_listener(listener, state, shutdown).await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
+    eprintln!("spendguard serve: HTTP API on http://{bound}");
+    Ok(handle)
 }
 
 /// One worker per partition (stable), so a partition's messages stay in order.
