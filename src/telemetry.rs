@@ -140,7 +140,10 @@ fn describe_metrics() {
     describe_gauge!(PENDING_APPROVALS, "Intents waiting for approval");
     describe_counter!(REFUSED_VOTES_TOTAL, "Approval votes refused, by reason");
     describe_gauge!(KILL_SWITCH_ACTIVE, "Kill switch tripped (1) per scope");
-    describe_counter!(POLICY_RELOADS_TOTAL, "Policy set loads by result");
+    describe_counter!(
+        POLICY_RELOADS_TOTAL,
+        "Policy set changes by result (activated, refused, ledger_error)"
+    );
     describe_gauge!(
         ACTIVE_POLICY_INFO,
         "Policies in force (value 1) with their identity"
@@ -202,9 +205,23 @@ pub fn set_kill_switch(scope: &str, active: bool) {
     });
 }
 
-pub fn record_policy_reload(ok: bool) {
-    metrics::counter!(POLICY_RELOADS_TOTAL, "result" => if ok { "ok" } else { "failed" })
-        .increment(1);
+/// How a policy change ended: `activated`, `refused` (invalid, the last good set stays)
+/// or `ledger_error` (valid but not recorded, so not activated).
+pub fn record_policy_reload(result: &'static str) {
+    metrics::counter!(POLICY_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// Replaces the active-policy info series: `before` drop to 0, `after` are set to 1.
+pub fn switch_active_policies<'a>(
+    before: impl IntoIterator<Item = &'a crate::decision::PolicyIdentity>,
+    after: impl IntoIterator<Item = &'a crate::decision::PolicyIdentity>,
+) {
+    for identity in before {
+        clear_active_policy(identity);
+    }
+    for identity in after {
+        set_active_policy(identity);
+    }
 }
 
 /// Marks the policies in force. Policies no longer in force should be passed to
@@ -272,7 +289,7 @@ mod tests {
         );
         record_refused_vote("telemetry_test_reason");
         set_kill_switch("agent:telemetry-test", true);
-        record_policy_reload(false);
+        record_policy_reload("refused");
         set_active_policy(&PolicyIdentity {
             name: "telemetry-test-policy".into(),
             version: "9.9.9".into(),
@@ -289,7 +306,7 @@ mod tests {
             text.contains(r#"spendguard_refused_votes_total{reason="telemetry_test_reason"} 1"#)
         );
         assert!(text.contains(r#"spendguard_kill_switch_active{scope="agent:telemetry-test"} 1"#));
-        assert!(text.contains(r#"spendguard_policy_reloads_total{result="failed"}"#));
+        assert!(text.contains(r#"spendguard_policy_reloads_total{result="refused"}"#));
         assert!(text.contains(r#"version="9.9.9""#));
         // The sub-microsecond bucket exists, so evaluation latency is not all in one bucket.
         assert!(

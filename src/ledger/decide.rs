@@ -299,6 +299,7 @@ impl Ledger {
                 }
                 _ => (Usage::default(), None),
             };
+            let evaluated_from = std::time::Instant::now();
             let evaluation = match policy {
                 Some(p) => policy::evaluate(
                     p,
@@ -311,6 +312,11 @@ impl Ledger {
                 ),
                 None => policy::no_policy_bound(intent),
             };
+            crate::telemetry::record_evaluation(
+                evaluation.effect,
+                policy.map_or("none", |p| p.identity.name.as_str()),
+                evaluated_from.elapsed(),
+            );
             let expires_at = (evaluation.effect.needs_approval())
                 .then(|| policy.map(|p| chain::to_micros(now + p.approval_ttl)))
                 .flatten();

@@ -224,6 +224,13 @@ pub struct DecisionRecord {
     pub outcome: Option<OutcomeMessage>,
 }
 
+/// Work waiting in the ledger (see [`Ledger::backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    pub pending_approvals: u64,
+    pub outbox_messages: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRow {
     pub id: i64,
@@ -711,6 +718,23 @@ impl Ledger {
         }
         out.sort_by_key(|r| r.id);
         Ok(out)
+    }
+
+    /// What the service's gauges report: intents waiting for approval and outbox rows
+    /// not yet acknowledged by the broker (one round trip).
+    pub async fn backlog(&self) -> anyhow::Result<Backlog> {
+        let r = sqlx::query(
+            "SELECT (SELECT count(*) FROM pending_approval) AS pending,
+                    (SELECT count(*) FROM outbox) AS outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let pending: i64 = r.try_get("pending")?;
+        let outbox: i64 = r.try_get("outbox")?;
+        Ok(Backlog {
+            pending_approvals: u64::try_from(pending).unwrap_or(0),
+            outbox_messages: u64::try_from(outbox).unwrap_or(0),
+        })
     }
 
     /// Removes published rows from the outbox (the events keep everything).

@@ -45,7 +45,12 @@ async fn resync(shared: &Shared) -> anyhow::Result<()> {
         .filter(|e| e.active)
         .filter_map(|e| Scope::parse(&e.scope).ok())
         .collect();
-    shared.kill.replace_if_unchanged(generation, parsed);
+    if shared.kill.replace_if_unchanged(generation, parsed) {
+        // Every scope ever switched is in the ledger, so a scope switched off shows 0.
+        for entry in &scopes {
+            crate::telemetry::set_kill_switch(&entry.scope, entry.active);
+        }
+    }
     Ok(())
 }
 
@@ -62,6 +67,7 @@ async fn follow(shared: Arc<Shared>, consumer: rdkafka::consumer::StreamConsumer
         match ControlMessage::parse(msg.payload().unwrap_or_default()) {
             Ok(control) => {
                 shared.kill.set(control.scope.clone(), control.on);
+                crate::telemetry::set_kill_switch(&control.scope.to_string(), control.on);
                 let propagation_ms = (received_at - control.sent_at)
                     .num_microseconds()
                     .unwrap_or(0) as f64

@@ -11,6 +11,7 @@
 //!   each partition is handled by exactly one worker task, sequentially.
 
 mod control;
+mod gauges;
 mod outbox;
 mod reload;
 mod worker;
@@ -86,6 +87,7 @@ pub async fn run(
         .await
         .context("cannot record the policy activation in the ledger")?;
     let approvers = reload::load_approvers(&settings.approvers_file)?;
+    crate::telemetry::switch_active_policies([], policies.policies().map(|p| &p.identity));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -115,6 +117,8 @@ pub async fn run(
     consumer
         .subscribe(&[&shared.topics.intents, &shared.topics.approvals])
         .context("cannot subscribe to the intent and approval topics")?;
+
+    let sampler = tokio::spawn(gauges::run(shared.clone(), consumer.clone()));
 
     let mut senders = Vec::with_capacity(shared.settings.workers);
     let mut workers = Vec::with_capacity(shared.settings.workers);
@@ -174,6 +178,7 @@ pub async fn run(
     outbox.await.context("outbox publisher failed")?;
     sweeper.abort();
     watcher.abort();
+    sampler.abort();
     if let Some(http) = http {
         // The API's graceful shutdown follows the same stop signal; give it a bound.
         let _ = tokio::time::timeout(Duration::from_secs(5), http).await;

@@ -85,23 +85,25 @@ async fn reload_policies(shared: &Shared, refused_total: &mut u64) {
             {
                 // Not recorded = not active: every decision must name a recorded policy.
                 tracing::error!(error = %e, "policy change valid but not recorded in the ledger; keeping the previous set");
-                metrics::counter!("spendguard_policy_reloads_total", "result" => "ledger_error")
-                    .increment(1);
+                crate::telemetry::record_policy_reload("ledger_error");
                 return;
             }
             let names: Vec<String> = set
                 .policies()
                 .map(|p| format!("{}@{}", p.identity.name, p.identity.version))
                 .collect();
-            shared.policies.store(Arc::new(set));
-            metrics::counter!("spendguard_policy_reloads_total", "result" => "activated")
-                .increment(1);
+            let previous = shared.policies.swap(Arc::new(set));
+            let current = shared.policies.load();
+            crate::telemetry::switch_active_policies(
+                previous.policies().map(|p| &p.identity),
+                current.policies().map(|p| &p.identity),
+            );
+            crate::telemetry::record_policy_reload("activated");
             tracing::warn!(?names, "policies reloaded");
             eprintln!("policy-reload activated: {}", names.join(", "));
         }
         Err(e) => {
-            metrics::counter!("spendguard_policy_reloads_total", "result" => "refused")
-                .increment(1);
+            crate::telemetry::record_policy_reload("refused");
             tracing::error!(error = %e, dir = %dir.display(), "policy change refused; keeping the last good set");
             *refused_total += 1;
             eprintln!("policy-reload refused (refused_total={refused_total}): {e}");

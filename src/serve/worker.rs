@@ -11,7 +11,8 @@ use super::{Attempt, Shared, anyhow_transient, retry, retry_bounded, sqlx_transi
 use crate::approvals::{self, VoteSubject};
 use crate::bus::dlq::{self, DeadLetter};
 use crate::intent::{self, IntentError};
-use crate::ledger::{LedgerError, Origin, VoteResult};
+use crate::ledger::{DecideStatus, LedgerError, Origin, VoteResult};
+use crate::telemetry;
 
 /// Intents decided in one ledger transaction at most (what is already queued is taken,
 /// nothing is waited for: a lone intent is decided at once).
@@ -123,13 +124,24 @@ async fn handle_intents(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
             return true;
         }
     };
-    metrics::histogram!("spendguard_decide_batch_seconds").record(started.elapsed().as_secs_f64());
+    telemetry::record_ledger_commit(started.elapsed());
     shared.outbox_ready.notify_one();
+    let decided_at_ms = chrono::Utc::now().timestamp_millis();
     for (result, msg) in results.into_iter().zip(item_msgs) {
         match result {
             Ok(d) => {
                 metrics::counter!("spendguard_decisions_total", "effect" => d.message.effect.as_str())
                     .increment(1);
+                // From the producer's timestamp to the ledger commit. Redeliveries are
+                // left out: their decision was made long ago.
+                if d.status == DecideStatus::New
+                    && let Some(produced_ms) = msg.timestamp().to_millis()
+                    && let Ok(latency_ms) = u64::try_from(decided_at_ms - produced_ms)
+                {
+                    telemetry::record_intent_to_decision(std::time::Duration::from_millis(
+                        latency_ms,
+                    ));
+                }
             }
             // Same intentId, different payload: the ledger refused and audited it; the
             // message goes to the DLQ so the sender sees it was not decided.
@@ -197,7 +209,7 @@ async fn send_dead_letter(shared: &Shared, msg: &OwnedMessage, err: &IntentError
         instance: &shared.settings.instance,
     };
     let raw = msg.payload().unwrap_or_default();
-    retry(shared, "dead-letter publish", || {
+    let sent = retry(shared, "dead-letter publish", || {
         dlq::send(
             &shared.producer,
             &shared.topics.dlq,
@@ -207,7 +219,11 @@ async fn send_dead_letter(shared: &Shared, msg: &OwnedMessage, err: &IntentError
         )
     })
     .await
-    .is_some()
+    .is_some();
+    if sent {
+        telemetry::record_dlq(err.code);
+    }
+    sent
 }
 
 async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bool {
@@ -283,6 +299,7 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
             // The ledger audited the refusal (duplicate approver, closed, expired, killed).
             tracing::info!(intent = %vote.intent_id, approver = %vote.approver_id, %reason, "vote refused by the ledger");
             metrics::counter!("spendguard_votes_total", "result" => "refused").increment(1);
+            telemetry::record_refused_vote(&reason);
             true
         }
         Attempt::GaveUp(last) => {
@@ -311,6 +328,7 @@ async fn refuse(
 ) -> bool {
     tracing::info!(%code, %detail, "vote refused");
     metrics::counter!("spendguard_votes_total", "result" => "refused").increment(1);
+    telemetry::record_refused_vote(code);
     match retry_bounded(
         &shared.shutdown,
         "ledger refuse_vote",

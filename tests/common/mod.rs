@@ -5,6 +5,8 @@
 //! unit-test run, and is told what did not run).
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 

@@ -10,10 +10,8 @@ use spendguard::policy::PolicySet;
 use sqlx::Connection;
 use std::path::PathBuf;
 
-pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+#[path = "../common/mod.rs"]
+pub mod common;
 
 /// A database made for one test.
 pub struct TestDb {
@@ -24,29 +22,11 @@ pub struct TestDb {
 /// Creates a fresh database, or returns None (skip) when PostgreSQL is unreachable and
 /// CI is not set. Panics under `CI=true`.
 pub async fn fresh_db() -> Option<TestDb> {
-    let base = database_url();
-    let mut conn = match sqlx::PgConnection::connect(&base).await {
-        Ok(c) => c,
-        Err(e) => {
-            let msg = format!(
-                "PostgreSQL is not reachable at {base} ({e}); start it with scripts/postgres.sh"
-            );
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{msg}; CI=true so this test fails instead of skipping");
-            }
-            eprintln!("SKIPPED: {msg}");
-            return None;
-        }
-    };
-    let name = format!(
-        "sg_ledger_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..16]
-    );
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let url = spendguard::ledger::bench::replace_db(&base, &name);
+    if !common::require_postgres() {
+        return None;
+    }
+    let url = common::fresh_database("sg_ledger_").await;
+    let name = url.rsplit('/').next().unwrap_or_default().to_string();
     Some(TestDb { url, name })
 }
 

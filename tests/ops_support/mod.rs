@@ -8,83 +8,9 @@ use spendguard::ledger::{Ledger, Origin, VerifiedVote, Vote};
 use spendguard::policy::PolicySet;
 use std::path::{Path, PathBuf};
 
-/// Reaching the real servers. A test that cannot reach one FAILS when `CI=true`;
-/// otherwise it skips with a visible message.
-pub mod common {
-    use sqlx::Connection;
-    use std::net::{TcpStream, ToSocketAddrs};
-    use std::time::Duration;
-
-    pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
-
-    pub fn database_url() -> String {
-        std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-    }
-
-    pub fn brokers() -> String {
-        std::env::var("SPENDGUARD_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-    }
-
-    fn reachable(host_port: &str) -> bool {
-        host_port.to_socket_addrs().is_ok_and(|mut addrs| {
-            addrs.any(|a| {
-                TcpStream::connect_timeout(&a, Duration::from_millis(CONNECT_TIMEOUT_MS)).is_ok()
-            })
-        })
-    }
-
-    fn require(what: &str, host_port: &str) -> bool {
-        if reachable(host_port) {
-            return true;
-        }
-        let msg = format!(
-            "{what} is not reachable at {host_port} (start it with scripts/services.sh up)"
-        );
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg}; CI=true so this test fails instead of skipping");
-        }
-        eprintln!("SKIPPED: {msg}");
-        false
-    }
-
-    pub fn require_postgres() -> bool {
-        let url = database_url();
-        let rest = url.split("://").nth(1).unwrap_or(&url);
-        let rest = rest.rsplit('@').next().unwrap_or(rest);
-        let host = rest.split(['/', '?']).next().unwrap_or(rest);
-        let hp = if host.contains(':') {
-            host.to_string()
-        } else {
-            format!("{host}:5432")
-        };
-        require("PostgreSQL", &hp)
-    }
-
-    pub fn require_broker() -> bool {
-        let b = brokers();
-        let first = b.split(',').next().unwrap_or("127.0.0.1:9092").to_string();
-        require("Kafka broker", &first)
-    }
-
-    /// A fresh, empty database on the server of `DATABASE_URL`; returns its URL.
-    pub async fn fresh_database(prefix: &str) -> String {
-        let base = database_url();
-        let name = format!(
-            "{prefix}{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let mut conn = sqlx::PgConnection::connect(&base)
-            .await
-            .expect("connect to PostgreSQL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
-        let (server, _) = base.rsplit_once('/').unwrap_or((&base, ""));
-        format!("{server}/{name}")
-    }
-}
+/// Reaching the real servers (shared with the service tests).
+#[path = "../common/mod.rs"]
+pub mod common;
 
 pub const ENTITY: &str = "acme-br";
 
