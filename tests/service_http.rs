@@ -128,13 +128,13 @@ async fn the_api_inside_serve_controls_and_observes_the_running_service() {
     assert_eq!(status, 401, "/metrics needs a token");
 
     // The policy set of this instance, with its identity.
-    let (status, body) = request(addr, "GET", "/v1/policies", Some(READER), None).await;
+    let (status, body) = request(addr, "GET", "/v1/policies", Some(OPERATOR), None).await;
     assert_eq!(status, 200, "{body}");
     let set: Value = serde_json::from_str(&body).unwrap();
     assert!(body.contains("svc-test"), "{set}");
 
     // A scenario: ALLOW, REQUIRE_HITL, REQUIRE_MSIG, DENY (block list), one malformed
-    // message and one unsigned vote.
+    // message and one vote from an approver nobody registered.
     let topics = Topics::with_prefix(&prefix);
     let producer = bus::producer(&brokers).unwrap();
     let intents = [
@@ -241,7 +241,7 @@ async fn the_api_inside_serve_controls_and_observes_the_running_service() {
         metric(
             &text,
             "spendguard_refused_votes_total",
-            &["reason=\"missing_signature\""]
+            &["reason=\"unknown_approver\""]
         ),
         Some(1.0),
         "{text}"

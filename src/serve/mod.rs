@@ -68,6 +68,8 @@ pub async fn run(
     api: Option<ApiMount>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // The recorder first: what is recorded before it exists (start-up gauges) is lost.
+    let _ = crate::telemetry::metrics_handle();
     let topics = Topics::with_prefix(&settings.topic_prefix);
     bus::ensure_topics(&settings.brokers, &topics.layout(&settings)).await?;
     let ledger = Ledger::connect(&settings.database_url, &settings.instance)
