@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh up
+# A Compose implementation validates docker-compose.yml (no engine needed).
+scripts/compose.sh install
 # shellcheck disable=SC1091
 source scripts/env.sh
 
