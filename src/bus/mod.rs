@@ -20,8 +20,20 @@ use crate::config::{CONTROL_PARTITIONS, Settings};
 pub const ADMIN_TIMEOUT_MS: u64 = 10_000;
 /// tansu answers a fetch only when `fetch.wait.max.ms` expires, even if data arrived
 /// meanwhile (Apache Kafka answers as soon as `fetch.min.bytes` is there), so this bounds
-/// the consume latency; each idle consumer then sends ~1000/FETCH_WAIT_MAX_MS fetches/s.
-pub const FETCH_WAIT_MAX_MS: &str = "2";
+/// the consume latency; each idle consumer then sends ~1000/FETCH_WAIT_MAX_MS fetches/s,
+/// which costs the broker CPU. `SPENDGUARD_FETCH_WAIT_MAX_MS` overrides it (1..=500).
+pub const FETCH_WAIT_MAX_MS: u32 = 2;
+const FETCH_WAIT_MAX_MS_LIMIT: u32 = 500;
+
+/// The `fetch.wait.max.ms` every consumer of this process uses.
+pub fn fetch_wait_max_ms() -> String {
+    std::env::var("SPENDGUARD_FETCH_WAIT_MAX_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|ms| (1..=FETCH_WAIT_MAX_MS_LIMIT).contains(ms))
+        .unwrap_or(FETCH_WAIT_MAX_MS)
+        .to_string()
+}
 /// How long a produce may wait in the client queue / for the broker before it fails.
 pub const PRODUCE_TIMEOUT_MS: u64 = 30_000;
 
@@ -199,7 +211,7 @@ pub fn group_consumer(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+        .set("fetch.wait.max.ms", fetch_wait_max_ms())
         .create()
         .map_err(client_err(brokers))
 }
@@ -216,7 +228,7 @@ pub fn standalone_consumer(brokers: &str) -> Result<StreamConsumer, BusError> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+        .set("fetch.wait.max.ms", fetch_wait_max_ms())
         .create()
         .map_err(client_err(brokers))
 }

@@ -67,6 +67,9 @@ pub struct BenchArgs {
     /// Concurrent deciders (connections).
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Keep the scratch database (its URL is printed), e.g. to time `replay` on it.
+    #[arg(long)]
+    pub keep_database: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +141,7 @@ pub fn run_ledger(cmd: LedgerCommand) -> anyhow::Result<i32> {
             args.intents,
             args.batch,
             args.concurrency,
+            args.keep_database,
         )),
     }
 }

@@ -55,6 +55,7 @@ pub async fn run(
     intents: usize,
     batch: usize,
     concurrency: usize,
+    keep_database: bool,
 ) -> anyhow::Result<i32> {
     let dir = std::env::temp_dir().join(format!("spendguard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -157,9 +158,13 @@ pub async fn run(
         );
     }
     ledger.pool().close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db_name}")))
-        .execute(&admin)
-        .await?;
+    if keep_database {
+        println!("bench database kept: {url}");
+    } else {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db_name}")))
+            .execute(&admin)
+            .await?;
+    }
     std::fs::remove_dir_all(&dir).ok();
     Ok(0)
 }

@@ -215,8 +215,11 @@ impl Verifier {
                 Some(_) => {}
             }
         }
+        // A set, not a scan per chain: a ledger has one chain per agent (100,000s).
+        let recorded: std::collections::HashSet<&str> =
+            heads.iter().map(|(c, ..)| c.as_str()).collect();
         for (chain_id, (pos, _, seq)) in &self.last {
-            if !heads.iter().any(|(c, ..)| c == chain_id) {
+            if !recorded.contains(chain_id.as_str()) {
                 self.problems.push(ChainProblem {
                     seq: *seq,
                     chain_id: chain_id.clone(),

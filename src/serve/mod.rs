@@ -150,7 +150,7 @@ pub async fn run(
             msg = consumer.recv() => match msg {
                 Ok(m) => {
                     let owned = m.detach();
-                    let idx = worker_for(owned.topic(), owned.partition(), senders.len());
+                    let idx = worker_for(owned.topic(), &shared.topics.intents, owned.partition(), senders.len());
                     if senders[idx].send(owned).await.is_err() {
                         anyhow::bail!("worker {idx} stopped unexpectedly");
                     }
@@ -281,10 +281,17 @@ async fn start_api(
 }
 
 /// One worker per partition (stable), so a partition's messages stay in order.
-fn worker_for(topic: &str, partition: i32, workers: usize) -> usize {
+/// Intent partitions are dealt round-robin (`partition % workers`), not hashed: a hash
+/// can give one worker several busy partitions while others idle, and that worker's
+/// queue then stalls the whole consume loop. Other topics (votes, rare) are hashed.
+fn worker_for(topic: &str, intents_topic: &str, partition: i32, workers: usize) -> usize {
+    let workers = workers.max(1);
+    if topic == intents_topic {
+        return usize::try_from(partition).unwrap_or(0) % workers;
+    }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (topic, partition).hash(&mut h);
-    (h.finish() % workers.max(1) as u64) as usize
+    (h.finish() % workers as u64) as usize
 }
 
 /// Closes waiting intents past their approval TTL. Safe with several instances: the
@@ -511,11 +518,21 @@ mod tests {
 
     #[test]
     fn a_partition_always_maps_to_the_same_worker() {
+        let intents = "spend.intents";
         for p in 0..64 {
-            let w = worker_for("spend.intents", p, 8);
-            assert!(w < 8);
-            assert_eq!(w, worker_for("spend.intents", p, 8));
+            for topic in [intents, "spend.approvals"] {
+                let w = worker_for(topic, intents, p, 8);
+                assert!(w < 8);
+                assert_eq!(w, worker_for(topic, intents, p, 8));
+            }
         }
-        assert_eq!(worker_for("t", 3, 1), 0);
+        assert_eq!(worker_for("t", intents, 3, 1), 0);
+        // 12 intent partitions over 8 workers: no worker has more than 2.
+        let mut load = [0u32; 8];
+        for p in 0..12 {
+            load[worker_for(intents, intents, p, 8)] += 1;
+        }
+        assert_eq!(load.iter().max(), Some(&2), "{load:?}");
+        assert_eq!(load.iter().min(), Some(&1), "{load:?}");
     }
 }
