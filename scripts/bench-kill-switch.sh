@@ -29,7 +29,7 @@ scripts/services.sh up
 # shellcheck disable=SC1091
 source scripts/env.sh
 if [ "$profile" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
-bin=target/$profile/spendguard
+bin=${CARGO_TARGET_DIR:-target}/$profile/spendguard
 
 run_id=$(date +%s)
 server=${DATABASE_URL%/*}

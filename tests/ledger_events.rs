@@ -535,3 +535,60 @@ async fn outbox_holds_every_decision_and_outcome_until_published() {
         .unwrap();
     assert_eq!(row.get::<i64, _>("n"), 0);
 }
+
+#[tokio::test]
+async fn replay_names_every_live_row_that_differs_from_the_events() {
+    let Some(db) = fresh_db().await else { return };
+    let ledger = db.ledger().await;
+    let (_d, set) = standard_set();
+    let o = origin();
+    for (id, amount) in [("t-a1", "10.00"), ("t-a2", "20.00"), ("t-h1", "600.00")] {
+        ledger
+            .decide(&set, &intent(id, "tamper-ag", amount), &o)
+            .await
+            .unwrap();
+    }
+    let clean = spendguard::ledger::replay::replay(ledger.pool(), true)
+        .await
+        .unwrap();
+    assert!(clean.ok(), "{clean:#?}");
+
+    // Projections are mutable by design (only events are append-only): change each kind
+    // of live row once and expect each change to be named.
+    let mut su = db.superuser().await;
+    for sql in [
+        "UPDATE decision SET effect = 'DENY' WHERE intent_id = 't-a1'",
+        "DELETE FROM decision WHERE intent_id = 't-a2'",
+        "INSERT INTO decision SELECT 't-ghost', agent_id, entity_id, seq, fingerprint, decision_hash, effect, message FROM decision WHERE intent_id = 't-a1'",
+        "UPDATE usage_window SET committed = committed + 1 WHERE agent_id = 'tamper-ag' AND kind = 'D'",
+        "DELETE FROM pending_approval WHERE intent_id = 't-h1'",
+    ] {
+        sqlx::query(sql).execute(&mut su).await.unwrap();
+    }
+    let report = spendguard::ledger::replay::replay(ledger.pool(), true)
+        .await
+        .unwrap();
+    assert!(!report.ok());
+    assert_eq!(report.decision_mismatch_count, 0, "{report:#?}");
+    assert!(report.chain_problems.is_empty(), "{report:#?}");
+    assert_eq!(report.projection_difference_count, 5, "{report:#?}");
+    let diffs = &report.projection_differences;
+    let has = |needle: &str| diffs.iter().any(|d| d.contains(needle));
+    assert!(
+        has("decision \"t-a1\": effect: rebuilt ALLOW, live DENY"),
+        "{diffs:#?}"
+    );
+    assert!(
+        has("decision \"t-a2\": rebuilt from seq") && has("missing in the live table"),
+        "{diffs:#?}"
+    );
+    assert!(
+        has("decision \"t-ghost\": live row") && has("has no events behind it"),
+        "{diffs:#?}"
+    );
+    assert!(
+        has("usage_window") && has("rebuilt (30, 600), live (31, 600)"),
+        "{diffs:#?}"
+    );
+    assert!(has("pending_approval \"t-h1\""), "{diffs:#?}");
+}

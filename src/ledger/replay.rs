@@ -23,7 +23,7 @@ use crate::privacy;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -170,15 +170,196 @@ impl ReplayReport {
     }
 }
 
-/// A decision row: (agent, entity, seq, fingerprint hex, decision hash hex, effect, message).
-type DecisionEntry = (String, String, i64, String, String, String, DecisionMessage);
+/// A row of the `decision` table, as rebuilt from its event or as read from the table.
+#[derive(Debug, PartialEq)]
+struct DecisionRow {
+    intent_id: String,
+    agent_id: String,
+    entity_id: String,
+    seq: i64,
+    fingerprint: Vec<u8>,
+    decision_hash: Vec<u8>,
+    effect: String,
+    /// The message text exactly as published and served (byte-for-byte).
+    message: String,
+}
 
-/// The projections, rebuilt in memory.
-#[derive(Debug, Default, PartialEq)]
+/// Bytes of a SHA-256 kept per decision: replay holds one digest per decision instead of
+/// the row itself, which is what keeps it within SPEC §10's memory target (≤ 100 MB at
+/// 100,000 agents). 128 bits make an accidental match impossible in practice; deliberate
+/// tampering is the hash chain's job, not this comparison's.
+const DIGEST_BYTES: usize = 16;
+type Digest = [u8; DIGEST_BYTES];
+
+impl DecisionRow {
+    fn digest(&self) -> Digest {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        // Length-prefixed fields: no two different rows hash the same input bytes.
+        for part in [
+            self.intent_id.as_bytes(),
+            self.agent_id.as_bytes(),
+            self.entity_id.as_bytes(),
+            &self.seq.to_be_bytes(),
+            &self.fingerprint,
+            &self.decision_hash,
+            self.effect.as_bytes(),
+            self.message.as_bytes(),
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        let full = h.finalize();
+        let mut d = [0u8; DIGEST_BYTES];
+        d.copy_from_slice(&full[..DIGEST_BYTES]);
+        d
+    }
+
+    /// What differs between two rows of the same intent, field by field.
+    fn differences(&self, live: &DecisionRow) -> String {
+        fn cut(s: &str) -> &str {
+            let mut end = s.len().min(300);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            &s[..end]
+        }
+        let mut out = Vec::new();
+        let mut field = |name: &str, rebuilt: String, live: String| {
+            if rebuilt != live {
+                out.push(format!("{name}: rebuilt {rebuilt}, live {live}"));
+            }
+        };
+        field("agent_id", self.agent_id.clone(), live.agent_id.clone());
+        field("entity_id", self.entity_id.clone(), live.entity_id.clone());
+        field("seq", self.seq.to_string(), live.seq.to_string());
+        field(
+            "fingerprint",
+            hex::encode(&self.fingerprint),
+            hex::encode(&live.fingerprint),
+        );
+        field(
+            "decision_hash",
+            hex::encode(&self.decision_hash),
+            hex::encode(&live.decision_hash),
+        );
+        field("effect", self.effect.clone(), live.effect.clone());
+        field(
+            "message",
+            cut(&self.message).to_string(),
+            cut(&live.message).to_string(),
+        );
+        out.join("; ")
+    }
+}
+
+/// Strings that repeat across many window keys (agent ids, time zones, currencies),
+/// stored once; window keys then hold small numbers.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = u32::try_from(self.names.len()).expect("fewer than 2^32 distinct names");
+        self.ids.insert(s.into(), id);
+        self.names.push(s.into());
+        id
+    }
+
+    fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+}
+
+/// A usage window key with its strings interned (16 bytes instead of four `String`s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct WindowKey {
+    agent: u32,
+    tz: u32,
+    currency: u32,
+    day_window: bool,
+    start: chrono::NaiveDate,
+}
+
+#[derive(Debug, Default)]
+struct Windows {
+    names: Interner,
+    amounts: HashMap<WindowKey, (Decimal, Decimal)>,
+}
+
+impl Windows {
+    fn key(&mut self, k: &UsageKey) -> WindowKey {
+        WindowKey {
+            agent: self.names.intern(&k.agent_id),
+            tz: self.names.intern(&k.tz),
+            currency: self.names.intern(&k.currency),
+            day_window: k.kind == usage::DAY,
+            start: k.start,
+        }
+    }
+
+    /// The key of a live row, if every part of it was ever seen in the events.
+    fn existing_key(&self, k: &UsageKey) -> Option<WindowKey> {
+        Some(WindowKey {
+            agent: self.names.get(&k.agent_id)?,
+            tz: self.names.get(&k.tz)?,
+            currency: self.names.get(&k.currency)?,
+            day_window: k.kind == usage::DAY,
+            start: k.start,
+        })
+    }
+
+    fn usage_key(&self, k: &WindowKey) -> UsageKey {
+        usage::key(
+            self.names.name(k.agent),
+            if k.day_window {
+                usage::DAY
+            } else {
+                usage::MONTH
+            },
+            self.names.name(k.tz),
+            self.names.name(k.currency),
+            k.start,
+        )
+    }
+
+    fn add(&mut self, k: &UsageKey, committed: Decimal, reserved: Decimal) {
+        let key = self.key(k);
+        let v = self
+            .amounts
+            .entry(key)
+            .or_insert((Decimal::ZERO, Decimal::ZERO));
+        v.0 += committed;
+        v.1 += reserved;
+    }
+
+    /// committed + reserved of a window (zero when never touched).
+    fn total(&self, k: &UsageKey) -> Decimal {
+        self.existing_key(k)
+            .and_then(|key| self.amounts.get(&key))
+            .map(|(c, r)| c + r)
+            .unwrap_or_default()
+    }
+}
+
+/// The projections, rebuilt in memory. Decisions and windows, the two that grow with
+/// traffic and agents, are kept compact; the rest grows only with approvals, kill-switch
+/// changes and policy versions.
+#[derive(Debug, Default)]
 struct Projections {
-    /// intent -> (agent, entity, seq, fingerprint hex, decision hash hex, effect, message)
-    decisions: BTreeMap<String, DecisionEntry>,
-    usage: BTreeMap<UsageKey, (Decimal, Decimal)>,
+    /// intent -> (seq of its decision event, digest of the rebuilt `decision` row)
+    decisions: HashMap<String, (i64, Digest)>,
+    windows: Windows,
     /// intent -> (agent, entity, effect, approvals, amount, currency, tz, day, month, decided seq, expires)
     pending: BTreeMap<String, String>,
     votes: BTreeMap<(String, String), (String, DateTime<Utc>, i64)>,
@@ -244,10 +425,49 @@ pub async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<ReplayReport>
     verifier.finish(&heads);
     report.chain_problems = verifier.problems;
 
-    let live = load_live(&mut tx).await?;
-    compare(&p, &live, &mut report);
+    compare_live(&mut tx, p, &mut report).await?;
     tx.commit().await?;
     Ok(report)
+}
+
+/// The `decision` row an `intent_decided` event stands for (`intent` is the event's
+/// recorded, masked intent).
+fn decision_row(
+    e: &EventRow,
+    d: &events::IntentDecided,
+    intent: &SpendIntent,
+) -> anyhow::Result<DecisionRow> {
+    let message = DecisionMessage {
+        intent_id: intent.intent_id.clone(),
+        agent_id: intent.agent_id.clone(),
+        entity_id: intent.entity_id.clone(),
+        effect: d.evaluation.effect,
+        approvals_required: d.evaluation.approvals_required,
+        reasons: d.evaluation.reasons.clone(),
+        policy: d.policy.clone(),
+        usage: d.usage.clone(),
+        decided_at: d.accepted_at,
+        ledger_seq: Some(e.seq),
+    };
+    Ok(DecisionRow {
+        intent_id: intent.intent_id.clone(),
+        agent_id: intent.agent_id.clone(),
+        entity_id: intent.entity_id.clone(),
+        seq: e.seq,
+        // A fingerprint that is not hex cannot match the live bytes: kept visibly wrong.
+        fingerprint: hex::decode(&d.fingerprint)
+            .unwrap_or_else(|_| d.fingerprint.clone().into_bytes()),
+        decision_hash: e.hash.to_vec(),
+        effect: d.evaluation.effect.as_str().to_string(),
+        message: serde_json::to_string(&message)?,
+    })
+}
+
+/// Rebuilds the `decision` row of one event again (to explain a difference).
+fn decision_row_of(e: &EventRow) -> anyhow::Result<DecisionRow> {
+    let d: events::IntentDecided = serde_json::from_str(&e.payload)?;
+    let intent = SpendIntent::deserialize(&d.intent)?;
+    decision_row(e, &d, &intent)
 }
 
 fn apply(
@@ -291,19 +511,17 @@ fn apply(
         kind::INTENT_DECIDED => {
             report.decisions += 1;
             let d: events::IntentDecided = serde_json::from_str(&e.payload)?;
-            let mut intent: SpendIntent = serde_json::from_value(d.intent.clone())?;
-            let message = DecisionMessage {
-                intent_id: intent.intent_id.clone(),
-                agent_id: intent.agent_id.clone(),
-                entity_id: intent.entity_id.clone(),
-                effect: d.evaluation.effect,
-                approvals_required: d.evaluation.approvals_required,
-                reasons: d.evaluation.reasons.clone(),
-                policy: d.policy.clone(),
-                usage: d.usage.clone(),
-                decided_at: d.accepted_at,
-                ledger_seq: Some(e.seq),
-            };
+            let mut intent = SpendIntent::deserialize(&d.intent)?;
+            let row = decision_row(e, &d, &intent)?;
+            if let Some((earlier, _)) = p
+                .decisions
+                .insert(row.intent_id.clone(), (e.seq, row.digest()))
+            {
+                report.mismatch(at(&format!(
+                    "intent {} decided a second time (first at seq {earlier})",
+                    row.intent_id
+                )));
+            }
             let policy_tz_currency = d
                 .usage
                 .as_ref()
@@ -338,8 +556,8 @@ fn apply(
             if verify {
                 report.decisions_reevaluated += 1;
                 if let (Some(u), Some((dk, mk, ..))) = (&d.usage, &windows) {
-                    let daily = p.usage.get(dk).map(|(c, r)| c + r).unwrap_or_default();
-                    let monthly = p.usage.get(mk).map(|(c, r)| c + r).unwrap_or_default();
+                    let daily = p.windows.total(dk);
+                    let monthly = p.windows.total(mk);
                     if daily != u.daily_so_far || monthly != u.monthly_so_far {
                         report.mismatch(at(&format!(
                             "intent {}: recorded usage {}/{} but the events before it give {daily}/{monthly}",
@@ -443,9 +661,7 @@ fn apply(
                 };
                 if !committed.is_zero() || !reserved.is_zero() {
                     for k in [dk, mk] {
-                        let v = p.usage.entry(k).or_insert((Decimal::ZERO, Decimal::ZERO));
-                        v.0 += committed;
-                        v.1 += reserved;
+                        p.windows.add(&k, committed, reserved);
                     }
                 }
                 if let (Some(expires), Some((tz, _))) = (d.expires_at, &policy_tz_currency) {
@@ -468,18 +684,6 @@ fn apply(
                     );
                 }
             }
-            p.decisions.insert(
-                intent.intent_id.clone(),
-                (
-                    intent.agent_id.clone(),
-                    intent.entity_id.clone(),
-                    e.seq,
-                    d.fingerprint.clone(),
-                    hex::encode(e.hash),
-                    d.evaluation.effect.as_str().to_string(),
-                    message,
-                ),
-            );
         }
         kind::VOTE_ACCEPTED => {
             let v: events::VoteAccepted = serde_json::from_str(&e.payload)?;
@@ -489,9 +693,7 @@ fn apply(
         kind::INTENT_CLOSED => {
             let c: events::IntentClosed = serde_json::from_str(&e.payload)?;
             for (k, committed, reserved) in usage_change(&c) {
-                let v = p.usage.entry(k).or_insert((Decimal::ZERO, Decimal::ZERO));
-                v.0 += committed;
-                v.1 += reserved;
+                p.windows.add(&k, committed, reserved);
             }
             if p.pending.remove(&c.intent_id).is_none() {
                 report.mismatch(at(&format!(
@@ -518,49 +720,155 @@ fn apply(
     Ok(())
 }
 
-async fn load_live(conn: &mut sqlx::PgConnection) -> anyhow::Result<Projections> {
-    let mut p = Projections::default();
-    for r in sqlx::query("SELECT intent_id, agent_id, entity_id, seq, fingerprint, decision_hash, effect, message FROM decision")
-        .fetch_all(&mut *conn)
-        .await?
+/// Compares the rebuilt projections with the live tables (same snapshot), streaming the
+/// two large tables so neither is held in memory next to its rebuilt copy.
+async fn compare_live(
+    conn: &mut sqlx::PgConnection,
+    rebuilt: Projections,
+    report: &mut ReplayReport,
+) -> anyhow::Result<()> {
+    let Projections {
+        mut decisions,
+        mut windows,
+        pending,
+        votes,
+        outcomes,
+        kills,
+        policies,
+    } = rebuilt;
+
+    // Rows that differ from their event, explained field by field once the scan is done.
+    let mut changed: Vec<DecisionRow> = Vec::new();
     {
-        let message: DecisionMessage = serde_json::from_str(r.try_get::<&str, _>("message")?)?;
-        p.decisions.insert(
-            r.try_get("intent_id")?,
-            (
-                r.try_get("agent_id")?,
-                r.try_get("entity_id")?,
-                r.try_get("seq")?,
-                hex::encode(r.try_get::<Vec<u8>, _>("fingerprint")?),
-                hex::encode(r.try_get::<Vec<u8>, _>("decision_hash")?),
-                r.try_get("effect")?,
-                message,
-            ),
-        );
+        let mut rows = sqlx::query(
+            "SELECT intent_id, agent_id, entity_id, seq, fingerprint, decision_hash, effect, message FROM decision",
+        )
+        .fetch(&mut *conn);
+        while let Some(r) = rows.try_next().await? {
+            let live = DecisionRow {
+                intent_id: r.try_get("intent_id")?,
+                agent_id: r.try_get("agent_id")?,
+                entity_id: r.try_get("entity_id")?,
+                seq: r.try_get("seq")?,
+                fingerprint: r.try_get("fingerprint")?,
+                decision_hash: r.try_get("decision_hash")?,
+                effect: r.try_get("effect")?,
+                message: r.try_get("message")?,
+            };
+            match decisions.remove(&live.intent_id) {
+                None => report.difference(format!(
+                    "decision {:?}: live row (seq {}, {}) has no events behind it",
+                    live.intent_id, live.seq, live.effect
+                )),
+                Some((_, digest)) if digest != live.digest() => {
+                    if changed.len() < MAX_LISTED {
+                        changed.push(live);
+                    } else {
+                        report.difference(format!(
+                            "decision {:?}: live row differs from its event",
+                            live.intent_id
+                        ));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
     }
-    for r in sqlx::query(
-        "SELECT agent_id, kind, tz, currency, window_start, committed, reserved FROM usage_window",
-    )
-    .fetch_all(&mut *conn)
-    .await?
+    let mut missing: Vec<(String, i64)> = decisions
+        .into_iter()
+        .map(|(intent, (seq, _))| (intent, seq))
+        .collect();
+    missing.sort_by_key(|(_, seq)| *seq);
+    for (intent, seq) in missing {
+        report.difference(format!(
+            "decision {intent:?}: rebuilt from seq {seq}, missing in the live table"
+        ));
+    }
+    if !changed.is_empty() {
+        let seqs: Vec<i64> = changed.iter().map(|l| l.seq).collect();
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM ledger_event WHERE seq = ANY($1)");
+        let mut events: HashMap<i64, EventRow> = HashMap::new();
+        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&seqs)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            let e = row_to_event(&r)?;
+            events.insert(e.seq, e);
+        }
+        for live in changed {
+            // The live row's seq may itself be what changed: find the event by intent.
+            let rebuilt = match events.get(&live.seq).map(decision_row_of) {
+                Some(Ok(row)) if row.intent_id == live.intent_id => Some(row),
+                _ => rebuilt_by_intent(conn, &live.intent_id).await?,
+            };
+            report.difference(match rebuilt {
+                Some(row) => format!("decision {:?}: {}", live.intent_id, row.differences(&live)),
+                None => format!(
+                    "decision {:?}: live row differs from its event",
+                    live.intent_id
+                ),
+            });
+        }
+    }
+
+    // Window rows that went back to zero are equivalent to absent ones.
     {
-        let k = usage::key(
-            r.try_get::<&str, _>("agent_id")?,
-            r.try_get::<&str, _>("kind")?,
-            r.try_get::<&str, _>("tz")?,
-            r.try_get::<&str, _>("currency")?,
-            r.try_get("window_start")?,
-        );
-        p.usage
-            .insert(k, (r.try_get("committed")?, r.try_get("reserved")?));
+        let mut rows = sqlx::query(
+            "SELECT agent_id, kind, tz, currency, window_start, committed, reserved FROM usage_window",
+        )
+        .fetch(&mut *conn);
+        while let Some(r) = rows.try_next().await? {
+            let k = usage::key(
+                r.try_get::<&str, _>("agent_id")?,
+                r.try_get::<&str, _>("kind")?,
+                r.try_get::<&str, _>("tz")?,
+                r.try_get::<&str, _>("currency")?,
+                r.try_get("window_start")?,
+            );
+            let live: (Decimal, Decimal) = (r.try_get("committed")?, r.try_get("reserved")?);
+            let rebuilt = windows
+                .existing_key(&k)
+                .and_then(|key| windows.amounts.remove(&key))
+                .unwrap_or_default();
+            let (live, rebuilt) = (
+                (live.0.normalize(), live.1.normalize()),
+                (rebuilt.0.normalize(), rebuilt.1.normalize()),
+            );
+            if live != rebuilt {
+                if rebuilt == (Decimal::ZERO, Decimal::ZERO) {
+                    report.difference(format!(
+                        "usage_window {k:?}: live {live:?} has no events behind it"
+                    ));
+                } else {
+                    report.difference(format!(
+                        "usage_window {k:?}: rebuilt {rebuilt:?}, live {live:?}"
+                    ));
+                }
+            }
+        }
     }
+    let mut missing: Vec<(UsageKey, (Decimal, Decimal))> = windows
+        .amounts
+        .iter()
+        .filter(|(_, (c, r))| !c.is_zero() || !r.is_zero())
+        .map(|(k, (c, r))| (windows.usage_key(k), (c.normalize(), r.normalize())))
+        .collect();
+    missing.sort();
+    for (k, v) in missing {
+        report.difference(format!(
+            "usage_window {k:?}: rebuilt {v:?}, missing in the live table"
+        ));
+    }
+
+    let mut live_pending = BTreeMap::new();
     for r in sqlx::query(
         "SELECT intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at FROM pending_approval",
     )
     .fetch_all(&mut *conn)
     .await?
     {
-        p.pending.insert(
+        live_pending.insert(
             r.try_get("intent_id")?,
             pending_text(
                 r.try_get::<&str, _>("agent_id")?,
@@ -577,11 +885,14 @@ async fn load_live(conn: &mut sqlx::PgConnection) -> anyhow::Result<Projections>
             ),
         );
     }
+    diff_maps("pending_approval", &pending, &live_pending, report);
+
+    let mut live_votes = BTreeMap::new();
     for r in sqlx::query("SELECT intent_id, approver_id, vote, signed_at, seq FROM approval_vote")
         .fetch_all(&mut *conn)
         .await?
     {
-        p.votes.insert(
+        live_votes.insert(
             (r.try_get("intent_id")?, r.try_get("approver_id")?),
             (
                 r.try_get("vote")?,
@@ -590,11 +901,14 @@ async fn load_live(conn: &mut sqlx::PgConnection) -> anyhow::Result<Projections>
             ),
         );
     }
+    diff_maps("approval_vote", &votes, &live_votes, report);
+
+    let mut live_outcomes = BTreeMap::new();
     for r in sqlx::query("SELECT intent_id, agent_id, outcome, closed_at, seq FROM intent_outcome")
         .fetch_all(&mut *conn)
         .await?
     {
-        p.outcomes.insert(
+        live_outcomes.insert(
             r.try_get("intent_id")?,
             (
                 r.try_get("agent_id")?,
@@ -604,11 +918,14 @@ async fn load_live(conn: &mut sqlx::PgConnection) -> anyhow::Result<Projections>
             ),
         );
     }
+    diff_maps("intent_outcome", &outcomes, &live_outcomes, report);
+
+    let mut live_kills = BTreeMap::new();
     for r in sqlx::query("SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch")
         .fetch_all(&mut *conn)
         .await?
     {
-        p.kills.insert(
+        live_kills.insert(
             r.try_get("scope")?,
             (
                 r.try_get("active")?,
@@ -619,11 +936,14 @@ async fn load_live(conn: &mut sqlx::PgConnection) -> anyhow::Result<Projections>
             ),
         );
     }
+    diff_maps("kill_switch", &kills, &live_kills, report);
+
+    let mut live_policies = BTreeMap::new();
     for r in sqlx::query("SELECT sha256, name, version, canonical, seq FROM policy_version")
         .fetch_all(&mut *conn)
         .await?
     {
-        p.policies.insert(
+        live_policies.insert(
             r.try_get("sha256")?,
             (
                 r.try_get("name")?,
@@ -633,7 +953,29 @@ async fn load_live(conn: &mut sqlx::PgConnection) -> anyhow::Result<Projections>
             ),
         );
     }
-    Ok(p)
+    diff_maps("policy_version", &policies, &live_policies, report);
+    Ok(())
+}
+
+/// The rebuilt row of an intent's (first) decision event, found by its intent id.
+async fn rebuilt_by_intent(
+    conn: &mut sqlx::PgConnection,
+    intent_id: &str,
+) -> anyhow::Result<Option<DecisionRow>> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM ledger_event
+         WHERE event_type = $1 AND payload::jsonb -> 'intent' ->> 'intentId' = $2
+         ORDER BY seq LIMIT 1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(kind::INTENT_DECIDED)
+        .bind(intent_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(r) => Ok(decision_row_of(&row_to_event(&r)?).ok()),
+        None => Ok(None),
+    }
 }
 
 fn diff_maps<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
@@ -658,27 +1000,4 @@ fn diff_maps<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
             report.difference(format!("{table} {k:?}: live {l:?} has no events behind it"));
         }
     }
-}
-
-fn compare(rebuilt: &Projections, live: &Projections, report: &mut ReplayReport) {
-    diff_maps("decision", &rebuilt.decisions, &live.decisions, report);
-    // Window rows that went back to zero are equivalent to absent ones.
-    let nonzero =
-        |m: &BTreeMap<UsageKey, (Decimal, Decimal)>| -> BTreeMap<UsageKey, (Decimal, Decimal)> {
-            m.iter()
-                .filter(|(_, (c, r))| !c.is_zero() || !r.is_zero())
-                .map(|(k, (c, r))| (k.clone(), (c.normalize(), r.normalize())))
-                .collect()
-        };
-    diff_maps(
-        "usage_window",
-        &nonzero(&rebuilt.usage),
-        &nonzero(&live.usage),
-        report,
-    );
-    diff_maps("pending_approval", &rebuilt.pending, &live.pending, report);
-    diff_maps("approval_vote", &rebuilt.votes, &live.votes, report);
-    diff_maps("intent_outcome", &rebuilt.outcomes, &live.outcomes, report);
-    diff_maps("kill_switch", &rebuilt.kills, &live.kills, report);
-    diff_maps("policy_version", &rebuilt.policies, &live.policies, report);
 }

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# End-to-end load bench (issue 4, SPEC §10; reported in docs/benchmarks.md, never
+# asserted): a fresh tansu broker on its own port (memory storage slows down as topics
+# fill, so every run starts empty), a fresh database, one `spendguard serve`, then
+# `spendguard loadgen` with its bare-broker baseline in the same run. Prints the loadgen
+# report and the serve process's peak RSS.
+#
+#   scripts/bench-loadgen.sh [--debug] [--rate 1000] [--duration 30] [--agents 1000]
+#                            [--workers N] [--no-baseline]
+#
+# --workers writes a config file with `workers: N` (default: one per core, at most 8).
+# PostgreSQL comes from scripts/env.sh (started by scripts/services.sh if needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=release
+rate=1000
+duration=30
+agents=1000
+workers=
+loadgen_flags=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --debug) profile=debug ;;
+    --rate) rate="$2"; shift ;;
+    --duration) duration="$2"; shift ;;
+    --agents) agents="$2"; shift ;;
+    --workers) workers="$2"; shift ;;
+    --no-baseline) loadgen_flags+=(--no-baseline) ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+scripts/postgres.sh >/dev/null
+# shellcheck disable=SC1091
+source scripts/env.sh
+if [ "$profile" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
+bin=${CARGO_TARGET_DIR:-target}/$profile/spendguard
+
+dir=target/lgbench
+rm -rf "$dir" && mkdir -p "$dir"
+export TANSU_PORT=19092 TANSU_DIR="$PWD/$dir/tansu" TANSU_STORAGE=memory://tansu/
+export SPENDGUARD_BROKERS="127.0.0.1:$TANSU_PORT"
+scripts/tansu.sh stop >/dev/null 2>&1 || true
+scripts/tansu.sh start >/dev/null
+
+run_id=$(date +%s)
+server=${DATABASE_URL%/*}
+db=spendguard_lgbench
+psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" -qc "CREATE DATABASE $db" >/dev/null
+export DATABASE_URL="$server/$db"
+export SPENDGUARD_TOPIC_PREFIX="lgbench$run_id."
+export SPENDGUARD_GROUP_ID="lgbench$run_id"
+export SPENDGUARD_LOG=warn
+config_args=()
+if [ -n "$workers" ]; then
+  printf 'workers: %s\n' "$workers" >"$dir/serve.yaml"
+  config_args=(--config "$dir/serve.yaml")
+fi
+
+serve_pid=
+cleanup() {
+  [ -n "$serve_pid" ] && kill -TERM "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
+  scripts/tansu.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+"$bin" serve --instance lgbench-a "${config_args[@]}" >"$dir/serve.log" 2>&1 &
+serve_pid=$!
+for _ in $(seq 240); do
+  grep -q "ready" "$dir/serve.log" && break
+  sleep 0.5
+done
+grep -q "ready" "$dir/serve.log" || { echo "serve not ready:"; cat "$dir/serve.log"; exit 1; }
+
+echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, $(nproc) cores"
+"$bin" loadgen --rate "$rate" --duration "$duration" --agents "$agents" "${loadgen_flags[@]}"
+echo "serve peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$serve_pid/status")"
