@@ -73,11 +73,13 @@ pub struct PolicyActivated {
     pub canonical: String,
 }
 
+/// `I` is how the recorded intent is read: a JSON value by default; replay reads it
+/// straight into a `SpendIntent` (it was written from one), saving a tree per event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct IntentDecided {
+pub struct IntentDecided<I = serde_json::Value> {
     /// The intent with `beneficiary.account` masked and every PAN-looking string masked.
-    pub intent: serde_json::Value,
+    pub intent: I,
     /// `{"account": ...}` sealed for the beneficiary (data subject); erasable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub personal: Option<Sealed>,

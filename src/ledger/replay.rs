@@ -23,12 +23,15 @@ use crate::privacy;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::{PgPool, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Most differences listed in a report (the count is always exact).
 pub const MAX_LISTED: usize = 50;
+/// Events handed to the chain-verifying thread at a time, and batches in flight.
+const VERIFY_BATCH_EVENTS: usize = 256;
+const VERIFY_QUEUE_BATCHES: usize = 4;
 
 fn row_to_event(r: &sqlx::postgres::PgRow) -> anyhow::Result<EventRow> {
     let hash = |name: &str| -> anyhow::Result<chain::Hash> {
@@ -410,22 +413,64 @@ pub async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<ReplayReport>
     let mut report = ReplayReport::default();
     let mut p = Projections::default();
     let mut compiled: HashMap<String, CompiledPolicy> = HashMap::new();
-    let mut verifier = Verifier::default();
-    {
+    // The hash chains are recomputed on another core while this one rebuilds the
+    // projections; events go over in bounded batches (memory stays flat).
+    let (to_verifier, from_replay) =
+        std::sync::mpsc::sync_channel::<Vec<EventRow>>(VERIFY_QUEUE_BATCHES);
+    let verifier = std::thread::spawn(move || {
+        let mut v = Verifier::default();
+        for batch in from_replay {
+            for e in &batch {
+                v.check(e);
+            }
+        }
+        v
+    });
+    let started = std::time::Instant::now();
+    let applied: anyhow::Result<()> = async {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM ledger_event ORDER BY seq");
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *tx);
+        let mut batch = Vec::with_capacity(VERIFY_BATCH_EVENTS);
         while let Some(r) = rows.try_next().await? {
             let e = row_to_event(&r)?;
-            verifier.check(&e);
             report.events += 1;
             apply(&e, &mut p, &mut report, &mut compiled, &keys, verify)?;
+            batch.push(e);
+            if batch.len() == VERIFY_BATCH_EVENTS {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(VERIFY_BATCH_EVENTS));
+                to_verifier
+                    .send(full)
+                    .map_err(|_| anyhow::anyhow!("internal: chain verifier stopped"))?;
+            }
         }
+        if !batch.is_empty() {
+            to_verifier
+                .send(batch)
+                .map_err(|_| anyhow::anyhow!("internal: chain verifier stopped"))?;
+        }
+        Ok(())
     }
+    .await;
+    drop(to_verifier);
+    let mut verifier = verifier
+        .join()
+        .map_err(|_| anyhow::anyhow!("internal: chain verifier panicked"))?;
+    applied?;
+    tracing::debug!(
+        events = report.events,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "replay: events applied and chains checked"
+    );
     let heads = load_heads(&mut tx).await?;
     verifier.finish(&heads);
     report.chain_problems = verifier.problems;
 
+    let started = std::time::Instant::now();
     compare_live(&mut tx, p, &mut report).await?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "replay: live tables compared"
+    );
     tx.commit().await?;
     Ok(report)
 }
@@ -434,9 +479,9 @@ pub async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<ReplayReport>
 /// recorded, masked intent).
 fn decision_row(
     e: &EventRow,
-    d: &events::IntentDecided,
-    intent: &SpendIntent,
+    d: &events::IntentDecided<SpendIntent>,
 ) -> anyhow::Result<DecisionRow> {
+    let intent = &d.intent;
     let message = DecisionMessage {
         intent_id: intent.intent_id.clone(),
         agent_id: intent.agent_id.clone(),
@@ -465,9 +510,8 @@ fn decision_row(
 
 /// Rebuilds the `decision` row of one event again (to explain a difference).
 fn decision_row_of(e: &EventRow) -> anyhow::Result<DecisionRow> {
-    let d: events::IntentDecided = serde_json::from_str(&e.payload)?;
-    let intent = SpendIntent::deserialize(&d.intent)?;
-    decision_row(e, &d, &intent)
+    let d: events::IntentDecided<SpendIntent> = serde_json::from_str(&e.payload)?;
+    decision_row(e, &d)
 }
 
 fn apply(
@@ -510,9 +554,9 @@ fn apply(
         }
         kind::INTENT_DECIDED => {
             report.decisions += 1;
-            let d: events::IntentDecided = serde_json::from_str(&e.payload)?;
-            let mut intent = SpendIntent::deserialize(&d.intent)?;
-            let row = decision_row(e, &d, &intent)?;
+            let d: events::IntentDecided<SpendIntent> = serde_json::from_str(&e.payload)?;
+            let row = decision_row(e, &d)?;
+            let mut intent = d.intent.clone();
             if let Some((earlier, _)) = p
                 .decisions
                 .insert(row.intent_id.clone(), (e.seq, row.digest()))
