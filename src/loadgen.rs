@@ -84,8 +84,19 @@ pub struct PhaseReport {
     pub effects: std::collections::BTreeMap<String, u64>,
 }
 
-/// The realistic mix: mostly small payments, some that hit caps or need approvals,
-/// some blocked categories and foreign beneficiaries.
+/// Beneficiaries on the example policies' allow-list (`policies/`): payments to them can
+/// be allowed outright; any other beneficiary needs a human.
+const KNOWN_BENEFICIARIES: [&str; 4] = [
+    "utility:light_company",
+    "utility:water_company",
+    "tax:receita_federal",
+    "bank:itau",
+];
+
+/// The realistic mix, against the example policies: mostly small payments to known
+/// beneficiaries (allowed until the agent's daily cap, then held for a human), some to
+/// new beneficiaries (a human verifies), some large ones (two approvers, or over the
+/// per-transaction cap), blocked categories and foreign beneficiaries (denied).
 pub fn make_intent(
     rng: &mut StdRng,
     agents: usize,
@@ -95,12 +106,26 @@ pub fn make_intent(
     let intent_id = uuid::Uuid::now_v7().to_string();
     let agent = format!("lg-agent-{}", rng.gen_range(0..agents.max(1)));
     let roll: u32 = rng.gen_range(0..100);
-    let (amount_minor, category, country) = match roll {
-        0..80 => (rng.gen_range(1_000..20_000), "utility", "BR"),
-        80..88 => (rng.gen_range(30_000..90_000), "supplies", "BR"),
-        88..93 => (rng.gen_range(500_000..2_000_000), "services", "BR"),
-        93..97 => (rng.gen_range(1_000..20_000), "gambling", "BR"),
-        _ => (rng.gen_range(1_000..20_000), "utility", "US"),
+    let known = KNOWN_BENEFICIARIES[rng.gen_range(0..KNOWN_BENEFICIARIES.len())].to_string();
+    let new_vendor =
+        |rng: &mut StdRng, category: &str| format!("{category}:vendor-{}", rng.gen_range(0..50));
+    let (amount_minor, category, beneficiary, country) = match roll {
+        0..70 => (rng.gen_range(1_000..20_000), "utility", known, "BR"),
+        70..78 => (
+            rng.gen_range(1_000..20_000),
+            "supplies",
+            new_vendor(rng, "supplies"),
+            "BR",
+        ),
+        78..86 => (rng.gen_range(30_100..49_000), "services", known, "BR"),
+        86..90 => (rng.gen_range(60_000..2_000_000), "services", known, "BR"),
+        90..95 => (
+            rng.gen_range(1_000..20_000),
+            "gambling",
+            new_vendor(rng, "gambling"),
+            "BR",
+        ),
+        _ => (rng.gen_range(1_000..20_000), "utility", known, "US"),
     };
     let amount = format!("{}.{:02}", amount_minor / 100, amount_minor % 100);
     let body = serde_json::json!({
@@ -110,7 +135,7 @@ pub fn make_intent(
         "amount": amount,
         "currency": currency,
         "category": category,
-        "beneficiary": {"id": format!("{category}:vendor-{}", rng.gen_range(0..50)), "country": country},
+        "beneficiary": {"id": beneficiary, "country": country},
         "purpose": "PIX",
     });
     (intent_id, agent, body.to_string().into_bytes())
@@ -410,5 +435,43 @@ mod tests {
         let (_, agent1, _) = make_intent(&mut StdRng::seed_from_u64(9), 1000, "e", "BRL");
         let (_, agent2, _) = make_intent(&mut StdRng::seed_from_u64(9), 1000, "e", "BRL");
         assert_eq!(agent1, agent2);
+    }
+
+    /// Against the example policy an agent starts from zero usage: the mix must then
+    /// produce every effect, with ALLOW the most common (a mix that is all approvals or
+    /// all denials measures a different product).
+    #[test]
+    fn the_mix_exercises_every_effect_of_the_example_policy_and_mostly_allows() {
+        use crate::decision::{Effect, KillState, Usage};
+        use crate::policy::{CompiledPolicy, EvalInput, evaluate};
+        let path = "policies/conservative-brazilian-agent.json";
+        let text = std::fs::read_to_string(path).unwrap();
+        let policy = CompiledPolicy::parse(&text, path).unwrap();
+        let mut counts: std::collections::BTreeMap<Effect, u32> = Default::default();
+        let mut rng = StdRng::seed_from_u64(42);
+        for _ in 0..1000 {
+            let (_, _, bytes) = make_intent(&mut rng, 10, "acme-br", "BRL");
+            let intent = crate::intent::parse_intent(&bytes).unwrap();
+            let e = evaluate(
+                &policy,
+                &EvalInput {
+                    intent: &intent,
+                    usage: Usage::default(),
+                    kill: &KillState::Off,
+                    accepted_at: chrono::Utc::now(),
+                },
+            );
+            *counts.entry(e.effect).or_default() += 1;
+        }
+        for effect in [
+            Effect::Allow,
+            Effect::RequireHitl,
+            Effect::RequireMsig,
+            Effect::Deny,
+        ] {
+            assert!(counts.get(&effect).copied().unwrap_or(0) > 20, "{counts:?}");
+        }
+        let allow = counts[&Effect::Allow];
+        assert!(counts.values().all(|&n| n <= allow), "{counts:?}");
     }
 }
