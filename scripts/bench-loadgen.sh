@@ -6,9 +6,11 @@
 # report and the serve process's peak RSS.
 #
 #   scripts/bench-loadgen.sh [--debug] [--rate 1000] [--duration 30] [--agents 1000]
-#                            [--workers N] [--no-baseline]
+#                            [--workers N] [--intent-partitions N] [--no-baseline]
 #
-# --workers writes a config file with `workers: N` (default: one per core, at most 8).
+# --workers and --intent-partitions go into a config file given to serve and loadgen
+# (defaults: one worker per core, at most 8; 12 partitions for intents and decisions,
+# which the baseline topic also gets).
 # PostgreSQL comes from scripts/env.sh (started by scripts/services.sh if needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,7 @@ rate=1000
 duration=30
 agents=1000
 workers=
+partitions=
 loadgen_flags=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -26,8 +29,9 @@ while [ $# -gt 0 ]; do
     --duration) duration="$2"; shift ;;
     --agents) agents="$2"; shift ;;
     --workers) workers="$2"; shift ;;
+    --intent-partitions) partitions="$2"; shift ;;
     --no-baseline) loadgen_flags+=(--no-baseline) ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -55,8 +59,10 @@ export SPENDGUARD_TOPIC_PREFIX="lgbench$run_id."
 export SPENDGUARD_GROUP_ID="lgbench$run_id"
 export SPENDGUARD_LOG=warn
 config_args=()
-if [ -n "$workers" ]; then
-  printf 'workers: %s\n' "$workers" >"$dir/serve.yaml"
+if [ -n "$workers$partitions" ]; then
+  : >"$dir/serve.yaml"
+  [ -n "$workers" ] && printf 'workers: %s\n' "$workers" >>"$dir/serve.yaml"
+  [ -n "$partitions" ] && printf 'intent_partitions: %s\n' "$partitions" >>"$dir/serve.yaml"
   config_args=(--config "$dir/serve.yaml")
 fi
 
@@ -74,6 +80,6 @@ for _ in $(seq 240); do
 done
 grep -q "ready" "$dir/serve.log" || { echo "serve not ready:"; cat "$dir/serve.log"; exit 1; }
 
-echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, $(nproc) cores"
-"$bin" loadgen --rate "$rate" --duration "$duration" --agents "$agents" "${loadgen_flags[@]}"
+echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, intent partitions ${partitions:-default}, $(nproc) cores"
+"$bin" loadgen "${config_args[@]}" --rate "$rate" --duration "$duration" --agents "$agents" "${loadgen_flags[@]}"
 echo "serve peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$serve_pid/status")"
