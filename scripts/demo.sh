@@ -9,8 +9,13 @@ scripts/services.sh up
 # shellcheck disable=SC1091
 source scripts/env.sh
 
-cargo build --quiet
-bin=target/debug/spendguard
+# SPENDGUARD_BIN: an already built binary (the test of this script uses it).
+if [ -n "${SPENDGUARD_BIN:-}" ]; then
+  bin=$SPENDGUARD_BIN
+else
+  cargo build --quiet
+  bin=target/debug/spendguard
+fi
 run_id=$(date +%s)
 server=${DATABASE_URL%/*}
 psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS spendguard_demo" -qc "CREATE DATABASE spendguard_demo" >/dev/null
