@@ -245,7 +245,7 @@ async fn phase(
     let consumer = bus::standalone_consumer(&settings.brokers)?;
     // Start exactly at the current end of the topic so nothing produced from now on is missed.
     bus::assign_at_high_watermarks(&consumer, &settings.brokers, consume_from)?;
-    let producer = bus::producer(&settings.brokers)?;
+    let producer = bus::client_producer(&settings.brokers)?;
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let hist = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).context("histogram bounds")?;
     let collected = Arc::new(Mutex::new(Collected {

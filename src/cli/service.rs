@@ -180,7 +180,7 @@ pub fn intents(cmd: IntentsCommand) -> anyhow::Result<i32> {
     };
     runtime()?.block_on(async move {
         bus::ensure_topics(&settings.brokers, &topics.layout(&settings)).await?;
-        let producer = bus::producer(&settings.brokers)?;
+        let producer = bus::client_producer(&settings.brokers)?;
         let mut published = 0usize;
         for (n, line) in reader.split(b'\n').enumerate() {
             let line = line.with_context(|| format!("cannot read input line {}", n + 1))?;
