@@ -156,32 +156,6 @@ impl Ledger {
         let db_now = store::lock_chains(&mut tx, &chains, None, true).await?;
         let now = chain::to_micros(at.unwrap_or(db_now));
 
-        let mut ws = WriteSet::default();
-        ws.load_heads(&mut tx, &chains).await?;
-        let active_kills: HashSet<String> =
-            sqlx::query_scalar::<_, String>("SELECT scope FROM kill_switch WHERE active")
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
-        let ids: Vec<&str> = items.iter().map(|(i, _)| i.intent_id.as_str()).collect();
-        let mut existing: HashMap<String, Existing> = HashMap::new();
-        for r in sqlx::query("SELECT intent_id, seq, fingerprint, decision_hash, message FROM decision WHERE intent_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            existing.insert(
-                r.try_get("intent_id")?,
-                Existing {
-                    seq: r.try_get("seq")?,
-                    fingerprint: r.try_get("fingerprint")?,
-                    decision_hash: r.try_get("decision_hash")?,
-                    message: r.try_get("message")?,
-                },
-            );
-        }
-
         // Window keys of every intent that has a policy.
         let mut wanted = Vec::new();
         let mut windows = Vec::with_capacity(items.len());
@@ -197,7 +171,84 @@ impl Ledger {
         }
         wanted.sort();
         wanted.dedup();
-        let mut usage_state = usage::load(&mut tx, &wanted).await?;
+
+        // Everything the batch reads, in one round trip and one statement issued after
+        // the locks are held (READ COMMITTED: its snapshot is taken now, so it sees every
+        // decision, window and kill-switch change committed before we got the locks).
+        let mut ws = WriteSet::default();
+        let ids: Vec<&str> = items.iter().map(|(i, _)| i.intent_id.as_str()).collect();
+        let mut active_kills: HashSet<String> = HashSet::new();
+        let mut existing: HashMap<String, Existing> = HashMap::new();
+        let mut usage_state = usage::UsageState::new();
+        for r in sqlx::query(
+            "SELECT 'h'::text AS k, chain_id AS s1, NULL::text AS s2, NULL::text AS s3, NULL::text AS s4,
+                    NULL::date AS d, chain_pos AS i, hash AS b1, NULL::bytea AS b2,
+                    NULL::numeric AS n1, NULL::numeric AS n2
+             FROM chain_head WHERE chain_id = ANY($1)
+             UNION ALL
+             SELECT 'k', scope, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+             FROM kill_switch WHERE active
+             UNION ALL
+             SELECT 'e', intent_id, message, NULL, NULL, NULL, seq, fingerprint, decision_hash, NULL, NULL
+             FROM decision WHERE intent_id = ANY($2)
+             UNION ALL
+             SELECT 'u', u.agent_id, u.kind, u.tz, u.currency, u.window_start, NULL, NULL, NULL,
+                    u.committed, u.reserved
+             FROM usage_window u
+             JOIN unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::date[])
+               AS w(agent_id, kind, tz, currency, window_start)
+               USING (agent_id, kind, tz, currency, window_start)",
+        )
+        .bind(&chains)
+        .bind(&ids)
+        .bind(wanted.iter().map(|k| k.agent_id.as_str()).collect::<Vec<_>>())
+        .bind(wanted.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>())
+        .bind(wanted.iter().map(|k| k.tz.as_str()).collect::<Vec<_>>())
+        .bind(wanted.iter().map(|k| k.currency.as_str()).collect::<Vec<_>>())
+        .bind(wanted.iter().map(|k| k.start).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            match r.try_get::<&str, _>("k")? {
+                "h" => {
+                    let bytes: Vec<u8> = r.try_get("b1")?;
+                    let mut hash = chain::GENESIS;
+                    if bytes.len() == hash.len() {
+                        hash.copy_from_slice(&bytes);
+                    }
+                    ws.heads.insert(r.try_get("s1")?, r.try_get("i")?, hash);
+                }
+                "k" => {
+                    active_kills.insert(r.try_get("s1")?);
+                }
+                "e" => {
+                    existing.insert(
+                        r.try_get("s1")?,
+                        Existing {
+                            seq: r.try_get("i")?,
+                            fingerprint: r.try_get("b1")?,
+                            decision_hash: r.try_get("b2")?,
+                            message: r.try_get("s2")?,
+                        },
+                    );
+                }
+                "u" => {
+                    let k = usage::UsageKey {
+                        agent_id: r.try_get("s1")?,
+                        kind: r.try_get("s2")?,
+                        tz: r.try_get("s3")?,
+                        currency: r.try_get("s4")?,
+                        start: r.try_get("d")?,
+                    };
+                    usage_state.insert(k, (r.try_get("n1")?, r.try_get("n2")?));
+                }
+                other => {
+                    return Err(LedgerError::Internal(anyhow::anyhow!(
+                        "internal: unexpected row kind {other:?} in the batch read"
+                    )));
+                }
+            }
+        }
 
         // Events this batch appends: one per new intent and one per conflict (a second
         // copy of an intentId in the batch is judged against the first).
