@@ -106,26 +106,46 @@ pub fn make_intent(
     let intent_id = uuid::Uuid::now_v7().to_string();
     let agent = format!("lg-agent-{}", rng.gen_range(0..agents.max(1)));
     let roll: u32 = rng.gen_range(0..100);
-    let known = KNOWN_BENEFICIARIES[rng.gen_range(0..KNOWN_BENEFICIARIES.len())].to_string();
+    let known = KNOWN_BENEFICIARIES[rng.gen_range(0..KNOWN_BENEFICIARIES.len())];
     let new_vendor =
         |rng: &mut StdRng, category: &str| format!("{category}:vendor-{}", rng.gen_range(0..50));
     let (amount_minor, category, beneficiary, country) = match roll {
-        0..70 => (rng.gen_range(1_000..20_000), "utility", known, "BR"),
+        0..70 => (
+            rng.gen_range(1_000..20_000),
+            "utility",
+            known.to_string(),
+            "BR",
+        ),
         70..78 => (
             rng.gen_range(1_000..20_000),
             "supplies",
             new_vendor(rng, "supplies"),
             "BR",
         ),
-        78..86 => (rng.gen_range(30_100..49_000), "services", known, "BR"),
-        86..90 => (rng.gen_range(60_000..2_000_000), "services", known, "BR"),
+        78..86 => (
+            rng.gen_range(30_100..49_000),
+            "services",
+            known.to_string(),
+            "BR",
+        ),
+        86..90 => (
+            rng.gen_range(60_000..2_000_000),
+            "services",
+            known.to_string(),
+            "BR",
+        ),
         90..95 => (
             rng.gen_range(1_000..20_000),
             "gambling",
             new_vendor(rng, "gambling"),
             "BR",
         ),
-        _ => (rng.gen_range(1_000..20_000), "utility", known, "US"),
+        _ => (
+            rng.gen_range(1_000..20_000),
+            "utility",
+            known.to_string(),
+            "US",
+        ),
     };
     let amount = format!("{}.{:02}", amount_minor / 100, amount_minor % 100);
     let body = serde_json::json!({

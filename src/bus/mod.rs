@@ -27,12 +27,20 @@ const FETCH_WAIT_MAX_MS_LIMIT: u32 = 500;
 
 /// The `fetch.wait.max.ms` every consumer of this process uses.
 pub fn fetch_wait_max_ms() -> String {
-    std::env::var("SPENDGUARD_FETCH_WAIT_MAX_MS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .filter(|ms| (1..=FETCH_WAIT_MAX_MS_LIMIT).contains(ms))
-        .unwrap_or(FETCH_WAIT_MAX_MS)
-        .to_string()
+    let Ok(raw) = std::env::var("SPENDGUARD_FETCH_WAIT_MAX_MS") else {
+        return FETCH_WAIT_MAX_MS.to_string();
+    };
+    match raw.trim().parse::<u32>() {
+        Ok(ms) if (1..=FETCH_WAIT_MAX_MS_LIMIT).contains(&ms) => ms.to_string(),
+        _ => {
+            // A typo must not pass unnoticed, but it is no reason to refuse to consume.
+            tracing::warn!(
+                value = %raw,
+                "SPENDGUARD_FETCH_WAIT_MAX_MS must be a whole number of milliseconds from 1 to {FETCH_WAIT_MAX_MS_LIMIT}; using {FETCH_WAIT_MAX_MS}"
+            );
+            FETCH_WAIT_MAX_MS.to_string()
+        }
+    }
 }
 /// How long a produce may wait in the client queue / for the broker before it fails.
 pub const PRODUCE_TIMEOUT_MS: u64 = 30_000;
