@@ -8,6 +8,11 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+use crate::ledger::{
+    DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS, DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_STATEMENT_TIMEOUT_MS,
+    SessionTimeouts,
+};
+
 /// Default partition count of `spend.intents` (and `spend.decisions`): the unit of
 /// scale-out, so it bounds how many `serve` instances can share the work.
 pub const DEFAULT_INTENT_PARTITIONS: i32 = 12;
@@ -73,6 +78,16 @@ pub struct ServiceArgs {
     /// Name of this instance in the audit trail (default: host-pid).
     #[arg(long, env = "SPENDGUARD_INSTANCE")]
     pub instance: Option<String>,
+    /// PostgreSQL `statement_timeout` of every ledger session, in ms [default: 30000].
+    #[arg(long, env = "SPENDGUARD_DB_STATEMENT_TIMEOUT_MS")]
+    pub db_statement_timeout_ms: Option<u64>,
+    /// PostgreSQL `lock_timeout` of every ledger session, in ms [default: 3000].
+    #[arg(long, env = "SPENDGUARD_DB_LOCK_TIMEOUT_MS")]
+    pub db_lock_timeout_ms: Option<u64>,
+    /// PostgreSQL `idle_in_transaction_session_timeout` of every ledger session, in ms:
+    /// how long a paused instance can hold the ledger's locks [default: 500].
+    #[arg(long, env = "SPENDGUARD_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS")]
+    pub db_idle_in_transaction_timeout_ms: Option<u64>,
 }
 
 /// Settings as read from a config file: every field optional.
@@ -95,6 +110,9 @@ struct FileSettings {
     outbox_poll_interval_ms: Option<u64>,
     kill_switch_resync_ms: Option<u64>,
     metrics_addr: Option<String>,
+    db_statement_timeout_ms: Option<u64>,
+    db_lock_timeout_ms: Option<u64>,
+    db_idle_in_transaction_timeout_ms: Option<u64>,
 }
 
 /// Resolved settings.
@@ -117,6 +135,8 @@ pub struct Settings {
     pub kill_switch_resync_ms: u64,
     /// `host:port` for the Prometheus `/metrics` endpoint, if wanted.
     pub metrics_addr: Option<String>,
+    /// Statement, lock and idle-in-transaction limits of every ledger session.
+    pub db_timeouts: SessionTimeouts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +204,21 @@ impl ServiceArgs {
                 .kill_switch_resync_ms
                 .unwrap_or(DEFAULT_KILL_SWITCH_RESYNC_MS),
             metrics_addr: file.metrics_addr,
+            db_timeouts: SessionTimeouts {
+                statement_ms: self
+                    .db_statement_timeout_ms
+                    .or(file.db_statement_timeout_ms)
+                    .unwrap_or(DEFAULT_STATEMENT_TIMEOUT_MS),
+                lock_ms: self
+                    .db_lock_timeout_ms
+                    .or(file.db_lock_timeout_ms)
+                    .unwrap_or(DEFAULT_LOCK_TIMEOUT_MS),
+                idle_in_transaction_ms: self
+                    .db_idle_in_transaction_timeout_ms
+                    .or(file.db_idle_in_transaction_timeout_ms)
+                    .unwrap_or(DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS),
+                ..SessionTimeouts::default()
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -212,6 +247,25 @@ impl Settings {
         }
         if !(1..=256).contains(&self.workers) {
             return invalid("workers", "must be between 1 and 256");
+        }
+        // 0 would switch a limit off: refused, every session must be bounded.
+        for (name, ms) in [
+            ("db_statement_timeout_ms", self.db_timeouts.statement_ms),
+            ("db_lock_timeout_ms", self.db_timeouts.lock_ms),
+            (
+                "db_idle_in_transaction_timeout_ms",
+                self.db_timeouts.idle_in_transaction_ms,
+            ),
+        ] {
+            if !(10..=3_600_000).contains(&ms) {
+                return invalid(name, "must be between 10 and 3600000 (ms)");
+            }
+        }
+        if self.db_timeouts.lock_ms <= self.db_timeouts.idle_in_transaction_ms {
+            return invalid(
+                "db_lock_timeout_ms",
+                "must be longer than db_idle_in_transaction_timeout_ms, so a lock held by a paused instance is released before waiters give up",
+            );
         }
         if self
             .topic_prefix

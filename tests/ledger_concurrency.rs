@@ -287,3 +287,69 @@ async fn sigkill_mid_stream_then_rerun_gives_exactly_one_decision_per_intent() {
     assert_invariants(&db, Decimal::new(500, 0), Decimal::new(2000, 0)).await;
     drop(ledger);
 }
+
+/// SPEC §15: an instance paused mid-transaction (SIGSTOP, VM pause) must not freeze the
+/// ledger. The paused instance is modelled exactly: a session of the ledger's own pool
+/// (same session limits) takes the locks a decision takes, then sends nothing more.
+/// Without `idle_in_transaction_session_timeout` the kill switch would wait for ever
+/// (and fail on `lock_timeout`); with it the server ends the paused session and the
+/// kill switch applies, and another agent is decided meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_lock_holder_cannot_hold_back_the_kill_switch() {
+    let Some(db) = fresh_db().await else { return };
+    let (_dir, set) = standard_set();
+    let paused = db.ledger().await;
+    let operator = db.ledger().await;
+    let origin = spendguard::ledger::Origin::cli("test");
+    paused
+        .decide(&set, &intent("warm-0", "agent-p", "10.00"), &origin)
+        .await
+        .unwrap();
+
+    let mut held = paused.pool().begin().await.unwrap();
+    let keys = vec![spendguard::ledger::chain::lock_key(
+        &spendguard::ledger::chain::agent_chain("agent-p"),
+    )];
+    sqlx::query("SELECT ledger_lock($1, $2)")
+        .bind(&keys)
+        .bind(spendguard::ledger::chain::kill_switch_lock_key())
+        .execute(&mut *held)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    // A liveness bound, not a timing assertion: without the session limits this call
+    // never returns (or fails on lock_timeout).
+    let seq = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        operator.set_kill_switch("agent:agent-p", true, "alice", "fraud alert", &origin),
+    )
+    .await
+    .expect("the kill switch waited on a paused session's locks")
+    .expect("the kill switch was recorded");
+    eprintln!(
+        "kill switch recorded (seq {seq}) {} ms after a paused session took the locks",
+        started.elapsed().as_millis()
+    );
+    assert!(seq > 0);
+
+    // The paused session was ended by the server: its transaction cannot commit.
+    let after = sqlx::query("SELECT 1").execute(&mut *held).await;
+    assert!(
+        after.is_err(),
+        "the paused session should have been terminated"
+    );
+    drop(held);
+
+    // Decisions go on: another agent is allowed, the killed one is denied.
+    let other = operator
+        .decide(&set, &intent("other-1", "agent-q", "10.00"), &origin)
+        .await
+        .unwrap();
+    assert_eq!(other.message.effect.as_str(), "ALLOW");
+    let killed = operator
+        .decide(&set, &intent("killed-1", "agent-p", "10.00"), &origin)
+        .await
+        .unwrap();
+    assert_eq!(killed.message.effect.as_str(), "DENY");
+}

@@ -1,5 +1,9 @@
-//! The dead-letter topic: a malformed message is republished byte for byte with the
-//! reason in headers, so nothing is lost and an operator can fix and replay it.
+//! The dead-letter topic: a malformed message is republished with the reason in
+//! headers, so an operator can fix and replay it. A message up to
+//! [`DLQ_MAX_BODY_BYTES`] is republished byte for byte; a larger one (the reason it was
+//! refused is often its size) keeps its first [`DLQ_MAX_BODY_BYTES`] with its size and
+//! SHA-256 in headers, so the dead letter always fits well under the producer's limit
+//! (1,000,000 bytes) and can never itself be refused for its size (SPEC §15).
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
@@ -14,6 +18,39 @@ pub const HEADER_SOURCE_TOPIC: &str = "spendguard-source-topic";
 pub const HEADER_SOURCE_PARTITION: &str = "spendguard-source-partition";
 pub const HEADER_SOURCE_OFFSET: &str = "spendguard-source-offset";
 pub const HEADER_INSTANCE: &str = "spendguard-instance";
+/// Size in bytes and hex SHA-256 of the original message (always present).
+pub const HEADER_ORIGINAL_BYTES: &str = "spendguard-original-bytes";
+pub const HEADER_ORIGINAL_SHA256: &str = "spendguard-original-sha256";
+/// `true` when the body is only the first [`DLQ_MAX_BODY_BYTES`] of the original.
+pub const HEADER_TRUNCATED: &str = "spendguard-truncated";
+
+/// Largest body of a dead letter: a sixteenth of the producer's default message limit,
+/// so body plus headers stay far below it whatever the original was.
+pub const DLQ_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest error message carried in a header.
+pub const DLQ_MAX_MESSAGE_BYTES: usize = 2 * 1024;
+
+/// What a dead letter carries of the original message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body<'a> {
+    pub bytes: &'a [u8],
+    pub truncated: bool,
+    pub original_bytes: usize,
+    pub original_sha256: String,
+}
+
+impl<'a> Body<'a> {
+    pub fn of(original: &'a [u8]) -> Body<'a> {
+        use sha2::Digest;
+        let keep = original.len().min(DLQ_MAX_BODY_BYTES);
+        Body {
+            bytes: &original[..keep],
+            truncated: keep < original.len(),
+            original_bytes: original.len(),
+            original_sha256: hex::encode(sha2::Sha256::digest(original)),
+        }
+    }
+}
 
 /// Why and where from a message is dead-lettered.
 #[derive(Debug, Clone)]
@@ -28,9 +65,12 @@ pub struct DeadLetter<'a> {
 }
 
 impl DeadLetter<'_> {
-    pub fn headers(&self) -> OwnedHeaders {
+    pub fn headers(&self, body: &Body<'_>) -> OwnedHeaders {
         let partition = self.source_partition.to_string();
         let offset = self.source_offset.to_string();
+        let message = crate::ledger::truncate_utf8(self.message, DLQ_MAX_MESSAGE_BYTES);
+        let original_bytes = body.original_bytes.to_string();
+        let truncated = if body.truncated { "true" } else { "false" };
         let mut h = OwnedHeaders::new()
             .insert(Header {
                 key: HEADER_ERROR_CODE,
@@ -38,7 +78,19 @@ impl DeadLetter<'_> {
             })
             .insert(Header {
                 key: HEADER_ERROR_MESSAGE,
-                value: Some(self.message),
+                value: Some(message.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_ORIGINAL_BYTES,
+                value: Some(&original_bytes),
+            })
+            .insert(Header {
+                key: HEADER_ORIGINAL_SHA256,
+                value: Some(&body.original_sha256),
+            })
+            .insert(Header {
+                key: HEADER_TRUNCATED,
+                value: Some(truncated),
             })
             .insert(Header {
                 key: HEADER_SOURCE_TOPIC,
@@ -66,7 +118,8 @@ impl DeadLetter<'_> {
     }
 }
 
-/// Publishes `original` unchanged to the dead-letter topic, keyed like the original.
+/// Publishes `original` (whole, or its first [`DLQ_MAX_BODY_BYTES`]) to the dead-letter
+/// topic, keyed like the original.
 pub async fn send(
     producer: &FutureProducer,
     dlq_topic: &str,
@@ -74,13 +127,61 @@ pub async fn send(
     original: &[u8],
     letter: &DeadLetter<'_>,
 ) -> Result<(), BusError> {
+    let body = Body::of(original);
     publish(
         producer,
         dlq_topic,
         key.unwrap_or_default(),
-        original,
-        Some(letter.headers()),
+        body.bytes,
+        Some(letter.headers(&body)),
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Headers;
+
+    #[test]
+    fn a_dead_letter_stays_far_below_the_producer_limit_whatever_the_original() {
+        let huge = vec![b'x'; 5 * 1024 * 1024];
+        let body = Body::of(&huge);
+        assert!(body.truncated);
+        assert_eq!(body.bytes.len(), DLQ_MAX_BODY_BYTES);
+        assert_eq!(body.original_bytes, huge.len());
+        let long_message = "é".repeat(100_000);
+        let letter = DeadLetter {
+            code: "too_large",
+            message: &long_message,
+            field: None,
+            source_topic: "spend.intents",
+            source_partition: 3,
+            source_offset: 42,
+            instance: "i",
+        };
+        let headers = letter.headers(&body);
+        let header_bytes: usize = headers
+            .iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum();
+        // Producer limit 1,000,000 bytes (message.max.bytes default).
+        assert!(body.bytes.len() + header_bytes < 100_000, "{header_bytes}");
+        let sha = headers
+            .iter()
+            .find(|h| h.key == HEADER_ORIGINAL_SHA256)
+            .and_then(|h| h.value)
+            .unwrap();
+        assert_eq!(sha.len(), 64);
+    }
+
+    #[test]
+    fn a_small_original_is_kept_byte_for_byte() {
+        let raw = br#"{"intentId": "x"}"#;
+        let body = Body::of(raw);
+        assert!(!body.truncated);
+        assert_eq!(body.bytes, raw);
+        assert_eq!(body.original_bytes, raw.len());
+    }
 }

@@ -103,7 +103,43 @@ pub enum BusError {
     #[error("cannot create topic {topic}: {message}")]
     CreateTopic { topic: String, message: String },
     #[error("publish to {topic} failed: {message}")]
-    Publish { topic: String, message: String },
+    Publish {
+        topic: String,
+        message: String,
+        /// What the broker or the client said, when it said something specific.
+        code: Option<RDKafkaErrorCode>,
+    },
+}
+
+impl BusError {
+    /// Whether retrying the same call can succeed: the broker unreachable, a leader
+    /// election, a full queue or a timeout are transient; a message the broker refuses
+    /// for what it is (too large, malformed, not allowed) is not, and retrying it would
+    /// hold its partition for ever (SPEC §15).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BusError::Client { .. } => true,
+            BusError::CreateTopic { .. } => false,
+            BusError::Publish { code, .. } => !code.is_some_and(refused_for_what_it_is),
+        }
+    }
+}
+
+/// Broker / client codes that refuse a message for its content or destination.
+fn refused_for_what_it_is(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidRequiredAcks
+            | RDKafkaErrorCode::Fatal
+    )
 }
 
 /// Base client settings shared by every client of one deployment.
@@ -191,8 +227,25 @@ pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<usize>, BusE
 /// is not held back waiting for a batch, and key-hashed partitioning (same agent, same
 /// partition) that matches the Java client so other producers agree with us.
 pub fn producer(brokers: &str) -> Result<FutureProducer, BusError> {
-    producer_lingering(brokers, SERVICE_LINGER_MS)
+    // Idempotent: the client's own retries (broker restart, leader change) can neither
+    // duplicate nor reorder what one agent's partition receives, so decisions leave in
+    // ledger order and an outcome never overtakes its decision (SPEC §15). A delivery
+    // fails within SERVICE_PRODUCE_TIMEOUT_MS, well inside the outbox lease, so a row is
+    // never published by two instances at once.
+    client_config(brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", SERVICE_LINGER_MS.to_string())
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", SERVICE_PRODUCE_TIMEOUT_MS.to_string())
+        .set("compression.type", "none")
+        .create()
+        .map_err(client_err(brokers))
 }
+
+/// Delivery timeout of the service's producer; the outbox lease
+/// (`ledger::OUTBOX_LEASE_SECONDS`, 30 s) must stay well above it.
+pub const SERVICE_PRODUCE_TIMEOUT_MS: u64 = 10_000;
 
 /// How long the service's producer waits to fill a batch. The outbox hands it whole
 /// batches at once, so waiting longer would only add latency.
@@ -302,6 +355,7 @@ pub async fn publish(
         .map_err(|(e, _)| BusError::Publish {
             topic: topic.to_string(),
             message: e.to_string(),
+            code: e.rdkafka_error_code(),
         })
 }
 

@@ -70,6 +70,7 @@ pub async fn run(
     let opts = super::ConnectOptions {
         max_connections: u32::try_from(concurrency.max(1)).unwrap_or(8),
         migrate: true,
+        ..Default::default()
     };
     let ledger = Arc::new(Ledger::connect_with(&url, "bench", opts).await?);
     ledger.activate_policies(&set, "bench").await?;

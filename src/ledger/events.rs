@@ -18,8 +18,9 @@ pub mod kind {
     pub const INTENT_CLOSED: &str = "intent_closed";
     pub const KILL_SWITCH_SET: &str = "kill_switch_set";
     pub const SUBJECT_ERASED: &str = "subject_erased";
+    pub const MESSAGE_SET_ASIDE: &str = "message_set_aside";
 
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         POLICY_ACTIVATED,
         INTENT_DECIDED,
         INTENT_INVALID,
@@ -29,6 +30,7 @@ pub mod kind {
         INTENT_CLOSED,
         KILL_SWITCH_SET,
         SUBJECT_ERASED,
+        MESSAGE_SET_ASIDE,
     ];
 }
 
@@ -193,4 +195,20 @@ pub fn canonical<T: Serialize>(payload: &T) -> String {
     serde_json::to_value(payload)
         .map(|v| v.to_string())
         .unwrap_or_else(|_| "null".to_string())
+}
+
+/// A message the service could neither handle nor dead-letter after bounded retries
+/// (SPEC §15): its partition moved on past it; this is what remains of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageSetAside {
+    /// Logical topic (`spend.intents`, `spend.approvals`).
+    pub source_topic: String,
+    pub raw_bytes: usize,
+    /// Keyed fingerprint, as in `intent_invalid` events (never a plain hash: a short
+    /// message holding only a card number could be brute-forced from one).
+    pub raw_fingerprint: String,
+    /// Why it was set aside (the last stable code: e.g. `dead_letter_refused`).
+    pub code: String,
+    pub detail: String,
 }

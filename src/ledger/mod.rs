@@ -26,6 +26,7 @@ pub mod bench;
 pub mod chain;
 pub mod decide;
 pub mod events;
+pub mod fault;
 pub mod replay;
 pub mod store;
 pub mod usage;
@@ -41,7 +42,7 @@ use chain::{GLOBAL_CHAIN, INTAKE_CHAIN};
 use chrono::{DateTime, Utc};
 use events::kind;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -95,6 +96,16 @@ impl LedgerError {
             LedgerError::IdempotencyConflict { .. } => "idempotency_conflict",
             LedgerError::Database(_) => "database_error",
             LedgerError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Whether retrying can succeed (SPEC §15): the database was unavailable, failing
+    /// over, timed out or lost a race. An idempotency conflict never becomes right.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LedgerError::IdempotencyConflict { .. } => false,
+            LedgerError::Database(e) => fault::classify(e).is_transient(),
+            LedgerError::Internal(e) => fault::classify_anyhow(e).is_transient(),
         }
     }
 }
@@ -265,6 +276,7 @@ pub struct ConnectOptions {
     pub max_connections: u32,
     /// Apply pending migrations (needs a role allowed to change the schema).
     pub migrate: bool,
+    pub timeouts: SessionTimeouts,
 }
 
 impl Default for ConnectOptions {
@@ -272,7 +284,60 @@ impl Default for ConnectOptions {
         ConnectOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             migrate: true,
+            timeouts: SessionTimeouts::default(),
         }
+    }
+}
+
+/// Limits set on every session of the ledger's pool (SPEC §15), so that no statement,
+/// lock wait or abandoned transaction can hold the ledger: an instance paused
+/// mid-transaction (SIGSTOP, VM pause, network partition) loses its session after
+/// `idle_in_transaction_ms`, which releases its locks, so a kill switch waiting behind
+/// them applies within about that delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    /// `statement_timeout`: longest single statement (reports and replay included).
+    pub statement_ms: u64,
+    /// `lock_timeout`: longest wait for a lock; the wait fails with 55P03 (transient,
+    /// retried). Longer than `idle_in_transaction_ms`, so a lock held by a paused
+    /// instance is released before a waiter gives up.
+    pub lock_ms: u64,
+    /// `idle_in_transaction_session_timeout`: a transaction whose client sends nothing
+    /// for this long is ended by the server. The ledger's transactions are a few round
+    /// trips with no waiting between them.
+    pub idle_in_transaction_ms: u64,
+    /// Longest wait for a connection from the pool (the database down or saturated):
+    /// `PoolTimedOut`, transient.
+    pub acquire_ms: u64,
+}
+
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 3_000;
+pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
+
+impl Default for SessionTimeouts {
+    fn default() -> Self {
+        SessionTimeouts {
+            statement_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+            lock_ms: DEFAULT_LOCK_TIMEOUT_MS,
+            idle_in_transaction_ms: DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+            acquire_ms: DEFAULT_ACQUIRE_TIMEOUT_MS,
+        }
+    }
+}
+
+impl SessionTimeouts {
+    /// Startup parameters of every session (milliseconds, PostgreSQL's default unit).
+    fn startup_options(&self) -> [(&'static str, String); 3] {
+        [
+            ("statement_timeout", self.statement_ms.to_string()),
+            ("lock_timeout", self.lock_ms.to_string()),
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction_ms.to_string(),
+            ),
+        ]
     }
 }
 
@@ -297,10 +362,17 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     if is_migrated(pool).await {
         return Ok(());
     }
-    MIGRATOR
-        .run(pool)
-        .await
-        .map_err(|e| anyhow::anyhow!("applying database migrations failed: {e}. Check that the role in DATABASE_URL may create tables (run `spendguard db migrate` as the schema owner)."))
+    // A migration may take longer than the service's statement / lock limits (an index
+    // on a large ledger): lift them for this one session, then restore its defaults.
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql("SET statement_timeout = 0; SET lock_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    let applied = MIGRATOR.run(&mut *conn).await;
+    sqlx::raw_sql("RESET statement_timeout; RESET lock_timeout")
+        .execute(&mut *conn)
+        .await?;
+    applied.map_err(|e| anyhow::anyhow!("applying database migrations failed: {e}. Check that the role in DATABASE_URL may create tables (run `spendguard db migrate` as the schema owner)."))
 }
 
 /// Valid kill-switch scopes: `global`, `entity:ID`, `agent:ID`.
@@ -330,13 +402,20 @@ impl Ledger {
         instance: &str,
         opts: ConnectOptions,
     ) -> anyhow::Result<Ledger> {
+        let connect = database_url
+            .parse::<PgConnectOptions>()
+            .map_err(|e| {
+                anyhow::anyhow!("DATABASE_URL / --database-url is not a valid PostgreSQL URL: {e}")
+            })?
+            .options(opts.timeouts.startup_options());
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
-            .connect(database_url)
+            .acquire_timeout(std::time::Duration::from_millis(opts.timeouts.acquire_ms))
+            .connect_with(connect)
             .await
             .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot connect to PostgreSQL ({e}). Is it running? `scripts/postgres.sh` starts a local one; set DATABASE_URL or --database-url."
+                anyhow::Error::from(e).context(
+                    "cannot connect to PostgreSQL. Is it running? `scripts/postgres.sh` starts a local one; set DATABASE_URL or --database-url.",
                 )
             })?;
         if opts.migrate {
@@ -477,7 +556,43 @@ impl Ledger {
             kind::INTENT_INVALID,
             &actor,
             &resource,
-            origin,
+            (origin, "spend.intents"),
+            &payload,
+        )
+        .await
+    }
+
+    /// Records a message that could be neither handled nor dead-lettered after bounded
+    /// retries (`message_set_aside`, chain `intake`): the partition moves on past it and
+    /// this event is what remains of it (size, digest and keyed fingerprint; never the
+    /// bytes, which may hold card data and may be as large as the broker allows).
+    /// Idempotent per Kafka origin like the other intake records.
+    pub async fn record_set_aside(
+        &self,
+        source_topic: &str,
+        raw: &[u8],
+        code: &str,
+        detail: &str,
+        origin: &Origin,
+    ) -> anyhow::Result<i64> {
+        let payload = events::MessageSetAside {
+            source_topic: source_topic.to_string(),
+            raw_bytes: raw.len(),
+            raw_fingerprint: hex::encode(self.fingerprint(raw)),
+            code: code.to_string(),
+            detail: privacy::mask_pans(&truncate_utf8(detail, MAX_DETAIL_BYTES)),
+        };
+        let resource = format!(
+            "{source_topic}/{}@{}",
+            origin.partition.unwrap_or(-1),
+            origin.offset.unwrap_or(-1)
+        );
+        self.append_single(
+            INTAKE_CHAIN,
+            kind::MESSAGE_SET_ASIDE,
+            "spendguard",
+            &resource,
+            (origin, source_topic),
             &payload,
         )
         .await
@@ -514,24 +629,47 @@ impl Ledger {
             kind::VOTE_REFUSED,
             &approver,
             &intent,
-            origin,
+            (origin, "spend.approvals"),
             &payload,
         )
         .await
     }
 
+    /// Appends one intake event. A message from Kafka is recorded once per (source
+    /// topic, partition, offset, event type): a redelivery or a retry after a COMMIT of
+    /// unknown outcome gets the seq recorded the first time, not a second event.
     async fn append_single<T: Serialize>(
         &self,
         chain_id: &str,
         event_type: &str,
         actor: &str,
         resource: &str,
-        origin: &Origin,
+        (origin, source_topic): (&Origin, &str),
         payload: &T,
     ) -> anyhow::Result<i64> {
         let mut tx = self.pool.begin().await?;
         let chains = vec![chain_id.to_string()];
         let now = store::lock_chains(&mut tx, &chains, None, false).await?;
+        let intake_key = match (origin.source.as_str(), origin.partition, origin.offset) {
+            ("kafka", Some(p), Some(o)) => Some((p, o)),
+            _ => None,
+        };
+        if let Some((partition, offset)) = intake_key {
+            let recorded: Option<i64> = sqlx::query_scalar(
+                "SELECT seq FROM intake_record WHERE source_topic = $1 AND source_partition = $2
+                   AND source_offset = $3 AND event_type = $4",
+            )
+            .bind(source_topic)
+            .bind(partition)
+            .bind(offset)
+            .bind(event_type)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(seq) = recorded {
+                tx.rollback().await?;
+                return Ok(seq);
+            }
+        }
         let mut ws = WriteSet::default();
         ws.load_heads(&mut tx, &chains).await?;
         ws.reserve_seqs(&mut tx, 1).await?;
@@ -539,6 +677,19 @@ impl Ledger {
             .append(chain_id, event_type, now, actor, resource, origin, payload)?
             .seq;
         ws.flush(&mut tx).await?;
+        if let Some((partition, offset)) = intake_key {
+            sqlx::query(
+                "INSERT INTO intake_record (source_topic, source_partition, source_offset, event_type, seq)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(source_topic)
+            .bind(partition)
+            .bind(offset)
+            .bind(event_type)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(seq)
     }
@@ -854,6 +1005,21 @@ async fn load_fingerprint_key(pool: &PgPool) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Input kept in an audit event: text with PANs masked, cut to `MAX_RAW_STORED_BYTES`.
+/// Most bytes of a free-text detail kept in an audit event.
+const MAX_DETAIL_BYTES: usize = 2 * 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub(crate) fn truncate_utf8(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
+}
+
 fn stored_raw(raw: &[u8]) -> (String, bool) {
     let truncated = raw.len() > MAX_RAW_STORED_BYTES;
     let cut = &raw[..raw.len().min(MAX_RAW_STORED_BYTES)];

@@ -758,7 +758,8 @@ fn apply(
         kind::INTENT_INVALID
         | kind::IDEMPOTENCY_CONFLICT
         | kind::VOTE_REFUSED
-        | kind::SUBJECT_ERASED => {}
+        | kind::SUBJECT_ERASED
+        | kind::MESSAGE_SET_ASIDE => {}
         other => report.mismatch(at(&format!("unknown event type {other:?}"))),
     }
     Ok(())

@@ -419,6 +419,16 @@ impl Ledger {
         Ok(VoteResult::Accepted { seq, outcome })
     }
 
+    /// [`Ledger::expire_due`] at the database's clock, the clock every other ledger
+    /// time comes from (decisions, votes): an instance whose own clock is off can
+    /// neither close a window early nor keep it open late.
+    pub async fn expire_due_now(&self) -> anyhow::Result<Vec<OutcomeMessage>> {
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await?;
+        self.expire_due(now).await
+    }
+
     /// Closes as EXPIRED every waiting intent whose approval window ended at `now`.
     /// Several instances may run this at once: each agent's intents are closed under
     /// the agent's lock and re-read after taking it, so an intent is closed once.

@@ -71,12 +71,8 @@ pub async fn run(
     // The recorder first: what is recorded before it exists (start-up gauges) is lost.
     let _ = crate::telemetry::metrics_handle();
     let topics = Topics::with_prefix(&settings.topic_prefix);
-    bus::ensure_topics(&settings.brokers, &topics.layout(&settings)).await?;
-    let ledger = Ledger::connect(&settings.database_url, &settings.instance)
-        .await
-        .with_context(|| {
-            "cannot open the ledger (check --database-url / DATABASE_URL)".to_string()
-        })?;
+    let ledger = connect_ledger(&settings).await?;
+    wait_for_topics(&settings, &topics).await?;
 
     let policies = PolicySet::load_dir(&settings.policies_dir).with_context(|| {
         format!(
@@ -193,6 +189,52 @@ pub async fn run(
     Ok(())
 }
 
+/// Opens the ledger; while PostgreSQL is unreachable (transient), waits and retries
+/// instead of exiting, so an instance started during a database outage comes up with it.
+async fn connect_ledger(settings: &Settings) -> anyhow::Result<Ledger> {
+    let opts = crate::ledger::ConnectOptions {
+        timeouts: settings.db_timeouts,
+        ..Default::default()
+    };
+    let mut pause_ms = RETRY_FIRST_MS;
+    loop {
+        match Ledger::connect_with(&settings.database_url, &settings.instance, opts.clone()).await {
+            Ok(l) => return Ok(l),
+            Err(e) if anyhow_transient(&e) => {
+                tracing::warn!(error = %format!("{e:#}"), "PostgreSQL unavailable at start; retrying in {pause_ms} ms");
+            }
+            Err(e) => {
+                return Err(
+                    e.context("cannot open the ledger (check --database-url / DATABASE_URL)")
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        pause_ms = (pause_ms * 2).min(RETRY_MAX_MS);
+    }
+}
+
+/// Creates the topics; while the broker is down, waits and retries (SPEC §15: serve
+/// starts and waits) instead of exiting.
+async fn wait_for_topics(settings: &Settings, topics: &Topics) -> anyhow::Result<()> {
+    let mut pause_ms = RETRY_FIRST_MS;
+    loop {
+        match bus::ensure_topics(&settings.brokers, &topics.layout(settings)).await {
+            Ok(()) => return Ok(()),
+            Err(e @ bus::BusError::Client { .. }) => {
+                tracing::warn!(error = %e, "broker unavailable at start; retrying in {pause_ms} ms");
+                eprintln!(
+                    "spendguard serve: waiting for the broker at {}",
+                    settings.brokers
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        pause_ms = (pause_ms * 2).min(RETRY_MAX_MS);
+    }
+}
+
 /// Where and with which tokens the operators' HTTP API listens inside `serve`.
 pub struct ApiMount {
     pub addr: std::net::SocketAddr,
@@ -303,7 +345,7 @@ async fn sweep_expired(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match shared.ledger.expire_due(chrono::Utc::now()).await {
+        match shared.ledger.expire_due_now().await {
             Ok(expired) if !expired.is_empty() => {
                 metrics::counter!("spendguard_intents_expired_total")
                     .increment(expired.len() as u64);
@@ -312,34 +354,6 @@ async fn sweep_expired(shared: Arc<Shared>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed; retrying next tick"),
         }
-    }
-}
-
-/// Retries `op` with exponential back-off while it fails and the service is not shutting
-/// down. Returns `None` on shutdown (the message is then redelivered to the next owner).
-pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(
-    shared: &Shared,
-    what: &str,
-    mut op: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut pause_ms = RETRY_FIRST_MS;
-    loop {
-        match op().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::warn!(error = %e, "{what} failed; retrying in {pause_ms} ms");
-                metrics::counter!("spendguard_retries_total").increment(1);
-            }
-        }
-        if shared.shutting_down() {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-        pause_ms = (pause_ms * 2).min(RETRY_MAX_MS);
     }
 }
 
@@ -353,7 +367,7 @@ pub(crate) enum Attempt<T> {
     Stopped,
 }
 
-/// Like [`retry`], but only transient failures (the database unreachable, a
+/// Retries `op` with exponential back-off. Only transient failures (the database unreachable, a
 /// serialization conflict) are retried without end: while the database is down no
 /// message can be handled anyway, and giving up would skip work. Any other failure is
 /// retried `MAX_PERMANENT_ATTEMPTS` times, then reported so the caller dead-letters.
@@ -393,34 +407,10 @@ where
     }
 }
 
-/// Whether a database error is worth retrying without end: the server is unreachable
-/// or overloaded, the connection broke, or the transaction lost a serialization race.
-/// Constraint violations, decoding errors and the like are not: retrying repeats them.
-pub(crate) fn sqlx_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::BeginFailed => true,
-        // SQLSTATE classes: 08 connection, 40 transaction rollback (serialization,
-        // deadlock), 53 insufficient resources, 57P operator intervention (restart).
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            c.starts_with("08")
-                || c.starts_with("40")
-                || c.starts_with("53")
-                || c.starts_with("57P")
-        }),
-        _ => false,
-    }
-}
-
-/// [`sqlx_transient`] for the ledger's `anyhow` errors (looks through the chain).
+/// Whether a ledger call that failed with an `anyhow` error is worth retrying without
+/// end (the classification lives with the ledger: [`crate::ledger::fault`]).
 pub(crate) fn anyhow_transient(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(sqlx_transient))
+    crate::ledger::fault::classify_anyhow(e).is_transient()
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -499,21 +489,6 @@ mod tests {
         )
         .await;
         assert!(matches!(r, Attempt::Stopped));
-    }
-
-    #[test]
-    fn only_connectivity_and_serialization_failures_are_transient() {
-        assert!(sqlx_transient(&sqlx::Error::PoolTimedOut));
-        assert!(sqlx_transient(&sqlx::Error::Io(std::io::Error::other(
-            "reset"
-        ))));
-        assert!(!sqlx_transient(&sqlx::Error::RowNotFound));
-        assert!(sqlx_transient(&sqlx::Error::Protocol("x".into())));
-        let wrapped = anyhow::Error::from(sqlx::Error::PoolClosed).context("apply vote");
-        assert!(anyhow_transient(&wrapped));
-        assert!(!anyhow_transient(&anyhow::anyhow!(
-            "internal: no sequence reserved"
-        )));
     }
 
     #[test]

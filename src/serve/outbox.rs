@@ -12,6 +12,12 @@ use std::time::Duration;
 
 use super::Shared;
 
+// A claim outlives every delivery attempt of its rows by a wide margin, so a slow
+// broker never lets another instance claim and publish the same rows meanwhile.
+const _: () = assert!(
+    crate::bus::SERVICE_PRODUCE_TIMEOUT_MS * 2 < crate::ledger::OUTBOX_LEASE_SECONDS as u64 * 1000
+);
+
 /// Rows claimed per round trip.
 const CLAIM_BATCH: usize = 500;
 /// Pause when the client's local queue is full.

@@ -7,7 +7,7 @@ use rdkafka::message::OwnedMessage;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-use super::{Attempt, Shared, anyhow_transient, retry, retry_bounded, sqlx_transient};
+use super::{Attempt, Shared, anyhow_transient, retry_bounded};
 use crate::approvals::{self, VoteSubject};
 use crate::bus::dlq::{self, DeadLetter};
 use crate::intent::{self, IntentError};
@@ -87,29 +87,33 @@ async fn handle_intents(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
     if items.is_empty() {
         return true;
     }
-    let policies = shared.policies.load_full();
-    let started = std::time::Instant::now();
-    let transient = |e: &LedgerError| match e {
-        LedgerError::Database(e) => sqlx_transient(e),
-        LedgerError::Internal(e) => anyhow_transient(e),
-        LedgerError::IdempotencyConflict { .. } => false,
-    };
-    let results = match retry_bounded(&shared.shutdown, "ledger decide", transient, || {
-        shared.ledger.decide_batch(&policies, &items)
-    })
-    .await
-    {
-        Attempt::Done(r) => r,
-        Attempt::Stopped => return false,
-        Attempt::GaveUp(last) => {
-            // The ledger keeps refusing this batch for a reason that is not temporary:
-            // dead-letter it so the partition moves on, and say so loudly.
-            tracing::error!(
-                intents = items.len(),
-                error = %last,
-                "ledger refused the batch repeatedly; dead-lettering it"
-            );
-            for msg in item_msgs {
+    // Ranges of `items` still to decide, first on top. A batch the ledger keeps refusing
+    // is split in halves until the intent that causes it stands alone (SPEC §15: a
+    // failing intent is isolated, never taking its neighbours to the DLQ); order is
+    // kept, so one agent's intents are still decided in partition order.
+    let mut todo = vec![0..items.len()];
+    while let Some(range) = todo.pop() {
+        let batch = &items[range.clone()];
+        let batch_msgs = &item_msgs[range.clone()];
+        match decide_batch(shared, batch).await {
+            Attempt::Done(results) => {
+                if !handle_results(shared, results, batch_msgs).await {
+                    return false;
+                }
+            }
+            Attempt::Stopped => return false,
+            Attempt::GaveUp(last) if batch.len() > 1 => {
+                tracing::warn!(
+                    intents = batch.len(),
+                    error = %last,
+                    "ledger refused the batch repeatedly; splitting it to isolate the cause"
+                );
+                let mid = range.start + batch.len() / 2;
+                todo.push(mid..range.end);
+                todo.push(range.start..mid);
+            }
+            Attempt::GaveUp(last) => {
+                tracing::error!(error = %last, "ledger refused one intent repeatedly; dead-lettering it");
                 let err = IntentError {
                     code: "internal_error",
                     message: format!(
@@ -117,17 +121,43 @@ async fn handle_intents(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
                     ),
                     field: None,
                 };
-                if !send_dead_letter(shared, msg, &err).await {
+                if !send_dead_letter(shared, batch_msgs[0], &err).await {
                     return false;
                 }
             }
-            return true;
         }
-    };
-    telemetry::record_ledger_commit(started.elapsed());
-    shared.outbox_ready.notify_one();
+    }
+    true
+}
+
+async fn decide_batch(
+    shared: &Shared,
+    items: &[(intent::SpendIntent, Origin)],
+) -> Attempt<Vec<Result<crate::ledger::Decided, LedgerError>>> {
+    let policies = shared.policies.load_full();
+    let started = std::time::Instant::now();
+    let attempt = retry_bounded(
+        &shared.shutdown,
+        "ledger decide",
+        LedgerError::is_transient,
+        || shared.ledger.decide_batch(&policies, items),
+    )
+    .await;
+    if matches!(attempt, Attempt::Done(_)) {
+        telemetry::record_ledger_commit(started.elapsed());
+        shared.outbox_ready.notify_one();
+    }
+    attempt
+}
+
+/// Metrics and dead letters for the per-intent results of one committed batch.
+async fn handle_results(
+    shared: &Shared,
+    results: Vec<Result<crate::ledger::Decided, LedgerError>>,
+    msgs: &[&OwnedMessage],
+) -> bool {
     let decided_at_ms = chrono::Utc::now().timestamp_millis();
-    for (result, msg) in results.into_iter().zip(item_msgs) {
+    for (result, msg) in results.into_iter().zip(msgs) {
         match result {
             Ok(d) => {
                 metrics::counter!("spendguard_decisions_total", "effect" => d.message.effect.as_str())
@@ -198,6 +228,10 @@ async fn dead_letter_intent(
     }
 }
 
+/// Publishes a dead letter. While the broker is unreachable this waits (nothing else
+/// can be published either); when the broker refuses the dead letter itself after
+/// bounded attempts, the message is set aside with an audit record and the partition
+/// moves on. Returns false only when shutting down (the next owner redelivers).
 async fn send_dead_letter(shared: &Shared, msg: &OwnedMessage, err: &IntentError) -> bool {
     let letter = DeadLetter {
         code: err.code,
@@ -209,21 +243,79 @@ async fn send_dead_letter(shared: &Shared, msg: &OwnedMessage, err: &IntentError
         instance: &shared.settings.instance,
     };
     let raw = msg.payload().unwrap_or_default();
-    let sent = retry(shared, "dead-letter publish", || {
-        dlq::send(
-            &shared.producer,
-            &shared.topics.dlq,
-            msg.key(),
-            raw,
-            &letter,
-        )
-    })
-    .await
-    .is_some();
-    if sent {
-        telemetry::record_dlq(err.code);
+    let attempt = retry_bounded(
+        &shared.shutdown,
+        "dead-letter publish",
+        crate::bus::BusError::is_transient,
+        || {
+            dlq::send(
+                &shared.producer,
+                &shared.topics.dlq,
+                msg.key(),
+                raw,
+                &letter,
+            )
+        },
+    )
+    .await;
+    match attempt {
+        Attempt::Done(()) => {
+            telemetry::record_dlq(err.code);
+            true
+        }
+        Attempt::Stopped => false,
+        Attempt::GaveUp(last) => {
+            let detail = format!(
+                "refused as {} ({}); the dead letter was refused too: {last}",
+                err.code, err.message
+            );
+            set_aside(shared, msg, "dead_letter_refused", &detail).await
+        }
     }
-    sent
+}
+
+/// The last resort for a message (SPEC §15): recorded in the ledger as
+/// `message_set_aside` (size and fingerprint, not the bytes) so its partition can move
+/// on. Returns false only when shutting down.
+async fn set_aside(shared: &Shared, msg: &OwnedMessage, code: &str, detail: &str) -> bool {
+    let origin = Origin::kafka(&shared.settings.instance, msg.partition(), msg.offset());
+    let logical = if msg.topic() == shared.topics.intents {
+        "spend.intents"
+    } else {
+        "spend.approvals"
+    };
+    let raw = msg.payload().unwrap_or_default();
+    tracing::error!(
+        topic = msg.topic(),
+        partition = msg.partition(),
+        offset = msg.offset(),
+        bytes = raw.len(),
+        %code,
+        "message set aside: it could be neither handled nor dead-lettered"
+    );
+    metrics::counter!("spendguard_messages_set_aside_total", "topic" => logical, "code" => code.to_string())
+        .increment(1);
+    match retry_bounded(
+        &shared.shutdown,
+        "ledger record_set_aside",
+        anyhow_transient,
+        || {
+            shared
+                .ledger
+                .record_set_aside(logical, raw, code, detail, &origin)
+        },
+    )
+    .await
+    {
+        Attempt::Done(_) => true,
+        Attempt::Stopped => false,
+        // Nothing more can be done for this message; the log line above and the metric
+        // are what remain of it.
+        Attempt::GaveUp(last) => {
+            tracing::error!(error = %last, "set-aside message could not be audited");
+            true
+        }
+    }
 }
 
 async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bool {

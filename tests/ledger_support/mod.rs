@@ -51,6 +51,7 @@ impl TestDb {
             ConnectOptions {
                 max_connections,
                 migrate: true,
+                ..Default::default()
             },
         )
         .await
