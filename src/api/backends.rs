@@ -391,11 +391,21 @@ impl ReadinessProbe for Readiness {
                     ok: true,
                     detail: "answers".into(),
                 },
-                Ok(Err(e)) => ReadinessCheck {
-                    name: "postgres".into(),
-                    ok: false,
-                    detail: e.to_string(),
-                },
+                // The probe is unauthenticated: say what the operator acts on, keep the
+                // server's own words (hosts, roles, SQL) for the log.
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "readiness: PostgreSQL check failed");
+                    let detail = if crate::ledger::fault::classify(&e).is_transient() {
+                        "unavailable (transient: unreachable, restarting or failing over); see the service log"
+                    } else {
+                        "refused the check; see the service log"
+                    };
+                    ReadinessCheck {
+                        name: "postgres".into(),
+                        ok: false,
+                        detail: detail.into(),
+                    }
+                }
                 Err(_) => ReadinessCheck {
                     name: "postgres".into(),
                     ok: false,
@@ -437,40 +447,67 @@ pub fn state_for(
     }
 }
 
-/// The broker answers a metadata request (a real Kafka-protocol round trip).
+/// The broker answers a metadata request (a real Kafka-protocol round trip). One client
+/// serves every probe, and an answer is reused for [`BROKER_PROBE_REUSE_MS`]: the
+/// endpoint is unauthenticated, and each probe must not cost the broker a connection.
 pub fn broker_check(brokers: String) -> ExtraCheck {
+    type Cached = Option<(std::time::Instant, ReadinessCheck)>;
+    let client: Arc<std::sync::OnceLock<Result<rdkafka::consumer::BaseConsumer, String>>> =
+        Arc::default();
+    let cache: Arc<tokio::sync::Mutex<Cached>> = Arc::default();
     Arc::new(move || {
         let brokers = brokers.clone();
+        let client = client.clone();
+        let cache = cache.clone();
         Box::pin(async move {
+            // One probe at a time; the others wait for its answer.
+            let mut cached = cache.lock().await;
+            if let Some((at, check)) = cached.as_ref()
+                && at.elapsed() < Duration::from_millis(BROKER_PROBE_REUSE_MS)
+            {
+                return check.clone();
+            }
             let probe = tokio::task::spawn_blocking(move || -> Result<usize, String> {
-                use rdkafka::consumer::{BaseConsumer, Consumer};
-                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &brokers)
-                    .create()
-                    .map_err(|e| e.to_string())?;
+                use rdkafka::consumer::Consumer;
+                let consumer = client
+                    .get_or_init(|| {
+                        crate::bus::client_config(&brokers)
+                            .create()
+                            .map_err(|e| e.to_string())
+                    })
+                    .as_ref()
+                    .map_err(Clone::clone)?;
                 consumer
                     .fetch_metadata(None, Duration::from_millis(READINESS_TIMEOUT_MS))
                     .map(|m| m.brokers().len())
                     .map_err(|e| e.to_string())
             })
             .await;
-            match probe {
+            let check = match probe {
                 Ok(Ok(n)) => ReadinessCheck {
                     name: "broker".into(),
                     ok: true,
                     detail: format!("{n} broker(s) answer"),
                 },
-                Ok(Err(e)) => ReadinessCheck {
-                    name: "broker".into(),
-                    ok: false,
-                    detail: e,
-                },
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "readiness: broker check failed");
+                    ReadinessCheck {
+                        name: "broker".into(),
+                        ok: false,
+                        detail: "no answer to a metadata request; see the service log".into(),
+                    }
+                }
                 Err(e) => ReadinessCheck {
                     name: "broker".into(),
                     ok: false,
                     detail: e.to_string(),
                 },
-            }
+            };
+            *cached = Some((std::time::Instant::now(), check.clone()));
+            check
         })
     })
 }
+
+/// How long a broker probe's answer is reused.
+pub const BROKER_PROBE_REUSE_MS: u64 = 1_000;

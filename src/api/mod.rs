@@ -164,9 +164,29 @@ pub fn router(state: ApiState) -> Router {
     router
         .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(deadline))
         .layer(middleware::from_fn(record_request))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
         .with_state(state)
+}
+
+/// Longest time a request may take, whatever it waits on (a slow database, a lock, the
+/// broker): past it the caller gets 503 `unavailable` and may retry (SPEC §15).
+pub const REQUEST_DEADLINE_MS: u64 = 10_000;
+
+async fn deadline(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(
+        std::time::Duration::from_millis(REQUEST_DEADLINE_MS),
+        next.run(request),
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(format!(
+            "the request did not complete within {REQUEST_DEADLINE_MS} ms; retry later"
+        ))
+        .into_response(),
+    }
 }
 
 /// Serves the API on `addr` until `shutdown` completes.
