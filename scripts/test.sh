@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/services.sh up
 # A Compose implementation validates docker-compose.yml (no engine needed).
 scripts/compose.sh install
+# promtool checks and unit-tests the Prometheus alert rules (Debian's prometheus package).
+scripts/promtool.sh install
 # shellcheck disable=SC1091
 source scripts/env.sh
 
