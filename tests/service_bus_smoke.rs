@@ -1,15 +1,21 @@
 //! rdkafka against the real broker (tansu): create topics, produce, consume from a
-//! group and from a manual assignment, and dead-letter with headers.
+//! group and from a manual assignment, and dead-letter with headers. Also the self-tests
+//! of the fault-injecting proxy of `tests/common/proxy.rs` (echo server, PostgreSQL, and
+//! a tansu of the test's own behind it).
 
 mod common;
 
+use common::proxy::Proxy;
 use futures::StreamExt;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Headers;
 use spendguard::bus::{self, dlq};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const MESSAGES: usize = 30;
 const RECEIVE_TIMEOUT_MS: u64 = 20_000;
@@ -132,4 +138,309 @@ async fn dead_letters_keep_bytes_and_carry_the_error() {
     assert_eq!(get(dlq::HEADER_ERROR_CODE).as_deref(), Some("invalid_utf8"));
     assert_eq!(get(dlq::HEADER_SOURCE_OFFSET).as_deref(), Some("41"));
     assert_eq!(get(dlq::HEADER_SOURCE_PARTITION).as_deref(), Some("2"));
+}
+
+// ---- The fault-injecting proxy (tests/common/proxy.rs) ----
+
+/// Generous bound for what must happen (a byte that passes, a close that arrives).
+const PROXY_WAIT_MS: u64 = 5_000;
+/// How long a read waits to show that nothing passes (no upper bound is asserted).
+const SILENCE_MS: u64 = 300;
+
+/// A TCP server that sends back every byte it receives.
+async fn echo_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `msg` and reads the same number of bytes back.
+async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).await.expect("write through the proxy");
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(
+        Duration::from_millis(PROXY_WAIT_MS),
+        s.read_exact(&mut back),
+    )
+    .await
+    .expect("echo did not come back through the proxy")
+    .expect("read through the proxy");
+    back
+}
+
+/// True when the peer closed `s`: a read returns end of stream or an error (reset).
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_millis(PROXY_WAIT_MS), s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) | Err(_) => false,
+    }
+}
+
+async fn wait_live(proxy: &Proxy, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(PROXY_WAIT_MS);
+    while proxy.live() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "proxy has {} live connections, expected {n}",
+            proxy.live()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn proxy_passes_bytes_both_ways_and_counts_connections() {
+    let proxy = Proxy::start(echo_server().await);
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut s, b"hello").await, b"hello");
+    // More than one chunk, written and read at the same time.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = s.into_split();
+    let sent = big.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w
+    });
+    let mut back = vec![0u8; big.len()];
+    tokio::time::timeout(
+        Duration::from_millis(PROXY_WAIT_MS),
+        r.read_exact(&mut back),
+    )
+    .await
+    .expect("large echo timed out")
+    .unwrap();
+    assert!(back == big, "large echo came back different");
+    let w = writer.await.unwrap();
+    assert_eq!(proxy.accepted(), 1);
+    assert_eq!(proxy.live(), 1);
+
+    let mut second = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut second, b"two").await, b"two");
+    assert_eq!(proxy.accepted(), 2);
+    assert_eq!(proxy.live(), 2);
+    drop((r, w));
+    wait_live(&proxy, 1).await;
+    drop(second);
+    wait_live(&proxy, 0).await;
+}
+
+#[tokio::test]
+async fn proxy_delay_adds_at_least_the_delay_each_way() {
+    let delay = Duration::from_millis(200);
+    let proxy = Proxy::start(echo_server().await);
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut s, b"warm").await, b"warm");
+
+    proxy.set_delay(delay);
+    let started = std::time::Instant::now();
+    assert_eq!(round_trip(&mut s, b"slow").await, b"slow");
+    let took = started.elapsed();
+    // Delayed on the way in and again on the way back.
+    assert!(
+        took >= 2 * delay,
+        "round trip took {took:?} with a delay of {delay:?}"
+    );
+
+    proxy.heal();
+    assert_eq!(round_trip(&mut s, b"fast").await, b"fast");
+}
+
+#[tokio::test]
+async fn proxy_blackhole_drops_bytes_until_healed() {
+    let proxy = Proxy::start(echo_server().await);
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut s, b"before").await, b"before");
+
+    proxy.set_blackhole(true);
+    s.write_all(b"lost").await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_millis(SILENCE_MS), s.read(&mut buf)).await;
+    assert!(
+        read.is_err(),
+        "a read through a blackhole returned {read:?}"
+    );
+    assert_eq!(proxy.live(), 1, "a blackhole keeps the connection open");
+
+    proxy.heal();
+    // What was sent during the blackhole is gone; new bytes pass.
+    assert_eq!(round_trip(&mut s, b"after").await, b"after");
+
+    // A close is held back too: the echo server closes its side when it sees ours.
+    proxy.set_blackhole(true);
+    s.shutdown().await.unwrap();
+    let read = tokio::time::timeout(Duration::from_millis(SILENCE_MS), s.read(&mut buf)).await;
+    assert!(
+        read.is_err(),
+        "a close crossed the blackhole: the read returned {read:?}"
+    );
+    proxy.heal();
+    assert!(closed(&mut s).await, "the close did not pass after heal");
+    wait_live(&proxy, 0).await;
+}
+
+#[tokio::test]
+async fn proxy_cut_closes_live_connections_and_accepts_new_ones() {
+    let upstream = echo_server().await;
+    let proxy = Proxy::start(upstream);
+    let mut a = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut b = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut a, b"a").await, b"a");
+    assert_eq!(round_trip(&mut b, b"b").await, b"b");
+
+    proxy.cut();
+    assert!(closed(&mut a).await, "connection a still open after cut");
+    assert!(closed(&mut b).await, "connection b still open after cut");
+    wait_live(&proxy, 0).await;
+
+    let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut c, b"c").await, b"c");
+    assert_eq!(proxy.accepted(), 3);
+    assert_eq!(proxy.live(), 1);
+}
+
+#[tokio::test]
+async fn proxy_refuse_closes_new_connections_at_once() {
+    let proxy = Proxy::start(echo_server().await);
+    let mut live = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut live, b"up").await, b"up");
+
+    proxy.set_refuse(true);
+    let mut refused = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert!(
+        closed(&mut refused).await,
+        "a refused connection stayed open"
+    );
+    assert_eq!(proxy.accepted(), 2);
+    // Connections made before are not touched.
+    assert_eq!(round_trip(&mut live, b"still").await, b"still");
+
+    proxy.heal();
+    let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut again, b"back").await, b"back");
+}
+
+#[tokio::test]
+async fn proxy_drop_closes_everything() {
+    let proxy = Proxy::start(echo_server().await);
+    let addr = proxy.addr();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(round_trip(&mut s, b"x").await, b"x");
+    drop(proxy);
+    assert!(
+        closed(&mut s).await,
+        "connection still open after the proxy was dropped"
+    );
+    // The listener is gone: a connection is refused, or closed at once if the kernel
+    // completed it before the listening socket was released.
+    if let Ok(mut late) = TcpStream::connect(addr).await {
+        assert!(closed(&mut late).await, "the dropped proxy still serves");
+    }
+}
+
+#[tokio::test]
+async fn proxy_in_front_of_postgres_cut_breaks_the_connection() {
+    use sqlx::Connection;
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+    use std::str::FromStr;
+
+    if !common::require_postgres() {
+        return;
+    }
+    let direct = PgConnectOptions::from_str(&common::database_url()).expect("DATABASE_URL");
+    let upstream = tokio::net::lookup_host((direct.get_host(), direct.get_port()))
+        .await
+        .expect("resolve the PostgreSQL host")
+        .next()
+        .expect("an address for the PostgreSQL host");
+    let proxy = Proxy::start(upstream);
+    let via_proxy = direct
+        .clone()
+        .host(&proxy.addr().ip().to_string())
+        .port(proxy.addr().port());
+
+    let mut conn = PgConnection::connect_with(&via_proxy)
+        .await
+        .expect("connect to PostgreSQL through the proxy");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .expect("SELECT 1 through the proxy");
+    assert_eq!(one, 1);
+    assert_eq!(proxy.live(), 1);
+
+    proxy.cut();
+    let after_cut = tokio::time::timeout(
+        Duration::from_millis(PROXY_WAIT_MS),
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut conn),
+    )
+    .await
+    .expect("a query on a cut connection hung instead of failing");
+    assert!(
+        after_cut.is_err(),
+        "a query on a cut connection returned {after_cut:?}"
+    );
+    drop(conn);
+
+    proxy.heal();
+    let mut again = PgConnection::connect_with(&via_proxy)
+        .await
+        .expect("reconnect to PostgreSQL through the proxy after heal");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut again)
+        .await
+        .expect("SELECT 1 on the new connection");
+    assert_eq!(one, 1);
+    assert_eq!(proxy.accepted(), 2);
+}
+
+#[tokio::test]
+async fn proxy_in_front_of_own_tansu_carries_produce_and_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tansu) = common::proxy::spawn_tansu_behind_proxy(dir.path()) else {
+        return;
+    };
+    let brokers = tansu.brokers.clone();
+    let topic = common::unique("proxied.");
+    bus::ensure_topics(&brokers, &[(topic.clone(), 1)])
+        .await
+        .unwrap_or_else(|e| panic!("create topic through the proxy: {e}\n{}", tansu.log_text()));
+    let producer = bus::producer(&brokers).unwrap();
+    bus::publish(&producer, &topic, b"k", b"before", None)
+        .await
+        .expect("publish through the proxy");
+
+    // The broker advertises the proxy, so produce traffic goes through it: with every
+    // connection cut and new ones refused, a publish cannot complete...
+    tansu.proxy.set_refuse(true);
+    tansu.proxy.cut();
+    let during = bus::publish(&producer, &topic, b"k", b"during", None);
+    tokio::pin!(during);
+    let stuck = tokio::time::timeout(Duration::from_millis(1_000), &mut during).await;
+    assert!(
+        stuck.is_err(),
+        "a publish completed while the broker was unreachable: {stuck:?}"
+    );
+    // ...and it completes once the network is back (the client reconnects).
+    tansu.proxy.heal();
+    tokio::time::timeout(Duration::from_millis(RECEIVE_TIMEOUT_MS), &mut during)
+        .await
+        .expect("publish did not complete after heal")
+        .expect("publish after heal");
+
+    let read = common::read_until(&brokers, &topic, RECEIVE_TIMEOUT_MS, |m| m.len() >= 2).await;
+    let payloads: Vec<&[u8]> = read
+        .iter()
+        .map(|m| m.payload().unwrap_or_default())
+        .collect();
+    assert_eq!(payloads, [&b"before"[..], &b"during"[..]]);
+    assert!(tansu.proxy.accepted() >= 2, "clients bypassed the proxy");
 }

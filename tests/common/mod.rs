@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod proxy;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
