@@ -47,6 +47,9 @@ pub fn default_workers() -> usize {
         .map_or(2, |n| n.get())
         .clamp(1, DEFAULT_WORKERS_MAX)
 }
+/// How often `serve` verifies the hash chains by default (an hour: a full read of the
+/// ledger, cheap next to an hour of writes).
+pub const DEFAULT_CHAIN_VERIFY_INTERVAL_S: u64 = 3_600;
 /// Longest config file accepted.
 const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -113,6 +116,7 @@ struct FileSettings {
     db_statement_timeout_ms: Option<u64>,
     db_lock_timeout_ms: Option<u64>,
     db_idle_in_transaction_timeout_ms: Option<u64>,
+    chain_verify_interval_s: Option<u64>,
 }
 
 /// Resolved settings.
@@ -137,6 +141,8 @@ pub struct Settings {
     pub metrics_addr: Option<String>,
     /// Statement, lock and idle-in-transaction limits of every ledger session.
     pub db_timeouts: SessionTimeouts,
+    /// How often `serve` verifies every hash chain (0 = never).
+    pub chain_verify_interval_s: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +225,9 @@ impl ServiceArgs {
                     .unwrap_or(DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS),
                 ..SessionTimeouts::default()
             },
+            chain_verify_interval_s: file
+                .chain_verify_interval_s
+                .unwrap_or(DEFAULT_CHAIN_VERIFY_INTERVAL_S),
         };
         settings.validate()?;
         Ok(settings)

@@ -362,16 +362,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     if is_migrated(pool).await {
         return Ok(());
     }
-    // A migration may take longer than the service's statement / lock limits (an index
-    // on a large ledger): lift them for this one session, then restore its defaults.
-    let mut conn = pool.acquire().await?;
-    sqlx::raw_sql("SET statement_timeout = 0; SET lock_timeout = 0")
-        .execute(&mut *conn)
-        .await?;
-    let applied = MIGRATOR.run(&mut *conn).await;
-    sqlx::raw_sql("RESET statement_timeout; RESET lock_timeout")
-        .execute(&mut *conn)
-        .await?;
+    let applied = MIGRATOR.run(pool).await;
     applied.map_err(|e| anyhow::anyhow!("applying database migrations failed: {e}. Check that the role in DATABASE_URL may create tables (run `spendguard db migrate` as the schema owner)."))
 }
 
@@ -402,12 +393,10 @@ impl Ledger {
         instance: &str,
         opts: ConnectOptions,
     ) -> anyhow::Result<Ledger> {
-        let connect = database_url
-            .parse::<PgConnectOptions>()
-            .map_err(|e| {
-                anyhow::anyhow!("DATABASE_URL / --database-url is not a valid PostgreSQL URL: {e}")
-            })?
-            .options(opts.timeouts.startup_options());
+        let url = database_url.parse::<PgConnectOptions>().map_err(|e| {
+            anyhow::anyhow!("DATABASE_URL / --database-url is not a valid PostgreSQL URL: {e}")
+        })?;
+        let connect = url.clone().options(opts.timeouts.startup_options());
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(std::time::Duration::from_millis(opts.timeouts.acquire_ms))
@@ -418,8 +407,15 @@ impl Ledger {
                     "cannot connect to PostgreSQL. Is it running? `scripts/postgres.sh` starts a local one; set DATABASE_URL or --database-url.",
                 )
             })?;
-        if opts.migrate {
-            migrate(&pool).await?;
+        if opts.migrate && !is_migrated(&pool).await {
+            // A migration may outlast the service's statement and lock limits (an index
+            // on a large ledger): it runs on a session of its own without them.
+            let session = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(url)
+                .await?;
+            migrate(&session).await?;
+            session.close().await;
         }
         let fingerprint_key = load_fingerprint_key(&pool).await?;
         Ok(Ledger {
@@ -650,25 +646,14 @@ impl Ledger {
         let mut tx = self.pool.begin().await?;
         let chains = vec![chain_id.to_string()];
         let now = store::lock_chains(&mut tx, &chains, None, false).await?;
-        let intake_key = match (origin.source.as_str(), origin.partition, origin.offset) {
-            ("kafka", Some(p), Some(o)) => Some((p, o)),
-            _ => None,
+        let intake_key = store::IntakeKey::of(origin, source_topic, event_type);
+        let recorded = match &intake_key {
+            Some(key) => key.recorded(&mut tx).await?,
+            None => None,
         };
-        if let Some((partition, offset)) = intake_key {
-            let recorded: Option<i64> = sqlx::query_scalar(
-                "SELECT seq FROM intake_record WHERE source_topic = $1 AND source_partition = $2
-                   AND source_offset = $3 AND event_type = $4",
-            )
-            .bind(source_topic)
-            .bind(partition)
-            .bind(offset)
-            .bind(event_type)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(seq) = recorded {
-                tx.rollback().await?;
-                return Ok(seq);
-            }
+        if let Some(seq) = recorded {
+            tx.rollback().await?;
+            return Ok(seq);
         }
         let mut ws = WriteSet::default();
         ws.load_heads(&mut tx, &chains).await?;
@@ -677,18 +662,8 @@ impl Ledger {
             .append(chain_id, event_type, now, actor, resource, origin, payload)?
             .seq;
         ws.flush(&mut tx).await?;
-        if let Some((partition, offset)) = intake_key {
-            sqlx::query(
-                "INSERT INTO intake_record (source_topic, source_partition, source_offset, event_type, seq)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(source_topic)
-            .bind(partition)
-            .bind(offset)
-            .bind(event_type)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
+        if let Some(key) = &intake_key {
+            key.record(&mut tx, seq).await?;
         }
         tx.commit().await?;
         Ok(seq)
@@ -1004,7 +979,6 @@ async fn load_fingerprint_key(pool: &PgPool) -> anyhow::Result<Vec<u8>> {
     )
 }
 
-/// Input kept in an audit event: text with PANs masked, cut to `MAX_RAW_STORED_BYTES`.
 /// Most bytes of a free-text detail kept in an audit event.
 const MAX_DETAIL_BYTES: usize = 2 * 1024;
 
@@ -1020,6 +994,7 @@ pub(crate) fn truncate_utf8(text: &str, max: usize) -> String {
     format!("{}…", &text[..cut])
 }
 
+/// Input kept in an audit event: text with PANs masked, cut to `MAX_RAW_STORED_BYTES`.
 fn stored_raw(raw: &[u8]) -> (String, bool) {
     let truncated = raw.len() > MAX_RAW_STORED_BYTES;
     let cut = &raw[..raw.len().min(MAX_RAW_STORED_BYTES)];

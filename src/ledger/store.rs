@@ -119,6 +119,58 @@ pub async fn lock_chains(
         .await
 }
 
+/// Where a Kafka message came from, for the idempotency of what is recorded about it
+/// (`intake_record`): `None` for CLI / API / sweeper origins.
+pub struct IntakeKey<'a> {
+    pub source_topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub kind: &'a str,
+}
+
+impl<'a> IntakeKey<'a> {
+    pub fn of(origin: &Origin, source_topic: &'a str, kind: &'a str) -> Option<IntakeKey<'a>> {
+        match (origin.source.as_str(), origin.partition, origin.offset) {
+            ("kafka", Some(partition), Some(offset)) => Some(IntakeKey {
+                source_topic,
+                partition,
+                offset,
+                kind,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The seq recorded for this message before, if any (call under the chain lock).
+    pub async fn recorded(&self, conn: &mut PgConnection) -> sqlx::Result<Option<i64>> {
+        sqlx::query_scalar(
+            "SELECT seq FROM intake_record WHERE source_topic = $1 AND source_partition = $2
+               AND source_offset = $3 AND event_type = $4",
+        )
+        .bind(self.source_topic)
+        .bind(self.partition)
+        .bind(self.offset)
+        .bind(self.kind)
+        .fetch_optional(conn)
+        .await
+    }
+
+    pub async fn record(&self, conn: &mut PgConnection, seq: i64) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO intake_record (source_topic, source_partition, source_offset, event_type, seq)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(self.source_topic)
+        .bind(self.partition)
+        .bind(self.offset)
+        .bind(self.kind)
+        .bind(seq)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
 impl WriteSet {
     /// Loads the heads of chains the caller has locked.
     pub async fn load_heads(

@@ -178,6 +178,28 @@ fn refuse(
     })
 }
 
+/// `intake_record` kind of a vote message the ledger applied (accepted or refused).
+const VOTE_APPLIED_KEY: &str = "vote_applied";
+
+/// What applying a vote returned the first time, read back from its event.
+async fn recorded_vote_result(tx: &mut PgConnection, seq: i64) -> anyhow::Result<VoteResult> {
+    let (event_type, payload): (String, String) =
+        sqlx::query_as("SELECT event_type, payload FROM ledger_event WHERE seq = $1")
+            .bind(seq)
+            .fetch_one(&mut *tx)
+            .await?;
+    if event_type == kind::VOTE_ACCEPTED {
+        // The outcome (if this vote closed the intent) is already in the outbox.
+        return Ok(VoteResult::Accepted { seq, outcome: None });
+    }
+    let refused: events::VoteRefused = serde_json::from_str(&payload)?;
+    Ok(VoteResult::Refused {
+        seq,
+        reason: refused.reason,
+        detail: refused.detail,
+    })
+}
+
 impl Ledger {
     /// Applies a vote whose signature was verified. Refusals are recorded (and returned)
     /// with a stable reason; see [`VoteResult`].
@@ -209,6 +231,18 @@ impl Ledger {
         let mut tx = self.pool.begin().await?;
         // Shared kill-switch lock: a quorum reached here cannot straddle a kill switch.
         let db_now = store::lock_chains(&mut tx, &chains, None, true).await?;
+        // A vote message applied before (a redelivery, or a retry after a COMMIT whose
+        // outcome was unknown) gets its recorded result, not a second event.
+        let intake_key = store::IntakeKey::of(origin, "spend.approvals", VOTE_APPLIED_KEY);
+        let recorded = match &intake_key {
+            Some(key) => key.recorded(&mut tx).await?,
+            None => None,
+        };
+        if let Some(seq) = recorded {
+            let recorded = recorded_vote_result(&mut tx, seq).await?;
+            tx.rollback().await?;
+            return Ok(recorded);
+        }
         let now = chain::to_micros(at.unwrap_or(db_now));
         let mut ws = WriteSet::default();
         ws.load_heads(&mut tx, &chains).await?;
@@ -323,6 +357,12 @@ impl Ledger {
             }
         };
         ws.flush(&mut tx).await?;
+        if let Some(key) = &intake_key {
+            let seq = match &result {
+                VoteResult::Accepted { seq, .. } | VoteResult::Refused { seq, .. } => *seq,
+            };
+            key.record(&mut tx, seq).await?;
+        }
         tx.commit().await?;
         Ok(result)
     }

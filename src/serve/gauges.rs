@@ -24,12 +24,25 @@ pub async fn run(shared: Arc<Shared>, consumer: Arc<StreamConsumer>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match shared.ledger.backlog().await {
-            Ok(b) => {
+        let backlog = tokio::time::timeout(
+            Duration::from_millis(SAMPLE_INTERVAL_MS),
+            shared.ledger.backlog(),
+        )
+        .await;
+        match backlog {
+            Ok(Ok(b)) => {
                 telemetry::set_pending_approvals(b.pending_approvals);
                 telemetry::set_outbox_backlog(b.outbox_messages);
+                metrics::gauge!("spendguard_database_up").set(1.0);
             }
-            Err(e) => tracing::debug!(error = %e, "backlog gauges not refreshed"),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "backlog gauges not refreshed");
+                metrics::gauge!("spendguard_database_up").set(0.0);
+            }
+            Err(_) => {
+                tracing::debug!("backlog gauges not refreshed: no answer from the database");
+                metrics::gauge!("spendguard_database_up").set(0.0);
+            }
         }
         let consumer = consumer.clone();
         // fetch_watermarks blocks the calling thread: keep it off the async workers.

@@ -105,6 +105,7 @@ pub async fn run(
     let control = control::start(shared.clone()).await?;
     let outbox = tokio::spawn(outbox::run(shared.clone()));
     let sweeper = tokio::spawn(sweep_expired(shared.clone()));
+    let verifier = tokio::spawn(verify_chains(shared.clone()));
     let watcher = tokio::spawn(reload::watch(shared.clone()));
 
     let consumer = Arc::new(bus::group_consumer(
@@ -175,6 +176,7 @@ pub async fn run(
     shared.outbox_ready.notify_one();
     outbox.await.context("outbox publisher failed")?;
     sweeper.abort();
+    verifier.abort();
     watcher.abort();
     sampler.abort();
     if let Some(http) = http {
@@ -217,9 +219,11 @@ async fn connect_ledger(settings: &Settings) -> anyhow::Result<Ledger> {
 /// Creates the topics; while the broker is down, waits and retries (SPEC §15: serve
 /// starts and waits) instead of exiting.
 async fn wait_for_topics(settings: &Settings, topics: &Topics) -> anyhow::Result<()> {
+    let layout = topics.layout(settings);
     let mut pause_ms = RETRY_FIRST_MS;
     loop {
-        match bus::ensure_topics(&settings.brokers, &topics.layout(settings)).await {
+        let created = bus::ensure_topics(&settings.brokers, &layout).await;
+        match created {
             Ok(()) => return Ok(()),
             Err(e @ bus::BusError::Client { .. }) => {
                 tracing::warn!(error = %e, "broker unavailable at start; retrying in {pause_ms} ms");
@@ -345,7 +349,13 @@ async fn sweep_expired(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match shared.ledger.expire_due_now().await {
+        let swept = tokio::time::timeout(
+            Duration::from_millis(CALL_DEADLINE_MS),
+            shared.ledger.expire_due_now(),
+        )
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {CALL_DEADLINE_MS} ms")));
+        match swept {
             Ok(expired) if !expired.is_empty() => {
                 metrics::counter!("spendguard_intents_expired_total")
                     .increment(expired.len() as u64);
@@ -357,6 +367,11 @@ async fn sweep_expired(shared: Arc<Shared>) {
     }
 }
 
+/// Longest one attempt of a ledger call or a dead-letter publish may take before it is
+/// abandoned and retried. Above the producer's delivery timeout (10 s) and the ledger's
+/// lock timeout (3 s); a decide batch normally takes milliseconds.
+pub(crate) const CALL_DEADLINE_MS: u64 = 15_000;
+
 /// How a bounded retry ended.
 #[derive(Debug)]
 pub(crate) enum Attempt<T> {
@@ -365,6 +380,38 @@ pub(crate) enum Attempt<T> {
     GaveUp(String),
     /// Shutting down mid-retry: leave the offset unstored, the next owner redelivers.
     Stopped,
+}
+
+/// Verifies every hash chain now and then (`chain_verify_interval_s`, 0 = never) and
+/// reports the result as `spendguard_chain_verification_failed` (1 = a chain is broken),
+/// which the alert rules watch. The first run is one interval after start-up.
+async fn verify_chains(shared: Arc<Shared>) {
+    let interval_s = shared.settings.chain_verify_interval_s;
+    if interval_s == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(interval_s));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match shared.ledger.audit_verify().await {
+            Ok(v) => {
+                let failed = !v.problems.is_empty();
+                if failed {
+                    tracing::error!(
+                        problems = v.problems.len(),
+                        "hash chain verification FAILED: run `spendguard audit verify` and see docs/operations.md"
+                    );
+                }
+                metrics::gauge!("spendguard_chain_verification_failed")
+                    .set(f64::from(u8::from(failed)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "chain verification could not run; retrying next interval")
+            }
+        }
+    }
 }
 
 /// Retries `op` with exponential back-off. Only transient failures (the database unreachable, a
@@ -384,9 +431,18 @@ where
     let mut pause_ms = RETRY_FIRST_MS;
     let mut permanent_failures = 0u32;
     loop {
-        match op().await {
-            Ok(v) => return Attempt::Done(v),
-            Err(e) => {
+        match tokio::time::timeout(Duration::from_millis(CALL_DEADLINE_MS), op()).await {
+            Ok(Ok(v)) => return Attempt::Done(v),
+            // No answer at all (a peer paused, a connection black-holed): the call is
+            // abandoned and retried; if it did commit meanwhile, the ledger's
+            // idempotency answers the retry with what was recorded.
+            Err(_) => {
+                metrics::counter!("spendguard_retries_total").increment(1);
+                tracing::warn!(
+                    "{what} gave no answer within {CALL_DEADLINE_MS} ms (transient); retrying in {pause_ms} ms"
+                );
+            }
+            Ok(Err(e)) => {
                 metrics::counter!("spendguard_retries_total").increment(1);
                 if transient(&e) {
                     tracing::warn!(error = %e, "{what} failed (transient); retrying in {pause_ms} ms");

@@ -18,6 +18,10 @@ const _: () = assert!(
     crate::bus::SERVICE_PRODUCE_TIMEOUT_MS * 2 < crate::ledger::OUTBOX_LEASE_SECONDS as u64 * 1000
 );
 
+/// Longest claim → produce → mark round; its rows stay leased to this instance, which
+/// claims them again first.
+const OUTBOX_ROUND_DEADLINE_MS: u64 = 25_000;
+
 /// Rows claimed per round trip.
 const CLAIM_BATCH: usize = 500;
 /// Pause when the client's local queue is full.
@@ -27,7 +31,17 @@ pub async fn run(shared: Arc<Shared>) {
     let poll = Duration::from_millis(shared.settings.outbox_poll_interval_ms);
     loop {
         let stopping = shared.shutting_down();
-        match publish_batch(&shared).await {
+        let published = tokio::time::timeout(
+            Duration::from_millis(OUTBOX_ROUND_DEADLINE_MS),
+            publish_batch(&shared),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no answer within {OUTBOX_ROUND_DEADLINE_MS} ms (database or broker)"
+            ))
+        });
+        match published {
             // A full batch: more may be waiting, go again at once.
             Ok(n) if n == CLAIM_BATCH => continue,
             Ok(_) if stopping => return,

@@ -91,7 +91,8 @@ async fn handle_intents(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
     // is split in halves until the intent that causes it stands alone (SPEC §15: a
     // failing intent is isolated, never taking its neighbours to the DLQ); order is
     // kept, so one agent's intents are still decided in partition order.
-    let mut todo = vec![0..items.len()];
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
+    todo.push(0..items.len());
     while let Some(range) = todo.pop() {
         let batch = &items[range.clone()];
         let batch_msgs = &item_msgs[range.clone()];
