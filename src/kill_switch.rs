@@ -96,18 +96,46 @@ pub struct ControlMessage {
     pub sent_at: DateTime<Utc>,
 }
 
+/// Why a control message was refused. `code` values are stable (logged, asserted by tests).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ControlError {
+    /// `malformed_control_message`, `invalid_actor` or `reason_too_long`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ControlError {
+    fn new(code: &'static str, message: impl Into<String>) -> ControlError {
+        ControlError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
 impl ControlMessage {
-    pub fn parse(bytes: &[u8]) -> Result<ControlMessage, String> {
-        let msg: ControlMessage =
-            serde_json::from_slice(bytes).map_err(|e| format!("invalid control message: {e}"))?;
+    pub fn parse(bytes: &[u8]) -> Result<ControlMessage, ControlError> {
+        let msg: ControlMessage = serde_json::from_slice(bytes).map_err(|e| {
+            ControlError::new(
+                "malformed_control_message",
+                format!("invalid control message: {e}"),
+            )
+        })?;
         if msg.actor.is_empty() || msg.actor.len() > MAX_ID_LEN {
-            return Err(format!(
-                "control message actor must be 1..={MAX_ID_LEN} characters"
+            return Err(ControlError::new(
+                "invalid_actor",
+                format!("control message actor must be 1..={MAX_ID_LEN} characters"),
             ));
         }
         if msg.reason.len() > MAX_REASON_LEN {
-            return Err(format!(
-                "control message reason is longer than {MAX_REASON_LEN} characters"
+            return Err(ControlError::new(
+                "reason_too_long",
+                format!("control message reason is longer than {MAX_REASON_LEN} characters"),
             ));
         }
         Ok(msg)
@@ -263,14 +291,26 @@ mod tests {
         };
         let bytes = serde_json::to_vec(&msg).unwrap();
         assert_eq!(ControlMessage::parse(&bytes).unwrap(), msg);
-        assert!(ControlMessage::parse(b"not json").is_err());
-        let bad_scope = String::from_utf8(bytes)
-            .unwrap()
-            .replace("agent:a1", "team:x");
-        assert!(
-            ControlMessage::parse(bad_scope.as_bytes())
+        assert_eq!(
+            ControlMessage::parse(b"not json").unwrap_err().code(),
+            "malformed_control_message"
+        );
+        let text = String::from_utf8(bytes).unwrap();
+        let bad_scope =
+            ControlMessage::parse(text.replace("agent:a1", "team:x").as_bytes()).unwrap_err();
+        assert_eq!(bad_scope.code(), "malformed_control_message");
+        assert!(bad_scope.to_string().contains("scope"));
+        let no_actor = text.replace("ops-alice", "");
+        assert_eq!(
+            ControlMessage::parse(no_actor.as_bytes())
                 .unwrap_err()
-                .contains("scope")
+                .code(),
+            "invalid_actor"
+        );
+        let long = text.replace("runaway agent", &"r".repeat(MAX_REASON_LEN + 1));
+        assert_eq!(
+            ControlMessage::parse(long.as_bytes()).unwrap_err().code(),
+            "reason_too_long"
         );
     }
 }

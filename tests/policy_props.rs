@@ -4,6 +4,11 @@
 //! are ordered from most to least severe (a rule that starts matching is then never less
 //! severe than the one it displaces); the generator orders them so, and the linter warns
 //! about orders that break it (`rule_order_can_lower_severity`).
+//!
+//! The parser fuzz targets (`fuzz_*`, SPEC §15) live in `parser_fuzz/` and run with this
+//! binary: `SPENDGUARD_FUZZ_CASES=200000 cargo test --release --test policy_props fuzz_`.
+
+mod parser_fuzz;
 
 use proptest::prelude::*;
 use rust_decimal::Decimal;

@@ -337,11 +337,23 @@ async fn openapi_json() -> Json<serde_json::Value> {
     Json(openapi::document())
 }
 
+/// A path parameter as extracted, its rejection kept so it can be answered in JSON.
+type PathParam = Result<Path<String>, axum::extract::rejection::PathRejection>;
+
+/// The id in the path, checked. axum's own rejection is plain text; a percent-encoded id
+/// that is not UTF-8 (`/v1/decisions/%ff`) gets our JSON 400 `invalid_request` instead.
+fn path_id(what: &str, path: PathParam) -> Result<String, ApiError> {
+    let Path(id) =
+        path.map_err(|e| ApiError::InvalidRequest(format!("{what}: {}", e.body_text())))?;
+    check_id(what, &id)?;
+    Ok(id)
+}
+
 async fn get_decision(
     State(state): State<ApiState>,
-    Path(intent_id): Path<String>,
+    path: PathParam,
 ) -> Result<Json<DecisionView>, ApiError> {
-    check_id("intentId", &intent_id)?;
+    let intent_id = path_id("intentId", path)?;
     match state.ledger.decision(&intent_id).await? {
         Some(d) => Ok(Json(d)),
         None => Err(ApiError::NotFound(format!(
@@ -359,11 +371,11 @@ pub struct UsageQuery {
 
 async fn get_usage(
     State(state): State<ApiState>,
-    Path(agent_id): Path<String>,
+    path: PathParam,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AgentUsageView>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    check_id("agentId", &agent_id)?;
+    let agent_id = path_id("agentId", path)?;
     let entity_id = match query.entity {
         Some(e) => {
             check_id("entity", &e)?;

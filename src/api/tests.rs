@@ -323,6 +323,26 @@ async fn errors_are_json_with_stable_codes() {
     assert!(kill.0.lock().unwrap().is_empty());
 }
 
+/// Found by `fuzz_http_paths_and_queries`: an id that percent-decodes to invalid UTF-8
+/// was refused by axum's plain-text rejection, not a JSON error with a code.
+#[tokio::test]
+async fn undecodable_path_ids_get_json_errors() {
+    let app = router(state(Arc::default()));
+    for path in [
+        "/v1/decisions/%ff",
+        "/v1/decisions/a%c3",
+        "/v1/agents/%ff/usage",
+        "/v1/agents/%ed%a0%80/usage?entity=e-1",
+    ] {
+        let (s, j) = call(&app, Method::GET, path, Some(READER), None).await;
+        assert_eq!(
+            (s, j["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{path}: {j}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn oversized_and_non_json_bodies_are_refused() {
     let kill = Arc::new(MemKill::default());
