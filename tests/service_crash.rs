@@ -765,6 +765,7 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
         sent,
         "seed {seed}: every decision published"
     );
+    assert_published_in_ledger_order(&messages, seed);
     // The chains and the projections verify.
     let cli_env = vec![("DATABASE_URL".to_string(), db.clone())];
     for args in [&["audit", "verify"][..], &["replay", "--verify"][..]] {
@@ -784,4 +785,145 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
     for p in instances {
         assert_eq!(p.terminate(), Some(0));
     }
+}
+
+/// Per agent, the first copy of every message on the decisions topic arrives in ledger
+/// order, and an outcome never before its decision (later copies of a republished
+/// message may follow; consumers deduplicate by intentId).
+fn assert_published_in_ledger_order(messages: &[rdkafka::message::OwnedMessage], seed: u64) {
+    let mut last_seq: BTreeMap<String, i64> = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut decided = std::collections::BTreeSet::new();
+    for m in messages {
+        let v = common::json(m);
+        let agent = v["agentId"].as_str().unwrap().to_string();
+        let intent = v["intentId"].as_str().unwrap().to_string();
+        let is_outcome = v.get("outcome").is_some();
+        if !seen.insert((intent.clone(), is_outcome)) {
+            continue;
+        }
+        if is_outcome {
+            assert!(
+                decided.contains(&intent),
+                "seed {seed}: outcome of {intent} before its decision"
+            );
+        } else {
+            decided.insert(intent.clone());
+        }
+        let seq = v["ledgerSeq"].as_i64().unwrap();
+        let last = last_seq.entry(agent.clone()).or_insert(0);
+        assert!(
+            seq > *last,
+            "seed {seed}: {agent}: ledgerSeq {seq} published after {last}"
+        );
+        *last = seq;
+    }
+}
+
+/// SPEC §15: the broker unreachable mid-stream (a private tansu behind the proxy, so
+/// every produce and fetch crosses it): serve stays up, and once the broker is back
+/// every intent is decided once and every decision published, in per-agent order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_mid_stream_loses_nothing() {
+    const BEFORE: usize = 200;
+    const AFTER: usize = 200;
+    if !common::require_postgres() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tansu) = common::proxy::spawn_tansu_behind_proxy(dir.path()) else {
+        return;
+    };
+    let db = common::fresh_database("sg_bout_").await;
+    let prefix = format!("{}.", common::unique("bout"));
+    let policies = common::test_policies(dir.path(), "1", "100000", "1h");
+    let mut env = common::service_env(&db, &prefix, &common::unique("g-"), &policies);
+    env.retain(|(k, _)| k != "SPENDGUARD_BROKERS");
+    env.push(("SPENDGUARD_BROKERS".into(), tansu.brokers.clone()));
+    let topics = Topics::with_prefix(&prefix);
+    let serve = ServeProcess::start(&env, "bout-0", dir.path(), &[]);
+
+    let publish = |first: usize, n: usize| {
+        let brokers = tansu.brokers.clone();
+        let topic = topics.intents.clone();
+        async move {
+            let producer = bus::client_producer(&brokers).unwrap();
+            for i in first..first + n {
+                let agent = format!("agent-bout{}", i % 10);
+                let body =
+                    common::intent_json(&format!("bout-{i}"), &agent, "1.00", "vendor:known");
+                bus::publish(&producer, &topic, agent.as_bytes(), body.as_bytes(), None)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish(0, BEFORE).await;
+    // The broker goes away while decisions are being made and published.
+    tansu.proxy.set_refuse(true);
+    tansu.proxy.cut();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        serve_alive(&serve),
+        "serve exited during the outage:\n{}",
+        serve.log_text()
+    );
+    tansu.proxy.heal();
+    publish(BEFORE, AFTER).await;
+
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM decision",
+        (BEFORE + AFTER) as i64,
+        &serve,
+    )
+    .await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM ledger_event WHERE event_type = 'intent_decided'"
+        )
+        .await,
+        (BEFORE + AFTER) as i64
+    );
+    let messages = common::read_until(&tansu.brokers, &topics.decisions, WAIT_MS, |m| {
+        m.iter()
+            .map(|m| {
+                common::json(m)["intentId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            >= BEFORE + AFTER
+    })
+    .await;
+    assert_published_in_ledger_order(&messages, 0);
+    let distinct: std::collections::BTreeSet<String> = messages
+        .iter()
+        .map(|m| common::json(m)["intentId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        distinct.len(),
+        BEFORE + AFTER,
+        "every decision published:\n{}",
+        serve.log_text()
+    );
+    wait_for_count(
+        &db,
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM outbox) THEN 0::bigint ELSE 1 END",
+        1,
+        &serve,
+    )
+    .await;
+    assert_eq!(serve.terminate(), Some(0));
+}
+
+fn serve_alive(serve: &ServeProcess) -> bool {
+    // try_wait needs &mut; a signal 0 asks the kernel whether the process exists.
+    std::process::Command::new("kill")
+        .args(["-0", &serve.child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }

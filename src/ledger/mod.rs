@@ -54,6 +54,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 pub const MAX_RAW_STORED_BYTES: usize = 16 * 1024;
 /// How long an outbox claim is leased before another instance may publish it.
 pub const OUTBOX_LEASE_SECONDS: i64 = 30;
+/// Advisory-lock name that serializes outbox claims.
+const OUTBOX_CLAIM_LOCK: &str = "outbox-claim";
 /// Most pending approvals one `expire_due` call closes.
 pub const EXPIRE_BATCH_MAX: i64 = 500;
 
@@ -818,20 +820,34 @@ impl Ledger {
     /// Leases up to `limit` unpublished outbox rows (oldest first) to this instance.
     /// Rows leased by another live instance are skipped; a lease expires after
     /// `OUTBOX_LEASE_SECONDS`, so a crashed publisher's rows are published by others.
+    ///
+    /// Per-agent order (SPEC §15): a row is claimed only when no older row with the same
+    /// key is leased to another instance, so two publishers never race on one agent's
+    /// messages (decisions before their outcomes, in ledger order). Claims are
+    /// serialized by an advisory lock: each sees every earlier claim committed.
     pub async fn outbox_claim(&self, limit: usize) -> anyhow::Result<Vec<OutboxRow>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(chain::lock_key(OUTBOX_CLAIM_LOCK))
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(
             "UPDATE outbox o SET claimed_by = $2, claimed_until = now() + make_interval(secs => $3)
-             FROM (SELECT id FROM outbox
-                   WHERE claimed_until IS NULL OR claimed_until < now() OR claimed_by = $2
-                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) c
+             FROM (SELECT id FROM outbox c
+                   WHERE (claimed_until IS NULL OR claimed_until < now() OR claimed_by = $2)
+                     AND NOT EXISTS (SELECT 1 FROM outbox older
+                                     WHERE older.msg_key = c.msg_key AND older.id < c.id
+                                       AND older.claimed_by <> $2 AND older.claimed_until >= now())
+                   ORDER BY id LIMIT $1) c
              WHERE o.id = c.id
              RETURNING o.id, o.seq, o.topic, o.msg_key, o.payload",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(&self.instance)
         .bind(OUTBOX_LEASE_SECONDS as f64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             out.push(OutboxRow {
