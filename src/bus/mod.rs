@@ -227,14 +227,18 @@ pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<usize>, BusE
 /// is not held back waiting for a batch, and key-hashed partitioning (same agent, same
 /// partition) that matches the Java client so other producers agree with us.
 pub fn producer(brokers: &str) -> Result<FutureProducer, BusError> {
-    // Idempotent: the client's own retries (broker restart, leader change) can neither
-    // duplicate nor reorder what one agent's partition receives, so decisions leave in
-    // ledger order and an outcome never overtakes its decision (SPEC §15). A delivery
+    // One request in flight per broker connection: the client's own retries (broker
+    // restart, leader change) then resend in order, so one agent's partition receives
+    // its decisions in ledger order and an outcome never overtakes its decision (SPEC
+    // §15); a retry may duplicate a message, which consumers already handle (at least
+    // once, identical copies). Not `enable.idempotence`: on tansu a producer that
+    // reconnected after an outage was answered ProducerFenced, a fatal state in which
+    // every later delivery failed (measured: 204 decisions never published). A delivery
     // fails within SERVICE_PRODUCE_TIMEOUT_MS, well inside the outbox lease, so a row is
     // never published by two instances at once.
     client_config(brokers)
         .set("acks", "all")
-        .set("enable.idempotence", "true")
+        .set("max.in.flight.requests.per.connection", "1")
         .set("linger.ms", SERVICE_LINGER_MS.to_string())
         .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", SERVICE_PRODUCE_TIMEOUT_MS.to_string())
@@ -290,6 +294,12 @@ pub fn group_consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        // Also the rebalance timeout a member announces: how long the coordinator waits
+        // for members to rejoin. librdkafka's 300 s default let a group whose members
+        // were SIGKILLed in a row stall for minutes on tansu (chaos run, seed 7); 30 s
+        // bounds that, and an instance whose consume loop is blocked that long (all its
+        // deciders waiting on the database) rightly gives its partitions up.
+        .set("max.poll.interval.ms", "30000")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", fetch_wait_max_ms())
         .create()
