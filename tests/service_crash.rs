@@ -527,7 +527,13 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
         )
         .unwrap();
     }
-    let env = common::service_env(&db_via_proxy, &prefix, &common::unique("g-"), &policies);
+    let mut env = common::service_env(&db_via_proxy, &prefix, &common::unique("g-"), &policies);
+    // A long run being investigated can ask for more: SPENDGUARD_CHAOS_LOG=rdkafka=debug
+    // with SPENDGUARD_KAFKA_DEBUG=cgrp, say.
+    if let Ok(filter) = std::env::var("SPENDGUARD_CHAOS_LOG") {
+        env.retain(|(k, _)| k != "SPENDGUARD_LOG");
+        env.push(("SPENDGUARD_LOG".into(), filter));
+    }
     let topics = Topics::with_prefix(&prefix);
     let mut instances: Vec<ServeProcess> = (0..3)
         .map(|i| ServeProcess::start(&env, &format!("chaos-{i}"), dir.path(), &[]))
@@ -599,7 +605,6 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
     // The fault schedule.
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut schedule = Vec::new();
-    let mut restarts = 0;
     while tokio::time::Instant::now() < stop_at {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(1_000..2_500))).await;
         let fault = draw_fault(&mut rng, instances.len());
@@ -610,8 +615,9 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
                 instances[i].child.kill().unwrap();
                 instances[i].child.wait().unwrap();
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                restarts += 1;
-                let name = format!("chaos-{i}-r{restarts}");
+                // Same name: the restarted instance takes its predecessor's place in the
+                // consumer group (static membership), as a restarted pod would.
+                let name = format!("chaos-{i}");
                 let env = env.clone();
                 let path = dir.path().to_path_buf();
                 instances[i] = tokio::task::spawn_blocking(move || {

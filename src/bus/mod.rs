@@ -149,6 +149,13 @@ pub fn client_config(brokers: &str) -> ClientConfig {
         // tansu (and Kafka) give every client its own id in logs; keep it recognisable.
         .set("client.id", "spendguard")
         .set("socket.keepalive.enable", "true");
+    // librdkafka's own debug contexts (`cgrp`, `fetch`, `broker`, `all`...) for an
+    // operator chasing a broker or consumer-group problem; logged through `rdkafka`.
+    if let Ok(contexts) = std::env::var("SPENDGUARD_KAFKA_DEBUG")
+        && !contexts.trim().is_empty()
+    {
+        c.set("debug", contexts.trim());
+    }
     c
 }
 
@@ -288,6 +295,10 @@ pub fn group_consumer(
     client_config(brokers)
         .set("group.id", group_id)
         .set("client.id", format!("spendguard-{instance}"))
+        // Static membership (KIP-345): an instance restarted under the same name takes
+        // its predecessor's place and partitions at once, instead of leaving them to a
+        // dead member until the coordinator notices (tansu, in the chaos run, never did).
+        .set("group.instance.id", instance)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "200")
         .set("enable.auto.offset.store", "false")

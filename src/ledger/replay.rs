@@ -91,10 +91,7 @@ pub async fn verify_chains(pool: &PgPool) -> anyhow::Result<Verifier> {
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    // Reading the whole ledger legitimately outlasts the session's statement limit.
-    sqlx::query("SET LOCAL statement_timeout = 0")
-        .execute(&mut *tx)
-        .await?;
+    read_whole_ledger(&mut tx).await?;
     let mut v = Verifier::default();
     {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM ledger_event ORDER BY seq");
@@ -107,6 +104,20 @@ pub async fn verify_chains(pool: &PgPool) -> anyhow::Result<Verifier> {
     v.finish(&heads);
     tx.commit().await?;
     Ok(v)
+}
+
+/// Lifts the session's statement and idle-in-transaction limits for this read-only
+/// transaction: reading the whole ledger legitimately takes longer than one statement
+/// may, and the client computes (hashes, folds) between reads. A read-only snapshot
+/// holds no lock anyone waits for, so it cannot freeze the ledger.
+async fn read_whole_ledger(tx: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    sqlx::query("SET LOCAL statement_timeout = 0")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// A position in the ledger for followers: `(xid, seq)` of the last event read.
@@ -402,6 +413,7 @@ pub async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<ReplayReport>
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
+    read_whole_ledger(&mut tx).await?;
     let keys: HashMap<uuid::Uuid, privacy::SubjectKey> =
         sqlx::query("SELECT key_id, key FROM subject_key")
             .fetch_all(&mut *tx)
