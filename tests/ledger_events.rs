@@ -77,6 +77,43 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
         .record_invalid_intent(b"{not json", &err, &o)
         .await
         .unwrap();
+
+    // A message set aside (its dead letter refused), recorded once per Kafka origin:
+    // the retry after a COMMIT of unknown outcome gets the first seq back.
+    let kafka = spendguard::ledger::Origin::kafka("test", 4, 1234);
+    let raw = b"{\"intentId\": \"4111 1111 1111 1111\"}";
+    let aside = ledger
+        .record_set_aside(
+            "spend.intents",
+            raw,
+            "dead_letter_refused",
+            "too large",
+            &kafka,
+        )
+        .await
+        .unwrap();
+    let again = ledger
+        .record_set_aside(
+            "spend.intents",
+            raw,
+            "dead_letter_refused",
+            "too large",
+            &kafka,
+        )
+        .await
+        .unwrap();
+    assert_eq!(aside, again, "a retry must not append a second event");
+    let invalid_kafka = ledger
+        .record_invalid_intent(b"{not json", &err, &kafka)
+        .await
+        .unwrap();
+    assert_eq!(
+        invalid_kafka,
+        ledger
+            .record_invalid_intent(b"{not json", &err, &kafka)
+            .await
+            .unwrap()
+    );
     let conflict = ledger
         .decide(&set, &intent("i-allow", "ag", "301.00"), &o)
         .await

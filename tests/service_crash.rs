@@ -23,6 +23,11 @@ const MAX_ALLOWED_PER_AGENT: i64 = 5;
 const PRODUCE_GAP_MS: u64 = 10;
 const WAIT_MS: u64 = 120_000;
 
+/// The tests of this binary each run several `serve` processes and thousands of
+/// intents; run side by side on 2 cores they starve each other's timing (a kill meant
+/// to land mid-stream lands after it). One at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn scalar(db: &str, sql: &'static str) -> i64 {
     let mut conn = sqlx::PgConnection::connect(db).await.unwrap();
     sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
@@ -33,6 +38,7 @@ async fn sigkill_of_one_instance_loses_and_duplicates_nothing() {
     if !common::require_broker() || !common::require_postgres() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let brokers = common::brokers();
     let db = common::fresh_database("sg_crash_").await;
     let prefix = format!("{}.", common::unique("crash"));
@@ -239,6 +245,7 @@ async fn a_one_megabyte_message_does_not_stop_the_partition() {
     if !common::require_broker() || !common::require_postgres() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let brokers = common::brokers();
     let db = common::fresh_database("sg_poison_").await;
     let prefix = format!("{}.", common::unique("poison"));
@@ -304,6 +311,7 @@ async fn a_read_only_database_for_a_while_dead_letters_nothing() {
     if !common::require_broker() || !common::require_postgres() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let db = common::fresh_database("sg_readonly_").await;
     let name = db.rsplit('/').next().unwrap().to_string();
     let prefix = format!("{}.", common::unique("ro"));
@@ -371,6 +379,7 @@ async fn serve_started_while_the_broker_is_down_waits_then_decides() {
     if !common::require_broker() || !common::require_postgres() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let brokers = common::brokers();
     let upstream = tokio::net::lookup_host(brokers.split(',').next().unwrap())
         .await
@@ -485,6 +494,7 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
     if !common::require_broker() || !common::require_postgres() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let seed = env_u64("SPENDGUARD_CHAOS_SEED", 1);
     let duration_s = env_u64("SPENDGUARD_CHAOS_DURATION_S", 20);
     let rate_per_s = env_u64("SPENDGUARD_CHAOS_RATE", 50);
@@ -605,6 +615,7 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
     // The fault schedule.
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut schedule = Vec::new();
+    let mut restarts = 0;
     while tokio::time::Instant::now() < stop_at {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(1_000..2_500))).await;
         let fault = draw_fault(&mut rng, instances.len());
@@ -615,9 +626,8 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
                 instances[i].child.kill().unwrap();
                 instances[i].child.wait().unwrap();
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                // Same name: the restarted instance takes its predecessor's place in the
-                // consumer group (static membership), as a restarted pod would.
-                let name = format!("chaos-{i}");
+                restarts += 1;
+                let name = format!("chaos-{i}-r{restarts}");
                 let env = env.clone();
                 let path = dir.path().to_path_buf();
                 instances[i] = tokio::task::spawn_blocking(move || {
@@ -836,6 +846,7 @@ async fn a_broker_outage_mid_stream_loses_nothing() {
     if !common::require_postgres() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let Some(tansu) = common::proxy::spawn_tansu_behind_proxy(dir.path()) else {
         return;

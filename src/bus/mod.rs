@@ -295,10 +295,6 @@ pub fn group_consumer(
     client_config(brokers)
         .set("group.id", group_id)
         .set("client.id", format!("spendguard-{instance}"))
-        // Static membership (KIP-345): an instance restarted under the same name takes
-        // its predecessor's place and partitions at once, instead of leaving them to a
-        // dead member until the coordinator notices (tansu, in the chaos run, never did).
-        .set("group.instance.id", instance)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "200")
         .set("enable.auto.offset.store", "false")
