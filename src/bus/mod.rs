@@ -301,12 +301,6 @@ pub fn group_consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        // Also the rebalance timeout a member announces: how long the coordinator waits
-        // for members to rejoin. librdkafka's 300 s default let a group whose members
-        // were SIGKILLed in a row stall for minutes on tansu (chaos run, seed 7); 30 s
-        // bounds that, and an instance whose consume loop is blocked that long (all its
-        // deciders waiting on the database) rightly gives its partitions up.
-        .set("max.poll.interval.ms", "30000")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", fetch_wait_max_ms())
         .create()
