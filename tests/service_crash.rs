@@ -402,28 +402,10 @@ async fn serve_started_while_the_broker_is_down_waits_then_decides() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS);
-    while !read_log().contains("waiting for the broker") {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "serve exited:\n{}",
-            read_log()
-        );
-        assert!(std::time::Instant::now() < deadline, "{}", read_log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(!read_log().contains("ready"));
+    wait_for_log(&mut child, &log, "waiting for the broker").await;
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("ready"));
     proxy.heal();
-    while !read_log().contains("ready") {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "serve exited:\n{}",
-            read_log()
-        );
-        assert!(std::time::Instant::now() < deadline, "{}", read_log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_log(&mut child, &log, "ready").await;
     let topics = Topics::with_prefix(&prefix);
     publish_intents(&topics.intents, "bdown", 20, 4).await;
     let serve = ServeProcess {
@@ -935,6 +917,23 @@ async fn a_broker_outage_mid_stream_loses_nothing() {
     )
     .await;
     assert_eq!(serve.terminate(), Some(0));
+}
+
+/// Waits until a running `serve`'s log contains `text`; fails if it exits first.
+async fn wait_for_log(child: &mut std::process::Child, log: &std::path::Path, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        let seen = std::fs::read_to_string(log).unwrap_or_default();
+        if seen.contains(text) {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "serve exited:\n{seen}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {text:?} in:\n{seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn serve_alive(serve: &ServeProcess) -> bool {

@@ -243,13 +243,8 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, BusError> {
     // every later delivery failed (measured: 204 decisions never published). A delivery
     // fails within SERVICE_PRODUCE_TIMEOUT_MS, well inside the outbox lease, so a row is
     // never published by two instances at once.
-    client_config(brokers)
-        .set("acks", "all")
+    producer_config(brokers, SERVICE_LINGER_MS, SERVICE_PRODUCE_TIMEOUT_MS)
         .set("max.in.flight.requests.per.connection", "1")
-        .set("linger.ms", SERVICE_LINGER_MS.to_string())
-        .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", SERVICE_PRODUCE_TIMEOUT_MS.to_string())
-        .set("compression.type", "none")
         .create()
         .map_err(client_err(brokers))
 }
@@ -274,14 +269,21 @@ pub fn client_producer(brokers: &str) -> Result<FutureProducer, BusError> {
 }
 
 fn producer_lingering(brokers: &str, linger_ms: u32) -> Result<FutureProducer, BusError> {
-    client_config(brokers)
-        .set("acks", "all")
-        .set("linger.ms", linger_ms.to_string())
-        .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", PRODUCE_TIMEOUT_MS.to_string())
-        .set("compression.type", "none")
+    producer_config(brokers, linger_ms, PRODUCE_TIMEOUT_MS)
         .create()
         .map_err(client_err(brokers))
+}
+
+/// What every producer shares: acks from all replicas, Java-compatible key hashing (same
+/// agent, same partition as other clients), no compression.
+fn producer_config(brokers: &str, linger_ms: u32, timeout_ms: u64) -> ClientConfig {
+    let mut c = client_config(brokers);
+    c.set("acks", "all")
+        .set("linger.ms", linger_ms.to_string())
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", timeout_ms.to_string())
+        .set("compression.type", "none");
+    c
 }
 
 /// A group consumer whose offsets are committed only for messages the caller stored
