@@ -307,7 +307,7 @@ async fn a_one_megabyte_message_does_not_stop_the_partition() {
 /// as PostgreSQL does it: sessions are cut, and new ones land on a read-only server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_database_for_a_while_dead_letters_nothing() {
-    const INTENTS_WHILE_READ_ONLY: usize = 300;
+    const INTENTS_WHILE_READ_ONLY: usize = 1_000;
     if !common::require_broker() || !common::require_postgres() {
         return;
     }
