@@ -943,3 +943,117 @@ fn serve_alive(serve: &ServeProcess) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// Regression (issue 16): with an instance SIGSTOPped mid-stream (its transactions may
+/// hold the agent and kill-switch locks), an operator's kill switch still applies and
+/// other agents are still decided; after SIGCONT the instance goes on, and the killed
+/// agent's later intents are denied. The exact lock-holding case is pinned down by
+/// `a_paused_lock_holder_cannot_hold_back_the_kill_switch` (ledger_concurrency); this is
+/// the same over the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_instance_cannot_hold_back_the_kill_switch() {
+    const BEFORE: usize = 400;
+    if !common::require_broker() || !common::require_postgres() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let db = common::fresh_database("sg_stop_").await;
+    let prefix = format!("{}.", common::unique("stop"));
+    let dir = tempfile::tempdir().unwrap();
+    let policies = common::test_policies(dir.path(), "1", "100000", "1h");
+    let env = common::service_env(&db, &prefix, &common::unique("g-"), &policies);
+    let topics = Topics::with_prefix(&prefix);
+    let serve = ServeProcess::start(&env, "stop-0", dir.path(), &[]);
+
+    // Stop the instance while it is deciding.
+    let load = tokio::spawn({
+        let topic = topics.intents.clone();
+        async move { publish_intents(&topic, "stop", BEFORE, 10).await }
+    });
+    wait_for_count(&db, "SELECT count(*) FROM decision", 50, &serve).await;
+    signal(&serve.child, "-STOP");
+    load.await.unwrap();
+
+    let started = std::time::Instant::now();
+    let kill = tokio::task::spawn_blocking({
+        let env = env.clone();
+        move || {
+            common::spendguard(&env)
+                .args(["kill-switch", "on", "--scope", "agent:agent-stop0"])
+                .args(["--reason", "fraud alert", "--actor", "alice"])
+                .output()
+                .unwrap()
+        }
+    });
+    // Another agent is decided meanwhile, by another deciding process of the ledger.
+    let other = spendguard::ledger::Ledger::connect(&db, "stop-other")
+        .await
+        .unwrap();
+    let set = spendguard::policy::PolicySet::load_dir(&policies).unwrap();
+    let intent = spendguard::intent::parse_intent(
+        common::intent_json("stop-other-1", "agent-other", "1.00", "vendor:known").as_bytes(),
+    )
+    .unwrap();
+    let decided = tokio::time::timeout(
+        Duration::from_secs(30),
+        other.decide(
+            &set,
+            &intent,
+            &spendguard::ledger::Origin::cli("stop-other"),
+        ),
+    )
+    .await
+    .expect("another agent could not be decided while an instance was stopped")
+    .unwrap();
+    assert_eq!(decided.message.effect.as_str(), "ALLOW");
+    let out = tokio::time::timeout(Duration::from_secs(30), kill)
+        .await
+        .expect("the kill switch waited on the stopped instance")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kill-switch on failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "kill switch recorded {} ms after it was asked for, with an instance stopped",
+        started.elapsed().as_millis()
+    );
+
+    signal(&serve.child, "-CONT");
+    let producer = bus::client_producer(&common::brokers()).unwrap();
+    for i in 0..10 {
+        let body = common::intent_json(
+            &format!("stop-after-{i}"),
+            "agent-stop0",
+            "1.00",
+            "vendor:known",
+        );
+        bus::publish(
+            &producer,
+            &topics.intents,
+            b"agent-stop0",
+            body.as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM decision",
+        (BEFORE + 11) as i64,
+        &serve,
+    )
+    .await;
+    let denied_after = scalar(
+        &db,
+        "SELECT count(*) FROM decision WHERE intent_id LIKE 'stop-after-%' AND effect = 'DENY'",
+    )
+    .await;
+    assert_eq!(
+        denied_after, 10,
+        "the killed agent's later intents are denied"
+    );
+    assert_eq!(serve.terminate(), Some(0));
+}
