@@ -329,15 +329,6 @@ fn a_compose_implementation_accepts_the_file_and_rejects_a_broken_copy() {
 // tool: every metric the dashboard and the rules name must be recorded by `src/`, so a
 // renamed metric breaks it.
 
-/// Metrics the rules and the dashboard may name before `src/` records them, because
-/// issue 16 adds them in parallel. Each must be listed in docs/operations.md as
-/// "(added by issue 16)" while it is missing from `src/`.
-const METRICS_ADDED_BY_ISSUE_16: [&str; 3] = [
-    "spendguard_chain_verification_failed",
-    "spendguard_messages_set_aside_total",
-    "spendguard_database_up",
-];
-
 /// Whether promtool can run. When it cannot: panic under CI=true (no silent skips in
 /// CI), otherwise print a visible SKIPPED line and let the caller return.
 fn promtool_available(test: &str) -> bool {
@@ -663,21 +654,8 @@ fn dashboard_and_alerts_name_only_metrics_the_service_records() {
         src.contains(&format!("\"{base}\""))
     };
     let mut missing = Vec::new();
-    let mut noted = std::collections::BTreeSet::new();
     for (metric, user) in &named {
         if in_src(metric) {
-            continue;
-        }
-        if METRICS_ADDED_BY_ISSUE_16.contains(&metric.as_str())
-            && ops
-                .lines()
-                .any(|l| l.contains(metric.as_str()) && l.contains("(added by issue 16)"))
-        {
-            if noted.insert(metric) {
-                visible(&format!(
-                    "NOTE: {metric} (used by {user}) is not recorded by src/ yet (added by issue 16)"
-                ));
-            }
             continue;
         }
         missing.push(format!("{metric} (used by {user})"));
