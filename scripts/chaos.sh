@@ -6,7 +6,10 @@
 # exceeded, nothing valid was dead-lettered or set aside, and the chains and replay verify.
 # The test suite runs a 20 s schedule; this script runs any seed and length.
 #
-#   scripts/chaos.sh [--seed N] [--duration S] [--rate INTENTS_PER_S] [--release]
+#   scripts/chaos.sh [--seed N] [--duration S] [--rate INTENTS_PER_S] [--broker-faults] [--release]
+#
+# --broker-faults: the run gets a tansu of its own behind a proxy and the schedule also
+# makes the broker unreachable for 0.5-3 s (connections cut, new ones refused).
 #
 # Brings up PostgreSQL and tansu like the tests (scripts/services.sh up). Results go to
 # stderr; record long runs in docs/reliability.md with the seed.
@@ -17,13 +20,15 @@ seed=1
 duration=120
 rate=50
 profile=()
+broker_faults=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --seed) seed="$2"; shift 2 ;;
     --duration) duration="$2"; shift 2 ;;
     --rate) rate="$2"; shift 2 ;;
     --release) profile=(--release); shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --broker-faults) broker_faults=1; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -32,4 +37,5 @@ scripts/services.sh up
 # shellcheck disable=SC1091
 source scripts/env.sh
 SPENDGUARD_CHAOS_SEED="$seed" SPENDGUARD_CHAOS_DURATION_S="$duration" SPENDGUARD_CHAOS_RATE="$rate" \
+  SPENDGUARD_CHAOS_BROKER_FAULTS="$broker_faults" \
   cargo test --locked "${profile[@]}" --test service_crash chaos_run -- --nocapture

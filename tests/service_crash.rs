@@ -434,17 +434,22 @@ enum Fault {
     DbSlow(u64, u64),
     /// PostgreSQL black-holed for `ms` (a partition): bytes dropped, then connections cut.
     DbPartition(u64),
+    /// The broker unreachable for `ms`: every connection cut, new ones refused (only with
+    /// `SPENDGUARD_CHAOS_BROKER_FAULTS=1`, on a private tansu behind a proxy).
+    BrokerDown(u64),
 }
 
-fn draw_fault(rng: &mut rand::rngs::StdRng, instances: usize) -> Fault {
+fn draw_fault(rng: &mut rand::rngs::StdRng, instances: usize, broker_faults: bool) -> Fault {
     use rand::Rng;
-    match rng.gen_range(0..6) {
+    let kinds = if broker_faults { 7 } else { 6 };
+    match rng.gen_range(0..kinds) {
         0 => Fault::Kill(rng.gen_range(0..instances)),
         1 => Fault::Pause(rng.gen_range(0..instances), rng.gen_range(500..3_000)),
         2 => Fault::DbCut,
         3 => Fault::DbDown(rng.gen_range(500..3_000)),
         4 => Fault::DbSlow(rng.gen_range(5..80), rng.gen_range(500..3_000)),
-        _ => Fault::DbPartition(rng.gen_range(300..1_500)),
+        5 => Fault::DbPartition(rng.gen_range(300..1_500)),
+        _ => Fault::BrokerDown(rng.gen_range(500..3_000)),
     }
 }
 
@@ -480,7 +485,21 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
     let seed = env_u64("SPENDGUARD_CHAOS_SEED", 1);
     let duration_s = env_u64("SPENDGUARD_CHAOS_DURATION_S", 20);
     let rate_per_s = env_u64("SPENDGUARD_CHAOS_RATE", 50);
-    let brokers = common::brokers();
+    let broker_faults = env_u64("SPENDGUARD_CHAOS_BROKER_FAULTS", 0) == 1;
+    // Broker faults need a broker of the run's own behind a proxy (the shared one serves
+    // every other test, and advertises itself, not a proxy).
+    let broker_dir = tempfile::tempdir().unwrap();
+    let private_broker = if broker_faults {
+        Some(
+            common::proxy::spawn_tansu_behind_proxy(broker_dir.path())
+                .expect("tansu is needed for SPENDGUARD_CHAOS_BROKER_FAULTS"),
+        )
+    } else {
+        None
+    };
+    let brokers = private_broker
+        .as_ref()
+        .map_or_else(common::brokers, |t| t.brokers.clone());
     let db = common::fresh_database("sg_chaos_").await;
     let pg_upstream = {
         let url = common::database_url();
@@ -526,6 +545,8 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
         env.retain(|(k, _)| k != "SPENDGUARD_LOG");
         env.push(("SPENDGUARD_LOG".into(), filter));
     }
+    env.retain(|(k, _)| k != "SPENDGUARD_BROKERS");
+    env.push(("SPENDGUARD_BROKERS".into(), brokers.clone()));
     let topics = Topics::with_prefix(&prefix);
     let mut instances: Vec<ServeProcess> = (0..3)
         .map(|i| ServeProcess::start(&env, &format!("chaos-{i}"), dir.path(), &[]))
@@ -535,8 +556,9 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
     let stop_at = tokio::time::Instant::now() + Duration::from_secs(duration_s);
     let load = tokio::spawn({
         let topic = topics.intents.clone();
+        let brokers = brokers.clone();
         async move {
-            let producer = bus::client_producer(&common::brokers()).unwrap();
+            let producer = bus::client_producer(&brokers).unwrap();
             let gap = Duration::from_micros(1_000_000 / rate_per_s.max(1));
             let mut sent = 0usize;
             while tokio::time::Instant::now() < stop_at {
@@ -561,8 +583,9 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
     let voter = tokio::spawn({
         let db = db.clone();
         let topic = topics.approvals.clone();
+        let brokers = brokers.clone();
         async move {
-            let producer = bus::client_producer(&common::brokers()).unwrap();
+            let producer = bus::client_producer(&brokers).unwrap();
             let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
             let mut voted = std::collections::BTreeSet::new();
             while tokio::time::Instant::now() < stop_at {
@@ -600,7 +623,7 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
     let mut restarts = 0;
     while tokio::time::Instant::now() < stop_at {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(1_000..2_500))).await;
-        let fault = draw_fault(&mut rng, instances.len());
+        let fault = draw_fault(&mut rng, instances.len(), broker_faults);
         schedule.push(fault);
         eprintln!("chaos seed {seed}: {fault:?}");
         match fault {
@@ -635,6 +658,16 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 pg_proxy.heal();
             }
+            Fault::BrokerDown(ms) => {
+                let proxy = &private_broker
+                    .as_ref()
+                    .expect("broker faults need it")
+                    .proxy;
+                proxy.set_refuse(true);
+                proxy.cut();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                proxy.heal();
+            }
             Fault::DbPartition(ms) => {
                 pg_proxy.set_blackhole(true);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -644,6 +677,9 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
         }
     }
     pg_proxy.heal();
+    if let Some(t) = &private_broker {
+        t.proxy.heal();
+    }
     let sent = load.await.unwrap();
     let voted = voter.await.unwrap();
 
