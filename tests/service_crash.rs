@@ -28,6 +28,33 @@ const WAIT_MS: u64 = 120_000;
 /// to land mid-stream lands after it). One at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// What a fault test starts from: a database, topics and a policy directory of its own,
+/// and the environment that points `serve` at them (policy `svc-test`, no cap reached).
+struct Rig {
+    db: String,
+    dir: tempfile::TempDir,
+    policies: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    topics: Topics,
+}
+
+impl Rig {
+    async fn new(db_prefix: &str, topic_prefix: &str) -> Rig {
+        let db = common::fresh_database(db_prefix).await;
+        let prefix = format!("{}.", common::unique(topic_prefix));
+        let dir = tempfile::tempdir().unwrap();
+        let policies = common::test_policies(dir.path(), "1", "100000", "1h");
+        let env = common::service_env(&db, &prefix, &common::unique("g-"), &policies);
+        Rig {
+            db,
+            dir,
+            policies,
+            env,
+            topics: Topics::with_prefix(&prefix),
+        }
+    }
+}
+
 async fn scalar(db: &str, sql: &'static str) -> i64 {
     let mut conn = sqlx::PgConnection::connect(db).await.unwrap();
     sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
@@ -247,12 +274,13 @@ async fn a_one_megabyte_message_does_not_stop_the_partition() {
     }
     let _serial = SERIAL.lock().await;
     let brokers = common::brokers();
-    let db = common::fresh_database("sg_poison_").await;
-    let prefix = format!("{}.", common::unique("poison"));
-    let dir = tempfile::tempdir().unwrap();
-    let policies = common::test_policies(dir.path(), "1", "100000", "1h");
-    let env = common::service_env(&db, &prefix, &common::unique("g-"), &policies);
-    let topics = Topics::with_prefix(&prefix);
+    let Rig {
+        db,
+        dir,
+        env,
+        topics,
+        ..
+    } = Rig::new("sg_poison_", "poison").await;
     let serve = ServeProcess::start(&env, "poison-0", dir.path(), &[]);
 
     // A producer that may send what the broker accepts (the default client refuses
@@ -312,13 +340,14 @@ async fn a_read_only_database_for_a_while_dead_letters_nothing() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let db = common::fresh_database("sg_readonly_").await;
+    let Rig {
+        db,
+        dir,
+        env,
+        topics,
+        ..
+    } = Rig::new("sg_readonly_", "ro").await;
     let name = db.rsplit('/').next().unwrap().to_string();
-    let prefix = format!("{}.", common::unique("ro"));
-    let dir = tempfile::tempdir().unwrap();
-    let policies = common::test_policies(dir.path(), "1", "100000", "1h");
-    let env = common::service_env(&db, &prefix, &common::unique("g-"), &policies);
-    let topics = Topics::with_prefix(&prefix);
     let serve = ServeProcess::start(&env, "ro-0", dir.path(), &[]);
 
     let mut admin = sqlx::PgConnection::connect(&common::database_url())
@@ -388,11 +417,13 @@ async fn serve_started_while_the_broker_is_down_waits_then_decides() {
         .unwrap();
     let proxy = common::proxy::Proxy::start(upstream);
     proxy.set_refuse(true);
-    let db = common::fresh_database("sg_brokerdown_").await;
-    let prefix = format!("{}.", common::unique("bdown"));
-    let dir = tempfile::tempdir().unwrap();
-    let policies = common::test_policies(dir.path(), "1", "100000", "1h");
-    let mut env = common::service_env(&db, &prefix, &common::unique("g-"), &policies);
+    let Rig {
+        db,
+        dir,
+        mut env,
+        topics,
+        ..
+    } = Rig::new("sg_brokerdown_", "bdown").await;
     env.retain(|(k, _)| k != "SPENDGUARD_BROKERS");
     env.push(("SPENDGUARD_BROKERS".into(), proxy.addr().to_string()));
     let log = dir.path().join("bdown.log");
@@ -406,7 +437,6 @@ async fn serve_started_while_the_broker_is_down_waits_then_decides() {
     assert!(!std::fs::read_to_string(&log).unwrap().contains("ready"));
     proxy.heal();
     wait_for_log(&mut child, &log, "ready").await;
-    let topics = Topics::with_prefix(&prefix);
     publish_intents(&topics.intents, "bdown", 20, 4).await;
     let serve = ServeProcess {
         child,
@@ -1017,12 +1047,13 @@ async fn a_sigstopped_instance_cannot_hold_back_the_kill_switch() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let db = common::fresh_database("sg_stop_").await;
-    let prefix = format!("{}.", common::unique("stop"));
-    let dir = tempfile::tempdir().unwrap();
-    let policies = common::test_policies(dir.path(), "1", "100000", "1h");
-    let env = common::service_env(&db, &prefix, &common::unique("g-"), &policies);
-    let topics = Topics::with_prefix(&prefix);
+    let Rig {
+        db,
+        dir,
+        policies,
+        env,
+        topics,
+    } = Rig::new("sg_stop_", "stop").await;
     let serve = ServeProcess::start(&env, "stop-0", dir.path(), &[]);
 
     // Stop the instance while it is deciding.
