@@ -11,7 +11,7 @@ use clap::Args;
 use crate::api::TokenStore;
 use crate::report::compliance::{self, ChainCheck, ComplianceReport, Period};
 use crate::report::events::load_events;
-use crate::report::impact::{self, Candidate, ImpactReport, Scope};
+use crate::report::impact::{self, ImpactReport, Scope};
 use crate::report::render::{self, Format};
 
 /// Longest period a report or impact analysis covers (10 years).
@@ -196,32 +196,13 @@ pub async fn impact_report(pool: &sqlx::PgPool, args: &ImpactArgs) -> anyhow::Re
     let origin = args.candidate.display().to_string();
     let policy =
         crate::policy::CompiledPolicy::parse(&text, &origin).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let evaluate = |intent: &crate::intent::SpendIntent,
-                    usage: crate::decision::Usage,
-                    kill: &crate::decision::KillState,
-                    accepted_at: chrono::DateTime<Utc>| {
-        crate::policy::evaluate(
-            &policy,
-            &crate::policy::EvalInput {
-                intent,
-                usage,
-                kill,
-                accepted_at,
-            },
-        )
-    };
-    let candidate = Candidate {
-        identity: policy.identity.clone(),
-        tz: policy.tz,
-        evaluate: &evaluate,
-    };
     let scope = if args.all_intents {
         Scope::All
     } else {
         Scope::PolicyName(policy.identity.name.clone())
     };
     let events = load_events(pool, period.end()).await?;
-    Ok(impact::analyse(&events, period, &scope, &candidate))
+    Ok(impact::analyse(&events, period, &scope, &policy))
 }
 
 /// `spendguard policy impact`: exit 3 when the candidate would ALLOW an intent the

@@ -1,14 +1,15 @@
 //! `spendguard policy check`, `spendguard policy schema` and `spendguard evaluate`.
 
-use crate::decision::{DecisionMessage, KillState, Usage, UsageReport, WindowRef};
+use crate::decision::{DecisionMessage, KillState, Usage};
+use crate::ledger::machine::{self, Projections};
+use crate::ledger::usage;
 use crate::policy::lint::{self, Severity};
-use crate::policy::{self, Bindings, CompiledPolicy, EvalInput, PolicyError, PolicySet};
-use crate::window::Windows;
+use crate::policy::{self, Bindings, CompiledPolicy, PolicyError, PolicySet};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 
@@ -399,41 +400,21 @@ pub fn decide_offline(
         SourceRef::One(p) => Some(p.clone()),
         SourceRef::Set(s) => s.resolve(&intent.agent_id, &intent.entity_id),
     };
-    let (evaluation, identity, usage_report) = match &policy {
-        Some(p) => {
-            let e = policy::evaluate(
-                p,
-                &EvalInput {
-                    intent: &intent,
-                    usage,
-                    kill,
-                    accepted_at: at,
-                },
-            );
-            let w = Windows::containing(at, p.tz);
-            let report = UsageReport {
-                daily_so_far: usage.daily_so_far,
-                monthly_so_far: usage.monthly_so_far,
-                window: WindowRef {
-                    day: w.day,
-                    month: w.month.format("%Y-%m").to_string(),
-                    tz: p.tz.name().to_string(),
-                },
-            };
-            (e, Some(p.identity.clone()), Some(report))
-        }
-        None => (policy::no_policy_bound(&intent), None, None),
-    };
-    Ok(DecisionMessage {
-        intent_id: intent.intent_id,
-        agent_id: intent.agent_id,
-        entity_id: intent.entity_id,
-        effect: evaluation.effect,
-        approvals_required: evaluation.approvals_required,
-        reasons: evaluation.reasons,
-        policy: identity,
-        usage: usage_report,
-        decided_at: at,
-        ledger_seq: None,
-    })
+    // The ledger's own step, on a snapshot holding the usage and kill switch given.
+    let mut snapshot = Projections::default();
+    if let Some(p) = &policy {
+        let (day, month, _) = usage::keys(&intent.agent_id, p.tz, p.currency.code, at);
+        snapshot
+            .windows
+            .add(&day, usage.daily_so_far, Decimal::ZERO);
+        snapshot
+            .windows
+            .add(&month, usage.monthly_so_far, Decimal::ZERO);
+    }
+    if let KillState::On { scope } = kill {
+        snapshot.kills = machine::kills_from_scopes(&HashSet::from([scope.clone()]));
+    }
+    let verdict = machine::verdict(&snapshot, &intent, policy.as_deref(), at);
+    let decided = machine::decided(intent, policy.as_deref(), verdict, [0; 32], None, at);
+    Ok(machine::decision_message(&decided, None))
 }

@@ -3,11 +3,13 @@
 //! stored as the exact text that was hashed. docs/ledger.md lists them for auditors.
 
 use crate::decision::{Evaluation, KillState, PolicyIdentity, UsageReport};
+use crate::intent::SpendIntent;
 use crate::privacy::Sealed;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Event types (stable: auditors' tooling keys on them).
+/// Event types as stored (stable: auditors' tooling keys on them). Code matches on
+/// [`EventKind`] / [`LedgerEvent`] variants; these strings are the stored names only.
 pub mod kind {
     pub const POLICY_ACTIVATED: &str = "policy_activated";
     pub const INTENT_DECIDED: &str = "intent_decided";
@@ -32,6 +34,172 @@ pub mod kind {
         SUBJECT_ERASED,
         MESSAGE_SET_ASIDE,
     ];
+}
+
+/// The type of an event (one per [`LedgerEvent`] variant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    PolicyActivated,
+    IntentDecided,
+    IntentInvalid,
+    IdempotencyConflict,
+    VoteAccepted,
+    VoteRefused,
+    IntentClosed,
+    KillSwitchSet,
+    SubjectErased,
+    MessageSetAside,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 10] = [
+        EventKind::PolicyActivated,
+        EventKind::IntentDecided,
+        EventKind::IntentInvalid,
+        EventKind::IdempotencyConflict,
+        EventKind::VoteAccepted,
+        EventKind::VoteRefused,
+        EventKind::IntentClosed,
+        EventKind::KillSwitchSet,
+        EventKind::SubjectErased,
+        EventKind::MessageSetAside,
+    ];
+
+    /// The stored name (`ledger_event.event_type`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::PolicyActivated => kind::POLICY_ACTIVATED,
+            EventKind::IntentDecided => kind::INTENT_DECIDED,
+            EventKind::IntentInvalid => kind::INTENT_INVALID,
+            EventKind::IdempotencyConflict => kind::IDEMPOTENCY_CONFLICT,
+            EventKind::VoteAccepted => kind::VOTE_ACCEPTED,
+            EventKind::VoteRefused => kind::VOTE_REFUSED,
+            EventKind::IntentClosed => kind::INTENT_CLOSED,
+            EventKind::KillSwitchSet => kind::KILL_SWITCH_SET,
+            EventKind::SubjectErased => kind::SUBJECT_ERASED,
+            EventKind::MessageSetAside => kind::MESSAGE_SET_ASIDE,
+        }
+    }
+
+    pub fn parse(stored: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == stored)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every fact the ledger records: what is appended, hashed, folded into projections,
+/// replayed and reported. The stored form is `(kind().as_str(), payload_json())`; the
+/// type and the payload cannot be paired wrongly because one value carries both.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LedgerEvent {
+    PolicyActivated(PolicyActivated),
+    /// Boxed: by far the largest payload.
+    IntentDecided(Box<IntentDecided<SpendIntent>>),
+    IntentInvalid(InvalidInput),
+    IdempotencyConflict(IdempotencyConflict),
+    VoteAccepted(VoteAccepted),
+    VoteRefused(VoteRefused),
+    IntentClosed(IntentClosed),
+    KillSwitchSet(KillSwitchSet),
+    SubjectErased(SubjectErased),
+    MessageSetAside(MessageSetAside),
+}
+
+/// A stored event that cannot be read back as a [`LedgerEvent`].
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("{kind} payload does not parse: {source}")]
+    Payload {
+        kind: EventKind,
+        source: serde_json::Error,
+    },
+}
+
+impl LedgerEvent {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            LedgerEvent::PolicyActivated(_) => EventKind::PolicyActivated,
+            LedgerEvent::IntentDecided(_) => EventKind::IntentDecided,
+            LedgerEvent::IntentInvalid(_) => EventKind::IntentInvalid,
+            LedgerEvent::IdempotencyConflict(_) => EventKind::IdempotencyConflict,
+            LedgerEvent::VoteAccepted(_) => EventKind::VoteAccepted,
+            LedgerEvent::VoteRefused(_) => EventKind::VoteRefused,
+            LedgerEvent::IntentClosed(_) => EventKind::IntentClosed,
+            LedgerEvent::KillSwitchSet(_) => EventKind::KillSwitchSet,
+            LedgerEvent::SubjectErased(_) => EventKind::SubjectErased,
+            LedgerEvent::MessageSetAside(_) => EventKind::MessageSetAside,
+        }
+    }
+
+    /// The canonical JSON text that is stored and hashed.
+    pub fn payload_json(&self) -> String {
+        match self {
+            LedgerEvent::PolicyActivated(p) => canonical(p),
+            LedgerEvent::IntentDecided(p) => canonical(p),
+            LedgerEvent::IntentInvalid(p) => canonical(p),
+            LedgerEvent::IdempotencyConflict(p) => canonical(p),
+            LedgerEvent::VoteAccepted(p) => canonical(p),
+            LedgerEvent::VoteRefused(p) => canonical(p),
+            LedgerEvent::IntentClosed(p) => canonical(p),
+            LedgerEvent::KillSwitchSet(p) => canonical(p),
+            LedgerEvent::SubjectErased(p) => canonical(p),
+            LedgerEvent::MessageSetAside(p) => canonical(p),
+        }
+    }
+
+    /// Reads an event whose payload was already parsed as JSON (reports).
+    pub fn parse_value(
+        event_type: &str,
+        payload: &serde_json::Value,
+    ) -> Result<LedgerEvent, EventError> {
+        LedgerEvent::parse(event_type, &payload.to_string())
+    }
+
+    /// Reads a stored event (type name and payload text).
+    pub fn parse(event_type: &str, payload: &str) -> Result<LedgerEvent, EventError> {
+        let kind = EventKind::parse(event_type)
+            .ok_or_else(|| EventError::UnknownType(event_type.to_string()))?;
+        let bad = |source| EventError::Payload { kind, source };
+        Ok(match kind {
+            EventKind::PolicyActivated => {
+                LedgerEvent::PolicyActivated(serde_json::from_str(payload).map_err(bad)?)
+            }
+            EventKind::IntentDecided => {
+                LedgerEvent::IntentDecided(Box::new(serde_json::from_str(payload).map_err(bad)?))
+            }
+            EventKind::IntentInvalid => {
+                LedgerEvent::IntentInvalid(serde_json::from_str(payload).map_err(bad)?)
+            }
+            EventKind::IdempotencyConflict => {
+                LedgerEvent::IdempotencyConflict(serde_json::from_str(payload).map_err(bad)?)
+            }
+            EventKind::VoteAccepted => {
+                LedgerEvent::VoteAccepted(serde_json::from_str(payload).map_err(bad)?)
+            }
+            EventKind::VoteRefused => {
+                LedgerEvent::VoteRefused(serde_json::from_str(payload).map_err(bad)?)
+            }
+            EventKind::IntentClosed => {
+                LedgerEvent::IntentClosed(serde_json::from_str(payload).map_err(bad)?)
+            }
+            EventKind::KillSwitchSet => {
+                LedgerEvent::KillSwitchSet(serde_json::from_str(payload).map_err(bad)?)
+            }
+            EventKind::SubjectErased => {
+                LedgerEvent::SubjectErased(serde_json::from_str(payload).map_err(bad)?)
+            }
+            EventKind::MessageSetAside => {
+                LedgerEvent::MessageSetAside(serde_json::from_str(payload).map_err(bad)?)
+            }
+        })
+    }
 }
 
 /// Where an event came from (PCI DSS 10.2.2 "origination of event").

@@ -27,6 +27,7 @@ pub mod chain;
 pub mod decide;
 pub mod events;
 pub mod fault;
+pub mod machine;
 pub mod replay;
 pub mod store;
 pub mod usage;
@@ -40,13 +41,14 @@ use crate::policy::PolicySet;
 use crate::privacy;
 use chain::{GLOBAL_CHAIN, INTAKE_CHAIN};
 use chrono::{DateTime, Utc};
-use events::kind;
+use events::LedgerEvent;
+use machine::{Projections, Staged};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use std::collections::HashSet;
 use std::sync::Mutex;
-use store::{KillRow, PolicyRow, WriteSet};
+use store::{KillRow, WriteSet};
 
 /// Connections the ledger opens by default (2 cores: more only adds contention).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
@@ -88,6 +90,12 @@ pub enum LedgerError {
     },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The stored ledger contradicts itself (a row or event that cannot be read back).
+    #[error("corrupt ledger: {0}")]
+    Corrupt(String),
+    /// An invariant of this code does not hold: a bug, never an input problem.
+    #[error("internal: {0}")]
+    Bug(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -97,6 +105,8 @@ impl LedgerError {
         match self {
             LedgerError::IdempotencyConflict { .. } => "idempotency_conflict",
             LedgerError::Database(_) => "database_error",
+            LedgerError::Corrupt(_) => "corrupt_ledger",
+            LedgerError::Bug(_) => "internal_error",
             LedgerError::Internal(_) => "internal_error",
         }
     }
@@ -105,7 +115,9 @@ impl LedgerError {
     /// over, timed out or lost a race. An idempotency conflict never becomes right.
     pub fn is_transient(&self) -> bool {
         match self {
-            LedgerError::IdempotencyConflict { .. } => false,
+            LedgerError::IdempotencyConflict { .. }
+            | LedgerError::Corrupt(_)
+            | LedgerError::Bug(_) => false,
             LedgerError::Database(e) => fault::classify(e).is_transient(),
             LedgerError::Internal(e) => fault::classify_anyhow(e).is_transient(),
         }
@@ -497,31 +509,18 @@ impl Ledger {
         ws.load_heads(&mut tx, &chains).await?;
         ws.reserve_seqs(&mut tx, new.len()).await?;
         let mut seqs = Vec::new();
+        let mut snapshot = Projections::default();
         for (identity, canonical) in new {
-            let payload = events::PolicyActivated {
-                policy: identity.clone(),
-                canonical: canonical.clone(),
+            let staged = Staged {
+                chain_id: GLOBAL_CHAIN.to_string(),
+                actor: actor.to_string(),
+                resource: format!("policy:{}@{}", identity.name, identity.version),
+                event: LedgerEvent::PolicyActivated(events::PolicyActivated {
+                    policy: identity.clone(),
+                    canonical: canonical.clone(),
+                }),
             };
-            let resource = format!("policy:{}@{}", identity.name, identity.version);
-            let seq = ws
-                .append(
-                    GLOBAL_CHAIN,
-                    kind::POLICY_ACTIVATED,
-                    now,
-                    actor,
-                    &resource,
-                    origin,
-                    &payload,
-                )?
-                .seq;
-            ws.policies.push(PolicyRow {
-                sha256: identity.sha256.clone(),
-                name: identity.name.clone(),
-                version: identity.version.clone(),
-                canonical: canonical.clone(),
-                seq,
-            });
-            seqs.push(seq);
+            seqs.push(ws.record(&mut snapshot, &staged, now, origin)?.recorded.seq);
         }
         ws.flush(&mut tx).await?;
         tx.commit().await?;
@@ -551,11 +550,10 @@ impl Ledger {
         };
         self.append_single(
             INTAKE_CHAIN,
-            kind::INTENT_INVALID,
             &actor,
             &resource,
             (origin, "spend.intents"),
-            &payload,
+            LedgerEvent::IntentInvalid(payload),
         )
         .await
     }
@@ -587,11 +585,10 @@ impl Ledger {
         );
         self.append_single(
             INTAKE_CHAIN,
-            kind::MESSAGE_SET_ASIDE,
             "spendguard",
             &resource,
             (origin, source_topic),
-            &payload,
+            LedgerEvent::MessageSetAside(payload),
         )
         .await
     }
@@ -624,11 +621,10 @@ impl Ledger {
         };
         self.append_single(
             INTAKE_CHAIN,
-            kind::VOTE_REFUSED,
             &approver,
             &intent,
             (origin, "spend.approvals"),
-            &payload,
+            LedgerEvent::VoteRefused(payload),
         )
         .await
     }
@@ -636,15 +632,15 @@ impl Ledger {
     /// Appends one intake event. A message from Kafka is recorded once per (source
     /// topic, partition, offset, event type): a redelivery or a retry after a COMMIT of
     /// unknown outcome gets the seq recorded the first time, not a second event.
-    async fn append_single<T: Serialize>(
+    async fn append_single(
         &self,
         chain_id: &str,
-        event_type: &str,
         actor: &str,
         resource: &str,
         (origin, source_topic): (&Origin, &str),
-        payload: &T,
+        event: LedgerEvent,
     ) -> anyhow::Result<i64> {
+        let event_type = event.kind().as_str();
         let mut tx = self.pool.begin().await?;
         let chains = vec![chain_id.to_string()];
         let now = store::lock_chains(&mut tx, &chains, None, false).await?;
@@ -660,8 +656,15 @@ impl Ledger {
         let mut ws = WriteSet::default();
         ws.load_heads(&mut tx, &chains).await?;
         ws.reserve_seqs(&mut tx, 1).await?;
+        let staged = Staged {
+            chain_id: chain_id.to_string(),
+            actor: actor.to_string(),
+            resource: resource.to_string(),
+            event,
+        };
         let seq = ws
-            .append(chain_id, event_type, now, actor, resource, origin, payload)?
+            .record(&mut Projections::default(), &staged, now, origin)?
+            .recorded
             .seq;
         ws.flush(&mut tx).await?;
         if let Some(key) = &intake_key {
@@ -689,50 +692,25 @@ impl Ledger {
         // later decision waits for this commit, so none straddles the change.
         let now = store::lock_chains(&mut tx, &chains, Some(chain::kill_switch_lock_key()), false)
             .await?;
-        let current: Option<(bool, i64)> =
-            sqlx::query_as("SELECT active, seq FROM kill_switch WHERE scope = $1")
-                .bind(scope)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some((active, seq)) = current
-            && active == on
-        {
-            tx.rollback().await?;
-            return Ok(seq);
+        let current: Option<KillRow> = sqlx::query_as(
+            "SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch WHERE scope = $1",
+        )
+        .bind(scope)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut snapshot = Projections::default();
+        let current_seq = current.as_ref().map_or(0, |k| k.seq);
+        if let Some(k) = current {
+            snapshot.kills.insert(k.scope.clone(), k);
         }
-        if current.is_none() && !on {
+        let Some(staged) = machine::step_kill_switch(&snapshot, scope, on, actor, reason) else {
             tx.rollback().await?;
-            return Ok(0);
-        }
+            return Ok(current_seq);
+        };
         let mut ws = WriteSet::default();
         ws.load_heads(&mut tx, &chains).await?;
         ws.reserve_seqs(&mut tx, 1).await?;
-        let payload = events::KillSwitchSet {
-            scope: scope.to_string(),
-            active: on,
-            actor: actor.to_string(),
-            reason: reason.to_string(),
-        };
-        let resource = format!("kill-switch:{scope}");
-        let seq = ws
-            .append(
-                GLOBAL_CHAIN,
-                kind::KILL_SWITCH_SET,
-                now,
-                actor,
-                &resource,
-                origin,
-                &payload,
-            )?
-            .seq;
-        ws.kills.push(KillRow {
-            scope: scope.to_string(),
-            active: on,
-            actor: actor.to_string(),
-            reason: reason.to_string(),
-            changed_at: chain::to_micros(now),
-            seq,
-        });
+        let seq = ws.record(&mut snapshot, &staged, now, origin)?.recorded.seq;
         ws.flush(&mut tx).await?;
         tx.commit().await?;
         Ok(seq)
@@ -908,22 +886,19 @@ impl Ledger {
         ws.load_heads(&mut tx, &chains).await?;
         ws.reserve_seqs(&mut tx, 1).await?;
         let n = key_ids.len();
-        let payload = events::SubjectErased {
-            subject: subject.to_string(),
-            key_ids,
+        let staged = Staged {
+            chain_id: GLOBAL_CHAIN.to_string(),
             actor: actor.to_string(),
+            resource: format!("subject:{subject}"),
+            event: LedgerEvent::SubjectErased(events::SubjectErased {
+                subject: subject.to_string(),
+                key_ids,
+                actor: actor.to_string(),
+            }),
         };
-        let resource = format!("subject:{subject}");
         let seq = ws
-            .append(
-                GLOBAL_CHAIN,
-                kind::SUBJECT_ERASED,
-                now,
-                actor,
-                &resource,
-                origin,
-                &payload,
-            )?
+            .record(&mut Projections::default(), &staged, now, origin)?
+            .recorded
             .seq;
         ws.flush(&mut tx).await?;
         tx.commit().await?;

@@ -12,20 +12,19 @@
 //! returns events of transactions older than every running one.
 
 use super::chain::{self, EventRow, Verifier};
-use super::decide::kill_scope_for;
-use super::events::{self, kind};
+use super::events::{self, EventError, LedgerEvent, kind};
+use super::machine::{self, Projections, Recorded};
+use super::store::{self, DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, VoteRow};
 use super::usage::{self, UsageKey};
-use super::votes::usage_change;
-use crate::decision::{DecisionMessage, Effect, Usage};
 use crate::intent::SpendIntent;
-use crate::policy::{self, CompiledPolicy, EvalInput};
+use crate::policy::CompiledPolicy;
 use crate::privacy;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 /// Most differences listed in a report (the count is always exact).
 pub const MAX_LISTED: usize = 50;
@@ -188,9 +187,9 @@ impl ReplayReport {
     }
 }
 
-/// A row of the `decision` table, as rebuilt from its event or as read from the table.
+/// A row of the `decision` table as read from it.
 #[derive(Debug, PartialEq)]
-struct DecisionRow {
+struct LiveDecision {
     intent_id: String,
     agent_id: String,
     entity_id: String,
@@ -198,23 +197,13 @@ struct DecisionRow {
     fingerprint: Vec<u8>,
     decision_hash: Vec<u8>,
     effect: String,
-    /// The message text exactly as published and served (byte-for-byte).
     message: String,
 }
 
-/// Bytes of a SHA-256 kept per decision: replay holds one digest per decision instead of
-/// the row itself, which is what keeps it within SPEC §10's memory target (≤ 100 MB at
-/// 100,000 agents). 128 bits make an accidental match impossible in practice; deliberate
-/// tampering is the hash chain's job, not this comparison's.
-const DIGEST_BYTES: usize = 16;
-type Digest = [u8; DIGEST_BYTES];
-
-impl DecisionRow {
-    fn digest(&self) -> Digest {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        // Length-prefixed fields: no two different rows hash the same input bytes.
-        for part in [
+impl LiveDecision {
+    fn digest(&self) -> machine::Digest {
+        // The same columns in the same order as `store::DecisionRow::digest`.
+        store::digest_of(&[
             self.intent_id.as_bytes(),
             self.agent_id.as_bytes(),
             self.entity_id.as_bytes(),
@@ -223,188 +212,49 @@ impl DecisionRow {
             &self.decision_hash,
             self.effect.as_bytes(),
             self.message.as_bytes(),
-        ] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part);
+        ])
+    }
+}
+
+/// What differs between a rebuilt and a live row of the same intent, field by field.
+fn differences(rebuilt: &DecisionRow, live: &LiveDecision) -> String {
+    fn cut(s: &str) -> &str {
+        let mut end = s.len().min(300);
+        while !s.is_char_boundary(end) {
+            end -= 1;
         }
-        let full = h.finalize();
-        let mut d = [0u8; DIGEST_BYTES];
-        d.copy_from_slice(&full[..DIGEST_BYTES]);
-        d
+        &s[..end]
     }
-
-    /// What differs between two rows of the same intent, field by field.
-    fn differences(&self, live: &DecisionRow) -> String {
-        fn cut(s: &str) -> &str {
-            let mut end = s.len().min(300);
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            &s[..end]
+    let mut out = Vec::new();
+    let mut field = |name: &str, rebuilt: String, live: String| {
+        if rebuilt != live {
+            out.push(format!("{name}: rebuilt {rebuilt}, live {live}"));
         }
-        let mut out = Vec::new();
-        let mut field = |name: &str, rebuilt: String, live: String| {
-            if rebuilt != live {
-                out.push(format!("{name}: rebuilt {rebuilt}, live {live}"));
-            }
-        };
-        field("agent_id", self.agent_id.clone(), live.agent_id.clone());
-        field("entity_id", self.entity_id.clone(), live.entity_id.clone());
-        field("seq", self.seq.to_string(), live.seq.to_string());
-        field(
-            "fingerprint",
-            hex::encode(&self.fingerprint),
-            hex::encode(&live.fingerprint),
-        );
-        field(
-            "decision_hash",
-            hex::encode(&self.decision_hash),
-            hex::encode(&live.decision_hash),
-        );
-        field("effect", self.effect.clone(), live.effect.clone());
-        field(
-            "message",
-            cut(&self.message).to_string(),
-            cut(&live.message).to_string(),
-        );
-        out.join("; ")
-    }
-}
-
-/// Strings that repeat across many window keys (agent ids, time zones, currencies),
-/// stored once; window keys then hold small numbers.
-#[derive(Debug, Default)]
-struct Interner {
-    ids: HashMap<Box<str>, u32>,
-    names: Vec<Box<str>>,
-}
-
-impl Interner {
-    fn intern(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.ids.get(s) {
-            return id;
-        }
-        let id = u32::try_from(self.names.len()).expect("fewer than 2^32 distinct names");
-        self.ids.insert(s.into(), id);
-        self.names.push(s.into());
-        id
-    }
-
-    fn get(&self, s: &str) -> Option<u32> {
-        self.ids.get(s).copied()
-    }
-
-    fn name(&self, id: u32) -> &str {
-        &self.names[id as usize]
-    }
-}
-
-/// A usage window key with its strings interned (16 bytes instead of four `String`s).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct WindowKey {
-    agent: u32,
-    tz: u32,
-    currency: u32,
-    day_window: bool,
-    start: chrono::NaiveDate,
-}
-
-#[derive(Debug, Default)]
-struct Windows {
-    names: Interner,
-    amounts: HashMap<WindowKey, (Decimal, Decimal)>,
-}
-
-impl Windows {
-    fn key(&mut self, k: &UsageKey) -> WindowKey {
-        WindowKey {
-            agent: self.names.intern(&k.agent_id),
-            tz: self.names.intern(&k.tz),
-            currency: self.names.intern(&k.currency),
-            day_window: k.kind == usage::DAY,
-            start: k.start,
-        }
-    }
-
-    /// The key of a live row, if every part of it was ever seen in the events.
-    fn existing_key(&self, k: &UsageKey) -> Option<WindowKey> {
-        Some(WindowKey {
-            agent: self.names.get(&k.agent_id)?,
-            tz: self.names.get(&k.tz)?,
-            currency: self.names.get(&k.currency)?,
-            day_window: k.kind == usage::DAY,
-            start: k.start,
-        })
-    }
-
-    fn usage_key(&self, k: &WindowKey) -> UsageKey {
-        usage::key(
-            self.names.name(k.agent),
-            if k.day_window {
-                usage::DAY
-            } else {
-                usage::MONTH
-            },
-            self.names.name(k.tz),
-            self.names.name(k.currency),
-            k.start,
-        )
-    }
-
-    fn add(&mut self, k: &UsageKey, committed: Decimal, reserved: Decimal) {
-        let key = self.key(k);
-        let v = self
-            .amounts
-            .entry(key)
-            .or_insert((Decimal::ZERO, Decimal::ZERO));
-        v.0 += committed;
-        v.1 += reserved;
-    }
-
-    /// committed + reserved of a window (zero when never touched).
-    fn total(&self, k: &UsageKey) -> Decimal {
-        self.existing_key(k)
-            .and_then(|key| self.amounts.get(&key))
-            .map(|(c, r)| c + r)
-            .unwrap_or_default()
-    }
-}
-
-/// The projections, rebuilt in memory. Decisions and windows, the two that grow with
-/// traffic and agents, are kept compact; the rest grows only with approvals, kill-switch
-/// changes and policy versions.
-#[derive(Debug, Default)]
-struct Projections {
-    /// intent -> (seq of its decision event, digest of the rebuilt `decision` row)
-    decisions: HashMap<String, (i64, Digest)>,
-    windows: Windows,
-    /// intent -> (agent, entity, effect, approvals, amount, currency, tz, day, month, decided seq, expires)
-    pending: BTreeMap<String, String>,
-    votes: BTreeMap<(String, String), (String, DateTime<Utc>, i64)>,
-    outcomes: BTreeMap<String, (String, String, DateTime<Utc>, i64)>,
-    kills: BTreeMap<String, (bool, String, String, DateTime<Utc>, i64)>,
-    policies: BTreeMap<String, (String, String, String, i64)>,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn pending_text(
-    agent: &str,
-    entity: &str,
-    effect: &str,
-    approvals: i32,
-    amount: Decimal,
-    currency: &str,
-    tz: &str,
-    day: chrono::NaiveDate,
-    month: chrono::NaiveDate,
-    seq: i64,
-    expires: DateTime<Utc>,
-) -> String {
-    format!(
-        "{agent} {entity} {effect} {approvals} {} {currency} {tz} {day} {month} {seq} {}",
-        amount.normalize(),
-        chain::format_time(&expires)
-    )
+    };
+    field("agent_id", rebuilt.agent_id.clone(), live.agent_id.clone());
+    field(
+        "entity_id",
+        rebuilt.entity_id.clone(),
+        live.entity_id.clone(),
+    );
+    field("seq", rebuilt.seq.to_string(), live.seq.to_string());
+    field(
+        "fingerprint",
+        hex::encode(&rebuilt.fingerprint),
+        hex::encode(&live.fingerprint),
+    );
+    field(
+        "decision_hash",
+        hex::encode(&rebuilt.decision_hash),
+        hex::encode(&live.decision_hash),
+    );
+    field("effect", rebuilt.effect.clone(), live.effect.clone());
+    field(
+        "message",
+        cut(&rebuilt.message).to_string(),
+        cut(&live.message).to_string(),
+    );
+    out.join("; ")
 }
 
 /// `spendguard replay [--verify]`.
@@ -491,45 +341,29 @@ pub async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<ReplayReport>
     Ok(report)
 }
 
-/// The `decision` row an `intent_decided` event stands for (`intent` is the event's
-/// recorded, masked intent).
-fn decision_row(
-    e: &EventRow,
-    d: &events::IntentDecided<SpendIntent>,
-) -> anyhow::Result<DecisionRow> {
-    let intent = &d.intent;
-    let message = DecisionMessage {
-        intent_id: intent.intent_id.clone(),
-        agent_id: intent.agent_id.clone(),
-        entity_id: intent.entity_id.clone(),
-        effect: d.evaluation.effect,
-        approvals_required: d.evaluation.approvals_required,
-        reasons: d.evaluation.reasons.clone(),
-        policy: d.policy.clone(),
-        usage: d.usage.clone(),
-        decided_at: d.accepted_at,
-        ledger_seq: Some(e.seq),
-    };
-    Ok(DecisionRow {
-        intent_id: intent.intent_id.clone(),
-        agent_id: intent.agent_id.clone(),
-        entity_id: intent.entity_id.clone(),
-        seq: e.seq,
-        // A fingerprint that is not hex cannot match the live bytes: kept visibly wrong.
-        fingerprint: hex::decode(&d.fingerprint)
-            .unwrap_or_else(|_| d.fingerprint.clone().into_bytes()),
-        decision_hash: e.hash.to_vec(),
-        effect: d.evaluation.effect.as_str().to_string(),
-        message: serde_json::to_string(&message)?,
-    })
-}
-
 /// Rebuilds the `decision` row of one event again (to explain a difference).
-fn decision_row_of(e: &EventRow) -> anyhow::Result<DecisionRow> {
-    let d: events::IntentDecided<SpendIntent> = serde_json::from_str(&e.payload)?;
-    decision_row(e, &d)
+fn decision_row_of(e: &EventRow) -> anyhow::Result<Option<DecisionRow>> {
+    let event = LedgerEvent::parse(&e.event_type, &e.payload)?;
+    let mut row = None;
+    machine::delta(&recorded(e), &event, &mut |c| {
+        if let machine::Change::Decision(d) = c {
+            row = Some(*d);
+        }
+    })?;
+    Ok(row)
 }
 
+fn recorded(e: &EventRow) -> Recorded {
+    Recorded {
+        seq: e.seq,
+        hash: e.hash,
+        recorded_at: e.recorded_at,
+    }
+}
+
+/// Folds one event into the projections; with `verify`, first checks a decision
+/// against the same rule live deciding ran (`machine::verdict`) on the projections as
+/// they were just before it.
 fn apply(
     e: &EventRow,
     p: &mut Projections,
@@ -539,246 +373,133 @@ fn apply(
     verify: bool,
 ) -> anyhow::Result<()> {
     let at = |what: &str| format!("seq {} ({}): {what}", e.seq, e.event_type);
-    match e.event_type.as_str() {
-        kind::POLICY_ACTIVATED => {
-            let a: events::PolicyActivated = serde_json::from_str(&e.payload)?;
-            p.policies.insert(
-                a.policy.sha256.clone(),
-                (
-                    a.policy.name.clone(),
-                    a.policy.version.clone(),
-                    a.canonical.clone(),
-                    e.seq,
-                ),
-            );
-            if verify {
-                match CompiledPolicy::parse(&a.canonical, &format!("ledger seq {}", e.seq)) {
-                    Ok(c) => {
-                        if c.identity != a.policy {
-                            report.mismatch(at(&format!(
-                                "recorded policy {}@{} ({}) parses to a different identity {:?}",
-                                a.policy.name, a.policy.version, a.policy.sha256, c.identity
-                            )));
-                        }
-                        compiled.insert(a.policy.sha256.clone(), c);
-                    }
-                    Err(err) => {
-                        report.mismatch(at(&format!("recorded policy does not parse: {err}")))
-                    }
-                }
-            }
+    let event = match LedgerEvent::parse(&e.event_type, &e.payload) {
+        Ok(event) => event,
+        Err(EventError::UnknownType(t)) => {
+            report.mismatch(at(&format!("unknown event type {t:?}")));
+            return Ok(());
         }
-        kind::INTENT_DECIDED => {
-            report.decisions += 1;
-            let d: events::IntentDecided<SpendIntent> = serde_json::from_str(&e.payload)?;
-            let row = decision_row(e, &d)?;
-            let mut intent = d.intent.clone();
-            if let Some((earlier, _)) = p
-                .decisions
-                .insert(row.intent_id.clone(), (e.seq, row.digest()))
-            {
-                report.mismatch(at(&format!(
-                    "intent {} decided a second time (first at seq {earlier})",
-                    row.intent_id
-                )));
-            }
-            let policy_tz_currency = d
-                .usage
-                .as_ref()
-                .map(|u| (u.window.tz.clone(), intent.currency.clone()));
-            let windows = match (&d.usage, &policy_tz_currency) {
-                (Some(u), Some((tz, _))) => {
-                    let month = chrono::NaiveDate::parse_from_str(
-                        &format!("{}-01", u.window.month),
-                        "%Y-%m-%d",
-                    )?;
-                    // Usage is kept in the policy's currency; a DENY for another currency
-                    // changes nothing, so the intent's currency only matters when it matches.
-                    let cur = d
-                        .policy
-                        .as_ref()
-                        .and_then(|pi| {
-                            compiled
-                                .get(&pi.sha256)
-                                .map(|c| c.currency.code.to_string())
-                        })
-                        .unwrap_or_else(|| intent.currency.clone());
-                    Some((
-                        usage::key(&intent.agent_id, usage::DAY, tz, &cur, u.window.day),
-                        usage::key(&intent.agent_id, usage::MONTH, tz, &cur, month),
-                        u.window.day,
-                        month,
-                        cur,
-                    ))
-                }
-                _ => None,
-            };
-            if verify {
-                report.decisions_reevaluated += 1;
-                if let (Some(u), Some((dk, mk, ..))) = (&d.usage, &windows) {
-                    let daily = p.windows.total(dk);
-                    let monthly = p.windows.total(mk);
-                    if daily != u.daily_so_far || monthly != u.monthly_so_far {
+        Err(err) => return Err(anyhow::anyhow!("seq {}: {err}", e.seq)),
+    };
+    match &event {
+        LedgerEvent::PolicyActivated(a) if verify => {
+            match CompiledPolicy::parse(&a.canonical, &format!("ledger seq {}", e.seq)) {
+                Ok(c) => {
+                    if c.identity != a.policy {
                         report.mismatch(at(&format!(
-                            "intent {}: recorded usage {}/{} but the events before it give {daily}/{monthly}",
-                            intent.intent_id, u.daily_so_far, u.monthly_so_far
+                            "recorded policy {}@{} ({}) parses to a different identity {:?}",
+                            a.policy.name, a.policy.version, a.policy.sha256, c.identity
                         )));
                     }
+                    compiled.insert(a.policy.sha256.clone(), c);
                 }
-                let active: HashSet<String> = p
-                    .kills
-                    .iter()
-                    .filter(|(_, v)| v.0)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                let kill = kill_scope_for(&active, &intent.agent_id, &intent.entity_id);
-                if kill != d.kill {
-                    report.mismatch(at(&format!(
-                        "intent {}: recorded kill switch {:?} but the events before it give {kill:?}",
-                        intent.intent_id, d.kill
-                    )));
-                }
-                // Restore the personal data when its key still exists (a Rego module may
-                // read it); after erasure the masked account is used.
-                if let Some(sealed) = &d.personal {
-                    match keys
-                        .get(&sealed.key_id)
-                        .map(|k| privacy::open(k, sealed, &intent.intent_id))
-                    {
-                        Some(Ok(clear)) => {
-                            if let Some(a) = serde_json::from_slice::<serde_json::Value>(&clear)
-                                .ok()
-                                .and_then(|v| {
-                                    v.get("account")
-                                        .and_then(|a| a.as_str())
-                                        .map(str::to_string)
-                                })
-                            {
-                                intent.beneficiary.account = Some(a);
-                            }
-                        }
-                        Some(Err(err)) => {
-                            report.mismatch(at(&format!("personal data does not decrypt: {err}")))
-                        }
-                        None => report.erased_personal_data += 1,
-                    }
-                }
-                let usage_in = d
-                    .usage
-                    .as_ref()
-                    .map(|u| Usage {
-                        daily_so_far: u.daily_so_far,
-                        monthly_so_far: u.monthly_so_far,
-                    })
-                    .unwrap_or_default();
-                let again = match &d.policy {
-                    None => Some(policy::no_policy_bound(&intent)),
-                    Some(pi) => match compiled.get(&pi.sha256) {
-                        Some(c) => Some(policy::evaluate(
-                            c,
-                            &EvalInput {
-                                intent: &intent,
-                                usage: usage_in,
-                                kill: &d.kill,
-                                accepted_at: d.accepted_at,
-                            },
-                        )),
-                        None => {
-                            report.mismatch(at(&format!(
-                                "intent {}: policy {} ({}) was never activated in the ledger",
-                                intent.intent_id, pi.name, pi.sha256
-                            )));
-                            None
-                        }
-                    },
-                };
-                if let Some(again) = again
-                    && again != d.evaluation
-                {
-                    report.mismatch(at(&format!(
-                        "intent {}: recorded {} {:?} but re-evaluation gives {} {:?}",
-                        intent.intent_id,
-                        d.evaluation.effect,
-                        d.evaluation
-                            .reasons
-                            .iter()
-                            .map(|r| r.code.as_ref())
-                            .collect::<Vec<_>>(),
-                        again.effect,
-                        again
-                            .reasons
-                            .iter()
-                            .map(|r| r.code.as_ref())
-                            .collect::<Vec<_>>()
-                    )));
-                }
-            }
-            if let Some((dk, mk, day, month, cur)) = windows {
-                let (committed, reserved) = match d.evaluation.effect {
-                    Effect::Allow => (intent.amount, Decimal::ZERO),
-                    Effect::RequireHitl | Effect::RequireMsig => (Decimal::ZERO, intent.amount),
-                    Effect::Deny => (Decimal::ZERO, Decimal::ZERO),
-                };
-                if !committed.is_zero() || !reserved.is_zero() {
-                    for k in [dk, mk] {
-                        p.windows.add(&k, committed, reserved);
-                    }
-                }
-                if let (Some(expires), Some((tz, _))) = (d.expires_at, &policy_tz_currency) {
-                    p.pending.insert(
-                        intent.intent_id.clone(),
-                        pending_text(
-                            &intent.agent_id,
-                            &intent.entity_id,
-                            d.evaluation.effect.as_str(),
-                            i32::try_from(d.evaluation.approvals_required.max(1))
-                                .unwrap_or(i32::MAX),
-                            intent.amount,
-                            &cur,
-                            tz,
-                            day,
-                            month,
-                            e.seq,
-                            expires,
-                        ),
-                    );
-                }
+                Err(err) => report.mismatch(at(&format!("recorded policy does not parse: {err}"))),
             }
         }
-        kind::VOTE_ACCEPTED => {
-            let v: events::VoteAccepted = serde_json::from_str(&e.payload)?;
-            p.votes
-                .insert((v.intent_id, v.approver_id), (v.vote, v.signed_at, e.seq));
-        }
-        kind::INTENT_CLOSED => {
-            let c: events::IntentClosed = serde_json::from_str(&e.payload)?;
-            for (k, committed, reserved) in usage_change(&c) {
-                p.windows.add(&k, committed, reserved);
+        LedgerEvent::IntentDecided(d) => {
+            report.decisions += 1;
+            if verify {
+                report.decisions_reevaluated += 1;
+                reverify(d, p, report, compiled, keys, &at);
             }
-            if p.pending.remove(&c.intent_id).is_none() {
-                report.mismatch(at(&format!(
-                    "intent {} closed but it was not waiting for approval",
-                    c.intent_id
-                )));
-            }
-            p.outcomes.insert(
-                c.intent_id.clone(),
-                (c.agent_id.clone(), c.outcome.clone(), c.closed_at, e.seq),
-            );
         }
-        kind::KILL_SWITCH_SET => {
-            let k: events::KillSwitchSet = serde_json::from_str(&e.payload)?;
-            p.kills
-                .insert(k.scope, (k.active, k.actor, k.reason, e.recorded_at, e.seq));
-        }
-        kind::INTENT_INVALID
-        | kind::IDEMPOTENCY_CONFLICT
-        | kind::VOTE_REFUSED
-        | kind::SUBJECT_ERASED
-        | kind::MESSAGE_SET_ASIDE => {}
-        other => report.mismatch(at(&format!("unknown event type {other:?}"))),
+        _ => {}
+    }
+    for problem in p.apply(&recorded(e), &event)? {
+        report.mismatch(at(&problem.to_string()));
     }
     Ok(())
+}
+
+/// Re-decides a recorded intent on the projections before it and reports every field
+/// of the recorded decision that does not reproduce.
+fn reverify(
+    d: &events::IntentDecided<SpendIntent>,
+    p: &Projections,
+    report: &mut ReplayReport,
+    compiled: &HashMap<String, CompiledPolicy>,
+    keys: &HashMap<uuid::Uuid, privacy::SubjectKey>,
+    at: &dyn Fn(&str) -> String,
+) {
+    let mut intent = d.intent.clone();
+    // Restore the personal data when its key still exists (a Rego module may read
+    // it); after erasure the masked account is used.
+    if let Some(sealed) = &d.personal {
+        match keys
+            .get(&sealed.key_id)
+            .map(|k| privacy::open(k, sealed, &intent.intent_id))
+        {
+            Some(Ok(clear)) => {
+                if let Some(a) = serde_json::from_slice::<serde_json::Value>(&clear)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("account")
+                            .and_then(|a| a.as_str())
+                            .map(str::to_string)
+                    })
+                {
+                    intent.beneficiary.account = Some(a);
+                }
+            }
+            Some(Err(err)) => {
+                report.mismatch(at(&format!("personal data does not decrypt: {err}")))
+            }
+            None => report.erased_personal_data += 1,
+        }
+    }
+    let policy = match &d.policy {
+        None => None,
+        Some(pi) => match compiled.get(&pi.sha256) {
+            Some(c) => Some(c),
+            None => {
+                report.mismatch(at(&format!(
+                    "intent {}: policy {} ({}) was never activated in the ledger",
+                    intent.intent_id, pi.name, pi.sha256
+                )));
+                return;
+            }
+        },
+    };
+    let again = machine::verdict(p, &intent, policy, d.accepted_at);
+    let id = &intent.intent_id;
+    if again.usage != d.usage {
+        let show = |u: &Option<crate::decision::UsageReport>| match u {
+            Some(u) => format!("{}/{}", u.daily_so_far, u.monthly_so_far),
+            None => "none".to_string(),
+        };
+        report.mismatch(at(&format!(
+            "intent {id}: recorded usage {} but the events before it give {}",
+            show(&d.usage),
+            show(&again.usage)
+        )));
+    }
+    if again.kill != d.kill {
+        report.mismatch(at(&format!(
+            "intent {id}: recorded kill switch {:?} but the events before it give {:?}",
+            d.kill, again.kill
+        )));
+    }
+    if again.evaluation != d.evaluation {
+        let codes = |e: &crate::decision::Evaluation| {
+            e.reasons
+                .iter()
+                .map(|r| r.code.to_string())
+                .collect::<Vec<_>>()
+        };
+        report.mismatch(at(&format!(
+            "intent {id}: recorded {} {:?} but re-evaluation gives {} {:?}",
+            d.evaluation.effect,
+            codes(&d.evaluation),
+            again.evaluation.effect,
+            codes(&again.evaluation)
+        )));
+    }
+    if again.expires_at != d.expires_at {
+        report.mismatch(at(&format!(
+            "intent {id}: recorded approval expiry {:?} but the policy gives {:?}",
+            d.expires_at, again.expires_at
+        )));
+    }
 }
 
 /// Compares the rebuilt projections with the live tables (same snapshot), streaming the
@@ -799,24 +520,24 @@ async fn compare_live(
     } = rebuilt;
 
     // Rows that differ from their event, explained field by field once the scan is done.
-    let mut changed: Vec<DecisionRow> = Vec::new();
+    let mut changed: Vec<LiveDecision> = Vec::new();
     {
-        let mut rows = sqlx::query(
+        let mut rows = sqlx::query_as::<_, (String, String, String, i64, Vec<u8>, Vec<u8>, String, String)>(
             "SELECT intent_id, agent_id, entity_id, seq, fingerprint, decision_hash, effect, message FROM decision",
         )
         .fetch(&mut *conn);
         while let Some(r) = rows.try_next().await? {
-            let live = DecisionRow {
-                intent_id: r.try_get("intent_id")?,
-                agent_id: r.try_get("agent_id")?,
-                entity_id: r.try_get("entity_id")?,
-                seq: r.try_get("seq")?,
-                fingerprint: r.try_get("fingerprint")?,
-                decision_hash: r.try_get("decision_hash")?,
-                effect: r.try_get("effect")?,
-                message: r.try_get("message")?,
+            let live = LiveDecision {
+                intent_id: r.0,
+                agent_id: r.1,
+                entity_id: r.2,
+                seq: r.3,
+                fingerprint: r.4,
+                decision_hash: r.5,
+                effect: r.6,
+                message: r.7,
             };
-            match decisions.remove(&live.intent_id) {
+            match decisions.remove(live.intent_id.as_str()) {
                 None => report.difference(format!(
                     "decision {:?}: live row (seq {}, {}) has no events behind it",
                     live.intent_id, live.seq, live.effect
@@ -835,7 +556,7 @@ async fn compare_live(
             }
         }
     }
-    let mut missing: Vec<(String, i64)> = decisions
+    let mut missing: Vec<(Box<str>, i64)> = decisions
         .into_iter()
         .map(|(intent, (seq, _))| (intent, seq))
         .collect();
@@ -860,11 +581,15 @@ async fn compare_live(
         for live in changed {
             // The live row's seq may itself be what changed: find the event by intent.
             let rebuilt = match events.get(&live.seq).map(decision_row_of) {
-                Some(Ok(row)) if row.intent_id == live.intent_id => Some(row),
+                Some(Ok(Some(row))) if row.intent_id == live.intent_id => Some(row),
                 _ => rebuilt_by_intent(conn, &live.intent_id).await?,
             };
             report.difference(match rebuilt {
-                Some(row) => format!("decision {:?}: {}", live.intent_id, row.differences(&live)),
+                Some(row) => format!(
+                    "decision {:?}: {}",
+                    live.intent_id,
+                    differences(&row, &live)
+                ),
                 None => format!(
                     "decision {:?}: live row differs from its event",
                     live.intent_id
@@ -888,10 +613,7 @@ async fn compare_live(
                 r.try_get("window_start")?,
             );
             let live: (Decimal, Decimal) = (r.try_get("committed")?, r.try_get("reserved")?);
-            let rebuilt = windows
-                .existing_key(&k)
-                .and_then(|key| windows.amounts.remove(&key))
-                .unwrap_or_default();
+            let rebuilt = windows.take(&k).unwrap_or_default();
             let (live, rebuilt) = (
                 (live.0.normalize(), live.1.normalize()),
                 (rebuilt.0.normalize(), rebuilt.1.normalize()),
@@ -910,10 +632,9 @@ async fn compare_live(
         }
     }
     let mut missing: Vec<(UsageKey, (Decimal, Decimal))> = windows
-        .amounts
         .iter()
         .filter(|(_, (c, r))| !c.is_zero() || !r.is_zero())
-        .map(|(k, (c, r))| (windows.usage_key(k), (c.normalize(), r.normalize())))
+        .map(|(k, (c, r))| (k, (c.normalize(), r.normalize())))
         .collect();
     missing.sort();
     for (k, v) in missing {
@@ -929,89 +650,99 @@ async fn compare_live(
     .fetch_all(&mut *conn)
     .await?
     {
-        live_pending.insert(
-            r.try_get("intent_id")?,
-            pending_text(
-                r.try_get::<&str, _>("agent_id")?,
-                r.try_get::<&str, _>("entity_id")?,
-                r.try_get::<&str, _>("effect")?,
-                r.try_get("approvals_required")?,
-                r.try_get("amount")?,
-                r.try_get::<&str, _>("currency")?,
-                r.try_get::<&str, _>("tz")?,
-                r.try_get("day")?,
-                r.try_get("month")?,
-                r.try_get("decided_seq")?,
-                r.try_get("expires_at")?,
-            ),
-        );
+        let p = PendingRow {
+            intent_id: r.try_get("intent_id")?,
+            agent_id: r.try_get("agent_id")?,
+            entity_id: r.try_get("entity_id")?,
+            effect: r.try_get("effect")?,
+            approvals_required: r.try_get("approvals_required")?,
+            amount: r.try_get("amount")?,
+            currency: r.try_get("currency")?,
+            tz: r.try_get("tz")?,
+            day: r.try_get("day")?,
+            month: r.try_get("month")?,
+            decided_seq: r.try_get("decided_seq")?,
+            expires_at: r.try_get("expires_at")?,
+        };
+        live_pending.insert(p.intent_id.clone(), p);
     }
     diff_maps("pending_approval", &pending, &live_pending, report);
 
     let mut live_votes = BTreeMap::new();
-    for r in sqlx::query("SELECT intent_id, approver_id, vote, signed_at, seq FROM approval_vote")
+    for (intent_id, approver_id, vote, signed_at, seq) in
+        sqlx::query_as::<_, (String, String, String, DateTime<Utc>, i64)>(
+            "SELECT intent_id, approver_id, vote, signed_at, seq FROM approval_vote",
+        )
         .fetch_all(&mut *conn)
         .await?
     {
         live_votes.insert(
-            (r.try_get("intent_id")?, r.try_get("approver_id")?),
-            (
-                r.try_get("vote")?,
-                r.try_get("signed_at")?,
-                r.try_get("seq")?,
-            ),
+            (intent_id.clone(), approver_id.clone()),
+            VoteRow {
+                intent_id,
+                approver_id,
+                vote,
+                signed_at,
+                seq,
+            },
         );
     }
     diff_maps("approval_vote", &votes, &live_votes, report);
 
+    // Outcomes compare on their columns; the parsed message is derived from `message`.
+    let outcome_columns = |o: &OutcomeRow| {
+        (
+            o.agent_id.clone(),
+            o.outcome.clone(),
+            o.closed_at,
+            o.seq,
+            o.message.clone(),
+        )
+    };
+    let rebuilt_outcomes: BTreeMap<String, _> = outcomes
+        .iter()
+        .map(|(k, o)| (k.clone(), outcome_columns(o)))
+        .collect();
     let mut live_outcomes = BTreeMap::new();
-    for r in sqlx::query("SELECT intent_id, agent_id, outcome, closed_at, seq FROM intent_outcome")
+    for (intent_id, agent_id, outcome, closed_at, seq, message) in
+        sqlx::query_as::<_, (String, String, String, DateTime<Utc>, i64, String)>(
+            "SELECT intent_id, agent_id, outcome, closed_at, seq, message FROM intent_outcome",
+        )
         .fetch_all(&mut *conn)
         .await?
     {
-        live_outcomes.insert(
-            r.try_get("intent_id")?,
-            (
-                r.try_get("agent_id")?,
-                r.try_get("outcome")?,
-                r.try_get("closed_at")?,
-                r.try_get("seq")?,
-            ),
-        );
+        live_outcomes.insert(intent_id, (agent_id, outcome, closed_at, seq, message));
     }
-    diff_maps("intent_outcome", &outcomes, &live_outcomes, report);
+    diff_maps("intent_outcome", &rebuilt_outcomes, &live_outcomes, report);
 
     let mut live_kills = BTreeMap::new();
-    for r in sqlx::query("SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch")
-        .fetch_all(&mut *conn)
-        .await?
+    for k in sqlx::query_as::<_, KillRow>(
+        "SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch",
+    )
+    .fetch_all(&mut *conn)
+    .await?
     {
-        live_kills.insert(
-            r.try_get("scope")?,
-            (
-                r.try_get("active")?,
-                r.try_get("actor")?,
-                r.try_get("reason")?,
-                r.try_get("changed_at")?,
-                r.try_get("seq")?,
-            ),
-        );
+        live_kills.insert(k.scope.clone(), k);
     }
     diff_maps("kill_switch", &kills, &live_kills, report);
 
     let mut live_policies = BTreeMap::new();
-    for r in sqlx::query("SELECT sha256, name, version, canonical, seq FROM policy_version")
+    for (sha256, name, version, canonical, seq) in
+        sqlx::query_as::<_, (String, String, String, String, i64)>(
+            "SELECT sha256, name, version, canonical, seq FROM policy_version",
+        )
         .fetch_all(&mut *conn)
         .await?
     {
         live_policies.insert(
-            r.try_get("sha256")?,
-            (
-                r.try_get("name")?,
-                r.try_get("version")?,
-                r.try_get("canonical")?,
-                r.try_get("seq")?,
-            ),
+            sha256.clone(),
+            PolicyRow {
+                sha256,
+                name,
+                version,
+                canonical,
+                seq,
+            },
         );
     }
     diff_maps("policy_version", &policies, &live_policies, report);
@@ -1034,7 +765,7 @@ async fn rebuilt_by_intent(
         .fetch_optional(&mut *conn)
         .await?;
     match row {
-        Some(r) => Ok(decision_row_of(&row_to_event(&r)?).ok()),
+        Some(r) => Ok(decision_row_of(&row_to_event(&r)?).ok().flatten()),
         None => Ok(None),
     }
 }

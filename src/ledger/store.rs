@@ -5,15 +5,18 @@
 
 use super::chain::{self, EventRow, Hash, Heads};
 use super::events::{Origin, canonical};
+use super::machine::{self, Change, DIGEST_BYTES, Digest, Projections, Recorded, Staged};
 use super::usage::UsageKey;
+use super::{LedgerError, OutcomeMessage};
+use crate::decision::DecisionMessage;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use serde::Serialize;
 use sqlx::{PgConnection, Row};
 use std::collections::{BTreeMap, VecDeque};
 
 pub const DECISIONS_TOPIC: &str = "spend.decisions";
 
+#[derive(Debug, Clone, PartialEq)]
 pub struct DecisionRow {
     pub intent_id: String,
     pub agent_id: String,
@@ -22,9 +25,43 @@ pub struct DecisionRow {
     pub fingerprint: Vec<u8>,
     pub decision_hash: Vec<u8>,
     pub effect: String,
+    /// The message text exactly as published and served (byte-for-byte).
     pub message: String,
+    /// `message`, parsed (not a column).
+    pub parsed: DecisionMessage,
 }
 
+impl DecisionRow {
+    /// A digest of the columns (length-prefixed, so no two rows hash the same bytes).
+    pub fn digest(&self) -> Digest {
+        digest_of(&[
+            self.intent_id.as_bytes(),
+            self.agent_id.as_bytes(),
+            self.entity_id.as_bytes(),
+            &self.seq.to_be_bytes(),
+            &self.fingerprint,
+            &self.decision_hash,
+            self.effect.as_bytes(),
+            self.message.as_bytes(),
+        ])
+    }
+}
+
+/// Digest of a row given as its columns' bytes, length-prefixed.
+pub fn digest_of(parts: &[&[u8]]) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    let full = h.finalize();
+    let mut d = [0u8; DIGEST_BYTES];
+    d.copy_from_slice(&full[..DIGEST_BYTES]);
+    d
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingRow {
     pub intent_id: String,
     pub agent_id: String,
@@ -40,6 +77,7 @@ pub struct PendingRow {
     pub expires_at: DateTime<Utc>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VoteRow {
     pub intent_id: String,
     pub approver_id: String,
@@ -48,6 +86,7 @@ pub struct VoteRow {
     pub seq: i64,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutcomeRow {
     pub intent_id: String,
     pub agent_id: String,
@@ -55,8 +94,11 @@ pub struct OutcomeRow {
     pub closed_at: DateTime<Utc>,
     pub seq: i64,
     pub message: String,
+    /// `message`, parsed (not a column).
+    pub parsed: OutcomeMessage,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct KillRow {
     pub scope: String,
     pub active: bool,
@@ -66,12 +108,23 @@ pub struct KillRow {
     pub seq: i64,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyRow {
     pub sha256: String,
     pub name: String,
     pub version: String,
     pub canonical: String,
     pub seq: i64,
+}
+
+/// What appending one event produced (for the caller's result).
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub recorded: Recorded,
+    /// The decision message, when the event was a decision.
+    pub decision: Option<DecisionMessage>,
+    /// The outcome message, when the event closed an intent.
+    pub outcome: Option<OutcomeMessage>,
 }
 
 /// Everything one transaction appends and changes, written by [`WriteSet::flush`].
@@ -217,32 +270,32 @@ impl WriteSet {
         self.seqs.front().copied()
     }
 
-    /// Appends one event to a chain (locked by the caller) and returns it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn append<T: Serialize>(
+    /// Appends one staged event (its chain locked by the caller), writes its delta
+    /// here and folds it into `snapshot` too, so what follows in the same transaction
+    /// sees it.
+    pub fn record(
         &mut self,
-        chain_id: &str,
-        event_type: &str,
+        snapshot: &mut Projections,
+        staged: &Staged,
         recorded_at: DateTime<Utc>,
-        actor: &str,
-        resource: &str,
         origin: &Origin,
-        payload: &T,
-    ) -> anyhow::Result<&EventRow> {
-        let seq = self.seqs.pop_front().ok_or_else(|| {
-            anyhow::anyhow!("internal: no ledger sequence reserved for this event")
-        })?;
+    ) -> Result<Appended, LedgerError> {
+        let seq = self
+            .seqs
+            .pop_front()
+            .ok_or_else(|| LedgerError::Bug("no ledger sequence reserved for this event".into()))?;
+        let chain_id = staged.chain_id.as_str();
         let (pos, prev) = self.heads.next(chain_id);
         let mut row = EventRow {
             seq,
             chain_id: chain_id.to_string(),
             chain_pos: pos,
-            event_type: event_type.to_string(),
+            event_type: staged.event.kind().as_str().to_string(),
             recorded_at: chain::to_micros(recorded_at),
-            actor: actor.to_string(),
-            resource: resource.to_string(),
+            actor: staged.actor.clone(),
+            resource: staged.resource.clone(),
             origin: canonical(origin),
-            payload: canonical(payload),
+            payload: staged.event.payload_json(),
             prev_hash: prev,
             hash: chain::GENESIS,
         };
@@ -251,17 +304,78 @@ impl WriteSet {
         if !self.touched_chains.iter().any(|c| c == chain_id) {
             self.touched_chains.push(chain_id.to_string());
         }
+        let recorded = Recorded {
+            seq,
+            hash: row.hash,
+            recorded_at: row.recorded_at,
+        };
         self.events.push(row);
-        Ok(self.events.last().expect("just pushed"))
+        let mut appended = Appended {
+            recorded,
+            decision: None,
+            outcome: None,
+        };
+        let mut inconsistent = None;
+        machine::delta(&recorded, &staged.event, &mut |c| {
+            match &c {
+                Change::Decision(d) => appended.decision = Some(d.parsed.clone()),
+                Change::Outcome(o) => appended.outcome = Some(o.parsed.clone()),
+                _ => {}
+            }
+            if let Some(p) = snapshot.apply_change(c.clone()) {
+                inconsistent.get_or_insert(p);
+            }
+            self.apply(c);
+        })
+        .map_err(|e| LedgerError::Bug(e.to_string()))?;
+        // The steps only stage events consistent with the snapshot they were given.
+        if let Some(p) = inconsistent {
+            return Err(LedgerError::Bug(format!(
+                "a step staged an inconsistent event: {p}"
+            )));
+        }
+        Ok(appended)
     }
 
-    pub fn add_usage(&mut self, key: UsageKey, committed: Decimal, reserved: Decimal) {
-        let e = self
-            .usage
-            .entry(key)
-            .or_insert((Decimal::ZERO, Decimal::ZERO));
-        e.0 += committed;
-        e.1 += reserved;
+    /// Queues one projection change (and the message it publishes) for `flush`.
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Usage {
+                key,
+                committed,
+                reserved,
+            } => {
+                let e = self
+                    .usage
+                    .entry(key)
+                    .or_insert((Decimal::ZERO, Decimal::ZERO));
+                e.0 += committed;
+                e.1 += reserved;
+            }
+            Change::PendingOpen(p) => self.pending_insert.push(p),
+            Change::PendingClose(id) => self.pending_delete.push(id),
+            Change::Vote(v) => self.votes.push(v),
+            Change::Outcome(o) => {
+                self.outbox.push((
+                    o.seq,
+                    DECISIONS_TOPIC.to_string(),
+                    o.agent_id.clone(),
+                    o.message.clone(),
+                ));
+                self.outcomes.push(*o);
+            }
+            Change::Kill(k) => self.kills.push(k),
+            Change::Policy(p) => self.policies.push(p),
+            Change::Decision(d) => {
+                self.outbox.push((
+                    d.seq,
+                    DECISIONS_TOPIC.to_string(),
+                    d.agent_id.clone(),
+                    d.message.clone(),
+                ));
+                self.decisions.push(*d);
+            }
+        }
     }
 
     /// Writes everything (the caller commits).

@@ -1,12 +1,11 @@
 //! Usage windows (SPEC §2.2): per agent, policy timezone and currency, the local calendar
 //! day and month, each with committed spend (ALLOW, approved) and reservations
-//! (waiting HITL / MSIG). The evaluator sees committed + reserved.
+//! (waiting HITL / MSIG). The evaluator sees committed + reserved. The amounts live in
+//! `machine::Windows` (in memory) and `usage_window` (in the database).
 
 use crate::window::Windows;
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
-use rust_decimal::Decimal;
-use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UsageKey {
@@ -44,20 +43,4 @@ pub fn key(agent_id: &str, kind: &str, tz: &str, currency: &str, start: NaiveDat
         currency: currency.to_string(),
         start,
     }
-}
-
-/// (committed, reserved) of window rows.
-pub type UsageState = HashMap<UsageKey, (Decimal, Decimal)>;
-
-/// committed + reserved of one window.
-pub fn total(state: &UsageState, key: &UsageKey) -> Decimal {
-    state.get(key).map(|(c, r)| c + r).unwrap_or(Decimal::ZERO)
-}
-
-pub fn add(state: &mut UsageState, key: &UsageKey, committed: Decimal, reserved: Decimal) {
-    let e = state
-        .entry(key.clone())
-        .or_insert((Decimal::ZERO, Decimal::ZERO));
-    e.0 += committed;
-    e.1 += reserved;
 }

@@ -1,203 +1,145 @@
-//! Approval state (SPEC §4): applying verified votes, closing waiting intents
-//! (APPROVED / REJECTED / EXPIRED / KILLED) and moving or releasing their reservations.
-//! Every write holds the agent's chain lock, like `decide`, so a vote, an expiry and a
-//! decision of the same agent never interleave.
+//! Approval state (SPEC §4): applying verified votes and closing waiting intents
+//! (APPROVED / REJECTED / EXPIRED / KILLED). The rules are `machine::step_vote` and
+//! `machine::step_expire`; this module loads their snapshot under the agent's chain
+//! lock (like `decide`, so a vote, an expiry and a decision of the same agent never
+//! interleave), appends the events and writes their delta.
 
 use super::chain::{self, INTAKE_CHAIN, agent_chain};
-use super::decide::kill_scope_for;
-use super::events::{self, Origin, kind};
-use super::store::{self, DECISIONS_TOPIC, OutcomeRow, VoteRow, WriteSet};
-use super::usage;
-use super::{EXPIRE_BATCH_MAX, Ledger, Outcome, OutcomeMessage, VerifiedVote, Vote, VoteResult};
-use crate::decision::KillState;
-use chrono::{DateTime, NaiveDate, Utc};
-use rust_decimal::Decimal;
+use super::events::{LedgerEvent, Origin};
+use super::machine::{self, Projections, Staged};
+use super::store::{self, KillRow, OutcomeRow, PendingRow, VoteRow, WriteSet};
+use super::{EXPIRE_BATCH_MAX, Ledger, LedgerError, OutcomeMessage, VerifiedVote, VoteResult};
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
-/// A waiting intent as kept in `pending_approval`.
-#[derive(Debug, Clone)]
-struct Pending {
-    intent_id: String,
-    agent_id: String,
-    entity_id: String,
-    approvals_required: i32,
-    amount: Decimal,
-    currency: String,
-    tz: String,
-    day: NaiveDate,
-    month: NaiveDate,
-    expires_at: DateTime<Utc>,
-}
+const PENDING_COLUMNS: &str = "intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at";
 
-async fn load_pending(conn: &mut PgConnection, ids: &[String]) -> sqlx::Result<Vec<Pending>> {
-    let rows = sqlx::query(
-        "SELECT intent_id, agent_id, entity_id, approvals_required, amount, currency, tz, day, month, expires_at
-         FROM pending_approval WHERE intent_id = ANY($1) ORDER BY decided_seq",
-    )
-    .bind(ids)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(Pending {
-                intent_id: r.try_get("intent_id")?,
-                agent_id: r.try_get("agent_id")?,
-                entity_id: r.try_get("entity_id")?,
-                approvals_required: r.try_get("approvals_required")?,
-                amount: r.try_get("amount")?,
-                currency: r.try_get("currency")?,
-                tz: r.try_get("tz")?,
-                day: r.try_get("day")?,
-                month: r.try_get("month")?,
-                expires_at: r.try_get("expires_at")?,
-            })
-        })
-        .collect()
-}
-
-/// Appends the outcome event, the projection changes and the outbox message.
-#[allow(clippy::too_many_arguments)]
-fn close(
-    ws: &mut WriteSet,
-    p: &Pending,
-    outcome: Outcome,
-    approvers: Vec<String>,
-    kill_scope: Option<String>,
-    now: DateTime<Utc>,
-    actor: &str,
-    origin: &Origin,
-) -> anyhow::Result<OutcomeMessage> {
-    let payload = events::IntentClosed {
-        intent_id: p.intent_id.clone(),
-        agent_id: p.agent_id.clone(),
-        entity_id: p.entity_id.clone(),
-        outcome: outcome.as_str().to_string(),
-        approvers: approvers.clone(),
-        closed_at: now,
-        amount: p.amount,
-        currency: p.currency.clone(),
-        tz: p.tz.clone(),
-        day: p.day,
-        month: p.month,
-        kill_scope,
-    };
-    let seq = ws
-        .append(
-            &agent_chain(&p.agent_id),
-            kind::INTENT_CLOSED,
-            now,
-            actor,
-            &p.intent_id,
-            origin,
-            &payload,
-        )?
-        .seq;
-    apply_close(ws, &payload);
-    let message = OutcomeMessage {
-        intent_id: p.intent_id.clone(),
-        agent_id: p.agent_id.clone(),
-        entity_id: p.entity_id.clone(),
-        outcome,
-        approvers,
-        decided_at: now,
-        closed_at: now,
-        ledger_seq: seq,
-    };
-    let text = serde_json::to_string(&message)?;
-    ws.outcomes.push(OutcomeRow {
-        intent_id: p.intent_id.clone(),
-        agent_id: p.agent_id.clone(),
-        outcome: outcome.as_str().to_string(),
-        closed_at: now,
-        seq,
-        message: text.clone(),
-    });
-    ws.outbox
-        .push((seq, DECISIONS_TOPIC.to_string(), p.agent_id.clone(), text));
-    Ok(message)
-}
-
-/// Usage change of an outcome: APPROVED moves the reservation to committed (in the
-/// windows of the request), anything else releases it. Shared with replay.
-pub fn usage_change(c: &events::IntentClosed) -> [(usage::UsageKey, Decimal, Decimal); 2] {
-    let committed = if c.outcome == Outcome::Approved.as_str() {
-        c.amount
-    } else {
-        Decimal::ZERO
-    };
-    [usage::DAY, usage::MONTH].map(|kind| {
-        let start = if kind == usage::DAY { c.day } else { c.month };
-        (
-            usage::key(&c.agent_id, kind, &c.tz, &c.currency, start),
-            committed,
-            -c.amount,
-        )
+fn pending_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PendingRow> {
+    Ok(PendingRow {
+        intent_id: r.try_get("intent_id")?,
+        agent_id: r.try_get("agent_id")?,
+        entity_id: r.try_get("entity_id")?,
+        effect: r.try_get("effect")?,
+        approvals_required: r.try_get("approvals_required")?,
+        amount: r.try_get("amount")?,
+        currency: r.try_get("currency")?,
+        tz: r.try_get("tz")?,
+        day: r.try_get("day")?,
+        month: r.try_get("month")?,
+        decided_seq: r.try_get("decided_seq")?,
+        expires_at: r.try_get("expires_at")?,
     })
 }
 
-fn apply_close(ws: &mut WriteSet, c: &events::IntentClosed) {
-    for (k, committed, reserved) in usage_change(c) {
-        ws.add_usage(k, committed, reserved);
+/// The approval state of `ids` (pending rows, votes, outcomes) and the active kill
+/// switches: what `step_vote` and `step_expire` read. Call under the agent's lock.
+async fn load_approvals(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<Projections, LedgerError> {
+    let mut s = Projections::default();
+    let sql = format!("SELECT {PENDING_COLUMNS} FROM pending_approval WHERE intent_id = ANY($1)");
+    for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let p = pending_row(&r)?;
+        s.pending.insert(p.intent_id.clone(), p);
     }
-    ws.pending_delete.push(c.intent_id.clone());
+    for (intent_id, approver_id, vote, signed_at, seq) in
+        sqlx::query_as::<_, (String, String, String, DateTime<Utc>, i64)>(
+            "SELECT intent_id, approver_id, vote, signed_at, seq FROM approval_vote WHERE intent_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        s.votes.insert(
+            (intent_id.clone(), approver_id.clone()),
+            VoteRow {
+                intent_id,
+                approver_id,
+                vote,
+                signed_at,
+                seq,
+            },
+        );
+    }
+    for (intent_id, agent_id, outcome, closed_at, seq, message) in
+        sqlx::query_as::<_, (String, String, String, DateTime<Utc>, i64, String)>(
+            "SELECT intent_id, agent_id, outcome, closed_at, seq, message FROM intent_outcome WHERE intent_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let parsed: OutcomeMessage = serde_json::from_str(&message).map_err(|e| {
+            LedgerError::Corrupt(format!("outcome of intent {intent_id} does not parse: {e}"))
+        })?;
+        s.outcomes.insert(
+            intent_id.clone(),
+            OutcomeRow {
+                intent_id,
+                agent_id,
+                outcome,
+                closed_at,
+                seq,
+                message,
+                parsed,
+            },
+        );
+    }
+    for k in sqlx::query_as::<_, KillRow>(
+        "SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch WHERE active",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        s.kills.insert(k.scope.clone(), k);
+    }
+    Ok(s)
 }
 
-fn refuse(
+/// Appends staged events in order, returning what each produced.
+fn record_all(
     ws: &mut WriteSet,
-    chain_id: &str,
-    vote: &VerifiedVote,
-    reason: &str,
-    detail: String,
+    snapshot: &mut Projections,
+    staged: &[Staged],
     now: DateTime<Utc>,
     origin: &Origin,
-) -> anyhow::Result<VoteResult> {
-    let payload = events::VoteRefused {
-        intent_id: Some(vote.intent_id.clone()),
-        approver_id: Some(vote.approver_id.clone()),
-        vote: Some(vote.vote.as_str().to_string()),
-        reason: reason.to_string(),
-        detail: detail.clone(),
-        raw: None,
-    };
-    let seq = ws
-        .append(
-            chain_id,
-            kind::VOTE_REFUSED,
-            now,
-            &vote.approver_id,
-            &vote.intent_id,
-            origin,
-            &payload,
-        )?
-        .seq;
-    Ok(VoteResult::Refused {
-        seq,
-        reason: reason.to_string(),
-        detail,
-    })
+) -> Result<Vec<store::Appended>, LedgerError> {
+    staged
+        .iter()
+        .map(|st| ws.record(snapshot, st, now, origin))
+        .collect()
 }
 
 /// `intake_record` kind of a vote message the ledger applied (accepted or refused).
 const VOTE_APPLIED_KEY: &str = "vote_applied";
 
 /// What applying a vote returned the first time, read back from its event.
-async fn recorded_vote_result(tx: &mut PgConnection, seq: i64) -> anyhow::Result<VoteResult> {
+async fn recorded_vote_result(tx: &mut PgConnection, seq: i64) -> Result<VoteResult, LedgerError> {
     let (event_type, payload): (String, String) =
         sqlx::query_as("SELECT event_type, payload FROM ledger_event WHERE seq = $1")
             .bind(seq)
             .fetch_one(&mut *tx)
             .await?;
-    if event_type == kind::VOTE_ACCEPTED {
+    match LedgerEvent::parse(&event_type, &payload) {
         // The outcome (if this vote closed the intent) is already in the outbox.
-        return Ok(VoteResult::Accepted { seq, outcome: None });
+        Ok(LedgerEvent::VoteAccepted(_)) => Ok(VoteResult::Accepted { seq, outcome: None }),
+        Ok(LedgerEvent::VoteRefused(refused)) => Ok(VoteResult::Refused {
+            seq,
+            reason: refused.reason,
+            detail: refused.detail,
+        }),
+        Ok(other) => Err(LedgerError::Corrupt(format!(
+            "intake record of a vote points at seq {seq}, a {} event",
+            other.kind()
+        ))),
+        Err(e) => Err(LedgerError::Corrupt(format!("seq {seq}: {e}"))),
     }
-    let refused: events::VoteRefused = serde_json::from_str(&payload)?;
-    Ok(VoteResult::Refused {
-        seq,
-        reason: refused.reason,
-        detail: refused.detail,
-    })
 }
 
 impl Ledger {
@@ -244,118 +186,16 @@ impl Ledger {
             return Ok(recorded);
         }
         let now = chain::to_micros(at.unwrap_or(db_now));
+        let mut snapshot = match agent {
+            Some(_) => load_approvals(&mut tx, std::slice::from_ref(&vote.intent_id)).await?,
+            None => Projections::default(),
+        };
+        let staged = machine::step_vote(&snapshot, agent.as_deref(), vote, now);
         let mut ws = WriteSet::default();
         ws.load_heads(&mut tx, &chains).await?;
-        ws.reserve_seqs(&mut tx, 2).await?;
-
-        let result = match agent {
-            None => refuse(
-                &mut ws,
-                &chain_id,
-                vote,
-                "unknown_intent",
-                format!("no decision is recorded for intent {}", vote.intent_id),
-                now,
-                origin,
-            )?,
-            Some(agent_id) => {
-                let pending = load_pending(&mut tx, std::slice::from_ref(&vote.intent_id))
-                    .await?
-                    .pop();
-                match pending {
-                    None => {
-                        let outcome: Option<String> = sqlx::query_scalar(
-                            "SELECT outcome FROM intent_outcome WHERE intent_id = $1",
-                        )
-                        .bind(&vote.intent_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        match outcome {
-                            Some(o) => refuse(
-                                &mut ws,
-                                &chain_id,
-                                vote,
-                                "already_closed",
-                                format!("intent {} is already closed as {o}", vote.intent_id),
-                                now,
-                                origin,
-                            )?,
-                            None => refuse(
-                                &mut ws,
-                                &chain_id,
-                                vote,
-                                "not_awaiting_approval",
-                                format!(
-                                    "intent {} was not decided REQUIRE_HITL or REQUIRE_MSIG",
-                                    vote.intent_id
-                                ),
-                                now,
-                                origin,
-                            )?,
-                        }
-                    }
-                    Some(p) if now >= p.expires_at => {
-                        let approvers = approvers_so_far(&mut tx, &p.intent_id).await?;
-                        close(
-                            &mut ws,
-                            &p,
-                            Outcome::Expired,
-                            approvers,
-                            None,
-                            now,
-                            "spendguard",
-                            origin,
-                        )?;
-                        refuse(
-                            &mut ws,
-                            &chain_id,
-                            vote,
-                            "expired",
-                            format!(
-                                "the approval window of intent {} closed at {}",
-                                p.intent_id,
-                                chain::format_time(&p.expires_at)
-                            ),
-                            now,
-                            origin,
-                        )?
-                    }
-                    Some(_) if vote.approver_id == agent_id => refuse(
-                        &mut ws,
-                        &chain_id,
-                        vote,
-                        "self_approval",
-                        format!("approver {} is the requesting agent", vote.approver_id),
-                        now,
-                        origin,
-                    )?,
-                    Some(p) => {
-                        let voted: Vec<(String, String)> =
-                            sqlx::query_as("SELECT approver_id, vote FROM approval_vote WHERE intent_id = $1 ORDER BY seq")
-                                .bind(&p.intent_id)
-                                .fetch_all(&mut *tx)
-                                .await?;
-                        if voted.iter().any(|(a, _)| a == &vote.approver_id) {
-                            refuse(
-                                &mut ws,
-                                &chain_id,
-                                vote,
-                                "duplicate_approver",
-                                format!(
-                                    "approver {} already voted on intent {}",
-                                    vote.approver_id, p.intent_id
-                                ),
-                                now,
-                                origin,
-                            )?
-                        } else {
-                            self.accept(&mut tx, &mut ws, &chain_id, &p, vote, voted, now, origin)
-                                .await?
-                        }
-                    }
-                }
-            }
-        };
+        ws.reserve_seqs(&mut tx, staged.len()).await?;
+        let appended = record_all(&mut ws, &mut snapshot, &staged, now, origin)?;
+        let result = vote_result(&staged, &appended)?;
         ws.flush(&mut tx).await?;
         if let Some(key) = &intake_key {
             let seq = match &result {
@@ -365,98 +205,6 @@ impl Ledger {
         }
         tx.commit().await?;
         Ok(result)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn accept(
-        &self,
-        tx: &mut PgConnection,
-        ws: &mut WriteSet,
-        chain_id: &str,
-        p: &Pending,
-        vote: &VerifiedVote,
-        voted: Vec<(String, String)>,
-        now: DateTime<Utc>,
-        origin: &Origin,
-    ) -> anyhow::Result<VoteResult> {
-        let payload = events::VoteAccepted {
-            intent_id: vote.intent_id.clone(),
-            approver_id: vote.approver_id.clone(),
-            vote: vote.vote.as_str().to_string(),
-            signed_at: chain::to_micros(vote.signed_at),
-        };
-        let seq = ws
-            .append(
-                chain_id,
-                kind::VOTE_ACCEPTED,
-                now,
-                &vote.approver_id,
-                &vote.intent_id,
-                origin,
-                &payload,
-            )?
-            .seq;
-        ws.votes.push(VoteRow {
-            intent_id: vote.intent_id.clone(),
-            approver_id: vote.approver_id.clone(),
-            vote: vote.vote.as_str().to_string(),
-            signed_at: payload.signed_at,
-            seq,
-        });
-        let outcome = match vote.vote {
-            Vote::Reject => Some(close(
-                ws,
-                p,
-                Outcome::Rejected,
-                vec![vote.approver_id.clone()],
-                None,
-                now,
-                &vote.approver_id,
-                origin,
-            )?),
-            Vote::Approve => {
-                let mut approvers: Vec<String> = voted
-                    .into_iter()
-                    .filter(|(_, v)| v == Vote::Approve.as_str())
-                    .map(|(a, _)| a)
-                    .collect();
-                approvers.push(vote.approver_id.clone());
-                if approvers.len() >= usize::try_from(p.approvals_required.max(1)).unwrap_or(1) {
-                    let active: HashSet<String> = sqlx::query_scalar::<_, String>(
-                        "SELECT scope FROM kill_switch WHERE active",
-                    )
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .collect();
-                    Some(match kill_scope_for(&active, &p.agent_id, &p.entity_id) {
-                        KillState::On { scope } => close(
-                            ws,
-                            p,
-                            Outcome::Killed,
-                            approvers,
-                            Some(scope),
-                            now,
-                            &vote.approver_id,
-                            origin,
-                        )?,
-                        KillState::Off => close(
-                            ws,
-                            p,
-                            Outcome::Approved,
-                            approvers,
-                            None,
-                            now,
-                            &vote.approver_id,
-                            origin,
-                        )?,
-                    })
-                } else {
-                    None
-                }
-            }
-        };
-        Ok(VoteResult::Accepted { seq, outcome })
     }
 
     /// [`Ledger::expire_due`] at the database's clock, the clock every other ledger
@@ -490,36 +238,23 @@ impl Ledger {
             partition: None,
             offset: None,
         };
+        let closed_at = chain::to_micros(now);
         let mut out = Vec::new();
         for (agent, intents) in by_agent {
             let chains = vec![agent_chain(&agent)];
             let mut tx = self.pool.begin().await?;
             store::lock_chains(&mut tx, &chains, None, false).await?;
-            let still: Vec<Pending> = load_pending(&mut tx, &intents)
-                .await?
-                .into_iter()
-                .filter(|p| p.expires_at <= now)
-                .collect();
-            if still.is_empty() {
+            let mut snapshot = load_approvals(&mut tx, &intents).await?;
+            let staged = machine::step_expire(&snapshot, closed_at);
+            if staged.is_empty() {
                 tx.rollback().await?;
                 continue;
             }
             let mut ws = WriteSet::default();
             ws.load_heads(&mut tx, &chains).await?;
-            ws.reserve_seqs(&mut tx, still.len()).await?;
-            let closed_at = chain::to_micros(now);
-            for p in &still {
-                let approvers = approvers_so_far(&mut tx, &p.intent_id).await?;
-                out.push(close(
-                    &mut ws,
-                    p,
-                    Outcome::Expired,
-                    approvers,
-                    None,
-                    closed_at,
-                    "spendguard",
-                    &origin,
-                )?);
+            ws.reserve_seqs(&mut tx, staged.len()).await?;
+            for a in record_all(&mut ws, &mut snapshot, &staged, closed_at, &origin)? {
+                out.extend(a.outcome);
             }
             ws.flush(&mut tx).await?;
             tx.commit().await?;
@@ -528,9 +263,37 @@ impl Ledger {
     }
 }
 
-async fn approvers_so_far(conn: &mut PgConnection, intent_id: &str) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("SELECT approver_id FROM approval_vote WHERE intent_id = $1 AND vote = 'APPROVE' ORDER BY seq")
-        .bind(intent_id)
-        .fetch_all(conn)
-        .await
+/// A vote's result from its events: the last `vote_accepted` / `vote_refused`, with
+/// the outcome a `vote_accepted` led to.
+fn vote_result(staged: &[Staged], appended: &[store::Appended]) -> Result<VoteResult, LedgerError> {
+    let mut result = None;
+    for (st, a) in staged.iter().zip(appended) {
+        match &st.event {
+            LedgerEvent::VoteAccepted(_) => {
+                result = Some(VoteResult::Accepted {
+                    seq: a.recorded.seq,
+                    outcome: None,
+                })
+            }
+            LedgerEvent::VoteRefused(r) => {
+                result = Some(VoteResult::Refused {
+                    seq: a.recorded.seq,
+                    reason: r.reason.clone(),
+                    detail: r.detail.clone(),
+                })
+            }
+            LedgerEvent::IntentClosed(_) => {
+                if let Some(VoteResult::Accepted { outcome, .. }) = &mut result {
+                    *outcome = a.outcome.clone();
+                }
+            }
+            other => {
+                return Err(LedgerError::Bug(format!(
+                    "step_vote staged a {} event",
+                    other.kind()
+                )));
+            }
+        }
+    }
+    result.ok_or_else(|| LedgerError::Bug("step_vote staged no vote event".into()))
 }

@@ -2,34 +2,27 @@
 //! candidate policy, with usage windows rebuilt as they would have been under the
 //! candidate, and report how decisions change.
 //!
-//! Pure: the evaluator is passed in, so this module knows nothing of how a policy is
-//! compiled; `run_impact` in `src/cli/ops.rs` wires the real evaluator.
+//! Pure, and built on the ledger's own state machine: each recorded intent is decided
+//! with `machine::verdict` (the rule live deciding runs) on a candidate-side
+//! `Projections`, and the candidate's decisions, the recorded kill-switch changes and
+//! the recorded outcomes are folded into it with the ledger's one fold.
 
-use chrono::{DateTime, NaiveDate, Utc};
-use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::compliance::Period;
 use super::events::*;
-use crate::decision::{Effect, Evaluation, KillState, PolicyIdentity, Usage};
-use crate::intent::SpendIntent;
-use crate::window::Windows;
+use crate::decision::{Effect, PolicyIdentity};
+use crate::ledger::Outcome;
+use crate::ledger::events::LedgerEvent;
+use crate::ledger::machine::{self, Projections, Recorded};
+use crate::policy::CompiledPolicy;
 
 /// Examples kept per transition.
 pub const EXAMPLES_PER_TRANSITION: usize = 5;
 /// Exit status when the candidate allows an intent the recorded policy denied.
 pub const EXIT_LOOSENS: i32 = 3;
-
-/// The candidate's evaluator: intent, usage seen, kill state recorded, acceptance time.
-pub type Evaluator<'a> = dyn Fn(&SpendIntent, Usage, &KillState, DateTime<Utc>) -> Evaluation + 'a;
-
-pub struct Candidate<'a> {
-    pub identity: PolicyIdentity,
-    pub tz: Tz,
-    pub evaluate: &'a Evaluator<'a>,
-}
 
 /// Which recorded intents the candidate is replayed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,47 +80,18 @@ pub fn transition_key(from: Effect, to: Effect) -> String {
     format!("{}->{}", from.as_str(), to.as_str())
 }
 
-#[derive(Default)]
-struct SimWindows {
-    day: HashMap<(String, NaiveDate), Decimal>,
-    month: HashMap<(String, NaiveDate), Decimal>,
-}
-
-impl SimWindows {
-    fn usage(&self, agent: &str, w: Windows) -> Usage {
-        Usage {
-            daily_so_far: self
-                .day
-                .get(&(agent.to_string(), w.day))
-                .copied()
-                .unwrap_or_default(),
-            monthly_so_far: self
-                .month
-                .get(&(agent.to_string(), w.month))
-                .copied()
-                .unwrap_or_default(),
-        }
-    }
-    fn add(&mut self, agent: &str, w: Windows, amount: Decimal) {
-        *self.day.entry((agent.to_string(), w.day)).or_default() += amount;
-        *self.month.entry((agent.to_string(), w.month)).or_default() += amount;
-    }
-}
-
-fn kill_state(v: &Option<serde_json::Value>) -> KillState {
-    v.as_ref()
-        .and_then(|k| serde_json::from_value::<KillState>(k.clone()).ok())
-        .unwrap_or(KillState::Off)
-}
-
-/// Replays every `intent_decided` / `intent_closed` event (all events before the period's
-/// end, in sequence order, so windows straddling the period start are rebuilt too) and
-/// counts the decisions of the period that change under the candidate.
+/// Replays every recorded event before the period's end, in sequence order (so windows
+/// straddling the period start are rebuilt too), and counts the decisions of the period
+/// that change under the candidate.
+///
+/// The candidate's reservations are closed by the recorded outcomes of the same intents;
+/// an intent the candidate made wait but the recorded policy did not has no outcome, and
+/// its reservation stays (the conservative reading: impact never assumes an approver).
 pub fn analyse(
     events: &[EventRecord],
     period: Period,
     scope: &Scope,
-    candidate: &Candidate<'_>,
+    candidate: &CompiledPolicy,
 ) -> ImpactReport {
     let mut report = ImpactReport {
         candidate: candidate.identity.clone(),
@@ -141,113 +105,130 @@ pub fn analyse(
         denied_now_allowed: 0,
         unreadable: Vec::new(),
     };
-    let mut windows = SimWindows::default();
-    // intent → (agent, windows, amount) of candidate reservations still open.
-    let mut waiting: HashMap<String, (String, Windows, Decimal)> = HashMap::new();
-
+    let mut sim = Projections::default();
     for ev in events {
-        match ev.event_type.as_str() {
-            "intent_decided" => {
-                let Ok(view) = serde_json::from_value::<DecidedView>(ev.payload.clone()) else {
+        let event = match LedgerEvent::parse_value(&ev.event_type, &ev.payload) {
+            Ok(e) => e,
+            Err(_) => {
+                if ev.event_type == crate::ledger::events::kind::INTENT_DECIDED {
                     report.unreadable.push(ev.seq);
-                    continue;
-                };
+                }
+                continue;
+            }
+        };
+        let at = Recorded {
+            seq: ev.seq,
+            hash: [0; 32],
+            recorded_at: ev.recorded_at,
+        };
+        // The candidate's own projections never contradict themselves; a recorded
+        // event that does not fold (it cannot: the ledger wrote it) is skipped.
+        let fold = |sim: &mut Projections, e: &LedgerEvent| {
+            let _ = sim.apply(&at, e);
+        };
+        match &event {
+            LedgerEvent::KillSwitchSet(_) => fold(&mut sim, &event),
+            LedgerEvent::IntentClosed(c) => {
+                if let (Some(p), Some(outcome)) = (
+                    sim.pending.get(&c.intent_id).cloned(),
+                    Outcome::parse(&c.outcome),
+                ) {
+                    let closed = machine::close(
+                        &p,
+                        outcome,
+                        c.approvers.clone(),
+                        c.kill_scope.clone(),
+                        c.closed_at,
+                        "impact",
+                    );
+                    fold(&mut sim, &closed.event);
+                }
+            }
+            LedgerEvent::IntentDecided(d) => {
                 let in_scope = match scope {
                     Scope::All => true,
-                    Scope::PolicyName(n) => view.policy.as_ref().is_some_and(|p| &p.name == n),
+                    Scope::PolicyName(n) => d.policy.as_ref().is_some_and(|p| &p.name == n),
                 };
                 if !in_scope {
                     continue;
                 }
-                let Ok(intent) = serde_json::from_value::<SpendIntent>(view.intent.clone()) else {
-                    report.unreadable.push(ev.seq);
-                    continue;
-                };
-                let w = Windows::containing(view.accepted_at, candidate.tz);
-                let usage = windows.usage(&intent.agent_id, w);
-                let kill = kill_state(&view.kill);
-                let eval = (candidate.evaluate)(&intent, usage, &kill, view.accepted_at);
-                match eval.effect {
-                    Effect::Allow => windows.add(&intent.agent_id, w, intent.amount),
-                    e if e.needs_approval() => {
-                        windows.add(&intent.agent_id, w, intent.amount);
-                        waiting.insert(
-                            intent.intent_id.clone(),
-                            (intent.agent_id.clone(), w, intent.amount),
-                        );
-                    }
-                    _ => {}
-                }
+                let verdict = machine::verdict(&sim, &d.intent, Some(candidate), d.accepted_at);
+                let eval = verdict.evaluation.clone();
+                let decided = machine::decided(
+                    d.intent.clone(),
+                    Some(candidate),
+                    verdict,
+                    [0; 32],
+                    None,
+                    d.accepted_at,
+                );
+                fold(&mut sim, &LedgerEvent::IntentDecided(Box::new(decided)));
                 let in_period = ev.recorded_at >= period.start() && ev.recorded_at < period.end();
                 let entity_ok = period
                     .entity
                     .as_deref()
-                    .is_none_or(|e| e == intent.entity_id);
-                if !in_period || !entity_ok {
-                    continue;
-                }
-                report.intents_replayed += 1;
-                let before = view.evaluation.effect;
-                let after = eval.effect;
-                if before == after {
-                    report.unchanged += 1;
-                    continue;
-                }
-                let key = transition_key(before, after);
-                *report.transitions.entry(key.clone()).or_default() += 1;
-                if before == Effect::Deny && after == Effect::Allow {
-                    report.denied_now_allowed += 1;
-                }
-                if after == Effect::Allow {
-                    *report
-                        .newly_allowed_spend
-                        .entry(intent.currency.clone())
-                        .or_default() += intent.amount;
-                }
-                if before == Effect::Allow {
-                    *report
-                        .newly_blocked_spend
-                        .entry(intent.currency.clone())
-                        .or_default() += intent.amount;
-                }
-                let examples = report.examples.entry(key).or_default();
-                if examples.len() < EXAMPLES_PER_TRANSITION {
-                    examples.push(Example {
-                        intent_id: intent.intent_id.clone(),
-                        agent_id: intent.agent_id.clone(),
-                        amount: intent.amount.to_string(),
-                        currency: intent.currency.clone(),
-                        recorded_reasons: view
-                            .evaluation
-                            .reasons
-                            .iter()
-                            .map(|r| r.code.clone())
-                            .collect(),
-                        candidate_reasons: eval
-                            .reasons
-                            .iter()
-                            .map(|r| format!("{}: {}", r.code, r.detail))
-                            .collect(),
-                    });
-                }
-            }
-            "intent_closed" => {
-                let Ok(c) = serde_json::from_value::<ClosedView>(ev.payload.clone()) else {
-                    continue;
-                };
-                // The recorded outcome closes the candidate's reservation the same way.
-                // An intent the candidate made wait but the recorded policy did not has no
-                // outcome: its reservation stays (the conservative reading).
-                if let Some((agent, w, amount)) = waiting.remove(&c.intent_id)
-                    && c.outcome != "APPROVED"
-                {
-                    windows.add(&agent, w, -amount);
+                    .is_none_or(|e| e == d.intent.entity_id);
+                if in_period && entity_ok {
+                    count(&mut report, d, &eval);
                 }
             }
             _ => {}
         }
     }
     report
+}
+
+/// Adds one replayed decision of the period to the report.
+fn count(
+    report: &mut ImpactReport,
+    d: &crate::ledger::events::IntentDecided<crate::intent::SpendIntent>,
+    eval: &crate::decision::Evaluation,
+) {
+    let intent = &d.intent;
+    report.intents_replayed += 1;
+    let before = d.evaluation.effect;
+    let after = eval.effect;
+    if before == after {
+        report.unchanged += 1;
+        return;
+    }
+    let key = transition_key(before, after);
+    *report.transitions.entry(key.clone()).or_default() += 1;
+    if before == Effect::Deny && after == Effect::Allow {
+        report.denied_now_allowed += 1;
+    }
+    if after == Effect::Allow {
+        *report
+            .newly_allowed_spend
+            .entry(intent.currency.clone())
+            .or_default() += intent.amount;
+    }
+    if before == Effect::Allow {
+        *report
+            .newly_blocked_spend
+            .entry(intent.currency.clone())
+            .or_default() += intent.amount;
+    }
+    let examples = report.examples.entry(key).or_default();
+    if examples.len() < EXAMPLES_PER_TRANSITION {
+        examples.push(Example {
+            intent_id: intent.intent_id.clone(),
+            agent_id: intent.agent_id.clone(),
+            amount: intent.amount.to_string(),
+            currency: intent.currency.clone(),
+            recorded_reasons: d
+                .evaluation
+                .reasons
+                .iter()
+                .map(|r| r.code.to_string())
+                .collect(),
+            candidate_reasons: eval
+                .reasons
+                .iter()
+                .map(|r| format!("{}: {}", r.code, r.detail))
+                .collect(),
+        });
+    }
 }
 
 /// Human-readable summary.
@@ -315,8 +296,7 @@ pub fn render_text(r: &ImpactReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Finding;
-    use chrono::TimeZone;
+    use chrono::{NaiveDate, TimeZone, Utc};
     use serde_json::json;
 
     fn decided(
@@ -337,10 +317,14 @@ mod tests {
             origin: json!({}),
             payload: json!({
                 "intent": {"intentId": id, "agentId": "agent-1", "entityId": "acme", "amount": amount,
-                           "currency": "BRL", "category": category, "beneficiary": {"id": "b"}, "purpose": "PIX"},
-                "acceptedAt": at, "kill": "Off",
+                           "currency": "BRL", "category": category, "beneficiary": {"id": "b"},
+                           "purpose": "PIX"},
+                "fingerprint": "00", "acceptedAt": at, "kill": "Off",
                 "policy": {"name": "p", "version": "1", "sha256": "x"},
-                "evaluation": {"effect": effect, "approvalsRequired": 0, "reasons": []}
+                "usage": {"dailySoFar": "0", "monthlySoFar": "0",
+                          "window": {"day": "2026-11-10", "month": "2026-11", "tz": "UTC"}},
+                "evaluation": {"effect": effect, "approvalsRequired": 0, "reasons": []},
+                "expiresAt": if effect == "REQUIRE_HITL" { json!(at + chrono::Duration::hours(1)) } else { json!(null) }
             }),
         }
     }
@@ -354,30 +338,26 @@ mod tests {
             actor: "x".into(),
             resource: id.into(),
             origin: json!({}),
-            payload: json!({"intentId": id, "outcome": outcome, "approvers": [], "closedAt": at}),
+            payload: json!({"intentId": id, "agentId": "agent-1", "entityId": "acme",
+                            "outcome": outcome, "approvers": [], "closedAt": at, "amount": "200",
+                            "currency": "BRL", "tz": "UTC", "day": "2026-11-10", "month": "2026-11-01"}),
         }
     }
 
-    fn toy(cap: i64) -> impl Fn(&SpendIntent, Usage, &KillState, DateTime<Utc>) -> Evaluation {
-        move |i, u, _, _| {
-            let f = |effect, code: &'static str| Evaluation {
-                effect,
-                approvals_required: 0,
-                reasons: vec![Finding {
-                    effect,
-                    code: code.into(),
-                    detail: "".into(),
-                    approvals: 0,
-                }],
-            };
-            if i.category == "blocked" {
-                f(Effect::Deny, "category_blocked")
-            } else if u.daily_so_far + i.amount > Decimal::from(cap) {
-                f(Effect::RequireHitl, "would_exceed_daily_limit")
-            } else {
-                f(Effect::Allow, "ok")
-            }
-        }
+    /// A candidate: category `blocked` denied, over `daily` waits for a human.
+    fn candidate(name: &str, daily: i64) -> CompiledPolicy {
+        let text = [
+            "apiVersion: policy.spendguard.v1".to_string(),
+            "kind: SpendPolicy".to_string(),
+            format!("metadata: {{name: {name}, version: \"2\"}}"),
+            "spec:".to_string(),
+            "  currency: BRL".to_string(),
+            "  timezone: UTC".to_string(),
+            format!("  caps: {{perTxn: 10000, daily: {daily}, monthly: 1000000}}"),
+            "  blockLists: {categories: [blocked]}".to_string(),
+        ]
+        .join("\n");
+        CompiledPolicy::parse(&text, "test").expect("test policy compiles")
     }
 
     fn history() -> Vec<EventRecord> {
@@ -398,24 +378,20 @@ mod tests {
         }
     }
 
-    fn run(cap: i64) -> ImpactReport {
-        let eval = toy(cap);
-        let c = Candidate {
-            identity: PolicyIdentity {
-                name: "p".into(),
-                version: "2".into(),
-                sha256: "y".into(),
-            },
-            tz: chrono_tz::UTC,
-            evaluate: &eval,
-        };
-        analyse(&history(), period(), &Scope::PolicyName("p".into()), &c)
+    fn run(daily: i64) -> ImpactReport {
+        analyse(
+            &history(),
+            period(),
+            &Scope::PolicyName("p".into()),
+            &candidate("p", daily),
+        )
     }
 
     #[test]
     fn a_rejected_wait_releases_its_reservation_in_the_rebuilt_window() {
-        // cap 250: e2 waits (100 + 200 > 250) and is rejected, so e4 sees 100, not 300.
+        // daily 250: e2 waits (100 + 200 > 250) and is rejected, so e4 sees 100, not 300.
         let r = run(250);
+        assert!(r.unreadable.is_empty(), "{r:?}");
         assert_eq!(r.intents_replayed, 4);
         assert_eq!(r.unchanged, 4, "{r:?}");
         assert!(r.transitions.is_empty());
@@ -424,9 +400,9 @@ mod tests {
 
     #[test]
     fn tightening_counts_transitions_and_blocked_spend() {
-        // cap 50: e1 and e4 now wait; e2 still waits; e3 still denied.
+        // daily 50: e1 and e4 now wait; e2 still waits; e3 still denied.
         let r = run(50);
-        assert_eq!(r.transitions.get("ALLOW->REQUIRE_HITL"), Some(&2));
+        assert_eq!(r.transitions.get("ALLOW->REQUIRE_HITL"), Some(&2), "{r:?}");
         assert_eq!(r.unchanged, 2);
         assert_eq!(r.newly_blocked_spend.get("BRL"), Some(&Decimal::from(200)));
         assert_eq!(r.examples["ALLOW->REQUIRE_HITL"][0].intent_id, "e1");
@@ -435,16 +411,7 @@ mod tests {
 
     #[test]
     fn scope_by_policy_name_skips_other_policies() {
-        let eval = toy(50);
-        let c = Candidate {
-            identity: PolicyIdentity {
-                name: "q".into(),
-                version: "1".into(),
-                sha256: "z".into(),
-            },
-            tz: chrono_tz::UTC,
-            evaluate: &eval,
-        };
+        let c = candidate("q", 50);
         let r = analyse(&history(), period(), &Scope::PolicyName("q".into()), &c);
         assert_eq!(r.intents_replayed, 0);
         let r = analyse(&history(), period(), &Scope::All, &c);

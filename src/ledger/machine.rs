@@ -1,0 +1,959 @@
+//! The ledger's state machine. Pure: no I/O, no clock, no randomness.
+//!
+//! - `step_*` decide which events an input produces, given a [`Projections`] snapshot
+//!   (an intent, a vote, the approval windows that ended, a kill-switch change).
+//! - [`delta`] is the one fold: what an event changes in the projections (usage
+//!   windows, pending approvals, votes, outcomes, kill switch, policies, decisions).
+//!   [`Projections::apply`] applies it in memory; `store::WriteSet` writes the same
+//!   changes to the tables.
+//!
+//! Live deciding (`decide.rs`, `votes.rs`) loads the part of the projections a batch
+//! needs under the agents' locks, calls a step, appends the events and writes their
+//! delta; `replay` folds every event and re-runs `step_decide` before each decision to
+//! check it reproduces; `policy impact` runs the step with a candidate policy over its
+//! own fold; `evaluate` runs the step on a snapshot built from its flags. No rule about
+//! what a decision does to usage exists anywhere else (TigerBeetle's prefetch / execute
+//! split: the I/O loads, this module executes).
+
+use super::chain::{self, Hash, INTAKE_CHAIN, agent_chain};
+use super::events::{self, LedgerEvent};
+use super::store::{DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, VoteRow};
+use super::usage::{self, UsageKey};
+use super::{Outcome, OutcomeMessage, VerifiedVote, Vote};
+use crate::decision::{DecisionMessage, Effect, KillState, Usage, UsageReport, WindowRef};
+use crate::intent::SpendIntent;
+use crate::policy::{self, CompiledPolicy, EvalInput};
+use crate::privacy::{self, Sealed};
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Where an event sits once appended: what the fold needs besides the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub seq: i64,
+    /// The event's hash (a decision's `decisionHash`).
+    pub hash: Hash,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// An event a step wants appended, with its envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Staged {
+    pub chain_id: String,
+    pub actor: String,
+    pub resource: String,
+    pub event: LedgerEvent,
+}
+
+/// One change to one projection row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Added to a usage window (negative to release a reservation).
+    Usage {
+        key: UsageKey,
+        committed: Decimal,
+        reserved: Decimal,
+    },
+    PendingOpen(PendingRow),
+    PendingClose(String),
+    Vote(VoteRow),
+    Outcome(Box<OutcomeRow>),
+    Kill(KillRow),
+    Policy(PolicyRow),
+    /// Boxed: the largest row.
+    Decision(Box<DecisionRow>),
+}
+
+/// An event that does not fold (a payload the live path never writes).
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    #[error("intent_decided seq {seq}: usage window month {month:?} is not YYYY-MM")]
+    BadMonth { seq: i64, month: String },
+    #[error("intent_closed seq {seq}: unknown outcome {outcome:?}")]
+    BadOutcome { seq: i64, outcome: String },
+    #[error("seq {seq}: {what} does not serialize: {source}")]
+    Serialize {
+        seq: i64,
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+/// A step that cannot produce its event (a bug, never an input problem).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("internal: the masked intent {intent_id} does not read back: {source}")]
+    MaskedIntent {
+        intent_id: String,
+        source: serde_json::Error,
+    },
+}
+
+/// (committed, reserved) a decision adds to its windows: ALLOW commits, HITL / MSIG
+/// reserve, DENY changes nothing. The one place this rule is written.
+pub fn decision_usage(effect: Effect, amount: Decimal) -> (Decimal, Decimal) {
+    match effect {
+        Effect::Allow => (amount, Decimal::ZERO),
+        Effect::RequireHitl | Effect::RequireMsig => (Decimal::ZERO, amount),
+        Effect::Deny => (Decimal::ZERO, Decimal::ZERO),
+    }
+}
+
+/// The decision message an `intent_decided` event stands for (`seq` absent offline).
+pub fn decision_message(
+    d: &events::IntentDecided<SpendIntent>,
+    seq: Option<i64>,
+) -> DecisionMessage {
+    DecisionMessage {
+        intent_id: d.intent.intent_id.clone(),
+        agent_id: d.intent.agent_id.clone(),
+        entity_id: d.intent.entity_id.clone(),
+        effect: d.evaluation.effect,
+        approvals_required: d.evaluation.approvals_required,
+        reasons: d.evaluation.reasons.clone(),
+        policy: d.policy.clone(),
+        usage: d.usage.clone(),
+        decided_at: d.accepted_at,
+        ledger_seq: seq,
+    }
+}
+
+/// The fold: the projection changes of one event, passed to `out` in order.
+pub fn delta(
+    r: &Recorded,
+    event: &LedgerEvent,
+    out: &mut impl FnMut(Change),
+) -> Result<(), FoldError> {
+    match event {
+        LedgerEvent::IntentDecided(d) => decided_delta(r, d, out)?,
+        LedgerEvent::IntentClosed(c) => {
+            let outcome = Outcome::parse(&c.outcome).ok_or_else(|| FoldError::BadOutcome {
+                seq: r.seq,
+                outcome: c.outcome.clone(),
+            })?;
+            for (key, committed, reserved) in close_usage(c, outcome) {
+                out(Change::Usage {
+                    key,
+                    committed,
+                    reserved,
+                });
+            }
+            out(Change::PendingClose(c.intent_id.clone()));
+            let message = OutcomeMessage {
+                intent_id: c.intent_id.clone(),
+                agent_id: c.agent_id.clone(),
+                entity_id: c.entity_id.clone(),
+                outcome,
+                approvers: c.approvers.clone(),
+                decided_at: c.closed_at,
+                closed_at: c.closed_at,
+                ledger_seq: r.seq,
+            };
+            let text = serde_json::to_string(&message).map_err(|source| FoldError::Serialize {
+                seq: r.seq,
+                what: "outcome message",
+                source,
+            })?;
+            out(Change::Outcome(Box::new(OutcomeRow {
+                intent_id: c.intent_id.clone(),
+                agent_id: c.agent_id.clone(),
+                outcome: c.outcome.clone(),
+                closed_at: c.closed_at,
+                seq: r.seq,
+                message: text,
+                parsed: message,
+            })));
+        }
+        LedgerEvent::VoteAccepted(v) => out(Change::Vote(VoteRow {
+            intent_id: v.intent_id.clone(),
+            approver_id: v.approver_id.clone(),
+            vote: v.vote.clone(),
+            signed_at: v.signed_at,
+            seq: r.seq,
+        })),
+        LedgerEvent::KillSwitchSet(k) => out(Change::Kill(KillRow {
+            scope: k.scope.clone(),
+            active: k.active,
+            actor: k.actor.clone(),
+            reason: k.reason.clone(),
+            changed_at: r.recorded_at,
+            seq: r.seq,
+        })),
+        LedgerEvent::PolicyActivated(a) => out(Change::Policy(PolicyRow {
+            sha256: a.policy.sha256.clone(),
+            name: a.policy.name.clone(),
+            version: a.policy.version.clone(),
+            canonical: a.canonical.clone(),
+            seq: r.seq,
+        })),
+        // Audit-only events: they change no projection.
+        LedgerEvent::IntentInvalid(_)
+        | LedgerEvent::IdempotencyConflict(_)
+        | LedgerEvent::VoteRefused(_)
+        | LedgerEvent::SubjectErased(_)
+        | LedgerEvent::MessageSetAside(_) => {}
+    }
+    Ok(())
+}
+
+fn decided_delta(
+    r: &Recorded,
+    d: &events::IntentDecided<SpendIntent>,
+    out: &mut impl FnMut(Change),
+) -> Result<(), FoldError> {
+    let intent = &d.intent;
+    let message = decision_message(d, Some(r.seq));
+    let text = serde_json::to_string(&message).map_err(|source| FoldError::Serialize {
+        seq: r.seq,
+        what: "decision message",
+        source,
+    })?;
+    out(Change::Decision(Box::new(DecisionRow {
+        intent_id: intent.intent_id.clone(),
+        agent_id: intent.agent_id.clone(),
+        entity_id: intent.entity_id.clone(),
+        seq: r.seq,
+        // A fingerprint that is not hex cannot match the live bytes: kept visibly wrong.
+        fingerprint: hex::decode(&d.fingerprint)
+            .unwrap_or_else(|_| d.fingerprint.clone().into_bytes()),
+        decision_hash: r.hash.to_vec(),
+        effect: d.evaluation.effect.as_str().to_string(),
+        message: text,
+        parsed: message,
+    })));
+    // No policy, no windows (the intent was denied as unbound).
+    let Some(u) = &d.usage else {
+        return Ok(());
+    };
+    let month = parse_month(&u.window.month).ok_or_else(|| FoldError::BadMonth {
+        seq: r.seq,
+        month: u.window.month.clone(),
+    })?;
+    // Windows are in the policy's currency; every effect that moves usage had the
+    // intent in that currency (another currency is denied), so the intent's is exact.
+    let (committed, reserved) = decision_usage(d.evaluation.effect, intent.amount);
+    if !committed.is_zero() || !reserved.is_zero() {
+        for (kind, start) in [(usage::DAY, u.window.day), (usage::MONTH, month)] {
+            out(Change::Usage {
+                key: usage::key(
+                    &intent.agent_id,
+                    kind,
+                    &u.window.tz,
+                    &intent.currency,
+                    start,
+                ),
+                committed,
+                reserved,
+            });
+        }
+    }
+    if let Some(expires_at) = d.expires_at {
+        out(Change::PendingOpen(PendingRow {
+            intent_id: intent.intent_id.clone(),
+            agent_id: intent.agent_id.clone(),
+            entity_id: intent.entity_id.clone(),
+            effect: d.evaluation.effect.as_str().to_string(),
+            approvals_required: i32::try_from(d.evaluation.approvals_required.max(1))
+                .unwrap_or(i32::MAX),
+            amount: intent.amount,
+            currency: intent.currency.clone(),
+            tz: u.window.tz.clone(),
+            day: u.window.day,
+            month,
+            decided_seq: r.seq,
+            expires_at,
+        }));
+    }
+    Ok(())
+}
+
+/// Usage change of an outcome: APPROVED moves the reservation to committed (in the
+/// windows of the request), anything else releases it.
+fn close_usage(c: &events::IntentClosed, outcome: Outcome) -> [(UsageKey, Decimal, Decimal); 2] {
+    let committed = if outcome == Outcome::Approved {
+        c.amount
+    } else {
+        Decimal::ZERO
+    };
+    [(usage::DAY, c.day), (usage::MONTH, c.month)].map(|(kind, start)| {
+        (
+            usage::key(&c.agent_id, kind, &c.tz, &c.currency, start),
+            committed,
+            -c.amount,
+        )
+    })
+}
+
+fn parse_month(yyyy_mm: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(&format!("{yyyy_mm}-01"), "%Y-%m-%d").ok()
+}
+
+// ---------------------------------------------------------------------------------
+// Projections
+// ---------------------------------------------------------------------------------
+
+/// Strings that repeat across many window keys (agent ids, time zones, currencies),
+/// stored once; window keys then hold small numbers (replay holds every window of a
+/// ledger: SPEC §10's memory target).
+#[derive(Debug, Default, Clone)]
+struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = u32::try_from(self.names.len()).expect("fewer than 2^32 distinct names");
+        self.ids.insert(s.into(), id);
+        self.names.push(s.into());
+        id
+    }
+
+    fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+}
+
+/// A usage window key with its strings interned (16 bytes instead of four `String`s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct WindowKey {
+    agent: u32,
+    tz: u32,
+    currency: u32,
+    day_window: bool,
+    start: NaiveDate,
+}
+
+/// Usage windows: (committed, reserved) per window.
+#[derive(Debug, Default, Clone)]
+pub struct Windows {
+    names: Interner,
+    amounts: HashMap<WindowKey, (Decimal, Decimal)>,
+}
+
+impl Windows {
+    fn key(&mut self, k: &UsageKey) -> WindowKey {
+        WindowKey {
+            agent: self.names.intern(&k.agent_id),
+            tz: self.names.intern(&k.tz),
+            currency: self.names.intern(&k.currency),
+            day_window: k.kind == usage::DAY,
+            start: k.start,
+        }
+    }
+
+    fn existing_key(&self, k: &UsageKey) -> Option<WindowKey> {
+        Some(WindowKey {
+            agent: self.names.get(&k.agent_id)?,
+            tz: self.names.get(&k.tz)?,
+            currency: self.names.get(&k.currency)?,
+            day_window: k.kind == usage::DAY,
+            start: k.start,
+        })
+    }
+
+    fn usage_key(&self, k: &WindowKey) -> UsageKey {
+        usage::key(
+            self.names.name(k.agent),
+            if k.day_window {
+                usage::DAY
+            } else {
+                usage::MONTH
+            },
+            self.names.name(k.tz),
+            self.names.name(k.currency),
+            k.start,
+        )
+    }
+
+    pub fn add(&mut self, k: &UsageKey, committed: Decimal, reserved: Decimal) {
+        let key = self.key(k);
+        let v = self
+            .amounts
+            .entry(key)
+            .or_insert((Decimal::ZERO, Decimal::ZERO));
+        v.0 += committed;
+        v.1 += reserved;
+    }
+
+    /// (committed, reserved) of a window, if it was ever touched.
+    pub fn get(&self, k: &UsageKey) -> Option<(Decimal, Decimal)> {
+        self.existing_key(k)
+            .and_then(|key| self.amounts.get(&key))
+            .copied()
+    }
+
+    /// committed + reserved of a window (zero when never touched).
+    pub fn total(&self, k: &UsageKey) -> Decimal {
+        self.get(k).map(|(c, r)| c + r).unwrap_or_default()
+    }
+
+    /// Removes and returns a window (replay compares live rows one by one).
+    pub fn take(&mut self, k: &UsageKey) -> Option<(Decimal, Decimal)> {
+        let key = self.existing_key(k)?;
+        self.amounts.remove(&key)
+    }
+
+    /// Every window, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (UsageKey, (Decimal, Decimal))> + '_ {
+        self.amounts.iter().map(|(k, v)| (self.usage_key(k), *v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.amounts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.amounts.is_empty()
+    }
+}
+
+/// Bytes of a SHA-256 kept per decision: replay holds one digest per decision instead of
+/// the row, which keeps it within SPEC §10's memory target. 128 bits make an accidental
+/// match impossible in practice; deliberate tampering is the hash chain's job.
+pub const DIGEST_BYTES: usize = 16;
+pub type Digest = [u8; DIGEST_BYTES];
+
+/// The state the events build. Live deciding holds the part a batch loaded; replay and
+/// impact analysis hold all of it. Decisions and windows, the two that grow with
+/// traffic and agents, are kept compact.
+#[derive(Debug, Default, Clone)]
+pub struct Projections {
+    pub windows: Windows,
+    /// intent → (seq of its decision event, digest of its `decision` row)
+    pub decisions: HashMap<Box<str>, (i64, Digest)>,
+    pub pending: BTreeMap<String, PendingRow>,
+    /// (intent, approver) → vote
+    pub votes: BTreeMap<(String, String), VoteRow>,
+    pub outcomes: BTreeMap<String, OutcomeRow>,
+    pub kills: BTreeMap<String, KillRow>,
+    /// sha256 → version
+    pub policies: BTreeMap<String, PolicyRow>,
+}
+
+/// A change that contradicts the state it is applied to (replay reports these).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Inconsistency {
+    #[error("intent {intent_id} decided a second time (first at seq {first_seq})")]
+    DecidedTwice { intent_id: String, first_seq: i64 },
+    #[error("intent {0} closed but it was not waiting for approval")]
+    ClosedNotPending(String),
+}
+
+impl Projections {
+    /// Folds one event in. Inconsistencies are returned after the whole event is
+    /// applied (the state still follows the events, as the live tables would).
+    pub fn apply(
+        &mut self,
+        r: &Recorded,
+        event: &LedgerEvent,
+    ) -> Result<Vec<Inconsistency>, FoldError> {
+        let mut problems = Vec::new();
+        delta(r, event, &mut |c| {
+            if let Some(p) = self.apply_change(c) {
+                problems.push(p);
+            }
+        })?;
+        Ok(problems)
+    }
+
+    pub fn apply_change(&mut self, change: Change) -> Option<Inconsistency> {
+        match change {
+            Change::Usage {
+                key,
+                committed,
+                reserved,
+            } => self.windows.add(&key, committed, reserved),
+            Change::PendingOpen(p) => {
+                self.pending.insert(p.intent_id.clone(), p);
+            }
+            Change::PendingClose(id) => {
+                if self.pending.remove(&id).is_none() {
+                    return Some(Inconsistency::ClosedNotPending(id));
+                }
+            }
+            Change::Vote(v) => {
+                self.votes
+                    .insert((v.intent_id.clone(), v.approver_id.clone()), v);
+            }
+            Change::Outcome(o) => {
+                self.outcomes.insert(o.intent_id.clone(), *o);
+            }
+            Change::Kill(k) => {
+                self.kills.insert(k.scope.clone(), k);
+            }
+            Change::Policy(p) => {
+                self.policies.insert(p.sha256.clone(), p);
+            }
+            Change::Decision(d) => {
+                let id: Box<str> = d.intent_id.as_str().into();
+                if let Some((first_seq, _)) = self.decisions.insert(id, (d.seq, d.digest())) {
+                    return Some(Inconsistency::DecidedTwice {
+                        intent_id: d.intent_id,
+                        first_seq,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// The kill-switch scope covering an intent, if any (global first, then entity, agent).
+    pub fn kill_state(&self, agent_id: &str, entity_id: &str) -> KillState {
+        let active = |scope: &str| self.kills.get(scope).is_some_and(|k| k.active);
+        if active("global") {
+            return KillState::On {
+                scope: "global".into(),
+            };
+        }
+        for scope in [format!("entity:{entity_id}"), format!("agent:{agent_id}")] {
+            if active(&scope) {
+                return KillState::On { scope };
+            }
+        }
+        KillState::Off
+    }
+
+    /// Approvers who voted APPROVE on an intent, in the order their votes were recorded.
+    pub fn approvers(&self, intent_id: &str) -> Vec<String> {
+        let mut votes: Vec<&VoteRow> = self
+            .votes
+            .range((intent_id.to_string(), String::new())..)
+            .take_while(|((i, _), _)| i == intent_id)
+            .map(|(_, v)| v)
+            .filter(|v| v.vote == Vote::Approve.as_str())
+            .collect();
+        votes.sort_by_key(|v| v.seq);
+        votes.into_iter().map(|v| v.approver_id.clone()).collect()
+    }
+
+    fn has_voted(&self, intent_id: &str, approver_id: &str) -> bool {
+        self.votes
+            .contains_key(&(intent_id.to_string(), approver_id.to_string()))
+    }
+}
+
+/// The active kill-switch scopes of a set, as projections (offline evaluation, tests).
+pub fn kills_from_scopes(scopes: &HashSet<String>) -> BTreeMap<String, KillRow> {
+    scopes
+        .iter()
+        .map(|s| {
+            (
+                s.clone(),
+                KillRow {
+                    scope: s.clone(),
+                    active: true,
+                    actor: String::new(),
+                    reason: String::new(),
+                    changed_at: DateTime::<Utc>::UNIX_EPOCH,
+                    seq: 0,
+                },
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Steps
+// ---------------------------------------------------------------------------------
+
+/// An intent to decide, with everything the step cannot compute itself.
+pub struct DecideInput<'a> {
+    pub intent: &'a SpendIntent,
+    /// The policy bound to the agent (resolved from the policy set by the caller).
+    pub policy: Option<&'a CompiledPolicy>,
+    /// Keyed fingerprint of the intent's canonical form (idempotency).
+    pub fingerprint: [u8; 32],
+    /// The ledger's acceptance time (the transaction's clock), microseconds.
+    pub accepted_at: DateTime<Utc>,
+    /// `{"account": ...}` sealed for the beneficiary (sealing draws a random nonce).
+    pub personal: Option<Sealed>,
+}
+
+/// An earlier decision of the same intentId.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Existing {
+    pub seq: i64,
+    pub fingerprint: Vec<u8>,
+    pub decision_hash: Vec<u8>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecideStep {
+    /// Decided before with the same payload: nothing to append.
+    Redelivered,
+    /// Decided before with another payload: an `idempotency_conflict` event.
+    Conflict(Staged),
+    /// A new `intent_decided` event.
+    Decided(Staged),
+}
+
+/// Decides one intent against a snapshot (SPEC §2): idempotency, kill switch, usage
+/// windows in the policy's zone, evaluation, approval expiry.
+pub fn step_decide(
+    s: &Projections,
+    existing: Option<&Existing>,
+    input: DecideInput<'_>,
+) -> Result<DecideStep, StepError> {
+    let intent = input.intent;
+    let chain_id = agent_chain(&intent.agent_id);
+    if let Some(e) = existing {
+        if e.fingerprint == input.fingerprint {
+            return Ok(DecideStep::Redelivered);
+        }
+        return Ok(DecideStep::Conflict(Staged {
+            chain_id,
+            actor: intent.agent_id.clone(),
+            resource: intent.intent_id.clone(),
+            event: LedgerEvent::IdempotencyConflict(events::IdempotencyConflict {
+                intent_id: intent.intent_id.clone(),
+                fingerprint: hex::encode(input.fingerprint),
+                existing_fingerprint: hex::encode(&e.fingerprint),
+                existing_seq: e.seq,
+            }),
+        }));
+    }
+    let verdict = verdict(s, intent, input.policy, input.accepted_at);
+    let masked = masked_intent(intent).map_err(|source| StepError::MaskedIntent {
+        intent_id: intent.intent_id.clone(),
+        source,
+    })?;
+    Ok(DecideStep::Decided(Staged {
+        chain_id,
+        actor: intent.agent_id.clone(),
+        resource: intent.intent_id.clone(),
+        event: LedgerEvent::IntentDecided(Box::new(decided(
+            masked,
+            input.policy,
+            verdict,
+            input.fingerprint,
+            input.personal,
+            input.accepted_at,
+        ))),
+    }))
+}
+
+/// What a decision found: the part of `intent_decided` the step computes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub kill: KillState,
+    pub usage: Option<UsageReport>,
+    pub evaluation: crate::decision::Evaluation,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The decision rule: kill switch and usage windows from the snapshot (windows of the
+/// policy's zone and currency containing `now`), the evaluator, the approval expiry.
+/// Replay checks recorded decisions against this same function.
+pub fn verdict(
+    s: &Projections,
+    intent: &SpendIntent,
+    policy: Option<&CompiledPolicy>,
+    now: DateTime<Utc>,
+) -> Verdict {
+    let kill = s.kill_state(&intent.agent_id, &intent.entity_id);
+    let (usage_seen, report) = match policy {
+        Some(p) => {
+            let (d, m, w) = usage::keys(&intent.agent_id, p.tz, p.currency.code, now);
+            let u = Usage {
+                daily_so_far: s.windows.total(&d),
+                monthly_so_far: s.windows.total(&m),
+            };
+            let report = UsageReport {
+                daily_so_far: u.daily_so_far,
+                monthly_so_far: u.monthly_so_far,
+                window: WindowRef {
+                    day: w.day,
+                    month: w.month.format("%Y-%m").to_string(),
+                    tz: p.tz.name().to_string(),
+                },
+            };
+            (u, Some(report))
+        }
+        None => (Usage::default(), None),
+    };
+    let evaluation = match policy {
+        Some(p) => policy::evaluate(
+            p,
+            &EvalInput {
+                intent,
+                usage: usage_seen,
+                kill: &kill,
+                accepted_at: now,
+            },
+        ),
+        None => policy::no_policy_bound(intent),
+    };
+    let expires_at = match policy {
+        Some(p) if evaluation.effect.needs_approval() => {
+            Some(chain::to_micros(now + p.approval_ttl))
+        }
+        _ => None,
+    };
+    Verdict {
+        kill,
+        usage: report,
+        evaluation,
+        expires_at,
+    }
+}
+
+/// The `intent_decided` payload of a verdict (`intent` as it is stored: masked).
+pub fn decided(
+    intent: SpendIntent,
+    policy: Option<&CompiledPolicy>,
+    v: Verdict,
+    fingerprint: [u8; 32],
+    personal: Option<Sealed>,
+    accepted_at: DateTime<Utc>,
+) -> events::IntentDecided<SpendIntent> {
+    events::IntentDecided {
+        intent,
+        personal,
+        fingerprint: hex::encode(fingerprint),
+        accepted_at,
+        kill: v.kill,
+        policy: policy.map(|p| p.identity.clone()),
+        usage: v.usage,
+        evaluation: v.evaluation,
+        expires_at: v.expires_at,
+    }
+}
+
+/// The intent as stored in events: account masked, every PAN-looking string masked.
+pub fn masked_intent(intent: &SpendIntent) -> Result<SpendIntent, serde_json::Error> {
+    // The intent as given (amount keeps its scale: replay must see exactly the same
+    // input); the canonical form is only used for the fingerprint.
+    let mut v = serde_json::to_value(intent)?;
+    if let Some(account) = &intent.beneficiary.account
+        && let Some(b) = v.get_mut("beneficiary").and_then(|b| b.as_object_mut())
+    {
+        b.insert(
+            "account".into(),
+            serde_json::Value::String(privacy::mask_account(account)),
+        );
+    }
+    privacy::mask_pans_in_json(&mut v);
+    serde_json::from_value(v)
+}
+
+/// The `intent_closed` event of a waiting intent.
+pub fn close(
+    p: &PendingRow,
+    outcome: Outcome,
+    approvers: Vec<String>,
+    kill_scope: Option<String>,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Staged {
+    Staged {
+        chain_id: agent_chain(&p.agent_id),
+        actor: actor.to_string(),
+        resource: p.intent_id.clone(),
+        event: LedgerEvent::IntentClosed(events::IntentClosed {
+            intent_id: p.intent_id.clone(),
+            agent_id: p.agent_id.clone(),
+            entity_id: p.entity_id.clone(),
+            outcome: outcome.as_str().to_string(),
+            approvers,
+            closed_at: now,
+            amount: p.amount,
+            currency: p.currency.clone(),
+            tz: p.tz.clone(),
+            day: p.day,
+            month: p.month,
+            kill_scope,
+        }),
+    }
+}
+
+/// Refusal codes of votes (SPEC §4), stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoteRefusal {
+    UnknownIntent,
+    NotAwaitingApproval,
+    AlreadyClosed,
+    Expired,
+    SelfApproval,
+    DuplicateApprover,
+}
+
+impl VoteRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoteRefusal::UnknownIntent => "unknown_intent",
+            VoteRefusal::NotAwaitingApproval => "not_awaiting_approval",
+            VoteRefusal::AlreadyClosed => "already_closed",
+            VoteRefusal::Expired => "expired",
+            VoteRefusal::SelfApproval => "self_approval",
+            VoteRefusal::DuplicateApprover => "duplicate_approver",
+        }
+    }
+}
+
+/// Applies a verified vote (SPEC §4). `agent` is the agent the intent was decided for
+/// (`None`: no decision recorded); `s` holds the intent's pending row, outcome, votes
+/// and the kill switch. Returns the events in append order; the last vote event
+/// (`vote_accepted` / `vote_refused`) is the vote's result.
+pub fn step_vote(
+    s: &Projections,
+    agent: Option<&str>,
+    vote: &VerifiedVote,
+    now: DateTime<Utc>,
+) -> Vec<Staged> {
+    let id = &vote.intent_id;
+    let chain_id = agent.map_or_else(|| INTAKE_CHAIN.to_string(), agent_chain);
+    let refuse = |reason: VoteRefusal, detail: String| Staged {
+        chain_id: chain_id.clone(),
+        actor: vote.approver_id.clone(),
+        resource: id.clone(),
+        event: LedgerEvent::VoteRefused(events::VoteRefused {
+            intent_id: Some(id.clone()),
+            approver_id: Some(vote.approver_id.clone()),
+            vote: Some(vote.vote.as_str().to_string()),
+            reason: reason.as_str().to_string(),
+            detail,
+            raw: None,
+        }),
+    };
+    let Some(agent) = agent else {
+        return vec![refuse(
+            VoteRefusal::UnknownIntent,
+            format!("no decision is recorded for intent {id}"),
+        )];
+    };
+    let Some(p) = s.pending.get(id) else {
+        return vec![match s.outcomes.get(id) {
+            Some(o) => refuse(
+                VoteRefusal::AlreadyClosed,
+                format!("intent {id} is already closed as {}", o.outcome),
+            ),
+            None => refuse(
+                VoteRefusal::NotAwaitingApproval,
+                format!("intent {id} was not decided REQUIRE_HITL or REQUIRE_MSIG"),
+            ),
+        }];
+    };
+    if now >= p.expires_at {
+        return vec![
+            close(
+                p,
+                Outcome::Expired,
+                s.approvers(id),
+                None,
+                now,
+                "spendguard",
+            ),
+            refuse(
+                VoteRefusal::Expired,
+                format!(
+                    "the approval window of intent {id} closed at {}",
+                    chain::format_time(&p.expires_at)
+                ),
+            ),
+        ];
+    }
+    if vote.approver_id == agent {
+        return vec![refuse(
+            VoteRefusal::SelfApproval,
+            format!("approver {} is the requesting agent", vote.approver_id),
+        )];
+    }
+    if s.has_voted(id, &vote.approver_id) {
+        return vec![refuse(
+            VoteRefusal::DuplicateApprover,
+            format!("approver {} already voted on intent {id}", vote.approver_id),
+        )];
+    }
+    let mut out = vec![Staged {
+        chain_id,
+        actor: vote.approver_id.clone(),
+        resource: id.clone(),
+        event: LedgerEvent::VoteAccepted(events::VoteAccepted {
+            intent_id: id.clone(),
+            approver_id: vote.approver_id.clone(),
+            vote: vote.vote.as_str().to_string(),
+            signed_at: chain::to_micros(vote.signed_at),
+        }),
+    }];
+    let approver = vote.approver_id.as_str();
+    match vote.vote {
+        Vote::Reject => out.push(close(
+            p,
+            Outcome::Rejected,
+            vec![vote.approver_id.clone()],
+            None,
+            now,
+            approver,
+        )),
+        Vote::Approve => {
+            let mut approvers = s.approvers(id);
+            approvers.push(vote.approver_id.clone());
+            let required = usize::try_from(p.approvals_required.max(1)).unwrap_or(1);
+            if approvers.len() >= required {
+                // A quorum reached while a kill switch covers the intent does not spend.
+                out.push(match s.kill_state(&p.agent_id, &p.entity_id) {
+                    KillState::On { scope } => {
+                        close(p, Outcome::Killed, approvers, Some(scope), now, approver)
+                    }
+                    KillState::Off => close(p, Outcome::Approved, approvers, None, now, approver),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Closes as EXPIRED every waiting intent of the snapshot whose window ended at `now`,
+/// oldest decision first.
+pub fn step_expire(s: &Projections, now: DateTime<Utc>) -> Vec<Staged> {
+    let mut due: Vec<&PendingRow> = s.pending.values().filter(|p| p.expires_at <= now).collect();
+    due.sort_by_key(|p| p.decided_seq);
+    due.into_iter()
+        .map(|p| {
+            close(
+                p,
+                Outcome::Expired,
+                s.approvers(&p.intent_id),
+                None,
+                now,
+                "spendguard",
+            )
+        })
+        .collect()
+}
+
+/// Turns a kill-switch change into its event, or nothing when the state would not
+/// change (every instance receiving the same control message may ask).
+pub fn step_kill_switch(
+    s: &Projections,
+    scope: &str,
+    on: bool,
+    actor: &str,
+    reason: &str,
+) -> Option<Staged> {
+    let current = s.kills.get(scope).map(|k| k.active);
+    if current == Some(on) || (current.is_none() && !on) {
+        return None;
+    }
+    Some(Staged {
+        chain_id: chain::GLOBAL_CHAIN.to_string(),
+        actor: actor.to_string(),
+        resource: format!("kill-switch:{scope}"),
+        event: LedgerEvent::KillSwitchSet(events::KillSwitchSet {
+            scope: scope.to_string(),
+            active: on,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+        }),
+    })
+}
