@@ -38,4 +38,4 @@ scripts/services.sh up
 source scripts/env.sh
 SPENDGUARD_CHAOS_SEED="$seed" SPENDGUARD_CHAOS_DURATION_S="$duration" SPENDGUARD_CHAOS_RATE="$rate" \
   SPENDGUARD_CHAOS_BROKER_FAULTS="$broker_faults" \
-  cargo test --locked "${profile[@]}" --test service_crash chaos_run -- --nocapture
+  cargo test --locked "${profile[@]}" --test service crash::chaos_run -- --nocapture

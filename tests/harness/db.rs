@@ -1,0 +1,91 @@
+//! A fresh ledger database per test, on the real PostgreSQL of `DATABASE_URL` (default
+//! the local server).
+
+use spendguard::ledger::{ConnectOptions, Ledger};
+use sqlx::Connection;
+
+/// Creates a fresh, empty database on the server of `DATABASE_URL` and returns its URL.
+/// The caller has required PostgreSQL already (see [`fresh_db`], which does both).
+pub async fn fresh_database(prefix: &str) -> String {
+    let base = super::database_url();
+    let name = super::unique(prefix).replace(['-', '.'], "_");
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("connect to PostgreSQL");
+    // The name is made here from a UUID: safe to splice.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let (server, _) = base.rsplit_once('/').unwrap_or((&base, ""));
+    format!("{server}/{name}")
+}
+
+/// A database made for one test.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+}
+
+/// Creates a fresh database named `{prefix}…`, or returns None (skip) when PostgreSQL is
+/// unreachable and CI is not set. Panics under `CI=true`.
+pub async fn fresh_db(prefix: &str) -> Option<TestDb> {
+    if !super::require_postgres() {
+        return None;
+    }
+    let url = fresh_database(prefix).await;
+    let name = url.rsplit('/').next().unwrap_or_default().to_string();
+    Some(TestDb { url, name })
+}
+
+impl TestDb {
+    /// URL of this database as another role.
+    pub fn url_as(&self, role: &str) -> String {
+        let rest = self.url.split_once("://").map(|x| x.1).unwrap_or(&self.url);
+        let host = rest.rsplit_once('@').map(|x| x.1).unwrap_or(rest);
+        format!("postgres://{role}@{host}")
+    }
+
+    /// A ledger on this database (migrated), instance `test`.
+    pub async fn ledger(&self) -> Ledger {
+        self.ledger_named("test").await
+    }
+
+    pub async fn ledger_named(&self, instance: &str) -> Ledger {
+        Ledger::connect(&self.url, instance)
+            .await
+            .expect("connect ledger")
+    }
+
+    pub async fn ledger_with(&self, max_connections: u32) -> Ledger {
+        Ledger::connect_with(
+            &self.url,
+            "test",
+            ConnectOptions {
+                max_connections,
+                migrate: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("connect ledger")
+    }
+
+    pub async fn superuser(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect as superuser")
+    }
+}
+
+/// The origin of what a test records through the ledger API.
+pub fn origin() -> spendguard::ledger::Origin {
+    spendguard::ledger::Origin::cli("test")
+}
+
+/// An instant from RFC 3339 text (for `decide_at`).
+pub fn at(rfc3339: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .expect("time")
+        .with_timezone(&chrono::Utc)
+}

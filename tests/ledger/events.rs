@@ -1,0 +1,643 @@
+//! Ledger integration tests against the real PostgreSQL: every event type, append-only
+//! refusal for the service role, idempotency, reservations moved and released, votes.
+
+use crate::harness::db::{TestDb, at, fresh_db, origin};
+use crate::harness::intent::{intent, parse};
+use crate::harness::policies::standard_set;
+use rust_decimal::Decimal;
+use spendguard::decision::Effect;
+use spendguard::intent::IntentError;
+use spendguard::ledger::{DecideStatus, LedgerError, Outcome, VerifiedVote, Vote, VoteResult};
+use sqlx::Row;
+
+fn vote(intent: &str, approver: &str, v: Vote) -> VerifiedVote {
+    VerifiedVote {
+        intent_id: intent.into(),
+        approver_id: approver.into(),
+        vote: v,
+        signed_at: chrono::Utc::now(),
+    }
+}
+
+async fn usage(db: &TestDb, agent: &str, kind: &str) -> (Decimal, Decimal) {
+    let mut c = db.superuser().await;
+    sqlx::query_as::<_, (Decimal, Decimal)>(
+        "SELECT coalesce(sum(committed),0), coalesce(sum(reserved),0) FROM usage_window WHERE agent_id = $1 AND kind = $2",
+    )
+    .bind(agent)
+    .bind(kind)
+    .fetch_one(&mut c)
+    .await
+    .unwrap()
+}
+
+async fn event_types(db: &TestDb) -> Vec<String> {
+    let mut c = db.superuser().await;
+    sqlx::query_scalar("SELECT DISTINCT event_type FROM ledger_event ORDER BY 1")
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_event_type_is_recorded_and_the_ledger_replays() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let (_d, set) = standard_set();
+    let o = origin();
+    ledger.activate_policies(&set, "tester").await.unwrap();
+
+    // ALLOW, then HITL over the daily cap, then MSIG over the threshold.
+    let a = ledger
+        .decide(&set, &intent("i-allow", "ag", "300.00"), &o)
+        .await
+        .unwrap();
+    assert_eq!(a.message.effect, Effect::Allow);
+    assert_eq!(a.status, DecideStatus::New);
+    assert!(a.message.ledger_seq.is_some());
+    let h = ledger
+        .decide(&set, &intent("i-hitl", "ag", "250.00"), &o)
+        .await
+        .unwrap();
+    assert_eq!(h.message.effect, Effect::RequireHitl);
+    let m = ledger
+        .decide(&set, &intent("i-msig", "ag2", "900.00"), &o)
+        .await
+        .unwrap();
+    assert_eq!(m.message.effect, Effect::RequireMsig);
+    assert_eq!(m.message.approvals_required, 2);
+
+    // Invalid intent and idempotency conflict.
+    let err = IntentError {
+        code: "invalid_json",
+        message: "bad".into(),
+        field: None,
+    };
+    ledger
+        .record_invalid_intent(b"{not json", &err, &o)
+        .await
+        .unwrap();
+
+    // A message set aside (its dead letter refused), recorded once per Kafka origin:
+    // the retry after a COMMIT of unknown outcome gets the first seq back.
+    let kafka = spendguard::ledger::Origin::kafka("test", 4, 1234);
+    let raw = b"{\"intentId\": \"4111 1111 1111 1111\"}";
+    let aside = ledger
+        .record_set_aside(
+            "spend.intents",
+            raw,
+            "dead_letter_refused",
+            "too large",
+            &kafka,
+        )
+        .await
+        .unwrap();
+    let again = ledger
+        .record_set_aside(
+            "spend.intents",
+            raw,
+            "dead_letter_refused",
+            "too large",
+            &kafka,
+        )
+        .await
+        .unwrap();
+    assert_eq!(aside, again, "a retry must not append a second event");
+    let invalid_kafka = ledger
+        .record_invalid_intent(b"{not json", &err, &kafka)
+        .await
+        .unwrap();
+    assert_eq!(
+        invalid_kafka,
+        ledger
+            .record_invalid_intent(b"{not json", &err, &kafka)
+            .await
+            .unwrap()
+    );
+    let conflict = ledger
+        .decide(&set, &intent("i-allow", "ag", "301.00"), &o)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(conflict, LedgerError::IdempotencyConflict { .. }),
+        "{conflict}"
+    );
+
+    // Votes: accepted (HITL approved), refused (duplicate / not waiting / unknown), pre-ledger refusal.
+    let r = ledger
+        .apply_vote(&vote("i-hitl", "alice", Vote::Approve), &o)
+        .await
+        .unwrap();
+    let VoteResult::Accepted {
+        outcome: Some(out), ..
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(out.outcome, Outcome::Approved);
+    assert_eq!(out.approvers, vec!["alice".to_string()]);
+    let r = ledger
+        .apply_vote(&vote("i-hitl", "bob", Vote::Approve), &o)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, VoteResult::Refused { reason, .. } if reason == "already_closed"),
+        "{r:?}"
+    );
+    let r = ledger
+        .apply_vote(&vote("i-allow", "bob", Vote::Approve), &o)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, VoteResult::Refused { reason, .. } if reason == "not_awaiting_approval"),
+        "{r:?}"
+    );
+    let r = ledger
+        .apply_vote(&vote("nope", "bob", Vote::Approve), &o)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, VoteResult::Refused { reason, .. } if reason == "unknown_intent"),
+        "{r:?}"
+    );
+    ledger
+        .refuse_vote(
+            br#"{"intentId":"i-msig","approverId":"mallory"}"#,
+            "bad_signature",
+            "signature does not verify",
+            &o,
+        )
+        .await
+        .unwrap();
+
+    // Kill switch on and off, and an erasure.
+    ledger
+        .set_kill_switch("agent:ag9", true, "ops", "incident 1", &o)
+        .await
+        .unwrap();
+    ledger
+        .set_kill_switch("agent:ag9", false, "ops", "resolved", &o)
+        .await
+        .unwrap();
+    ledger
+        .forget_subject("utility:light", "dpo", &o)
+        .await
+        .unwrap();
+
+    let mut types = event_types(&db).await;
+    types.sort();
+    let mut all: Vec<String> = spendguard::ledger::events::kind::ALL
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    all.sort();
+    assert_eq!(types, all);
+
+    let v = ledger.audit_verify().await.unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    let report = spendguard::ledger::replay::replay(ledger.pool(), true)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:#?}");
+    assert_eq!(report.decisions, 3);
+    assert_eq!(report.decisions_reevaluated, 3);
+}
+
+#[tokio::test]
+async fn service_role_cannot_update_delete_or_truncate_events() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let (_d, set) = standard_set();
+    ledger
+        .decide(&set, &intent("i1", "ag", "10.00"), &origin())
+        .await
+        .unwrap();
+
+    // The service role works through the ledger API ...
+    let svc = spendguard::ledger::Ledger::connect(&db.url_as("spendguard_service"), "svc")
+        .await
+        .unwrap();
+    svc.decide(&set, &intent("i2", "ag", "10.00"), &origin())
+        .await
+        .unwrap();
+    // ... but cannot change events.
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url_as("spendguard_service"))
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE ledger_event SET payload = '{}'",
+        "DELETE FROM ledger_event",
+        "TRUNCATE ledger_event",
+    ] {
+        let e = sqlx::query(sql).execute(&mut c).await.unwrap_err();
+        assert!(
+            e.to_string().contains("permission denied") || e.to_string().contains("append-only"),
+            "{sql}: {e}"
+        );
+    }
+    // Even the owner (superuser) is stopped by the triggers.
+    let mut su = db.superuser().await;
+    for sql in [
+        "UPDATE ledger_event SET payload = '{}'",
+        "DELETE FROM ledger_event",
+        "TRUNCATE ledger_event",
+    ] {
+        let e = sqlx::query(sql).execute(&mut su).await.unwrap_err();
+        assert!(e.to_string().contains("append-only"), "{sql}: {e}");
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_event")
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert!(n >= 3);
+}
+
+#[tokio::test]
+async fn idempotency_same_payload_returns_recorded_decision_changed_payload_is_refused() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let (_d, set) = standard_set();
+    let o = origin();
+    let first = ledger
+        .decide(&set, &intent("i1", "ag", "100.00"), &o)
+        .await
+        .unwrap();
+    // Same intent, amount written differently and keys reordered: same canonical form.
+    let again_json = r#"{"purpose":"PIX","amount":100,"intentId":"i1","agentId":"ag","entityId":"acme-br","currency":"BRL","category":"utility","beneficiary":{"country":"BR","id":"utility:light"}}"#;
+    let again = ledger.decide(&set, &parse(again_json), &o).await.unwrap();
+    assert_eq!(again.status, DecideStatus::Redelivered);
+    assert_eq!(again.message, first.message);
+    assert_eq!(again.decision_hash, first.decision_hash);
+
+    let changed = ledger
+        .decide(&set, &intent("i1", "ag", "100.01"), &o)
+        .await
+        .unwrap_err();
+    let LedgerError::IdempotencyConflict {
+        existing_seq,
+        audit_seq,
+        ..
+    } = changed
+    else {
+        panic!("{changed}")
+    };
+    assert_eq!(Some(existing_seq), first.message.ledger_seq);
+    let mut c = db.superuser().await;
+    let t: String = sqlx::query_scalar("SELECT event_type FROM ledger_event WHERE seq = $1")
+        .bind(audit_seq)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(t, "idempotency_conflict");
+    // Exactly one decision, and usage counted once.
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger_event WHERE event_type = 'intent_decided'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        usage(&db, "ag", "D").await,
+        (Decimal::new(10000, 2), Decimal::ZERO)
+    );
+
+    // Within one batch: the second copy is a redelivery of the first.
+    let items = vec![
+        (intent("b1", "ag", "1.00"), o.clone()),
+        (intent("b1", "ag", "1.00"), o.clone()),
+    ];
+    let res = ledger.decide_batch(&set, &items).await.unwrap();
+    assert_eq!(res[0].as_ref().unwrap().status, DecideStatus::New);
+    assert_eq!(res[1].as_ref().unwrap().status, DecideStatus::Redelivered);
+}
+
+#[tokio::test]
+async fn reservations_are_moved_by_approval_and_released_by_reject_expiry_and_kill() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let (_d, set) = standard_set();
+    let o = origin();
+    let t0 = at("2026-03-10T15:00:00Z");
+
+    // 400 allowed (committed), then 200 over the daily cap of 500 -> HITL (reserved).
+    ledger
+        .decide_at(&set, &intent("a1", "ag", "400.00"), &o, t0)
+        .await
+        .unwrap();
+    let h = ledger
+        .decide_at(&set, &intent("h1", "ag", "200.00"), &o, t0)
+        .await
+        .unwrap();
+    assert_eq!(h.message.effect, Effect::RequireHitl);
+    assert_eq!(
+        usage(&db, "ag", "D").await,
+        (Decimal::new(400, 0), Decimal::new(200, 0))
+    );
+    // The reservation counts: another 50 now sees 600 and also needs approval.
+    let h2 = ledger
+        .decide_at(&set, &intent("h2", "ag", "50.00"), &o, t0)
+        .await
+        .unwrap();
+    assert_eq!(h2.message.effect, Effect::RequireHitl);
+    assert_eq!(
+        h2.message.usage.as_ref().unwrap().daily_so_far,
+        Decimal::new(600, 0)
+    );
+
+    // Approve h1: reserved -> committed.
+    let r = ledger
+        .apply_vote_at(&vote("h1", "alice", Vote::Approve), &o, Some(t0))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, VoteResult::Accepted { outcome: Some(ref x), .. } if x.outcome == Outcome::Approved),
+        "{r:?}"
+    );
+    assert_eq!(
+        usage(&db, "ag", "D").await,
+        (Decimal::new(600, 0), Decimal::new(50, 0))
+    );
+    // Reject h2: released.
+    let r = ledger
+        .apply_vote_at(&vote("h2", "bob", Vote::Reject), &o, Some(t0))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, VoteResult::Accepted { outcome: Some(ref x), .. } if x.outcome == Outcome::Rejected),
+        "{r:?}"
+    );
+    assert_eq!(
+        usage(&db, "ag", "D").await,
+        (Decimal::new(600, 0), Decimal::ZERO)
+    );
+
+    // Expiry: a new HITL, swept after its TTL (1h).
+    ledger
+        .decide_at(&set, &intent("h3", "ag", "10.00"), &o, t0)
+        .await
+        .unwrap();
+    assert!(
+        ledger
+            .expire_due(t0 + chrono::Duration::minutes(59))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let expired = ledger
+        .expire_due(t0 + chrono::Duration::minutes(61))
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].outcome, Outcome::Expired);
+    assert_eq!(
+        usage(&db, "ag", "D").await,
+        (Decimal::new(600, 0), Decimal::ZERO)
+    );
+    // A second sweeper finds nothing; a late vote is refused.
+    assert!(
+        ledger
+            .expire_due(t0 + chrono::Duration::minutes(62))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let r = ledger
+        .apply_vote(&vote("h3", "alice", Vote::Approve), &o)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, VoteResult::Refused { reason, .. } if reason == "already_closed"),
+        "{r:?}"
+    );
+
+    // Vote arriving after the TTL but before any sweep: expired and refused.
+    ledger
+        .decide_at(&set, &intent("h4", "ag", "10.00"), &o, t0)
+        .await
+        .unwrap();
+    let r = ledger
+        .apply_vote_at(
+            &vote("h4", "alice", Vote::Approve),
+            &o,
+            Some(t0 + chrono::Duration::hours(2)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, VoteResult::Refused { reason, .. } if reason == "expired"),
+        "{r:?}"
+    );
+    assert_eq!(
+        ledger
+            .decision("h4")
+            .await
+            .unwrap()
+            .unwrap()
+            .outcome
+            .unwrap()
+            .outcome,
+        Outcome::Expired
+    );
+
+    // MSIG: 2 distinct approvals; same approver counts once; self-approval refused;
+    // kill switch tripped before quorum -> KILLED, reservation released.
+    let m = ledger
+        .decide_at(&set, &intent("m1", "ag2", "900.00"), &o, t0)
+        .await
+        .unwrap();
+    assert_eq!(m.message.effect, Effect::RequireMsig);
+    let r = ledger
+        .apply_vote_at(&vote("m1", "alice", Vote::Approve), &o, Some(t0))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, VoteResult::Accepted { outcome: None, .. }),
+        "{r:?}"
+    );
+    let r = ledger
+        .apply_vote_at(&vote("m1", "alice", Vote::Approve), &o, Some(t0))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, VoteResult::Refused { reason, .. } if reason == "duplicate_approver"),
+        "{r:?}"
+    );
+    let r = ledger
+        .apply_vote_at(&vote("m1", "ag2", Vote::Approve), &o, Some(t0))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, VoteResult::Refused { reason, .. } if reason == "self_approval"),
+        "{r:?}"
+    );
+    assert_eq!(
+        usage(&db, "ag2", "M").await,
+        (Decimal::ZERO, Decimal::new(900, 0))
+    );
+    ledger
+        .set_kill_switch("entity:acme-br", true, "ops", "fraud", &o)
+        .await
+        .unwrap();
+    let r = ledger
+        .apply_vote_at(&vote("m1", "carol", Vote::Approve), &o, Some(t0))
+        .await
+        .unwrap();
+    let VoteResult::Accepted {
+        outcome: Some(out), ..
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(out.outcome, Outcome::Killed);
+    assert_eq!(
+        out.approvers,
+        vec!["alice".to_string(), "carol".to_string()]
+    );
+    assert_eq!(usage(&db, "ag2", "M").await, (Decimal::ZERO, Decimal::ZERO));
+
+    // While the switch is on, decisions in scope are denied.
+    let k = ledger
+        .decide(&set, &intent("k1", "ag3", "1.00"), &o)
+        .await
+        .unwrap();
+    assert_eq!(k.message.effect, Effect::Deny);
+    assert_eq!(k.message.reasons[0].code, "kill_switch_activated");
+    let state = ledger.kill_switch_state().await.unwrap();
+    assert!(
+        state
+            .iter()
+            .any(|s| s.scope == "entity:acme-br" && s.active && s.reason == "fraud")
+    );
+
+    let rec = ledger.decision("m1").await.unwrap().unwrap();
+    assert_eq!(rec.votes.len(), 2);
+    assert_eq!(rec.decision_hash, m.decision_hash);
+
+    let report = spendguard::ledger::replay::replay(ledger.pool(), true)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:#?}");
+}
+
+#[tokio::test]
+async fn outbox_holds_every_decision_and_outcome_until_published() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let (_d, set) = standard_set();
+    let o = origin();
+    let d1 = ledger
+        .decide(&set, &intent("o1", "ag", "10.00"), &o)
+        .await
+        .unwrap();
+    ledger
+        .decide(&set, &intent("o2", "ag", "600.00"), &o)
+        .await
+        .unwrap();
+    ledger
+        .apply_vote(&vote("o2", "alice", Vote::Reject), &o)
+        .await
+        .unwrap();
+    ledger
+        .decide(&set, &intent("o1", "ag", "10.00"), &o)
+        .await
+        .unwrap(); // redelivery: no new row
+
+    let rows = ledger.outbox_claim(10).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter()
+            .all(|r| r.topic == "spend.decisions" && r.key == "ag")
+    );
+    let first: spendguard::decision::DecisionMessage =
+        serde_json::from_str(&rows[0].payload).unwrap();
+    assert_eq!(first, d1.message);
+    let last: serde_json::Value = serde_json::from_str(&rows[2].payload).unwrap();
+    assert_eq!(last["outcome"], "REJECTED");
+
+    // Leased rows are not handed to another instance.
+    let other = spendguard::ledger::Ledger::connect(&db.url, "other")
+        .await
+        .unwrap();
+    assert!(other.outbox_claim(10).await.unwrap().is_empty());
+    ledger
+        .outbox_mark_published(&rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(ledger.outbox_claim(10).await.unwrap().is_empty());
+
+    let mut c = db.superuser().await;
+    let row = sqlx::query("SELECT count(*) AS n FROM outbox")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<i64, _>("n"), 0);
+}
+
+#[tokio::test]
+async fn replay_names_every_live_row_that_differs_from_the_events() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let (_d, set) = standard_set();
+    let o = origin();
+    for (id, amount) in [("t-a1", "10.00"), ("t-a2", "20.00"), ("t-h1", "600.00")] {
+        ledger
+            .decide(&set, &intent(id, "tamper-ag", amount), &o)
+            .await
+            .unwrap();
+    }
+    let clean = spendguard::ledger::replay::replay(ledger.pool(), true)
+        .await
+        .unwrap();
+    assert!(clean.ok(), "{clean:#?}");
+
+    // Projections are mutable by design (only events are append-only): change each kind
+    // of live row once and expect each change to be named.
+    let mut su = db.superuser().await;
+    for sql in [
+        "UPDATE decision SET effect = 'DENY' WHERE intent_id = 't-a1'",
+        "DELETE FROM decision WHERE intent_id = 't-a2'",
+        "INSERT INTO decision SELECT 't-ghost', agent_id, entity_id, seq, fingerprint, decision_hash, effect, message FROM decision WHERE intent_id = 't-a1'",
+        "UPDATE usage_window SET committed = committed + 1 WHERE agent_id = 'tamper-ag' AND kind = 'D'",
+        "DELETE FROM pending_approval WHERE intent_id = 't-h1'",
+    ] {
+        sqlx::query(sql).execute(&mut su).await.unwrap();
+    }
+    let report = spendguard::ledger::replay::replay(ledger.pool(), true)
+        .await
+        .unwrap();
+    assert!(!report.ok());
+    assert_eq!(report.decision_mismatch_count, 0, "{report:#?}");
+    assert!(report.chain_problems.is_empty(), "{report:#?}");
+    assert_eq!(report.projection_difference_count, 5, "{report:#?}");
+    let diffs = &report.projection_differences;
+    let has = |needle: &str| diffs.iter().any(|d| d.contains(needle));
+    assert!(
+        has("decision \"t-a1\": effect: rebuilt ALLOW, live DENY"),
+        "{diffs:#?}"
+    );
+    assert!(
+        has("decision \"t-a2\": rebuilt from seq") && has("missing in the live table"),
+        "{diffs:#?}"
+    );
+    assert!(
+        has("decision \"t-ghost\": live row") && has("has no events behind it"),
+        "{diffs:#?}"
+    );
+    assert!(
+        has("usage_window") && has("rebuilt (30, 600), live (31, 600)"),
+        "{diffs:#?}"
+    );
+    assert!(has("pending_approval \"t-h1\""), "{diffs:#?}");
+}

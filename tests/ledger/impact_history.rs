@@ -1,0 +1,118 @@
+//! Policy impact analysis over a recorded history in a real ledger: a candidate that
+//! tightens the daily cap and one that loosens the block list, exact transitions asserted.
+
+use crate::harness::policies::load;
+use crate::harness::scenario::{
+    fresh_ledger, impact_history, period_args, policy_dir, policy_text,
+};
+use spendguard::cli::ops::{ImpactArgs, ImpactFormat, PeriodArgs, impact_report};
+
+fn args(url: &str, candidate: &std::path::Path) -> ImpactArgs {
+    let (from, to) = period_args();
+    ImpactArgs {
+        database_url: url.to_string(),
+        candidate: candidate.to_path_buf(),
+        period: PeriodArgs {
+            from: from.parse().unwrap(),
+            to: to.parse().unwrap(),
+            entity: None,
+        },
+        all_intents: false,
+        format: ImpactFormat::Json,
+    }
+}
+
+#[tokio::test]
+async fn tightening_and_loosening_candidates() {
+    let Some((url, ledger)) = fresh_ledger().await else {
+        return;
+    };
+    let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
+    let set = load(&path);
+    impact_history(&ledger, &set).await;
+    let pool = ledger.pool().clone();
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The current policy itself changes nothing (the replay reproduces the history).
+    let same = tmp.path().join("same.yaml");
+    std::fs::write(&same, policy_text("1.0.0", "500.00", true)).unwrap();
+    let r = impact_report(&pool, &args(&url, &same)).await.unwrap();
+    assert_eq!((r.intents_replayed, r.unchanged), (6, 6), "{r:#?}");
+    assert!(r.transitions.is_empty());
+
+    // Daily cap 500 -> 300: h4 (250 + 200 > 300) and h6 now wait; h4's reservation has no
+    // recorded outcome so it stays, and h5's rejection releases 100.
+    let tight = tmp.path().join("tight.yaml");
+    std::fs::write(&tight, policy_text("1.1.0", "300.00", true)).unwrap();
+    let r = impact_report(&pool, &args(&url, &tight)).await.unwrap();
+    assert_eq!(r.intents_replayed, 6);
+    assert_eq!(r.transitions.len(), 1, "{:?}", r.transitions);
+    assert_eq!(r.transitions.get("ALLOW->REQUIRE_HITL"), Some(&2));
+    assert_eq!(r.unchanged, 4);
+    let ids: Vec<&str> = r.examples["ALLOW->REQUIRE_HITL"]
+        .iter()
+        .map(|e| e.intent_id.as_str())
+        .collect();
+    assert_eq!(ids, ["h4", "h6"]);
+    assert!(
+        r.examples["ALLOW->REQUIRE_HITL"][0].candidate_reasons[0]
+            .starts_with("would_exceed_daily_limit")
+    );
+    assert_eq!(
+        r.newly_blocked_spend.get("BRL").map(|d| d.to_string()),
+        Some("250.00".into())
+    );
+    assert_eq!(r.exit_code(), 0);
+
+    // Gambling unblocked: h3 is allowed (250 + 200 = 450), which pushes h4 (650) and h6
+    // over the daily cap in the rebuilt window.
+    let loose = tmp.path().join("loose.yaml");
+    std::fs::write(&loose, policy_text("1.2.0", "500.00", false)).unwrap();
+    let r = impact_report(&pool, &args(&url, &loose)).await.unwrap();
+    assert_eq!(
+        r.transitions.get("DENY->ALLOW"),
+        Some(&1),
+        "{:?}",
+        r.transitions
+    );
+    assert_eq!(r.transitions.get("ALLOW->REQUIRE_HITL"), Some(&2));
+    assert_eq!(r.transitions.len(), 2);
+    assert_eq!(r.unchanged, 3);
+    assert_eq!(r.denied_now_allowed, 1);
+    assert_eq!(r.examples["DENY->ALLOW"][0].intent_id, "h3");
+    assert_eq!(
+        r.examples["DENY->ALLOW"][0].recorded_reasons,
+        ["category_blocked"]
+    );
+    assert_eq!(
+        r.newly_allowed_spend.get("BRL").map(|d| d.to_string()),
+        Some("200.00".into())
+    );
+    assert_eq!(r.exit_code(), 3);
+}
+
+#[tokio::test]
+async fn run_impact_exits_3_when_loosening() {
+    let Some((url, ledger)) = fresh_ledger().await else {
+        return;
+    };
+    let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
+    let set = load(&path);
+    impact_history(&ledger, &set).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let loose = tmp.path().join("loose.yaml");
+    std::fs::write(&loose, policy_text("1.2.0", "500.00", false)).unwrap();
+    let tight = tmp.path().join("tight.yaml");
+    std::fs::write(&tight, policy_text("1.1.0", "300.00", true)).unwrap();
+    // run_impact builds its own runtime: call it off the test's runtime.
+    let (a, b) = (args(&url, &loose), args(&url, &tight));
+    let codes = tokio::task::spawn_blocking(move || {
+        (
+            spendguard::cli::ops::run_impact(a).unwrap(),
+            spendguard::cli::ops::run_impact(b).unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(codes, (3, 0));
+}

@@ -1,0 +1,15 @@
+//! The ledger on the real PostgreSQL (a fresh database per test): events, windows,
+//! concurrency, tamper evidence, privacy, and the compliance report and policy impact
+//! over recorded scenarios. One test binary (issue 9); `tests/harness/` holds the set-up.
+
+#[path = "../harness/mod.rs"]
+mod harness;
+
+mod concurrency;
+mod events;
+mod impact_history;
+mod machine_model;
+mod privacy;
+mod report_scenario;
+mod tamper;
+mod windows;

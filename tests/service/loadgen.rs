@@ -1,0 +1,91 @@
+//! `spendguard loadgen` end to end at a small rate: both phases (bare broker, then the
+//! pipeline through a real `serve`) receive everything they sent, the mix produces
+//! every kind of outcome under the example policies, and the ledger holds exactly one
+//! decision per intent sent. Timings are printed by loadgen, never asserted here.
+
+use crate::harness::policies::repository_policies;
+use crate::harness::serial;
+use crate::harness::serve::{Rig, ServeProcess, spendguard};
+use serde_json::Value;
+use sqlx::Connection;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_measures_both_phases_and_every_intent_is_decided_once() {
+    let Some(_serial) = serial::service_test().await else {
+        return;
+    };
+    let Rig { db, dir, env, .. } = Rig::with("sg_loadgen_", "lg", |_| repository_policies()).await;
+    let serve = ServeProcess::start(&env, "lg-1", dir.path(), &[]);
+
+    let out = spendguard(&env)
+        .args([
+            "loadgen",
+            "--rate",
+            "40",
+            "--duration",
+            "3",
+            "--agents",
+            "4",
+        ])
+        .args(["--format", "json", "--drain-timeout", "60"])
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "loadgen failed: {}\n{stdout}\n{}\nserve log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        serve.log_text()
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    let phases = report["phases"].as_array().expect("phases");
+    assert_eq!(
+        phases
+            .iter()
+            .map(|p| p["phase"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["baseline", "pipeline"],
+        "{report}"
+    );
+    for p in phases {
+        let sent = p["sent"].as_u64().unwrap();
+        assert!(sent >= 100, "40/s for 3 s sends about 120: {p}");
+        assert_eq!(p["received"], p["sent"], "every message answered: {p}");
+        assert_eq!(p["sendErrors"], 0, "{p}");
+        let (p50, p99, max) = (
+            p["p50Ms"].as_f64().unwrap(),
+            p["p99Ms"].as_f64().unwrap(),
+            p["maxMs"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{p}");
+    }
+    let pipeline = &phases[1];
+    let effects = pipeline["effects"].as_object().expect("effects");
+    for effect in ["ALLOW", "DENY"] {
+        assert!(
+            effects.get(effect).and_then(Value::as_u64).unwrap_or(0) > 0,
+            "{effect} missing from the mix: {pipeline}"
+        );
+    }
+    assert!(
+        effects.contains_key("REQUIRE_HITL") || effects.contains_key("REQUIRE_MSIG"),
+        "no approvals in the mix: {pipeline}"
+    );
+    let counted: u64 = effects.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(
+        counted,
+        pipeline["received"].as_u64().unwrap(),
+        "{pipeline}"
+    );
+    assert!(report["pipelineToBaselineThroughput"].as_f64().unwrap() > 0.0);
+
+    // Exactly one decision per intent the pipeline phase sent.
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let decided: i64 = sqlx::query_scalar("SELECT count(*) FROM decision")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(decided as u64, pipeline["sent"].as_u64().unwrap());
+    assert_eq!(serve.terminate(), Some(0));
+}
