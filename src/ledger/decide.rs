@@ -25,6 +25,12 @@ use std::sync::Arc;
 pub const MAX_BATCH: usize = 1_000;
 
 impl Ledger {
+    /// The keyed fingerprint the ledger records for an intent (HMAC of its canonical
+    /// form): equal for a redelivery, different for another payload under the same id.
+    pub fn intent_fingerprint(&self, intent: &SpendIntent) -> [u8; 32] {
+        self.fingerprint(intent.canonical_json().as_bytes())
+    }
+
     /// Decides one intent (see [`Ledger::decide_batch`]).
     pub async fn decide(
         &self,
@@ -103,7 +109,7 @@ impl Ledger {
         }
         let fingerprints: Vec<[u8; 32]> = items
             .iter()
-            .map(|(i, _)| self.fingerprint(i.canonical_json().as_bytes()))
+            .map(|(i, _)| self.intent_fingerprint(i))
             .collect();
 
         let mut chains: Vec<String> = items

@@ -664,9 +664,16 @@ pub fn verdict(
     let (usage_seen, report) = match policy {
         Some(p) => {
             let (d, m, w) = usage::keys(&intent.agent_id, p.tz, p.currency.code, now);
+            // Sums in the currency's minor units: the text recorded and shown must not
+            // depend on how a window's amounts were stored (PostgreSQL returns a window
+            // that went back to zero as `0`, memory keeps `0.00`).
+            let in_minor_units = |mut amount: Decimal| {
+                amount.rescale(p.currency.minor_units);
+                amount
+            };
             let u = Usage {
-                daily_so_far: s.windows.total(&d),
-                monthly_so_far: s.windows.total(&m),
+                daily_so_far: in_minor_units(s.windows.total(&d)),
+                monthly_so_far: in_minor_units(s.windows.total(&m)),
             };
             let report = UsageReport {
                 daily_so_far: u.daily_so_far,
@@ -914,10 +921,11 @@ pub fn step_vote(
 }
 
 /// Closes as EXPIRED every waiting intent of the snapshot whose window ended at `now`,
-/// oldest decision first.
+/// agent by agent (the live sweeper closes each agent's in its own transaction), oldest
+/// decision first.
 pub fn step_expire(s: &Projections, now: DateTime<Utc>) -> Vec<Staged> {
     let mut due: Vec<&PendingRow> = s.pending.values().filter(|p| p.expires_at <= now).collect();
-    due.sort_by_key(|p| p.decided_seq);
+    due.sort_by(|a, b| (&a.agent_id, a.decided_seq).cmp(&(&b.agent_id, b.decided_seq)));
     due.into_iter()
         .map(|p| {
             close(
