@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::events::*;
 use crate::decision::Effect;
+use crate::ledger::Outcome;
+use crate::ledger::events::EventKind;
 
 /// Most rows in a "by agent" / "top reasons" table (the JSON keeps the full maps).
 pub const TOP_ROWS: usize = 10;
@@ -232,8 +234,13 @@ pub fn build(
         if in_period {
             events_in_period += 1;
         }
-        match ev.event_type.as_str() {
-            "policy_activated" => {
+        // Reports read payloads through lenient views (old events keep reading after the
+        // ledger adds fields) but dispatch on the ledger's event kinds.
+        let Some(kind) = EventKind::parse(&ev.event_type) else {
+            continue;
+        };
+        match kind {
+            EventKind::PolicyActivated => {
                 if let Ok(p) = serde_json::from_value::<PolicyActivatedView>(ev.payload.clone()) {
                     caps.insert(p.policy.sha256.clone(), caps_of(&p.canonical));
                     policies.push(PolicyActivation {
@@ -246,7 +253,7 @@ pub fn build(
                     });
                 }
             }
-            "intent_decided" => {
+            EventKind::IntentDecided => {
                 let Ok(v) = serde_json::from_value::<DecidedView>(ev.payload.clone()) else {
                     continue;
                 };
@@ -332,7 +339,7 @@ pub fn build(
                     );
                 }
             }
-            "intent_closed" => {
+            EventKind::IntentClosed => {
                 let Ok(c) = serde_json::from_value::<ClosedView>(ev.payload.clone()) else {
                     continue;
                 };
@@ -346,16 +353,17 @@ pub fn build(
                     }
                     continue;
                 }
-                match c.outcome.as_str() {
-                    "APPROVED" => a.approved += 1,
-                    "REJECTED" => a.rejected += 1,
-                    "EXPIRED" => a.expired += 1,
-                    "KILLED" => a.killed += 1,
-                    _ => {}
+                let outcome = Outcome::parse(&c.outcome);
+                match outcome {
+                    Some(Outcome::Approved) => a.approved += 1,
+                    Some(Outcome::Rejected) => a.rejected += 1,
+                    Some(Outcome::Expired) => a.expired += 1,
+                    Some(Outcome::Killed) => a.killed += 1,
+                    None => {}
                 }
                 if let Some(w) = waiting.get_mut(&c.intent_id) {
                     w.closed = true;
-                    if c.outcome == "APPROVED" {
+                    if outcome == Some(Outcome::Approved) {
                         a.time_to_approve_seconds
                             .push((c.closed_at - w.accepted_at).num_seconds().max(0));
                         if w.in_period {
@@ -368,7 +376,7 @@ pub fn build(
                     }
                 }
             }
-            "vote_accepted" => {
+            EventKind::VoteAccepted => {
                 if !in_period {
                     continue;
                 }
@@ -380,7 +388,7 @@ pub fn build(
                     a.votes_accepted += 1;
                 }
             }
-            "vote_refused" => {
+            EventKind::VoteRefused => {
                 if !in_period {
                     continue;
                 }
@@ -399,7 +407,7 @@ pub fn build(
                     }
                 }
             }
-            "kill_switch_set" => {
+            EventKind::KillSwitchSet => {
                 if let Ok(k) = serde_json::from_value::<KillSwitchView>(ev.payload.clone()) {
                     let relevant = match (&period.entity, k.scope.split_once(':')) {
                         (None, _) => true,
@@ -421,12 +429,12 @@ pub fn build(
                 }
             }
             // Invalid input cannot be attributed to an entity (it did not parse).
-            "intent_invalid" if in_period && period.entity.is_none() => {
+            EventKind::IntentInvalid if in_period && period.entity.is_none() => {
                 let code = serde_json::from_value::<InvalidView>(ev.payload.clone())
                     .map_or_else(|_| "unknown".to_string(), |v| v.code);
                 *invalid_by_code.entry(code).or_default() += 1;
             }
-            "idempotency_conflict" => {
+            EventKind::IdempotencyConflict => {
                 let entity = ev
                     .payload
                     .get("intentId")
@@ -436,7 +444,7 @@ pub fn build(
                     d.idempotency_conflicts += 1;
                 }
             }
-            "subject_erased" => {
+            EventKind::SubjectErased => {
                 if in_period
                     && let Ok(s) = serde_json::from_value::<SubjectErasedView>(ev.payload.clone())
                 {
@@ -445,7 +453,9 @@ pub fn build(
                         .push((s.subject, ev.recorded_at, ev.actor.clone()));
                 }
             }
-            _ => {}
+            // Not in the report (yet): invalid input outside the period or scope, and
+            // messages set aside (counted by the operations metrics).
+            EventKind::IntentInvalid | EventKind::MessageSetAside => {}
         }
     }
 

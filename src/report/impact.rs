@@ -15,7 +15,7 @@ use super::compliance::Period;
 use super::events::*;
 use crate::decision::{Effect, PolicyIdentity};
 use crate::ledger::Outcome;
-use crate::ledger::events::LedgerEvent;
+use crate::ledger::events::{EventKind, LedgerEvent};
 use crate::ledger::machine::{self, Projections, Recorded};
 use crate::policy::CompiledPolicy;
 
@@ -110,7 +110,7 @@ pub fn analyse(
         let event = match LedgerEvent::parse_value(&ev.event_type, &ev.payload) {
             Ok(e) => e,
             Err(_) => {
-                if ev.event_type == crate::ledger::events::kind::INTENT_DECIDED {
+                if EventKind::parse(&ev.event_type) == Some(EventKind::IntentDecided) {
                     report.unreadable.push(ev.seq);
                 }
                 continue;
