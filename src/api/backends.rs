@@ -8,12 +8,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use futures::future::BoxFuture;
-use rust_decimal::Decimal;
-use sqlx::{PgPool, Row};
 
 use super::views::*;
 use super::*;
-use crate::ledger::{Ledger, Origin};
+use crate::ledger::query::LedgerReader;
+use crate::ledger::{Ledger, LedgerError, Origin};
 use crate::policy::PolicySet;
 use crate::report::events::DecidedView;
 
@@ -25,13 +24,21 @@ fn db(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Ledger reads for the API.
+/// [`db`] for the read side's errors, worded as before (the database's own error).
+fn read(e: LedgerError) -> StoreError {
+    match e {
+        LedgerError::Database(e) => db(e),
+        e => db(e),
+    }
+}
+
 pub struct LedgerBackend {
     pub ledger: Arc<Ledger>,
 }
 
 impl LedgerBackend {
-    fn pool(&self) -> &PgPool {
-        self.ledger.pool()
+    fn reader(&self) -> LedgerReader {
+        self.ledger.reader()
     }
 
     async fn decision_view(&self, intent_id: &str) -> Result<Option<DecisionView>, StoreError> {
@@ -42,11 +49,7 @@ impl LedgerBackend {
         // The intent's facts (amount, category, ...) live in the decided event; the
         // decision message carries only the verdict.
         let payload: Option<String> = match m.ledger_seq {
-            Some(seq) => sqlx::query_scalar("SELECT payload FROM ledger_event WHERE seq = $1")
-                .bind(seq)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(db)?,
+            Some(seq) => self.reader().event_payload(seq).await.map_err(read)?,
             None => None,
         };
         let facts = payload
@@ -63,18 +66,10 @@ impl LedgerBackend {
                 recorded_at: v.signed_at,
             })
             .collect();
-        let refused = sqlx::query(
-            "SELECT payload, recorded_at FROM ledger_event
-              WHERE resource = $1 AND event_type = 'vote_refused' ORDER BY seq",
-        )
-        .bind(intent_id)
-        .fetch_all(self.pool())
-        .await
-        .map_err(db)?;
+        let refused = self.reader().refused_votes(intent_id).await.map_err(read)?;
         for r in refused {
-            let payload: String = r.try_get("payload").map_err(db)?;
-            let at: DateTime<Utc> = r.try_get("recorded_at").map_err(db)?;
-            let v: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+            let at: DateTime<Utc> = r.recorded_at;
+            let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap_or_default();
             let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
             votes.push(VoteView {
                 approver_id: s("approverId").unwrap_or_else(|| "unknown".into()),
@@ -150,15 +145,7 @@ impl LedgerQueries for LedgerBackend {
         &'a self,
         agent_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
-        Box::pin(async move {
-            sqlx::query_scalar(
-                "SELECT entity_id FROM decision WHERE agent_id = $1 ORDER BY seq DESC LIMIT 1",
-            )
-            .bind(agent_id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db)
-        })
+        Box::pin(async move { self.reader().latest_entity_of(agent_id).await.map_err(read) })
     }
 
     fn window_amounts<'a>(
@@ -169,33 +156,17 @@ impl LedgerQueries for LedgerBackend {
         currency: &'a str,
     ) -> BoxFuture<'a, Result<WindowAmounts, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT kind, committed, reserved FROM usage_window
-                  WHERE agent_id = $1 AND tz = $2 AND currency = $3
-                    AND ((kind = 'D' AND window_start = $4) OR (kind = 'M' AND window_start = $5))",
-            )
-            .bind(agent_id)
-            .bind(tz.name())
-            .bind(currency)
-            .bind(windows.day)
-            .bind(windows.month)
-            .fetch_all(self.pool())
-            .await
-            .map_err(db)?;
-            let mut a = WindowAmounts::default();
-            for r in rows {
-                let kind: String = r.try_get("kind").map_err(db)?;
-                let committed: Decimal = r.try_get("committed").map_err(db)?;
-                let reserved: Decimal = r.try_get("reserved").map_err(db)?;
-                if kind == "D" {
-                    a.daily_spent = committed;
-                    a.daily_reserved = reserved;
-                } else {
-                    a.monthly_spent = committed;
-                    a.monthly_reserved = reserved;
-                }
-            }
-            Ok(a)
+            let t = self
+                .reader()
+                .usage_totals(agent_id, windows, tz, currency)
+                .await
+                .map_err(read)?;
+            Ok(WindowAmounts {
+                daily_spent: t.daily_committed,
+                daily_reserved: t.daily_reserved,
+                monthly_spent: t.monthly_committed,
+                monthly_reserved: t.monthly_reserved,
+            })
         })
     }
 
@@ -204,43 +175,24 @@ impl LedgerQueries for LedgerBackend {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<PendingApprovalView>, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT p.intent_id, p.agent_id, p.entity_id, p.effect, p.approvals_required,
-                        p.amount, p.currency, p.expires_at, d.message,
-                        (SELECT count(*) FROM approval_vote v
-                          WHERE v.intent_id = p.intent_id AND v.vote = 'APPROVE') AS received
-                   FROM pending_approval p JOIN decision d ON d.intent_id = p.intent_id
-                  ORDER BY p.decided_seq
-                  LIMIT $1",
-            )
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(self.pool())
-            .await
-            .map_err(db)?;
+            let rows = self.reader().pending_approvals(limit).await.map_err(read)?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
-                let message: String = r.try_get("message").map_err(db)?;
                 let m: Option<crate::decision::DecisionMessage> =
-                    serde_json::from_str(&message).ok();
-                let currency: String = r.try_get("currency").map_err(db)?;
-                let minor = crate::money::currency(&currency).map_or(2, |c| c.minor_units);
-                let effect: String = r.try_get("effect").map_err(db)?;
+                    serde_json::from_str(&r.message).ok();
+                let minor = crate::money::currency(&r.currency).map_or(2, |c| c.minor_units);
                 out.push(PendingApprovalView {
-                    intent_id: r.try_get("intent_id").map_err(db)?,
-                    agent_id: r.try_get("agent_id").map_err(db)?,
-                    entity_id: r.try_get("entity_id").map_err(db)?,
-                    amount: crate::money::format_amount(r.try_get("amount").map_err(db)?, minor),
-                    currency,
-                    effect: crate::decision::Effect::parse(&effect)
+                    intent_id: r.intent_id,
+                    agent_id: r.agent_id,
+                    entity_id: r.entity_id,
+                    amount: crate::money::format_amount(r.amount, minor),
+                    currency: r.currency,
+                    effect: crate::decision::Effect::parse(&r.effect)
                         .unwrap_or(crate::decision::Effect::RequireHitl),
-                    approvals_required: u32::try_from(
-                        r.try_get::<i32, _>("approvals_required").map_err(db)?,
-                    )
-                    .unwrap_or(0),
-                    approvals_received: u32::try_from(r.try_get::<i64, _>("received").map_err(db)?)
-                        .unwrap_or(0),
+                    approvals_required: u32::try_from(r.approvals_required).unwrap_or(0),
+                    approvals_received: u32::try_from(r.received).unwrap_or(0),
                     decided_at: m.as_ref().map_or_else(Utc::now, |m| m.decided_at),
-                    expires_at: r.try_get("expires_at").map_err(db)?,
+                    expires_at: Some(r.expires_at),
                     policy: m.and_then(|m| m.policy),
                 });
             }
@@ -371,9 +323,10 @@ where
 /// A readiness check the service supplies (broker reachable, partitions assigned).
 pub type ExtraCheck = Arc<dyn Fn() -> BoxFuture<'static, ReadinessCheck> + Send + Sync>;
 
-/// PostgreSQL answers `SELECT 1` within [`READINESS_TIMEOUT_MS`], plus the service's checks.
+/// PostgreSQL answers `SELECT 1` ([`LedgerReader::ping`]) within
+/// [`READINESS_TIMEOUT_MS`], plus the service's checks.
 pub struct Readiness {
-    pub pool: PgPool,
+    pub ledger: LedgerReader,
     pub extra: Vec<ExtraCheck>,
 }
 
@@ -382,7 +335,7 @@ impl ReadinessProbe for Readiness {
         Box::pin(async move {
             let pg = tokio::time::timeout(
                 Duration::from_millis(READINESS_TIMEOUT_MS),
-                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool),
+                self.ledger.ping(),
             )
             .await;
             let mut checks = vec![match pg {
@@ -395,7 +348,7 @@ impl ReadinessProbe for Readiness {
                 // server's own words (hosts, roles, SQL) for the log.
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "readiness: PostgreSQL check failed");
-                    let detail = if crate::ledger::fault::classify(&e).is_transient() {
+                    let detail = if e.is_transient() {
                         "unavailable (transient: unreachable, restarting or failing over); see the service log"
                     } else {
                         "refused the check; see the service log"
@@ -432,7 +385,7 @@ pub fn state_for(
     ApiState {
         tokens: Arc::new(tokens),
         readiness: Arc::new(Readiness {
-            pool: ledger.pool().clone(),
+            ledger: ledger.reader(),
             extra: extra_checks,
         }),
         kill_switch: Arc::new(LedgerKillSwitch {

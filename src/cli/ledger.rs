@@ -265,7 +265,7 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<i32> {
 pub fn run_replay(args: ReplayArgs) -> anyhow::Result<i32> {
     runtime()?.block_on(async {
         let ledger = connect(&args.db, "replay").await?;
-        let report = ledger::replay::replay(ledger.pool(), args.verify).await?;
+        let report = ledger.replay(args.verify).await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {

@@ -9,6 +9,8 @@ use chrono::{NaiveDate, Utc};
 use clap::Args;
 
 use crate::api::TokenStore;
+use crate::ledger::LedgerError;
+use crate::ledger::query::LedgerReader;
 use crate::report::compliance::{self, ChainCheck, ComplianceReport, Period};
 use crate::report::events::load_events;
 use crate::report::impact::{self, ImpactReport, Scope};
@@ -120,21 +122,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn connect(url: &str) -> anyhow::Result<sqlx::PgPool> {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(url)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to the ledger database: {e} (check --database-url / DATABASE_URL)"
-            )
-        })
+async fn connect(url: &str) -> anyhow::Result<LedgerReader> {
+    LedgerReader::connect(url, 2).await.map_err(|e| {
+        let e: &dyn std::fmt::Display = match &e {
+            LedgerError::Database(e) => e,
+            e => e,
+        };
+        anyhow::anyhow!(
+            "cannot connect to the ledger database: {e} (check --database-url / DATABASE_URL)"
+        )
+    })
 }
 
 /// Recomputes the hash chain for the report.
-pub async fn chain_check(pool: &sqlx::PgPool) -> anyhow::Result<ChainCheck> {
-    let v = crate::ledger::replay::verify_chains(pool).await.map_err(|e| {
+pub async fn chain_check(ledger: &LedgerReader) -> anyhow::Result<ChainCheck> {
+    let v = ledger.verify_chains().await.map_err(|e| {
         anyhow::anyhow!(
             "cannot read the ledger's events ({e}): is --database-url / DATABASE_URL the ledger database, migrated with `spendguard db migrate`?"
         )
@@ -151,13 +153,13 @@ pub async fn chain_check(pool: &sqlx::PgPool) -> anyhow::Result<ChainCheck> {
     })
 }
 
-/// Builds the compliance report of a period from the ledger at `pool`.
+/// Builds the compliance report of a period from the ledger `ledger` reads.
 pub async fn compliance_report(
-    pool: &sqlx::PgPool,
+    ledger: &LedgerReader,
     period: Period,
 ) -> anyhow::Result<ComplianceReport> {
-    let chain = chain_check(pool).await?;
-    let events = load_events(pool, period.end()).await?;
+    let chain = chain_check(ledger).await?;
+    let events = load_events(ledger, period.end()).await?;
     Ok(compliance::build(&events, period, chain, Utc::now()))
 }
 
@@ -166,8 +168,8 @@ pub async fn compliance_report(
 pub fn run_report(args: ReportArgs) -> anyhow::Result<i32> {
     let period = args.period.period()?;
     let report = runtime()?.block_on(async {
-        let pool = connect(&args.database_url).await?;
-        compliance_report(&pool, period).await
+        let ledger = connect(&args.database_url).await?;
+        compliance_report(&ledger, period).await
     })?;
     let text = render::render(&report, args.format);
     match &args.out {
@@ -190,7 +192,10 @@ pub fn run_report(args: ReportArgs) -> anyhow::Result<i32> {
 }
 
 /// Replays the period under the candidate policy read from `args.candidate`.
-pub async fn impact_report(pool: &sqlx::PgPool, args: &ImpactArgs) -> anyhow::Result<ImpactReport> {
+pub async fn impact_report(
+    ledger: &LedgerReader,
+    args: &ImpactArgs,
+) -> anyhow::Result<ImpactReport> {
     let period = args.period.period()?;
     let text = crate::policy::read_text(&args.candidate).map_err(|e| anyhow::anyhow!("{e}"))?;
     let origin = args.candidate.display().to_string();
@@ -201,7 +206,7 @@ pub async fn impact_report(pool: &sqlx::PgPool, args: &ImpactArgs) -> anyhow::Re
     } else {
         Scope::PolicyName(policy.identity.name.clone())
     };
-    let events = load_events(pool, period.end()).await?;
+    let events = load_events(ledger, period.end()).await?;
     Ok(impact::analyse(&events, period, &scope, &policy))
 }
 
@@ -209,8 +214,8 @@ pub async fn impact_report(pool: &sqlx::PgPool, args: &ImpactArgs) -> anyhow::Re
 /// recorded policy denied, 0 otherwise.
 pub fn run_impact(args: ImpactArgs) -> anyhow::Result<i32> {
     let report = runtime()?.block_on(async {
-        let pool = connect(&args.database_url).await?;
-        impact_report(&pool, &args).await
+        let ledger = connect(&args.database_url).await?;
+        impact_report(&ledger, &args).await
     })?;
     match args.format {
         ImpactFormat::Text => print!("{}", impact::render_text(&report)),

@@ -134,7 +134,7 @@ pub async fn run(
     // Replay of what was just written: re-evaluates every decision, rebuilds every
     // projection and re-hashes every chain (SPEC §10: >= 100,000 events/s).
     let t = Instant::now();
-    let replayed = super::replay::replay(ledger.pool(), true).await?;
+    let replayed = ledger.replay(true).await?;
     let replay_secs = t.elapsed().as_secs_f64();
     println!(
         "replay --verify of the bench ledger: {} events in {:.2} s = {:.0} events/s; {}",
@@ -158,7 +158,7 @@ pub async fn run(
             kib / 1024
         );
     }
-    ledger.pool().close().await;
+    ledger.close().await;
     if keep_database {
         println!("bench database kept: {url}");
     } else {

@@ -28,6 +28,7 @@ pub mod decide;
 pub mod events;
 pub mod fault;
 pub mod machine;
+pub mod query;
 pub mod replay;
 pub mod store;
 pub mod usage;
@@ -343,7 +344,7 @@ impl Default for SessionTimeouts {
 
 impl SessionTimeouts {
     /// Startup parameters of every session (milliseconds, PostgreSQL's default unit).
-    fn startup_options(&self) -> [(&'static str, String); 3] {
+    pub fn startup_options(&self) -> [(&'static str, String); 3] {
         [
             ("statement_timeout", self.statement_ms.to_string()),
             ("lock_timeout", self.lock_ms.to_string()),
@@ -438,10 +439,6 @@ impl Ledger {
             fingerprint_key,
             activated: Mutex::new(HashSet::new()),
         })
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     pub fn instance(&self) -> &str {

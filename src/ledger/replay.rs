@@ -85,7 +85,7 @@ async fn load_heads(
 }
 
 /// Recomputes every chain in one snapshot.
-pub async fn verify_chains(pool: &PgPool) -> anyhow::Result<Verifier> {
+pub(crate) async fn verify_chains(pool: &PgPool) -> anyhow::Result<Verifier> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -258,7 +258,7 @@ fn differences(rebuilt: &DecisionRow, live: &LiveDecision) -> String {
 }
 
 /// `spendguard replay [--verify]`.
-pub async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<ReplayReport> {
+pub(crate) async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<ReplayReport> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)

@@ -8,12 +8,10 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use sqlx::PgPool;
 
 use crate::decision::{Effect, PolicyIdentity};
-
-/// Rows fetched per round trip when streaming the events table.
-pub const EVENT_PAGE_ROWS: i64 = 5_000;
+use crate::ledger::LedgerError;
+use crate::ledger::query::LedgerReader;
 
 /// One row of `ledger_event`.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,47 +25,31 @@ pub struct EventRecord {
     pub payload: serde_json::Value,
 }
 
-/// `seq, event_type, recorded_at, actor, resource, origin, payload` as selected.
-type EventRow = (i64, String, DateTime<Utc>, String, String, String, String);
-
 /// Every event recorded before `until`, in sequence order.
-pub async fn load_events(pool: &PgPool, until: DateTime<Utc>) -> anyhow::Result<Vec<EventRecord>> {
-    let mut out = Vec::new();
-    let mut after: i64 = i64::MIN;
-    loop {
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT seq, event_type, recorded_at, actor, resource, origin, payload
-               FROM ledger_event
-              WHERE seq > $1 AND recorded_at < $2
-              ORDER BY seq
-              LIMIT $3",
-        )
-        .bind(after)
-        .bind(until)
-        .bind(EVENT_PAGE_ROWS)
-        .fetch_all(pool)
+pub async fn load_events(
+    ledger: &LedgerReader,
+    until: DateTime<Utc>,
+) -> anyhow::Result<Vec<EventRecord>> {
+    ledger
+        .events_before(until, |r| EventRecord {
+            seq: r.seq,
+            event_type: r.event_type,
+            recorded_at: r.recorded_at,
+            actor: r.actor,
+            resource: r.resource,
+            origin: serde_json::from_str(&r.origin).unwrap_or(serde_json::Value::String(r.origin)),
+            payload: serde_json::from_str(&r.payload)
+                .unwrap_or(serde_json::Value::String(r.payload)),
+        })
         .await
         .map_err(|e| {
+            // The database's own words, as before (not "database error: ...").
+            let e: &dyn std::fmt::Display = match &e {
+                LedgerError::Database(e) => e,
+                e => e,
+            };
             anyhow::anyhow!("cannot read ledger_event (is DATABASE_URL the ledger, migrated?): {e}")
-        })?;
-        let n = rows.len();
-        for (seq, event_type, recorded_at, actor, resource, origin, payload) in rows {
-            after = seq;
-            out.push(EventRecord {
-                seq,
-                event_type,
-                recorded_at,
-                actor,
-                resource,
-                origin: serde_json::from_str(&origin).unwrap_or(serde_json::Value::String(origin)),
-                payload: serde_json::from_str(&payload)
-                    .unwrap_or(serde_json::Value::String(payload)),
-            });
-        }
-        if n < EVENT_PAGE_ROWS as usize {
-            return Ok(out);
-        }
-    }
+        })
 }
 
 // ---- payload views (only what reports need) ----

@@ -1,7 +1,7 @@
 //! A fresh ledger database per test, on the real PostgreSQL of `DATABASE_URL` (default
 //! the local server).
 
-use spendguard::ledger::{ConnectOptions, Ledger};
+use spendguard::ledger::{ConnectOptions, Ledger, SessionTimeouts};
 use sqlx::Connection;
 
 /// Creates a fresh, empty database on the server of `DATABASE_URL` and returns its URL.
@@ -69,6 +69,25 @@ impl TestDb {
         )
         .await
         .expect("connect ledger")
+    }
+
+    /// A pool of its own on this database, for what a test reads or changes in the
+    /// tables directly (the ledger gives out no connection).
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// A session with the ledger's own session limits ([`SessionTimeouts`] defaults),
+    /// as one of the ledger's pooled sessions would have.
+    pub async fn ledger_session(&self) -> sqlx::PgConnection {
+        let opts: sqlx::postgres::PgConnectOptions = self.url.parse().expect("database URL");
+        sqlx::PgConnection::connect_with(
+            &opts.options(SessionTimeouts::default().startup_options()),
+        )
+        .await
+        .expect("connect with the ledger's session limits")
     }
 
     pub async fn superuser(&self) -> sqlx::PgConnection {

@@ -78,10 +78,12 @@ async fn assert_invariants(db: &TestDb, daily_cap: Decimal, monthly_cap: Decimal
             "agent {agent} reserved"
         );
     }
-    let report =
-        spendguard::ledger::replay::replay(&sqlx::PgPool::connect(&db.url).await.unwrap(), true)
-            .await
-            .unwrap();
+    let report = spendguard::ledger::query::LedgerReader::connect(&db.url, 2)
+        .await
+        .unwrap()
+        .replay(true)
+        .await
+        .unwrap();
     assert!(report.ok(), "{report:#?}");
 }
 
@@ -268,8 +270,9 @@ async fn sigkill_mid_stream_then_rerun_gives_exactly_one_decision_per_intent() {
 }
 
 /// SPEC §15: an instance paused mid-transaction (SIGSTOP, VM pause) must not freeze the
-/// ledger. The paused instance is modelled exactly: a session of the ledger's own pool
-/// (same session limits) takes the locks a decision takes, then sends nothing more.
+/// ledger. The paused instance is modelled exactly: a session with the ledger's session
+/// limits (`TestDb::ledger_session`) takes the locks a decision takes, then sends nothing
+/// more.
 /// Without `idle_in_transaction_session_timeout` the kill switch would wait for ever
 /// (and fail on `lock_timeout`); with it the server ends the paused session and the
 /// kill switch applies, and another agent is decided meanwhile.
@@ -287,7 +290,8 @@ async fn a_paused_lock_holder_cannot_hold_back_the_kill_switch() {
         .await
         .unwrap();
 
-    let mut held = paused.pool().begin().await.unwrap();
+    let mut session = db.ledger_session().await;
+    let mut held = sqlx::Connection::begin(&mut session).await.unwrap();
     let keys = vec![spendguard::ledger::chain::lock_key(
         &spendguard::ledger::chain::agent_chain("agent-p"),
     )];

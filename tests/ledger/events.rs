@@ -197,9 +197,7 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
 
     let v = ledger.audit_verify().await.unwrap();
     assert!(v.problems.is_empty(), "{:?}", v.problems);
-    let report = spendguard::ledger::replay::replay(ledger.pool(), true)
-        .await
-        .unwrap();
+    let report = ledger.replay(true).await.unwrap();
     assert!(report.ok(), "{report:#?}");
     assert_eq!(report.decisions, 3);
     assert_eq!(report.decisions_reevaluated, 3);
@@ -521,9 +519,7 @@ async fn reservations_are_moved_by_approval_and_released_by_reject_expiry_and_ki
     assert_eq!(rec.votes.len(), 2);
     assert_eq!(rec.decision_hash, m.decision_hash);
 
-    let report = spendguard::ledger::replay::replay(ledger.pool(), true)
-        .await
-        .unwrap();
+    let report = ledger.replay(true).await.unwrap();
     assert!(report.ok(), "{report:#?}");
 }
 
@@ -597,9 +593,7 @@ async fn replay_names_every_live_row_that_differs_from_the_events() {
             .await
             .unwrap();
     }
-    let clean = spendguard::ledger::replay::replay(ledger.pool(), true)
-        .await
-        .unwrap();
+    let clean = ledger.replay(true).await.unwrap();
     assert!(clean.ok(), "{clean:#?}");
 
     // Projections are mutable by design (only events are append-only): change each kind
@@ -614,9 +608,7 @@ async fn replay_names_every_live_row_that_differs_from_the_events() {
     ] {
         sqlx::query(sql).execute(&mut su).await.unwrap();
     }
-    let report = spendguard::ledger::replay::replay(ledger.pool(), true)
-        .await
-        .unwrap();
+    let report = ledger.replay(true).await.unwrap();
     assert!(!report.ok());
     assert_eq!(report.decision_mismatch_count, 0, "{report:#?}");
     assert!(report.chain_problems.is_empty(), "{report:#?}");

@@ -30,13 +30,13 @@ async fn tightening_and_loosening_candidates() {
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);
     impact_history(&ledger, &set).await;
-    let pool = ledger.pool().clone();
+    let reader = ledger.reader();
     let tmp = tempfile::tempdir().unwrap();
 
     // The current policy itself changes nothing (the replay reproduces the history).
     let same = tmp.path().join("same.yaml");
     std::fs::write(&same, policy_text("1.0.0", "500.00", true)).unwrap();
-    let r = impact_report(&pool, &args(&url, &same)).await.unwrap();
+    let r = impact_report(&reader, &args(&url, &same)).await.unwrap();
     assert_eq!((r.intents_replayed, r.unchanged), (6, 6), "{r:#?}");
     assert!(r.transitions.is_empty());
 
@@ -44,7 +44,7 @@ async fn tightening_and_loosening_candidates() {
     // recorded outcome so it stays, and h5's rejection releases 100.
     let tight = tmp.path().join("tight.yaml");
     std::fs::write(&tight, policy_text("1.1.0", "300.00", true)).unwrap();
-    let r = impact_report(&pool, &args(&url, &tight)).await.unwrap();
+    let r = impact_report(&reader, &args(&url, &tight)).await.unwrap();
     assert_eq!(r.intents_replayed, 6);
     assert_eq!(r.transitions.len(), 1, "{:?}", r.transitions);
     assert_eq!(r.transitions.get("ALLOW->REQUIRE_HITL"), Some(&2));
@@ -68,7 +68,7 @@ async fn tightening_and_loosening_candidates() {
     // over the daily cap in the rebuilt window.
     let loose = tmp.path().join("loose.yaml");
     std::fs::write(&loose, policy_text("1.2.0", "500.00", false)).unwrap();
-    let r = impact_report(&pool, &args(&url, &loose)).await.unwrap();
+    let r = impact_report(&reader, &args(&url, &loose)).await.unwrap();
     assert_eq!(
         r.transitions.get("DENY->ALLOW"),
         Some(&1),

@@ -21,6 +21,7 @@ use spendguard::ledger::{
     DecideStatus, Ledger, LedgerError, Origin, VerifiedVote, Vote, VoteResult,
 };
 use spendguard::policy::PolicySet;
+use sqlx::PgPool;
 use std::collections::HashMap;
 
 const AGENTS: [&str; 3] = ["agent-0", "agent-1", "agent-2"];
@@ -118,11 +119,13 @@ fn run_case(ops: Vec<Op>) {
             .activate_policies(&set, "test")
             .await
             .expect("activate");
-        run_ops(&ledger, &set, &ops).await;
+        let tables = test_db.pool().await;
+        run_ops(&ledger, &tables, &set, &ops).await;
     });
 }
 
-async fn run_ops(ledger: &Ledger, set: &PolicySet, ops: &[Op]) {
+/// `tables` reads the live tables directly (a pool of the test's own).
+async fn run_ops(ledger: &Ledger, tables: &PgPool, set: &PolicySet, ops: &[Op]) {
     let origin = Origin::cli("test");
     let mut model = Model {
         s: Projections::default(),
@@ -132,7 +135,7 @@ async fn run_ops(ledger: &Ledger, set: &PolicySet, ops: &[Op]) {
         agents: HashMap::new(),
     };
     // The policy activations recorded at start-up are the model's starting state.
-    for (kind, payload) in live_events(ledger).await {
+    for (kind, payload) in live_events(tables).await {
         let event = LedgerEvent::parse(&kind, &payload).expect("live event parses");
         let st = Staged {
             chain_id: String::new(),
@@ -273,9 +276,9 @@ async fn run_ops(ledger: &Ledger, set: &PolicySet, ops: &[Op]) {
         }
     }
     // (a) the same projections;
-    compare_projections(ledger, &model.s).await;
+    compare_projections(tables, &model.s).await;
     // (b) the same events, in the same order;
-    let live = live_events(ledger).await;
+    let live = live_events(tables).await;
     assert_eq!(live.len(), model.events.len(), "number of events");
     for (seq, (l, m)) in live.iter().zip(&model.events).enumerate() {
         if l != m {
@@ -286,9 +289,7 @@ async fn run_ops(ledger: &Ledger, set: &PolicySet, ops: &[Op]) {
         assert_eq!(l, m, "event seq {}", seq + 1);
     }
     // (c) and the live tables are what their events fold into.
-    let report = spendguard::ledger::replay::replay(ledger.pool(), true)
-        .await
-        .expect("replay");
+    let report = ledger.replay(true).await.expect("replay");
     assert!(report.ok(), "{report:#?}");
 }
 
@@ -345,15 +346,14 @@ fn model_decide(
     }
 }
 
-async fn live_events(ledger: &Ledger) -> Vec<(String, String)> {
+async fn live_events(pool: &PgPool) -> Vec<(String, String)> {
     sqlx::query_as("SELECT event_type, payload FROM ledger_event ORDER BY seq")
-        .fetch_all(ledger.pool())
+        .fetch_all(pool)
         .await
         .expect("read events")
 }
 
-async fn compare_projections(ledger: &Ledger, s: &Projections) {
-    let pool = ledger.pool().clone();
+async fn compare_projections(pool: &PgPool, s: &Projections) {
     let live: Vec<(
         String,
         String,
@@ -365,7 +365,7 @@ async fn compare_projections(ledger: &Ledger, s: &Projections) {
     )> = sqlx::query_as(
         "SELECT agent_id, kind, tz, currency, window_start, committed, reserved FROM usage_window",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     .unwrap();
     let mut model_windows: Vec<_> = s
@@ -391,7 +391,7 @@ async fn compare_projections(ledger: &Ledger, s: &Projections) {
 
     let live_pending: Vec<(String, i64)> =
         sqlx::query_as("SELECT intent_id, decided_seq FROM pending_approval ORDER BY intent_id")
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await
             .unwrap();
     let model_pending: Vec<(String, i64)> = s
@@ -404,7 +404,7 @@ async fn compare_projections(ledger: &Ledger, s: &Projections) {
     let live_outcomes: Vec<(String, String, i64, String)> = sqlx::query_as(
         "SELECT intent_id, outcome, seq, message FROM intent_outcome ORDER BY intent_id",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     .unwrap();
     let model_outcomes: Vec<_> = s
@@ -424,7 +424,7 @@ async fn compare_projections(ledger: &Ledger, s: &Projections) {
     let live_votes: Vec<(String, String, String, i64)> = sqlx::query_as(
         "SELECT intent_id, approver_id, vote, seq FROM approval_vote ORDER BY intent_id, approver_id",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     .unwrap();
     let model_votes: Vec<_> = s
@@ -443,7 +443,7 @@ async fn compare_projections(ledger: &Ledger, s: &Projections) {
 
     let live_kills: Vec<(String, bool, i64)> =
         sqlx::query_as("SELECT scope, active, seq FROM kill_switch ORDER BY scope")
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await
             .unwrap();
     let model_kills: Vec<_> = s
@@ -455,7 +455,7 @@ async fn compare_projections(ledger: &Ledger, s: &Projections) {
 
     let decided = s.decisions.len() as i64;
     let live_decided: i64 = sqlx::query_scalar("SELECT count(*) FROM decision")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .unwrap();
     assert_eq!(live_decided, decided, "decisions");

@@ -155,9 +155,7 @@ async fn sao_paulo_month_end_resets_the_month_window() {
     assert_eq!(f.message.usage.as_ref().unwrap().window.month, "2027-01");
     assert_eq!(f.message.effect, Effect::Allow);
 
-    let report = spendguard::ledger::replay::replay(ledger.pool(), true)
-        .await
-        .unwrap();
+    let report = ledger.replay(true).await.unwrap();
     assert!(report.ok(), "{report:#?}");
 }
 
