@@ -106,6 +106,19 @@ pub fn require_postgres() -> bool {
     require("PostgreSQL", &pg_host_port(&database_url()))
 }
 
+/// Logs of the code under test that runs in this process (`serve` in-process), at
+/// `filter`, into the output libtest captures for the test that emitted them (printed
+/// when it fails; threads a test starts inherit its capture). Process-wide and
+/// first-come, like `spendguard::telemetry::init`, which writes to the real stderr: in a
+/// binary shared by many tests that would print every later test's in-process warnings
+/// (librdkafka's connection errors in the proxy tests, PostgreSQL notices).
+pub fn init_test_logs(filter: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
 /// A unique short name for topics / databases of one test run.
 pub fn unique(prefix: &str) -> String {
     format!(

@@ -234,17 +234,27 @@ impl Drop for ServeProcess {
 }
 
 /// Reads `topic` from the beginning until `done(messages so far)` is true or `timeout_ms`
-/// passed; returns what was read.
+/// passed; returns what was read. A topic that does not exist yet is waited for (within
+/// the same `timeout_ms`): the service under test creates its topics when it starts,
+/// after migrating its fresh database, and a test can publish its input and start
+/// reading before that (on a loaded machine `pipeline` did, in the old layout too).
 pub async fn read_until(
     brokers: &str,
     topic: &str,
     timeout_ms: u64,
     done: impl Fn(&[rdkafka::message::OwnedMessage]) -> bool,
 ) -> Vec<rdkafka::message::OwnedMessage> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    while spendguard::bus::partition_count(brokers, topic)
+        .expect("topic metadata")
+        .is_none()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let consumer = spendguard::bus::standalone_consumer(brokers).expect("consumer");
     spendguard::bus::assign_all(&consumer, brokers, topic, rdkafka::Offset::Beginning)
         .expect("assign");
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     let mut out = Vec::new();
     while !done(&out) {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {

@@ -74,7 +74,7 @@ async fn approvals_complete_reject_and_refuse_with_audited_reasons() {
         return;
     };
     let brokers = harness::brokers();
-    spendguard::telemetry::init("warn");
+    harness::init_test_logs("warn");
     let rig = Rig::with("sg_approvals_", "appr", |dir| {
         test_policies(dir, "1", "1000000", "1h")
     })
