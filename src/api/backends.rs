@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 
 use super::views::*;
 use super::*;
+use crate::kill_switch;
 use crate::ledger::query::LedgerReader;
 use crate::ledger::{Ledger, LedgerError, Origin};
 use crate::policy::PolicySet;
@@ -201,17 +202,15 @@ impl LedgerQueries for LedgerBackend {
     }
 }
 
-/// Called after a kill-switch change is committed to the ledger, to propagate it to every
-/// instance (the service publishes the control message on `spend.control`).
-pub type KillSwitchPropagate =
-    Arc<dyn Fn(KillSwitchChange) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
-
-/// Kill switch through the ledger (audited event first), then propagated.
+/// Kill switch through [`kill_switch::record_then_announce`], the operation the CLI uses
+/// too: the audited ledger event first, then the control message.
 pub struct LedgerKillSwitch {
     pub ledger: Arc<Ledger>,
     /// Recorded as the event's origin instance.
     pub instance: String,
-    pub propagate: Option<KillSwitchPropagate>,
+    /// Where changes are announced (`serve`: its producer and `spend.control`); `None`
+    /// records only, and instances pick the change up at their next ledger re-read.
+    pub announcer: Option<kill_switch::Announcer>,
 }
 
 impl KillSwitchControl for LedgerKillSwitch {
@@ -245,28 +244,24 @@ impl KillSwitchControl for LedgerKillSwitch {
                 partition: None,
                 offset: None,
             };
-            self.ledger
-                .set_kill_switch(
-                    &change.scope,
-                    change.on,
-                    &change.actor,
-                    &change.reason,
-                    &origin,
-                )
-                .await
-                .map_err(|e| {
+            kill_switch::record_then_announce(
+                &self.ledger,
+                &change,
+                &origin,
+                self.announcer.as_ref(),
+            )
+            .await
+            .map_err(|e| match e {
+                kill_switch::ChangeError::Record(e) => {
                     StoreError::Other(format!("recording the kill-switch change failed: {e:#}"))
-                })?;
-            crate::telemetry::set_kill_switch(&change.scope, change.on);
-            if let Some(propagate) = &self.propagate {
-                propagate(change.clone()).await.map_err(|e| {
-                    StoreError::Unavailable(format!(
-                        "the change is recorded in the ledger but could not be propagated to the other instances ({e}); they pick it up at their next ledger resync"
-                    ))
-                })?;
-            }
+                }
+                kill_switch::ChangeError::Announce(e) => StoreError::Unavailable(format!(
+                    "the change is recorded in the ledger but could not be propagated to the other instances ({e:#}); they pick it up at their next ledger resync"
+                )),
+            })?;
             let entries = self.ledger.kill_switch_state().await.map_err(db)?;
-            let current = entries.into_iter().find(|e| e.scope == change.scope);
+            let scope = change.scope.to_string();
+            let current = entries.into_iter().find(|e| e.scope == scope);
             Ok(match current {
                 Some(e) => KillSwitchScopeView {
                     scope: e.scope,
@@ -276,7 +271,7 @@ impl KillSwitchControl for LedgerKillSwitch {
                     since: e.changed_at,
                 },
                 None => KillSwitchScopeView {
-                    scope: change.scope,
+                    scope,
                     on: change.on,
                     actor: change.actor,
                     reason: change.reason,
@@ -379,7 +374,7 @@ pub fn state_for(
     policies: Arc<dyn PolicyCatalog>,
     tokens: TokenStore,
     instance: &str,
-    propagate: Option<KillSwitchPropagate>,
+    announcer: Option<kill_switch::Announcer>,
     extra_checks: Vec<ExtraCheck>,
 ) -> ApiState {
     ApiState {
@@ -391,7 +386,7 @@ pub fn state_for(
         kill_switch: Arc::new(LedgerKillSwitch {
             ledger: ledger.clone(),
             instance: instance.to_string(),
-            propagate,
+            announcer,
         }),
         ledger: Arc::new(LedgerBackend { ledger }),
         policies,

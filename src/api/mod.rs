@@ -106,18 +106,13 @@ pub trait PolicyCatalog: Send + Sync + 'static {
     fn limits_for(&self, agent_id: &str, entity_id: &str) -> Option<PolicyLimits>;
 }
 
-/// A kill-switch change as requested through the API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KillSwitchChange {
-    pub scope: String,
-    pub on: bool,
-    /// `api:<token name>`.
-    pub actor: String,
-    pub reason: String,
-}
+/// A kill-switch change as requested through the API (actor `api:<token name>`): the
+/// kill switch's own [`Change`](crate::kill_switch::Change).
+pub use crate::kill_switch::Change as KillSwitchChange;
 
 /// Reads and changes the kill switch. `set` must record the audited ledger event before
-/// it returns, and propagate to every instance (`spend.control`).
+/// it returns, and propagate to every instance (`spend.control`): the service's
+/// implementation is [`crate::kill_switch::record_then_announce`].
 pub trait KillSwitchControl: Send + Sync + 'static {
     fn status(&self) -> BoxFuture<'_, Result<KillSwitchStatus, StoreError>>;
     fn set(
@@ -503,7 +498,6 @@ async fn post_kill_switch(
     Extension(principal): Extension<Principal>,
     JsonBody(body): JsonBody<KillSwitchRequest>,
 ) -> Result<Json<KillSwitchScopeView>, ApiError> {
-    validate_scope(&body.scope)?;
     if body.reason.trim().is_empty() || body.reason.len() > MAX_KILL_SWITCH_REASON_LEN {
         return Err(ApiError::InvalidRequest(format!(
             "reason must be 1..={MAX_KILL_SWITCH_REASON_LEN} characters: say why, it goes into the audit trail"
@@ -517,25 +511,6 @@ async fn post_kill_switch(
     };
     tracing::info!(scope = %change.scope, on = change.on, actor = %change.actor, "kill switch change requested");
     Ok(Json(state.kill_switch.set(change).await?))
-}
-
-/// `global`, `entity:ID` or `agent:ID` (same grammar as `spendguard kill-switch --scope`).
-pub fn validate_scope(scope: &str) -> Result<(), ApiError> {
-    let ok = match scope.split_once(':') {
-        None => scope == "global",
-        Some(("entity" | "agent", id)) => {
-            !id.is_empty() && id.len() <= MAX_PATH_ID_LEN && !id.chars().any(char::is_control)
-        }
-        Some(_) => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidRequest(format!(
-            "invalid scope {:?}: use `global`, `entity:ID` or `agent:ID`",
-            scope.chars().take(80).collect::<String>()
-        )))
-    }
 }
 
 async fn get_policies(State(state): State<ApiState>) -> Json<ActivePolicies> {

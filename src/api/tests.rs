@@ -105,7 +105,7 @@ impl KillSwitchControl for MemKill {
         Box::pin(async move {
             self.0.lock().unwrap().push(change.clone());
             Ok(KillSwitchScopeView {
-                scope: change.scope,
+                scope: change.scope.to_string(),
                 on: change.on,
                 actor: change.actor,
                 reason: change.reason,
@@ -393,7 +393,7 @@ async fn kill_switch_actor_is_the_token_name() {
     assert_eq!(
         recorded,
         vec![KillSwitchChange {
-            scope: "entity:e-1".into(),
+            scope: crate::kill_switch::Scope::Entity("e-1".into()),
             on: true,
             actor: "api:ops-alice".into(),
             reason: "fraud".into()

@@ -181,7 +181,8 @@ pub struct KillSwitchStatus {
 #[serde(deny_unknown_fields)]
 pub struct KillSwitchRequest {
     /// `global`, `entity:ID` or `agent:ID`.
-    pub scope: String,
+    #[schemars(with = "String")]
+    pub scope: crate::kill_switch::Scope,
     /// `true` trips the switch, `false` clears it.
     pub on: bool,
     /// Why (recorded in the audit trail), 1..=1024 characters.

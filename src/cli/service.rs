@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::approvals::{self, Vote};
 use crate::bus::{self, Topics};
 use crate::config::ServiceArgs;
-use crate::kill_switch::{ControlMessage, Scope};
+use crate::kill_switch::{Announcer, Change, Scope, record_then_announce};
 use crate::ledger::{Ledger, Origin};
 use crate::loadgen;
 
@@ -54,7 +54,7 @@ pub struct KillSwitchArgs {
     pub service: ServiceArgs,
     /// `global`, `entity:ID` or `agent:ID` (required for on/off).
     #[arg(long)]
-    pub scope: Option<String>,
+    pub scope: Option<Scope>,
     /// Why (required for on/off; recorded in the audit trail).
     #[arg(long)]
     pub reason: Option<String>,
@@ -427,7 +427,6 @@ pub fn approve(args: ApproveArgs) -> anyhow::Result<i32> {
 
 pub fn kill_switch(args: KillSwitchArgs) -> anyhow::Result<i32> {
     let settings = args.service.resolve()?;
-    let topics = Topics::with_prefix(&settings.topic_prefix);
     runtime()?.block_on(async move {
         let ledger = Ledger::connect(&settings.database_url, &settings.instance).await?;
         if args.action == KillAction::Status {
@@ -445,52 +444,30 @@ pub fn kill_switch(args: KillSwitchArgs) -> anyhow::Result<i32> {
             return Ok(0);
         }
         let on = args.action == KillAction::On;
-        let scope_text = args
+        let scope = args
             .scope
             .context("--scope is required: global, entity:ID or agent:ID")?;
-        let scope = Scope::parse(&scope_text)?;
         let reason = args
             .reason
             .context("--reason is required: it is recorded in the audit trail")?;
         let actor = args.actor.unwrap_or_else(|| "unknown-operator".into());
-        // The ledger first: the audited event is the truth, the message only spreads it
-        // (instances re-read the ledger if the message is lost).
-        ledger
-            .set_kill_switch(
-                &scope.to_string(),
-                on,
-                &actor,
-                &reason,
-                &Origin::cli(&settings.instance),
-            )
-            .await?;
-        // Connect before stamping `sentAt`, so the propagation measured by the instances
-        // is publish -> applied, not client start-up.
-        bus::ensure_topics(&settings.brokers, &topics.layout(&settings)).await?;
-        let producer = bus::producer(&settings.brokers)?;
-        // Metadata through the producer's own client opens its broker connection.
-        rdkafka::producer::Producer::client(&producer)
-            .fetch_metadata(
-                Some(&topics.control),
-                Duration::from_millis(bus::ADMIN_TIMEOUT_MS),
-            )
-            .context("cannot reach the broker")?;
-        let control = ControlMessage {
-            scope: scope.clone(),
+        let change = Change {
+            scope,
             on,
             actor,
             reason,
-            sent_at: chrono::Utc::now(),
         };
-        bus::publish(
-            &producer,
-            &topics.control,
-            scope.to_string().as_bytes(),
-            &serde_json::to_vec(&control)?,
-            None,
+        // The ledger first (the audited event is the truth and is in force at once), then
+        // the message on spend.control (instances re-read the ledger if it is lost).
+        record_then_announce(
+            &ledger,
+            &change,
+            &Origin::cli(&settings.instance),
+            Some(&Announcer::on_demand(&settings)),
         )
         .await?;
-        eprintln!("kill switch {} for {scope}", if on { "ON" } else { "OFF" });
+        let state = if on { "ON" } else { "OFF" };
+        eprintln!("kill switch {state} for {}", change.scope);
         Ok(0)
     })
 }

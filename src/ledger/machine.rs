@@ -22,6 +22,7 @@ use super::usage::{self, UsageKey};
 use super::{Outcome, OutcomeMessage, VerifiedVote, Vote};
 use crate::decision::{DecisionMessage, Effect, KillState, Usage, UsageReport, WindowRef};
 use crate::intent::SpendIntent;
+use crate::kill_switch::Scope;
 use crate::policy::{self, CompiledPolicy, EvalInput};
 use crate::privacy::{self, Sealed};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -506,20 +507,14 @@ impl Projections {
         None
     }
 
-    /// The kill-switch scope covering an intent, if any (global first, then entity, agent).
+    /// The kill-switch scope covering an intent, if any (global first, then entity, agent:
+    /// [`Scope::covering`]). `kills` is keyed by the stored scope text.
     pub fn kill_state(&self, agent_id: &str, entity_id: &str) -> KillState {
-        let active = |scope: &str| self.kills.get(scope).is_some_and(|k| k.active);
-        if active("global") {
-            return KillState::On {
-                scope: "global".into(),
-            };
-        }
-        for scope in [format!("entity:{entity_id}"), format!("agent:{agent_id}")] {
-            if active(&scope) {
-                return KillState::On { scope };
-            }
-        }
-        KillState::Off
+        Scope::covering(agent_id, entity_id)
+            .iter()
+            .map(Scope::to_string)
+            .find(|scope| self.kills.get(scope).is_some_and(|k| k.active))
+            .map_or(KillState::Off, |scope| KillState::On { scope })
     }
 
     /// Approvers who voted APPROVE on an intent, in the order their votes were recorded.
@@ -941,15 +936,17 @@ pub fn step_expire(s: &Projections, now: DateTime<Utc>) -> Vec<Staged> {
 }
 
 /// Turns a kill-switch change into its event, or nothing when the state would not
-/// change (every instance receiving the same control message may ask).
+/// change (a repeated request). The event and the `kill_switch` row hold the scope's
+/// text (`global`, `entity:ID`, `agent:ID`).
 pub fn step_kill_switch(
     s: &Projections,
-    scope: &str,
+    scope: &Scope,
     on: bool,
     actor: &str,
     reason: &str,
 ) -> Option<Staged> {
-    let current = s.kills.get(scope).map(|k| k.active);
+    let scope = scope.to_string();
+    let current = s.kills.get(&scope).map(|k| k.active);
     if current == Some(on) || (current.is_none() && !on) {
         return None;
     }
@@ -958,7 +955,7 @@ pub fn step_kill_switch(
         actor: actor.to_string(),
         resource: format!("kill-switch:{scope}"),
         event: LedgerEvent::KillSwitchSet(events::KillSwitchSet {
-            scope: scope.to_string(),
+            scope,
             active: on,
             actor: actor.to_string(),
             reason: reason.to_string(),

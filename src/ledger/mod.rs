@@ -38,6 +38,7 @@ pub use events::Origin;
 
 use crate::decision::{DecisionMessage, PolicyIdentity};
 use crate::intent::IntentError;
+use crate::kill_switch::Scope;
 use crate::policy::PolicySet;
 use crate::privacy;
 use chain::{GLOBAL_CHAIN, INTAKE_CHAIN};
@@ -381,23 +382,6 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     applied.map_err(|e| anyhow::anyhow!("applying database migrations failed: {e}. Check that the role in DATABASE_URL may create tables (run `spendguard db migrate` as the schema owner)."))
 }
 
-/// Valid kill-switch scopes: `global`, `entity:ID`, `agent:ID`.
-pub fn validate_scope(scope: &str) -> Result<(), String> {
-    if scope == "global" {
-        return Ok(());
-    }
-    match scope.split_once(':') {
-        Some(("entity" | "agent", id))
-            if !id.is_empty() && id.len() <= crate::intent::MAX_ID_LEN =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "kill-switch scope {scope:?} is not valid: use `global`, `entity:ID` or `agent:ID`"
-        )),
-    }
-}
-
 impl Ledger {
     pub async fn connect(database_url: &str, instance: &str) -> anyhow::Result<Ledger> {
         Ledger::connect_with(database_url, instance, ConnectOptions::default()).await
@@ -671,18 +655,18 @@ impl Ledger {
         Ok(seq)
     }
 
-    /// Trips (`on`) or clears a kill switch. Recorded only when the state changes (every
-    /// instance receiving the same control message may call this); returns the seq of
-    /// the event that set the current state.
+    /// Trips (`on`) or clears a kill switch. Recorded only when the state changes (a
+    /// repeated request records nothing); returns the seq of the event that set the
+    /// current state. Operators go through [`crate::kill_switch::record_then_announce`],
+    /// which calls this and then tells every instance.
     pub async fn set_kill_switch(
         &self,
-        scope: &str,
+        scope: &Scope,
         on: bool,
         actor: &str,
         reason: &str,
         origin: &Origin,
     ) -> anyhow::Result<i64> {
-        validate_scope(scope).map_err(anyhow::Error::msg)?;
         let mut tx = self.pool.begin().await?;
         let chains = vec![GLOBAL_CHAIN.to_string()];
         // Exclusive on the kill-switch key: waits for every decision in flight, and every
@@ -692,7 +676,7 @@ impl Ledger {
         let current: Option<KillRow> = sqlx::query_as(
             "SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch WHERE scope = $1",
         )
-        .bind(scope)
+        .bind(scope.to_string())
         .fetch_optional(&mut *tx)
         .await?;
         let mut snapshot = Projections::default();

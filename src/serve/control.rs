@@ -1,6 +1,11 @@
 //! The kill-switch side of an instance: every instance reads every message on
 //! `spend.control` (manual assignment, no consumer group), and re-reads the ledger's
 //! state now and then in case a message was lost between the ledger write and the publish.
+//!
+//! What it maintains is a [`PropagationProbe`](crate::kill_switch::PropagationProbe):
+//! the `spendguard_kill_switch_active` gauge, the propagation histogram and the
+//! `kill-switch applied` log line. It gates nothing; the ledger does, inside every
+//! deciding transaction, from the moment the change is committed.
 
 use rdkafka::Message;
 use std::sync::Arc;
@@ -17,7 +22,7 @@ pub async fn start(shared: Arc<Shared>) -> anyhow::Result<tokio::task::JoinHandl
     let consumer = bus::standalone_consumer(&shared.settings.brokers)?;
     bus::assign_at_high_watermarks(&consumer, &shared.settings.brokers, &shared.topics.control)?;
     resync(&shared).await?;
-    let active = shared.kill.active();
+    let active = shared.kill_probe.active();
     if !active.is_empty() {
         tracing::warn!(scopes = ?active.iter().map(Scope::to_string).collect::<Vec<_>>(), "kill switch active at start-up");
     }
@@ -38,14 +43,14 @@ pub async fn start(shared: Arc<Shared>) -> anyhow::Result<tokio::task::JoinHandl
 }
 
 async fn resync(shared: &Shared) -> anyhow::Result<()> {
-    let generation = shared.kill.generation();
+    let generation = shared.kill_probe.generation();
     let scopes = shared.ledger.kill_switch_state().await?;
     let parsed: Vec<Scope> = scopes
         .iter()
         .filter(|e| e.active)
         .filter_map(|e| Scope::parse(&e.scope).ok())
         .collect();
-    if shared.kill.replace_if_unchanged(generation, parsed) {
+    if shared.kill_probe.replace_if_unchanged(generation, parsed) {
         // Every scope ever switched is in the ledger, so a scope switched off shows 0.
         for entry in &scopes {
             crate::telemetry::set_kill_switch(&entry.scope, entry.active);
@@ -66,7 +71,7 @@ async fn follow(shared: Arc<Shared>, consumer: rdkafka::consumer::StreamConsumer
         let received_at = chrono::Utc::now();
         match ControlMessage::parse(msg.payload().unwrap_or_default()) {
             Ok(control) => {
-                shared.kill.set(control.scope.clone(), control.on);
+                shared.kill_probe.set(control.scope.clone(), control.on);
                 crate::telemetry::set_kill_switch(&control.scope.to_string(), control.on);
                 let propagation_ms = (received_at - control.sent_at)
                     .num_microseconds()

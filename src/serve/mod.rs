@@ -28,7 +28,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::approvals::Registry;
 use crate::bus::{self, Topics};
 use crate::config::Settings;
-use crate::kill_switch::KillSwitch;
+use crate::kill_switch::PropagationProbe;
 use crate::ledger::Ledger;
 use crate::policy::PolicySet;
 
@@ -48,7 +48,9 @@ pub struct Shared {
     pub ledger: Arc<Ledger>,
     pub policies: ArcSwap<PolicySet>,
     pub approvers: ArcSwap<Registry>,
-    pub kill: KillSwitch,
+    /// The kill switch as this instance last heard of it, for metrics and logs only:
+    /// decisions read the ledger's `kill_switch` table in their own transaction.
+    pub kill_probe: PropagationProbe,
     pub producer: rdkafka::producer::FutureProducer,
     /// Wakes the outbox publisher right after a local ledger commit.
     pub outbox_ready: Notify,
@@ -90,7 +92,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         producer: bus::producer(&settings.brokers)?,
-        kill: KillSwitch::default(),
+        kill_probe: PropagationProbe::default(),
         policies: ArcSwap::from_pointee(policies),
         approvers: ArcSwap::from_pointee(approvers),
         outbox_ready: Notify::new(),
@@ -257,36 +259,10 @@ async fn start_api(
         let shared = shared.clone();
         move || shared.policies.load_full()
     }));
-    // A change made through the API is recorded in the ledger by the API, then spread to
-    // every instance on spend.control like the CLI does.
-    let propagate: backends::KillSwitchPropagate = {
-        let shared = shared.clone();
-        Arc::new(move |change: api::KillSwitchChange| {
-            let shared = shared.clone();
-            Box::pin(async move {
-                let scope =
-                    crate::kill_switch::Scope::parse(&change.scope).map_err(|e| e.to_string())?;
-                let message = crate::kill_switch::ControlMessage {
-                    scope: scope.clone(),
-                    on: change.on,
-                    actor: change.actor,
-                    reason: change.reason,
-                    sent_at: chrono::Utc::now(),
-                };
-                let payload = serde_json::to_vec(&message).map_err(|e| e.to_string())?;
-                bus::publish(
-                    &shared.producer,
-                    &shared.topics.control,
-                    scope.to_string().as_bytes(),
-                    &payload,
-                    None,
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-            })
-        })
-    };
+    // A change made through the API is recorded and announced by the same operation the
+    // CLI uses (kill_switch::record_then_announce), on this instance's producer.
+    let announcer =
+        crate::kill_switch::Announcer::connected(shared.producer.clone(), &shared.topics.control);
     let assigned: backends::ExtraCheck = Arc::new(move || {
         let consumer = consumer.clone();
         Box::pin(async move {
@@ -303,7 +279,7 @@ async fn start_api(
         policies,
         mount.tokens,
         &shared.settings.instance,
-        Some(propagate),
+        Some(announcer),
         vec![
             backends::broker_check(shared.settings.brokers.clone()),
             assigned,

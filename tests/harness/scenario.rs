@@ -116,7 +116,13 @@ pub async fn report_scenario(ledger: &Ledger, set: &PolicySet) {
     vote(ledger, "i3", "alice", Vote::Approve, m(12)).await;
     vote(ledger, "i5", "bob", Vote::Reject, m(20)).await;
     ledger
-        .set_kill_switch("global", true, "ops-carol", "incident drill", &origin())
+        .set_kill_switch(
+            &spendguard::kill_switch::Scope::Global,
+            true,
+            "ops-carol",
+            "incident drill",
+            &origin(),
+        )
         .await
         .expect("kill on");
     assert_eq!(
@@ -124,7 +130,13 @@ pub async fn report_scenario(ledger: &Ledger, set: &PolicySet) {
         Deny
     );
     ledger
-        .set_kill_switch("global", false, "ops-carol", "drill over", &origin())
+        .set_kill_switch(
+            &spendguard::kill_switch::Scope::Global,
+            false,
+            "ops-carol",
+            "drill over",
+            &origin(),
+        )
         .await
         .expect("kill off");
     let err = spendguard::intent::parse_intent(b"not json").expect_err("invalid");

@@ -307,7 +307,13 @@ async fn a_paused_lock_holder_cannot_hold_back_the_kill_switch() {
     // never returns (or fails on lock_timeout).
     let seq = tokio::time::timeout(
         std::time::Duration::from_secs(30),
-        operator.set_kill_switch("agent:agent-p", true, "alice", "fraud alert", &origin),
+        operator.set_kill_switch(
+            &spendguard::kill_switch::Scope::Agent("agent-p".into()),
+            true,
+            "alice",
+            "fraud alert",
+            &origin,
+        ),
     )
     .await
     .expect("the kill switch waited on a paused session's locks")

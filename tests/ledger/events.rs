@@ -7,6 +7,7 @@ use crate::harness::policies::standard_set;
 use rust_decimal::Decimal;
 use spendguard::decision::Effect;
 use spendguard::intent::IntentError;
+use spendguard::kill_switch::Scope;
 use spendguard::ledger::{DecideStatus, LedgerError, Outcome, VerifiedVote, Vote, VoteResult};
 use sqlx::Row;
 
@@ -174,11 +175,11 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
 
     // Kill switch on and off, and an erasure.
     ledger
-        .set_kill_switch("agent:ag9", true, "ops", "incident 1", &o)
+        .set_kill_switch(&Scope::Agent("ag9".into()), true, "ops", "incident 1", &o)
         .await
         .unwrap();
     ledger
-        .set_kill_switch("agent:ag9", false, "ops", "resolved", &o)
+        .set_kill_switch(&Scope::Agent("ag9".into()), false, "ops", "resolved", &o)
         .await
         .unwrap();
     ledger
@@ -481,7 +482,7 @@ async fn reservations_are_moved_by_approval_and_released_by_reject_expiry_and_ki
         (Decimal::ZERO, Decimal::new(900, 0))
     );
     ledger
-        .set_kill_switch("entity:acme-br", true, "ops", "fraud", &o)
+        .set_kill_switch(&Scope::Entity("acme-br".into()), true, "ops", "fraud", &o)
         .await
         .unwrap();
     let r = ledger

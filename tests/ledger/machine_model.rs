@@ -264,12 +264,13 @@ async fn run_ops(ledger: &Ledger, tables: &PgPool, set: &PolicySet, ops: &[Op]) 
                 assert_eq!(live.len(), staged.len(), "expired at step {step}");
             }
             Op::Kill { scope, on } => {
-                let scope = SCOPES[*scope];
+                let scope = spendguard::kill_switch::Scope::parse(SCOPES[*scope]).unwrap();
                 ledger
-                    .set_kill_switch(scope, *on, "test", "model", &origin)
+                    .set_kill_switch(&scope, *on, "test", "model", &origin)
                     .await
                     .expect("kill switch");
-                if let Some(st) = machine::step_kill_switch(&model.s, scope, *on, "test", "model") {
+                if let Some(st) = machine::step_kill_switch(&model.s, &scope, *on, "test", "model")
+                {
                     model.append(&st, now);
                 }
             }

@@ -299,7 +299,7 @@ async fn approvals_complete_reject_and_refuse_with_audited_reasons() {
     let m3_hash = hash(m3.clone()).await;
     ledger
         .set_kill_switch(
-            "entity:acme-br",
+            &spendguard::kill_switch::Scope::Entity("acme-br".into()),
             true,
             "tester",
             "test",

@@ -68,7 +68,7 @@ impl KillSwitchControl for MemKill {
         Box::pin(async move {
             self.0.lock().unwrap().push(change.clone());
             Ok(KillSwitchScopeView {
-                scope: change.scope,
+                scope: change.scope.to_string(),
                 on: change.on,
                 actor: change.actor,
                 reason: change.reason,
@@ -226,13 +226,14 @@ fn check(c: &Call, status: StatusCode, body: &[u8], kill: &MemKill) -> Result<()
         prop_assert_eq!(c.token, Some(OPERATOR));
         prop_assert_eq!(recorded.len(), 1);
         let change = &recorded[0];
-        prop_assert!(api::validate_scope(&change.scope).is_ok(), "{change:?}");
+        let reparsed = spendguard::kill_switch::Scope::parse(&change.scope.to_string());
+        prop_assert_eq!(reparsed.as_ref(), Ok(&change.scope), "{:?}", change);
         prop_assert!(!change.reason.trim().is_empty());
         prop_assert!(change.reason.len() <= api::MAX_KILL_SWITCH_REASON_LEN);
         prop_assert_eq!(change.actor.as_str(), "api:ops-alice");
         prop_assert_eq!(
             &json["scope"],
-            &serde_json::Value::from(change.scope.clone())
+            &serde_json::Value::from(change.scope.to_string())
         );
     } else {
         prop_assert!(status.is_client_error(), "{status}");
