@@ -22,7 +22,6 @@ pub mod approvals;
 pub mod bus;
 pub mod config;
 pub mod kill_switch;
-pub mod loadgen;
 pub mod serve;
 
 // --- operators & auditors ---

@@ -24,7 +24,6 @@ fn db(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("ledger query failed: {e}"))
 }
 
-/// Ledger reads for the API.
 /// [`db`] for the read side's errors, worded as before (the database's own error).
 fn read(e: LedgerError) -> StoreError {
     match e {
@@ -33,6 +32,7 @@ fn read(e: LedgerError) -> StoreError {
     }
 }
 
+/// Ledger reads for the API.
 pub struct LedgerBackend {
     pub ledger: Arc<Ledger>,
 }

@@ -52,6 +52,50 @@ impl<'a> Body<'a> {
     }
 }
 
+/// Why a message is dead-lettered: each variant has a stable `code` (the dead letter's
+/// `code` field and header, and the `spendguard_dlq_messages_total` label).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeadLetterReason {
+    /// Not a valid intent (its `IntentError` code: `invalid_json`, `missing_field`, ...).
+    InvalidIntent(crate::intent::IntentError),
+    /// Same intentId, another payload: the ledger refused and audited it.
+    IdempotencyConflict(String),
+    /// A vote refused before the ledger (its refusal code: `bad_signature`, ...).
+    VoteRefused { code: &'static str, detail: String },
+    /// The ledger could not record the message after bounded retries (`internal_error`):
+    /// its bytes are kept here so an operator can replay it once the cause is fixed.
+    NotRecorded(String),
+}
+
+impl DeadLetterReason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeadLetterReason::InvalidIntent(e) => e.code,
+            DeadLetterReason::IdempotencyConflict(_) => "idempotency_conflict",
+            DeadLetterReason::VoteRefused { code, .. } => code,
+            DeadLetterReason::NotRecorded(_) => "internal_error",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            DeadLetterReason::InvalidIntent(e) => &e.message,
+            DeadLetterReason::IdempotencyConflict(m)
+            | DeadLetterReason::NotRecorded(m)
+            | DeadLetterReason::VoteRefused { detail: m, .. } => m,
+        }
+    }
+
+    /// The offending field, when one is known.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            DeadLetterReason::InvalidIntent(e) => e.field,
+            DeadLetterReason::IdempotencyConflict(_) => Some("intentId"),
+            DeadLetterReason::VoteRefused { .. } | DeadLetterReason::NotRecorded(_) => None,
+        }
+    }
+}
+
 /// Why and where from a message is dead-lettered.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<'a> {

@@ -114,7 +114,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(db: &DbArgs, instance: &str) -> anyhow::Result<Ledger> {
-    Ledger::connect(&db.database_url, instance).await
+    Ok(Ledger::connect(&db.database_url, instance).await?)
 }
 
 pub fn run_db(cmd: DbCommand) -> anyhow::Result<i32> {
@@ -135,7 +135,7 @@ pub fn run_db(cmd: DbCommand) -> anyhow::Result<i32> {
 pub fn run_ledger(cmd: LedgerCommand) -> anyhow::Result<i32> {
     match cmd {
         LedgerCommand::Submit(args) => runtime()?.block_on(submit(args)),
-        LedgerCommand::Bench(args) => runtime()?.block_on(crate::ledger::bench::run(
+        LedgerCommand::Bench(args) => runtime()?.block_on(crate::cli::bench::ledger::run(
             &args.db.database_url,
             args.agents,
             args.intents,

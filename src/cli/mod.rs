@@ -8,6 +8,7 @@ pub mod policy;
 // --- operators & auditors ---
 pub mod ops;
 // --- ledger ---
+pub mod bench;
 pub mod ledger;
 pub mod service;
 
@@ -74,7 +75,7 @@ pub enum Command {
         command: service::DecisionsCommand,
     },
     /// Offer load and measure throughput and latency against a bare-broker baseline.
-    Loadgen(crate::loadgen::LoadgenArgs),
+    Loadgen(crate::cli::bench::loadgen::LoadgenArgs),
     // --- operators & auditors ---
     /// Compliance report of a period, computed by replaying the ledger (json, md or html).
     Report(ops::ReportArgs),

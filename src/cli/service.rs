@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use crate::approvals::{self, Vote};
 use crate::bus::{self, Topics};
+use crate::cli::bench::loadgen;
 use crate::config::ServiceArgs;
 use crate::kill_switch::{Announcer, Change, Scope, record_then_announce};
 use crate::ledger::{Ledger, Origin};
-use crate::loadgen;
 
 /// Longest line `intents publish` accepts (anything longer is certainly not an intent,
 /// but it is still published so the service dead-letters it visibly).

@@ -136,7 +136,7 @@ pub async fn record_then_announce(
             origin,
         )
         .await
-        .map_err(ChangeError::Record)?;
+        .map_err(|e| ChangeError::Record(e.into()))?;
     // This process's gauge; every instance sets its own when the announcement arrives.
     crate::telemetry::set_kill_switch(&change.scope.to_string(), change.on);
     if let Some(announcer) = announcer {

@@ -41,11 +41,8 @@ impl Ledger {
         let mut out = self
             .decide_batch_at(set, &[(intent.clone(), origin.clone())], None)
             .await?;
-        out.pop().unwrap_or_else(|| {
-            Err(LedgerError::Internal(anyhow::anyhow!(
-                "internal: empty batch result"
-            )))
-        })
+        out.pop()
+            .unwrap_or_else(|| Err(LedgerError::Bug("empty batch result".into())))
     }
 
     /// Decides one intent as if the ledger accepted it at `at` (tests of window
@@ -61,11 +58,8 @@ impl Ledger {
         let mut out = self
             .decide_batch_at(set, &[(intent.clone(), origin.clone())], Some(at))
             .await?;
-        out.pop().unwrap_or_else(|| {
-            Err(LedgerError::Internal(anyhow::anyhow!(
-                "internal: empty batch result"
-            )))
-        })
+        out.pop()
+            .unwrap_or_else(|| Err(LedgerError::Bug("empty batch result".into())))
     }
 
     /// Decides several intents in one transaction (in order). The outer error is a

@@ -74,21 +74,6 @@ pub fn classify(e: &sqlx::Error) -> Fault {
     }
 }
 
-/// Classification of an `anyhow` error from the ledger: transient when any cause in the
-/// chain is a transient database error or a ledger deadline that expired.
-pub fn classify_anyhow(e: &anyhow::Error) -> Fault {
-    let transient = e.chain().any(|c| {
-        c.downcast_ref::<sqlx::Error>()
-            .is_some_and(|e| classify(e).is_transient())
-            || c.downcast_ref::<tokio::time::error::Elapsed>().is_some()
-    });
-    if transient {
-        Fault::Transient
-    } else {
-        Fault::Permanent
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,11 +122,19 @@ mod tests {
     }
 
     #[test]
-    fn anyhow_chains_are_searched() {
-        let wrapped = anyhow::Error::from(sqlx::Error::PoolClosed).context("apply vote");
-        assert!(classify_anyhow(&wrapped).is_transient());
-        assert!(
-            !classify_anyhow(&anyhow::anyhow!("internal: no sequence reserved")).is_transient()
-        );
+    fn ledger_errors_say_whether_to_retry() {
+        use crate::ledger::LedgerError;
+        assert!(LedgerError::Database(sqlx::Error::PoolClosed).is_transient());
+        assert!(LedgerError::Connect(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!LedgerError::Database(sqlx::Error::RowNotFound).is_transient());
+        assert!(!LedgerError::Corrupt("altered row".into()).is_transient());
+        assert!(!LedgerError::Bug("no sequence reserved".into()).is_transient());
+        assert!(!LedgerError::Setup("migrations refused".into()).is_transient());
+        let conflict = LedgerError::IdempotencyConflict {
+            intent_id: "i".into(),
+            existing_seq: 1,
+            audit_seq: 2,
+        };
+        assert!(!conflict.is_transient());
     }
 }

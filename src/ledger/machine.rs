@@ -59,11 +59,18 @@ pub enum Change {
     PendingOpen(PendingRow),
     PendingClose(String),
     Vote(VoteRow),
-    Outcome(Box<OutcomeRow>),
+    /// The row and the message it publishes (parsed, for the caller's result).
+    Outcome {
+        row: Box<OutcomeRow>,
+        message: Box<OutcomeMessage>,
+    },
     Kill(KillRow),
     Policy(PolicyRow),
-    /// Boxed: the largest row.
-    Decision(Box<DecisionRow>),
+    /// The row and the message it publishes (parsed, for the caller's result).
+    Decision {
+        row: Box<DecisionRow>,
+        message: Box<DecisionMessage>,
+    },
 }
 
 /// An event that does not fold (a payload the live path never writes).
@@ -156,15 +163,17 @@ pub fn delta(
                 what: "outcome message",
                 source,
             })?;
-            out(Change::Outcome(Box::new(OutcomeRow {
-                intent_id: c.intent_id.clone(),
-                agent_id: c.agent_id.clone(),
-                outcome: c.outcome.clone(),
-                closed_at: c.closed_at,
-                seq: r.seq,
-                message: text,
-                parsed: message,
-            })));
+            out(Change::Outcome {
+                row: Box::new(OutcomeRow {
+                    intent_id: c.intent_id.clone(),
+                    agent_id: c.agent_id.clone(),
+                    outcome: c.outcome.clone(),
+                    closed_at: c.closed_at,
+                    seq: r.seq,
+                    message: text,
+                }),
+                message: Box::new(message),
+            });
         }
         LedgerEvent::VoteAccepted(v) => out(Change::Vote(VoteRow {
             intent_id: v.intent_id.clone(),
@@ -210,19 +219,21 @@ fn decided_delta(
         what: "decision message",
         source,
     })?;
-    out(Change::Decision(Box::new(DecisionRow {
-        intent_id: intent.intent_id.clone(),
-        agent_id: intent.agent_id.clone(),
-        entity_id: intent.entity_id.clone(),
-        seq: r.seq,
-        // A fingerprint that is not hex cannot match the live bytes: kept visibly wrong.
-        fingerprint: hex::decode(&d.fingerprint)
-            .unwrap_or_else(|_| d.fingerprint.clone().into_bytes()),
-        decision_hash: r.hash.to_vec(),
-        effect: d.evaluation.effect.as_str().to_string(),
-        message: text,
-        parsed: message,
-    })));
+    out(Change::Decision {
+        row: Box::new(DecisionRow {
+            intent_id: intent.intent_id.clone(),
+            agent_id: intent.agent_id.clone(),
+            entity_id: intent.entity_id.clone(),
+            seq: r.seq,
+            // A fingerprint that is not hex cannot match the live bytes: kept visibly wrong.
+            fingerprint: hex::decode(&d.fingerprint)
+                .unwrap_or_else(|_| d.fingerprint.clone().into_bytes()),
+            decision_hash: r.hash.to_vec(),
+            effect: d.evaluation.effect.as_str().to_string(),
+            message: text,
+        }),
+        message: Box::new(message),
+    });
     // No policy, no windows (the intent was denied as unbound).
     let Some(u) = &d.usage else {
         return Ok(());
@@ -423,6 +434,19 @@ impl Windows {
 pub const DIGEST_BYTES: usize = 16;
 pub type Digest = [u8; DIGEST_BYTES];
 
+/// A decision's key in [`Projections::decisions`]: the first 128 bits of the SHA-256 of
+/// the intent id (no accidental collision among any number of intents a ledger holds;
+/// a chosen one would need a SHA-256 collision).
+pub type IntentKey = [u8; 16];
+
+pub fn intent_key(intent_id: &str) -> IntentKey {
+    use sha2::Digest as _;
+    let full = sha2::Sha256::digest(intent_id.as_bytes());
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&full[..16]);
+    k
+}
+
 /// The state the events build. Live deciding holds the part a batch loaded; replay and
 /// impact analysis hold all of it. Decisions and windows, the two that grow with
 /// traffic and agents, are kept compact.
@@ -430,7 +454,8 @@ pub type Digest = [u8; DIGEST_BYTES];
 pub struct Projections {
     pub windows: Windows,
     /// intent → (seq of its decision event, digest of its `decision` row)
-    pub decisions: HashMap<Box<str>, (i64, Digest)>,
+    /// (keyed by [`intent_key`]: 16 bytes instead of a heap string per decision)
+    pub decisions: HashMap<IntentKey, (i64, Digest)>,
     pub pending: BTreeMap<String, PendingRow>,
     /// (intent, approver) → vote
     pub votes: BTreeMap<(String, String), VoteRow>,
@@ -485,7 +510,7 @@ impl Projections {
                 self.votes
                     .insert((v.intent_id.clone(), v.approver_id.clone()), v);
             }
-            Change::Outcome(o) => {
+            Change::Outcome { row: o, .. } => {
                 self.outcomes.insert(o.intent_id.clone(), *o);
             }
             Change::Kill(k) => {
@@ -494,8 +519,8 @@ impl Projections {
             Change::Policy(p) => {
                 self.policies.insert(p.sha256.clone(), p);
             }
-            Change::Decision(d) => {
-                let id: Box<str> = d.intent_id.as_str().into();
+            Change::Decision { row: d, .. } => {
+                let id = intent_key(&d.intent_id);
                 if let Some((first_seq, _)) = self.decisions.insert(id, (d.seq, d.digest())) {
                     return Some(Inconsistency::DecidedTwice {
                         intent_id: d.intent_id,

@@ -22,7 +22,6 @@
 //!
 //! Guarantees and how they are enforced are in docs/ledger.md.
 
-pub mod bench;
 pub mod chain;
 pub mod decide;
 pub mod events;
@@ -98,8 +97,29 @@ pub enum LedgerError {
     /// An invariant of this code does not hold: a bug, never an input problem.
     #[error("internal: {0}")]
     Bug(String),
-    #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    /// The server cannot be reached (refused, timed out, authentication).
+    #[error(
+        "cannot connect to PostgreSQL ({0}). Is it running? `scripts/postgres.sh` starts a local one; set DATABASE_URL or --database-url."
+    )]
+    Connect(#[source] sqlx::Error),
+    /// The database cannot be used as configured (URL, migrations, role): an operator
+    /// must act; retrying does not help.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A stored event that does not read back is a corrupt ledger (the ledger wrote it).
+impl From<events::EventError> for LedgerError {
+    fn from(e: events::EventError) -> Self {
+        LedgerError::Corrupt(e.to_string())
+    }
+}
+
+/// A stored event that does not fold is a corrupt ledger too.
+impl From<machine::FoldError> for LedgerError {
+    fn from(e: machine::FoldError) -> Self {
+        LedgerError::Corrupt(e.to_string())
+    }
 }
 
 impl LedgerError {
@@ -109,7 +129,8 @@ impl LedgerError {
             LedgerError::Database(_) => "database_error",
             LedgerError::Corrupt(_) => "corrupt_ledger",
             LedgerError::Bug(_) => "internal_error",
-            LedgerError::Internal(_) => "internal_error",
+            LedgerError::Connect(_) => "database_unavailable",
+            LedgerError::Setup(_) => "database_setup",
         }
     }
 
@@ -121,7 +142,8 @@ impl LedgerError {
             | LedgerError::Corrupt(_)
             | LedgerError::Bug(_) => false,
             LedgerError::Database(e) => fault::classify(e).is_transient(),
-            LedgerError::Internal(e) => fault::classify_anyhow(e).is_transient(),
+            LedgerError::Connect(e) => fault::classify(e).is_transient(),
+            LedgerError::Setup(_) => false,
         }
     }
 }
@@ -374,16 +396,16 @@ pub async fn is_migrated(pool: &PgPool) -> bool {
 }
 
 /// Applies pending migrations (`spendguard db migrate`).
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+pub async fn migrate(pool: &PgPool) -> Result<(), LedgerError> {
     if is_migrated(pool).await {
         return Ok(());
     }
     let applied = MIGRATOR.run(pool).await;
-    applied.map_err(|e| anyhow::anyhow!("applying database migrations failed: {e}. Check that the role in DATABASE_URL may create tables (run `spendguard db migrate` as the schema owner)."))
+    applied.map_err(|e| LedgerError::Setup(format!("applying database migrations failed: {e}. Check that the role in DATABASE_URL may create tables (run `spendguard db migrate` as the schema owner).")))
 }
 
 impl Ledger {
-    pub async fn connect(database_url: &str, instance: &str) -> anyhow::Result<Ledger> {
+    pub async fn connect(database_url: &str, instance: &str) -> Result<Ledger, LedgerError> {
         Ledger::connect_with(database_url, instance, ConnectOptions::default()).await
     }
 
@@ -391,9 +413,11 @@ impl Ledger {
         database_url: &str,
         instance: &str,
         opts: ConnectOptions,
-    ) -> anyhow::Result<Ledger> {
+    ) -> Result<Ledger, LedgerError> {
         let url = database_url.parse::<PgConnectOptions>().map_err(|e| {
-            anyhow::anyhow!("DATABASE_URL / --database-url is not a valid PostgreSQL URL: {e}")
+            LedgerError::Setup(format!(
+                "DATABASE_URL / --database-url is not a valid PostgreSQL URL: {e}"
+            ))
         })?;
         let connect = url.clone().options(opts.timeouts.startup_options());
         let pool = PgPoolOptions::new()
@@ -401,18 +425,15 @@ impl Ledger {
             .acquire_timeout(std::time::Duration::from_millis(opts.timeouts.acquire_ms))
             .connect_with(connect)
             .await
-            .map_err(|e| {
-                anyhow::Error::from(e).context(
-                    "cannot connect to PostgreSQL. Is it running? `scripts/postgres.sh` starts a local one; set DATABASE_URL or --database-url.",
-                )
-            })?;
+            .map_err(LedgerError::Connect)?;
         if opts.migrate && !is_migrated(&pool).await {
             // A migration may outlast the service's statement and lock limits (an index
             // on a large ledger): it runs on a session of its own without them.
             let session = PgPoolOptions::new()
                 .max_connections(1)
                 .connect_with(url)
-                .await?;
+                .await
+                .map_err(LedgerError::Connect)?;
             migrate(&session).await?;
             session.close().await;
         }
@@ -452,7 +473,7 @@ impl Ledger {
         &self,
         set: &PolicySet,
         actor: &str,
-    ) -> anyhow::Result<Vec<i64>> {
+    ) -> Result<Vec<i64>, LedgerError> {
         let wanted: Vec<(PolicyIdentity, String)> = set
             .policies()
             .filter(|p| !self.is_activated(&p.identity.sha256))
@@ -467,7 +488,7 @@ impl Ledger {
         wanted: Vec<(PolicyIdentity, String)>,
         actor: &str,
         origin: &Origin,
-    ) -> anyhow::Result<Vec<i64>> {
+    ) -> Result<Vec<i64>, LedgerError> {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
@@ -517,7 +538,7 @@ impl Ledger {
         raw: &[u8],
         err: &IntentError,
         origin: &Origin,
-    ) -> anyhow::Result<i64> {
+    ) -> Result<i64, LedgerError> {
         let (text, truncated) = stored_raw(raw);
         let (actor, resource) = ids_from_raw(raw, "agentId", "intentId");
         let payload = events::InvalidInput {
@@ -551,7 +572,7 @@ impl Ledger {
         code: &str,
         detail: &str,
         origin: &Origin,
-    ) -> anyhow::Result<i64> {
+    ) -> Result<i64, LedgerError> {
         let payload = events::MessageSetAside {
             source_topic: source_topic.to_string(),
             raw_bytes: raw.len(),
@@ -582,7 +603,7 @@ impl Ledger {
         reason: &str,
         detail: &str,
         origin: &Origin,
-    ) -> anyhow::Result<i64> {
+    ) -> Result<i64, LedgerError> {
         let (text, _) = stored_raw(raw);
         let (approver, intent) = ids_from_raw(raw, "approverId", "intentId");
         let vote = serde_json::from_slice::<serde_json::Value>(raw)
@@ -620,7 +641,7 @@ impl Ledger {
         resource: &str,
         (origin, source_topic): (&Origin, &str),
         event: LedgerEvent,
-    ) -> anyhow::Result<i64> {
+    ) -> Result<i64, LedgerError> {
         let event_type = event.kind().as_str();
         let mut tx = self.pool.begin().await?;
         let chains = vec![chain_id.to_string()];
@@ -666,7 +687,7 @@ impl Ledger {
         actor: &str,
         reason: &str,
         origin: &Origin,
-    ) -> anyhow::Result<i64> {
+    ) -> Result<i64, LedgerError> {
         let mut tx = self.pool.begin().await?;
         let chains = vec![GLOBAL_CHAIN.to_string()];
         // Exclusive on the kill-switch key: waits for every decision in flight, and every
@@ -697,7 +718,7 @@ impl Ledger {
         Ok(seq)
     }
 
-    pub async fn kill_switch_state(&self) -> anyhow::Result<Vec<KillSwitchEntry>> {
+    pub async fn kill_switch_state(&self) -> Result<Vec<KillSwitchEntry>, LedgerError> {
         let rows = sqlx::query(
             "SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch ORDER BY scope",
         )
@@ -718,7 +739,7 @@ impl Ledger {
     }
 
     /// The recorded decision of an intent, with its votes, pending state and outcome.
-    pub async fn decision(&self, intent_id: &str) -> anyhow::Result<Option<DecisionRecord>> {
+    pub async fn decision(&self, intent_id: &str) -> Result<Option<DecisionRecord>, LedgerError> {
         let Some(row) =
             sqlx::query("SELECT message, decision_hash FROM decision WHERE intent_id = $1")
                 .bind(intent_id)
@@ -727,7 +748,7 @@ impl Ledger {
         else {
             return Ok(None);
         };
-        let message: DecisionMessage = serde_json::from_str(row.try_get::<&str, _>("message")?)?;
+        let message: DecisionMessage = stored("decision message", row.try_get("message")?)?;
         let decision_hash = hex::encode(row.try_get::<Vec<u8>, _>("decision_hash")?);
         let mut votes = Vec::new();
         for r in sqlx::query("SELECT approver_id, vote, signed_at, seq FROM approval_vote WHERE intent_id = $1 ORDER BY seq")
@@ -749,7 +770,7 @@ impl Ledger {
         .bind(intent_id)
         .fetch_optional(&self.pool)
         .await?
-        .map(|r| -> anyhow::Result<PendingInfo> {
+        .map(|r| -> Result<PendingInfo, LedgerError> {
             Ok(PendingInfo {
                 approvals_required: u32::try_from(r.try_get::<i32, _>("approvals_required")?)
                     .unwrap_or(0),
@@ -764,7 +785,7 @@ impl Ledger {
         .fetch_optional(&self.pool)
         .await?
         {
-            Some(m) => Some(serde_json::from_str(&m)?),
+            Some(m) => Some(stored("outcome message", &m)?),
             None => None,
         };
         Ok(Some(DecisionRecord {
@@ -784,7 +805,7 @@ impl Ledger {
     /// key is leased to another instance, so two publishers never race on one agent's
     /// messages (decisions before their outcomes, in ledger order). Claims are
     /// serialized by an advisory lock: each sees every earlier claim committed.
-    pub async fn outbox_claim(&self, limit: usize) -> anyhow::Result<Vec<OutboxRow>> {
+    pub async fn outbox_claim(&self, limit: usize) -> Result<Vec<OutboxRow>, LedgerError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(chain::lock_key(OUTBOX_CLAIM_LOCK))
@@ -823,7 +844,7 @@ impl Ledger {
 
     /// What the service's gauges report: intents waiting for approval and outbox rows
     /// not yet acknowledged by the broker (one round trip).
-    pub async fn backlog(&self) -> anyhow::Result<Backlog> {
+    pub async fn backlog(&self) -> Result<Backlog, LedgerError> {
         let r = sqlx::query(
             "SELECT (SELECT count(*) FROM pending_approval) AS pending,
                     (SELECT count(*) FROM outbox) AS outbox",
@@ -839,7 +860,7 @@ impl Ledger {
     }
 
     /// Removes published rows from the outbox (the events keep everything).
-    pub async fn outbox_mark_published(&self, ids: &[i64]) -> anyhow::Result<()> {
+    pub async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), LedgerError> {
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(ids)
             .execute(&self.pool)
@@ -854,7 +875,7 @@ impl Ledger {
         subject: &str,
         actor: &str,
         origin: &Origin,
-    ) -> anyhow::Result<(i64, usize)> {
+    ) -> Result<(i64, usize), LedgerError> {
         let mut tx = self.pool.begin().await?;
         let chains = vec![GLOBAL_CHAIN.to_string()];
         let now = store::lock_chains(&mut tx, &chains, None, false).await?;
@@ -890,7 +911,7 @@ impl Ledger {
     pub async fn beneficiary_account(
         &self,
         intent_id: &str,
-    ) -> anyhow::Result<Option<PersonalData>> {
+    ) -> Result<Option<PersonalData>, LedgerError> {
         let Some(payload) = sqlx::query_scalar::<_, String>(
             "SELECT e.payload FROM decision d JOIN ledger_event e ON e.seq = d.seq WHERE d.intent_id = $1",
         )
@@ -900,7 +921,7 @@ impl Ledger {
         else {
             return Ok(None);
         };
-        let decided: events::IntentDecided = serde_json::from_str(&payload)?;
+        let decided: events::IntentDecided = stored("intent_decided payload", &payload)?;
         let Some(sealed) = decided.personal else {
             return Ok(Some(PersonalData::None));
         };
@@ -916,13 +937,17 @@ impl Ledger {
             &key.try_get::<Vec<u8>, _>("key")?,
         )
         .ok_or_else(|| {
-            anyhow::anyhow!(
+            LedgerError::Corrupt(format!(
                 "stored key of subject {} has the wrong length",
                 sealed.subject
-            )
+            ))
         })?;
-        let clear = privacy::open(&key, &sealed, intent_id)?;
-        let personal: serde_json::Value = serde_json::from_slice(&clear)?;
+        let clear = privacy::open(&key, &sealed, intent_id).map_err(|e| {
+            LedgerError::Corrupt(format!("personal data of intent {intent_id}: {e}"))
+        })?;
+        let personal: serde_json::Value = serde_json::from_slice(&clear).map_err(|e| {
+            LedgerError::Corrupt(format!("personal data of intent {intent_id}: {e}"))
+        })?;
         Ok(Some(PersonalData::Clear(
             personal
                 .get("account")
@@ -933,12 +958,12 @@ impl Ledger {
     }
 
     /// `spendguard audit verify`: recomputes every chain; problems sorted by seq.
-    pub async fn audit_verify(&self) -> anyhow::Result<chain::Verifier> {
+    pub async fn audit_verify(&self) -> Result<chain::Verifier, LedgerError> {
         replay::verify_chains(&self.pool).await
     }
 }
 
-async fn load_fingerprint_key(pool: &PgPool) -> anyhow::Result<Vec<u8>> {
+async fn load_fingerprint_key(pool: &PgPool) -> Result<Vec<u8>, LedgerError> {
     let candidate = privacy::SubjectKey::generate().key.to_vec();
     sqlx::query("INSERT INTO ledger_secret (name, key) VALUES ('fingerprint', $1) ON CONFLICT (name) DO NOTHING")
         .bind(&candidate)
@@ -949,6 +974,12 @@ async fn load_fingerprint_key(pool: &PgPool) -> anyhow::Result<Vec<u8>> {
             .fetch_one(pool)
             .await?,
     )
+}
+
+/// A JSON text the ledger wrote, read back: not parsing means the row was altered.
+fn stored<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, LedgerError> {
+    serde_json::from_str(text)
+        .map_err(|e| LedgerError::Corrupt(format!("{what} does not parse: {e}")))
 }
 
 /// Most bytes of a free-text detail kept in an audit event.

@@ -99,7 +99,7 @@ impl Ledger {
     /// `spendguard replay [--verify]`: rebuilds the projections from the events and
     /// compares them with the live tables (and re-evaluates every decision with
     /// `verify`). See [`replay`].
-    pub async fn replay(&self, verify: bool) -> anyhow::Result<replay::ReplayReport> {
+    pub async fn replay(&self, verify: bool) -> Result<replay::ReplayReport, LedgerError> {
         replay::replay(&self.pool, verify).await
     }
 
@@ -259,12 +259,12 @@ impl LedgerReader {
     }
 
     /// Recomputes every hash chain in one read-only snapshot.
-    pub async fn verify_chains(&self) -> anyhow::Result<chain::Verifier> {
+    pub async fn verify_chains(&self) -> Result<chain::Verifier, LedgerError> {
         replay::verify_chains(&self.pool).await
     }
 
     /// [`Ledger::replay`] through a reader.
-    pub async fn replay(&self, verify: bool) -> anyhow::Result<replay::ReplayReport> {
+    pub async fn replay(&self, verify: bool) -> Result<replay::ReplayReport, LedgerError> {
         replay::replay(&self.pool, verify).await
     }
 }

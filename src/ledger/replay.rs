@@ -11,15 +11,17 @@
 //! Followers that tail the ledger incrementally use [`events_after`], which only
 //! returns events of transactions older than every running one.
 
+use super::LedgerError;
 use super::chain::{self, EventRow, Verifier};
 use super::events::{self, EventError, LedgerEvent, kind};
 use super::machine::{self, Projections, Recorded};
-use super::store::{self, DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, VoteRow};
+use super::store::{DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, VoteRow};
 use super::usage::{self, UsageKey};
+use super::votes::{OUTCOME_COLUMNS, PENDING_COLUMNS, VOTE_COLUMNS};
 use crate::intent::SpendIntent;
 use crate::policy::CompiledPolicy;
 use crate::privacy;
-use chrono::{DateTime, Utc};
+
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -32,8 +34,8 @@ pub const MAX_LISTED: usize = 50;
 const VERIFY_BATCH_EVENTS: usize = 256;
 const VERIFY_QUEUE_BATCHES: usize = 4;
 
-fn row_to_event(r: &sqlx::postgres::PgRow) -> anyhow::Result<EventRow> {
-    let hash = |name: &str| -> anyhow::Result<chain::Hash> {
+fn row_to_event(r: &sqlx::postgres::PgRow) -> Result<EventRow, LedgerError> {
+    let hash = |name: &str| -> Result<chain::Hash, LedgerError> {
         let v: Vec<u8> = r.try_get(name)?;
         let mut h = chain::GENESIS;
         if v.len() == h.len() {
@@ -63,7 +65,7 @@ const EVENT_COLUMNS: &str = "seq, chain_id, chain_pos, event_type, recorded_at, 
 
 async fn load_heads(
     conn: &mut sqlx::PgConnection,
-) -> anyhow::Result<Vec<(String, i64, chain::Hash, i64)>> {
+) -> Result<Vec<(String, i64, chain::Hash, i64)>, LedgerError> {
     let mut heads = Vec::new();
     for r in sqlx::query("SELECT chain_id, chain_pos, hash, seq FROM chain_head")
         .fetch_all(conn)
@@ -85,7 +87,7 @@ async fn load_heads(
 }
 
 /// Recomputes every chain in one snapshot.
-pub(crate) async fn verify_chains(pool: &PgPool) -> anyhow::Result<Verifier> {
+pub(crate) async fn verify_chains(pool: &PgPool) -> Result<Verifier, LedgerError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -109,7 +111,7 @@ pub(crate) async fn verify_chains(pool: &PgPool) -> anyhow::Result<Verifier> {
 /// transaction: reading the whole ledger legitimately takes longer than one statement
 /// may, and the client computes (hashes, folds) between reads. A read-only snapshot
 /// holds no lock anyone waits for, so it cannot freeze the ledger.
-async fn read_whole_ledger(tx: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+async fn read_whole_ledger(tx: &mut sqlx::PgConnection) -> Result<(), LedgerError> {
     sqlx::query("SET LOCAL statement_timeout = 0")
         .execute(&mut *tx)
         .await?;
@@ -129,7 +131,7 @@ pub async fn events_after(
     pool: &PgPool,
     cursor: Cursor,
     limit: i64,
-) -> anyhow::Result<Vec<(Cursor, EventRow)>> {
+) -> Result<Vec<(Cursor, EventRow)>, LedgerError> {
     let sql = format!(
         "SELECT xid::text::bigint AS xid_n, {EVENT_COLUMNS} FROM ledger_event
          WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
@@ -187,37 +189,8 @@ impl ReplayReport {
     }
 }
 
-/// A row of the `decision` table as read from it.
-#[derive(Debug, PartialEq)]
-struct LiveDecision {
-    intent_id: String,
-    agent_id: String,
-    entity_id: String,
-    seq: i64,
-    fingerprint: Vec<u8>,
-    decision_hash: Vec<u8>,
-    effect: String,
-    message: String,
-}
-
-impl LiveDecision {
-    fn digest(&self) -> machine::Digest {
-        // The same columns in the same order as `store::DecisionRow::digest`.
-        store::digest_of(&[
-            self.intent_id.as_bytes(),
-            self.agent_id.as_bytes(),
-            self.entity_id.as_bytes(),
-            &self.seq.to_be_bytes(),
-            &self.fingerprint,
-            &self.decision_hash,
-            self.effect.as_bytes(),
-            self.message.as_bytes(),
-        ])
-    }
-}
-
 /// What differs between a rebuilt and a live row of the same intent, field by field.
-fn differences(rebuilt: &DecisionRow, live: &LiveDecision) -> String {
+fn differences(rebuilt: &DecisionRow, live: &DecisionRow) -> String {
     fn cut(s: &str) -> &str {
         let mut end = s.len().min(300);
         while !s.is_char_boundary(end) {
@@ -258,7 +231,7 @@ fn differences(rebuilt: &DecisionRow, live: &LiveDecision) -> String {
 }
 
 /// `spendguard replay [--verify]`.
-pub(crate) async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<ReplayReport> {
+pub(crate) async fn replay(pool: &PgPool, verify: bool) -> Result<ReplayReport, LedgerError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -293,7 +266,7 @@ pub(crate) async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<Replay
         v
     });
     let started = std::time::Instant::now();
-    let applied: anyhow::Result<()> = async {
+    let applied: Result<(), LedgerError> = async {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM ledger_event ORDER BY seq");
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *tx);
         let mut batch = Vec::with_capacity(VERIFY_BATCH_EVENTS);
@@ -306,13 +279,13 @@ pub(crate) async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<Replay
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(VERIFY_BATCH_EVENTS));
                 to_verifier
                     .send(full)
-                    .map_err(|_| anyhow::anyhow!("internal: chain verifier stopped"))?;
+                    .map_err(|_| LedgerError::Bug("chain verifier stopped".into()))?;
             }
         }
         if !batch.is_empty() {
             to_verifier
                 .send(batch)
-                .map_err(|_| anyhow::anyhow!("internal: chain verifier stopped"))?;
+                .map_err(|_| LedgerError::Bug("chain verifier stopped".into()))?;
         }
         Ok(())
     }
@@ -320,7 +293,7 @@ pub(crate) async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<Replay
     drop(to_verifier);
     let mut verifier = verifier
         .join()
-        .map_err(|_| anyhow::anyhow!("internal: chain verifier panicked"))?;
+        .map_err(|_| LedgerError::Bug("chain verifier panicked".into()))?;
     applied?;
     tracing::debug!(
         events = report.events,
@@ -342,11 +315,11 @@ pub(crate) async fn replay(pool: &PgPool, verify: bool) -> anyhow::Result<Replay
 }
 
 /// Rebuilds the `decision` row of one event again (to explain a difference).
-fn decision_row_of(e: &EventRow) -> anyhow::Result<Option<DecisionRow>> {
+fn decision_row_of(e: &EventRow) -> Result<Option<DecisionRow>, LedgerError> {
     let event = LedgerEvent::parse(&e.event_type, &e.payload)?;
     let mut row = None;
     machine::delta(&recorded(e), &event, &mut |c| {
-        if let machine::Change::Decision(d) = c {
+        if let machine::Change::Decision { row: d, .. } = c {
             row = Some(*d);
         }
     })?;
@@ -371,7 +344,7 @@ fn apply(
     compiled: &mut HashMap<String, CompiledPolicy>,
     keys: &HashMap<uuid::Uuid, privacy::SubjectKey>,
     verify: bool,
-) -> anyhow::Result<()> {
+) -> Result<(), LedgerError> {
     let at = |what: &str| format!("seq {} ({}): {what}", e.seq, e.event_type);
     let event = match LedgerEvent::parse(&e.event_type, &e.payload) {
         Ok(event) => event,
@@ -379,7 +352,7 @@ fn apply(
             report.mismatch(at(&format!("unknown event type {t:?}")));
             return Ok(());
         }
-        Err(err) => return Err(anyhow::anyhow!("seq {}: {err}", e.seq)),
+        Err(err) => return Err(LedgerError::Corrupt(format!("seq {}: {err}", e.seq))),
     };
     match &event {
         LedgerEvent::PolicyActivated(a) if verify => {
@@ -508,7 +481,7 @@ async fn compare_live(
     conn: &mut sqlx::PgConnection,
     rebuilt: Projections,
     report: &mut ReplayReport,
-) -> anyhow::Result<()> {
+) -> Result<(), LedgerError> {
     let Projections {
         mut decisions,
         mut windows,
@@ -520,24 +493,14 @@ async fn compare_live(
     } = rebuilt;
 
     // Rows that differ from their event, explained field by field once the scan is done.
-    let mut changed: Vec<LiveDecision> = Vec::new();
+    let mut changed: Vec<DecisionRow> = Vec::new();
     {
-        let mut rows = sqlx::query_as::<_, (String, String, String, i64, Vec<u8>, Vec<u8>, String, String)>(
+        let mut rows = sqlx::query_as::<_, DecisionRow>(
             "SELECT intent_id, agent_id, entity_id, seq, fingerprint, decision_hash, effect, message FROM decision",
         )
         .fetch(&mut *conn);
-        while let Some(r) = rows.try_next().await? {
-            let live = LiveDecision {
-                intent_id: r.0,
-                agent_id: r.1,
-                entity_id: r.2,
-                seq: r.3,
-                fingerprint: r.4,
-                decision_hash: r.5,
-                effect: r.6,
-                message: r.7,
-            };
-            match decisions.remove(live.intent_id.as_str()) {
+        while let Some(live) = rows.try_next().await? {
+            match decisions.remove(&machine::intent_key(&live.intent_id)) {
                 None => report.difference(format!(
                     "decision {:?}: live row (seq {}, {}) has no events behind it",
                     live.intent_id, live.seq, live.effect
@@ -556,12 +519,23 @@ async fn compare_live(
             }
         }
     }
-    let mut missing: Vec<(Box<str>, i64)> = decisions
+    // Decisions rebuilt but absent from the table, named by their events' intent ids.
+    let mut missing: Vec<i64> = decisions.into_values().map(|(seq, _)| seq).collect();
+    missing.sort_unstable();
+    let named: HashMap<i64, String> = if missing.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (i64, String)>(
+            "SELECT seq, resource FROM ledger_event WHERE seq = ANY($1)",
+        )
+        .bind(&missing[..missing.len().min(MAX_LISTED)])
+        .fetch_all(&mut *conn)
+        .await?
         .into_iter()
-        .map(|(intent, (seq, _))| (intent, seq))
-        .collect();
-    missing.sort_by_key(|(_, seq)| *seq);
-    for (intent, seq) in missing {
+        .collect()
+    };
+    for seq in missing {
+        let intent = named.get(&seq).map_or("?", String::as_str);
         report.difference(format!(
             "decision {intent:?}: rebuilt from seq {seq}, missing in the live table"
         ));
@@ -643,78 +617,35 @@ async fn compare_live(
         ));
     }
 
-    let mut live_pending = BTreeMap::new();
-    for r in sqlx::query(
-        "SELECT intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at FROM pending_approval",
-    )
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        let p = PendingRow {
-            intent_id: r.try_get("intent_id")?,
-            agent_id: r.try_get("agent_id")?,
-            entity_id: r.try_get("entity_id")?,
-            effect: r.try_get("effect")?,
-            approvals_required: r.try_get("approvals_required")?,
-            amount: r.try_get("amount")?,
-            currency: r.try_get("currency")?,
-            tz: r.try_get("tz")?,
-            day: r.try_get("day")?,
-            month: r.try_get("month")?,
-            decided_seq: r.try_get("decided_seq")?,
-            expires_at: r.try_get("expires_at")?,
-        };
-        live_pending.insert(p.intent_id.clone(), p);
-    }
+    let sql = format!("SELECT {PENDING_COLUMNS} FROM pending_approval");
+    let live_pending: BTreeMap<String, PendingRow> =
+        sqlx::query_as::<_, PendingRow>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|p| (p.intent_id.clone(), p))
+            .collect();
     diff_maps("pending_approval", &pending, &live_pending, report);
 
-    let mut live_votes = BTreeMap::new();
-    for (intent_id, approver_id, vote, signed_at, seq) in
-        sqlx::query_as::<_, (String, String, String, DateTime<Utc>, i64)>(
-            "SELECT intent_id, approver_id, vote, signed_at, seq FROM approval_vote",
-        )
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        live_votes.insert(
-            (intent_id.clone(), approver_id.clone()),
-            VoteRow {
-                intent_id,
-                approver_id,
-                vote,
-                signed_at,
-                seq,
-            },
-        );
-    }
+    let sql = format!("SELECT {VOTE_COLUMNS} FROM approval_vote");
+    let live_votes: BTreeMap<(String, String), VoteRow> =
+        sqlx::query_as::<_, VoteRow>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|v| ((v.intent_id.clone(), v.approver_id.clone()), v))
+            .collect();
     diff_maps("approval_vote", &votes, &live_votes, report);
 
-    // Outcomes compare on their columns; the parsed message is derived from `message`.
-    let outcome_columns = |o: &OutcomeRow| {
-        (
-            o.agent_id.clone(),
-            o.outcome.clone(),
-            o.closed_at,
-            o.seq,
-            o.message.clone(),
-        )
-    };
-    let rebuilt_outcomes: BTreeMap<String, _> = outcomes
-        .iter()
-        .map(|(k, o)| (k.clone(), outcome_columns(o)))
-        .collect();
-    let mut live_outcomes = BTreeMap::new();
-    for (intent_id, agent_id, outcome, closed_at, seq, message) in
-        sqlx::query_as::<_, (String, String, String, DateTime<Utc>, i64, String)>(
-            "SELECT intent_id, agent_id, outcome, closed_at, seq, message FROM intent_outcome",
-        )
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        live_outcomes.insert(intent_id, (agent_id, outcome, closed_at, seq, message));
-    }
-    diff_maps("intent_outcome", &rebuilt_outcomes, &live_outcomes, report);
-
+    let sql = format!("SELECT {OUTCOME_COLUMNS} FROM intent_outcome");
+    let live_outcomes: BTreeMap<String, OutcomeRow> =
+        sqlx::query_as::<_, OutcomeRow>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|o| (o.intent_id.clone(), o))
+            .collect();
+    diff_maps("intent_outcome", &outcomes, &live_outcomes, report);
     let mut live_kills = BTreeMap::new();
     for k in sqlx::query_as::<_, KillRow>(
         "SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch",
@@ -726,25 +657,14 @@ async fn compare_live(
     }
     diff_maps("kill_switch", &kills, &live_kills, report);
 
-    let mut live_policies = BTreeMap::new();
-    for (sha256, name, version, canonical, seq) in
-        sqlx::query_as::<_, (String, String, String, String, i64)>(
-            "SELECT sha256, name, version, canonical, seq FROM policy_version",
-        )
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        live_policies.insert(
-            sha256.clone(),
-            PolicyRow {
-                sha256,
-                name,
-                version,
-                canonical,
-                seq,
-            },
-        );
-    }
+    let live_policies: BTreeMap<String, PolicyRow> = sqlx::query_as::<_, PolicyRow>(
+        "SELECT sha256, name, version, canonical, seq FROM policy_version",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|p| (p.sha256.clone(), p))
+    .collect();
     diff_maps("policy_version", &policies, &live_policies, report);
     Ok(())
 }
@@ -753,7 +673,7 @@ async fn compare_live(
 async fn rebuilt_by_intent(
     conn: &mut sqlx::PgConnection,
     intent_id: &str,
-) -> anyhow::Result<Option<DecisionRow>> {
+) -> Result<Option<DecisionRow>, LedgerError> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM ledger_event
          WHERE event_type = $1 AND payload::jsonb -> 'intent' ->> 'intentId' = $2

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 pub const DECISIONS_TOPIC: &str = "spend.decisions";
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DecisionRow {
     pub intent_id: String,
     pub agent_id: String,
@@ -27,8 +27,6 @@ pub struct DecisionRow {
     pub effect: String,
     /// The message text exactly as published and served (byte-for-byte).
     pub message: String,
-    /// `message`, parsed (not a column).
-    pub parsed: DecisionMessage,
 }
 
 impl DecisionRow {
@@ -61,7 +59,7 @@ pub fn digest_of(parts: &[&[u8]]) -> Digest {
     d
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PendingRow {
     pub intent_id: String,
     pub agent_id: String,
@@ -77,7 +75,7 @@ pub struct PendingRow {
     pub expires_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct VoteRow {
     pub intent_id: String,
     pub approver_id: String,
@@ -86,7 +84,7 @@ pub struct VoteRow {
     pub seq: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutcomeRow {
     pub intent_id: String,
     pub agent_id: String,
@@ -94,8 +92,6 @@ pub struct OutcomeRow {
     pub closed_at: DateTime<Utc>,
     pub seq: i64,
     pub message: String,
-    /// `message`, parsed (not a column).
-    pub parsed: OutcomeMessage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -108,7 +104,7 @@ pub struct KillRow {
     pub seq: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PolicyRow {
     pub sha256: String,
     pub name: String,
@@ -318,8 +314,8 @@ impl WriteSet {
         let mut inconsistent = None;
         machine::delta(&recorded, &staged.event, &mut |c| {
             match &c {
-                Change::Decision(d) => appended.decision = Some(d.parsed.clone()),
-                Change::Outcome(o) => appended.outcome = Some(o.parsed.clone()),
+                Change::Decision { message, .. } => appended.decision = Some((**message).clone()),
+                Change::Outcome { message, .. } => appended.outcome = Some((**message).clone()),
                 _ => {}
             }
             if let Some(p) = snapshot.apply_change(c.clone()) {
@@ -355,7 +351,7 @@ impl WriteSet {
             Change::PendingOpen(p) => self.pending_insert.push(p),
             Change::PendingClose(id) => self.pending_delete.push(id),
             Change::Vote(v) => self.votes.push(v),
-            Change::Outcome(o) => {
+            Change::Outcome { row: o, .. } => {
                 self.outbox.push((
                     o.seq,
                     DECISIONS_TOPIC.to_string(),
@@ -366,7 +362,7 @@ impl WriteSet {
             }
             Change::Kill(k) => self.kills.push(k),
             Change::Policy(p) => self.policies.push(p),
-            Change::Decision(d) => {
+            Change::Decision { row: d, .. } => {
                 self.outbox.push((
                     d.seq,
                     DECISIONS_TOPIC.to_string(),

@@ -10,27 +10,14 @@ use super::machine::{self, Projections, Staged};
 use super::store::{self, KillRow, OutcomeRow, PendingRow, VoteRow, WriteSet};
 use super::{EXPIRE_BATCH_MAX, Ledger, LedgerError, OutcomeMessage, VerifiedVote, VoteResult};
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use std::collections::BTreeMap;
 
-const PENDING_COLUMNS: &str = "intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at";
-
-fn pending_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PendingRow> {
-    Ok(PendingRow {
-        intent_id: r.try_get("intent_id")?,
-        agent_id: r.try_get("agent_id")?,
-        entity_id: r.try_get("entity_id")?,
-        effect: r.try_get("effect")?,
-        approvals_required: r.try_get("approvals_required")?,
-        amount: r.try_get("amount")?,
-        currency: r.try_get("currency")?,
-        tz: r.try_get("tz")?,
-        day: r.try_get("day")?,
-        month: r.try_get("month")?,
-        decided_seq: r.try_get("decided_seq")?,
-        expires_at: r.try_get("expires_at")?,
-    })
-}
+/// The columns of `pending_approval`, `approval_vote` and `intent_outcome`, in the
+/// order of their row types (replay reads the same rows).
+pub(crate) const PENDING_COLUMNS: &str = "intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at";
+pub(crate) const VOTE_COLUMNS: &str = "intent_id, approver_id, vote, signed_at, seq";
+pub(crate) const OUTCOME_COLUMNS: &str = "intent_id, agent_id, outcome, closed_at, seq, message";
 
 /// The approval state of `ids` (pending rows, votes, outcomes) and the active kill
 /// switches: what `step_vote` and `step_expire` read. Call under the agent's lock.
@@ -40,56 +27,29 @@ async fn load_approvals(
 ) -> Result<Projections, LedgerError> {
     let mut s = Projections::default();
     let sql = format!("SELECT {PENDING_COLUMNS} FROM pending_approval WHERE intent_id = ANY($1)");
-    for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+    for p in sqlx::query_as::<_, PendingRow>(sqlx::AssertSqlSafe(sql))
         .bind(ids)
         .fetch_all(&mut *conn)
         .await?
     {
-        let p = pending_row(&r)?;
         s.pending.insert(p.intent_id.clone(), p);
     }
-    for (intent_id, approver_id, vote, signed_at, seq) in
-        sqlx::query_as::<_, (String, String, String, DateTime<Utc>, i64)>(
-            "SELECT intent_id, approver_id, vote, signed_at, seq FROM approval_vote WHERE intent_id = ANY($1)",
-        )
+    let sql = format!("SELECT {VOTE_COLUMNS} FROM approval_vote WHERE intent_id = ANY($1)");
+    for v in sqlx::query_as::<_, VoteRow>(sqlx::AssertSqlSafe(sql))
         .bind(ids)
         .fetch_all(&mut *conn)
         .await?
     {
-        s.votes.insert(
-            (intent_id.clone(), approver_id.clone()),
-            VoteRow {
-                intent_id,
-                approver_id,
-                vote,
-                signed_at,
-                seq,
-            },
-        );
+        s.votes
+            .insert((v.intent_id.clone(), v.approver_id.clone()), v);
     }
-    for (intent_id, agent_id, outcome, closed_at, seq, message) in
-        sqlx::query_as::<_, (String, String, String, DateTime<Utc>, i64, String)>(
-            "SELECT intent_id, agent_id, outcome, closed_at, seq, message FROM intent_outcome WHERE intent_id = ANY($1)",
-        )
+    let sql = format!("SELECT {OUTCOME_COLUMNS} FROM intent_outcome WHERE intent_id = ANY($1)");
+    for o in sqlx::query_as::<_, OutcomeRow>(sqlx::AssertSqlSafe(sql))
         .bind(ids)
         .fetch_all(&mut *conn)
         .await?
     {
-        let parsed: OutcomeMessage = serde_json::from_str(&message).map_err(|e| {
-            LedgerError::Corrupt(format!("outcome of intent {intent_id} does not parse: {e}"))
-        })?;
-        s.outcomes.insert(
-            intent_id.clone(),
-            OutcomeRow {
-                intent_id,
-                agent_id,
-                outcome,
-                closed_at,
-                seq,
-                message,
-                parsed,
-            },
-        );
+        s.outcomes.insert(o.intent_id.clone(), o);
     }
     for k in sqlx::query_as::<_, KillRow>(
         "SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch WHERE active",
@@ -149,7 +109,7 @@ impl Ledger {
         &self,
         vote: &VerifiedVote,
         origin: &Origin,
-    ) -> anyhow::Result<VoteResult> {
+    ) -> Result<VoteResult, LedgerError> {
         self.apply_vote_at(vote, origin, None).await
     }
 
@@ -159,7 +119,7 @@ impl Ledger {
         vote: &VerifiedVote,
         origin: &Origin,
         at: Option<DateTime<Utc>>,
-    ) -> anyhow::Result<VoteResult> {
+    ) -> Result<VoteResult, LedgerError> {
         let agent: Option<String> =
             sqlx::query_scalar("SELECT agent_id FROM decision WHERE intent_id = $1")
                 .bind(&vote.intent_id)
@@ -210,7 +170,7 @@ impl Ledger {
     /// [`Ledger::expire_due`] at the database's clock, the clock every other ledger
     /// time comes from (decisions, votes): an instance whose own clock is off can
     /// neither close a window early nor keep it open late.
-    pub async fn expire_due_now(&self) -> anyhow::Result<Vec<OutcomeMessage>> {
+    pub async fn expire_due_now(&self) -> Result<Vec<OutcomeMessage>, LedgerError> {
         let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
             .fetch_one(&self.pool)
             .await?;
@@ -220,7 +180,7 @@ impl Ledger {
     /// Closes as EXPIRED every waiting intent whose approval window ended at `now`.
     /// Several instances may run this at once: each agent's intents are closed under
     /// the agent's lock and re-read after taking it, so an intent is closed once.
-    pub async fn expire_due(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<OutcomeMessage>> {
+    pub async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<OutcomeMessage>, LedgerError> {
         let due: Vec<(String, String)> = sqlx::query_as(
             "SELECT intent_id, agent_id FROM pending_approval WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2",
         )

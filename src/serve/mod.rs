@@ -204,13 +204,12 @@ async fn connect_ledger(settings: &Settings) -> anyhow::Result<Ledger> {
     loop {
         match Ledger::connect_with(&settings.database_url, &settings.instance, opts.clone()).await {
             Ok(l) => return Ok(l),
-            Err(e) if anyhow_transient(&e) => {
-                tracing::warn!(error = %format!("{e:#}"), "PostgreSQL unavailable at start; retrying in {pause_ms} ms");
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "PostgreSQL unavailable at start; retrying in {pause_ms} ms");
             }
             Err(e) => {
-                return Err(
-                    e.context("cannot open the ledger (check --database-url / DATABASE_URL)")
-                );
+                return Err(anyhow::Error::from(e)
+                    .context("cannot open the ledger (check --database-url / DATABASE_URL)"));
             }
         }
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
@@ -325,12 +324,15 @@ async fn sweep_expired(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let swept = tokio::time::timeout(
+        let swept = match tokio::time::timeout(
             Duration::from_millis(CALL_DEADLINE_MS),
             shared.ledger.expire_due_now(),
         )
         .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {CALL_DEADLINE_MS} ms")));
+        {
+            Ok(swept) => swept.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {CALL_DEADLINE_MS} ms")),
+        };
         match swept {
             Ok(expired) if !expired.is_empty() => {
                 metrics::counter!("spendguard_intents_expired_total")
@@ -437,12 +439,6 @@ where
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         pause_ms = (pause_ms * 2).min(RETRY_MAX_MS);
     }
-}
-
-/// Whether a ledger call that failed with an `anyhow` error is worth retrying without
-/// end (the classification lives with the ledger: [`crate::ledger::fault`]).
-pub(crate) fn anyhow_transient(e: &anyhow::Error) -> bool {
-    crate::ledger::fault::classify_anyhow(e).is_transient()
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

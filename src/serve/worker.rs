@@ -7,9 +7,9 @@ use rdkafka::message::OwnedMessage;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-use super::{Attempt, Shared, anyhow_transient, retry_bounded};
+use super::{Attempt, Shared, retry_bounded};
 use crate::approvals::{self, VoteSubject};
-use crate::bus::dlq::{self, DeadLetter};
+use crate::bus::dlq::{self, DeadLetter, DeadLetterReason};
 use crate::intent::{self, IntentError};
 use crate::ledger::{DecideStatus, LedgerError, Origin, VoteResult};
 use crate::telemetry;
@@ -115,14 +115,10 @@ async fn handle_intents(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
             }
             Attempt::GaveUp(last) => {
                 tracing::error!(error = %last, "ledger refused one intent repeatedly; dead-lettering it");
-                let err = IntentError {
-                    code: "internal_error",
-                    message: format!(
-                        "the ledger could not record a decision for this intent: {last}"
-                    ),
-                    field: None,
-                };
-                if !send_dead_letter(shared, batch_msgs[0], &err).await {
+                let reason = DeadLetterReason::NotRecorded(format!(
+                    "the ledger could not record a decision for this intent: {last}"
+                ));
+                if !send_dead_letter(shared, batch_msgs[0], &reason).await {
                     return false;
                 }
             }
@@ -177,23 +173,15 @@ async fn handle_results(
             // Same intentId, different payload: the ledger refused and audited it; the
             // message goes to the DLQ so the sender sees it was not decided.
             Err(e @ LedgerError::IdempotencyConflict { .. }) => {
-                let err = IntentError {
-                    code: "idempotency_conflict",
-                    message: e.to_string(),
-                    field: Some("intentId"),
-                };
-                if !send_dead_letter(shared, msg, &err).await {
+                let reason = DeadLetterReason::IdempotencyConflict(e.to_string());
+                if !send_dead_letter(shared, msg, &reason).await {
                     return false;
                 }
             }
             Err(e) => {
-                let err = IntentError {
-                    code: "internal_error",
-                    message: e.to_string(),
-                    field: None,
-                };
                 tracing::error!(error = %e, "ledger could not decide an intent; dead-lettering it");
-                if !send_dead_letter(shared, msg, &err).await {
+                let reason = DeadLetterReason::NotRecorded(e.to_string());
+                if !send_dead_letter(shared, msg, &reason).await {
                     return false;
                 }
             }
@@ -213,18 +201,20 @@ async fn dead_letter_intent(
     match retry_bounded(
         &shared.shutdown,
         "ledger record_invalid_intent",
-        anyhow_transient,
+        LedgerError::is_transient,
         || shared.ledger.record_invalid_intent(raw, err, origin),
     )
     .await
     {
         Attempt::Stopped => false,
-        Attempt::Done(_) => send_dead_letter(shared, msg, err).await,
+        Attempt::Done(_) => {
+            send_dead_letter(shared, msg, &DeadLetterReason::InvalidIntent(err.clone())).await
+        }
         // The dead letter still carries the bytes and the reason; the log says why the
         // audit event is missing.
         Attempt::GaveUp(last) => {
             tracing::error!(code = err.code, error = %last, "invalid intent could not be audited");
-            send_dead_letter(shared, msg, err).await
+            send_dead_letter(shared, msg, &DeadLetterReason::InvalidIntent(err.clone())).await
         }
     }
 }
@@ -233,11 +223,11 @@ async fn dead_letter_intent(
 /// can be published either); when the broker refuses the dead letter itself after
 /// bounded attempts, the message is set aside with an audit record and the partition
 /// moves on. Returns false only when shutting down (the next owner redelivers).
-async fn send_dead_letter(shared: &Shared, msg: &OwnedMessage, err: &IntentError) -> bool {
+async fn send_dead_letter(shared: &Shared, msg: &OwnedMessage, reason: &DeadLetterReason) -> bool {
     let letter = DeadLetter {
-        code: err.code,
-        message: &err.message,
-        field: err.field,
+        code: reason.code(),
+        message: reason.message(),
+        field: reason.field(),
         source_topic: msg.topic(),
         source_partition: msg.partition(),
         source_offset: msg.offset(),
@@ -261,14 +251,15 @@ async fn send_dead_letter(shared: &Shared, msg: &OwnedMessage, err: &IntentError
     .await;
     match attempt {
         Attempt::Done(()) => {
-            telemetry::record_dlq(err.code);
+            telemetry::record_dlq(reason.code());
             true
         }
         Attempt::Stopped => false,
         Attempt::GaveUp(last) => {
             let detail = format!(
                 "refused as {} ({}); the dead letter was refused too: {last}",
-                err.code, err.message
+                reason.code(),
+                reason.message()
             );
             set_aside(shared, msg, "dead_letter_refused", &detail).await
         }
@@ -299,7 +290,7 @@ async fn set_aside(shared: &Shared, msg: &OwnedMessage, code: &str, detail: &str
     match retry_bounded(
         &shared.shutdown,
         "ledger record_set_aside",
-        anyhow_transient,
+        LedgerError::is_transient,
         || {
             shared
                 .ledger
@@ -324,19 +315,18 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
     let vote = match approvals::parse_vote(raw) {
         Ok(v) => v,
         Err(refusal) => {
-            let as_intent_error = IntentError {
+            let reason = DeadLetterReason::VoteRefused {
                 code: refusal.code(),
-                message: refusal.to_string(),
-                field: None,
+                detail: refusal.to_string(),
             };
-            return refuse(shared, raw, refusal.code(), &refusal.to_string(), origin).await
-                && send_dead_letter(shared, msg, &as_intent_error).await;
+            return refuse(shared, raw, refusal.code(), reason.message(), origin).await
+                && send_dead_letter(shared, msg, &reason).await;
         }
     };
     let record = match retry_bounded(
         &shared.shutdown,
         "ledger decision lookup",
-        anyhow_transient,
+        LedgerError::is_transient,
         || shared.ledger.decision(&vote.intent_id),
     )
     .await
@@ -348,13 +338,9 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
                 "the decision of intent {} cannot be read: {last}",
                 vote.intent_id
             );
-            let err = IntentError {
-                code: "internal_error",
-                message: detail.clone(),
-                field: None,
-            };
-            return refuse(shared, raw, "internal_error", &detail, origin).await
-                && send_dead_letter(shared, msg, &err).await;
+            let reason = DeadLetterReason::NotRecorded(detail);
+            return refuse(shared, raw, reason.code(), reason.message(), origin).await
+                && send_dead_letter(shared, msg, &reason).await;
         }
     };
     let Some(record) = record else {
@@ -375,7 +361,7 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
     match retry_bounded(
         &shared.shutdown,
         "ledger apply_vote",
-        anyhow_transient,
+        LedgerError::is_transient,
         || shared.ledger.apply_vote(&verified, origin),
     )
     .await
@@ -400,14 +386,11 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
             // audit it as refused and keep the bytes in the dead-letter topic so an
             // operator can replay it once the cause is fixed.
             tracing::error!(intent = %vote.intent_id, error = %last, "ledger could not apply a vote; dead-lettering it");
-            let detail = format!("the ledger could not apply this vote: {last}");
-            let err = IntentError {
-                code: "internal_error",
-                message: detail.clone(),
-                field: None,
-            };
-            refuse(shared, raw, "internal_error", &detail, origin).await
-                && send_dead_letter(shared, msg, &err).await
+            let reason = DeadLetterReason::NotRecorded(format!(
+                "the ledger could not apply this vote: {last}"
+            ));
+            refuse(shared, raw, reason.code(), reason.message(), origin).await
+                && send_dead_letter(shared, msg, &reason).await
         }
     }
 }
@@ -425,7 +408,7 @@ async fn refuse(
     match retry_bounded(
         &shared.shutdown,
         "ledger refuse_vote",
-        anyhow_transient,
+        LedgerError::is_transient,
         || shared.ledger.refuse_vote(raw, code, detail, origin),
     )
     .await

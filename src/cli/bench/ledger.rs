@@ -3,8 +3,8 @@
 //! (spread over A agents) in batches from C concurrent deciders, and reports
 //! decisions/s and per-batch latency percentiles. Results go in docs/benchmarks.md.
 
-use super::{Ledger, Origin};
 use crate::intent::{Beneficiary, Purpose, SpendIntent};
+use crate::ledger::{self, Ledger, Origin};
 use crate::policy::PolicySet;
 use rust_decimal::Decimal;
 use std::sync::Arc;
@@ -67,7 +67,7 @@ pub async fn run(
         .execute(&admin)
         .await?;
     let url = replace_db(database_url, &db_name);
-    let opts = super::ConnectOptions {
+    let opts = ledger::ConnectOptions {
         max_connections: u32::try_from(concurrency.max(1)).unwrap_or(8),
         migrate: true,
         ..Default::default()
@@ -76,7 +76,7 @@ pub async fn run(
     ledger.activate_policies(&set, "bench").await?;
 
     let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let batch = batch.clamp(1, super::decide::MAX_BATCH);
+    let batch = batch.clamp(1, ledger::decide::MAX_BATCH);
     let all: Vec<SpendIntent> = (0..intents)
         .map(|i| synthetic_intent(&run_id, i, agents))
         .collect();
