@@ -11,14 +11,13 @@
 //! The record comes first and does not wait for the broker: a broker outage never stops
 //! a kill switch, it only delays the instances' metrics until their next re-read.
 
-use anyhow::Context;
 use rdkafka::producer::FutureProducer;
 use std::time::Duration;
 
 use super::{ControlMessage, Scope};
 use crate::bus;
 use crate::config::Settings;
-use crate::ledger::{Ledger, Origin};
+use crate::ledger::{Ledger, LedgerError, Origin};
 
 /// A kill-switch change: trip (`on`) or clear `scope`, by `actor`, because `reason`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +66,7 @@ impl Announcer {
         }
     }
 
-    async fn announce(&self, change: &Change) -> anyhow::Result<()> {
+    async fn announce(&self, change: &Change) -> Result<(), String> {
         let connected;
         let (producer, topic) = match self {
             Announcer::Connected { producer, topic } => (producer, topic),
@@ -76,12 +75,14 @@ impl Announcer {
                 layout,
                 topic,
             } => {
-                bus::ensure_topics(brokers, layout).await?;
-                connected = bus::producer(brokers)?;
+                bus::ensure_topics(brokers, layout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                connected = bus::producer(brokers).map_err(|e| e.to_string())?;
                 // Metadata through the producer's own client opens its broker connection.
                 rdkafka::producer::Producer::client(&connected)
                     .fetch_metadata(Some(topic), Duration::from_millis(bus::ADMIN_TIMEOUT_MS))
-                    .context("cannot reach the broker")?;
+                    .map_err(|e| format!("cannot reach the broker: {e}"))?;
                 (&connected, topic)
             }
         };
@@ -96,10 +97,11 @@ impl Announcer {
             producer,
             topic,
             change.scope.to_string().as_bytes(),
-            &serde_json::to_vec(&message)?,
+            &serde_json::to_vec(&message).map_err(|e| e.to_string())?,
             None,
         )
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
         Ok(())
     }
 }
@@ -108,14 +110,14 @@ impl Announcer {
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
     /// Nothing changed: the ledger refused the change or could not be reached.
-    #[error("recording the kill-switch change failed: {0:#}")]
-    Record(anyhow::Error),
+    #[error("recording the kill-switch change failed: {0}")]
+    Record(#[source] LedgerError),
     /// The change is recorded, hence in force for every decision; only the announcement
     /// failed, so instances show it at their next ledger re-read.
     #[error(
-        "the kill-switch change is recorded in the ledger but could not be announced on the control topic ({0:#}); instances pick it up at their next ledger re-read"
+        "the kill-switch change is recorded in the ledger but could not be announced on the control topic ({0}); instances pick it up at their next ledger re-read"
     )]
-    Announce(anyhow::Error),
+    Announce(String),
 }
 
 /// Records `change` in the ledger, then announces it (unless `announcer` is `None`:
@@ -136,7 +138,7 @@ pub async fn record_then_announce(
             origin,
         )
         .await
-        .map_err(|e| ChangeError::Record(e.into()))?;
+        .map_err(ChangeError::Record)?;
     // This process's gauge; every instance sets its own when the announcement arrives.
     crate::telemetry::set_kill_switch(&change.scope.to_string(), change.on);
     if let Some(announcer) = announcer {

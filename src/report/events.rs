@@ -29,7 +29,7 @@ pub struct EventRecord {
 pub async fn load_events(
     ledger: &LedgerReader,
     until: DateTime<Utc>,
-) -> anyhow::Result<Vec<EventRecord>> {
+) -> Result<Vec<EventRecord>, LoadError> {
     ledger
         .events_before(until, |r| EventRecord {
             seq: r.seq,
@@ -48,9 +48,14 @@ pub async fn load_events(
                 LedgerError::Database(e) => e,
                 e => e,
             };
-            anyhow::anyhow!("cannot read ledger_event (is DATABASE_URL the ledger, migrated?): {e}")
+            LoadError(e.to_string())
         })
 }
+
+/// The events could not be read (the database's own words).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read ledger_event (is DATABASE_URL the ledger, migrated?): {0}")]
+pub struct LoadError(String);
 
 // ---- payload views (only what reports need) ----
 
