@@ -162,6 +162,12 @@ impl Vote {
             Vote::Reject => "REJECT",
         }
     }
+
+    pub fn parse(stored: &str) -> Option<Vote> {
+        [Vote::Approve, Vote::Reject]
+            .into_iter()
+            .find(|v| v.as_str() == stored)
+    }
 }
 
 /// A vote whose signature the approvals module has already checked.
@@ -236,7 +242,7 @@ pub enum VoteResult {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct KillSwitchEntry {
     pub scope: String,
@@ -719,65 +725,57 @@ impl Ledger {
     }
 
     pub async fn kill_switch_state(&self) -> Result<Vec<KillSwitchEntry>, LedgerError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, KillSwitchEntry>(
             "SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch ORDER BY scope",
         )
         .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(KillSwitchEntry {
-                scope: r.try_get("scope")?,
-                active: r.try_get("active")?,
-                actor: r.try_get("actor")?,
-                reason: r.try_get("reason")?,
-                changed_at: r.try_get("changed_at")?,
-                seq: r.try_get("seq")?,
-            });
-        }
-        Ok(out)
+        .await?)
     }
 
     /// The recorded decision of an intent, with its votes, pending state and outcome.
     pub async fn decision(&self, intent_id: &str) -> Result<Option<DecisionRecord>, LedgerError> {
-        let Some(row) =
-            sqlx::query("SELECT message, decision_hash FROM decision WHERE intent_id = $1")
-                .bind(intent_id)
-                .fetch_optional(&self.pool)
-                .await?
+        let Some((message, decision_hash)) = sqlx::query_as::<_, (String, Vec<u8>)>(
+            "SELECT message, decision_hash FROM decision WHERE intent_id = $1",
+        )
+        .bind(intent_id)
+        .fetch_optional(&self.pool)
+        .await?
         else {
             return Ok(None);
         };
-        let message: DecisionMessage = stored("decision message", row.try_get("message")?)?;
-        let decision_hash = hex::encode(row.try_get::<Vec<u8>, _>("decision_hash")?);
-        let mut votes = Vec::new();
-        for r in sqlx::query("SELECT approver_id, vote, signed_at, seq FROM approval_vote WHERE intent_id = $1 ORDER BY seq")
+        let message: DecisionMessage = stored("decision message", &message)?;
+        let decision_hash = hex::encode(decision_hash);
+        let sql = format!(
+            "SELECT {} FROM approval_vote WHERE intent_id = $1 ORDER BY seq",
+            votes::VOTE_COLUMNS
+        );
+        let votes = sqlx::query_as::<_, store::VoteRow>(sqlx::AssertSqlSafe(sql))
             .bind(intent_id)
             .fetch_all(&self.pool)
             .await?
-        {
-            let vote: String = r.try_get("vote")?;
-            votes.push(VoteRecord {
-                approver_id: r.try_get("approver_id")?,
-                vote: if vote == "REJECT" { Vote::Reject } else { Vote::Approve },
-                signed_at: r.try_get("signed_at")?,
-                seq: r.try_get("seq")?,
-            });
-        }
-        let pending = sqlx::query(
+            .into_iter()
+            .map(|v| {
+                let vote = Vote::parse(&v.vote).ok_or_else(|| {
+                    LedgerError::Corrupt(format!("vote {:?} of intent {intent_id}", v.vote))
+                })?;
+                Ok(VoteRecord {
+                    approver_id: v.approver_id,
+                    vote,
+                    signed_at: v.signed_at,
+                    seq: v.seq,
+                })
+            })
+            .collect::<Result<Vec<_>, LedgerError>>()?;
+        let pending = sqlx::query_as::<_, (i32, DateTime<Utc>)>(
             "SELECT approvals_required, expires_at FROM pending_approval WHERE intent_id = $1",
         )
         .bind(intent_id)
         .fetch_optional(&self.pool)
         .await?
-        .map(|r| -> Result<PendingInfo, LedgerError> {
-            Ok(PendingInfo {
-                approvals_required: u32::try_from(r.try_get::<i32, _>("approvals_required")?)
-                    .unwrap_or(0),
-                expires_at: r.try_get("expires_at")?,
-            })
-        })
-        .transpose()?;
+        .map(|(required, expires_at)| PendingInfo {
+            approvals_required: u32::try_from(required).unwrap_or(0),
+            expires_at,
+        });
         let outcome = match sqlx::query_scalar::<_, String>(
             "SELECT message FROM intent_outcome WHERE intent_id = $1",
         )

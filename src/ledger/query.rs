@@ -179,9 +179,10 @@ impl LedgerReader {
     pub async fn refused_votes(&self, intent_id: &str) -> Result<Vec<RefusedVoteRow>, LedgerError> {
         Ok(sqlx::query_as(
             "SELECT payload, recorded_at FROM ledger_event
-              WHERE resource = $1 AND event_type = 'vote_refused' ORDER BY seq",
+              WHERE resource = $1 AND event_type = $2 ORDER BY seq",
         )
         .bind(intent_id)
+        .bind(super::events::EventKind::VoteRefused.as_str())
         .fetch_all(&self.pool)
         .await?)
     }
