@@ -11,17 +11,21 @@ use rdkafka::Message;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Shared;
+use super::{ServeError, Shared};
 use crate::bus;
 use crate::kill_switch::{ControlMessage, Scope};
 
 /// Positions the control consumer at the current end of the topic, then restores the
 /// state from the ledger, then follows the topic. Control messages sent after this
 /// returns are all seen; earlier changes are in the ledger read.
-pub async fn start(shared: Arc<Shared>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let consumer = bus::standalone_consumer(&shared.settings.brokers)?;
-    bus::assign_at_high_watermarks(&consumer, &shared.settings.brokers, &shared.topics.control)?;
-    resync(&shared).await?;
+pub async fn start(shared: Arc<Shared>) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let consumer = bus::standalone_consumer(&shared.settings.brokers)
+        .map_err(ServeError::broker("cannot create the control consumer"))?;
+    bus::assign_at_high_watermarks(&consumer, &shared.settings.brokers, &shared.topics.control)
+        .map_err(ServeError::broker("cannot position the control consumer"))?;
+    resync(&shared).await.map_err(ServeError::ledger(
+        "cannot read the kill switch from the ledger",
+    ))?;
     let active = shared.kill_probe.active();
     if !active.is_empty() {
         tracing::warn!(scopes = ?active.iter().map(Scope::to_string).collect::<Vec<_>>(), "kill switch active at start-up");
@@ -42,7 +46,7 @@ pub async fn start(shared: Arc<Shared>) -> anyhow::Result<tokio::task::JoinHandl
     }))
 }
 
-async fn resync(shared: &Shared) -> anyhow::Result<()> {
+async fn resync(shared: &Shared) -> Result<(), crate::ledger::LedgerError> {
     let generation = shared.kill_probe.generation();
     let scopes = shared.ledger.kill_switch_state().await?;
     let parsed: Vec<Scope> = scopes

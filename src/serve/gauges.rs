@@ -61,7 +61,9 @@ pub async fn run(shared: Arc<Shared>, consumer: Arc<StreamConsumer>) {
 /// (topic, partition, messages behind the high watermark) for each assigned partition.
 /// A partition with no position yet (nothing consumed since assignment) counts from the
 /// low watermark, which over-states rather than hides lag.
-fn consumer_lag(consumer: &StreamConsumer) -> anyhow::Result<Vec<(String, i32, i64)>> {
+fn consumer_lag(
+    consumer: &StreamConsumer,
+) -> Result<Vec<(String, i32, i64)>, rdkafka::error::KafkaError> {
     let assignment = consumer.assignment()?;
     if assignment.count() == 0 {
         return Ok(Vec::new());

@@ -11,12 +11,12 @@
 //!   each partition is handled by exactly one worker task, sequentially.
 
 mod control;
+mod error;
 mod gauges;
 mod outbox;
 mod reload;
 mod worker;
 
-use anyhow::Context;
 use arc_swap::ArcSwap;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -31,6 +31,7 @@ use crate::config::Settings;
 use crate::kill_switch::PropagationProbe;
 use crate::ledger::Ledger;
 use crate::policy::PolicySet;
+pub use error::ServeError;
 
 /// Messages queued per worker before the consume loop waits (backpressure).
 const WORKER_QUEUE_LEN: usize = 256;
@@ -69,29 +70,31 @@ pub async fn run(
     settings: Settings,
     api: Option<ApiMount>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     // The recorder first: what is recorded before it exists (start-up gauges) is lost.
     let _ = crate::telemetry::metrics_handle();
     let topics = Topics::with_prefix(&settings.topic_prefix);
     let ledger = connect_ledger(&settings).await?;
     wait_for_topics(&settings, &topics).await?;
 
-    let policies = PolicySet::load_dir(&settings.policies_dir).with_context(|| {
-        format!(
-            "cannot load policies from {}",
-            settings.policies_dir.display()
-        )
-    })?;
+    let policies =
+        PolicySet::load_dir(&settings.policies_dir).map_err(|source| ServeError::Policies {
+            dir: settings.policies_dir.display().to_string(),
+            source: Box::new(source),
+        })?;
     ledger
         .activate_policies(&policies, &settings.instance)
         .await
-        .context("cannot record the policy activation in the ledger")?;
+        .map_err(ServeError::ledger(
+            "cannot record the policy activation in the ledger",
+        ))?;
     let approvers = reload::load_approvers(&settings.approvers_file)?;
     crate::telemetry::switch_active_policies([], policies.policies().map(|p| &p.identity));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        producer: bus::producer(&settings.brokers)?,
+        producer: bus::producer(&settings.brokers)
+            .map_err(ServeError::broker("cannot create the producer"))?,
         kill_probe: PropagationProbe::default(),
         policies: ArcSwap::from_pointee(policies),
         approvers: ArcSwap::from_pointee(approvers),
@@ -110,14 +113,17 @@ pub async fn run(
     let verifier = tokio::spawn(verify_chains(shared.clone()));
     let watcher = tokio::spawn(reload::watch(shared.clone()));
 
-    let consumer = Arc::new(bus::group_consumer(
-        &shared.settings.brokers,
-        &shared.settings.group_id,
-        &shared.settings.instance,
-    )?);
+    let consumer = Arc::new(
+        bus::group_consumer(
+            &shared.settings.brokers,
+            &shared.settings.group_id,
+            &shared.settings.instance,
+        )
+        .map_err(ServeError::broker("cannot create the group consumer"))?,
+    );
     consumer
         .subscribe(&[&shared.topics.intents, &shared.topics.approvals])
-        .context("cannot subscribe to the intent and approval topics")?;
+        .map_err(ServeError::Subscribe)?;
 
     let sampler = tokio::spawn(gauges::run(shared.clone(), consumer.clone()));
 
@@ -151,7 +157,7 @@ pub async fn run(
                     let owned = m.detach();
                     let idx = worker_for(owned.topic(), &shared.topics.intents, owned.partition(), senders.len());
                     if senders[idx].send(owned).await.is_err() {
-                        anyhow::bail!("worker {idx} stopped unexpectedly");
+                        return Err(ServeError::Stopped(format!("worker {idx} stopped unexpectedly")));
                     }
                 }
                 Err(e) => {
@@ -166,7 +172,8 @@ pub async fn run(
     let _ = stop_tx.send(true);
     drop(senders);
     for w in workers {
-        w.await.context("worker task failed")?;
+        w.await
+            .map_err(|e| ServeError::Stopped(format!("worker task failed: {e}")))?;
     }
     // Every stored offset belongs to committed ledger work: commit them now.
     // NoOffset = nothing stored since the last auto-commit: nothing to do.
@@ -176,7 +183,9 @@ pub async fn run(
         tracing::warn!(error = %e, "final offset commit failed; the next owner redelivers (the ledger deduplicates)");
     }
     shared.outbox_ready.notify_one();
-    outbox.await.context("outbox publisher failed")?;
+    outbox
+        .await
+        .map_err(|e| ServeError::Stopped(format!("outbox publisher failed: {e}")))?;
     sweeper.abort();
     verifier.abort();
     watcher.abort();
@@ -195,7 +204,7 @@ pub async fn run(
 
 /// Opens the ledger; while PostgreSQL is unreachable (transient), waits and retries
 /// instead of exiting, so an instance started during a database outage comes up with it.
-async fn connect_ledger(settings: &Settings) -> anyhow::Result<Ledger> {
+async fn connect_ledger(settings: &Settings) -> Result<Ledger, ServeError> {
     let opts = crate::ledger::ConnectOptions {
         timeouts: settings.db_timeouts,
         ..Default::default()
@@ -208,8 +217,9 @@ async fn connect_ledger(settings: &Settings) -> anyhow::Result<Ledger> {
                 tracing::warn!(error = %e, "PostgreSQL unavailable at start; retrying in {pause_ms} ms");
             }
             Err(e) => {
-                return Err(anyhow::Error::from(e)
-                    .context("cannot open the ledger (check --database-url / DATABASE_URL)"));
+                return Err(ServeError::ledger(
+                    "cannot open the ledger (check --database-url / DATABASE_URL)",
+                )(e));
             }
         }
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
@@ -219,7 +229,7 @@ async fn connect_ledger(settings: &Settings) -> anyhow::Result<Ledger> {
 
 /// Creates the topics; while the broker is down, waits and retries (SPEC §15: serve
 /// starts and waits) instead of exiting.
-async fn wait_for_topics(settings: &Settings, topics: &Topics) -> anyhow::Result<()> {
+async fn wait_for_topics(settings: &Settings, topics: &Topics) -> Result<(), ServeError> {
     let layout = topics.layout(settings);
     let mut pause_ms = RETRY_FIRST_MS;
     loop {
@@ -233,7 +243,7 @@ async fn wait_for_topics(settings: &Settings, topics: &Topics) -> anyhow::Result
                     settings.brokers
                 );
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(ServeError::broker("cannot create the topics")(e)),
         }
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         pause_ms = (pause_ms * 2).min(RETRY_MAX_MS);
@@ -252,7 +262,7 @@ async fn start_api(
     mount: ApiMount,
     shared: Arc<Shared>,
     consumer: Arc<rdkafka::consumer::StreamConsumer>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     use crate::api::{self, backends};
     let policies = Arc::new(backends::PolicySource({
         let shared = shared.clone();
@@ -286,8 +296,14 @@ async fn start_api(
     );
     let listener = tokio::net::TcpListener::bind(mount.addr)
         .await
-        .with_context(|| format!("cannot listen on --http-addr {}", mount.addr))?;
-    let bound = listener.local_addr()?;
+        .map_err(|source| ServeError::Listen {
+            addr: mount.addr,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: mount.addr,
+        source,
+    })?;
     let mut stop = shared.shutdown.clone();
     let handle = tokio::spawn(async move {
         let shutdown = async move {

@@ -37,7 +37,7 @@ pub async fn run(shared: Arc<Shared>) {
         )
         .await
         .unwrap_or_else(|_| {
-            Err(anyhow::anyhow!(
+            Err(format!(
                 "no answer within {OUTBOX_ROUND_DEADLINE_MS} ms (database or broker)"
             ))
         });
@@ -65,8 +65,14 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// Claims, produces and marks one batch; returns how many rows were claimed.
-async fn publish_batch(shared: &Shared) -> anyhow::Result<usize> {
-    let rows = shared.ledger.outbox_claim(CLAIM_BATCH).await?;
+/// One claim → produce → mark round; the error is logged and the round retried (rows
+/// not marked stay leased and are claimed again after the lease).
+async fn publish_batch(shared: &Shared) -> Result<usize, String> {
+    let rows = shared
+        .ledger
+        .outbox_claim(CLAIM_BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -88,7 +94,7 @@ async fn publish_batch(shared: &Shared) -> anyhow::Result<usize> {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(QUEUE_FULL_BACKOFF_MS)).await;
                 }
-                Err((e, _)) => anyhow::bail!("cannot enqueue outbox row {}: {e}", row.id),
+                Err((e, _)) => return Err(format!("cannot enqueue outbox row {}: {e}", row.id)),
             }
         }
     }
@@ -104,13 +110,17 @@ async fn publish_batch(shared: &Shared) -> anyhow::Result<usize> {
             Err(_) => failed += 1,
         }
     }
-    shared.ledger.outbox_mark_published(&published).await?;
+    shared
+        .ledger
+        .outbox_mark_published(&published)
+        .await
+        .map_err(|e| e.to_string())?;
     metrics::counter!("spendguard_published_total").increment(published.len() as u64);
     if failed > 0 {
-        anyhow::bail!(
+        return Err(format!(
             "{failed} of {} outbox rows were not acknowledged by the broker",
             rows.len()
-        );
+        ));
     }
     Ok(rows.len())
 }

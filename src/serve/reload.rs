@@ -2,12 +2,11 @@
 //! swapped in atomically (a request sees the old set or the new one, never a mix) and
 //! recorded in the ledger; an invalid one is refused and the last good set stays.
 
-use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::Shared;
+use super::{ServeError, Shared};
 use crate::approvals::Registry;
 use crate::policy::PolicySet;
 
@@ -17,12 +16,12 @@ const MAX_WATCHED_FILES: usize = 10_000;
 /// What a scan saw: (path, length, modification time) of every file, sorted.
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
-pub fn load_approvers(path: &Path) -> anyhow::Result<Registry> {
+pub fn load_approvers(path: &Path) -> Result<Registry, ServeError> {
     if !path.exists() {
         tracing::warn!(path = %path.display(), "no approver registry: every vote will be refused as unknown_approver");
         return Ok(Registry::default());
     }
-    Registry::load(path).context("cannot load the approver registry")
+    Registry::load(path).map_err(ServeError::Approvers)
 }
 
 fn fingerprint(dir: &Path, extra: &Path) -> Fingerprint {

@@ -130,7 +130,7 @@ impl Rig {
 /// `spendguard::serve::run` on this test's runtime, until [`InProcess::stop`].
 pub struct InProcess {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), spendguard::serve::ServeError>>,
 }
 
 impl InProcess {

@@ -1,0 +1,47 @@
+//! Why `serve` could not start or stopped, each with what the operator can do.
+
+use crate::bus::BusError;
+use crate::ledger::LedgerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The ledger could not be opened, or refused a start-up read or write.
+    #[error("{context}: {source}")]
+    Ledger {
+        context: &'static str,
+        source: LedgerError,
+    },
+    /// The broker refused a client, a subscription or the control topic's set-up.
+    #[error("{context}: {source}")]
+    Broker {
+        context: &'static str,
+        source: BusError,
+    },
+    #[error("cannot subscribe to the intent and approval topics: {0}")]
+    Subscribe(rdkafka::error::KafkaError),
+    #[error("cannot load policies from {dir}: {source}")]
+    Policies {
+        dir: String,
+        source: Box<crate::policy::PolicyError>,
+    },
+    #[error("cannot load the approver registry: {0}")]
+    Approvers(crate::approvals::RegistryError),
+    #[error("cannot listen on --http-addr {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// A task of the service ended when it should not have (a bug).
+    #[error("{0}")]
+    Stopped(String),
+}
+
+impl ServeError {
+    pub(crate) fn ledger(context: &'static str) -> impl FnOnce(LedgerError) -> ServeError {
+        move |source| ServeError::Ledger { context, source }
+    }
+
+    pub(crate) fn broker(context: &'static str) -> impl FnOnce(BusError) -> ServeError {
+        move |source| ServeError::Broker { context, source }
+    }
+}
