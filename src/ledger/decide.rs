@@ -17,7 +17,6 @@ use crate::intent::SpendIntent;
 use crate::policy::{CompiledPolicy, PolicySet};
 use crate::privacy;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -281,11 +280,44 @@ fn sealed_personal(
     )))
 }
 
+/// One row of the batch read, typed by its `k` tag (bytes as hex, amounts as exact
+/// decimal text, so nothing goes through a float).
+#[derive(serde::Deserialize)]
+#[serde(tag = "k")]
+enum SnapshotRow {
+    #[serde(rename = "head", rename_all = "camelCase")]
+    Head {
+        chain_id: String,
+        chain_pos: i64,
+        hash: String,
+    },
+    #[serde(rename = "kill")]
+    Kill(KillRow),
+    #[serde(rename = "decided", rename_all = "camelCase")]
+    Decided {
+        intent_id: String,
+        seq: i64,
+        fingerprint: String,
+        decision_hash: String,
+        message: String,
+    },
+    #[serde(rename = "window", rename_all = "camelCase")]
+    Window {
+        #[serde(flatten)]
+        key: usage::UsageKey,
+        #[serde(with = "rust_decimal::serde::str")]
+        committed: rust_decimal::Decimal,
+        #[serde(with = "rust_decimal::serde::str")]
+        reserved: rust_decimal::Decimal,
+    },
+}
+
 /// Everything a batch reads, in one round trip and one statement issued after the
 /// locks are held (READ COMMITTED: its snapshot is taken now, so it sees every
 /// decision, window and kill-switch change committed before we got the locks): the
 /// chain heads (into `ws`), the active kill switches and the wanted usage windows (the
-/// step's snapshot) and earlier decisions of these intentIds.
+/// step's snapshot) and earlier decisions of these intentIds. Each part is one JSON
+/// object per row, decoded by name into [`SnapshotRow`].
 async fn load_snapshot(
     tx: &mut sqlx::PgConnection,
     ws: &mut WriteSet,
@@ -295,20 +327,23 @@ async fn load_snapshot(
 ) -> Result<(Projections, HashMap<String, Existing>), LedgerError> {
     let mut snapshot = Projections::default();
     let mut existing: HashMap<String, Existing> = HashMap::new();
-    for r in sqlx::query(
-        "SELECT 'h'::text AS k, chain_id AS s1, NULL::text AS s2, NULL::text AS s3, NULL::text AS s4,
-                NULL::date AS d, chain_pos AS i, hash AS b1, NULL::bytea AS b2,
-                NULL::numeric AS n1, NULL::numeric AS n2, NULL::timestamptz AS t
+    let rows: Vec<sqlx::types::Json<SnapshotRow>> = sqlx::query_scalar(
+        "SELECT jsonb_build_object('k', 'head', 'chainId', chain_id, 'chainPos', chain_pos,
+                                   'hash', encode(hash, 'hex'))
          FROM chain_head WHERE chain_id = ANY($1)
          UNION ALL
-         SELECT 'k', scope, actor, reason, NULL, NULL, seq, NULL, NULL, NULL, NULL, changed_at
+         SELECT jsonb_build_object('k', 'kill', 'scope', scope, 'active', active, 'actor', actor,
+                                   'reason', reason, 'changed_at', changed_at, 'seq', seq)
          FROM kill_switch WHERE active
          UNION ALL
-         SELECT 'e', intent_id, message, NULL, NULL, NULL, seq, fingerprint, decision_hash, NULL, NULL, NULL
+         SELECT jsonb_build_object('k', 'decided', 'intentId', intent_id, 'seq', seq,
+                                   'fingerprint', encode(fingerprint, 'hex'),
+                                   'decisionHash', encode(decision_hash, 'hex'), 'message', message)
          FROM decision WHERE intent_id = ANY($2)
          UNION ALL
-         SELECT 'u', u.agent_id, u.kind, u.tz, u.currency, u.window_start, NULL, NULL, NULL,
-                u.committed, u.reserved, NULL
+         SELECT jsonb_build_object('k', 'window', 'agent_id', u.agent_id, 'kind', u.kind, 'tz', u.tz,
+                                   'currency', u.currency, 'start', u.window_start,
+                                   'committed', u.committed::text, 'reserved', u.reserved::text)
          FROM usage_window u
          JOIN unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::date[])
            AS w(agent_id, kind, tz, currency, window_start)
@@ -322,56 +357,50 @@ async fn load_snapshot(
     .bind(wanted.iter().map(|k| k.currency.as_str()).collect::<Vec<_>>())
     .bind(wanted.iter().map(|k| k.start).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
-    .await?
-    {
-        match r.try_get::<&str, _>("k")? {
-            "h" => {
-                let bytes: Vec<u8> = r.try_get("b1")?;
-                let hash: chain::Hash = bytes.as_slice().try_into().map_err(|_| {
-                    LedgerError::Corrupt(format!("chain head hash of {} bytes", bytes.len()))
-                })?;
-                ws.heads.insert(r.try_get("s1")?, r.try_get("i")?, hash);
+    .await?;
+    let bytes = |what: &str, hex_text: &str| {
+        hex::decode(hex_text).map_err(|e| LedgerError::Corrupt(format!("{what}: {e}")))
+    };
+    for row in rows {
+        match row.0 {
+            SnapshotRow::Head {
+                chain_id,
+                chain_pos,
+                hash,
+            } => {
+                let hash: chain::Hash = bytes("chain head hash", &hash)?
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| {
+                        LedgerError::Corrupt(format!(
+                            "chain head hash of {chain_id} is not 32 bytes"
+                        ))
+                    })?;
+                ws.heads.insert(chain_id, chain_pos, hash);
             }
-            "k" => {
-                let scope: String = r.try_get("s1")?;
-                snapshot.kills.insert(
-                    scope.clone(),
-                    KillRow {
-                        scope,
-                        active: true,
-                        actor: r.try_get("s2")?,
-                        reason: r.try_get("s3")?,
-                        changed_at: r.try_get("t")?,
-                        seq: r.try_get("i")?,
-                    },
-                );
+            SnapshotRow::Kill(k) => {
+                snapshot.kills.insert(k.scope.clone(), k);
             }
-            "e" => {
-                existing.insert(
-                    r.try_get("s1")?,
-                    Existing {
-                        seq: r.try_get("i")?,
-                        fingerprint: r.try_get("b1")?,
-                        decision_hash: r.try_get("b2")?,
-                        message: r.try_get("s2")?,
-                    },
-                );
-            }
-            "u" => {
-                let k = usage::UsageKey {
-                    agent_id: r.try_get("s1")?,
-                    kind: r.try_get("s2")?,
-                    tz: r.try_get("s3")?,
-                    currency: r.try_get("s4")?,
-                    start: r.try_get("d")?,
+            SnapshotRow::Decided {
+                intent_id,
+                seq,
+                fingerprint,
+                decision_hash,
+                message,
+            } => {
+                let e = Existing {
+                    seq,
+                    fingerprint: bytes("decision fingerprint", &fingerprint)?,
+                    decision_hash: bytes("decision hash", &decision_hash)?,
+                    message,
                 };
-                snapshot.windows.add(&k, r.try_get("n1")?, r.try_get("n2")?);
+                existing.insert(intent_id, e);
             }
-            other => {
-                return Err(LedgerError::Bug(format!(
-                    "unexpected row kind {other:?} in the batch read"
-                )));
-            }
+            SnapshotRow::Window {
+                key,
+                committed,
+                reserved,
+            } => snapshot.windows.add(&key, committed, reserved),
         }
     }
     Ok((snapshot, existing))
@@ -397,16 +426,17 @@ async fn subject_keys(
     .await?;
     // A new statement: sees rows another transaction committed while we waited on them.
     let mut out = HashMap::new();
-    for r in
-        sqlx::query("SELECT subject_id, key_id, key FROM subject_key WHERE subject_id = ANY($1)")
-            .bind(subjects)
-            .fetch_all(&mut *conn)
-            .await?
+    for (subject_id, key_id, key) in sqlx::query_as::<_, (String, uuid::Uuid, Vec<u8>)>(
+        "SELECT subject_id, key_id, key FROM subject_key WHERE subject_id = ANY($1)",
+    )
+    .bind(subjects)
+    .fetch_all(&mut *conn)
+    .await?
     {
-        let key_bytes: Vec<u8> = r.try_get("key")?;
-        if let Some(k) = privacy::SubjectKey::from_bytes(r.try_get("key_id")?, &key_bytes) {
-            out.insert(r.try_get("subject_id")?, k);
-        }
+        let k = privacy::SubjectKey::from_bytes(key_id, &key).ok_or_else(|| {
+            LedgerError::Corrupt(format!("the key of subject {subject_id} is not 32 bytes"))
+        })?;
+        out.insert(subject_id, k);
     }
     Ok(out)
 }

@@ -94,7 +94,7 @@ pub struct OutcomeRow {
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Deserialize)]
 pub struct KillRow {
     pub scope: String,
     pub active: bool,

@@ -7,7 +7,7 @@ use crate::window::Windows;
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
 pub struct UsageKey {
     pub agent_id: String,
     /// `D` (local day) or `M` (local month).
