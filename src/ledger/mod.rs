@@ -45,8 +45,8 @@ use chrono::{DateTime, Utc};
 use events::LedgerEvent;
 use machine::{Projections, Staged};
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
 use std::collections::HashSet;
 use std::sync::Mutex;
 use store::{KillRow, WriteSet};
@@ -286,7 +286,7 @@ pub struct Backlog {
     pub outbox_messages: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct OutboxRow {
     pub id: i64,
     pub seq: i64,
@@ -809,7 +809,7 @@ impl Ledger {
             .bind(chain::lock_key(OUTBOX_CLAIM_LOCK))
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(
+        let rows: Vec<OutboxRow> = sqlx::query_as(
             "UPDATE outbox o SET claimed_by = $2, claimed_until = now() + make_interval(secs => $3)
              FROM (SELECT id FROM outbox c
                    WHERE (claimed_until IS NULL OR claimed_until < now() OR claimed_by = $2)
@@ -818,7 +818,7 @@ impl Ledger {
                                        AND older.claimed_by <> $2 AND older.claimed_until >= now())
                    ORDER BY id LIMIT $1) c
              WHERE o.id = c.id
-             RETURNING o.id, o.seq, o.topic, o.msg_key, o.payload",
+             RETURNING o.id, o.seq, o.topic, o.msg_key AS key, o.payload",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(&self.instance)
@@ -826,16 +826,7 @@ impl Ledger {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            out.push(OutboxRow {
-                id: r.try_get("id")?,
-                seq: r.try_get("seq")?,
-                topic: r.try_get("topic")?,
-                key: r.try_get("msg_key")?,
-                payload: r.try_get("payload")?,
-            });
-        }
+        let mut out = rows;
         out.sort_by_key(|r| r.id);
         Ok(out)
     }
@@ -843,14 +834,11 @@ impl Ledger {
     /// What the service's gauges report: intents waiting for approval and outbox rows
     /// not yet acknowledged by the broker (one round trip).
     pub async fn backlog(&self) -> Result<Backlog, LedgerError> {
-        let r = sqlx::query(
-            "SELECT (SELECT count(*) FROM pending_approval) AS pending,
-                    (SELECT count(*) FROM outbox) AS outbox",
+        let (pending, outbox): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM pending_approval), (SELECT count(*) FROM outbox)",
         )
         .fetch_one(&self.pool)
         .await?;
-        let pending: i64 = r.try_get("pending")?;
-        let outbox: i64 = r.try_get("outbox")?;
         Ok(Backlog {
             pending_approvals: u64::try_from(pending).unwrap_or(0),
             outbox_messages: u64::try_from(outbox).unwrap_or(0),
@@ -923,18 +911,15 @@ impl Ledger {
         let Some(sealed) = decided.personal else {
             return Ok(Some(PersonalData::None));
         };
-        let key = sqlx::query("SELECT key_id, key FROM subject_key WHERE key_id = $1")
-            .bind(sealed.key_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(key) = key else {
+        let key: Option<(uuid::Uuid, Vec<u8>)> =
+            sqlx::query_as("SELECT key_id, key FROM subject_key WHERE key_id = $1")
+                .bind(sealed.key_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((key_id, key)) = key else {
             return Ok(Some(PersonalData::Erased));
         };
-        let key = privacy::SubjectKey::from_bytes(
-            key.try_get("key_id")?,
-            &key.try_get::<Vec<u8>, _>("key")?,
-        )
-        .ok_or_else(|| {
+        let key = privacy::SubjectKey::from_bytes(key_id, &key).ok_or_else(|| {
             LedgerError::Corrupt(format!(
                 "stored key of subject {} has the wrong length",
                 sealed.subject
