@@ -189,6 +189,8 @@ impl Ledger {
                 },
             )
             .map_err(|e| LedgerError::Bug(e.to_string()))?;
+            // The step's time: the rule and the event it stages, not the append.
+            let evaluation_time = evaluated_from.elapsed();
             let staged = match step {
                 DecideStep::Redelivered => {
                     let e = &existing[&intent.intent_id];
@@ -226,10 +228,10 @@ impl Ledger {
                 crate::telemetry::record_evaluation(
                     d.evaluation.effect,
                     policy.map_or("none", |p| p.identity.name.as_str()),
-                    evaluated_from.elapsed(),
+                    evaluation_time,
                 );
             }
-            let message = appended.decision.ok_or_else(|| {
+            let (message, message_text) = appended.decision.ok_or_else(|| {
                 LedgerError::Bug("an intent_decided event folded into no decision".into())
             })?;
             let decision_hash = appended.recorded.hash.to_vec();
@@ -240,11 +242,7 @@ impl Ledger {
                     seq: appended.recorded.seq,
                     fingerprint: fingerprints[idx].to_vec(),
                     decision_hash: decision_hash.clone(),
-                    message: ws
-                        .decisions
-                        .last()
-                        .map(|d| d.message.clone())
-                        .unwrap_or_default(),
+                    message: message_text,
                 },
             );
             results.push(Ok(Decided {

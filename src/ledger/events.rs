@@ -154,49 +154,50 @@ impl LedgerEvent {
         }
     }
 
-    /// Reads an event whose payload was already parsed as JSON (reports).
+    /// Reads an event whose payload was already parsed as JSON (reports), without
+    /// turning it back into text.
     pub fn parse_value(
         event_type: &str,
         payload: &serde_json::Value,
     ) -> Result<LedgerEvent, EventError> {
-        LedgerEvent::parse(event_type, &payload.to_string())
+        let kind = EventKind::parse(event_type)
+            .ok_or_else(|| EventError::UnknownType(event_type.to_string()))?;
+        LedgerEvent::decode(kind, payload).map_err(|source| EventError::Payload { kind, source })
     }
 
     /// Reads a stored event (type name and payload text).
     pub fn parse(event_type: &str, payload: &str) -> Result<LedgerEvent, EventError> {
         let kind = EventKind::parse(event_type)
             .ok_or_else(|| EventError::UnknownType(event_type.to_string()))?;
-        let bad = |source| EventError::Payload { kind, source };
+        let mut de = serde_json::Deserializer::from_str(payload);
+        LedgerEvent::decode(kind, &mut de)
+            .and_then(|event| de.end().map(|()| event))
+            .map_err(|source| EventError::Payload { kind, source })
+    }
+
+    /// The payload of a `kind` event, from any JSON source (text or a parsed value).
+    fn decode<'de, D>(kind: EventKind, de: D) -> Result<LedgerEvent, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
         Ok(match kind {
             EventKind::PolicyActivated => {
-                LedgerEvent::PolicyActivated(serde_json::from_str(payload).map_err(bad)?)
+                LedgerEvent::PolicyActivated(Deserialize::deserialize(de)?)
             }
             EventKind::IntentDecided => {
-                LedgerEvent::IntentDecided(Box::new(serde_json::from_str(payload).map_err(bad)?))
+                LedgerEvent::IntentDecided(Box::new(Deserialize::deserialize(de)?))
             }
-            EventKind::IntentInvalid => {
-                LedgerEvent::IntentInvalid(serde_json::from_str(payload).map_err(bad)?)
-            }
+            EventKind::IntentInvalid => LedgerEvent::IntentInvalid(Deserialize::deserialize(de)?),
             EventKind::IdempotencyConflict => {
-                LedgerEvent::IdempotencyConflict(serde_json::from_str(payload).map_err(bad)?)
+                LedgerEvent::IdempotencyConflict(Deserialize::deserialize(de)?)
             }
-            EventKind::VoteAccepted => {
-                LedgerEvent::VoteAccepted(serde_json::from_str(payload).map_err(bad)?)
-            }
-            EventKind::VoteRefused => {
-                LedgerEvent::VoteRefused(serde_json::from_str(payload).map_err(bad)?)
-            }
-            EventKind::IntentClosed => {
-                LedgerEvent::IntentClosed(serde_json::from_str(payload).map_err(bad)?)
-            }
-            EventKind::KillSwitchSet => {
-                LedgerEvent::KillSwitchSet(serde_json::from_str(payload).map_err(bad)?)
-            }
-            EventKind::SubjectErased => {
-                LedgerEvent::SubjectErased(serde_json::from_str(payload).map_err(bad)?)
-            }
+            EventKind::VoteAccepted => LedgerEvent::VoteAccepted(Deserialize::deserialize(de)?),
+            EventKind::VoteRefused => LedgerEvent::VoteRefused(Deserialize::deserialize(de)?),
+            EventKind::IntentClosed => LedgerEvent::IntentClosed(Deserialize::deserialize(de)?),
+            EventKind::KillSwitchSet => LedgerEvent::KillSwitchSet(Deserialize::deserialize(de)?),
+            EventKind::SubjectErased => LedgerEvent::SubjectErased(Deserialize::deserialize(de)?),
             EventKind::MessageSetAside => {
-                LedgerEvent::MessageSetAside(serde_json::from_str(payload).map_err(bad)?)
+                LedgerEvent::MessageSetAside(Deserialize::deserialize(de)?)
             }
         })
     }

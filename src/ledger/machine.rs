@@ -418,14 +418,6 @@ impl Windows {
     pub fn iter(&self) -> impl Iterator<Item = (UsageKey, (Decimal, Decimal))> + '_ {
         self.amounts.iter().map(|(k, v)| (self.usage_key(k), *v))
     }
-
-    pub fn len(&self) -> usize {
-        self.amounts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.amounts.is_empty()
-    }
 }
 
 /// Bytes of a SHA-256 kept per decision: replay holds one digest per decision instead of
@@ -484,46 +476,48 @@ impl Projections {
     ) -> Result<Vec<Inconsistency>, FoldError> {
         let mut problems = Vec::new();
         delta(r, event, &mut |c| {
-            if let Some(p) = self.apply_change(c) {
+            if let Some(p) = self.apply_change(&c) {
                 problems.push(p);
             }
         })?;
         Ok(problems)
     }
 
-    pub fn apply_change(&mut self, change: Change) -> Option<Inconsistency> {
+    /// Applies one change. By reference: what the snapshot keeps of a decision is its
+    /// seq and digest, so the row itself is never copied (live deciding writes it).
+    pub fn apply_change(&mut self, change: &Change) -> Option<Inconsistency> {
         match change {
             Change::Usage {
                 key,
                 committed,
                 reserved,
-            } => self.windows.add(&key, committed, reserved),
+            } => self.windows.add(key, *committed, *reserved),
             Change::PendingOpen(p) => {
-                self.pending.insert(p.intent_id.clone(), p);
+                self.pending.insert(p.intent_id.clone(), p.clone());
             }
             Change::PendingClose(id) => {
-                if self.pending.remove(&id).is_none() {
-                    return Some(Inconsistency::ClosedNotPending(id));
+                if self.pending.remove(id).is_none() {
+                    return Some(Inconsistency::ClosedNotPending(id.clone()));
                 }
             }
             Change::Vote(v) => {
                 self.votes
-                    .insert((v.intent_id.clone(), v.approver_id.clone()), v);
+                    .insert((v.intent_id.clone(), v.approver_id.clone()), v.clone());
             }
             Change::Outcome { row: o, .. } => {
-                self.outcomes.insert(o.intent_id.clone(), *o);
+                self.outcomes.insert(o.intent_id.clone(), (**o).clone());
             }
             Change::Kill(k) => {
-                self.kills.insert(k.scope.clone(), k);
+                self.kills.insert(k.scope.clone(), k.clone());
             }
             Change::Policy(p) => {
-                self.policies.insert(p.sha256.clone(), p);
+                self.policies.insert(p.sha256.clone(), p.clone());
             }
             Change::Decision { row: d, .. } => {
                 let id = intent_key(&d.intent_id);
                 if let Some((first_seq, _)) = self.decisions.insert(id, (d.seq, d.digest())) {
                     return Some(Inconsistency::DecidedTwice {
-                        intent_id: d.intent_id,
+                        intent_id: d.intent_id.clone(),
                         first_seq,
                     });
                 }

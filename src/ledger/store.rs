@@ -117,8 +117,8 @@ pub struct PolicyRow {
 #[derive(Debug, Clone)]
 pub struct Appended {
     pub recorded: Recorded,
-    /// The decision message, when the event was a decision.
-    pub decision: Option<DecisionMessage>,
+    /// The decision message, when the event was a decision, and its text as published.
+    pub decision: Option<(DecisionMessage, String)>,
     /// The outcome message, when the event closed an intent.
     pub outcome: Option<OutcomeMessage>,
 }
@@ -261,11 +261,6 @@ impl WriteSet {
         Ok(())
     }
 
-    /// The sequence number the next `append` will use.
-    pub fn peek_seq(&self) -> Option<i64> {
-        self.seqs.front().copied()
-    }
-
     /// Appends one staged event (its chain locked by the caller), writes its delta
     /// here and folds it into `snapshot` too, so what follows in the same transaction
     /// sees it.
@@ -313,15 +308,10 @@ impl WriteSet {
         };
         let mut inconsistent = None;
         machine::delta(&recorded, &staged.event, &mut |c| {
-            match &c {
-                Change::Decision { message, .. } => appended.decision = Some((**message).clone()),
-                Change::Outcome { message, .. } => appended.outcome = Some((**message).clone()),
-                _ => {}
-            }
-            if let Some(p) = snapshot.apply_change(c.clone()) {
+            if let Some(p) = snapshot.apply_change(&c) {
                 inconsistent.get_or_insert(p);
             }
-            self.apply(c);
+            self.apply(c, &mut appended);
         })
         .map_err(|e| LedgerError::Bug(e.to_string()))?;
         // The steps only stage events consistent with the snapshot they were given.
@@ -333,8 +323,9 @@ impl WriteSet {
         Ok(appended)
     }
 
-    /// Queues one projection change (and the message it publishes) for `flush`.
-    fn apply(&mut self, change: Change) {
+    /// Queues one projection change (and the message it publishes) for `flush`; a
+    /// decision's or outcome's message goes to the caller through `appended`.
+    fn apply(&mut self, change: Change, appended: &mut Appended) {
         match change {
             Change::Usage {
                 key,
@@ -351,7 +342,8 @@ impl WriteSet {
             Change::PendingOpen(p) => self.pending_insert.push(p),
             Change::PendingClose(id) => self.pending_delete.push(id),
             Change::Vote(v) => self.votes.push(v),
-            Change::Outcome { row: o, .. } => {
+            Change::Outcome { row: o, message } => {
+                appended.outcome = Some(*message);
                 self.outbox.push((
                     o.seq,
                     DECISIONS_TOPIC.to_string(),
@@ -362,7 +354,8 @@ impl WriteSet {
             }
             Change::Kill(k) => self.kills.push(k),
             Change::Policy(p) => self.policies.push(p),
-            Change::Decision { row: d, .. } => {
+            Change::Decision { row: d, message } => {
+                appended.decision = Some((*message, d.message.clone()));
                 self.outbox.push((
                     d.seq,
                     DECISIONS_TOPIC.to_string(),
