@@ -97,7 +97,11 @@ pub struct IntentError {
 }
 
 impl IntentError {
-    fn new(code: &'static str, field: Option<&'static str>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        code: &'static str,
+        field: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
         IntentError {
             code,
             message: message.into(),
@@ -281,7 +285,7 @@ impl SpendIntent {
     }
 }
 
-fn check_id(field: &'static str, value: &str) -> Result<(), IntentError> {
+pub(crate) fn check_id(field: &'static str, value: &str) -> Result<(), IntentError> {
     if value.is_empty() || value.len() > MAX_ID_LEN || value.chars().any(char::is_control) {
         return Err(IntentError::new(
             "invalid_field",
@@ -292,7 +296,7 @@ fn check_id(field: &'static str, value: &str) -> Result<(), IntentError> {
     Ok(())
 }
 
-fn classify_json_error(e: serde_json::Error) -> IntentError {
+pub(crate) fn classify_json_error(e: serde_json::Error) -> IntentError {
     let msg = e.to_string();
     let field = None;
     if msg.starts_with("missing field") {
@@ -310,7 +314,7 @@ fn classify_json_error(e: serde_json::Error) -> IntentError {
     }
 }
 
-fn short(s: &str) -> String {
+pub(crate) fn short(s: &str) -> String {
     s.chars().take(40).collect()
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod decision;
 pub mod intent;
 pub mod money;
+pub mod settlement;
 pub mod telemetry;
 pub mod window;
 

@@ -21,8 +21,11 @@ pub mod kind {
     pub const KILL_SWITCH_SET: &str = "kill_switch_set";
     pub const SUBJECT_ERASED: &str = "subject_erased";
     pub const MESSAGE_SET_ASIDE: &str = "message_set_aside";
+    pub const SETTLEMENT_APPLIED: &str = "settlement_applied";
+    pub const SETTLEMENT_REFUSED: &str = "settlement_refused";
+    pub const AUTHORIZATION_EXPIRED: &str = "authorization_expired";
 
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 13] = [
         POLICY_ACTIVATED,
         INTENT_DECIDED,
         INTENT_INVALID,
@@ -33,6 +36,9 @@ pub mod kind {
         KILL_SWITCH_SET,
         SUBJECT_ERASED,
         MESSAGE_SET_ASIDE,
+        SETTLEMENT_APPLIED,
+        SETTLEMENT_REFUSED,
+        AUTHORIZATION_EXPIRED,
     ];
 }
 
@@ -49,10 +55,13 @@ pub enum EventKind {
     KillSwitchSet,
     SubjectErased,
     MessageSetAside,
+    SettlementApplied,
+    SettlementRefused,
+    AuthorizationExpired,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::PolicyActivated,
         EventKind::IntentDecided,
         EventKind::IntentInvalid,
@@ -63,6 +72,9 @@ impl EventKind {
         EventKind::KillSwitchSet,
         EventKind::SubjectErased,
         EventKind::MessageSetAside,
+        EventKind::SettlementApplied,
+        EventKind::SettlementRefused,
+        EventKind::AuthorizationExpired,
     ];
 
     /// The stored name (`ledger_event.event_type`).
@@ -78,6 +90,9 @@ impl EventKind {
             EventKind::KillSwitchSet => kind::KILL_SWITCH_SET,
             EventKind::SubjectErased => kind::SUBJECT_ERASED,
             EventKind::MessageSetAside => kind::MESSAGE_SET_ASIDE,
+            EventKind::SettlementApplied => kind::SETTLEMENT_APPLIED,
+            EventKind::SettlementRefused => kind::SETTLEMENT_REFUSED,
+            EventKind::AuthorizationExpired => kind::AUTHORIZATION_EXPIRED,
         }
     }
 
@@ -108,6 +123,10 @@ pub enum LedgerEvent {
     KillSwitchSet(KillSwitchSet),
     SubjectErased(SubjectErased),
     MessageSetAside(MessageSetAside),
+    /// Boxed: carries the authorization's state.
+    SettlementApplied(Box<SettlementApplied>),
+    SettlementRefused(SettlementRefused),
+    AuthorizationExpired(Box<AuthorizationExpired>),
 }
 
 /// A stored event that cannot be read back as a [`LedgerEvent`].
@@ -135,6 +154,9 @@ impl LedgerEvent {
             LedgerEvent::KillSwitchSet(_) => EventKind::KillSwitchSet,
             LedgerEvent::SubjectErased(_) => EventKind::SubjectErased,
             LedgerEvent::MessageSetAside(_) => EventKind::MessageSetAside,
+            LedgerEvent::SettlementApplied(_) => EventKind::SettlementApplied,
+            LedgerEvent::SettlementRefused(_) => EventKind::SettlementRefused,
+            LedgerEvent::AuthorizationExpired(_) => EventKind::AuthorizationExpired,
         }
     }
 
@@ -151,6 +173,9 @@ impl LedgerEvent {
             LedgerEvent::KillSwitchSet(p) => canonical(p),
             LedgerEvent::SubjectErased(p) => canonical(p),
             LedgerEvent::MessageSetAside(p) => canonical(p),
+            LedgerEvent::SettlementApplied(p) => canonical(p),
+            LedgerEvent::SettlementRefused(p) => canonical(p),
+            LedgerEvent::AuthorizationExpired(p) => canonical(p),
         }
     }
 
@@ -198,6 +223,15 @@ impl LedgerEvent {
             EventKind::SubjectErased => LedgerEvent::SubjectErased(Deserialize::deserialize(de)?),
             EventKind::MessageSetAside => {
                 LedgerEvent::MessageSetAside(Deserialize::deserialize(de)?)
+            }
+            EventKind::SettlementApplied => {
+                LedgerEvent::SettlementApplied(Box::new(Deserialize::deserialize(de)?))
+            }
+            EventKind::SettlementRefused => {
+                LedgerEvent::SettlementRefused(Deserialize::deserialize(de)?)
+            }
+            EventKind::AuthorizationExpired => {
+                LedgerEvent::AuthorizationExpired(Box::new(Deserialize::deserialize(de)?))
             }
         })
     }
@@ -268,6 +302,10 @@ pub struct IntentDecided<I = serde_json::Value> {
     /// For HITL / MSIG: when the approval window closes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// The policy's `authorizationTtl` in seconds (absent in events written before
+    /// SPEC §11: those authorizations use the default of 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_ttl_secs: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,6 +377,95 @@ pub struct IntentClosed {
     /// Kill-switch scope that stopped an approval (KILLED).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_scope: Option<String>,
+    /// APPROVED: when the authorization it opens expires (absent in events written
+    /// before SPEC §11: 7 days after `closedAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+    /// CANCELLED: the settlement message that cancelled it (idempotency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settlement: Option<SettlementRef>,
+}
+
+/// A settlement message as the ledger identifies it: its id and keyed fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettlementRef {
+    pub settlement_id: String,
+    pub fingerprint: String,
+}
+
+/// A CAPTURE, VOID or REFUND applied to an authorization (SPEC §11), with the state it
+/// left: the fold copies `authorization`; replay re-runs the step to check it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettlementApplied {
+    pub settlement: SettlementRef,
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    #[serde(rename = "type")]
+    pub kind: crate::settlement::SettlementType,
+    /// As sent (`None`: a VOID of the whole remainder).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub requested: Option<rust_decimal::Decimal>,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// What it applied, and what a final capture released.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: rust_decimal::Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub released: rust_decimal::Decimal,
+    /// A capture after the authorization expired (`capture_after_expiry`).
+    pub forced: bool,
+    /// A refund under `refunds: restore` (the policy's, when it was applied).
+    pub restores: bool,
+    /// Added to the original acceptance's usage windows.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub usage_delta: rust_decimal::Decimal,
+    pub authorization: crate::ledger::authorization::AuthorizationState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// The message's metadata, PANs masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// An authorization released by the ledger after `authorizationTtl` (AUTH_EXPIRED).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationExpired {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub released: rust_decimal::Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub usage_delta: rust_decimal::Decimal,
+    pub authorization: crate::ledger::authorization::AuthorizationState,
+}
+
+/// A settlement message refused (SPEC §11): by the ledger (`exceeds_remainder`, ...)
+/// or before it (malformed: the intents' parse codes, with the masked input).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettlementRefused {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settlement_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent_id: Option<String>,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub code: String,
+    pub detail: String,
+    /// Keyed fingerprint of the settlement (parsed) or of the raw bytes (malformed).
+    pub fingerprint: String,
+    /// Malformed input as received: PANs masked, cut at `MAX_RAW_STORED_BYTES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

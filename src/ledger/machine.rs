@@ -15,9 +15,13 @@
 //! what a decision does to usage exists anywhere else (TigerBeetle's prefetch / execute
 //! split: the I/O loads, this module executes).
 
+use super::authorization::{AuthorizationState, SettlementRefusal};
 use super::chain::{self, Hash, INTAKE_CHAIN, agent_chain};
 use super::events::{self, LedgerEvent};
-use super::store::{DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, VoteRow};
+use super::store::{
+    AuthorizationRow, DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, SettlementRow,
+    VoteRow,
+};
 use super::usage::{self, UsageKey};
 use super::{Outcome, OutcomeMessage, VerifiedVote, Vote};
 use crate::decision::{DecisionMessage, Effect, KillState, Usage, UsageReport, WindowRef};
@@ -25,6 +29,7 @@ use crate::intent::SpendIntent;
 use crate::kill_switch::Scope;
 use crate::policy::{self, CompiledPolicy, EvalInput};
 use crate::privacy::{self, Sealed};
+use crate::settlement::{Settlement, SettlementType};
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -71,6 +76,22 @@ pub enum Change {
         row: Box<DecisionRow>,
         message: Box<DecisionMessage>,
     },
+    /// An authorization's state after the event (upserted).
+    Authorization(Box<AuthorizationRow>),
+    /// An applied settlementId (idempotency).
+    Settlement(SettlementRow),
+    /// A lifecycle outcome message to publish (CAPTURED, VOIDED, REFUNDED, AUTH_EXPIRED).
+    Lifecycle {
+        seq: i64,
+        agent_id: String,
+        message: Box<OutcomeMessage>,
+        text: String,
+    },
+}
+
+/// Default `authorizationTtl` (SPEC §11) for events recorded before it existed.
+fn default_authorization_ttl() -> chrono::Duration {
+    chrono::Duration::seconds(crate::policy::model::DEFAULT_AUTHORIZATION_TTL_SECS)
 }
 
 /// An event that does not fold (a payload the live path never writes).
@@ -157,12 +178,45 @@ pub fn delta(
                 decided_at: c.closed_at,
                 closed_at: c.closed_at,
                 ledger_seq: r.seq,
+                settlement_id: c.settlement.as_ref().map(|s| s.settlement_id.clone()),
+                amount: None,
+                authorization: None,
+                flags: Vec::new(),
             };
             let text = serde_json::to_string(&message).map_err(|source| FoldError::Serialize {
                 seq: r.seq,
                 what: "outcome message",
                 source,
             })?;
+            if outcome == Outcome::Approved {
+                let expires_at = c
+                    .authorization_expires_at
+                    .unwrap_or_else(|| chain::to_micros(c.closed_at + default_authorization_ttl()));
+                out(Change::Authorization(Box::new(AuthorizationRow {
+                    intent_id: c.intent_id.clone(),
+                    agent_id: c.agent_id.clone(),
+                    entity_id: c.entity_id.clone(),
+                    state: AuthorizationState::open(
+                        c.amount,
+                        &c.currency,
+                        &c.tz,
+                        c.day,
+                        c.month,
+                        expires_at,
+                    ),
+                    seq: r.seq,
+                })));
+            }
+            if let Some(st) = &c.settlement {
+                out(Change::Settlement(SettlementRow {
+                    settlement_id: st.settlement_id.clone(),
+                    intent_id: c.intent_id.clone(),
+                    agent_id: c.agent_id.clone(),
+                    fingerprint: fingerprint_bytes(&st.fingerprint),
+                    seq: r.seq,
+                    message: text.clone(),
+                }));
+            }
             out(Change::Outcome {
                 row: Box::new(OutcomeRow {
                     intent_id: c.intent_id.clone(),
@@ -197,14 +251,144 @@ pub fn delta(
             canonical: a.canonical.clone(),
             seq: r.seq,
         })),
+        LedgerEvent::SettlementApplied(a) => settlement_delta(r, a, out)?,
+        LedgerEvent::AuthorizationExpired(x) => {
+            let row = AuthorizationRow {
+                intent_id: x.intent_id.clone(),
+                agent_id: x.agent_id.clone(),
+                entity_id: x.entity_id.clone(),
+                state: x.authorization.clone(),
+                seq: r.seq,
+            };
+            usage_adjustment(&row, x.usage_delta, out);
+            let message = lifecycle_message(&row, Outcome::AuthExpired, r, None, x.released, false);
+            out(Change::Authorization(Box::new(row)));
+            out(lifecycle_change(r, &x.agent_id, message)?);
+        }
         // Audit-only events: they change no projection.
         LedgerEvent::IntentInvalid(_)
         | LedgerEvent::IdempotencyConflict(_)
         | LedgerEvent::VoteRefused(_)
         | LedgerEvent::SubjectErased(_)
-        | LedgerEvent::MessageSetAside(_) => {}
+        | LedgerEvent::MessageSetAside(_)
+        | LedgerEvent::SettlementRefused(_) => {}
     }
     Ok(())
+}
+
+/// A fingerprint recorded as hex; one that is not hex is kept visibly wrong (it cannot
+/// match the live bytes).
+fn fingerprint_bytes(hex_text: &str) -> Vec<u8> {
+    hex::decode(hex_text).unwrap_or_else(|_| hex_text.as_bytes().to_vec())
+}
+
+fn settlement_delta(
+    r: &Recorded,
+    a: &events::SettlementApplied,
+    out: &mut impl FnMut(Change),
+) -> Result<(), FoldError> {
+    let row = AuthorizationRow {
+        intent_id: a.intent_id.clone(),
+        agent_id: a.agent_id.clone(),
+        entity_id: a.entity_id.clone(),
+        state: a.authorization.clone(),
+        seq: r.seq,
+    };
+    usage_adjustment(&row, a.usage_delta, out);
+    let outcome = match a.kind {
+        SettlementType::Capture => Outcome::Captured,
+        SettlementType::Void => Outcome::Voided,
+        SettlementType::Refund => Outcome::Refunded,
+        SettlementType::Cancel => Outcome::Cancelled,
+    };
+    let message = lifecycle_message(
+        &row,
+        outcome,
+        r,
+        Some(a.settlement.settlement_id.clone()),
+        a.amount,
+        a.forced,
+    );
+    let change = lifecycle_change(r, &a.agent_id, message)?;
+    let Change::Lifecycle { text, .. } = &change else {
+        unreachable!("lifecycle_change returns Change::Lifecycle");
+    };
+    out(Change::Settlement(SettlementRow {
+        settlement_id: a.settlement.settlement_id.clone(),
+        intent_id: a.intent_id.clone(),
+        agent_id: a.agent_id.clone(),
+        fingerprint: fingerprint_bytes(&a.settlement.fingerprint),
+        seq: r.seq,
+        message: text.clone(),
+    }));
+    out(Change::Authorization(Box::new(row)));
+    out(change);
+    Ok(())
+}
+
+/// A lifecycle adjustment lands in the day and month windows of the original
+/// acceptance (SPEC §11).
+fn usage_adjustment(row: &AuthorizationRow, delta: Decimal, out: &mut impl FnMut(Change)) {
+    if delta.is_zero() {
+        return;
+    }
+    let st = &row.state;
+    for (kind, start) in [(usage::DAY, st.day), (usage::MONTH, st.month)] {
+        out(Change::Usage {
+            key: usage::key(&row.agent_id, kind, &st.tz, &st.currency, start),
+            committed: delta,
+            reserved: Decimal::ZERO,
+        });
+    }
+}
+
+fn lifecycle_message(
+    row: &AuthorizationRow,
+    outcome: Outcome,
+    r: &Recorded,
+    settlement_id: Option<String>,
+    amount: Decimal,
+    forced: bool,
+) -> OutcomeMessage {
+    OutcomeMessage {
+        intent_id: row.intent_id.clone(),
+        agent_id: row.agent_id.clone(),
+        entity_id: row.entity_id.clone(),
+        outcome,
+        approvers: Vec::new(),
+        decided_at: r.recorded_at,
+        closed_at: r.recorded_at,
+        ledger_seq: r.seq,
+        settlement_id,
+        amount: Some(amount),
+        authorization: Some(Box::new(row.state.totals())),
+        flags: if forced {
+            vec![CAPTURE_AFTER_EXPIRY.to_string()]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Flag of a capture recorded after its authorization expired (SPEC §11), stable.
+pub const CAPTURE_AFTER_EXPIRY: &str = "capture_after_expiry";
+
+fn lifecycle_change(
+    r: &Recorded,
+    agent_id: &str,
+    message: OutcomeMessage,
+) -> Result<Change, FoldError> {
+    let text = serde_json::to_string(&message).map_err(|source| FoldError::Serialize {
+        seq: r.seq,
+        what: "lifecycle outcome message",
+        source,
+    })?;
+    Ok(Change::Lifecycle {
+        seq: r.seq,
+        agent_id: agent_id.to_string(),
+        message: Box::new(message),
+        text,
+    })
 }
 
 fn decided_delta(
@@ -226,8 +410,7 @@ fn decided_delta(
             entity_id: intent.entity_id.clone(),
             seq: r.seq,
             // A fingerprint that is not hex cannot match the live bytes: kept visibly wrong.
-            fingerprint: hex::decode(&d.fingerprint)
-                .unwrap_or_else(|_| d.fingerprint.clone().into_bytes()),
+            fingerprint: fingerprint_bytes(&d.fingerprint),
             decision_hash: r.hash.to_vec(),
             effect: d.evaluation.effect.as_str().to_string(),
             message: text,
@@ -275,7 +458,29 @@ fn decided_delta(
             month,
             decided_seq: r.seq,
             expires_at,
+            authorization_ttl_secs: d
+                .authorization_ttl_secs
+                .unwrap_or(crate::policy::model::DEFAULT_AUTHORIZATION_TTL_SECS),
         }));
+    }
+    if d.evaluation.effect == Effect::Allow {
+        let ttl = d
+            .authorization_ttl_secs
+            .map_or_else(default_authorization_ttl, chrono::Duration::seconds);
+        out(Change::Authorization(Box::new(AuthorizationRow {
+            intent_id: intent.intent_id.clone(),
+            agent_id: intent.agent_id.clone(),
+            entity_id: intent.entity_id.clone(),
+            state: AuthorizationState::open(
+                intent.amount,
+                &intent.currency,
+                &u.window.tz,
+                u.window.day,
+                month,
+                chain::to_micros(d.accepted_at + ttl),
+            ),
+            seq: r.seq,
+        })));
     }
     Ok(())
 }
@@ -455,6 +660,10 @@ pub struct Projections {
     pub kills: BTreeMap<String, KillRow>,
     /// sha256 → version
     pub policies: BTreeMap<String, PolicyRow>,
+    /// intent → its authorization (SPEC §11)
+    pub authorizations: BTreeMap<String, AuthorizationRow>,
+    /// settlementId → the settlement applied under it
+    pub settlements: BTreeMap<String, SettlementRow>,
 }
 
 /// A change that contradicts the state it is applied to (replay reports these).
@@ -464,6 +673,13 @@ pub enum Inconsistency {
     DecidedTwice { intent_id: String, first_seq: i64 },
     #[error("intent {0} closed but it was not waiting for approval")]
     ClosedNotPending(String),
+    #[error("settlement {settlement_id} applied a second time (first at seq {first_seq})")]
+    SettledTwice {
+        settlement_id: String,
+        first_seq: i64,
+    },
+    #[error("authorization of intent {intent_id}: {problem}")]
+    BadAuthorization { intent_id: String, problem: String },
 }
 
 impl Projections {
@@ -513,6 +729,28 @@ impl Projections {
             Change::Policy(p) => {
                 self.policies.insert(p.sha256.clone(), p.clone());
             }
+            Change::Authorization(a) => {
+                if let Err(problem) = a.state.check() {
+                    return Some(Inconsistency::BadAuthorization {
+                        intent_id: a.intent_id.clone(),
+                        problem,
+                    });
+                }
+                self.authorizations
+                    .insert(a.intent_id.clone(), (**a).clone());
+            }
+            Change::Settlement(st) => {
+                if let Some(first) = self
+                    .settlements
+                    .insert(st.settlement_id.clone(), st.clone())
+                {
+                    return Some(Inconsistency::SettledTwice {
+                        settlement_id: st.settlement_id.clone(),
+                        first_seq: first.seq,
+                    });
+                }
+            }
+            Change::Lifecycle { .. } => {}
             Change::Decision { row: d, .. } => {
                 let id = intent_key(&d.intent_id);
                 if let Some((first_seq, _)) = self.decisions.insert(id, (d.seq, d.digest())) {
@@ -663,6 +901,8 @@ pub struct Verdict {
     pub usage: Option<UsageReport>,
     pub evaluation: crate::decision::Evaluation,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The policy's `authorizationTtl` for an effect that can authorize spend.
+    pub authorization_ttl_secs: Option<i64>,
 }
 
 /// The decision rule: kill switch and usage windows from the snapshot (windows of the
@@ -720,11 +960,16 @@ pub fn verdict(
         }
         _ => None,
     };
+    let authorization_ttl_secs = match policy {
+        Some(p) if evaluation.effect != Effect::Deny => Some(p.authorization_ttl.num_seconds()),
+        _ => None,
+    };
     Verdict {
         kill,
         usage: report,
         evaluation,
         expires_at,
+        authorization_ttl_secs,
     }
 }
 
@@ -747,6 +992,7 @@ pub fn decided(
         usage: v.usage,
         evaluation: v.evaluation,
         expires_at: v.expires_at,
+        authorization_ttl_secs: v.authorization_ttl_secs,
     }
 }
 
@@ -793,6 +1039,10 @@ pub fn close(
             day: p.day,
             month: p.month,
             kill_scope,
+            authorization_expires_at: (outcome == Outcome::Approved).then(|| {
+                chain::to_micros(now + chrono::Duration::seconds(p.authorization_ttl_secs))
+            }),
+            settlement: None,
         }),
     }
 }
@@ -980,4 +1230,227 @@ pub fn step_kill_switch(
             reason: reason.to_string(),
         }),
     })
+}
+
+/// The intent a settlement names, as its decision recorded it.
+#[derive(Debug, Clone, Copy)]
+pub struct SettledIntent<'a> {
+    pub agent_id: &'a str,
+    pub entity_id: &'a str,
+    pub effect: Effect,
+}
+
+/// A settlement to apply, with what the step cannot compute itself.
+pub struct SettleInput<'a> {
+    pub settlement: &'a Settlement,
+    /// Keyed fingerprint of the settlement's canonical form (idempotency).
+    pub fingerprint: [u8; 32],
+    /// The ledger's time (the transaction's clock).
+    pub now: DateTime<Utc>,
+    /// The agent's policy says `refunds: restore`.
+    pub restore_refunds: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SettleStep {
+    /// Applied before with the same payload: nothing to append; the recorded row.
+    Redelivered(SettlementRow),
+    /// A `settlement_refused` event (its code is also returned).
+    Refused(Staged, SettlementRefusal),
+    /// A `settlement_applied` event (CAPTURE, VOID, REFUND) or an `intent_closed`
+    /// CANCELLED event.
+    Applied(Staged),
+}
+
+/// Applies one settlement message (SPEC §11) to a snapshot holding the intent's
+/// authorization, pending approval, outcome and the settlementId's earlier row.
+/// `intent` is the intent's decision (`None`: no decision recorded).
+pub fn step_settle(
+    s: &Projections,
+    intent: Option<SettledIntent<'_>>,
+    input: SettleInput<'_>,
+) -> SettleStep {
+    let st = input.settlement;
+    let fingerprint = hex::encode(input.fingerprint);
+    let chain_id = intent.map_or_else(|| INTAKE_CHAIN.to_string(), |i| agent_chain(i.agent_id));
+    let actor = intent.map_or("unknown", |i| i.agent_id).to_string();
+    let refuse = |code: SettlementRefusal, detail: String| {
+        SettleStep::Refused(
+            Staged {
+                chain_id: chain_id.clone(),
+                actor: actor.clone(),
+                resource: st.intent_id.clone(),
+                event: LedgerEvent::SettlementRefused(events::SettlementRefused {
+                    settlement_id: Some(st.settlement_id.clone()),
+                    intent_id: Some(st.intent_id.clone()),
+                    kind: Some(st.kind.as_str().to_string()),
+                    code: code.as_str().to_string(),
+                    detail,
+                    fingerprint: fingerprint.clone(),
+                    raw: None,
+                }),
+            },
+            code,
+        )
+    };
+    if let Some(earlier) = s.settlements.get(&st.settlement_id) {
+        if earlier.fingerprint == input.fingerprint {
+            return SettleStep::Redelivered(earlier.clone());
+        }
+        return refuse(
+            SettlementRefusal::IdempotencyConflict,
+            format!(
+                "settlement {} was already applied (ledgerSeq {}) with a different payload; use a new settlementId",
+                st.settlement_id, earlier.seq
+            ),
+        );
+    }
+    let Some(intent) = intent else {
+        return refuse(
+            SettlementRefusal::UnknownIntent,
+            format!("no decision is recorded for intent {}", st.intent_id),
+        );
+    };
+    let settlement = events::SettlementRef {
+        settlement_id: st.settlement_id.clone(),
+        fingerprint: fingerprint.clone(),
+    };
+    if st.kind == SettlementType::Cancel {
+        let Some(p) = s.pending.get(&st.intent_id) else {
+            return refuse(
+                SettlementRefusal::NotAwaitingApproval,
+                not_waiting(s, &st.intent_id, intent.effect),
+            );
+        };
+        let mut staged = close(
+            p,
+            Outcome::Cancelled,
+            s.approvers(&st.intent_id),
+            None,
+            input.now,
+            intent.agent_id,
+        );
+        if let LedgerEvent::IntentClosed(c) = &mut staged.event {
+            c.settlement = Some(settlement);
+        }
+        return SettleStep::Applied(staged);
+    }
+    let Some(auth) = s.authorizations.get(&st.intent_id) else {
+        return refuse(
+            SettlementRefusal::NotAuthorized,
+            not_authorized(s, &st.intent_id, intent.effect),
+        );
+    };
+    if let Some(currency) = &st.currency
+        && *currency != auth.state.currency
+    {
+        return refuse(
+            SettlementRefusal::CurrencyMismatch,
+            format!(
+                "settlement in {currency}, but the intent was authorized in {}",
+                auth.state.currency
+            ),
+        );
+    }
+    let settled = match auth.state.settle(
+        st.kind,
+        st.amount,
+        st.is_final,
+        st.kind == SettlementType::Refund && input.restore_refunds,
+    ) {
+        Ok(settled) => settled,
+        Err((code, detail)) => return refuse(code, detail),
+    };
+    let mut metadata = st.metadata.clone().map(serde_json::Value::Object);
+    if let Some(m) = &mut metadata {
+        privacy::mask_pans_in_json(m);
+    }
+    SettleStep::Applied(Staged {
+        chain_id,
+        actor,
+        resource: st.intent_id.clone(),
+        event: LedgerEvent::SettlementApplied(Box::new(events::SettlementApplied {
+            settlement,
+            intent_id: st.intent_id.clone(),
+            agent_id: intent.agent_id.to_string(),
+            entity_id: intent.entity_id.to_string(),
+            kind: st.kind,
+            requested: st.amount,
+            is_final: st.is_final,
+            amount: settled.amount,
+            released: settled.released,
+            forced: settled.forced,
+            restores: st.kind == SettlementType::Refund && input.restore_refunds,
+            usage_delta: settled.usage_delta,
+            authorization: settled.after,
+            occurred_at: st.occurred_at,
+            metadata: metadata.and_then(|m| match m {
+                serde_json::Value::Object(o) => Some(o),
+                _ => None,
+            }),
+        })),
+    })
+}
+
+/// Why an intent without an authorization cannot be settled.
+fn not_authorized(s: &Projections, intent_id: &str, effect: Effect) -> String {
+    if s.pending.contains_key(intent_id) {
+        return format!(
+            "intent {intent_id} is waiting for approval ({effect}); nothing is authorized yet"
+        );
+    }
+    match s.outcomes.get(intent_id) {
+        Some(o) => format!(
+            "intent {intent_id} was closed as {} without an authorization",
+            o.outcome
+        ),
+        None => format!("intent {intent_id} was decided {effect}; nothing is authorized"),
+    }
+}
+
+/// Why an intent cannot be cancelled.
+fn not_waiting(s: &Projections, intent_id: &str, effect: Effect) -> String {
+    if s.authorizations.contains_key(intent_id) {
+        return format!(
+            "intent {intent_id} is authorized, not waiting for approval: send a VOID to release it"
+        );
+    }
+    match s.outcomes.get(intent_id) {
+        Some(o) => format!("intent {intent_id} is already closed as {}", o.outcome),
+        None => {
+            format!("intent {intent_id} was decided {effect}, not REQUIRE_HITL or REQUIRE_MSIG")
+        }
+    }
+}
+
+/// Releases every authorization of the snapshot whose `authorizationTtl` ended at
+/// `now` (AUTH_EXPIRED), agent by agent, oldest expiry first.
+pub fn step_expire_authorizations(s: &Projections, now: DateTime<Utc>) -> Vec<Staged> {
+    let mut due: Vec<(&AuthorizationRow, AuthorizationState, Decimal)> = s
+        .authorizations
+        .values()
+        .filter_map(|a| a.state.expire(now).map(|(after, delta)| (a, after, delta)))
+        .collect();
+    due.sort_by(|x, y| {
+        (&x.0.agent_id, x.0.state.expires_at, &x.0.intent_id).cmp(&(
+            &y.0.agent_id,
+            y.0.state.expires_at,
+            &y.0.intent_id,
+        ))
+    });
+    due.into_iter()
+        .map(|(a, after, delta)| Staged {
+            chain_id: agent_chain(&a.agent_id),
+            actor: "spendguard".to_string(),
+            resource: a.intent_id.clone(),
+            event: LedgerEvent::AuthorizationExpired(Box::new(events::AuthorizationExpired {
+                intent_id: a.intent_id.clone(),
+                agent_id: a.agent_id.clone(),
+                entity_id: a.entity_id.clone(),
+                released: after.expired_amount,
+                usage_delta: delta,
+                authorization: after,
+            })),
+        })
+        .collect()
 }

@@ -22,6 +22,7 @@
 //!
 //! Guarantees and how they are enforced are in docs/ledger.md.
 
+pub mod authorization;
 pub mod chain;
 pub mod decide;
 pub mod events;
@@ -29,6 +30,7 @@ pub mod fault;
 pub mod machine;
 pub mod query;
 pub mod replay;
+pub mod settle;
 pub mod store;
 pub mod usage;
 pub mod votes;
@@ -180,34 +182,51 @@ pub struct VerifiedVote {
     pub signed_at: DateTime<Utc>,
 }
 
+/// What happened to an intent after its decision: the approval outcomes (SPEC §3) and
+/// the lifecycle outcomes of its authorization (SPEC §11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Outcome {
     Approved,
     Rejected,
     Expired,
     Killed,
+    Cancelled,
+    Captured,
+    Voided,
+    Refunded,
+    AuthExpired,
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Approved,
+        Outcome::Rejected,
+        Outcome::Expired,
+        Outcome::Killed,
+        Outcome::Cancelled,
+        Outcome::Captured,
+        Outcome::Voided,
+        Outcome::Refunded,
+        Outcome::AuthExpired,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Approved => "APPROVED",
             Outcome::Rejected => "REJECTED",
             Outcome::Expired => "EXPIRED",
             Outcome::Killed => "KILLED",
+            Outcome::Cancelled => "CANCELLED",
+            Outcome::Captured => "CAPTURED",
+            Outcome::Voided => "VOIDED",
+            Outcome::Refunded => "REFUNDED",
+            Outcome::AuthExpired => "AUTH_EXPIRED",
         }
     }
 
     pub fn parse(s: &str) -> Option<Outcome> {
-        [
-            Outcome::Approved,
-            Outcome::Rejected,
-            Outcome::Expired,
-            Outcome::Killed,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == s)
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
     }
 }
 
@@ -224,6 +243,20 @@ pub struct OutcomeMessage {
     pub decided_at: DateTime<Utc>,
     pub closed_at: DateTime<Utc>,
     pub ledger_seq: i64,
+    /// Lifecycle outcomes (SPEC §11): the settlement, the amount it applied, the
+    /// authorization's running totals and flags (`capture_after_expiry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settlement_id: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub amount: Option<rust_decimal::Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Box<authorization::AuthorizationTotals>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

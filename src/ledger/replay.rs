@@ -15,7 +15,11 @@ use super::LedgerError;
 use super::chain::{self, EventRow, Verifier};
 use super::events::{self, EventError, LedgerEvent, kind};
 use super::machine::{self, Projections, Recorded};
-use super::store::{DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, VoteRow};
+use super::settle::{AUTHORIZATION_COLUMNS, SETTLEMENT_COLUMNS};
+use super::store::{
+    AuthorizationRow, DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, SettlementRow,
+    VoteRow,
+};
 use super::usage::{self, UsageKey};
 use super::votes::{OUTCOME_COLUMNS, PENDING_COLUMNS, VOTE_COLUMNS};
 use crate::intent::SpendIntent;
@@ -155,6 +159,8 @@ pub struct ReplayReport {
     pub events: u64,
     pub decisions: u64,
     pub decisions_reevaluated: u64,
+    /// Settlements re-applied with the lifecycle rule (with `--verify`).
+    pub settlements_reapplied: u64,
     /// Decisions that did not reproduce (with `--verify`).
     pub decision_mismatches: Vec<String>,
     pub decision_mismatch_count: u64,
@@ -376,12 +382,95 @@ fn apply(
                 reverify(d, p, report, compiled, keys, &at);
             }
         }
+        LedgerEvent::SettlementApplied(a) if verify => {
+            report.settlements_reapplied += 1;
+            reverify_settlement(a, e.recorded_at, p, report, &at);
+        }
+        LedgerEvent::AuthorizationExpired(x) if verify => {
+            let again = p
+                .authorizations
+                .get(&x.intent_id)
+                .and_then(|a| a.state.expire(e.recorded_at));
+            if again.as_ref() != Some(&(x.authorization.clone(), x.usage_delta)) {
+                report.mismatch(at(&format!(
+                    "intent {}: recorded expiry {:?} (usage {}) but the events before it give {:?}",
+                    x.intent_id, x.authorization, x.usage_delta, again
+                )));
+            }
+        }
         _ => {}
     }
     for problem in p.apply(&recorded(e), &event)? {
         report.mismatch(at(&problem.to_string()));
     }
     Ok(())
+}
+
+/// Re-applies a recorded settlement with the same rule (`machine::step_settle`) on the
+/// projections before it: the recorded event must come out again, field for field.
+fn reverify_settlement(
+    a: &events::SettlementApplied,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+    p: &Projections,
+    report: &mut ReplayReport,
+    at: &dyn Fn(&str) -> String,
+) {
+    let settlement = crate::settlement::Settlement {
+        settlement_id: a.settlement.settlement_id.clone(),
+        intent_id: a.intent_id.clone(),
+        kind: a.kind,
+        amount: a.requested,
+        currency: a.requested.map(|_| a.authorization.currency.clone()),
+        is_final: a.is_final,
+        occurred_at: a.occurred_at,
+        metadata: a.metadata.clone(),
+    };
+    let mut fingerprint = [0u8; 32];
+    if hex::decode_to_slice(&a.settlement.fingerprint, &mut fingerprint).is_err() {
+        report.mismatch(at(&format!(
+            "settlement {}: fingerprint is not 32 bytes of hex",
+            a.settlement.settlement_id
+        )));
+        return;
+    }
+    let again = machine::step_settle(
+        p,
+        Some(machine::SettledIntent {
+            agent_id: &a.agent_id,
+            entity_id: &a.entity_id,
+            effect: crate::decision::Effect::Allow,
+        }),
+        machine::SettleInput {
+            settlement: &settlement,
+            fingerprint,
+            now: recorded_at,
+            restore_refunds: a.restores,
+        },
+    );
+    match again {
+        machine::SettleStep::Applied(machine::Staged {
+            event: LedgerEvent::SettlementApplied(b),
+            ..
+        }) if *b == *a => {}
+        machine::SettleStep::Applied(machine::Staged {
+            event: LedgerEvent::SettlementApplied(b),
+            ..
+        }) => report.mismatch(at(&format!(
+            "settlement {}: recorded {} {} (usage {}, state {:?}) but the events before it give {} (usage {}, state {:?})",
+            a.settlement.settlement_id,
+            a.kind.as_str(),
+            a.amount,
+            a.usage_delta,
+            a.authorization,
+            b.amount,
+            b.usage_delta,
+            b.authorization
+        ))),
+        other => report.mismatch(at(&format!(
+            "settlement {}: recorded as applied but the events before it give {other:?}",
+            a.settlement.settlement_id
+        ))),
+    }
 }
 
 /// Re-decides a recorded intent on the projections before it and reports every field
@@ -467,6 +556,16 @@ fn reverify(
             codes(&again.evaluation)
         )));
     }
+    // Events written before SPEC §11 carry no TTL: theirs was the default.
+    let ttl = |t: Option<i64>| t.unwrap_or(crate::policy::model::DEFAULT_AUTHORIZATION_TTL_SECS);
+    if d.evaluation.effect != crate::decision::Effect::Deny
+        && ttl(again.authorization_ttl_secs) != ttl(d.authorization_ttl_secs)
+    {
+        report.mismatch(at(&format!(
+            "intent {id}: recorded authorizationTtl {:?}s but the policy gives {:?}s",
+            d.authorization_ttl_secs, again.authorization_ttl_secs
+        )));
+    }
     if again.expires_at != d.expires_at {
         report.mismatch(at(&format!(
             "intent {id}: recorded approval expiry {:?} but the policy gives {:?}",
@@ -490,6 +589,8 @@ async fn compare_live(
         outcomes,
         kills,
         policies,
+        authorizations,
+        settlements,
     } = rebuilt;
 
     // Rows that differ from their event, explained field by field once the scan is done.
@@ -666,6 +767,30 @@ async fn compare_live(
     .map(|p| (p.sha256.clone(), p))
     .collect();
     diff_maps("policy_version", &policies, &live_policies, report);
+
+    let sql = format!("SELECT {AUTHORIZATION_COLUMNS} FROM authorization_state");
+    let live_authorizations: BTreeMap<String, AuthorizationRow> =
+        sqlx::query_as::<_, AuthorizationRow>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|a| (a.intent_id.clone(), a))
+            .collect();
+    diff_maps(
+        "authorization_state",
+        &authorizations,
+        &live_authorizations,
+        report,
+    );
+    let sql = format!("SELECT {SETTLEMENT_COLUMNS} FROM settlement");
+    let live_settlements: BTreeMap<String, SettlementRow> =
+        sqlx::query_as::<_, SettlementRow>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|st| (st.settlement_id.clone(), st))
+            .collect();
+    diff_maps("settlement", &settlements, &live_settlements, report);
     Ok(())
 }
 

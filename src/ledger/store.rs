@@ -73,6 +73,35 @@ pub struct PendingRow {
     pub month: NaiveDate,
     pub decided_seq: i64,
     pub expires_at: DateTime<Utc>,
+    /// The policy's `authorizationTtl`: an approval opens an authorization this long.
+    pub authorization_ttl_secs: i64,
+}
+
+/// `authorization_state`: one row per authorized intent (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuthorizationRow {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    #[sqlx(flatten)]
+    pub state: AuthorizationColumns,
+    /// The last event that changed it.
+    pub seq: i64,
+}
+
+/// `AuthorizationState` as columns (sqlx maps by these names).
+pub type AuthorizationColumns = super::authorization::AuthorizationState;
+
+/// `settlement`: one row per applied settlementId (idempotency), with the outcome
+/// message it published.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SettlementRow {
+    pub settlement_id: String,
+    pub intent_id: String,
+    pub agent_id: String,
+    pub fingerprint: Vec<u8>,
+    pub seq: i64,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -139,6 +168,9 @@ pub struct WriteSet {
     pub outcomes: Vec<OutcomeRow>,
     pub kills: Vec<KillRow>,
     pub policies: Vec<PolicyRow>,
+    /// Last state per intent (upserted).
+    pub authorizations: BTreeMap<String, AuthorizationRow>,
+    pub settlements: Vec<SettlementRow>,
     /// (seq, topic, key, payload)
     pub outbox: Vec<(i64, String, String, String)>,
 }
@@ -354,6 +386,20 @@ impl WriteSet {
             }
             Change::Kill(k) => self.kills.push(k),
             Change::Policy(p) => self.policies.push(p),
+            Change::Authorization(a) => {
+                self.authorizations.insert(a.intent_id.clone(), *a);
+            }
+            Change::Settlement(row) => self.settlements.push(row),
+            Change::Lifecycle {
+                seq,
+                agent_id,
+                message,
+                text,
+            } => {
+                appended.outcome = Some(*message);
+                self.outbox
+                    .push((seq, DECISIONS_TOPIC.to_string(), agent_id, text));
+            }
             Change::Decision { row: d, message } => {
                 appended.decision = Some((*message, d.message.clone()));
                 self.outbox.push((
@@ -472,8 +518,8 @@ impl WriteSet {
         if !self.pending_insert.is_empty() {
             let p = &self.pending_insert;
             sqlx::query(
-                "INSERT INTO pending_approval (intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::numeric[], $7::text[], $8::text[], $9::date[], $10::date[], $11::bigint[], $12::timestamptz[])",
+                "INSERT INTO pending_approval (intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at, authorization_ttl_secs)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::numeric[], $7::text[], $8::text[], $9::date[], $10::date[], $11::bigint[], $12::timestamptz[], $13::bigint[])",
             )
             .bind(p.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
             .bind(p.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
@@ -487,6 +533,7 @@ impl WriteSet {
             .bind(p.iter().map(|r| r.month).collect::<Vec<_>>())
             .bind(p.iter().map(|r| r.decided_seq).collect::<Vec<_>>())
             .bind(p.iter().map(|r| r.expires_at).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.authorization_ttl_secs).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
@@ -549,6 +596,50 @@ impl WriteSet {
             .bind(&p.version)
             .bind(&p.canonical)
             .bind(p.seq)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.authorizations.is_empty() {
+            let a: Vec<&AuthorizationRow> = self.authorizations.values().collect();
+            sqlx::query(
+                "INSERT INTO authorization_state (intent_id, agent_id, entity_id, authorized, captured, voided, refunded, restored, expired_amount, is_final, expired, expires_at, currency, tz, day, month, seq)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::bool[], $11::bool[], $12::timestamptz[], $13::text[], $14::text[], $15::date[], $16::date[], $17::bigint[])
+                 ON CONFLICT (intent_id) DO UPDATE SET captured = EXCLUDED.captured, voided = EXCLUDED.voided,
+                     refunded = EXCLUDED.refunded, restored = EXCLUDED.restored, expired_amount = EXCLUDED.expired_amount,
+                     is_final = EXCLUDED.is_final, expired = EXCLUDED.expired, seq = EXCLUDED.seq",
+            )
+            .bind(a.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.authorized).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.captured).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.voided).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.refunded).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.restored).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.expired_amount).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.is_final).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.expired).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.expires_at).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.currency.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.tz.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.day).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.month).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.settlements.is_empty() {
+            let st = &self.settlements;
+            sqlx::query(
+                "INSERT INTO settlement (settlement_id, intent_id, agent_id, fingerprint, seq, message)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::text[])",
+            )
+            .bind(st.iter().map(|r| r.settlement_id.as_str()).collect::<Vec<_>>())
+            .bind(st.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(st.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(st.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
+            .bind(st.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(st.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }

@@ -189,6 +189,10 @@ pub struct CompiledPolicy {
     pub currency: Currency,
     pub tz: chrono_tz::Tz,
     pub approval_ttl: chrono::Duration,
+    /// SPEC §11 `authorizationTtl` (default 7 days).
+    pub authorization_ttl: chrono::Duration,
+    /// SPEC §11 `refunds: restore` (default `ignore`).
+    pub refunds_restore: bool,
     pub(crate) spec: PolicySpec,
     canonical: String,
     pub(crate) per_txn: Decimal,
@@ -656,6 +660,11 @@ impl CompiledPolicy {
             currency,
             tz,
             approval_ttl: chrono::Duration::seconds(ttl_secs),
+            authorization_ttl: chrono::Duration::seconds(
+                spec.authorization_ttl
+                    .map_or(model::DEFAULT_AUTHORIZATION_TTL_SECS, |t| t.seconds),
+            ),
+            refunds_restore: spec.refunds == Some(model::RefundMode::Restore),
             per_txn: spec.caps.per_txn.0,
             daily: spec.caps.daily.0,
             monthly: spec.caps.monthly.0,

@@ -25,6 +25,9 @@ pub const MAX_APPROVALS: u32 = 32;
 pub const MAX_APPROVAL_TTL_SECS: i64 = 30 * 24 * 3600;
 /// Default approval TTL (SPEC §2: 24h), in seconds.
 pub const DEFAULT_APPROVAL_TTL_SECS: i64 = 24 * 3600;
+/// How long an authorization may stay open before the ledger releases what was not
+/// captured (SPEC §11: `authorizationTtl`, default 7 days).
+pub const DEFAULT_AUTHORIZATION_TTL_SECS: i64 = 7 * 86_400;
 /// Largest inline Rego module, in bytes.
 pub const MAX_REGO_MODULE_BYTES: usize = 64 * 1024;
 
@@ -512,6 +515,41 @@ pub struct PolicySpec {
     pub approval_ttl: Option<TtlSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rego: Option<RegoSpec>,
+    /// How long an ALLOWed (or approved) authorization stays open for captures before
+    /// its uncaptured remainder is released (SPEC §11). Not filled in when absent, so
+    /// policies written before it keep their identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "AuthorizationTtlSchema")]
+    pub authorization_ttl: Option<TtlSpec>,
+    /// Whether a refund gives budget back (`restore`) or not (`ignore`, the default: a
+    /// refund loop cannot launder a limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refunds: Option<RefundMode>,
+}
+
+/// SPEC §11 `refunds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RefundMode {
+    /// A refund lowers the usage of the original intent's windows.
+    Restore,
+    /// A refund is recorded but gives no budget back (default).
+    Ignore,
+}
+
+/// Schema of `authorizationTtl` (the same duration syntax as `approvalTtl`).
+struct AuthorizationTtlSchema;
+
+impl JsonSchema for AuthorizationTtlSchema {
+    fn schema_name() -> Cow<'static, str> {
+        "AuthorizationTtl".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "How long an authorization stays open for captures before the ledger releases its uncaptured remainder (AUTH_EXPIRED): \"7d\", \"36h\" (max 30d).",
+            "type": "string", "pattern": "^([0-9]+[dhms])+$", "default": "7d"
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

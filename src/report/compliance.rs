@@ -109,6 +109,8 @@ pub struct Approvals {
     pub rejected: u64,
     pub expired: u64,
     pub killed: u64,
+    /// Cancelled by the payment service while waiting (SPEC §11 CANCEL).
+    pub cancelled: u64,
     /// Requested in the period and not closed by its end.
     pub still_pending: u64,
     pub votes_accepted: u64,
@@ -359,7 +361,15 @@ pub fn build(
                     Some(Outcome::Rejected) => a.rejected += 1,
                     Some(Outcome::Expired) => a.expired += 1,
                     Some(Outcome::Killed) => a.killed += 1,
-                    None => {}
+                    Some(Outcome::Cancelled) => a.cancelled += 1,
+                    // Lifecycle outcomes are settlement events, never `intent_closed`.
+                    Some(
+                        Outcome::Captured
+                        | Outcome::Voided
+                        | Outcome::Refunded
+                        | Outcome::AuthExpired,
+                    )
+                    | None => {}
                 }
                 if let Some(w) = waiting.get_mut(&c.intent_id) {
                     w.closed = true;
@@ -456,6 +466,10 @@ pub fn build(
             // Not in the report (yet): invalid input outside the period or scope, and
             // messages set aside (counted by the operations metrics).
             EventKind::IntentInvalid | EventKind::MessageSetAside => {}
+            // The lifecycle section is built from these (see `lifecycle`).
+            EventKind::SettlementApplied
+            | EventKind::SettlementRefused
+            | EventKind::AuthorizationExpired => {}
         }
     }
 

@@ -187,6 +187,37 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
         .await
         .unwrap();
 
+    // Lifecycle: a capture, a refused capture, a malformed settlement and an expiry.
+    let capture = spendguard::settlement::parse_settlement(
+        br#"{"settlementId":"s-1","intentId":"i-allow","type":"CAPTURE","amount":"100.00","currency":"BRL"}"#,
+    )
+    .unwrap();
+    let applied = ledger.settle(&set, &capture, &o).await.unwrap();
+    assert_eq!(applied.outcome().unwrap().outcome, Outcome::Captured);
+    let over = spendguard::settlement::parse_settlement(
+        br#"{"settlementId":"s-2","intentId":"i-allow","type":"CAPTURE","amount":"200.01","currency":"BRL"}"#,
+    )
+    .unwrap();
+    let refused = ledger.settle(&set, &over, &o).await.unwrap();
+    assert!(
+        matches!(&refused, spendguard::ledger::settle::SettleResult::Refused { code, .. } if code == "exceeds_remainder"),
+        "{refused:?}"
+    );
+    let bad = spendguard::settlement::parse_settlement(b"{}").unwrap_err();
+    ledger
+        .record_invalid_settlement(b"{}", &bad, &o)
+        .await
+        .unwrap();
+    let expired = ledger
+        .expire_authorizations(chrono::Utc::now() + chrono::Duration::days(8))
+        .await
+        .unwrap();
+    assert_eq!(
+        expired.iter().map(|m| m.outcome).collect::<Vec<_>>(),
+        vec![Outcome::AuthExpired, Outcome::AuthExpired],
+        "i-allow's remainder and i-hitl's approved authorization"
+    );
+
     let mut types = event_types(&db).await;
     types.sort();
     let mut all: Vec<String> = spendguard::ledger::events::kind::ALL

@@ -1,0 +1,376 @@
+//! The authorization lifecycle's I/O (SPEC §11): applying settlement messages and
+//! releasing expired authorizations. The rules are `machine::step_settle` and
+//! `machine::step_expire_authorizations` (the money itself: `authorization`); this
+//! module loads their snapshot under the agent's chain lock, the same lock deciding
+//! takes, so a capture and a new intent of one agent never race past a cap and two
+//! captures of one intent never both see the same remainder.
+
+use super::chain::{self, INTAKE_CHAIN, agent_chain};
+use super::events::{self, LedgerEvent, Origin};
+use super::machine::{self, Projections, SettleInput, SettleStep, SettledIntent};
+use super::store::{self, AuthorizationRow, OutcomeRow, PendingRow, SettlementRow, WriteSet};
+use super::votes::{OUTCOME_COLUMNS, PENDING_COLUMNS};
+use super::{EXPIRE_BATCH_MAX, Ledger, LedgerError, OutcomeMessage};
+use crate::decision::Effect;
+use crate::policy::PolicySet;
+use crate::privacy;
+use crate::settlement::{Settlement, SettlementError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use std::collections::BTreeMap;
+
+/// The columns of `authorization_state` and `settlement`, in their row types' order.
+pub(crate) const AUTHORIZATION_COLUMNS: &str = "intent_id, agent_id, entity_id, authorized, captured, voided, refunded, restored, expired_amount, is_final, expired, expires_at, currency, tz, day, month, seq";
+pub(crate) const SETTLEMENT_COLUMNS: &str =
+    "settlement_id, intent_id, agent_id, fingerprint, seq, message";
+
+/// Source topic and `intake_record` kind of settlement messages.
+pub const SETTLEMENTS_TOPIC: &str = "spend.settlements";
+const SETTLEMENT_APPLIED_KEY: &str = "settlement_handled";
+
+/// What a settlement message did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "status")]
+pub enum SettleResult {
+    /// Applied now: its event and the outcome published on `spend.decisions`.
+    Applied {
+        seq: i64,
+        outcome: Box<OutcomeMessage>,
+    },
+    /// Applied before with the same payload: the outcome recorded then.
+    Redelivered { outcome: Box<OutcomeMessage> },
+    /// Refused and audited (`settlement_refused`); `code` is stable (SPEC §11).
+    Refused {
+        seq: i64,
+        code: String,
+        detail: String,
+    },
+}
+
+impl SettleResult {
+    pub fn outcome(&self) -> Option<&OutcomeMessage> {
+        match self {
+            SettleResult::Applied { outcome, .. } | SettleResult::Redelivered { outcome } => {
+                Some(outcome)
+            }
+            SettleResult::Refused { .. } => None,
+        }
+    }
+}
+
+/// The lifecycle state of `intent_ids`: authorizations, pending approvals, outcomes,
+/// and the rows of `settlement_ids`. Call under the agents' locks.
+async fn load_lifecycle(
+    conn: &mut PgConnection,
+    intent_ids: &[String],
+    settlement_ids: &[String],
+) -> Result<Projections, LedgerError> {
+    let mut s = Projections::default();
+    let sql = format!(
+        "SELECT {AUTHORIZATION_COLUMNS} FROM authorization_state WHERE intent_id = ANY($1)"
+    );
+    for a in sqlx::query_as::<_, AuthorizationRow>(sqlx::AssertSqlSafe(sql))
+        .bind(intent_ids)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        s.authorizations.insert(a.intent_id.clone(), a);
+    }
+    let sql = format!("SELECT {PENDING_COLUMNS} FROM pending_approval WHERE intent_id = ANY($1)");
+    for p in sqlx::query_as::<_, PendingRow>(sqlx::AssertSqlSafe(sql))
+        .bind(intent_ids)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        s.pending.insert(p.intent_id.clone(), p);
+    }
+    let sql = format!("SELECT {OUTCOME_COLUMNS} FROM intent_outcome WHERE intent_id = ANY($1)");
+    for o in sqlx::query_as::<_, OutcomeRow>(sqlx::AssertSqlSafe(sql))
+        .bind(intent_ids)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        s.outcomes.insert(o.intent_id.clone(), o);
+    }
+    if !settlement_ids.is_empty() {
+        let sql =
+            format!("SELECT {SETTLEMENT_COLUMNS} FROM settlement WHERE settlement_id = ANY($1)");
+        for st in sqlx::query_as::<_, SettlementRow>(sqlx::AssertSqlSafe(sql))
+            .bind(settlement_ids)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            s.settlements.insert(st.settlement_id.clone(), st);
+        }
+    }
+    Ok(s)
+}
+
+/// A recorded outcome message, read back.
+fn outcome_of(text: &str) -> Result<Box<OutcomeMessage>, LedgerError> {
+    serde_json::from_str(text)
+        .map(Box::new)
+        .map_err(|e| LedgerError::Corrupt(format!("settlement outcome does not parse: {e}")))
+}
+
+impl Ledger {
+    /// The keyed fingerprint the ledger records for a settlement.
+    pub fn settlement_fingerprint(&self, s: &Settlement) -> [u8; 32] {
+        self.fingerprint(s.canonical_json().as_bytes())
+    }
+
+    /// Applies one settlement message (SPEC §11). Refusals are recorded and returned
+    /// with a stable code; see [`SettleResult`].
+    pub async fn settle(
+        &self,
+        set: &PolicySet,
+        settlement: &Settlement,
+        origin: &Origin,
+    ) -> Result<SettleResult, LedgerError> {
+        self.settle_at(set, settlement, origin, None).await
+    }
+
+    /// [`Ledger::settle`] as if the ledger received it at `at` (tests of expiry).
+    #[doc(hidden)]
+    pub async fn settle_at(
+        &self,
+        set: &PolicySet,
+        settlement: &Settlement,
+        origin: &Origin,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<SettleResult, LedgerError> {
+        let fingerprint = self.settlement_fingerprint(settlement);
+        // Decision rows never change once written: reading it before the lock is safe.
+        let decided: Option<(String, String, String)> =
+            sqlx::query_as("SELECT agent_id, entity_id, effect FROM decision WHERE intent_id = $1")
+                .bind(&settlement.intent_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let effect = match &decided {
+            Some((_, _, e)) => Some(Effect::parse(e).ok_or_else(|| {
+                LedgerError::Corrupt(format!(
+                    "decision of intent {} has effect {e:?}",
+                    settlement.intent_id
+                ))
+            })?),
+            None => None,
+        };
+        let intent = decided
+            .as_ref()
+            .zip(effect)
+            .map(|((agent_id, entity_id, _), effect)| SettledIntent {
+                agent_id,
+                entity_id,
+                effect,
+            });
+        let chains =
+            vec![intent.map_or_else(|| INTAKE_CHAIN.to_string(), |i| agent_chain(i.agent_id))];
+        let mut tx = self.pool.begin().await?;
+        let db_now = store::lock_chains(&mut tx, &chains, None, false).await?;
+        let intake_key = store::IntakeKey::of(origin, SETTLEMENTS_TOPIC, SETTLEMENT_APPLIED_KEY);
+        let recorded = match &intake_key {
+            Some(key) => key.recorded(&mut tx).await?,
+            None => None,
+        };
+        if let Some(seq) = recorded {
+            let result = recorded_result(&mut tx, seq).await?;
+            tx.rollback().await?;
+            return Ok(result);
+        }
+        let now = chain::to_micros(at.unwrap_or(db_now));
+        let mut snapshot = load_lifecycle(
+            &mut tx,
+            std::slice::from_ref(&settlement.intent_id),
+            std::slice::from_ref(&settlement.settlement_id),
+        )
+        .await?;
+        let restore_refunds = intent
+            .and_then(|i| set.resolve(i.agent_id, i.entity_id))
+            .is_some_and(|p| p.refunds_restore);
+        let step = machine::step_settle(
+            &snapshot,
+            intent,
+            SettleInput {
+                settlement,
+                fingerprint,
+                now,
+                restore_refunds,
+            },
+        );
+        let (staged, refusal) = match step {
+            SettleStep::Redelivered(row) => {
+                tx.rollback().await?;
+                return Ok(SettleResult::Redelivered {
+                    outcome: outcome_of(&row.message)?,
+                });
+            }
+            SettleStep::Refused(staged, code) => (staged, Some(code)),
+            SettleStep::Applied(staged) => (staged, None),
+        };
+        let mut ws = WriteSet::default();
+        ws.load_heads(&mut tx, &chains).await?;
+        ws.reserve_seqs(&mut tx, 1).await?;
+        let appended = ws.record(&mut snapshot, &staged, now, origin)?;
+        let seq = appended.recorded.seq;
+        let result = match (refusal, appended.outcome) {
+            (Some(code), _) => SettleResult::Refused {
+                seq,
+                code: code.as_str().to_string(),
+                detail: refused_detail(&staged),
+            },
+            (None, Some(outcome)) => SettleResult::Applied {
+                seq,
+                outcome: Box::new(outcome),
+            },
+            (None, None) => {
+                return Err(LedgerError::Bug(
+                    "an applied settlement folded into no outcome".into(),
+                ));
+            }
+        };
+        ws.flush(&mut tx).await?;
+        if let Some(key) = &intake_key {
+            key.record(&mut tx, seq).await?;
+        }
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    /// Records a settlement message that does not parse (`settlement_refused` with its
+    /// parse code, chain `intake`).
+    pub async fn record_invalid_settlement(
+        &self,
+        raw: &[u8],
+        err: &SettlementError,
+        origin: &Origin,
+    ) -> Result<i64, LedgerError> {
+        let (text, _) = super::stored_raw(raw);
+        let (actor, resource) = super::ids_from_raw(raw, "settlementId", "intentId");
+        let payload = events::SettlementRefused {
+            settlement_id: (actor != "unknown").then(|| actor.clone()),
+            intent_id: (resource != "unknown").then(|| resource.clone()),
+            kind: None,
+            code: err.code.to_string(),
+            detail: privacy::mask_pans(&err.message),
+            fingerprint: hex::encode(self.fingerprint(raw)),
+            raw: Some(text),
+        };
+        self.append_single(
+            INTAKE_CHAIN,
+            "unknown",
+            &resource,
+            (origin, SETTLEMENTS_TOPIC),
+            LedgerEvent::SettlementRefused(payload),
+        )
+        .await
+    }
+
+    /// [`Ledger::expire_authorizations`] at the database's clock.
+    pub async fn expire_authorizations_now(&self) -> Result<Vec<OutcomeMessage>, LedgerError> {
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await?;
+        self.expire_authorizations(now).await
+    }
+
+    /// Releases every open authorization whose `authorizationTtl` ended at `now`
+    /// (AUTH_EXPIRED). Safe with several instances: each agent's rows are re-read under
+    /// its lock, so an authorization expires once.
+    pub async fn expire_authorizations(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutcomeMessage>, LedgerError> {
+        let due: Vec<(String, String)> = sqlx::query_as(
+            "SELECT intent_id, agent_id FROM authorization_state
+             WHERE NOT is_final AND NOT expired AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(EXPIRE_BATCH_MAX)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_agent: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (intent, agent) in due {
+            by_agent.entry(agent).or_default().push(intent);
+        }
+        let origin = Origin {
+            instance: self.instance.clone(),
+            source: "sweeper".into(),
+            partition: None,
+            offset: None,
+        };
+        let at = chain::to_micros(now);
+        let mut out = Vec::new();
+        for (agent, intents) in by_agent {
+            let chains = vec![agent_chain(&agent)];
+            let mut tx = self.pool.begin().await?;
+            store::lock_chains(&mut tx, &chains, None, false).await?;
+            let mut snapshot = load_lifecycle(&mut tx, &intents, &[]).await?;
+            let staged = machine::step_expire_authorizations(&snapshot, at);
+            if staged.is_empty() {
+                tx.rollback().await?;
+                continue;
+            }
+            let mut ws = WriteSet::default();
+            ws.load_heads(&mut tx, &chains).await?;
+            ws.reserve_seqs(&mut tx, staged.len()).await?;
+            for st in &staged {
+                out.extend(ws.record(&mut snapshot, st, at, &origin)?.outcome);
+            }
+            ws.flush(&mut tx).await?;
+            tx.commit().await?;
+        }
+        Ok(out)
+    }
+
+    /// The authorization of an intent (SPEC §11), if it has one.
+    pub async fn authorization(
+        &self,
+        intent_id: &str,
+    ) -> Result<Option<AuthorizationRow>, LedgerError> {
+        let sql =
+            format!("SELECT {AUTHORIZATION_COLUMNS} FROM authorization_state WHERE intent_id = $1");
+        Ok(
+            sqlx::query_as::<_, AuthorizationRow>(sqlx::AssertSqlSafe(sql))
+                .bind(intent_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}
+
+fn refused_detail(staged: &machine::Staged) -> String {
+    match &staged.event {
+        LedgerEvent::SettlementRefused(r) => r.detail.clone(),
+        _ => String::new(),
+    }
+}
+
+/// What handling a settlement message returned the first time, read back from its event.
+async fn recorded_result(tx: &mut PgConnection, seq: i64) -> Result<SettleResult, LedgerError> {
+    let (event_type, payload): (String, String) =
+        sqlx::query_as("SELECT event_type, payload FROM ledger_event WHERE seq = $1")
+            .bind(seq)
+            .fetch_one(&mut *tx)
+            .await?;
+    match LedgerEvent::parse(&event_type, &payload)? {
+        LedgerEvent::SettlementRefused(r) => Ok(SettleResult::Refused {
+            seq,
+            code: r.code,
+            detail: r.detail,
+        }),
+        LedgerEvent::SettlementApplied(_) | LedgerEvent::IntentClosed(_) => {
+            let text: String = sqlx::query_scalar("SELECT message FROM settlement WHERE seq = $1")
+                .bind(seq)
+                .fetch_one(&mut *tx)
+                .await?;
+            Ok(SettleResult::Redelivered {
+                outcome: outcome_of(&text)?,
+            })
+        }
+        other => Err(LedgerError::Corrupt(format!(
+            "intake record of a settlement points at seq {seq}, a {} event",
+            other.kind()
+        ))),
+    }
+}
