@@ -98,10 +98,6 @@ struct WireSettlement<'a> {
     occurred_at: Option<String>,
     #[serde(default)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Accepted so `ledger submit` lines can say what they are (`"type"` is taken by
-    /// the settlement type itself).
-    #[serde(default, rename = "kind")]
-    _line_kind: Option<String>,
 }
 
 /// Parses and validates one settlement message.
