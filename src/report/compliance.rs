@@ -171,6 +171,61 @@ pub struct Privacy {
     pub erased_subjects: Vec<(String, DateTime<Utc>, String)>,
 }
 
+/// Money moved on authorizations in one UTC day and currency (SPEC §11).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleAmounts {
+    /// Opened: ALLOW decisions and APPROVED outcomes.
+    pub authorized: Decimal,
+    /// CAPTUREs (forced captures included).
+    pub captured: Decimal,
+    /// Released by VOIDs and by the uncaptured remainder of final captures.
+    pub voided: Decimal,
+    pub refunded: Decimal,
+    /// Released by the ledger when `authorizationTtl` passed (AUTH_EXPIRED).
+    pub expired: Decimal,
+}
+
+impl LifecycleAmounts {
+    fn add(&mut self, o: &LifecycleAmounts) {
+        self.authorized += o.authorized;
+        self.captured += o.captured;
+        self.voided += o.voided;
+        self.refunded += o.refunded;
+        self.expired += o.expired;
+    }
+}
+
+/// A capture recorded after its authorization expired (`capture_after_expiry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForcedCapture {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub settlement_id: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub at: DateTime<Utc>,
+    pub seq: i64,
+}
+
+/// What became of the money the decisions authorized (SPEC §11).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    /// UTC day of the event → currency → amounts.
+    pub per_day: BTreeMap<NaiveDate, BTreeMap<String, LifecycleAmounts>>,
+    /// Currency → amounts over the period.
+    pub totals: BTreeMap<String, LifecycleAmounts>,
+    /// Settlement messages applied in the period (captures, voids, refunds).
+    pub settlements_applied: u64,
+    /// Settlement messages refused, by stable code (ledger refusals and parse codes).
+    pub refused_settlements: u64,
+    pub refused_settlements_by_code: BTreeMap<String, u64>,
+    /// Captures after expiry, in ledger order.
+    pub forced_captures: Vec<ForcedCapture>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ComplianceReport {
@@ -184,6 +239,7 @@ pub struct ComplianceReport {
     pub invalid_inputs: u64,
     pub invalid_inputs_by_code: BTreeMap<String, u64>,
     pub spend_by_agent: Vec<AgentSpend>,
+    pub lifecycle: Lifecycle,
     pub audit_chain: ChainCheck,
     pub privacy: Privacy,
 }
@@ -229,6 +285,7 @@ pub fn build(
     // (agent, currency) -> day -> committed; agent -> last policy sha
     let mut spend: BTreeMap<(String, String), BTreeMap<NaiveDate, Decimal>> = BTreeMap::new();
     let mut agent_policy: HashMap<String, String> = HashMap::new();
+    let mut lifecycle = Lifecycle::default();
     let mut events_in_period = 0u64;
 
     for ev in events {
@@ -319,6 +376,7 @@ pub fn build(
                     .and_then(|u| u.window.as_ref())
                     .map_or(v.accepted_at.date_naive(), |w| w.day);
                 if effect == Effect::Allow {
+                    lifecycle_day(&mut lifecycle, ev, &f.currency).authorized += f.amount;
                     *spend
                         .entry((f.agent_id.clone(), f.currency.clone()))
                         .or_default()
@@ -370,6 +428,14 @@ pub fn build(
                         | Outcome::AuthExpired,
                     )
                     | None => {}
+                }
+                if outcome == Some(Outcome::Approved) {
+                    let waited = waiting.get(&c.intent_id);
+                    let amount = c.amount.or(waited.map(|w| w.amount));
+                    let currency = c.currency.clone().or(waited.map(|w| w.currency.clone()));
+                    if let (Some(amount), Some(currency)) = (amount, currency) {
+                        lifecycle_day(&mut lifecycle, ev, &currency).authorized += amount;
+                    }
                 }
                 if let Some(w) = waiting.get_mut(&c.intent_id) {
                     w.closed = true;
@@ -466,10 +532,69 @@ pub fn build(
             // Not in the report (yet): invalid input outside the period or scope, and
             // messages set aside (counted by the operations metrics).
             EventKind::IntentInvalid | EventKind::MessageSetAside => {}
-            // The lifecycle section is built from these (see `lifecycle`).
-            EventKind::SettlementApplied
-            | EventKind::SettlementRefused
-            | EventKind::AuthorizationExpired => {}
+            EventKind::SettlementApplied => {
+                let Ok(v) = serde_json::from_value::<SettlementAppliedView>(ev.payload.clone())
+                else {
+                    continue;
+                };
+                if !in_period || !entity_ok(&v.entity_id) {
+                    continue;
+                }
+                lifecycle.settlements_applied += 1;
+                let day = lifecycle_day(&mut lifecycle, ev, &v.authorization.currency);
+                match v.kind.as_str() {
+                    "CAPTURE" => {
+                        day.captured += v.amount;
+                        day.voided += v.released;
+                    }
+                    "VOID" => day.voided += v.amount,
+                    "REFUND" => day.refunded += v.amount,
+                    _ => {}
+                }
+                if v.forced {
+                    lifecycle.forced_captures.push(ForcedCapture {
+                        intent_id: v.intent_id,
+                        agent_id: v.agent_id,
+                        settlement_id: v.settlement.settlement_id,
+                        amount: v.amount,
+                        currency: v.authorization.currency,
+                        at: ev.recorded_at,
+                        seq: ev.seq,
+                    });
+                }
+            }
+            EventKind::AuthorizationExpired => {
+                let Ok(v) = serde_json::from_value::<AuthorizationExpiredView>(ev.payload.clone())
+                else {
+                    continue;
+                };
+                if in_period && entity_ok(&v.entity_id) {
+                    lifecycle_day(&mut lifecycle, ev, &v.authorization.currency).expired +=
+                        v.released;
+                }
+            }
+            EventKind::SettlementRefused => {
+                if !in_period {
+                    continue;
+                }
+                if let Ok(v) = serde_json::from_value::<SettlementRefusedView>(ev.payload.clone()) {
+                    // Like refused votes: a settlement naming no decided intent (unknown,
+                    // malformed) counts only in the unfiltered report.
+                    let attributed = v.intent_id.as_ref().and_then(|i| intent_entity.get(i));
+                    let counts = match (&period.entity, attributed) {
+                        (None, _) => true,
+                        (Some(want), Some(e)) => want == e,
+                        (Some(_), None) => false,
+                    };
+                    if counts {
+                        lifecycle.refused_settlements += 1;
+                        *lifecycle
+                            .refused_settlements_by_code
+                            .entry(v.code)
+                            .or_default() += 1;
+                    }
+                }
+            }
         }
     }
 
@@ -518,6 +643,16 @@ pub fn build(
             .then_with(|| x.agent_id.cmp(&y.agent_id))
     });
 
+    for currencies in lifecycle.per_day.values() {
+        for (currency, amounts) in currencies {
+            lifecycle
+                .totals
+                .entry(currency.clone())
+                .or_default()
+                .add(amounts);
+        }
+    }
+
     ComplianceReport {
         period,
         generated_at,
@@ -529,9 +664,23 @@ pub fn build(
         invalid_inputs: invalid_by_code.values().sum(),
         invalid_inputs_by_code: invalid_by_code,
         spend_by_agent,
+        lifecycle,
         audit_chain: chain,
         privacy,
     }
+}
+
+/// The lifecycle amounts of `ev`'s UTC day in `currency`.
+fn lifecycle_day<'a>(
+    l: &'a mut Lifecycle,
+    ev: &EventRecord,
+    currency: &str,
+) -> &'a mut LifecycleAmounts {
+    l.per_day
+        .entry(ev.recorded_at.date_naive())
+        .or_default()
+        .entry(currency.to_string())
+        .or_default()
 }
 
 /// A stored account is masked when it hides digits (`411111******1111`, `****1111`).

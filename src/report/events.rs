@@ -160,6 +160,11 @@ pub struct ClosedView {
     #[serde(default)]
     pub approvers: Vec<String>,
     pub closed_at: DateTime<Utc>,
+    /// What the outcome moved (APPROVED: the amount it authorized); absent in old events.
+    #[serde(default)]
+    pub amount: Option<Decimal>,
+    #[serde(default)]
+    pub currency: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,4 +234,59 @@ pub fn caps_of(canonical: &str) -> (Option<Decimal>, Option<Decimal>) {
         })
     };
     (read("daily"), read("monthly"))
+}
+
+// ---- lifecycle (SPEC §11) ----
+
+/// The currency of the authorization a lifecycle event carries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationSeen {
+    pub currency: String,
+}
+
+/// A `settlement_applied` event: a CAPTURE, VOID or REFUND.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettlementAppliedView {
+    pub settlement: SettlementRefView,
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub amount: Decimal,
+    /// The remainder a final capture released.
+    #[serde(default)]
+    pub released: Decimal,
+    /// A capture after the authorization expired (`capture_after_expiry`).
+    #[serde(default)]
+    pub forced: bool,
+    pub authorization: AuthorizationSeen,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettlementRefView {
+    pub settlement_id: String,
+}
+
+/// An `authorization_expired` event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationExpiredView {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    pub released: Decimal,
+    pub authorization: AuthorizationSeen,
+}
+
+/// A `settlement_refused` event (by the ledger or malformed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettlementRefusedView {
+    #[serde(default)]
+    pub intent_id: Option<String>,
+    pub code: String,
 }

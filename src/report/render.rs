@@ -112,6 +112,9 @@ fn sections(r: &ComplianceReport) -> Vec<Section> {
                     ["invalid inputs".into(), r.invalid_inputs.to_string()],
                     ["idempotency conflicts".into(), d.idempotency_conflicts.to_string()],
                     ["kill-switch changes".into(), r.kill_switch.len().to_string()],
+                    ["settlements applied".into(), r.lifecycle.settlements_applied.to_string()],
+                    ["settlements refused".into(), r.lifecycle.refused_settlements.to_string()],
+                    ["forced captures".into(), r.lifecycle.forced_captures.len().to_string()],
                     [
                         "audit chain".into(),
                         if r.audit_chain.ok {
@@ -220,6 +223,8 @@ fn sections(r: &ComplianceReport) -> Vec<Section> {
         ],
     });
 
+    out.push(lifecycle_section(&r.lifecycle, r.period.entity.is_some()));
+
     out.push(Section {
         title: "Approvals".into(),
         blocks: vec![
@@ -231,6 +236,10 @@ fn sections(r: &ComplianceReport) -> Vec<Section> {
                     ["rejected".into(), a.rejected.to_string()],
                     ["expired".into(), a.expired.to_string()],
                     ["killed at quorum".into(), a.killed.to_string()],
+                    [
+                        "cancelled by the payment service".into(),
+                        a.cancelled.to_string(),
+                    ],
                     [
                         "still pending at period end".into(),
                         a.still_pending.to_string(),
@@ -393,7 +402,7 @@ fn sections(r: &ComplianceReport) -> Vec<Section> {
             ["item", "record"],
             vec![
                 ["Operation".into(), "Authorisation of payments requested by autonomous agents (spend intents), approvals and audit".into()],
-                ["Operations in period".into(), format!("{} decisions, {} votes, {} outcomes, {} erasures", d.total, a.votes_accepted + a.refused_votes, a.approved + a.rejected + a.expired + a.killed, r.privacy.erased_subjects.len())],
+                ["Operations in period".into(), format!("{} decisions, {} votes, {} outcomes, {} erasures", d.total, a.votes_accepted + a.refused_votes, a.approved + a.rejected + a.expired + a.killed + a.cancelled, r.privacy.erased_subjects.len())],
                 ["Purpose (Art. 6 I)".into(), "Spending control and fraud prevention; per intent: purpose (PIX, CARD, WIRE, FEE, OTHER) and category, see 'By purpose'".into()],
                 ["Categories of personal data".into(), "Beneficiary identifier, beneficiary account (PAN masked; rest encrypted per data subject), country; agent and approver identifiers".into()],
                 ["Data subjects".into(), "Beneficiaries of payments; approvers and operators (as actors)".into()],
@@ -405,6 +414,95 @@ fn sections(r: &ComplianceReport) -> Vec<Section> {
         )],
     });
     out
+}
+
+const LIFECYCLE_HEADERS: [&str; 5] = ["authorized", "captured", "voided", "refunded", "expired"];
+
+fn amounts(a: &LifecycleAmounts) -> [String; 5] {
+    [
+        dec(a.authorized),
+        dec(a.captured),
+        dec(a.voided),
+        dec(a.refunded),
+        dec(a.expired),
+    ]
+}
+
+fn lifecycle_section(l: &Lifecycle, filtered: bool) -> Section {
+    let [h1, h2, h3, h4, h5] = LIFECYCLE_HEADERS;
+    let totals = l
+        .totals
+        .iter()
+        .map(|(cur, a)| {
+            let [x1, x2, x3, x4, x5] = amounts(a);
+            [cur.clone(), x1, x2, x3, x4, x5]
+        })
+        .collect();
+    let per_day = l
+        .per_day
+        .iter()
+        .flat_map(|(day, currencies)| {
+            currencies.iter().map(move |(cur, a)| {
+                let [x1, x2, x3, x4, x5] = amounts(a);
+                [day.to_string(), cur.clone(), x1, x2, x3, x4, x5]
+            })
+        })
+        .collect();
+    Section {
+        title: "Authorization lifecycle".into(),
+        blocks: vec![
+            Block::Para(format!(
+                "What became of the money the decisions authorized, as the payment services reported it (SPEC §11), by UTC day of the ledger event: authorized (ALLOW decisions and APPROVED outcomes), captured, voided (VOIDs and the remainder released by final captures), refunded, and expired (released by the ledger after authorizationTtl). {} settlement messages were applied and {} refused{}.",
+                l.settlements_applied,
+                l.refused_settlements,
+                if filtered {
+                    " (a refusal naming no decided intent is counted only in unfiltered reports)"
+                } else {
+                    ""
+                }
+            )),
+            table(["currency", h1, h2, h3, h4, h5], totals),
+            Block::Para("Per day (UTC):".into()),
+            table(["day", "currency", h1, h2, h3, h4, h5], per_day),
+            Block::Para("Refused settlement messages by code:".into()),
+            table(
+                ["code", "messages"],
+                l.refused_settlements_by_code
+                    .iter()
+                    .map(|(k, v)| [k.clone(), v.to_string()])
+                    .collect(),
+            ),
+            Block::Para(
+                "Forced captures (captured after the authorization expired; flagged capture_after_expiry):"
+                    .into(),
+            ),
+            table(
+                [
+                    "when (UTC)",
+                    "intent",
+                    "agent",
+                    "settlement",
+                    "amount",
+                    "currency",
+                    "ledger seq",
+                ],
+                l.forced_captures
+                    .iter()
+                    .map(|f| {
+                        [
+                            f.at.to_rfc3339(),
+                            f.intent_id.clone(),
+                            f.agent_id.clone(),
+                            f.settlement_id.clone(),
+                            dec(f.amount),
+                            f.currency.clone(),
+                            f.seq.to_string(),
+                        ]
+                    })
+                    .collect(),
+            ),
+        ],
+    }
 }
 
 fn md_cell(s: &str) -> String {

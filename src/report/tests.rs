@@ -177,6 +177,82 @@ pub(crate) fn scenario() -> Vec<EventRecord> {
             &["policy_compliant_all_checks_passed"],
         ),
     ]
+    .into_iter()
+    .chain(lifecycle_events())
+    .collect()
+}
+
+/// A `settlement_applied` event as the ledger records it (the fields reports read).
+#[allow(clippy::too_many_arguments)] // a table row of the scenario, read positionally
+fn applied(
+    seq: i64,
+    day: u32,
+    id: &str,
+    entity: &str,
+    kind: &str,
+    amount: &str,
+    released: &str,
+    forced: bool,
+    currency: &str,
+) -> EventRecord {
+    ev(
+        seq,
+        "settlement_applied",
+        day,
+        seq as u32 % 60,
+        json!({
+            "settlement": {"settlementId": format!("s-{seq}"), "fingerprint": "00"},
+            "intentId": id, "agentId": "a1", "entityId": entity, "type": kind,
+            "final": false, "amount": amount, "released": released, "forced": forced,
+            "restores": false, "usageDelta": "0",
+            "authorization": {"authorized": "100.00", "captured": "0", "voided": "0", "refunded": "0",
+                              "restored": "0", "expiredAmount": "0", "final": false, "expired": false,
+                              "expiresAt": "2026-11-09T12:00:00Z", "currency": currency, "tz": "UTC",
+                              "day": "2026-11-02", "month": "2026-11-01"}
+        }),
+    )
+}
+
+/// The lifecycle of the scenario's authorizations: i1 (ALLOW 100, day 2) and i3
+/// (APPROVED 250, day 2). Known totals in BRL for entity acme: authorized 350, captured
+/// 60 + 30 (day 3) + 120 forced (day 9) = 210, voided 10 released by the final capture
+/// (day 3) + 50 (day 4) = 60, refunded 20 (day 4), expired 200 (day 9); one refusal
+/// `exceeds_remainder` of i1. Outside acme: a USD capture of 5 (entity other) and a
+/// malformed message (`invalid_json`, no intent). After the period: a capture of 1.
+fn lifecycle_events() -> Vec<EventRecord> {
+    vec![
+        applied(17, 3, "i1", "acme", "CAPTURE", "60.00", "0", false, "BRL"),
+        applied(
+            18, 3, "i1", "acme", "CAPTURE", "30.00", "10.00", false, "BRL",
+        ),
+        applied(19, 4, "i1", "acme", "REFUND", "20.00", "0", false, "BRL"),
+        applied(20, 4, "i3", "acme", "VOID", "50.00", "0", false, "BRL"),
+        ev(
+            21,
+            "settlement_refused",
+            5,
+            0,
+            json!({"settlementId": "s-x", "intentId": "i1", "type": "CAPTURE", "code": "exceeds_remainder", "detail": "capture 1 > 0 BRL remaining", "fingerprint": "00"}),
+        ),
+        ev(
+            22,
+            "settlement_refused",
+            5,
+            1,
+            json!({"code": "invalid_json", "detail": "x", "fingerprint": "00", "raw": "{"}),
+        ),
+        applied(23, 5, "o1", "other", "CAPTURE", "5.00", "0", false, "USD"),
+        ev(
+            24,
+            "authorization_expired",
+            9,
+            0,
+            json!({"intentId": "i3", "agentId": "a1", "entityId": "acme", "released": "200.00", "usageDelta": "-200.00",
+                   "authorization": {"currency": "BRL"}}),
+        ),
+        applied(25, 9, "i3", "acme", "CAPTURE", "120.00", "0", true, "BRL"),
+        applied(26, 20, "i1", "acme", "REFUND", "1.00", "0", false, "BRL"),
+    ]
 }
 
 fn report() -> ComplianceReport {
@@ -293,4 +369,199 @@ fn entity_filter_excludes_other_entities() {
     assert_eq!(r.invalid_inputs, 0);
     // The global kill switch applies to every entity.
     assert_eq!(r.kill_switch.len(), 2);
+}
+
+fn brl(r: &ComplianceReport, day: Option<u32>) -> LifecycleAmounts {
+    let l = &r.lifecycle;
+    match day {
+        None => l.totals.get("BRL").cloned().unwrap_or_default(),
+        Some(d) => l
+            .per_day
+            .get(&NaiveDate::from_ymd_opt(2026, 11, d).unwrap())
+            .and_then(|c| c.get("BRL"))
+            .cloned()
+            .unwrap_or_default(),
+    }
+}
+
+fn amounts(values: [&str; 5]) -> LifecycleAmounts {
+    let d = |s: &str| s.parse::<rust_decimal::Decimal>().unwrap();
+    LifecycleAmounts {
+        authorized: d(values[0]),
+        captured: d(values[1]),
+        voided: d(values[2]),
+        refunded: d(values[3]),
+        expired: d(values[4]),
+    }
+}
+
+#[test]
+fn lifecycle_amounts_per_day_and_currency_match_the_scenario() {
+    let r = report();
+    // Authorized on the day of the decision (ALLOW) and of the approval (APPROVED).
+    assert_eq!(brl(&r, Some(2)), amounts(["350.00", "0", "0", "0", "0"]));
+    // A final capture's released remainder counts as voided.
+    assert_eq!(brl(&r, Some(3)), amounts(["0", "90.00", "10.00", "0", "0"]));
+    assert_eq!(brl(&r, Some(4)), amounts(["0", "0", "50.00", "20.00", "0"]));
+    assert_eq!(
+        brl(&r, Some(9)),
+        amounts(["0", "120.00", "0", "0", "200.00"])
+    );
+    assert_eq!(
+        brl(&r, None),
+        amounts(["350.00", "210.00", "60.00", "20.00", "200.00"])
+    );
+    assert_eq!(
+        r.lifecycle
+            .totals
+            .get("USD")
+            .map(|a| a.captured.to_string()),
+        Some("5.00".into())
+    );
+    assert!(
+        !r.lifecycle
+            .per_day
+            .contains_key(&NaiveDate::from_ymd_opt(2026, 11, 20).unwrap()),
+        "after the period"
+    );
+    assert_eq!(r.lifecycle.settlements_applied, 6);
+    assert_eq!(r.lifecycle.refused_settlements, 2);
+    assert_eq!(
+        r.lifecycle
+            .refused_settlements_by_code
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect::<Vec<_>>(),
+        vec![("exceeds_remainder", 1), ("invalid_json", 1)]
+    );
+    let forced = &r.lifecycle.forced_captures;
+    assert_eq!(forced.len(), 1);
+    assert_eq!(
+        (
+            forced[0].intent_id.as_str(),
+            forced[0].agent_id.as_str(),
+            forced[0].settlement_id.as_str(),
+            forced[0].amount.to_string().as_str(),
+            forced[0].seq
+        ),
+        ("i3", "a1", "s-25", "120.00", 25)
+    );
+    assert_eq!(
+        forced[0].at,
+        Utc.with_ymd_and_hms(2026, 11, 9, 12, 25, 0).unwrap()
+    );
+    // Refused settlements are not invalid intents.
+    assert_eq!(r.invalid_inputs, 1);
+}
+
+#[test]
+fn lifecycle_respects_the_entity_filter() {
+    let period = Period {
+        from: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+        to: NaiveDate::from_ymd_opt(2026, 11, 10).unwrap(),
+        entity: Some("acme".into()),
+    };
+    let chain = ChainCheck {
+        ok: true,
+        events_checked: 0,
+        first_problem: None,
+    };
+    let r = build(&scenario(), period.clone(), chain.clone(), Utc::now());
+    assert_eq!(
+        brl(&r, None),
+        amounts(["350.00", "210.00", "60.00", "20.00", "200.00"])
+    );
+    assert!(!r.lifecycle.totals.contains_key("USD"), "entity other's");
+    assert_eq!(r.lifecycle.settlements_applied, 5);
+    // The malformed message names no intent: unfiltered reports only.
+    assert_eq!(
+        r.lifecycle
+            .refused_settlements_by_code
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["exceeds_remainder"]
+    );
+    assert_eq!(r.lifecycle.forced_captures.len(), 1);
+
+    let other = build(
+        &scenario(),
+        Period {
+            entity: Some("other".into()),
+            ..period
+        },
+        chain,
+        Utc::now(),
+    );
+    assert!(!other.lifecycle.totals.contains_key("BRL"));
+    assert_eq!(other.lifecycle.settlements_applied, 1);
+    assert_eq!(other.lifecycle.refused_settlements, 0);
+    assert!(other.lifecycle.forced_captures.is_empty());
+}
+
+#[test]
+fn lifecycle_is_rendered_in_every_format() {
+    let r = report();
+    let json: serde_json::Value = serde_json::from_str(&render(&r, Format::Json)).unwrap();
+    let l = &json["lifecycle"];
+    assert_eq!(l["totals"]["BRL"]["captured"], "210.00");
+    assert_eq!(l["perDay"]["2026-11-03"]["BRL"]["voided"], "10.00");
+    assert_eq!(l["refusedSettlementsByCode"]["exceeds_remainder"], 1);
+    assert_eq!(l["forcedCaptures"][0]["intentId"], "i3");
+    assert_eq!(l["forcedCaptures"][0]["seq"], 25);
+
+    let md = render(&r, Format::Md);
+    for row in [
+        "## Authorization lifecycle",
+        "| currency | authorized | captured | voided | refunded | expired |",
+        "| BRL | 350 | 210 | 60 | 20 | 200 |",
+        "| USD | 0 | 5 | 0 | 0 | 0 |",
+        "| 2026-11-03 | BRL | 0 | 90 | 10 | 0 | 0 |",
+        "| 2026-11-09 | BRL | 0 | 120 | 0 | 0 | 200 |",
+        "| exceeds_remainder | 1 |",
+        "| invalid_json | 1 |",
+        "| 2026-11-09T12:25:00+00:00 | i3 | a1 | s-25 | 120 | BRL | 25 |",
+        "| settlements applied | 6 |",
+        "| settlements refused | 2 |",
+        "| forced captures | 1 |",
+    ] {
+        assert!(md.contains(row), "markdown lacks {row:?}:\n{md}");
+    }
+
+    let html = render(&r, Format::Html);
+    for cell in [
+        "<h2>Authorization lifecycle</h2>",
+        "<td>BRL</td><td>350</td><td>210</td><td>60</td><td>20</td><td>200</td>",
+        "<td>2026-11-04</td><td>BRL</td><td>0</td><td>0</td><td>50</td><td>20</td><td>0</td>",
+        "<td>i3</td><td>a1</td><td>s-25</td><td>120</td><td>BRL</td><td>25</td>",
+        "<td>forced captures</td><td>1</td>",
+    ] {
+        assert!(html.contains(cell), "HTML lacks {cell}");
+    }
+}
+
+#[test]
+fn an_empty_lifecycle_renders_as_none() {
+    let period = Period {
+        from: NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
+        to: NaiveDate::from_ymd_opt(2026, 12, 2).unwrap(),
+        entity: None,
+    };
+    let r = build(
+        &scenario(),
+        period,
+        ChainCheck {
+            ok: true,
+            events_checked: 0,
+            first_problem: None,
+        },
+        Utc::now(),
+    );
+    assert_eq!(r.lifecycle, Lifecycle::default());
+    let md = render(&r, Format::Md);
+    let section = md
+        .split("## Authorization lifecycle")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    assert_eq!(section.matches("_none_").count(), 4, "{section}");
 }
