@@ -8,6 +8,7 @@ mod harness;
 mod concurrency;
 mod events;
 mod impact_history;
+mod lifecycle;
 mod machine_model;
 mod privacy;
 mod report_scenario;
