@@ -15,6 +15,7 @@ TOPICS=(
   "spend.intents:12"
   "spend.decisions:12"
   "spend.approvals:3"
+  "spend.settlements:12"
   "spend.control:1"
   "spend.dlq:3"
 )

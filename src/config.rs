@@ -18,6 +18,8 @@ use crate::ledger::{
 pub const DEFAULT_INTENT_PARTITIONS: i32 = 12;
 /// Approvals are rare next to intents.
 pub const DEFAULT_APPROVAL_PARTITIONS: i32 = 3;
+/// Partitions of `spend.settlements` (as many as intents: one settlement per intent).
+pub const DEFAULT_SETTLEMENT_PARTITIONS: i32 = DEFAULT_INTENT_PARTITIONS;
 /// The control topic has one partition: kill-switch messages are totally ordered.
 pub const CONTROL_PARTITIONS: i32 = 1;
 pub const DEFAULT_DLQ_PARTITIONS: i32 = 3;
@@ -106,6 +108,7 @@ struct FileSettings {
     instance: Option<String>,
     intent_partitions: Option<i32>,
     approval_partitions: Option<i32>,
+    settlement_partitions: Option<i32>,
     dlq_partitions: Option<i32>,
     workers: Option<usize>,
     expiry_sweep_interval_ms: Option<u64>,
@@ -131,6 +134,7 @@ pub struct Settings {
     pub instance: String,
     pub intent_partitions: i32,
     pub approval_partitions: i32,
+    pub settlement_partitions: i32,
     pub dlq_partitions: i32,
     pub workers: usize,
     pub expiry_sweep_interval_ms: u64,
@@ -195,6 +199,9 @@ impl ServiceArgs {
             approval_partitions: file
                 .approval_partitions
                 .unwrap_or(DEFAULT_APPROVAL_PARTITIONS),
+            settlement_partitions: file
+                .settlement_partitions
+                .unwrap_or(DEFAULT_SETTLEMENT_PARTITIONS),
             dlq_partitions: file.dlq_partitions.unwrap_or(DEFAULT_DLQ_PARTITIONS),
             workers: file.workers.unwrap_or_else(default_workers),
             expiry_sweep_interval_ms: file
@@ -248,6 +255,7 @@ impl Settings {
         for (name, n) in [
             ("intent_partitions", self.intent_partitions),
             ("approval_partitions", self.approval_partitions),
+            ("settlement_partitions", self.settlement_partitions),
             ("dlq_partitions", self.dlq_partitions),
         ] {
             if !(1..=1024).contains(&n) {

@@ -62,15 +62,22 @@ pub enum DeadLetterReason {
     IdempotencyConflict(String),
     /// A vote refused before the ledger (its refusal code: `bad_signature`, ...).
     VoteRefused { code: &'static str, detail: String },
+    /// Not a valid settlement message (its parse code, SPEC §11); audited as
+    /// `settlement_refused`.
+    InvalidSettlement(crate::settlement::SettlementError),
+    /// A settlement the ledger refused and audited, with its stable code
+    /// (`unknown_intent`, `over_remainder`, `idempotency_conflict`, ...).
+    SettlementRefused { code: String, detail: String },
     /// The ledger could not record the message after bounded retries (`internal_error`):
     /// its bytes are kept here so an operator can replay it once the cause is fixed.
     NotRecorded(String),
 }
 
 impl DeadLetterReason {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
-            DeadLetterReason::InvalidIntent(e) => e.code,
+            DeadLetterReason::InvalidIntent(e) | DeadLetterReason::InvalidSettlement(e) => e.code,
+            DeadLetterReason::SettlementRefused { code, .. } => code,
             DeadLetterReason::IdempotencyConflict(_) => "idempotency_conflict",
             DeadLetterReason::VoteRefused { code, .. } => code,
             DeadLetterReason::NotRecorded(_) => "internal_error",
@@ -79,8 +86,11 @@ impl DeadLetterReason {
 
     pub fn message(&self) -> &str {
         match self {
-            DeadLetterReason::InvalidIntent(e) => &e.message,
+            DeadLetterReason::InvalidIntent(e) | DeadLetterReason::InvalidSettlement(e) => {
+                &e.message
+            }
             DeadLetterReason::IdempotencyConflict(m)
+            | DeadLetterReason::SettlementRefused { detail: m, .. }
             | DeadLetterReason::NotRecorded(m)
             | DeadLetterReason::VoteRefused { detail: m, .. } => m,
         }
@@ -89,8 +99,12 @@ impl DeadLetterReason {
     /// The offending field, when one is known.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            DeadLetterReason::InvalidIntent(e) => e.field,
+            DeadLetterReason::InvalidIntent(e) | DeadLetterReason::InvalidSettlement(e) => e.field,
             DeadLetterReason::IdempotencyConflict(_) => Some("intentId"),
+            DeadLetterReason::SettlementRefused { code, .. } if code == "idempotency_conflict" => {
+                Some("settlementId")
+            }
+            DeadLetterReason::SettlementRefused { .. } => None,
             DeadLetterReason::VoteRefused { .. } | DeadLetterReason::NotRecorded(_) => None,
         }
     }

@@ -51,6 +51,8 @@ pub struct Topics {
     pub intents: String,
     pub decisions: String,
     pub approvals: String,
+    /// Settlement messages of payment services (SPEC §11), key = agentId.
+    pub settlements: String,
     pub control: String,
     pub dlq: String,
 }
@@ -61,6 +63,7 @@ impl Topics {
             intents: format!("{prefix}spend.intents"),
             decisions: format!("{prefix}spend.decisions"),
             approvals: format!("{prefix}spend.approvals"),
+            settlements: format!("{prefix}spend.settlements"),
             control: format!("{prefix}spend.control"),
             dlq: format!("{prefix}spend.dlq"),
         }
@@ -73,6 +76,7 @@ impl Topics {
             "spend.intents" => self.intents.clone(),
             "spend.decisions" => self.decisions.clone(),
             "spend.approvals" => self.approvals.clone(),
+            "spend.settlements" => self.settlements.clone(),
             "spend.control" => self.control.clone(),
             "spend.dlq" => self.dlq.clone(),
             other => other.to_string(),
@@ -85,6 +89,7 @@ impl Topics {
             (self.intents.clone(), s.intent_partitions),
             (self.decisions.clone(), s.intent_partitions),
             (self.approvals.clone(), s.approval_partitions),
+            (self.settlements.clone(), s.settlement_partitions),
             (self.control.clone(), CONTROL_PARTITIONS),
             (self.dlq.clone(), s.dlq_partitions),
         ]

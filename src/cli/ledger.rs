@@ -2,8 +2,10 @@
 //! `replay [--verify]`, `privacy forget SUBJECT`.
 
 use crate::intent::parse_intent;
+use crate::ledger::settle::SettleResult;
 use crate::ledger::{self, Ledger, LedgerError, Origin};
 use crate::policy::PolicySet;
+use crate::settlement::parse_settlement;
 use clap::{Args, Subcommand};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -28,6 +30,9 @@ pub enum DbCommand {
 pub enum LedgerCommand {
     /// Decide intents read as JSON lines (stdin or --input) through the ledger's decision
     /// path, printing one JSON line per input line (decision, or error with its code).
+    /// A line with a top-level `type` field is a settlement message (SPEC §11: CAPTURE,
+    /// VOID, REFUND, CANCEL), applied in its place; its line is the outcome, or the
+    /// refusal with its stable code.
     Submit(SubmitArgs),
     /// Measure `decide` throughput and latency against the database (see docs/benchmarks.md).
     Bench(BenchArgs),
@@ -40,7 +45,7 @@ pub struct SubmitArgs {
     /// Directory with the policies and bindings.yaml.
     #[arg(long, env = "SPENDGUARD_POLICIES", default_value = "policies")]
     pub policies: PathBuf,
-    /// JSON-lines file of intents (default: stdin).
+    /// JSON-lines file of intents and settlements (default: stdin).
     #[arg(long)]
     pub input: Option<PathBuf>,
     /// Intents decided per transaction.
@@ -175,6 +180,11 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             partition: None,
             offset: Some(i64::try_from(n + 1).unwrap_or(i64::MAX)),
         };
+        if is_settlement(line) {
+            failures += flush(&ledger, &set, &mut pending, &mut out).await?;
+            failures += settle_line(&ledger, &set, line, n + 1, &origin, &mut out).await?;
+            continue;
+        }
         match parse_intent(line) {
             Ok(intent) => {
                 pending.push((intent, origin));
@@ -197,6 +207,52 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     failures += flush(&ledger, &set, &mut pending, &mut out).await?;
     out.flush()?;
     Ok(if failures == 0 { 0 } else { 2 })
+}
+
+/// Whether a line is a settlement message: intents have no `type` field.
+fn is_settlement(line: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line)
+        .is_ok_and(|m| m.contains_key("type"))
+}
+
+/// Applies one settlement line and prints its outcome (applied now or before) or its
+/// refusal; returns the number of failures (0 or 1).
+async fn settle_line(
+    ledger: &Ledger,
+    set: &PolicySet,
+    line: &[u8],
+    n: usize,
+    origin: &Origin,
+    out: &mut impl Write,
+) -> anyhow::Result<usize> {
+    let settlement = match parse_settlement(line) {
+        Ok(s) => s,
+        Err(err) => {
+            let seq = ledger.record_invalid_settlement(line, &err, origin).await?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"line": n, "error": err, "ledgerSeq": seq})
+            )?;
+            return Ok(1);
+        }
+    };
+    match ledger.settle(set, &settlement, origin).await? {
+        SettleResult::Applied { outcome, .. } | SettleResult::Redelivered { outcome } => {
+            writeln!(out, "{}", serde_json::to_string(&outcome)?)?;
+            Ok(0)
+        }
+        SettleResult::Refused { seq, code, detail } => {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"line": n, "settlementId": settlement.settlement_id,
+                    "intentId": settlement.intent_id,
+                    "error": {"code": code, "message": detail}, "ledgerSeq": seq})
+            )?;
+            Ok(1)
+        }
+    }
 }
 
 async fn flush(

@@ -69,6 +69,11 @@ pub enum Command {
         #[command(subcommand)]
         command: service::IntentsCommand,
     },
+    /// Publish settlement messages (what became of the money) to Kafka.
+    Settlements {
+        #[command(subcommand)]
+        command: service::SettlementsCommand,
+    },
     /// Read decisions and outcomes from Kafka.
     Decisions {
         #[command(subcommand)]
@@ -101,6 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::KillSwitch(args) => service::kill_switch(args),
         Command::Approvers { command } => service::approvers(command),
         Command::Intents { command } => service::intents(command),
+        Command::Settlements { command } => service::settlements(command),
         Command::Decisions { command } => service::decisions(command),
         Command::Loadgen(args) => service::run_loadgen(args),
     }

@@ -92,6 +92,30 @@ pub enum IntentsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SettlementsCommand {
+    /// Publish settlement messages (JSON lines: CAPTURE, VOID, REFUND, CANCEL) to
+    /// spend.settlements.
+    ///
+    /// SPEC §11 keys settlements by agentId, but a settlement message carries no
+    /// agentId (its format admits no extra field). Each message is therefore keyed by
+    /// `--key` when given (pass the agentId when every line is for one agent), else by
+    /// its intentId: all settlements of one intent then share a partition and are
+    /// applied in order, which is what their outcome depends on (the ledger serializes
+    /// one agent's settlements and intents on the agent's chain lock whatever the
+    /// partition).
+    Publish {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// Input file (default: standard input).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Kafka key of every message (e.g. the agentId); default: each line's intentId.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DecisionsCommand {
     /// Follow decisions and outcomes on spend.decisions.
     Tail(TailArgs),
@@ -170,8 +194,51 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn intents(cmd: IntentsCommand) -> anyhow::Result<i32> {
     let IntentsCommand::Publish { service, input } = cmd;
+    publish_lines(
+        service,
+        input,
+        |t| &t.intents,
+        "intent",
+        |line| {
+            let key = agent_key(line);
+            (!key.is_empty()).then_some(key)
+        },
+    )
+}
+
+pub fn settlements(cmd: SettlementsCommand) -> anyhow::Result<i32> {
+    let SettlementsCommand::Publish {
+        service,
+        input,
+        key,
+    } = cmd;
+    publish_lines(
+        service,
+        input,
+        |t| &t.settlements,
+        "settlement",
+        |line| {
+            key.clone().or_else(|| {
+                let id = json_str_field(line, "intentId");
+                (!id.is_empty()).then_some(id)
+            })
+        },
+    )
+}
+
+/// Publishes the non-blank lines of `input` (default stdin) to one topic, each keyed by
+/// `key_of(line)`. Malformed lines are published too: the service dead-letters them,
+/// which is what a developer trying the DLQ wants to see.
+fn publish_lines(
+    service: ServiceArgs,
+    input: Option<PathBuf>,
+    topic_of: impl Fn(&Topics) -> &String,
+    what: &str,
+    key_of: impl Fn(&[u8]) -> Option<String>,
+) -> anyhow::Result<i32> {
     let settings = service.resolve()?;
     let topics = Topics::with_prefix(&settings.topic_prefix);
+    let topic = topic_of(&topics).clone();
     let reader: Box<dyn BufRead> = match &input {
         Some(path) => Box::new(std::io::BufReader::new(
             std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
@@ -195,18 +262,24 @@ pub fn intents(cmd: IntentsCommand) -> anyhow::Result<i32> {
                     line.len()
                 );
             }
-            // Malformed lines are published too: the service dead-letters them, which is
-            // what a developer trying the DLQ wants to see.
-            let key = agent_key(line);
-            if key.is_empty() {
-                eprintln!("line {}: no agentId found; published without a key", n + 1);
-            }
-            bus::publish(&producer, &topics.intents, key.as_bytes(), line, None).await?;
+            let key = key_of(line).unwrap_or_else(|| {
+                eprintln!("line {}: no key found; published without a key", n + 1);
+                String::new()
+            });
+            bus::publish(&producer, &topic, key.as_bytes(), line, None).await?;
             published += 1;
         }
-        eprintln!("published {published} intent(s) to {}", topics.intents);
+        eprintln!("published {published} {what}(s) to {topic}");
         Ok(0)
     })
+}
+
+/// A top-level string field of a JSON object, or "" when there is none.
+fn json_str_field(bytes: &[u8], field: &str) -> String {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes)
+        .ok()
+        .and_then(|m| m.get(field).and_then(|v| v.as_str()).map(String::from))
+        .unwrap_or_default()
 }
 
 /// The agentId of a JSON intent, used as the message key (same agent, same partition).

@@ -122,7 +122,11 @@ pub async fn run(
         .map_err(ServeError::broker("cannot create the group consumer"))?,
     );
     consumer
-        .subscribe(&[&shared.topics.intents, &shared.topics.approvals])
+        .subscribe(&[
+            &shared.topics.intents,
+            &shared.topics.approvals,
+            &shared.topics.settlements,
+        ])
         .map_err(ServeError::Subscribe)?;
 
     let sampler = tokio::spawn(gauges::run(shared.clone(), consumer.clone()));
@@ -331,8 +335,9 @@ fn worker_for(topic: &str, intents_topic: &str, partition: i32, workers: usize) 
     (h.finish() % workers as u64) as usize
 }
 
-/// Closes waiting intents past their approval TTL. Safe with several instances: the
-/// ledger closes each intent once (the outcome is idempotent per intent).
+/// Closes waiting intents past their approval TTL, and releases authorizations past
+/// their `authorizationTtl` (SPEC §11, AUTH_EXPIRED). Safe with several instances: the
+/// ledger closes each intent and expires each authorization once.
 async fn sweep_expired(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(
         shared.settings.expiry_sweep_interval_ms,
@@ -357,6 +362,26 @@ async fn sweep_expired(shared: Arc<Shared>) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed; retrying next tick"),
+        }
+        let released = match tokio::time::timeout(
+            Duration::from_millis(CALL_DEADLINE_MS),
+            shared.ledger.expire_authorizations_now(),
+        )
+        .await
+        {
+            Ok(released) => released.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {CALL_DEADLINE_MS} ms")),
+        };
+        match released {
+            Ok(expired) if !expired.is_empty() => {
+                metrics::counter!("spendguard_authorizations_expired_total")
+                    .increment(expired.len() as u64);
+                shared.outbox_ready.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "authorization expiry sweep failed; retrying next tick")
+            }
         }
     }
 }
@@ -539,7 +564,7 @@ mod tests {
     fn a_partition_always_maps_to_the_same_worker() {
         let intents = "spend.intents";
         for p in 0..64 {
-            for topic in [intents, "spend.approvals"] {
+            for topic in [intents, "spend.approvals", "spend.settlements"] {
                 let w = worker_for(topic, intents, p, 8);
                 assert!(w < 8);
                 assert_eq!(w, worker_for(topic, intents, p, 8));

@@ -11,7 +11,9 @@ use super::{Attempt, Shared, retry_bounded};
 use crate::approvals::{self, VoteSubject};
 use crate::bus::dlq::{self, DeadLetter, DeadLetterReason};
 use crate::intent::{self, IntentError};
+use crate::ledger::settle::SettleResult;
 use crate::ledger::{DecideStatus, LedgerError, Origin, VoteResult};
+use crate::settlement;
 use crate::telemetry;
 
 /// Intents decided in one ledger transaction at most (what is already queued is taken,
@@ -32,8 +34,8 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        // Votes are rare: handle them one by one, in their place; intents in between
-        // are decided together.
+        // Votes and settlements are handled one by one, in their place; intents in
+        // between are decided together.
         let mut intents: Vec<&OwnedMessage> = Vec::new();
         let mut handled = true;
         for msg in &batch {
@@ -44,7 +46,12 @@ pub async fn run(
             handled = handled && handle_intents(&shared, &intents).await;
             intents.clear();
             let origin = Origin::kafka(&shared.settings.instance, msg.partition(), msg.offset());
-            handled = handled && handle_vote(&shared, msg, &origin).await;
+            handled = handled
+                && if msg.topic() == shared.topics.settlements {
+                    handle_settlement(&shared, msg, &origin).await
+                } else {
+                    handle_vote(&shared, msg, &origin).await
+                };
         }
         handled = handled && handle_intents(&shared, &intents).await;
         if handled {
@@ -273,6 +280,8 @@ async fn set_aside(shared: &Shared, msg: &OwnedMessage, code: &str, detail: &str
     let origin = Origin::kafka(&shared.settings.instance, msg.partition(), msg.offset());
     let logical = if msg.topic() == shared.topics.intents {
         "spend.intents"
+    } else if msg.topic() == shared.topics.settlements {
+        "spend.settlements"
     } else {
         "spend.approvals"
     };
@@ -395,13 +404,7 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
     }
 }
 
-async fn refuse(
-    shared: &Shared,
-    raw: &[u8],
-    code: &'static str,
-    detail: &str,
-    origin: &Origin,
-) -> bool {
+async fn refuse(shared: &Shared, raw: &[u8], code: &str, detail: &str, origin: &Origin) -> bool {
     tracing::info!(%code, %detail, "vote refused");
     metrics::counter!("spendguard_votes_total", "result" => "refused").increment(1);
     telemetry::record_refused_vote(code);
@@ -420,6 +423,73 @@ async fn refuse(
         Attempt::GaveUp(last) => {
             tracing::error!(%code, error = %last, "refused vote could not be audited");
             true
+        }
+    }
+}
+
+/// One settlement message (SPEC §11): parsed, applied by the ledger (which audits
+/// refusals), dead-lettered with its stable code when refused. Returns false only when
+/// shutting down (the offset stays unstored; the ledger answers the redelivery from its
+/// intake record).
+async fn handle_settlement(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bool {
+    let raw = msg.payload().unwrap_or_default();
+    let parsed = match settlement::parse_settlement(raw) {
+        Ok(s) => s,
+        Err(err) => {
+            metrics::counter!("spendguard_settlements_total", "result" => "invalid").increment(1);
+            match retry_bounded(
+                &shared.shutdown,
+                "ledger record_invalid_settlement",
+                LedgerError::is_transient,
+                || shared.ledger.record_invalid_settlement(raw, &err, origin),
+            )
+            .await
+            {
+                Attempt::Stopped => return false,
+                Attempt::Done(_) => {}
+                Attempt::GaveUp(last) => {
+                    tracing::error!(code = err.code, error = %last, "invalid settlement could not be audited");
+                }
+            }
+            return send_dead_letter(shared, msg, &DeadLetterReason::InvalidSettlement(err)).await;
+        }
+    };
+    let policies = shared.policies.load_full();
+    match retry_bounded(
+        &shared.shutdown,
+        "ledger settle",
+        LedgerError::is_transient,
+        || shared.ledger.settle(&policies, &parsed, origin),
+    )
+    .await
+    {
+        Attempt::Stopped => false,
+        Attempt::Done(SettleResult::Applied { .. }) => {
+            metrics::counter!("spendguard_settlements_total", "result" => "applied").increment(1);
+            shared.outbox_ready.notify_one();
+            true
+        }
+        Attempt::Done(SettleResult::Redelivered { .. }) => {
+            metrics::counter!("spendguard_settlements_total", "result" => "redelivered")
+                .increment(1);
+            true
+        }
+        Attempt::Done(SettleResult::Refused { code, detail, .. }) => {
+            tracing::info!(settlement = %parsed.settlement_id, intent = %parsed.intent_id, %code, "settlement refused by the ledger");
+            metrics::counter!("spendguard_settlements_total", "result" => "refused").increment(1);
+            send_dead_letter(
+                shared,
+                msg,
+                &DeadLetterReason::SettlementRefused { code, detail },
+            )
+            .await
+        }
+        Attempt::GaveUp(last) => {
+            tracing::error!(settlement = %parsed.settlement_id, error = %last, "ledger could not apply a settlement; dead-lettering it");
+            let reason = DeadLetterReason::NotRecorded(format!(
+                "the ledger could not apply this settlement: {last}"
+            ));
+            send_dead_letter(shared, msg, &reason).await
         }
     }
 }
