@@ -434,6 +434,24 @@ pub struct SettlementApplied {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+impl SettlementApplied {
+    /// The settlement message this event applied (metadata as stored: masked), for
+    /// re-running the step (replay, impact analysis).
+    pub fn settlement(&self) -> crate::settlement::Settlement {
+        crate::settlement::Settlement {
+            settlement_id: self.settlement.settlement_id.clone(),
+            intent_id: self.intent_id.clone(),
+            kind: self.kind,
+            amount: self.requested,
+            // Only a settlement in the authorization's currency is ever applied.
+            currency: self.requested.map(|_| self.authorization.currency.clone()),
+            is_final: self.is_final,
+            occurred_at: self.occurred_at,
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
 /// An authorization released by the ledger after `authorizationTtl` (AUTH_EXPIRED).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -415,16 +415,7 @@ fn reverify_settlement(
     report: &mut ReplayReport,
     at: &dyn Fn(&str) -> String,
 ) {
-    let settlement = crate::settlement::Settlement {
-        settlement_id: a.settlement.settlement_id.clone(),
-        intent_id: a.intent_id.clone(),
-        kind: a.kind,
-        amount: a.requested,
-        currency: a.requested.map(|_| a.authorization.currency.clone()),
-        is_final: a.is_final,
-        occurred_at: a.occurred_at,
-        metadata: a.metadata.clone(),
-    };
+    let settlement = a.settlement();
     let mut fingerprint = [0u8; 32];
     if hex::decode_to_slice(&a.settlement.fingerprint, &mut fingerprint).is_err() {
         report.mismatch(at(&format!(

@@ -172,10 +172,57 @@ pub fn analyse(
                     count(&mut report, d, &eval);
                 }
             }
+            // Lifecycle events run the same step on the candidate's state: a settlement of
+            // an intent the candidate did not authorize (or authorized differently) is
+            // refused or applied as the live ledger would have, and changes only the
+            // candidate's windows. Expiry follows the candidate's `authorizationTtl`: an
+            // authorization due at the time of a later event of its intent expires first.
+            LedgerEvent::SettlementApplied(a) => {
+                expire_if_due(&mut sim, &a.intent_id, ev.recorded_at, &fold);
+                let settlement = a.settlement();
+                let step = machine::step_settle(
+                    &sim,
+                    Some(machine::SettledIntent {
+                        agent_id: &a.agent_id,
+                        entity_id: &a.entity_id,
+                        effect: crate::decision::Effect::Allow,
+                    }),
+                    machine::SettleInput {
+                        settlement: &settlement,
+                        fingerprint: [0; 32],
+                        now: ev.recorded_at,
+                        restore_refunds: candidate.refunds_restore,
+                    },
+                );
+                if let machine::SettleStep::Applied(staged) = step {
+                    fold(&mut sim, &staged.event);
+                }
+            }
+            LedgerEvent::AuthorizationExpired(x) => {
+                expire_if_due(&mut sim, &x.intent_id, ev.recorded_at, &fold);
+            }
             _ => {}
         }
     }
     report
+}
+
+/// Expires the candidate's authorization of one intent if its TTL ended by `now`.
+fn expire_if_due(
+    sim: &mut Projections,
+    intent_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    fold: &dyn Fn(&mut Projections, &LedgerEvent),
+) {
+    let Some(auth) = sim.authorizations.get(intent_id) else {
+        return;
+    };
+    let mut one = Projections::default();
+    one.authorizations
+        .insert(intent_id.to_string(), auth.clone());
+    for staged in machine::step_expire_authorizations(&one, now) {
+        fold(sim, &staged.event);
+    }
 }
 
 /// Adds one replayed decision of the period to the report.

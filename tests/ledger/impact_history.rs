@@ -116,3 +116,46 @@ async fn run_impact_exits_3_when_loosening() {
     .unwrap();
     assert_eq!(codes, (3, 0));
 }
+
+/// Lifecycle events replay through the same step: a void that released budget before a
+/// later intent is applied to the candidate's windows too, so the recorded policy as
+/// candidate reproduces the history (without it, l2 would wait: 400 + 300 > 500).
+#[tokio::test]
+async fn impact_replays_settlements_on_the_candidates_windows() {
+    use crate::harness::scenario::{base_time, decide};
+    use spendguard::decision::Effect::Allow;
+    let Some((url, ledger)) = fresh_ledger().await else {
+        return;
+    };
+    let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
+    let set = load(&path);
+    let t = base_time();
+    let l1 = crate::harness::scenario::intent("l1", "l", "400.00", "utility");
+    assert_eq!(decide(&ledger, &set, l1, t).await, Allow);
+    let void = spendguard::settlement::parse_settlement(
+        br#"{"settlementId":"v-l1","intentId":"l1","type":"VOID"}"#,
+    )
+    .unwrap();
+    ledger
+        .settle_at(
+            &set,
+            &void,
+            &crate::harness::db::origin(),
+            Some(t + chrono::Duration::minutes(1)),
+        )
+        .await
+        .unwrap();
+    let l2 = crate::harness::scenario::intent("l2", "l", "300.00", "utility");
+    assert_eq!(
+        decide(&ledger, &set, l2, t + chrono::Duration::minutes(2)).await,
+        Allow
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let same = tmp.path().join("same.yaml");
+    std::fs::write(&same, policy_text("1.0.0", "500.00", true)).unwrap();
+    let r = impact_report(&ledger.reader(), &args(&url, &same))
+        .await
+        .unwrap();
+    assert_eq!((r.intents_replayed, r.unchanged), (2, 2), "{r:#?}");
+    assert!(r.transitions.is_empty());
+}
