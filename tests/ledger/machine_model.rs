@@ -5,6 +5,9 @@
 //! in the same order, with the same seqs), return the same results and hold the same
 //! projections; `replay --verify` must pass on the live ledger.
 //!
+//! Settlements (captures, voids, refunds, cancels; redelivered, conflicting, on unknown
+//! intents) and authorization expiry run the same way (issue 10).
+//!
 //! `SPENDGUARD_MODEL_CASES` sets the number of random sequences (default 6; each uses a
 //! fresh database).
 
@@ -17,6 +20,7 @@ use spendguard::ledger::events::LedgerEvent;
 use spendguard::ledger::machine::{
     self, DecideInput, DecideStep, Existing, Projections, Recorded, Staged,
 };
+use spendguard::ledger::settle::SettleResult;
 use spendguard::ledger::{
     DecideStatus, Ledger, LedgerError, Origin, VerifiedVote, Vote, VoteResult,
 };
@@ -46,7 +50,23 @@ enum Op {
         scope: usize,
         on: bool,
     },
+    /// A settlement of the n-th intent decided so far (`None`: an unknown intent), of
+    /// type `kind` (CAPTURE, VOID, REFUND, CANCEL), reusing an earlier settlement id
+    /// when `reuse` is Some (a redelivery, or a conflict when the payload differs).
+    Settle {
+        target: Option<usize>,
+        kind: usize,
+        amount: usize,
+        is_final: bool,
+        reuse: Option<usize>,
+    },
+    /// Days pass (authorizations expire after 7), then both sweepers run.
+    AdvanceDays(i64),
 }
+
+const SETTLEMENT_TYPES: [&str; 4] = ["CAPTURE", "VOID", "REFUND", "CANCEL"];
+/// `""`: no amount (a VOID of the whole remainder).
+const SETTLEMENT_AMOUNTS: [&str; 4] = ["10.00", "50.00", "200.00", ""];
 
 fn op() -> impl Strategy<Value = Op> {
     let item = (
@@ -60,6 +80,21 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(target, approver, approve)| Op::Vote { target, approver, approve }),
         1 => (10i64..90).prop_map(Op::Advance),
         1 => (0..SCOPES.len(), any::<bool>()).prop_map(|(scope, on)| Op::Kill { scope, on }),
+        4 => (
+            proptest::option::weighted(0.9, 0..50usize),
+            0..SETTLEMENT_TYPES.len(),
+            0..SETTLEMENT_AMOUNTS.len(),
+            proptest::bool::weighted(0.3),
+            proptest::option::weighted(0.15, 0..50usize),
+        )
+            .prop_map(|(target, kind, amount, is_final, reuse)| Op::Settle {
+                target,
+                kind,
+                amount,
+                is_final,
+                reuse,
+            }),
+        1 => (1i64..5).prop_map(Op::AdvanceDays),
     ]
 }
 
@@ -147,6 +182,7 @@ async fn run_ops(ledger: &Ledger, tables: &PgPool, set: &PolicySet, ops: &[Op]) 
     }
     let mut now = Utc.with_ymd_and_hms(2026, 11, 27, 13, 0, 0).unwrap();
     let mut ids: Vec<(String, usize, usize)> = Vec::new(); // (intent id, agent, amount)
+    let mut settlement_ids: Vec<String> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         match op {
             Op::Decide(items) => {
@@ -263,6 +299,76 @@ async fn run_ops(ledger: &Ledger, tables: &PgPool, set: &PolicySet, ops: &[Op]) 
                 }
                 assert_eq!(live.len(), staged.len(), "expired at step {step}");
             }
+            Op::AdvanceDays(days) => {
+                now += Duration::days(*days);
+                let live = ledger.expire_due(now).await.expect("expire");
+                let staged = machine::step_expire(&model.s, now);
+                for st in &staged {
+                    model.append(st, now);
+                }
+                assert_eq!(live.len(), staged.len(), "expired at step {step}");
+                let live = ledger
+                    .expire_authorizations(now)
+                    .await
+                    .expect("expire authorizations");
+                let staged = machine::step_expire_authorizations(&model.s, now);
+                for st in &staged {
+                    model.append(st, now);
+                }
+                assert_eq!(
+                    live.len(),
+                    staged.len(),
+                    "authorizations expired at step {step}"
+                );
+            }
+            Op::Settle {
+                target,
+                kind,
+                amount,
+                is_final,
+                reuse,
+            } => {
+                let intent_id = match target {
+                    Some(t) if !ids.is_empty() => ids[t % ids.len()].0.clone(),
+                    _ => "ghost".to_string(),
+                };
+                let settlement_id = match reuse.filter(|_| !settlement_ids.is_empty()) {
+                    Some(r) => settlement_ids[r % settlement_ids.len()].clone(),
+                    None => format!("s-{step}"),
+                };
+                let kind = SETTLEMENT_TYPES[*kind];
+                let money = match (kind, SETTLEMENT_AMOUNTS[*amount]) {
+                    ("CANCEL", _) | ("VOID", "") => String::new(),
+                    (_, "") => r#","amount":"25.00","currency":"BRL""#.to_string(),
+                    (_, a) => format!(r#","amount":"{a}","currency":"BRL""#),
+                };
+                let fin = if kind == "CAPTURE" && *is_final {
+                    r#","final":true"#
+                } else {
+                    ""
+                };
+                let text = format!(
+                    r#"{{"settlementId":"{settlement_id}","intentId":"{intent_id}","type":"{kind}"{money}{fin}}}"#
+                );
+                let settlement =
+                    spendguard::settlement::parse_settlement(text.as_bytes()).expect("valid");
+                let live = ledger
+                    .settle_at(set, &settlement, &origin, Some(now))
+                    .await
+                    .expect("settle");
+                let pure = model_settle(&mut model, ledger, &settlement, now);
+                let live = match live {
+                    SettleResult::Applied { seq, outcome } => {
+                        settlement_ids.push(settlement_id.clone());
+                        format!("applied {seq} {}", outcome.outcome.as_str())
+                    }
+                    SettleResult::Redelivered { outcome } => {
+                        format!("redelivered {}", outcome.outcome.as_str())
+                    }
+                    SettleResult::Refused { seq, code, .. } => format!("refused {seq} {code}"),
+                };
+                assert_eq!(live, pure, "settlement {text} at step {step}");
+            }
             Op::Kill { scope, on } => {
                 let scope = spendguard::kill_switch::Scope::parse(SCOPES[*scope]).unwrap();
                 ledger
@@ -343,6 +449,65 @@ fn model_decide(
             );
             model.agents.insert(i.intent_id.clone(), i.agent_id.clone());
             Decision::New(d.evaluation.effect)
+        }
+    }
+}
+
+fn model_settle(
+    model: &mut Model,
+    ledger: &Ledger,
+    settlement: &spendguard::settlement::Settlement,
+    now: DateTime<Utc>,
+) -> String {
+    let effect = model.decided.get(&settlement.intent_id).map(|e| {
+        serde_json::from_str::<spendguard::decision::DecisionMessage>(&e.message)
+            .unwrap()
+            .effect
+    });
+    let agent = model.agents.get(&settlement.intent_id).cloned();
+    let intent = agent
+        .as_deref()
+        .zip(effect)
+        .map(|(agent_id, effect)| machine::SettledIntent {
+            agent_id,
+            entity_id: crate::harness::intent::ENTITY,
+            effect,
+        });
+    let step = machine::step_settle(
+        &model.s,
+        intent,
+        machine::SettleInput {
+            settlement,
+            fingerprint: ledger.settlement_fingerprint(settlement),
+            now,
+            restore_refunds: false,
+        },
+    );
+    match step {
+        machine::SettleStep::Redelivered(row) => {
+            let o: spendguard::ledger::OutcomeMessage = serde_json::from_str(&row.message).unwrap();
+            format!("redelivered {}", o.outcome.as_str())
+        }
+        machine::SettleStep::Refused(st, code) => {
+            let seq = model.append(&st, now);
+            format!("refused {seq} {}", code.as_str())
+        }
+        machine::SettleStep::Applied(st) => {
+            let seq = model.append(&st, now);
+            let outcome = match &st.event {
+                LedgerEvent::SettlementApplied(a) => match a.kind {
+                    spendguard::settlement::SettlementType::Capture => "CAPTURED",
+                    spendguard::settlement::SettlementType::Void => "VOIDED",
+                    spendguard::settlement::SettlementType::Refund => "REFUNDED",
+                    spendguard::settlement::SettlementType::Cancel => "CANCELLED",
+                },
+                LedgerEvent::IntentClosed(c) => {
+                    assert_eq!(c.outcome, "CANCELLED");
+                    "CANCELLED"
+                }
+                other => panic!("step_settle staged {other:?}"),
+            };
+            format!("applied {seq} {outcome}")
         }
     }
 }
@@ -453,6 +618,45 @@ async fn compare_projections(pool: &PgPool, s: &Projections) {
         .map(|k| (k.scope.clone(), k.active, k.seq))
         .collect();
     assert_eq!(live_kills, model_kills, "kill switch");
+
+    let live_auth: Vec<(String, Decimal, Decimal, Decimal, bool, bool, i64)> = sqlx::query_as(
+        "SELECT intent_id, captured, voided, refunded, is_final, expired, seq FROM authorization_state ORDER BY intent_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let live_auth: Vec<_> = live_auth
+        .into_iter()
+        .map(|(i, c, v, r, f, e, q)| (i, c.normalize(), v.normalize(), r.normalize(), f, e, q))
+        .collect();
+    let model_auth: Vec<_> = s
+        .authorizations
+        .values()
+        .map(|a| {
+            let st = &a.state;
+            (
+                a.intent_id.clone(),
+                st.captured.normalize(),
+                st.voided.normalize(),
+                st.refunded.normalize(),
+                st.is_final,
+                st.expired,
+                a.seq,
+            )
+        })
+        .collect();
+    assert_eq!(live_auth, model_auth, "authorizations");
+    let live_settlements: Vec<(String, i64, String)> =
+        sqlx::query_as("SELECT settlement_id, seq, message FROM settlement ORDER BY settlement_id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let model_settlements: Vec<_> = s
+        .settlements
+        .values()
+        .map(|st| (st.settlement_id.clone(), st.seq, st.message.clone()))
+        .collect();
+    assert_eq!(live_settlements, model_settlements, "settlements");
 
     let decided = s.decisions.len() as i64;
     let live_decided: i64 = sqlx::query_scalar("SELECT count(*) FROM decision")
