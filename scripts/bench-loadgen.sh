@@ -3,14 +3,18 @@
 # asserted): a fresh tansu broker on its own port (memory storage slows down as topics
 # fill, so every run starts empty), a fresh database, one `spendguard serve`, then
 # `spendguard loadgen` with its bare-broker baseline in the same run. Prints the loadgen
-# report and the serve process's peak RSS.
+# report and the serve process's peak RSS; exits with loadgen's status (1 when a
+# settlement of the lifecycle mix did not yield exactly one outcome).
 #
 #   scripts/bench-loadgen.sh [--debug] [--rate 1000] [--duration 30] [--agents 1000]
 #                            [--workers N] [--intent-partitions N] [--no-baseline]
+#                            [--no-lifecycle] [--lifecycle-mix 70,15,10,5]
 #
 # --workers and --intent-partitions go into a config file given to serve and loadgen
 # (defaults: one worker per core, at most 8; 12 partitions for intents and decisions,
-# which the baseline topic also gets).
+# which the baseline topic also gets; --intent-partitions sets spend.settlements's too).
+# The lifecycle mix (issue 10) is on unless --no-lifecycle: loadgen settles every ALLOW
+# (percent full capture, partial then final, void, capture then refund).
 # PostgreSQL comes from scripts/env.sh (started by scripts/services.sh if needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +35,9 @@ while [ $# -gt 0 ]; do
     --workers) workers="$2"; shift ;;
     --intent-partitions) partitions="$2"; shift ;;
     --no-baseline) loadgen_flags+=(--no-baseline) ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --no-lifecycle) loadgen_flags+=(--no-lifecycle) ;;
+    --lifecycle-mix) loadgen_flags+=(--lifecycle-mix "$2"); shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -62,7 +68,7 @@ config_args=()
 if [ -n "$workers$partitions" ]; then
   : >"$dir/serve.yaml"
   [ -n "$workers" ] && printf 'workers: %s\n' "$workers" >>"$dir/serve.yaml"
-  [ -n "$partitions" ] && printf 'intent_partitions: %s\n' "$partitions" >>"$dir/serve.yaml"
+  [ -n "$partitions" ] && printf 'intent_partitions: %s\nsettlement_partitions: %s\n' "$partitions" "$partitions" >>"$dir/serve.yaml"
   config_args=(--config "$dir/serve.yaml")
 fi
 
@@ -80,6 +86,8 @@ for _ in $(seq 240); do
 done
 grep -q "ready" "$dir/serve.log" || { echo "serve not ready:"; cat "$dir/serve.log"; exit 1; }
 
-echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, intent partitions ${partitions:-default}, $(nproc) cores"
-"$bin" loadgen "${config_args[@]}" --rate "$rate" --duration "$duration" --agents "$agents" "${loadgen_flags[@]}"
+echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, intent partitions ${partitions:-default}, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+status=0
+"$bin" loadgen "${config_args[@]}" --rate "$rate" --duration "$duration" --agents "$agents" "${loadgen_flags[@]}" || status=$?
 echo "serve peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$serve_pid/status")"
+exit "$status"

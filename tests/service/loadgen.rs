@@ -1,7 +1,9 @@
 //! `spendguard loadgen` end to end at a small rate: both phases (bare broker, then the
 //! pipeline through a real `serve`) receive everything they sent, the mix produces
 //! every kind of outcome under the example policies, and the ledger holds exactly one
-//! decision per intent sent. Timings are printed by loadgen, never asserted here.
+//! decision per intent sent. With the lifecycle mix (issue 10) every ALLOW is settled and
+//! every settlement yields exactly one outcome, recorded once in the ledger. Timings are
+//! printed by loadgen, never asserted here.
 
 use crate::harness::policies::repository_policies;
 use crate::harness::serial;
@@ -28,6 +30,9 @@ async fn loadgen_measures_both_phases_and_every_intent_is_decided_once() {
             "4",
         ])
         .args(["--format", "json", "--drain-timeout", "60"])
+        // Heavier on the two-step plans than the default 70,15,10,5, so a short run has
+        // every plan.
+        .args(["--lifecycle-mix", "40,20,20,20"])
         .output()
         .expect("run loadgen");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -79,6 +84,51 @@ async fn loadgen_measures_both_phases_and_every_intent_is_decided_once() {
         "{pipeline}"
     );
     assert!(report["pipelineToBaselineThroughput"].as_f64().unwrap() > 0.0);
+    assert!(phases[0].get("lifecycle").is_none(), "{report}");
+
+    // The lifecycle mix: one plan per ALLOW, one outcome per settlement.
+    let l = &pipeline["lifecycle"];
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let plans = &l["plans"];
+    assert_eq!(
+        [
+            "fullCapture",
+            "partialThenFinal",
+            "void",
+            "captureThenRefund"
+        ]
+        .iter()
+        .map(|p| n(plans, p))
+        .sum::<u64>(),
+        n(&pipeline["effects"], "ALLOW"),
+        "every ALLOW settled: {l}"
+    );
+    assert!(n(plans, "fullCapture") > 0, "{l}");
+    let (lost, duplicated) = (n(l, "lost"), n(l, "duplicated"));
+    assert_eq!((lost, duplicated), (0, 0), "{l}");
+    assert_eq!(l["refused"], serde_json::json!({}), "{l}");
+    assert_eq!(n(l, "sendErrors"), 0, "{l}");
+    let outcomes = &l["outcomes"];
+    assert_eq!(
+        n(outcomes, "CAPTURED"),
+        n(plans, "fullCapture") + 2 * n(plans, "partialThenFinal") + n(plans, "captureThenRefund"),
+        "{l}"
+    );
+    assert_eq!(n(outcomes, "VOIDED"), n(plans, "void"), "{l}");
+    assert_eq!(
+        n(outcomes, "REFUNDED"),
+        n(plans, "captureThenRefund"),
+        "{l}"
+    );
+    let settlements = n(l, "settlementsSent");
+    assert_eq!(
+        settlements,
+        n(outcomes, "CAPTURED") + n(outcomes, "VOIDED") + n(outcomes, "REFUNDED"),
+        "{l}"
+    );
+    let (p50, p99) = (l["p50Ms"].as_f64().unwrap(), l["p99Ms"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99, "{l}");
+    assert!(l["settlementsPerS"].as_f64().unwrap() > 0.0, "{l}");
 
     // Exactly one decision per intent the pipeline phase sent.
     let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
@@ -87,5 +137,11 @@ async fn loadgen_measures_both_phases_and_every_intent_is_decided_once() {
         .await
         .unwrap();
     assert_eq!(decided as u64, pipeline["sent"].as_u64().unwrap());
+    // ... and exactly one applied settlement per settlement sent.
+    let settled: i64 = sqlx::query_scalar("SELECT count(*) FROM settlement")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(settled as u64, settlements);
     assert_eq!(serve.terminate(), Some(0));
 }

@@ -2,6 +2,13 @@
 //! reports throughput and produce→decision latency (HDR histogram) next to a bare-broker
 //! baseline (produce→consume of the same kind of messages, no spendguard) measured in the
 //! same run, so the ratio means something on a noisy machine.
+//!
+//! With the lifecycle mix (on unless `--no-lifecycle`, SPEC §11), the pipeline phase acts
+//! like a payment service: after each ALLOW decision arrives it publishes settlements for
+//! the intent on `spend.settlements` (key = agentId) following [`DEFAULT_LIFECYCLE_MIX`],
+//! and reports settlement→outcome latency, settlements/s, and every settlement that did
+//! not yield exactly one outcome (CAPTURED / VOIDED / REFUNDED with its settlementId):
+//! lost, duplicated or refused (dead-lettered) settlements make loadgen exit with 1.
 
 use anyhow::Context;
 use clap::Args;
@@ -11,13 +18,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::Message;
 use rdkafka::consumer::StreamConsumer;
+use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::bus::{self, Topics};
 use crate::config::{ServiceArgs, Settings};
+use crate::settlement::SettlementType;
 
 /// Highest latency the histogram records (longer ones are clamped), in microseconds.
 const MAX_LATENCY_US: u64 = 120_000_000;
@@ -63,6 +72,13 @@ pub struct LoadgenArgs {
     /// Seed of the intent mix (same seed, same amounts and categories).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Do not settle ALLOWed intents (intents and decisions only, as before issue 10).
+    #[arg(long)]
+    pub no_lifecycle: bool,
+    /// Percent of ALLOWs per settlement plan: full capture, partial capture then final,
+    /// void, capture then refund (four numbers summing to 100).
+    #[arg(long, default_value = DEFAULT_LIFECYCLE_MIX_ARG, value_parser = LifecycleMix::parse)]
+    pub lifecycle_mix: LifecycleMix,
 }
 
 /// What one phase measured.
@@ -81,7 +97,196 @@ pub struct PhaseReport {
     pub max_ms: f64,
     pub sustained: bool,
     /// Decisions by effect (pipeline phase only).
-    pub effects: std::collections::BTreeMap<String, u64>,
+    pub effects: BTreeMap<String, u64>,
+    /// Settlements and their outcomes (pipeline phase with the lifecycle mix only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleReport>,
+}
+
+/// What the lifecycle mix measured: settlement produced → its outcome consumed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleReport {
+    /// The mix used, percent per plan.
+    pub mix: BTreeMap<String, u32>,
+    /// ALLOWed intents that were given a plan, by plan.
+    pub plans: BTreeMap<String, u64>,
+    pub settlements_sent: u64,
+    pub send_errors: u64,
+    /// Outcome messages matched to a settlement of this run, by outcome.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Settlements with no outcome and no dead letter when the drain ended.
+    pub lost: u64,
+    /// Outcome messages for a settlement that already had one.
+    pub duplicated: u64,
+    /// Settlements dead-lettered instead of answered, by code (none expected: the mix
+    /// only sends valid settlements).
+    pub refused: BTreeMap<String, u64>,
+    /// Outcomes per second, from the first settlement sent to the last outcome.
+    pub settlements_per_s: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LifecycleReport {
+    /// Settlements that did not yield exactly one outcome.
+    pub fn errors(&self) -> u64 {
+        self.lost + self.duplicated + self.refused.values().sum::<u64>() + self.send_errors
+    }
+}
+
+/// What a payment service does with an ALLOWed intent in the lifecycle mix (SPEC §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Plan {
+    /// One CAPTURE of the whole amount, `final: true`.
+    FullCapture,
+    /// A CAPTURE of 60 % (not final), then a final CAPTURE of 30 % (the last 10 % is
+    /// released by the final flag).
+    PartialThenFinal,
+    /// A VOID without amount: the whole authorization released.
+    Void,
+    /// A final CAPTURE of the whole amount, then a REFUND of half of it.
+    CaptureThenRefund,
+}
+
+impl Plan {
+    pub const ALL: [Plan; 4] = [
+        Plan::FullCapture,
+        Plan::PartialThenFinal,
+        Plan::Void,
+        Plan::CaptureThenRefund,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::FullCapture => "fullCapture",
+            Plan::PartialThenFinal => "partialThenFinal",
+            Plan::Void => "void",
+            Plan::CaptureThenRefund => "captureThenRefund",
+        }
+    }
+
+    /// The settlements of this plan for an intent of `amount_minor` (in the currency's
+    /// minor unit, two decimals), in the order they are sent: each one after the
+    /// outcome of the one before has arrived.
+    pub fn steps(self, amount_minor: i64) -> Vec<Step> {
+        let part = |pct: i64| Some((amount_minor * pct / 100).max(1));
+        let capture = |amount_minor, is_final| Step {
+            kind: SettlementType::Capture,
+            amount_minor,
+            is_final,
+        };
+        match self {
+            Plan::FullCapture => vec![capture(Some(amount_minor), true)],
+            Plan::PartialThenFinal => vec![capture(part(60), false), capture(part(30), true)],
+            Plan::Void => vec![Step {
+                kind: SettlementType::Void,
+                amount_minor: None,
+                is_final: false,
+            }],
+            Plan::CaptureThenRefund => vec![
+                capture(Some(amount_minor), true),
+                Step {
+                    kind: SettlementType::Refund,
+                    amount_minor: part(50),
+                    is_final: false,
+                },
+            ],
+        }
+    }
+}
+
+/// One settlement message of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub kind: SettlementType,
+    /// Minor units (two decimals); `None` only for a VOID of the whole remainder.
+    pub amount_minor: Option<i64>,
+    /// CAPTURE only.
+    pub is_final: bool,
+}
+
+/// The default lifecycle mix: percent of ALLOWs per plan, in [`Plan::ALL`]'s order —
+/// 70 % captured in full, 15 % captured partially then final, 10 % voided, 5 % captured
+/// then refunded.
+pub const DEFAULT_LIFECYCLE_MIX: [u32; 4] = [70, 15, 10, 5];
+/// [`DEFAULT_LIFECYCLE_MIX`] as `--lifecycle-mix` spells it.
+pub const DEFAULT_LIFECYCLE_MIX_ARG: &str = "70,15,10,5";
+
+/// Percent of ALLOWs per plan, in [`Plan::ALL`]'s order; sums to 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LifecycleMix(pub [u32; 4]);
+
+impl Default for LifecycleMix {
+    fn default() -> Self {
+        LifecycleMix(DEFAULT_LIFECYCLE_MIX)
+    }
+}
+
+impl LifecycleMix {
+    /// `"70,15,10,5"`: four whole percentages summing to 100.
+    pub fn parse(text: &str) -> Result<LifecycleMix, String> {
+        let parts: Vec<u32> = text
+            .split(',')
+            .map(|p| p.trim().parse::<u32>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{text:?}: four whole percentages expected: {e}"))?;
+        let mix: [u32; 4] = parts.try_into().map_err(|p: Vec<u32>| {
+            format!(
+                "{text:?} has {} numbers; four expected (full capture, partial then final, void, capture then refund)",
+                p.len()
+            )
+        })?;
+        let sum: u32 = mix.iter().sum();
+        if sum != 100 {
+            return Err(format!("{text:?} sums to {sum}, not 100"));
+        }
+        Ok(LifecycleMix(mix))
+    }
+
+    /// The plan for a roll in `0..100`.
+    pub fn pick(&self, roll: u32) -> Plan {
+        let mut upto = 0;
+        for (plan, pct) in Plan::ALL.into_iter().zip(self.0) {
+            upto += pct;
+            if roll < upto {
+                return plan;
+            }
+        }
+        Plan::FullCapture
+    }
+
+    fn as_map(&self) -> BTreeMap<String, u32> {
+        Plan::ALL
+            .into_iter()
+            .zip(self.0)
+            .map(|(p, pct)| (p.as_str().to_string(), pct))
+            .collect()
+    }
+}
+
+/// A settlement message as a payment service sends it (SPEC §11).
+pub fn settlement_message(
+    settlement_id: &str,
+    intent_id: &str,
+    step: &Step,
+    currency: &str,
+) -> Vec<u8> {
+    let mut body = serde_json::json!({
+        "settlementId": settlement_id,
+        "intentId": intent_id,
+        "type": step.kind.as_str(),
+    });
+    if let Some(minor) = step.amount_minor {
+        body["amount"] = format!("{}.{:02}", minor / 100, minor % 100).into();
+        body["currency"] = currency.into();
+    }
+    if step.kind == SettlementType::Capture {
+        body["final"] = step.is_final.into();
+    }
+    body.to_string().into_bytes()
 }
 
 /// Beneficiaries on the example policies' allow-list (`policies/`): payments to them can
@@ -93,23 +298,28 @@ const KNOWN_BENEFICIARIES: [&str; 4] = [
     "bank:itau",
 ];
 
+/// One generated intent.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub intent_id: String,
+    pub agent: String,
+    /// In the currency's minor unit (two decimals).
+    pub amount_minor: i64,
+    pub payload: Vec<u8>,
+}
+
 /// The realistic mix, against the example policies: mostly small payments to known
 /// beneficiaries (allowed until the agent's daily cap, then held for a human), some to
 /// new beneficiaries (a human verifies), some large ones (two approvers, or over the
 /// per-transaction cap), blocked categories and foreign beneficiaries (denied).
-pub fn make_intent(
-    rng: &mut StdRng,
-    agents: usize,
-    entity: &str,
-    currency: &str,
-) -> (String, String, Vec<u8>) {
+pub fn make_intent(rng: &mut StdRng, agents: usize, entity: &str, currency: &str) -> Generated {
     let intent_id = uuid::Uuid::now_v7().to_string();
     let agent = format!("lg-agent-{}", rng.gen_range(0..agents.max(1)));
     let roll: u32 = rng.gen_range(0..100);
     let known = KNOWN_BENEFICIARIES[rng.gen_range(0..KNOWN_BENEFICIARIES.len())];
     let new_vendor =
         |rng: &mut StdRng, category: &str| format!("{category}:vendor-{}", rng.gen_range(0..50));
-    let (amount_minor, category, beneficiary, country) = match roll {
+    let (amount_minor, category, beneficiary, country): (i64, _, _, _) = match roll {
         0..70 => (
             rng.gen_range(1_000..20_000),
             "utility",
@@ -158,7 +368,12 @@ pub fn make_intent(
         "beneficiary": {"id": beneficiary, "country": country},
         "purpose": "PIX",
     });
-    (intent_id, agent, body.to_string().into_bytes())
+    Generated {
+        intent_id,
+        agent,
+        amount_minor,
+        payload: body.to_string().into_bytes(),
+    }
 }
 
 pub async fn run(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<i32> {
@@ -170,21 +385,36 @@ pub async fn run(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<i32>
 
     let mut reports = Vec::new();
     if !args.no_baseline {
-        reports.push(phase("baseline", settings, args, &baseline_topic, &baseline_topic).await?);
+        let route = Route {
+            produce_to: &baseline_topic,
+            consume_from: &baseline_topic,
+            lifecycle: None,
+        };
+        reports.push(phase("baseline", settings, args, route).await?);
     }
     if !args.baseline_only {
-        reports.push(
-            phase(
-                "pipeline",
-                settings,
-                args,
-                &topics.intents,
-                &topics.decisions,
-            )
-            .await?,
-        );
+        let route = Route {
+            produce_to: &topics.intents,
+            consume_from: &topics.decisions,
+            lifecycle: (!args.no_lifecycle).then_some(LifecycleRoute {
+                settlements: &topics.settlements,
+                dlq: &topics.dlq,
+            }),
+        };
+        reports.push(phase("pipeline", settings, args, route).await?);
     }
     print_reports(&reports, args)?;
+    let errors: u64 = reports
+        .iter()
+        .filter_map(|r| r.lifecycle.as_ref())
+        .map(LifecycleReport::errors)
+        .sum();
+    if errors > 0 {
+        eprintln!(
+            "loadgen: {errors} settlement(s) did not yield exactly one outcome (lost, duplicated, refused or not sent; see the report)"
+        );
+        return Ok(1);
+    }
     Ok(0)
 }
 
@@ -239,6 +469,26 @@ fn print_reports(reports: &[PhaseReport], args: &LoadgenArgs) -> anyhow::Result<
         if r.send_errors > 0 {
             println!("          send errors: {}", r.send_errors);
         }
+        if let Some(l) = &r.lifecycle {
+            let answered: u64 = l.outcomes.values().sum();
+            println!(
+                "{:<9} {:>8} {:>8} {:>11.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                "settle",
+                l.settlements_sent,
+                answered,
+                l.settlements_per_s,
+                l.p50_ms,
+                l.p95_ms,
+                l.p99_ms,
+                l.max_ms
+            );
+            println!("          mix: {:?}; plans: {:?}", l.mix, l.plans);
+            println!("          outcomes: {:?}", l.outcomes);
+            println!(
+                "          lost {}, duplicated {}, refused {:?}, send errors {}",
+                l.lost, l.duplicated, l.refused, l.send_errors
+            );
+        }
     }
     if let Some(ratio) = ratio {
         println!("pipeline/baseline throughput: {:.0}%", ratio * 100.0);
@@ -246,44 +496,213 @@ fn print_reports(reports: &[PhaseReport], args: &LoadgenArgs) -> anyhow::Result<
     Ok(())
 }
 
-type Pending = Arc<Mutex<HashMap<String, Instant>>>;
+/// Where a phase sends and reads.
+struct Route<'a> {
+    produce_to: &'a str,
+    consume_from: &'a str,
+    lifecycle: Option<LifecycleRoute<'a>>,
+}
+
+#[derive(Clone, Copy)]
+struct LifecycleRoute<'a> {
+    settlements: &'a str,
+    dlq: &'a str,
+}
+
+/// An intent sent and not yet answered.
+struct Sent {
+    at: Instant,
+    agent: String,
+    amount_minor: i64,
+}
+
+type Pending = Arc<Mutex<HashMap<String, Sent>>>;
+
+/// A settlement sent and not yet answered, with what follows it in its plan.
+struct Open {
+    at: Instant,
+    intent_id: String,
+    agent: String,
+    rest: Vec<Step>,
+}
+
+/// What the lifecycle side saw.
+struct Settling {
+    hist: Histogram<u64>,
+    open: HashMap<String, Open>,
+    answered: HashSet<String>,
+    first_sent: Option<Instant>,
+    last_outcome: Option<Instant>,
+    report: LifecycleReport,
+}
 
 /// What the collector saw, shared with the phase that reads it after the drain.
 struct Collected {
     hist: Histogram<u64>,
     last_receive: Option<Instant>,
-    effects: std::collections::BTreeMap<String, u64>,
+    effects: BTreeMap<String, u64>,
+    settling: Settling,
+}
+
+/// Settles ALLOWed intents: produces each plan step and tracks it until its outcome.
+struct Settler {
+    producer: FutureProducer,
+    topic: String,
+    currency: String,
+    mix: LifecycleMix,
+    rng: Mutex<StdRng>,
+}
+
+impl Settler {
+    fn plan(&self) -> Plan {
+        let roll = lock(&self.rng).gen_range(0..100);
+        self.mix.pick(roll)
+    }
+
+    /// Registers `step` as open (under the caller's lock on `collected`, so the drain
+    /// never sees a moment with nothing outstanding) and returns what to produce.
+    fn open(
+        &self,
+        s: &mut Settling,
+        intent_id: &str,
+        agent: &str,
+        mut steps: Vec<Step>,
+    ) -> Option<(String, String, Vec<u8>)> {
+        if steps.is_empty() {
+            return None;
+        }
+        let step = steps.remove(0);
+        let settlement_id = uuid::Uuid::now_v7().to_string();
+        let payload = settlement_message(&settlement_id, intent_id, &step, &self.currency);
+        let now = Instant::now();
+        s.first_sent.get_or_insert(now);
+        s.report.settlements_sent += 1;
+        s.open.insert(
+            settlement_id.clone(),
+            Open {
+                at: now,
+                intent_id: intent_id.to_string(),
+                agent: agent.to_string(),
+                rest: steps,
+            },
+        );
+        Some((settlement_id, agent.to_string(), payload))
+    }
+
+    /// Produces a settlement registered by [`Settler::open`]; its clock starts now. A
+    /// settlement the broker does not acknowledge is closed as a send error.
+    async fn send(
+        &self,
+        collected: &Arc<Mutex<Collected>>,
+        (id, agent, payload): (String, String, Vec<u8>),
+    ) {
+        loop {
+            let record = FutureRecord::to(&self.topic)
+                .key(agent.as_bytes())
+                .payload(&payload);
+            let at = Instant::now();
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    if let Some(o) = lock(collected).settling.open.get_mut(&id) {
+                        o.at = at;
+                    }
+                    let collected = collected.clone();
+                    tokio::spawn(async move {
+                        if !matches!(delivery.await, Ok(Ok(_))) {
+                            let mut c = lock(&collected);
+                            if c.settling.open.remove(&id).is_some() {
+                                c.settling.report.send_errors += 1;
+                            }
+                        }
+                    });
+                    return;
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => tokio::time::sleep(Duration::from_millis(QUEUE_FULL_BACKOFF_MS)).await,
+                Err(_) => {
+                    let mut c = lock(collected);
+                    c.settling.open.remove(&id);
+                    c.settling.report.send_errors += 1;
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn phase(
     name: &str,
     settings: &Settings,
     args: &LoadgenArgs,
-    produce_to: &str,
-    consume_from: &str,
+    route: Route<'_>,
 ) -> anyhow::Result<PhaseReport> {
     let consumer = bus::standalone_consumer(&settings.brokers)?;
     // Start exactly at the current end of the topic so nothing produced from now on is missed.
-    bus::assign_at_high_watermarks(&consumer, &settings.brokers, consume_from)?;
+    bus::assign_at_high_watermarks(&consumer, &settings.brokers, route.consume_from)?;
     let producer = bus::client_producer(&settings.brokers)?;
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-    let hist = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).context("histogram bounds")?;
+    let histogram = || Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).context("histogram bounds");
     let collected = Arc::new(Mutex::new(Collected {
-        hist,
+        hist: histogram()?,
         last_receive: None,
         effects: Default::default(),
+        settling: Settling {
+            hist: histogram()?,
+            open: HashMap::new(),
+            answered: HashSet::new(),
+            first_sent: None,
+            last_outcome: None,
+            report: LifecycleReport {
+                mix: args.lifecycle_mix.as_map(),
+                ..Default::default()
+            },
+        },
     }));
 
-    let collector = tokio::spawn(collect(consumer, pending.clone(), collected.clone()));
+    let mut tasks = Vec::new();
+    let settler = match route.lifecycle {
+        Some(l) => {
+            let dlq = bus::standalone_consumer(&settings.brokers)?;
+            bus::assign_at_high_watermarks(&dlq, &settings.brokers, l.dlq)?;
+            tasks.push(tokio::spawn(collect_dead_letters(dlq, collected.clone())));
+            Some(Arc::new(Settler {
+                producer: producer.clone(),
+                topic: l.settlements.to_string(),
+                currency: args.currency.clone(),
+                mix: args.lifecycle_mix,
+                rng: Mutex::new(StdRng::seed_from_u64(args.seed.wrapping_add(1))),
+            }))
+        }
+        None => None,
+    };
+    tasks.push(tokio::spawn(collect(
+        consumer,
+        pending.clone(),
+        collected.clone(),
+        settler.clone(),
+    )));
     let started = Instant::now();
-    let (sent, send_errors) = offer(&producer, produce_to, args, &pending).await;
+    let (sent, send_errors) = offer(&producer, route.produce_to, args, &pending).await;
 
-    // Wait until every answer arrived or the drain timeout passed.
+    // Wait until every answer arrived (decisions, then every step of every settlement
+    // plan) or the drain timeout passed.
     let drain_deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
-    while !lock(&pending).is_empty() && Instant::now() < drain_deadline {
+    while (!lock(&pending).is_empty() || !lock(&collected).settling.open.is_empty())
+        && Instant::now() < drain_deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    collector.abort();
+    // A late duplicate outcome would land here: give one more moment before stopping.
+    if settler.is_some() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for t in &tasks {
+        t.abort();
+    }
     let c = lock(&collected);
     let elapsed = c
         .last_receive
@@ -294,7 +713,28 @@ async fn phase(
     } else {
         0.0
     };
-    let ms = |q: f64| c.hist.value_at_quantile(q) as f64 / 1000.0;
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let lifecycle = route.lifecycle.map(|_| {
+        let s = &c.settling;
+        let answered = s.hist.len();
+        let span = match (s.first_sent, s.last_outcome) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        LifecycleReport {
+            lost: s.open.len() as u64,
+            settlements_per_s: if span > 0.0 {
+                answered as f64 / span
+            } else {
+                0.0
+            },
+            p50_ms: ms(&s.hist, 0.50),
+            p95_ms: ms(&s.hist, 0.95),
+            p99_ms: ms(&s.hist, 0.99),
+            max_ms: s.hist.max() as f64 / 1000.0,
+            ..s.report.clone()
+        }
+    });
     Ok(PhaseReport {
         phase: name.to_string(),
         offered_rate: args.rate,
@@ -302,14 +742,15 @@ async fn phase(
         send_errors,
         received,
         achieved_per_s: achieved,
-        p50_ms: ms(0.50),
-        p95_ms: ms(0.95),
-        p99_ms: ms(0.99),
+        p50_ms: ms(&c.hist, 0.50),
+        p95_ms: ms(&c.hist, 0.95),
+        p99_ms: ms(&c.hist, 0.99),
         max_ms: c.hist.max() as f64 / 1000.0,
         sustained: received == sent
             && send_errors == 0
             && achieved >= args.rate as f64 * SUSTAINED_SHARE,
         effects: c.effects.clone(),
+        lifecycle,
     })
 }
 
@@ -358,13 +799,19 @@ async fn offer(
         ticker.tick().await;
         let due = ((started.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
         while sent < due {
-            let (intent_id, agent, payload) =
-                make_intent(&mut rng, args.agents, &args.entity, &args.currency);
-            lock(pending).insert(intent_id.clone(), Instant::now());
+            let g = make_intent(&mut rng, args.agents, &args.entity, &args.currency);
+            lock(pending).insert(
+                g.intent_id.clone(),
+                Sent {
+                    at: Instant::now(),
+                    agent: g.agent.clone(),
+                    amount_minor: g.amount_minor,
+                },
+            );
             loop {
                 let record = FutureRecord::to(topic)
-                    .key(agent.as_bytes())
-                    .payload(&payload);
+                    .key(g.agent.as_bytes())
+                    .payload(&g.payload);
                 match producer.send_result(record) {
                     Ok(delivery) => {
                         let _ = tx.send(delivery);
@@ -379,7 +826,7 @@ async fn offer(
                         tokio::time::sleep(Duration::from_millis(QUEUE_FULL_BACKOFF_MS)).await;
                     }
                     Err(_) => {
-                        lock(pending).remove(&intent_id);
+                        lock(pending).remove(&g.intent_id);
                         break;
                     }
                 }
@@ -393,16 +840,25 @@ async fn offer(
 }
 
 /// Reads answers (decisions, or the baseline's own messages) and records the latency of
-/// the ones this run is waiting for. Outcome messages and foreign traffic are ignored.
-async fn collect(consumer: StreamConsumer, pending: Pending, collected: Arc<Mutex<Collected>>) {
+/// the ones this run is waiting for. With a settler, an ALLOW starts a settlement plan and
+/// an outcome naming one of this run's settlements closes it (and sends the plan's next
+/// step). Foreign traffic is ignored.
+async fn collect(
+    consumer: StreamConsumer,
+    pending: Pending,
+    collected: Arc<Mutex<Collected>>,
+    settler: Option<Arc<Settler>>,
+) {
     #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
     struct Answer {
-        #[serde(rename = "intentId")]
         intent_id: String,
         #[serde(default)]
         effect: Option<String>,
         #[serde(default)]
         outcome: Option<String>,
+        #[serde(default)]
+        settlement_id: Option<String>,
     }
     let mut stream = consumer.stream();
     while let Some(msg) = stream.next().await {
@@ -414,23 +870,96 @@ async fn collect(consumer: StreamConsumer, pending: Pending, collected: Arc<Mute
         else {
             continue;
         };
-        if answer.outcome.is_some() {
-            continue;
-        }
-        let Some(sent_at) = lock(&pending).remove(&answer.intent_id) else {
-            continue;
+        let to_send = if let Some(outcome) = answer.outcome {
+            let (Some(settler), Some(id)) = (&settler, answer.settlement_id) else {
+                continue;
+            };
+            let mut c = lock(&collected);
+            let s = &mut c.settling;
+            let Some(open) = s.open.remove(&id) else {
+                if s.answered.contains(&id) {
+                    s.report.duplicated += 1;
+                }
+                continue;
+            };
+            let _ = s.hist.record(latency_us(now, open.at));
+            s.last_outcome = Some(now);
+            *s.report.outcomes.entry(outcome).or_insert(0) += 1;
+            s.answered.insert(id);
+            settler.open(s, &open.intent_id, &open.agent, open.rest)
+        } else {
+            // Hold `pending` until the first settlement is open, so the drain never sees
+            // the decision answered and its settlement not yet started.
+            let mut p = lock(&pending);
+            let Some(sent) = p.remove(&answer.intent_id) else {
+                continue;
+            };
+            let mut c = lock(&collected);
+            let _ = c.hist.record(latency_us(now, sent.at));
+            c.last_receive = Some(now);
+            let allowed = answer.effect.as_deref() == Some("ALLOW");
+            if let Some(effect) = answer.effect {
+                *c.effects.entry(effect).or_insert(0) += 1;
+            }
+            match &settler {
+                Some(settler) if allowed => {
+                    let plan = settler.plan();
+                    let s = &mut c.settling;
+                    *s.report.plans.entry(plan.as_str().to_string()).or_insert(0) += 1;
+                    settler.open(
+                        s,
+                        &answer.intent_id,
+                        &sent.agent,
+                        plan.steps(sent.amount_minor),
+                    )
+                }
+                _ => None,
+            }
         };
-        let latency_us = now
-            .duration_since(sent_at)
-            .as_micros()
-            .clamp(1, u128::from(MAX_LATENCY_US)) as u64;
-        let mut c = lock(&collected);
-        let _ = c.hist.record(latency_us);
-        c.last_receive = Some(now);
-        if let Some(effect) = answer.effect {
-            *c.effects.entry(effect).or_insert(0) += 1;
+        if let (Some(settler), Some(next)) = (&settler, to_send) {
+            settler.send(&collected, next).await;
         }
     }
+}
+
+/// Reads the dead-letter topic: a settlement of this run found there was refused
+/// instead of answered (its code from the `spendguard-error-code` header).
+async fn collect_dead_letters(consumer: StreamConsumer, collected: Arc<Mutex<Collected>>) {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Letter {
+        settlement_id: String,
+    }
+    let mut stream = consumer.stream();
+    while let Some(msg) = stream.next().await {
+        let Ok(msg) = msg else { continue };
+        let Some(letter) = msg
+            .payload()
+            .and_then(|p| serde_json::from_slice::<Letter>(p).ok())
+        else {
+            continue;
+        };
+        let code = msg
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == bus::dlq::HEADER_ERROR_CODE)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let mut c = lock(&collected);
+        let s = &mut c.settling;
+        if s.open.remove(&letter.settlement_id).is_some() {
+            *s.report.refused.entry(code).or_insert(0) += 1;
+        }
+    }
+}
+
+fn latency_us(now: Instant, sent_at: Instant) -> u64 {
+    now.duration_since(sent_at)
+        .as_micros()
+        .clamp(1, u128::from(MAX_LATENCY_US)) as u64
 }
 
 #[cfg(test)]
@@ -442,19 +971,21 @@ mod tests {
         let mut a = StdRng::seed_from_u64(7);
         let mut categories = std::collections::BTreeSet::new();
         for _ in 0..500 {
-            let (id, agent, bytes) = make_intent(&mut a, 10, "acme-br", "BRL");
-            let intent = crate::intent::parse_intent(&bytes).expect("loadgen makes valid intents");
-            assert_eq!(intent.intent_id, id);
-            assert_eq!(intent.agent_id, agent);
+            let g = make_intent(&mut a, 10, "acme-br", "BRL");
+            let intent =
+                crate::intent::parse_intent(&g.payload).expect("loadgen makes valid intents");
+            assert_eq!(intent.intent_id, g.intent_id);
+            assert_eq!(intent.agent_id, g.agent);
+            assert_eq!(intent.amount, rust_decimal::Decimal::new(g.amount_minor, 2));
             categories.insert(intent.category);
         }
         assert!(
             categories.contains("gambling") && categories.contains("utility"),
             "{categories:?}"
         );
-        let (_, agent1, _) = make_intent(&mut StdRng::seed_from_u64(9), 1000, "e", "BRL");
-        let (_, agent2, _) = make_intent(&mut StdRng::seed_from_u64(9), 1000, "e", "BRL");
-        assert_eq!(agent1, agent2);
+        let g1 = make_intent(&mut StdRng::seed_from_u64(9), 1000, "e", "BRL");
+        let g2 = make_intent(&mut StdRng::seed_from_u64(9), 1000, "e", "BRL");
+        assert_eq!(g1.agent, g2.agent);
     }
 
     /// Against the example policy an agent starts from zero usage: the mix must then
@@ -470,8 +1001,8 @@ mod tests {
         let mut counts: std::collections::BTreeMap<Effect, u32> = Default::default();
         let mut rng = StdRng::seed_from_u64(42);
         for _ in 0..1000 {
-            let (_, _, bytes) = make_intent(&mut rng, 10, "acme-br", "BRL");
-            let intent = crate::intent::parse_intent(&bytes).unwrap();
+            let g = make_intent(&mut rng, 10, "acme-br", "BRL");
+            let intent = crate::intent::parse_intent(&g.payload).unwrap();
             let e = evaluate(
                 &policy,
                 &EvalInput {
@@ -493,5 +1024,81 @@ mod tests {
         }
         let allow = counts[&Effect::Allow];
         assert!(counts.values().all(|&n| n <= allow), "{counts:?}");
+    }
+
+    /// Every plan's steps are valid settlement messages that never ask for more than the
+    /// authorization holds: captured ≤ authorized, refunded ≤ captured, a final or a void
+    /// ends the authorization last.
+    #[test]
+    fn every_plan_sends_valid_settlements_within_the_authorization() {
+        use crate::settlement::parse_settlement;
+        use rust_decimal::Decimal;
+        for amount_minor in [1_000, 1_001, 19_999, 1_999_999] {
+            for plan in Plan::ALL {
+                let steps = plan.steps(amount_minor);
+                let (mut captured, mut refunded) = (0, 0);
+                for (i, step) in steps.iter().enumerate() {
+                    let bytes = settlement_message(&format!("s-{i}"), "i-1", step, "BRL");
+                    let s = parse_settlement(&bytes).unwrap_or_else(|e| {
+                        panic!(
+                            "{plan:?} step {i}: {e:?}: {}",
+                            String::from_utf8_lossy(&bytes)
+                        )
+                    });
+                    assert_eq!(s.kind, step.kind);
+                    assert_eq!(s.amount, step.amount_minor.map(|m| Decimal::new(m, 2)));
+                    assert_eq!(s.is_final, step.is_final);
+                    match step.kind {
+                        SettlementType::Capture => captured += step.amount_minor.unwrap(),
+                        SettlementType::Refund => refunded += step.amount_minor.unwrap(),
+                        SettlementType::Void => assert!(step.amount_minor.is_none()),
+                        SettlementType::Cancel => panic!("no plan cancels an ALLOW"),
+                    }
+                    assert!(0 < captured || step.kind == SettlementType::Void);
+                    assert!(captured <= amount_minor && refunded <= captured, "{plan:?}");
+                    let closes = step.is_final || step.kind == SettlementType::Void;
+                    let after_close = steps[..i]
+                        .iter()
+                        .any(|s| s.is_final || s.kind == SettlementType::Void);
+                    assert!(
+                        !(closes && after_close),
+                        "{plan:?}: closed twice at step {i}"
+                    );
+                }
+            }
+        }
+        let void = settlement_message("s", "i", &Plan::Void.steps(100)[0], "BRL");
+        assert_eq!(
+            String::from_utf8(void).unwrap(),
+            r#"{"settlementId":"s","intentId":"i","type":"VOID"}"#
+        );
+    }
+
+    #[test]
+    fn the_lifecycle_mix_parses_and_picks_in_proportion() {
+        assert_eq!(
+            LifecycleMix::parse(DEFAULT_LIFECYCLE_MIX_ARG),
+            Ok(LifecycleMix::default())
+        );
+        assert_eq!(
+            LifecycleMix::parse(" 100, 0,0 ,0"),
+            Ok(LifecycleMix([100, 0, 0, 0]))
+        );
+        for bad in ["70,15,10", "70,15,10,6", "70,15,10,x", "", "50,50,0,0,0"] {
+            assert!(LifecycleMix::parse(bad).is_err(), "{bad}");
+        }
+        let mix = LifecycleMix::default();
+        let mut counts: BTreeMap<Plan, u32> = BTreeMap::new();
+        for roll in 0..100 {
+            *counts.entry(mix.pick(roll)).or_default() += 1;
+        }
+        assert_eq!(
+            Plan::ALL.map(|p| counts.get(&p).copied().unwrap_or(0)),
+            DEFAULT_LIFECYCLE_MIX
+        );
+        assert_eq!(
+            LifecycleMix([0, 0, 0, 100]).pick(0),
+            Plan::CaptureThenRefund
+        );
     }
 }
