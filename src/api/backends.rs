@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use super::views::*;
 use super::*;
 use crate::kill_switch;
+use crate::ledger::authorization::AuthorizationState;
 use crate::ledger::query::LedgerReader;
 use crate::ledger::{Ledger, LedgerError, Origin};
 use crate::policy::PolicySet;
@@ -84,6 +85,12 @@ impl LedgerBackend {
             .as_ref()
             .and_then(|f| crate::money::currency(&f.currency))
             .map_or(2, |c| c.minor_units);
+        let authorization = self
+            .ledger
+            .authorization(intent_id)
+            .await
+            .map_err(read)?
+            .map(|a| authorization_view(&a.state));
         Ok(Some(DecisionView {
             intent_id: m.intent_id.clone(),
             agent_id: m.agent_id.clone(),
@@ -130,7 +137,26 @@ impl LedgerBackend {
                 approvers: o.approvers.clone(),
                 recorded_at: o.closed_at,
             }),
+            authorization,
         }))
+    }
+}
+
+/// The API view of an authorization: [`AuthorizationState::totals`] in the
+/// authorization's currency scale.
+pub fn authorization_view(state: &AuthorizationState) -> AuthorizationView {
+    let minor = crate::money::currency(&state.currency).map_or(2, |c| c.minor_units);
+    let fmt = |d| crate::money::format_amount(d, minor);
+    let t = state.totals();
+    AuthorizationView {
+        authorized: fmt(t.authorized),
+        captured: fmt(t.captured),
+        voided: fmt(t.voided),
+        refunded: fmt(t.refunded),
+        outstanding: fmt(t.outstanding),
+        is_final: t.is_final,
+        expired: t.expired,
+        expires_at: t.expires_at,
     }
 }
 

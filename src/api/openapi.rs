@@ -112,7 +112,7 @@ pub static OPERATIONS: &[Operation] = &[
         method: "get",
         path: "/v1/decisions/{intentId}",
         operation_id: "getDecision",
-        summary: "A recorded decision with all reasons, the votes received and the outcome.",
+        summary: "A recorded decision with all reasons, the votes received, the outcome, and what became of the money it authorized (`authorization`: authorized, captured, voided, refunded, outstanding, final, expired, expiresAt).",
         roles: ANY_ROLE,
         params: &[Param {
             name: "intentId",
@@ -130,7 +130,7 @@ pub static OPERATIONS: &[Operation] = &[
         method: "get",
         path: "/v1/agents/{agentId}/usage",
         operation_id: "getAgentUsage",
-        summary: "The agent's current day and month windows: spent, reserved, remaining, reset instant, in the policy's currency and timezone.",
+        summary: "The agent's current day and month windows: spent (outstanding authorizations + captured − restored refunds), reserved, remaining, reset instant, in the policy's currency and timezone.",
         roles: ANY_ROLE,
         params: &[
             Param {

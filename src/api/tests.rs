@@ -33,6 +33,7 @@ impl LedgerQueries for MemLedger {
                 ledger_seq: 1,
                 votes: vec![],
                 outcome: None,
+                authorization: Some(backends::authorization_view(&partly_captured())),
             }))
         })
     }
@@ -431,6 +432,52 @@ async fn usage_reports_windows_in_policy_zone_and_currency() {
         "no monthly cap, no remaining"
     );
     assert_eq!(month["resetsAt"], "2026-12-01T03:00:00Z");
+}
+
+/// 10.00 BRL authorized, 4 captured, 1.5 voided, 1 refunded: 4.50 outstanding.
+fn partly_captured() -> crate::ledger::authorization::AuthorizationState {
+    use crate::ledger::authorization::AuthorizationState;
+    use crate::settlement::SettlementType::*;
+    let day = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+    let open = AuthorizationState::open(
+        Decimal::new(1000, 2),
+        "BRL",
+        "America/Sao_Paulo",
+        day,
+        NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+        Utc.with_ymd_and_hms(2026, 12, 2, 15, 0, 0).unwrap(),
+    );
+    let a = open
+        .settle(Capture, Some(Decimal::new(4, 0)), false, false)
+        .unwrap()
+        .after;
+    let a = a
+        .settle(Void, Some(Decimal::new(15, 1)), false, false)
+        .unwrap()
+        .after;
+    a.settle(Refund, Some(Decimal::ONE), false, false)
+        .unwrap()
+        .after
+}
+
+#[tokio::test]
+async fn a_decision_carries_its_authorization_totals() {
+    let app = router(state(Arc::default()));
+    let (s, j) = call(&app, Method::GET, "/v1/decisions/i-1", Some(READER), None).await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    // Amounts in the currency's scale, like every amount of the API.
+    assert_eq!(
+        j["authorization"],
+        serde_json::json!({
+            "authorized": "10.00", "captured": "4.00", "voided": "1.50", "refunded": "1.00",
+            "outstanding": "4.50", "final": false, "expired": false,
+            "expiresAt": "2026-12-02T15:00:00Z"
+        })
+    );
+    let mut expired = partly_captured();
+    expired = expired.expire(expired.expires_at).unwrap().0;
+    let v = backends::authorization_view(&expired);
+    assert_eq!((v.outstanding.as_str(), v.expired), ("0.00", true));
 }
 
 #[tokio::test]

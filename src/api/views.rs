@@ -63,7 +63,8 @@ pub struct VoteView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutcomeView {
-    /// `APPROVED`, `REJECTED`, `EXPIRED` or `KILLED`.
+    /// `APPROVED`, `REJECTED`, `EXPIRED`, `KILLED` or `CANCELLED` (by the payment
+    /// service while waiting).
     pub outcome: String,
     pub approvers: Vec<String>,
     #[schemars(with = "String")]
@@ -96,6 +97,34 @@ pub struct DecisionView {
     /// Absent while the intent waits for approval, and for decisions that never waited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<OutcomeView>,
+    /// What became of the money (SPEC §11): present once the intent is authorized (ALLOW,
+    /// or APPROVED after a wait); absent for denied, waiting and closed-unapproved intents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<AuthorizationView>,
+}
+
+/// An authorization's running totals (SPEC §11), amounts in the intent's currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationView {
+    /// What the decision (or the approval) authorized.
+    pub authorized: String,
+    /// Sum of the CAPTUREs (forced captures after expiry included).
+    pub captured: String,
+    /// Released by VOIDs and by the uncaptured remainder of a final capture.
+    pub voided: String,
+    pub refunded: String,
+    /// Authorized − captured − voided, while neither final nor expired; this is what the
+    /// usage windows still hold for the uncaptured part.
+    pub outstanding: String,
+    /// No capture or void may follow (a final capture, or nothing left).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// `authorizationTtl` passed before it was final: the ledger released the remainder
+    /// (AUTH_EXPIRED). A later capture is still recorded, flagged `capture_after_expiry`.
+    pub expired: bool,
+    #[schemars(with = "String")]
+    pub expires_at: DateTime<Utc>,
 }
 
 /// One usage window of an agent, in the policy's currency and timezone.
@@ -106,7 +135,10 @@ pub struct WindowUsageView {
     pub window: String,
     /// `YYYY-MM-DD` for a day, `YYYY-MM` for a month (local to `timezone`).
     pub period: String,
-    /// Committed spend: allowed, or waited and approved.
+    /// Committed spend of the intents accepted in this window (SPEC §11): what their
+    /// authorizations still hold (authorized − captured − voided, not expired) plus what
+    /// was captured, minus refunds under `refunds: restore`. A VOID, the remainder of a
+    /// final capture or an expiry lowers it; a forced capture raises it again.
     pub spent: String,
     /// Held by intents still waiting for approval.
     pub reserved: String,

@@ -13,15 +13,15 @@ use spendguard::api::{self, Role, TokenStore, auth::hash_token, backends};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-const READER: &str = "reader-secret-token";
+pub(crate) const READER: &str = "reader-secret-token";
 const OPERATOR: &str = "operator-secret-token";
 const AUDITOR: &str = "auditor-secret-token";
 
-fn json(body: &str) -> Value {
+pub(crate) fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
-async fn start(
+pub(crate) async fn start(
     ledger: spendguard::ledger::Ledger,
     policies: std::path::PathBuf,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {

@@ -7,3 +7,4 @@ mod harness;
 
 mod deploy_files;
 mod endpoints;
+mod lifecycle;
