@@ -63,3 +63,75 @@ fn every_lint_code_is_documented() {
         assert!(doc.contains(&format!("`{code}`")), "{code} undocumented");
     }
 }
+
+#[test]
+fn the_documented_lifecycle_fields_compile_to_their_values() {
+    let doc = std::fs::read_to_string("docs/policy-language.md").unwrap();
+    let text = blocks(&doc, "policy")
+        .into_iter()
+        .find(|b| b.contains("authorizationTtl"))
+        .expect("an example with authorizationTtl");
+    let p = CompiledPolicy::parse(&text, "doc lifecycle block").unwrap();
+    assert_eq!(p.authorization_ttl, chrono::Duration::hours(60), "2d12h");
+    assert!(p.refunds_restore);
+    // Without the fields: 7 days, refunds ignored.
+    let bare = text
+        .lines()
+        .filter(|l| !l.contains("authorizationTtl") && !l.contains("refunds"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let p = CompiledPolicy::parse(&bare, "doc lifecycle block, defaults").unwrap();
+    assert_eq!(p.authorization_ttl, chrono::Duration::days(7));
+    assert!(!p.refunds_restore);
+    assert!(
+        CompiledPolicy::parse(
+            &text.replace("2d12h", "31d"),
+            "doc lifecycle block, too long"
+        )
+        .is_err(),
+        "authorizationTtl is at most 30d"
+    );
+}
+
+/// examples/settlements.jsonl: every line is a valid settlement naming an intent of
+/// examples/intents.jsonl in its currency, captures stay within what was authorized, and
+/// every type is shown. (Which intents the example policies ALLOW or send for approval:
+/// `spendguard evaluate --policies policies --input examples/intents.jsonl`.)
+#[test]
+fn example_settlements_parse_and_settle_example_intents() {
+    use spendguard::settlement::{SettlementType, parse_settlement};
+    let intents: std::collections::HashMap<String, serde_json::Value> =
+        std::fs::read_to_string("examples/intents.jsonl")
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| Some((v["intentId"].as_str()?.to_string(), v)))
+            .collect();
+    let text = std::fs::read_to_string("examples/settlements.jsonl").unwrap();
+    let mut captured: std::collections::HashMap<String, rust_decimal::Decimal> = Default::default();
+    let mut kinds = std::collections::BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let s = parse_settlement(line.as_bytes()).unwrap_or_else(|e| panic!("line {n}: {e:?}"));
+        let intent = intents
+            .get(&s.intent_id)
+            .unwrap_or_else(|| panic!("line {n}: {} is not an example intent", s.intent_id));
+        kinds.insert(s.kind.as_str());
+        if let Some(c) = &s.currency {
+            assert_eq!(Some(c.as_str()), intent["currency"].as_str(), "line {n}");
+        }
+        if s.kind == SettlementType::Capture {
+            let total = captured.entry(s.intent_id.clone()).or_default();
+            *total += s.amount.unwrap();
+            let authorized: rust_decimal::Decimal =
+                intent["amount"].as_str().unwrap().parse().unwrap();
+            assert!(
+                *total <= authorized,
+                "line {n} captures more than authorized"
+            );
+        }
+    }
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["CANCEL", "CAPTURE", "REFUND", "VOID"]
+    );
+}
