@@ -133,6 +133,26 @@ pub struct UsageReport {
     #[serde(with = "rust_decimal::serde::str")]
     pub monthly_so_far: Decimal,
     pub window: WindowRef,
+    /// What counted toward each of the policy's limits before this intent (SPEC §12).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitUsage>,
+}
+
+/// One limit's usage before an intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitUsage {
+    pub name: String,
+    /// `week of 2026-11-23`, `trailing 24h`, `all time`.
+    pub window: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub amount_so_far: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_so_far: Option<u32>,
 }
 
 /// The decision message published on `spend.decisions` (SPEC §3). `ledgerSeq` is absent

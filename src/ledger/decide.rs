@@ -112,8 +112,16 @@ impl Ledger {
         chains.sort();
         chains.dedup();
 
+        // Entity-scoped limits (SPEC §12): agents of one entity are serialized by the
+        // entity's lock, so two of them cannot pass an entity limit together.
+        let mut locks = chains.clone();
+        for ((intent, _), policy) in items.iter().zip(&policies) {
+            if policy.as_deref().is_some_and(has_entity_limits) {
+                locks.push(entity_limits_lock(&intent.entity_id));
+            }
+        }
         let mut tx = self.pool.begin().await?;
-        let db_now = store::lock_chains(&mut tx, &chains, None, true).await?;
+        let db_now = store::lock_chains(&mut tx, &locks, None, true).await?;
         let now = chain::to_micros(at.unwrap_or(db_now));
 
         // Window keys of every intent that has a policy.
@@ -132,6 +140,7 @@ impl Ledger {
         let ids: Vec<&str> = items.iter().map(|(i, _)| i.intent_id.as_str()).collect();
         let (mut snapshot, mut existing) =
             load_snapshot(&mut tx, &mut ws, &chains, &ids, &wanted).await?;
+        load_limit_records(&mut tx, &mut snapshot, items, &policies, now).await?;
 
         // Events this batch appends: one per new intent and one per conflict (a second
         // copy of an intentId in the batch is judged against the first).
@@ -255,6 +264,67 @@ impl Ledger {
         tx.commit().await?;
         Ok(results)
     }
+}
+
+/// Whether a policy has a limit summed over the agents of an entity.
+pub(crate) fn has_entity_limits(p: &CompiledPolicy) -> bool {
+    p.limits()
+        .iter()
+        .any(|l| l.scope == crate::policy::model::LimitScope::Entity)
+}
+
+/// The advisory-lock name that serializes an entity's agents while an entity-scoped
+/// limit is checked or its usage can grow (deciding, forced captures).
+pub(crate) fn entity_limits_lock(entity_id: &str) -> String {
+    format!("entity-limits:{entity_id}")
+}
+
+/// Loads into `snapshot` the spend records the batch's limits look at: the agents' and
+/// (for entity scopes) the entities' records accepted since the earliest window start.
+async fn load_limit_records(
+    tx: &mut sqlx::PgConnection,
+    snapshot: &mut Projections,
+    items: &[(SpendIntent, Origin)],
+    policies: &[Option<Arc<CompiledPolicy>>],
+    now: DateTime<Utc>,
+) -> Result<(), LedgerError> {
+    let mut agents: Vec<&str> = Vec::new();
+    let mut entities: Vec<&str> = Vec::new();
+    let mut since: Option<DateTime<Utc>> = None;
+    for ((intent, _), policy) in items.iter().zip(policies) {
+        let Some(p) = policy.as_deref() else { continue };
+        for l in p.limits() {
+            let from = l.span(now, p.tz).from.unwrap_or(DateTime::<Utc>::MIN_UTC);
+            since = Some(since.map_or(from, |s| s.min(from)));
+            match l.scope {
+                crate::policy::model::LimitScope::Agent => agents.push(&intent.agent_id),
+                crate::policy::model::LimitScope::Entity => entities.push(&intent.entity_id),
+            }
+        }
+    }
+    let Some(since) = since else {
+        return Ok(());
+    };
+    agents.sort_unstable();
+    agents.dedup();
+    entities.sort_unstable();
+    entities.dedup();
+    let sql = format!(
+        "SELECT {} FROM spend_record
+         WHERE (agent_id = ANY($1) OR entity_id = ANY($2)) AND accepted_at >= $3
+           AND (counts OR amount <> 0)",
+        super::settle::SPEND_RECORD_COLUMNS
+    );
+    for rec in sqlx::query_as::<_, store::SpendRecordRow>(sqlx::AssertSqlSafe(sql))
+        .bind(&agents)
+        .bind(&entities)
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        snapshot.insert_record(rec);
+    }
+    Ok(())
 }
 
 /// The beneficiary's account sealed with the subject's key (the step is pure; sealing

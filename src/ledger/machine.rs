@@ -20,7 +20,7 @@ use super::chain::{self, Hash, INTAKE_CHAIN, agent_chain};
 use super::events::{self, LedgerEvent};
 use super::store::{
     AuthorizationRow, DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, SettlementRow,
-    VoteRow,
+    SpendRecordRow, VoteRow,
 };
 use super::usage::{self, UsageKey};
 use super::{Outcome, OutcomeMessage, VerifiedVote, Vote};
@@ -80,6 +80,15 @@ pub enum Change {
     Authorization(Box<AuthorizationRow>),
     /// An applied settlementId (idempotency).
     Settlement(SettlementRow),
+    /// A new spend record (an intent that holds usage against limits).
+    Record(Box<SpendRecordRow>),
+    /// What an intent's record holds now.
+    RecordHolds {
+        intent_id: String,
+        amount: Decimal,
+        counts: bool,
+        seq: i64,
+    },
     /// A lifecycle outcome message to publish (CAPTURED, VOIDED, REFUNDED, AUTH_EXPIRED).
     Lifecycle {
         seq: i64,
@@ -188,6 +197,14 @@ pub fn delta(
                 what: "outcome message",
                 source,
             })?;
+            if outcome != Outcome::Approved {
+                out(Change::RecordHolds {
+                    intent_id: c.intent_id.clone(),
+                    amount: Decimal::ZERO,
+                    counts: false,
+                    seq: r.seq,
+                });
+            }
             if outcome == Outcome::Approved {
                 let expires_at = c
                     .authorization_expires_at
@@ -261,6 +278,7 @@ pub fn delta(
                 seq: r.seq,
             };
             usage_adjustment(&row, x.usage_delta, out);
+            out(record_holds(&row, r.seq));
             let message = lifecycle_message(&row, Outcome::AuthExpired, r, None, x.released, false);
             out(Change::Authorization(Box::new(row)));
             out(lifecycle_change(r, &x.agent_id, message)?);
@@ -295,6 +313,7 @@ fn settlement_delta(
         seq: r.seq,
     };
     usage_adjustment(&row, a.usage_delta, out);
+    out(record_holds(&row, r.seq));
     let outcome = match a.kind {
         SettlementType::Capture => Outcome::Captured,
         SettlementType::Void => Outcome::Voided,
@@ -324,6 +343,16 @@ fn settlement_delta(
     out(Change::Authorization(Box::new(row)));
     out(change);
     Ok(())
+}
+
+/// What an authorization's record holds after a lifecycle event.
+fn record_holds(row: &AuthorizationRow, seq: i64) -> Change {
+    Change::RecordHolds {
+        intent_id: row.intent_id.clone(),
+        amount: row.state.usage(),
+        counts: row.state.counts(),
+        seq,
+    }
 }
 
 /// A lifecycle adjustment lands in the day and month windows of the original
@@ -462,6 +491,22 @@ fn decided_delta(
                 .authorization_ttl_secs
                 .unwrap_or(crate::policy::model::DEFAULT_AUTHORIZATION_TTL_SECS),
         }));
+    }
+    if d.evaluation.effect != Effect::Deny {
+        out(Change::Record(Box::new(SpendRecordRow {
+            intent_id: intent.intent_id.clone(),
+            agent_id: intent.agent_id.clone(),
+            entity_id: intent.entity_id.clone(),
+            accepted_at: d.accepted_at,
+            category: intent.category.clone(),
+            beneficiary_id: intent.beneficiary.id.clone(),
+            country: intent.beneficiary.country.clone(),
+            purpose: intent.purpose.as_str().to_string(),
+            currency: intent.currency.clone(),
+            amount: intent.amount,
+            counts: true,
+            seq: r.seq,
+        })));
     }
     if d.evaluation.effect == Effect::Allow {
         let ttl = d
@@ -664,6 +709,10 @@ pub struct Projections {
     pub authorizations: BTreeMap<String, AuthorizationRow>,
     /// settlementId → the settlement applied under it
     pub settlements: BTreeMap<String, SettlementRow>,
+    /// intent → what it holds against limits (SPEC §12)
+    pub records: BTreeMap<String, SpendRecordRow>,
+    /// `agent:ID` / `entity:ID` → intents of [`Self::records`] (limit scopes)
+    record_scopes: HashMap<String, Vec<String>>,
 }
 
 /// A change that contradicts the state it is applied to (replay reports these).
@@ -751,6 +800,20 @@ impl Projections {
                 }
             }
             Change::Lifecycle { .. } => {}
+            Change::Record(rec) => self.insert_record((**rec).clone()),
+            Change::RecordHolds {
+                intent_id,
+                amount,
+                counts,
+                seq,
+            } => {
+                // Only live snapshots lack records (they load the ones limits need).
+                if let Some(rec) = self.records.get_mut(intent_id) {
+                    rec.amount = *amount;
+                    rec.counts = *counts;
+                    rec.seq = *seq;
+                }
+            }
             Change::Decision { row: d, .. } => {
                 let id = intent_key(&d.intent_id);
                 if let Some((first_seq, _)) = self.decisions.insert(id, (d.seq, d.digest())) {
@@ -762,6 +825,61 @@ impl Projections {
             }
         }
         None
+    }
+
+    /// Adds a spend record (the fold, or a live snapshot loading what limits need).
+    pub fn insert_record(&mut self, rec: SpendRecordRow) {
+        for scope in [
+            format!("agent:{}", rec.agent_id),
+            format!("entity:{}", rec.entity_id),
+        ] {
+            self.record_scopes
+                .entry(scope)
+                .or_default()
+                .push(rec.intent_id.clone());
+        }
+        self.records.insert(rec.intent_id.clone(), rec);
+    }
+
+    /// What counted toward `limit` before an intent of `agent_id` / `entity_id` accepted
+    /// at `now`: records of its scope in its window, in the policy currency, passing its
+    /// filter.
+    pub fn limit_so_far(
+        &self,
+        limit: &policy::limits::CompiledLimit,
+        span: &policy::limits::Span,
+        agent_id: &str,
+        entity_id: &str,
+        currency: &str,
+    ) -> policy::limits::SoFar {
+        let scope = match limit.scope {
+            crate::policy::model::LimitScope::Agent => format!("agent:{agent_id}"),
+            crate::policy::model::LimitScope::Entity => format!("entity:{entity_id}"),
+        };
+        let mut so_far = policy::limits::SoFar::default();
+        for id in self.record_scopes.get(&scope).into_iter().flatten() {
+            let Some(rec) = self.records.get(id) else {
+                continue;
+            };
+            let Some(purpose) = crate::intent::Purpose::parse(&rec.purpose) else {
+                continue;
+            };
+            let attrs = policy::limits::Attributes {
+                category: &rec.category,
+                beneficiary: &rec.beneficiary_id,
+                country: rec.country.as_deref(),
+                purpose,
+            };
+            if rec.currency != currency
+                || !span.contains(rec.accepted_at)
+                || !limit.filter.matches(&attrs)
+            {
+                continue;
+            }
+            so_far.amount += rec.amount;
+            so_far.count += u32::from(rec.counts);
+        }
+        so_far
     }
 
     /// The kill-switch scope covering an intent, if any (global first, then entity, agent:
@@ -937,13 +1055,49 @@ pub fn verdict(
                     month: w.month.format("%Y-%m").to_string(),
                     tz: p.tz.name().to_string(),
                 },
+                limits: Vec::new(),
             };
             (u, Some(report))
         }
         None => (Usage::default(), None),
     };
+    let mut report = report;
+    let so_far: Vec<policy::limits::SoFar> = match policy {
+        Some(p) => p
+            .limits()
+            .iter()
+            .map(|l| {
+                let span = l.span(now, p.tz);
+                s.limit_so_far(
+                    l,
+                    &span,
+                    &intent.agent_id,
+                    &intent.entity_id,
+                    p.currency.code,
+                )
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    if let (Some(p), Some(r)) = (policy, report.as_mut()) {
+        r.limits = p
+            .limits()
+            .iter()
+            .zip(&so_far)
+            .map(|(l, used)| {
+                let mut amount = used.amount;
+                amount.rescale(p.currency.minor_units);
+                crate::decision::LimitUsage {
+                    name: l.name.clone(),
+                    window: l.span(now, p.tz).label.into_owned(),
+                    amount_so_far: l.amount.map(|_| amount),
+                    count_so_far: l.count.map(|_| used.count),
+                }
+            })
+            .collect();
+    }
     let evaluation = match policy {
-        Some(p) => policy::evaluate(
+        Some(p) => policy::evaluate_limited(
             p,
             &EvalInput {
                 intent,
@@ -951,6 +1105,7 @@ pub fn verdict(
                 kill: &kill,
                 accepted_at: now,
             },
+            &so_far,
         ),
         None => policy::no_policy_bound(intent),
     };

@@ -15,10 +15,10 @@ use super::LedgerError;
 use super::chain::{self, EventRow, Verifier};
 use super::events::{self, EventError, LedgerEvent, kind};
 use super::machine::{self, Projections, Recorded};
-use super::settle::{AUTHORIZATION_COLUMNS, SETTLEMENT_COLUMNS};
+use super::settle::{AUTHORIZATION_COLUMNS, SETTLEMENT_COLUMNS, SPEND_RECORD_COLUMNS};
 use super::store::{
     AuthorizationRow, DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, SettlementRow,
-    VoteRow,
+    SpendRecordRow, VoteRow,
 };
 use super::usage::{self, UsageKey};
 use super::votes::{OUTCOME_COLUMNS, PENDING_COLUMNS, VOTE_COLUMNS};
@@ -582,6 +582,8 @@ async fn compare_live(
         policies,
         authorizations,
         settlements,
+        records,
+        ..
     } = rebuilt;
 
     // Rows that differ from their event, explained field by field once the scan is done.
@@ -782,6 +784,15 @@ async fn compare_live(
             .map(|st| (st.settlement_id.clone(), st))
             .collect();
     diff_maps("settlement", &settlements, &live_settlements, report);
+    let sql = format!("SELECT {SPEND_RECORD_COLUMNS} FROM spend_record");
+    let live_records: BTreeMap<String, SpendRecordRow> =
+        sqlx::query_as::<_, SpendRecordRow>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|r| (r.intent_id.clone(), r))
+            .collect();
+    diff_maps("spend_record", &records, &live_records, report);
     Ok(())
 }
 

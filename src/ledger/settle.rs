@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 /// The columns of `authorization_state` and `settlement`, in their row types' order.
 pub(crate) const AUTHORIZATION_COLUMNS: &str = "intent_id, agent_id, entity_id, authorized, captured, voided, refunded, restored, expired_amount, is_final, expired, expires_at, currency, tz, day, month, seq";
+pub(crate) const SPEND_RECORD_COLUMNS: &str = "intent_id, agent_id, entity_id, accepted_at, category, beneficiary_id, country, purpose, currency, amount, counts, seq";
 pub(crate) const SETTLEMENT_COLUMNS: &str =
     "settlement_id, intent_id, agent_id, fingerprint, seq, message";
 
@@ -166,8 +167,17 @@ impl Ledger {
             });
         let chains =
             vec![intent.map_or_else(|| INTAKE_CHAIN.to_string(), |i| agent_chain(i.agent_id))];
+        let policy = intent.and_then(|i| set.resolve(i.agent_id, i.entity_id));
+        // A forced capture raises usage: under entity-scoped limits it takes the
+        // entity's lock, like deciding does.
+        let mut locks = chains.clone();
+        if let (Some(i), Some(p)) = (intent, policy.as_deref())
+            && super::decide::has_entity_limits(p)
+        {
+            locks.push(super::decide::entity_limits_lock(i.entity_id));
+        }
         let mut tx = self.pool.begin().await?;
-        let db_now = store::lock_chains(&mut tx, &chains, None, false).await?;
+        let db_now = store::lock_chains(&mut tx, &locks, None, false).await?;
         let intake_key = store::IntakeKey::of(origin, SETTLEMENTS_TOPIC, SETTLEMENT_APPLIED_KEY);
         let recorded = match &intake_key {
             Some(key) => key.recorded(&mut tx).await?,
@@ -185,9 +195,7 @@ impl Ledger {
             std::slice::from_ref(&settlement.settlement_id),
         )
         .await?;
-        let restore_refunds = intent
-            .and_then(|i| set.resolve(i.agent_id, i.entity_id))
-            .is_some_and(|p| p.refunds_restore);
+        let restore_refunds = policy.as_deref().is_some_and(|p| p.refunds_restore);
         let step = machine::step_settle(
             &snapshot,
             intent,

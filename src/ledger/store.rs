@@ -92,6 +92,26 @@ pub struct AuthorizationRow {
 /// `AuthorizationState` as columns (sqlx maps by these names).
 pub type AuthorizationColumns = super::authorization::AuthorizationState;
 
+/// `spend_record`: what one intent holds against its policy's limits (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SpendRecordRow {
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    pub accepted_at: DateTime<Utc>,
+    pub category: String,
+    pub beneficiary_id: String,
+    pub country: Option<String>,
+    pub purpose: String,
+    pub currency: String,
+    /// Reserved while waiting; outstanding + captured − restored once authorized.
+    pub amount: Decimal,
+    /// Count limits count it.
+    pub counts: bool,
+    /// The last event that changed it.
+    pub seq: i64,
+}
+
 /// `settlement`: one row per applied settlementId (idempotency), with the outcome
 /// message it published.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -171,6 +191,9 @@ pub struct WriteSet {
     /// Last state per intent (upserted).
     pub authorizations: BTreeMap<String, AuthorizationRow>,
     pub settlements: Vec<SettlementRow>,
+    pub records: Vec<SpendRecordRow>,
+    /// intent → (amount, counts, seq), last wins.
+    pub record_holds: BTreeMap<String, (Decimal, bool, i64)>,
     /// (seq, topic, key, payload)
     pub outbox: Vec<(i64, String, String, String)>,
 }
@@ -390,6 +413,22 @@ impl WriteSet {
                 self.authorizations.insert(a.intent_id.clone(), *a);
             }
             Change::Settlement(row) => self.settlements.push(row),
+            Change::Record(r) => self.records.push(*r),
+            Change::RecordHolds {
+                intent_id,
+                amount,
+                counts,
+                seq,
+            } => {
+                // A record made in this same transaction is written with its holdings.
+                if let Some(r) = self.records.iter_mut().find(|r| r.intent_id == intent_id) {
+                    r.amount = amount;
+                    r.counts = counts;
+                    r.seq = seq;
+                } else {
+                    self.record_holds.insert(intent_id, (amount, counts, seq));
+                }
+            }
             Change::Lifecycle {
                 seq,
                 agent_id,
@@ -640,6 +679,41 @@ impl WriteSet {
             .bind(st.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
             .bind(st.iter().map(|r| r.seq).collect::<Vec<_>>())
             .bind(st.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.records.is_empty() {
+            let r = &self.records;
+            sqlx::query(
+                "INSERT INTO spend_record (intent_id, agent_id, entity_id, accepted_at, category, beneficiary_id, country, purpose, currency, amount, counts, seq)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::bool[], $12::bigint[])",
+            )
+            .bind(r.iter().map(|x| x.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.accepted_at).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.category.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.beneficiary_id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.country.as_deref()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.purpose.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.amount).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.counts).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.seq).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.record_holds.is_empty() {
+            let h = &self.record_holds;
+            sqlx::query(
+                "UPDATE spend_record r SET amount = h.amount, counts = h.counts, seq = h.seq
+                 FROM unnest($1::text[], $2::numeric[], $3::bool[], $4::bigint[]) AS h(intent_id, amount, counts, seq)
+                 WHERE r.intent_id = h.intent_id",
+            )
+            .bind(h.keys().map(String::as_str).collect::<Vec<_>>())
+            .bind(h.values().map(|v| v.0).collect::<Vec<_>>())
+            .bind(h.values().map(|v| v.1).collect::<Vec<_>>())
+            .bind(h.values().map(|v| v.2).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }

@@ -129,7 +129,7 @@ fn utf8_len(first: u8) -> usize {
 pub struct CountrySet(Vec<[u8; 2]>);
 
 impl CountrySet {
-    fn new(codes: &[model::CountryCode]) -> CountrySet {
+    pub(crate) fn new(codes: &[model::CountryCode]) -> CountrySet {
         let mut v: Vec<[u8; 2]> = codes
             .iter()
             .filter_map(|c| <[u8; 2]>::try_from(c.0.as_bytes()).ok())
@@ -137,6 +137,10 @@ impl CountrySet {
         v.sort();
         v.dedup();
         CountrySet(v)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn contains(&self, country: &str) -> bool {
@@ -206,6 +210,7 @@ pub struct CompiledPolicy {
     pub(crate) block_beneficiaries: Matcher,
     pub(crate) rules: Vec<CompiledRule>,
     pub(crate) rego: Option<RegoProgram>,
+    pub(crate) limits: Vec<super::limits::CompiledLimit>,
 }
 
 #[derive(Deserialize)]
@@ -428,6 +433,7 @@ fn validate_spec(spec: &PolicySpec, text: &str, origin: &str) -> Result<(), Poli
             );
         }
     }
+    validate_limits(spec, text, origin, cur)?;
     if spec.rules.len() > model::MAX_RULES {
         return err(
             &["rules"],
@@ -538,6 +544,105 @@ pub fn rule_key(i: usize) -> String {
     format!("if#{i}")
 }
 
+/// The rules of SPEC §12 a limit must satisfy to mean anything (conflicts between
+/// limits are lints: `lint.rs`).
+fn validate_limits(
+    spec: &PolicySpec,
+    text: &str,
+    origin: &str,
+    minor_units: u32,
+) -> Result<(), PolicyError> {
+    let err = |keys: &[&str], code: &'static str, message: String, hint: &str| {
+        let (line, col) = super::error::locate(text, keys);
+        Err(PolicyError::at(origin, line, col, code, message, hint))
+    };
+    if spec.limits.len() > model::MAX_LIMITS {
+        return err(
+            &["limits"],
+            "too_many_limits",
+            format!(
+                "{} limits; the limit is {}",
+                spec.limits.len(),
+                model::MAX_LIMITS
+            ),
+            "merge limits with filters",
+        );
+    }
+    for (i, l) in spec.limits.iter().enumerate() {
+        let key = format!("{i}");
+        let keys = ["limits", key.as_str()];
+        let n = i + 1;
+        if l.name.is_empty()
+            || l.name.len() > model::MAX_PATTERN_LEN
+            || l.name.chars().any(char::is_control)
+        {
+            return err(
+                &keys,
+                "invalid_name",
+                format!("limit {n}: name must be 1..=128 characters"),
+                "name the limit like travel-weekly",
+            );
+        }
+        if l.amount.is_none() && l.count.is_none() {
+            return err(
+                &keys,
+                "invalid_limit",
+                format!("limit {:?} has neither `amount` nor `count`", l.name),
+                "add `amount: \"1000.00\"` and/or `count: 10`",
+            );
+        }
+        if let Some(a) = &l.amount
+            && (a.0.normalize().scale() > minor_units || a.0.is_sign_negative())
+        {
+            return err(
+                &keys,
+                "invalid_amount",
+                format!(
+                    "limit {:?}: amount {} is negative or has more decimal places than {} allows",
+                    l.name, a.0, spec.currency.0
+                ),
+                "round the amount to the currency's minor unit",
+            );
+        }
+        let effect = l.effect.unwrap_or(Effect::RequireHitl);
+        match (effect, l.approvals) {
+            (Effect::Allow, _) => {
+                return err(
+                    &keys,
+                    "invalid_effect",
+                    format!("limit {:?}: effect ALLOW cannot limit anything", l.name),
+                    "use REQUIRE_HITL, REQUIRE_MSIG or DENY",
+                );
+            }
+            (Effect::RequireMsig, Some(a)) if !(1..=model::MAX_APPROVALS).contains(&a) => {
+                return err(
+                    &keys,
+                    "invalid_approvals",
+                    format!(
+                        "limit {:?}: approvals must be 1..={}",
+                        l.name,
+                        model::MAX_APPROVALS
+                    ),
+                    "require at least one approval",
+                );
+            }
+            (Effect::RequireHitl | Effect::Deny, Some(_)) => {
+                return err(
+                    &keys,
+                    "invalid_approvals",
+                    format!(
+                        "limit {:?}: `approvals` applies to REQUIRE_MSIG only",
+                        l.name
+                    ),
+                    "drop `approvals` or use effect REQUIRE_MSIG",
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Defaults filled in and set-like lists sorted + deduplicated, so formatting and order of
 /// set entries do not change the canonical form. Rule order is kept: it is semantic.
 fn normalize(spec: &mut PolicySpec) {
@@ -554,6 +659,22 @@ fn normalize(spec: &mut PolicySpec) {
         });
     }
     set(&mut spec.tags);
+    for l in &mut spec.limits {
+        if let Some(f) = &mut l.filter {
+            for list in [&mut f.category_in, &mut f.beneficiary_in] {
+                if let Some(v) = list {
+                    set(v);
+                }
+            }
+            if let Some(c) = &mut f.country_in {
+                set(c);
+            }
+            if let Some(p) = &mut f.purpose_in {
+                p.sort_by_key(|x| x.as_str());
+                p.dedup();
+            }
+        }
+    }
     if let Some(a) = &mut spec.allow_lists {
         if let Some(b) = &mut a.beneficiaries {
             set(b);
@@ -678,6 +799,11 @@ impl CompiledPolicy {
             block_beneficiaries: Matcher::new(&block.beneficiaries),
             rules,
             rego,
+            limits: spec
+                .limits
+                .iter()
+                .map(super::limits::CompiledLimit::compile)
+                .collect(),
             canonical,
             spec,
         })
@@ -686,6 +812,11 @@ impl CompiledPolicy {
     /// The canonical JSON recorded in the ledger; `parse(canonical)` yields the same identity.
     pub fn canonical_json(&self) -> &str {
         &self.canonical
+    }
+
+    /// The policy's limits (SPEC §12), in the order written.
+    pub fn limits(&self) -> &[super::limits::CompiledLimit] {
+        &self.limits
     }
 
     /// The normalized source form (for linting and display).

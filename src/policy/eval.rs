@@ -65,8 +65,20 @@ fn finding(effect: Effect, code: &'static str, detail: String, approvals: u32) -
     }
 }
 
-/// Evaluates one intent against one policy. Pure; never panics on any intent.
+/// Evaluates one intent against one policy with nothing counted toward its `limits`
+/// before it (offline evaluation of a single intent, policies without limits). Pure;
+/// never panics on any intent.
 pub fn evaluate(policy: &CompiledPolicy, input: &EvalInput<'_>) -> Evaluation {
+    evaluate_limited(policy, input, &[])
+}
+
+/// Evaluates one intent; `so_far[i]` is what counted toward `policy.limits()[i]` in its
+/// window and scope before this intent (missing entries count from zero).
+pub fn evaluate_limited(
+    policy: &CompiledPolicy,
+    input: &EvalInput<'_>,
+    so_far: &[super::limits::SoFar],
+) -> Evaluation {
     let intent = input.intent;
     // 1. The kill switch answers alone: nothing else is looked at while it is on.
     if let KillState::On { scope } = input.kill {
@@ -179,6 +191,17 @@ pub fn evaluate(policy: &CompiledPolicy, input: &EvalInput<'_>) -> Evaluation {
             policy.monthly,
             minor,
             cur,
+        );
+        // 8b. Limits (SPEC §12), in the order the policy lists them.
+        super::limits::check(
+            &policy.limits,
+            so_far,
+            intent,
+            input.accepted_at,
+            policy.tz,
+            minor,
+            cur,
+            &mut findings,
         );
     }
     // 9. Beneficiary allow list.

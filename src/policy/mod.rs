@@ -11,6 +11,7 @@ pub mod bindings;
 pub mod compile;
 pub mod error;
 pub mod eval;
+pub mod limits;
 pub mod lint;
 pub mod model;
 pub mod rego;
@@ -18,7 +19,7 @@ pub mod rego;
 pub use bindings::{Bindings, BindingsFile};
 pub use compile::CompiledPolicy;
 pub use error::PolicyError;
-pub use eval::{EvalInput, codes, evaluate, no_policy_bound};
+pub use eval::{EvalInput, codes, evaluate, evaluate_limited, no_policy_bound};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

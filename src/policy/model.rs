@@ -229,8 +229,20 @@ pub struct TtlSpec {
     pub seconds: i64,
 }
 
-/// Parses `1d2h30m15s`-style durations into seconds.
+/// Parses `1d2h30m15s`-style durations into seconds (at most 30 days: TTLs).
 pub fn parse_duration_secs(s: &str) -> Result<i64, String> {
+    let total = parse_duration_unbounded(s)?;
+    if total > MAX_APPROVAL_TTL_SECS {
+        return Err(format!(
+            "duration {:?} exceeds the maximum of 30d",
+            short(s)
+        ));
+    }
+    Ok(total)
+}
+
+/// Parses `1d2h30m15s`-style durations into seconds, any positive length.
+pub fn parse_duration_unbounded(s: &str) -> Result<i64, String> {
     let hint = "write a duration like \"24h\", \"30m\", \"90s\", \"2d\" or \"1h30m\"";
     if s.is_empty() {
         return Err(format!("empty duration; {hint}"));
@@ -278,12 +290,6 @@ pub fn parse_duration_secs(s: &str) -> Result<i64, String> {
     }
     if total <= 0 {
         return Err(format!("duration {:?} must be positive", short(s)));
-    }
-    if total > MAX_APPROVAL_TTL_SECS {
-        return Err(format!(
-            "duration {:?} exceeds the maximum of 30d",
-            short(s)
-        ));
     }
     Ok(total)
 }
@@ -525,6 +531,124 @@ pub struct PolicySpec {
     /// refund loop cannot launder a limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refunds: Option<RefundMode>,
+    /// Amount and count limits over calendar or trailing windows, per agent or entity,
+    /// optionally filtered (SPEC §12). `caps` stays as shorthand.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitSpec>,
+}
+
+/// Most limits in one policy.
+pub const MAX_LIMITS: usize = 64;
+/// Shortest and longest trailing window (SPEC §12: 10 s … 366 d).
+pub const MIN_TRAILING_SECS: i64 = 10;
+pub const MAX_TRAILING_SECS: i64 = 366 * 86_400;
+
+/// One limit (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitSpec {
+    /// Unique within the policy; named in reasons.
+    pub name: String,
+    pub window: LimitWindow,
+    /// Most spend in the window (policy currency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Amount>,
+    /// Most intents in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// `agent` (default) or `entity`: summed over every agent of the intent's entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<LimitScope>,
+    /// Which intents count toward the limit and are checked by it (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<LimitFilter>,
+    /// Finding when exceeded: REQUIRE_HITL (default), REQUIRE_MSIG or DENY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<crate::decision::Effect>,
+    /// For REQUIRE_MSIG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CalendarWindow {
+    Day,
+    /// ISO week, from Monday 00:00 local time.
+    Week,
+    Month,
+    Year,
+    AllTime,
+}
+
+/// `{calendar: week}` or `{trailing: 24h}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum LimitWindow {
+    Calendar(CalendarWindow),
+    /// Exact: an intent counts at time t iff accepted in (t − d, t].
+    #[schemars(with = "TrailingSchema")]
+    Trailing(TrailingSpec),
+}
+
+/// A trailing window length (10s … 366d), same syntax as durations elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrailingSpec {
+    pub seconds: i64,
+}
+
+impl<'de> Deserialize<'de> for TrailingSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let seconds = parse_duration_unbounded(&text).map_err(de::Error::custom)?;
+        if !(MIN_TRAILING_SECS..=MAX_TRAILING_SECS).contains(&seconds) {
+            return Err(de::Error::custom(format!(
+                "trailing window {text:?} is out of range: 10s … 366d"
+            )));
+        }
+        Ok(TrailingSpec { seconds })
+    }
+}
+
+impl Serialize for TrailingSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}s", self.seconds))
+    }
+}
+
+struct TrailingSchema;
+
+impl JsonSchema for TrailingSchema {
+    fn schema_name() -> Cow<'static, str> {
+        "TrailingWindow".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Trailing window length, 10s … 366d: \"24h\", \"7d\", \"90s\".",
+            "type": "string", "pattern": "^([0-9]+[dhms])+$"
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitScope {
+    Agent,
+    Entity,
+}
+
+/// Filter of a limit: every given condition must hold (AND).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category_in: Option<Vec<Pattern>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beneficiary_in: Option<Vec<Pattern>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country_in: Option<Vec<CountryCode>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose_in: Option<Vec<Purpose>>,
 }
 
 /// SPEC §11 `refunds`.
