@@ -20,3 +20,4 @@ mod kill_switch;
 mod loadgen;
 mod pipeline;
 mod reload;
+mod settlements;
