@@ -1,11 +1,20 @@
 //! `spendguard ledger bench`: decide throughput and latency against a real PostgreSQL.
 //! Creates a scratch database next to the one in the URL, decides N synthetic intents
 //! (spread over A agents) in batches from C concurrent deciders, and reports
-//! decisions/s and per-batch latency percentiles. Results go in docs/benchmarks.md.
+//! decisions/s and per-batch latency percentiles. Then it settles ALLOWed intents
+//! (SPEC §11, through `Ledger::settle`, the path `serve` takes, from C concurrent
+//! settlers) with loadgen's lifecycle mix until lifecycle events are a third of the
+//! ledger (one settlement per two decisions; fewer when fewer intents were allowed),
+//! reporting settlements/s, so the audit and replay that follow run on a ledger like
+//! SPEC §10's replay target describes. Results go in docs/benchmarks.md.
 
+use super::loadgen::{LifecycleMix, Step};
+use crate::decision::Effect;
 use crate::intent::{Beneficiary, Purpose, SpendIntent};
+use crate::ledger::settle::SettleResult;
 use crate::ledger::{self, Ledger, Origin};
 use crate::policy::PolicySet;
+use crate::settlement::Settlement;
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,8 +39,13 @@ pub fn bench_policies(dir: &std::path::Path) -> anyhow::Result<PolicySet> {
     PolicySet::load_dir(dir).map_err(|e| anyhow::anyhow!("bench policy does not load: {e}"))
 }
 
+/// The amount of synthetic intent `i`, in centavos: 1.00 to 4,500.99 BRL.
+pub fn synthetic_amount_minor(i: usize) -> i64 {
+    i64::try_from(100 + (i * 7919) % 450_000).unwrap_or(100)
+}
+
 pub fn synthetic_intent(run: &str, i: usize, agents: usize) -> SpendIntent {
-    let amount = Decimal::new(i64::try_from(100 + (i * 7919) % 450_000).unwrap_or(100), 2);
+    let amount = Decimal::new(synthetic_amount_minor(i), 2);
     SpendIntent {
         intent_id: format!("{run}-{i}"),
         agent_id: format!("agent-{}", i % agents.max(1)),
@@ -95,19 +109,28 @@ pub async fn run(
         let (ledger, set, queue) = (ledger.clone(), set.clone(), queue.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies_us = Vec::new();
+            let mut allowed = Vec::new();
             loop {
                 let next = queue.lock().ok().and_then(|mut q| q.next());
                 let Some(chunk) = next else { break };
                 let t = Instant::now();
-                ledger.decide_batch(&set, &chunk).await?;
+                let decided = ledger.decide_batch(&set, &chunk).await?;
                 latencies_us.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                for d in decided.into_iter().flatten() {
+                    if d.message.effect == Effect::Allow {
+                        allowed.push(d.message.intent_id);
+                    }
+                }
             }
-            anyhow::Ok(latencies_us)
+            anyhow::Ok((latencies_us, allowed))
         }));
     }
     let mut lat = Vec::new();
+    let mut allowed = Vec::new();
     for t in tasks {
-        lat.extend(t.await??);
+        let (l, a) = t.await??;
+        lat.extend(l);
+        allowed.extend(a);
     }
     let secs = started.elapsed().as_secs_f64();
     lat.sort_unstable();
@@ -125,6 +148,7 @@ pub async fn run(
         pct(0.99),
         pct(1.0)
     );
+    settle_phase(&ledger, &set, &run_id, allowed, intents, concurrency).await?;
     let verify = ledger.audit_verify().await?;
     println!(
         "audit verify of the bench ledger: {} events, {} problems",
@@ -137,8 +161,9 @@ pub async fn run(
     let replayed = ledger.replay(true).await?;
     let replay_secs = t.elapsed().as_secs_f64();
     println!(
-        "replay --verify of the bench ledger: {} events in {:.2} s = {:.0} events/s; {}",
+        "replay --verify of the bench ledger: {} events ({} lifecycle) in {:.2} s = {:.0} events/s; {}",
         replayed.events,
+        lifecycle_events(&url).await?,
         replay_secs,
         replayed.events as f64 / replay_secs.max(f64::EPSILON),
         if replayed.ok() {
@@ -168,6 +193,128 @@ pub async fn run(
     }
     std::fs::remove_dir_all(&dir).ok();
     Ok(0)
+}
+
+/// Settles ALLOWed intents with loadgen's default lifecycle mix (each intent's steps in
+/// order, intents spread over `concurrency` settlers) until there is one settlement per
+/// two intents decided, and prints settlements/s and per-settlement latency.
+async fn settle_phase(
+    ledger: &Arc<Ledger>,
+    set: &Arc<PolicySet>,
+    run_id: &str,
+    mut allowed: Vec<String>,
+    intents: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    // The intent ids are `{run}-{i}`: sort by i so the plans do not depend on which
+    // decider finished first.
+    let index = |id: &str| {
+        id.rsplit('-')
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    allowed.sort_by_key(|id| index(id));
+    let mix = LifecycleMix::default();
+    let target = intents / 2;
+    let mut jobs: Vec<(String, Vec<Step>)> = Vec::new();
+    let mut planned = 0;
+    for id in allowed {
+        if planned >= target {
+            break;
+        }
+        let i = index(&id);
+        // A spread-out roll, so consecutive intents get different plans.
+        let roll = u32::try_from(i.wrapping_mul(37) % 100).unwrap_or(0);
+        let steps = mix.pick(roll).steps(synthetic_amount_minor(i));
+        planned += steps.len();
+        jobs.push((id, steps));
+    }
+    let queue = Arc::new(std::sync::Mutex::new(jobs.into_iter()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (ledger, set, queue) = (ledger.clone(), set.clone(), queue.clone());
+        let run_id = run_id.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us = Vec::new();
+            let mut refused = 0u64;
+            loop {
+                let next = queue.lock().ok().and_then(|mut q| q.next());
+                let Some((intent_id, steps)) = next else {
+                    break;
+                };
+                for (n, step) in steps.iter().enumerate() {
+                    let settlement = Settlement {
+                        settlement_id: format!("{run_id}-s-{intent_id}-{n}"),
+                        intent_id: intent_id.clone(),
+                        kind: step.kind,
+                        amount: step.amount_minor.map(|m| Decimal::new(m, 2)),
+                        currency: step.amount_minor.map(|_| "BRL".to_string()),
+                        is_final: step.is_final,
+                        occurred_at: None,
+                        metadata: None,
+                    };
+                    let t = Instant::now();
+                    let result = ledger
+                        .settle(&set, &settlement, &Origin::cli("bench"))
+                        .await?;
+                    latencies_us.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                    if matches!(result, SettleResult::Refused { .. }) {
+                        refused += 1;
+                    }
+                }
+            }
+            anyhow::Ok((latencies_us, refused))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let (l, r) = t.await??;
+        lat.extend(l);
+        refused += r;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "settle bench: {} settlements ({refused} refused), concurrency {concurrency}: {:.0} settlements/s; latency ms p50 {:.2} p95 {:.2} p99 {:.2} max {:.2}",
+        lat.len(),
+        lat.len() as f64 / secs.max(f64::EPSILON),
+        pct(0.50),
+        pct(0.95),
+        pct(0.99),
+        pct(1.0)
+    );
+    if refused > 0 {
+        anyhow::bail!("{refused} settlements of the bench's own mix were refused");
+    }
+    Ok(())
+}
+
+/// Lifecycle events in the ledger at `url` (settlements applied or refused, expiries).
+async fn lifecycle_events(url: &str) -> anyhow::Result<i64> {
+    use crate::ledger::events::EventKind;
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let kinds = [
+        EventKind::SettlementApplied,
+        EventKind::SettlementRefused,
+        EventKind::AuthorizationExpired,
+    ]
+    .map(|k| k.as_str().to_string());
+    let n = sqlx::query_scalar("SELECT count(*) FROM ledger_event WHERE event_type = ANY($1)")
+        .bind(&kinds[..])
+        .fetch_one(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(n)
 }
 
 /// The process's peak resident set (`VmHWM` of /proc/self/status), Linux only.
