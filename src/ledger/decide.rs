@@ -290,12 +290,17 @@ async fn load_limit_records(
 ) -> Result<(), LedgerError> {
     let mut agents: Vec<&str> = Vec::new();
     let mut entities: Vec<&str> = Vec::new();
-    let mut since: Option<DateTime<Utc>> = None;
+    // Earliest window start over the batch's limits; `Some(None)`: an all-time limit.
+    let mut since: Option<Option<DateTime<Utc>>> = None;
     for ((intent, _), policy) in items.iter().zip(policies) {
         let Some(p) = policy.as_deref() else { continue };
         for l in p.limits() {
-            let from = l.span(now, p.tz).from.unwrap_or(DateTime::<Utc>::MIN_UTC);
-            since = Some(since.map_or(from, |s| s.min(from)));
+            let from = l.span(now, p.tz).from;
+            since = Some(match (since, from) {
+                (None, f) => f,
+                (Some(Some(s)), Some(f)) => Some(s.min(f)),
+                (Some(_), _) => None,
+            });
             match l.scope {
                 crate::policy::model::LimitScope::Agent => agents.push(&intent.agent_id),
                 crate::policy::model::LimitScope::Entity => entities.push(&intent.entity_id),
@@ -311,7 +316,8 @@ async fn load_limit_records(
     entities.dedup();
     let sql = format!(
         "SELECT {} FROM spend_record
-         WHERE (agent_id = ANY($1) OR entity_id = ANY($2)) AND accepted_at >= $3
+         WHERE (agent_id = ANY($1) OR entity_id = ANY($2))
+           AND ($3::timestamptz IS NULL OR accepted_at >= $3)
            AND (counts OR amount <> 0)",
         super::settle::SPEND_RECORD_COLUMNS
     );

@@ -583,6 +583,17 @@ fn validate_limits(
                 "name the limit like travel-weekly",
             );
         }
+        if l.window.kind().is_none() {
+            return err(
+                &keys,
+                "invalid_limit",
+                format!(
+                    "limit {:?}: window needs exactly one of `calendar` and `trailing`",
+                    l.name
+                ),
+                "write `window: { calendar: week }` or `window: { trailing: 24h }`",
+            );
+        }
         if l.amount.is_none() && l.count.is_none() {
             return err(
                 &keys,

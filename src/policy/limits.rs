@@ -8,7 +8,7 @@
 //! — there are no buckets.
 
 use super::compile::{CountrySet, Matcher, purpose_bit};
-use super::model::{CalendarWindow, LimitScope, LimitSpec, LimitWindow};
+use super::model::{CalendarWindow, LimitScope, LimitSpec, WindowKind};
 use crate::decision::{Effect, Finding};
 use crate::intent::{Purpose, SpendIntent};
 use crate::money::format_amount;
@@ -25,7 +25,7 @@ pub const WOULD_EXCEED_COUNT_LIMIT: &str = "would_exceed_count_limit";
 #[derive(Debug, Clone)]
 pub struct CompiledLimit {
     pub name: String,
-    pub window: LimitWindow,
+    pub window: WindowKind,
     pub amount: Option<Decimal>,
     pub count: Option<u32>,
     pub scope: LimitScope,
@@ -104,7 +104,11 @@ impl CompiledLimit {
         let effect = spec.effect.unwrap_or(Effect::RequireHitl);
         CompiledLimit {
             name: spec.name.clone(),
-            window: spec.window,
+            // `validate_limits` refused a window without exactly one kind.
+            window: spec
+                .window
+                .kind()
+                .unwrap_or(WindowKind::Calendar(CalendarWindow::AllTime)),
             amount: spec.amount.as_ref().map(|a| a.0),
             count: spec.count,
             scope: spec.scope.unwrap_or(LimitScope::Agent),
@@ -129,14 +133,14 @@ impl CompiledLimit {
     /// The window containing `now`: `[from, until)`, `from = None` for all time.
     pub fn span(&self, now: DateTime<Utc>, tz: Tz) -> Span {
         match self.window {
-            LimitWindow::Trailing(t) => Span {
+            WindowKind::Trailing(secs) => Span {
                 // (now − d, now]: an intent accepted exactly d ago has fallen out.
-                from: Some(now - Duration::seconds(t.seconds)),
+                from: Some(now - Duration::seconds(secs)),
                 from_inclusive: false,
                 until: None,
-                label: Cow::Owned(format!("trailing {}", describe_secs(t.seconds))),
+                label: Cow::Owned(format!("trailing {}", describe_secs(secs))),
             },
-            LimitWindow::Calendar(c) => calendar_span(c, now, tz),
+            WindowKind::Calendar(c) => calendar_span(c, now, tz),
         }
     }
 }
@@ -292,7 +296,7 @@ mod tests {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
-    fn limit(window: LimitWindow) -> CompiledLimit {
+    fn limit(window: WindowKind) -> CompiledLimit {
         CompiledLimit {
             name: "l".into(),
             window,
@@ -308,7 +312,7 @@ mod tests {
     #[test]
     fn iso_week_starts_monday_midnight_in_the_policy_zone() {
         let tz: Tz = "America/Sao_Paulo".parse().unwrap();
-        let l = limit(LimitWindow::Calendar(CalendarWindow::Week));
+        let l = limit(WindowKind::Calendar(CalendarWindow::Week));
         // Sunday 2026-11-29 23:59:59 local = 02:59:59Z Monday.
         let sunday = l.span(utc("2026-11-30T02:59:59Z"), tz);
         assert_eq!(sunday.label, "week of 2026-11-23");
@@ -323,11 +327,11 @@ mod tests {
     #[test]
     fn year_and_all_time() {
         let tz: Tz = "America/Sao_Paulo".parse().unwrap();
-        let y = limit(LimitWindow::Calendar(CalendarWindow::Year));
+        let y = limit(WindowKind::Calendar(CalendarWindow::Year));
         let s = y.span(utc("2027-01-01T02:59:59Z"), tz);
         assert_eq!(s.label, "year 2026");
         assert_eq!(s.until, Some(utc("2027-01-01T03:00:00Z")));
-        let all = limit(LimitWindow::Calendar(CalendarWindow::AllTime));
+        let all = limit(WindowKind::Calendar(CalendarWindow::AllTime));
         assert!(
             all.span(utc("2027-01-01T00:00:00Z"), tz)
                 .contains(utc("1990-01-01T00:00:00Z"))
@@ -337,9 +341,7 @@ mod tests {
     #[test]
     fn trailing_window_drops_an_intent_exactly_at_its_length() {
         let tz: Tz = "UTC".parse().unwrap();
-        let l = limit(LimitWindow::Trailing(super::super::model::TrailingSpec {
-            seconds: 86_400,
-        }));
+        let l = limit(WindowKind::Trailing(86_400));
         let now = utc("2026-11-30T12:00:00Z");
         let s = l.span(now, tz);
         assert!(s.contains(utc("2026-11-29T12:00:00.000001Z")));
@@ -351,7 +353,7 @@ mod tests {
     #[test]
     fn dst_change_in_new_york_keeps_the_day_exact() {
         let tz: Tz = "America/New_York".parse().unwrap();
-        let d = limit(LimitWindow::Calendar(CalendarWindow::Day));
+        let d = limit(WindowKind::Calendar(CalendarWindow::Day));
         // 2026-11-01 is 25 hours long in New York (DST ends).
         let s = d.span(utc("2026-11-01T12:00:00Z"), tz);
         assert_eq!(s.from, Some(utc("2026-11-01T04:00:00Z")));

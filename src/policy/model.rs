@@ -581,14 +581,49 @@ pub enum CalendarWindow {
     AllTime,
 }
 
-/// `{calendar: week}` or `{trailing: 24h}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// `{calendar: week}` or `{trailing: 24h}`: exactly one of the two.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub enum LimitWindow {
-    Calendar(CalendarWindow),
+pub struct LimitWindow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<CalendarWindow>,
     /// Exact: an intent counts at time t iff accepted in (t − d, t].
-    #[schemars(with = "TrailingSchema")]
-    Trailing(TrailingSpec),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<TrailingSchema>")]
+    pub trailing: Option<TrailingSpec>,
+}
+
+/// A limit's window, once validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Calendar(CalendarWindow),
+    /// Length in seconds.
+    Trailing(i64),
+}
+
+impl LimitWindow {
+    pub fn calendar(c: CalendarWindow) -> LimitWindow {
+        LimitWindow {
+            calendar: Some(c),
+            trailing: None,
+        }
+    }
+
+    pub fn trailing(seconds: i64) -> LimitWindow {
+        LimitWindow {
+            calendar: None,
+            trailing: Some(TrailingSpec { seconds }),
+        }
+    }
+
+    /// The window, when exactly one of `calendar` / `trailing` is given.
+    pub fn kind(&self) -> Option<WindowKind> {
+        match (self.calendar, self.trailing) {
+            (Some(c), None) => Some(WindowKind::Calendar(c)),
+            (None, Some(t)) => Some(WindowKind::Trailing(t.seconds)),
+            _ => None,
+        }
+    }
 }
 
 /// A trailing window length (10s … 366d), same syntax as durations elsewhere.

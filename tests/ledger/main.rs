@@ -9,6 +9,7 @@ mod concurrency;
 mod events;
 mod impact_history;
 mod lifecycle;
+mod limits;
 mod machine_model;
 mod privacy;
 mod report_scenario;

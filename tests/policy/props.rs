@@ -126,7 +126,7 @@ prop_compose! {
             msig: msig.map(|(h, n)| Msig { threshold: MsigThreshold { higher_than: Amount(h), approvals: n } }),
             allow_lists: Some(AllowLists { beneficiaries: allow_b, countries: allow_c }),
             block_lists: Some(BlockLists { categories: block_c, beneficiaries: block_b }),
-            rules, approval_ttl: None, rego: None, authorization_ttl: None, refunds: None,
+            rules, approval_ttl: None, rego: None, authorization_ttl: None, refunds: None, limits: vec![],
         }
     }
 }
@@ -216,6 +216,42 @@ proptest! {
             c.remove(idx % c.len());
         }
         prop_assert!(severity(&compile(&stricter), &i, u) >= severity(&p, &i, u));
+    }
+
+    /// SPEC §12: a limit only adds findings. Whatever it says and whatever counted
+    /// before, the policy with it is never milder, and a non-ALLOW never becomes ALLOW.
+    #[test]
+    fn adding_a_limit_never_lowers_severity(
+        spec in policy(), i in intent(), u in usage(),
+        amount in proptest::option::of(money(200_000)), count in proptest::option::of(0u32..5),
+        used_amount in money(200_000), used_count in 0u32..6,
+        effect in 0..3usize, calendar in 0..5usize, entity in any::<bool>(),
+        filtered in any::<bool>(), cat in 0..CATEGORIES.len(),
+    ) {
+        use spendguard::policy::model::{CalendarWindow, LimitFilter, LimitScope, LimitSpec, LimitWindow};
+        let count = if amount.is_none() && count.is_none() { Some(1) } else { count };
+        let p = compile(&spec);
+        let mut stricter = spec.clone();
+        stricter.limits.push(LimitSpec {
+            name: "prop-limit".into(),
+            window: LimitWindow::calendar([CalendarWindow::Day, CalendarWindow::Week, CalendarWindow::Month, CalendarWindow::Year, CalendarWindow::AllTime][calendar]),
+            amount: amount.map(Amount),
+            count,
+            scope: Some(if entity { LimitScope::Entity } else { LimitScope::Agent }),
+            filter: filtered.then(|| LimitFilter { category_in: Some(vec![Pattern(CATEGORIES[cat].into())]), ..LimitFilter::default() }),
+            effect: Some([Effect::RequireHitl, Effect::RequireMsig, Effect::Deny][effect]),
+            approvals: (effect == 1).then_some(3),
+        });
+        let q = compile(&stricter);
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-25T15:00:00Z").unwrap().into();
+        let input = EvalInput { intent: &i, usage: u, kill: &KillState::Off, accepted_at: at };
+        let so_far = [spendguard::policy::limits::SoFar { amount: used_amount, count: used_count }];
+        let before = evaluate(&p, &input);
+        let after = spendguard::policy::evaluate_limited(&q, &input, &so_far);
+        prop_assert!(after.effect >= before.effect);
+        prop_assert!(before.effect == Effect::Allow || after.effect != Effect::Allow);
+        // Same effect: at least as many approvals (a DENY needs none).
+        prop_assert!(after.effect != before.effect || after.approvals_required >= before.approvals_required);
     }
 
     #[test]
