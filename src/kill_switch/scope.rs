@@ -250,10 +250,8 @@ mod tests {
     fn state_covers_by_scope() {
         let state = |on: &[&str], agent: &str, entity: &str| {
             let scopes: HashSet<String> = on.iter().map(|s| s.to_string()).collect();
-            let s = Projections {
-                kills: kills_from_scopes(&scopes),
-                ..Default::default()
-            };
+            let mut s = Projections::default();
+            s.kills = kills_from_scopes(&scopes);
             s.kill_state(agent, entity)
         };
         let on = |scope: &str| KillState::On {

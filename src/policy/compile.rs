@@ -672,10 +672,11 @@ fn normalize(spec: &mut PolicySpec) {
     set(&mut spec.tags);
     for l in &mut spec.limits {
         if let Some(f) = &mut l.filter {
-            for list in [&mut f.category_in, &mut f.beneficiary_in] {
-                if let Some(v) = list {
-                    set(v);
-                }
+            for v in [&mut f.category_in, &mut f.beneficiary_in]
+                .into_iter()
+                .flatten()
+            {
+                set(v);
             }
             if let Some(c) = &mut f.country_in {
                 set(c);
