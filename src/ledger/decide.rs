@@ -8,6 +8,7 @@
 //! one statement per table; COMMIT. Intents of one agent are decided in input order.
 
 use super::chain::{self, agent_chain};
+use super::limit_usage::{LimitSubject, load_limit_records};
 use super::machine::{self, DecideInput, DecideStep, Existing, Projections};
 use super::store::{self, KillRow, WriteSet};
 use super::usage;
@@ -140,7 +141,14 @@ impl Ledger {
         let ids: Vec<&str> = items.iter().map(|(i, _)| i.intent_id.as_str()).collect();
         let (mut snapshot, mut existing) =
             load_snapshot(&mut tx, &mut ws, &chains, &ids, &wanted).await?;
-        load_limit_records(&mut tx, &mut snapshot, items, &policies, now).await?;
+        let limit_subjects = items.iter().zip(&policies).filter_map(|((i, _), p)| {
+            Some(LimitSubject {
+                policy: p.as_deref()?,
+                agent_id: Some(&i.agent_id),
+                entity_id: &i.entity_id,
+            })
+        });
+        load_limit_records(&mut tx, &mut snapshot, limit_subjects, now).await?;
 
         // Events this batch appends: one per new intent and one per conflict (a second
         // copy of an intentId in the batch is judged against the first).
@@ -277,60 +285,6 @@ pub(crate) fn has_entity_limits(p: &CompiledPolicy) -> bool {
 /// limit is checked or its usage can grow (deciding, forced captures).
 pub(crate) fn entity_limits_lock(entity_id: &str) -> String {
     format!("entity-limits:{entity_id}")
-}
-
-/// Loads into `snapshot` the spend records the batch's limits look at: the agents' and
-/// (for entity scopes) the entities' records accepted since the earliest window start.
-async fn load_limit_records(
-    tx: &mut sqlx::PgConnection,
-    snapshot: &mut Projections,
-    items: &[(SpendIntent, Origin)],
-    policies: &[Option<Arc<CompiledPolicy>>],
-    now: DateTime<Utc>,
-) -> Result<(), LedgerError> {
-    let mut agents: Vec<&str> = Vec::new();
-    let mut entities: Vec<&str> = Vec::new();
-    // Earliest window start over the batch's limits; `Some(None)`: an all-time limit.
-    let mut since: Option<Option<DateTime<Utc>>> = None;
-    for ((intent, _), policy) in items.iter().zip(policies) {
-        let Some(p) = policy.as_deref() else { continue };
-        for l in p.limits() {
-            let from = l.span(now, p.tz).from;
-            since = Some(match (since, from) {
-                (None, f) => f,
-                (Some(Some(s)), Some(f)) => Some(s.min(f)),
-                (Some(_), _) => None,
-            });
-            match l.scope {
-                crate::policy::model::LimitScope::Agent => agents.push(&intent.agent_id),
-                crate::policy::model::LimitScope::Entity => entities.push(&intent.entity_id),
-            }
-        }
-    }
-    let Some(since) = since else {
-        return Ok(());
-    };
-    agents.sort_unstable();
-    agents.dedup();
-    entities.sort_unstable();
-    entities.dedup();
-    let sql = format!(
-        "SELECT {} FROM spend_record
-         WHERE (agent_id = ANY($1) OR entity_id = ANY($2))
-           AND ($3::timestamptz IS NULL OR accepted_at >= $3)
-           AND (counts OR amount <> 0)",
-        super::settle::SPEND_RECORD_COLUMNS
-    );
-    for rec in sqlx::query_as::<_, store::SpendRecordRow>(sqlx::AssertSqlSafe(sql))
-        .bind(&agents)
-        .bind(&entities)
-        .bind(since)
-        .fetch_all(&mut *tx)
-        .await?
-    {
-        snapshot.insert_record(rec);
-    }
-    Ok(())
 }
 
 /// The beneficiary's account sealed with the subject's key (the step is pure; sealing

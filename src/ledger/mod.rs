@@ -27,6 +27,7 @@ pub mod chain;
 pub mod decide;
 pub mod events;
 pub mod fault;
+pub mod limit_usage;
 pub mod machine;
 pub mod query;
 pub mod replay;

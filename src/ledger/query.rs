@@ -28,7 +28,7 @@ pub const EVENT_PAGE_ROWS: i64 = 5_000;
 /// Read-only access to the ledger's tables. Cheap to clone (it shares the pool).
 #[derive(Debug, Clone)]
 pub struct LedgerReader {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 /// One row of `ledger_event`, without its chain columns; `origin` and `payload` are the
