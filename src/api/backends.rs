@@ -197,6 +197,27 @@ impl LedgerQueries for LedgerBackend {
         })
     }
 
+    fn limit_usage(
+        &self,
+        policy: Arc<crate::policy::CompiledPolicy>,
+        agent_id: Option<String>,
+        entity_id: String,
+    ) -> BoxFuture<'_, Result<crate::ledger::limit_usage::LimitUsageReport, StoreError>> {
+        Box::pin(async move {
+            self.reader()
+                .limit_usage(&policy, agent_id.as_deref(), &entity_id)
+                .await
+                .map_err(read)
+        })
+    }
+
+    fn entity_agents<'a>(
+        &'a self,
+        entity_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move { self.reader().entity_agents(entity_id).await.map_err(read) })
+    }
+
     fn pending_approvals(
         &self,
         limit: usize,
@@ -338,6 +359,22 @@ where
             daily_cap: Some(p.daily),
             monthly_cap: Some(p.monthly),
         })
+    }
+
+    fn policy_for(
+        &self,
+        agent_id: &str,
+        entity_id: &str,
+    ) -> Option<Arc<crate::policy::CompiledPolicy>> {
+        (self.0)().resolve(agent_id, entity_id)
+    }
+
+    fn entity_policies(
+        &self,
+        entity_id: &str,
+        agents: &[String],
+    ) -> Vec<Arc<crate::policy::CompiledPolicy>> {
+        (self.0)().entity_policies(entity_id, agents)
     }
 }
 

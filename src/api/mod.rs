@@ -38,6 +38,8 @@ pub use error::{ApiError, StoreError};
 use views::*;
 
 use crate::decision::PolicyIdentity;
+use crate::ledger::limit_usage::{LimitUsage, LimitUsageReport};
+use crate::policy::CompiledPolicy;
 use crate::window::Windows;
 
 /// Largest request body accepted, in bytes. The only body is a kill-switch request
@@ -97,6 +99,29 @@ pub trait LedgerQueries: Send + Sync + 'static {
         &self,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<PendingApprovalView>, StoreError>>;
+    /// The policy's limits now, at the ledger's clock: every limit for an agent of an
+    /// entity, only the entity-scoped ones with `agent_id: None`.
+    fn limit_usage(
+        &self,
+        policy: Arc<CompiledPolicy>,
+        agent_id: Option<String>,
+        entity_id: String,
+    ) -> BoxFuture<'_, Result<LimitUsageReport, StoreError>> {
+        let _ = (policy, agent_id, entity_id);
+        Box::pin(async {
+            Err(StoreError::Unavailable(
+                "this ledger does not report limit usage".into(),
+            ))
+        })
+    }
+    /// Agents the ledger has seen under an entity.
+    fn entity_agents<'a>(
+        &'a self,
+        entity_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let _ = entity_id;
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// The active policy set.
@@ -104,6 +129,17 @@ pub trait PolicyCatalog: Send + Sync + 'static {
     fn active(&self) -> Vec<PolicyView>;
     /// The policy bound to an agent of an entity (most specific binding), if any.
     fn limits_for(&self, agent_id: &str, entity_id: &str) -> Option<PolicyLimits>;
+    /// The compiled policy bound to an agent of an entity (its limits are reported).
+    fn policy_for(&self, agent_id: &str, entity_id: &str) -> Option<Arc<CompiledPolicy>> {
+        let _ = (agent_id, entity_id);
+        None
+    }
+    /// The policies bound to an entity: the entity's own binding (entity pattern, else
+    /// `default`), then the policy of each of `agents` under it; without duplicates.
+    fn entity_policies(&self, entity_id: &str, agents: &[String]) -> Vec<Arc<CompiledPolicy>> {
+        let _ = (entity_id, agents);
+        Vec::new()
+    }
 }
 
 /// A kill-switch change as requested through the API (actor `api:<token name>`): the
@@ -393,9 +429,86 @@ async fn get_usage(
         .ledger
         .window_amounts(&agent_id, windows, limits.tz, limits.currency.code)
         .await?;
-    Ok(Json(usage_view(
-        agent_id, entity_id, &limits, windows, amounts, now,
-    )))
+    let mut view = usage_view(agent_id, entity_id, &limits, windows, amounts, now);
+    if let Some(policy) = state
+        .policies
+        .policy_for(&view.agent_id, &view.entity_id)
+        .filter(|p| !p.limits().is_empty())
+    {
+        let minor = policy.currency.minor_units;
+        let report = state
+            .ledger
+            .limit_usage(policy, Some(view.agent_id.clone()), view.entity_id.clone())
+            .await?;
+        view.limits = report
+            .limits
+            .iter()
+            .map(|l| limit_usage_view(l, minor))
+            .collect();
+        view.limits_as_of = Some(report.as_of);
+    }
+    Ok(Json(view))
+}
+
+async fn get_entity_usage(
+    State(state): State<ApiState>,
+    path: PathParam,
+) -> Result<Json<EntityUsageView>, ApiError> {
+    let entity_id = path_id("entityId", path)?;
+    let agents = state.ledger.entity_agents(&entity_id).await?;
+    let policies = state.policies.entity_policies(&entity_id, &agents);
+    if policies.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no policy is bound to entity {entity_id:?} or to an agent recorded under it: add a binding in bindings.yaml"
+        )));
+    }
+    let mut out = Vec::new();
+    for policy in policies {
+        if !crate::ledger::decide::has_entity_limits(&policy) {
+            continue;
+        }
+        let report = state
+            .ledger
+            .limit_usage(policy.clone(), None, entity_id.clone())
+            .await?;
+        out.push(EntityPolicyUsageView {
+            policy: policy.identity.clone(),
+            currency: policy.currency.code.to_string(),
+            timezone: policy.tz.name().to_string(),
+            as_of: report.as_of,
+            limits: report
+                .limits
+                .iter()
+                .map(|l| limit_usage_view(l, policy.currency.minor_units))
+                .collect(),
+        });
+    }
+    Ok(Json(EntityUsageView {
+        entity_id,
+        policies: out,
+    }))
+}
+
+/// Pure: the API view of one limit's usage.
+pub fn limit_usage_view(l: &LimitUsage, minor_units: u32) -> LimitUsageView {
+    let fmt = |d: Decimal| crate::money::format_amount(d, minor_units);
+    LimitUsageView {
+        name: l.name.clone(),
+        scope: match l.scope {
+            crate::policy::model::LimitScope::Agent => "agent",
+            crate::policy::model::LimitScope::Entity => "entity",
+        }
+        .into(),
+        window: l.window.clone(),
+        amount: l.amount.map(fmt),
+        amount_used: l.amount.map(|_| fmt(l.amount_used)),
+        amount_remaining: l.amount_remaining.map(fmt),
+        count: l.count,
+        count_used: l.count.map(|_| l.count_used),
+        count_remaining: l.count_remaining,
+        resets_at: l.resets_at,
+        frees_next_at: l.frees_next_at,
+    }
 }
 
 /// Pure: the usage view of one agent's windows.
@@ -450,6 +563,8 @@ pub fn usage_view(
                 windows.month_resets_at(limits.tz),
             ),
         ],
+        limits: Vec::new(),
+        limits_as_of: None,
     }
 }
 
@@ -537,6 +652,9 @@ pub(crate) fn route_decision() -> MethodRouter<ApiState> {
 }
 pub(crate) fn route_usage() -> MethodRouter<ApiState> {
     axum::routing::get(get_usage)
+}
+pub(crate) fn route_entity_usage() -> MethodRouter<ApiState> {
+    axum::routing::get(get_entity_usage)
 }
 pub(crate) fn route_approvals() -> MethodRouter<ApiState> {
     axum::routing::get(get_approvals)

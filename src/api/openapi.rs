@@ -130,7 +130,7 @@ pub static OPERATIONS: &[Operation] = &[
         method: "get",
         path: "/v1/agents/{agentId}/usage",
         operation_id: "getAgentUsage",
-        summary: "The agent's current day and month windows: spent (outstanding authorizations + captured − restored refunds), reserved, remaining, reset instant, in the policy's currency and timezone.",
+        summary: "The agent's current day and month windows: spent (outstanding authorizations + captured − restored refunds), reserved, remaining, reset instant, in the policy's currency and timezone; and every limit of its policy (SPEC §12: agent- and entity-scoped) with used, remaining and resetsAt (calendar) or freesNextAt (trailing), at the ledger's clock.",
         roles: ANY_ROLE,
         params: &[
             Param {
@@ -152,6 +152,24 @@ pub static OPERATIONS: &[Operation] = &[
         response: Body::Json(schema::<AgentUsageView>),
         errors: &[400, 404],
         handler: super::route_usage,
+    },
+    Operation {
+        method: "get",
+        path: "/v1/entities/{entityId}/usage",
+        operation_id: "getEntityUsage",
+        summary: "The entity-scoped limits (SPEC §12) of every policy bound to the entity — its own binding (entity pattern, else default), then those of the agents the ledger has seen under it — with used, remaining and resetsAt (calendar) or freesNextAt (trailing), at the ledger's clock.",
+        roles: ANY_ROLE,
+        params: &[Param {
+            name: "entityId",
+            location: "path",
+            required: true,
+            description: "The entity.",
+            kind: "string",
+        }],
+        request: None,
+        response: Body::Json(schema::<EntityUsageView>),
+        errors: &[400, 404],
+        handler: super::route_entity_usage,
     },
     Operation {
         method: "get",

@@ -65,6 +65,19 @@ impl LedgerQueries for MemLedger {
     ) -> BoxFuture<'_, Result<Vec<PendingApprovalView>, StoreError>> {
         Box::pin(async { Ok(vec![]) })
     }
+    fn limit_usage(
+        &self,
+        _: Arc<CompiledPolicy>,
+        _: Option<String>,
+        _: String,
+    ) -> BoxFuture<'_, Result<LimitUsageReport, StoreError>> {
+        Box::pin(async {
+            Ok(LimitUsageReport {
+                as_of: Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap(),
+                limits: vec![],
+            })
+        })
+    }
 }
 
 struct MemPolicies;
@@ -90,6 +103,13 @@ impl PolicyCatalog for MemPolicies {
             daily_cap: Some(Decimal::new(50000, 2)),
             monthly_cap: None,
         })
+    }
+    fn entity_policies(&self, entity_id: &str, _: &[String]) -> Vec<Arc<CompiledPolicy>> {
+        if entity_id != "e-1" {
+            return Vec::new();
+        }
+        let text = "name: p\ncurrency: BRL\ntimezone: America/Sao_Paulo\ncaps: { perTxn: \"10.00\", daily: \"100.00\", monthly: \"1000.00\" }\nlimits:\n  - { name: ew, window: { calendar: week }, amount: \"50.00\", scope: entity }\n";
+        vec![Arc::new(CompiledPolicy::parse(text, "test").unwrap())]
     }
 }
 
@@ -188,6 +208,7 @@ async fn call(
 fn concrete(path: &str) -> String {
     path.replace("{intentId}", "i-1")
         .replace("{agentId}", "a-1")
+        .replace("{entityId}", "e-1")
 }
 
 #[tokio::test]

@@ -162,6 +162,13 @@ pub struct AgentUsageView {
     #[schemars(with = "String")]
     pub as_of: DateTime<Utc>,
     pub windows: Vec<WindowUsageView>,
+    /// Every limit of the policy (SPEC §12), agent- and entity-scoped, read at the
+    /// ledger's clock (`limitsAsOf`); empty when the policy has none.
+    #[serde(default)]
+    pub limits: Vec<LimitUsageView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub limits_as_of: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -233,4 +240,63 @@ pub struct PolicyView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ActivePolicies {
     pub policies: Vec<PolicyView>,
+}
+
+/// One limit of a policy (SPEC §12) as it stands at the ledger's clock: the numbers the
+/// next decision starts from. Amount fields are present iff the limit has an `amount`,
+/// count fields iff it has a `count`; amounts are in the policy's currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitUsageView {
+    pub name: String,
+    /// `agent` or `entity` (summed over every agent of the entity).
+    pub scope: String,
+    /// The current window: `week of 2026-11-23`, `trailing 24h`, `all time`, ...
+    pub window: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount_used: Option<String>,
+    /// `amount − amountUsed`, never below zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount_remaining: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count_used: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count_remaining: Option<u32>,
+    /// Calendar windows (not `all time`): when the window ends and usage starts over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub resets_at: Option<DateTime<Utc>>,
+    /// Trailing windows with something in them: when the earliest intent counted ages
+    /// out (its acceptance + the window's length).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub frees_next_at: Option<DateTime<Utc>>,
+}
+
+/// The entity-scoped limits of one policy bound to an entity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntityPolicyUsageView {
+    pub policy: PolicyIdentity,
+    pub currency: String,
+    pub timezone: String,
+    /// The ledger's clock when the limits were read.
+    #[schemars(with = "String")]
+    pub as_of: DateTime<Utc>,
+    pub limits: Vec<LimitUsageView>,
+}
+
+/// `GET /v1/entities/{entityId}/usage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntityUsageView {
+    pub entity_id: String,
+    /// Policies bound to the entity (its entity binding or `default`, then those of the
+    /// agents the ledger has seen under it), each with its entity-scoped limits; policies
+    /// without entity-scoped limits are left out.
+    pub policies: Vec<EntityPolicyUsageView>,
 }

@@ -74,6 +74,12 @@ impl Bindings {
             .or(self.default.as_deref())
     }
 
+    /// Name of the policy an entity's own binding gives: the most specific entity
+    /// pattern, else `default` (agent patterns are not consulted).
+    pub fn resolve_entity(&self, entity_id: &str) -> Option<&str> {
+        best(&self.entities, entity_id).or(self.default.as_deref())
+    }
+
     /// Every policy name referenced, with where (`agents["x"]`, `default`).
     pub fn references(&self) -> Vec<(String, &str)> {
         let mut v: Vec<(String, &str)> = Vec::new();

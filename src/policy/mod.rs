@@ -207,6 +207,27 @@ impl PolicySet {
             .cloned()
     }
 
+    /// The policies bound to an entity (usage of its entity-scoped limits): the one its
+    /// own binding gives (the most specific entity pattern, else `default`; agent patterns
+    /// are not consulted), then the one each of `agents` resolves to under it, in that
+    /// order, each once.
+    pub fn entity_policies(&self, entity_id: &str, agents: &[String]) -> Vec<Arc<CompiledPolicy>> {
+        let mut out: Vec<Arc<CompiledPolicy>> = Vec::new();
+        let names = self.bindings.resolve_entity(entity_id).into_iter().chain(
+            agents
+                .iter()
+                .filter_map(|a| self.bindings.resolve(a, entity_id)),
+        );
+        for name in names {
+            if let Some(p) = self.policies.get(name)
+                && !out.iter().any(|q| Arc::ptr_eq(q, p))
+            {
+                out.push(p.clone());
+            }
+        }
+        out
+    }
+
     pub fn policies(&self) -> impl Iterator<Item = &Arc<CompiledPolicy>> {
         self.policies.values()
     }

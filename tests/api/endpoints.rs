@@ -92,7 +92,8 @@ async fn every_endpoint_every_role_against_the_real_ledger() {
     for (template, methods) in doc["paths"].as_object().unwrap() {
         let path = template
             .replace("{intentId}", "i3")
-            .replace("{agentId}", "a1");
+            .replace("{agentId}", "a1")
+            .replace("{entityId}", "acme-br");
         for (method, op) in methods.as_object().unwrap() {
             operations += 1;
             let method = method.to_uppercase();

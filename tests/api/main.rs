@@ -8,3 +8,4 @@ mod harness;
 mod deploy_files;
 mod endpoints;
 mod lifecycle;
+mod limits;
