@@ -185,3 +185,31 @@ mod tests {
         assert_eq!(format_amount(parse_decimal("600").unwrap(), 2), "600.00");
     }
 }
+
+/// `amount` × `rate` in the target currency, rounded half-up (away from zero at the
+/// midpoint; amounts are positive) to its minor unit (SPEC §12.3).
+pub fn convert(amount: Decimal, rate: Decimal, target_minor_units: u32) -> Option<Decimal> {
+    let mut out = amount.checked_mul(rate)?.round_dp_with_strategy(
+        target_minor_units,
+        rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+    );
+    out.rescale(target_minor_units);
+    Some(out)
+}
+
+#[cfg(test)]
+mod convert_tests {
+    use super::*;
+
+    #[test]
+    fn conversion_rounds_half_up_to_the_target_minor_unit() {
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(convert(d("100.00"), d("5.4321"), 2), Some(d("543.21")));
+        assert_eq!(
+            convert(d("0.05"), d("0.5"), 2),
+            Some(d("0.03")),
+            "0.025 -> 0.03"
+        );
+        assert_eq!(convert(d("1"), d("150.5"), 0), Some(d("151")));
+    }
+}

@@ -112,6 +112,80 @@ pub enum PrivacyCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum FxCommand {
+    /// Record an exchange rate (audited ledger event): intents in BASE accepted after
+    /// it are converted into QUOTE at this rate (SPEC §12.3).
+    Set {
+        /// `BASE/QUOTE`, e.g. `USD/BRL` (QUOTE per one BASE).
+        pair: String,
+        /// Decimal rate, e.g. `5.4321` (never a float: read exactly).
+        rate: String,
+        #[command(flatten)]
+        db: DbArgs,
+        /// Why (recorded in the audit trail), e.g. the source of the fixing.
+        #[arg(long)]
+        reason: String,
+        /// Who (recorded in the audit trail).
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
+    },
+}
+
+/// Most significant digits of a rate (TIGER_STYLE: bounded input).
+const MAX_RATE_DIGITS: u32 = 12;
+
+/// `USD/BRL` and `5.4321` checked: known, distinct currencies and a positive decimal.
+use anyhow::Context as _;
+
+fn parse_rate(pair: &str, rate: &str) -> anyhow::Result<(String, String, rust_decimal::Decimal)> {
+    let (base, quote) = pair
+        .split_once('/')
+        .context("the pair is written BASE/QUOTE, e.g. USD/BRL")?;
+    for c in [base, quote] {
+        anyhow::ensure!(
+            crate::money::is_known_currency(c),
+            "{c:?} is not a supported ISO 4217 currency code"
+        );
+    }
+    anyhow::ensure!(
+        base != quote,
+        "a rate converts between two different currencies"
+    );
+    let r: rust_decimal::Decimal = rate
+        .parse()
+        .with_context(|| format!("rate {rate:?} is not a decimal number like 5.4321"))?;
+    anyhow::ensure!(
+        r > rust_decimal::Decimal::ZERO
+            && r.normalize().mantissa().unsigned_abs() < 10u128.pow(MAX_RATE_DIGITS),
+        "rate {rate} must be positive with at most {MAX_RATE_DIGITS} significant digits"
+    );
+    Ok((base.to_string(), quote.to_string(), r))
+}
+
+pub fn run_fx(cmd: FxCommand) -> anyhow::Result<i32> {
+    match cmd {
+        FxCommand::Set {
+            pair,
+            rate,
+            db,
+            reason,
+            actor,
+        } => {
+            let (base, quote, rate) = parse_rate(&pair, &rate)?;
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why (audited)");
+            runtime()?.block_on(async {
+                let ledger = connect(&db, "fx").await?;
+                let seq = ledger
+                    .set_fx_rate(&base, &quote, rate, &actor, &reason, &Origin::cli("fx"))
+                    .await?;
+                println!("{base}/{quote} = {rate}: recorded as ledgerSeq {seq}");
+                Ok(0)
+            })
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -52,6 +52,9 @@ pub enum Command {
     /// Personal data (LGPD): erase a data subject.
     #[command(subcommand)]
     Privacy(ledger::PrivacyCommand),
+    /// Exchange rates for policies that accept foreign currencies (audited).
+    #[command(subcommand)]
+    Fx(ledger::FxCommand),
     // --- service ---
     /// Consume intents and votes, decide through the ledger, publish decisions.
     Serve(service::ServeArgs),
@@ -84,6 +87,8 @@ pub enum Command {
     // --- operators & auditors ---
     /// Compliance report of a period, computed by replaying the ledger (json, md or html).
     Report(ops::ReportArgs),
+    /// Every limit of an agent's policy: used, remaining, when it resets or frees up.
+    Usage(ops::UsageArgs),
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -94,12 +99,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Evaluate(args) => policy::run_evaluate(args),
         // --- operators & auditors ---
         Command::Report(a) => ops::run_report(a),
+        Command::Usage(a) => ops::run_usage(a),
         // --- ledger ---
         Command::Db(c) => ledger::run_db(c),
         Command::Ledger(c) => ledger::run_ledger(c),
         Command::Audit(c) => ledger::run_audit(c),
         Command::Replay(a) => ledger::run_replay(a),
         Command::Privacy(c) => ledger::run_privacy(c),
+        Command::Fx(c) => ledger::run_fx(c),
         // --- service ---
         Command::Serve(args) => service::serve(args),
         Command::Approve(args) => service::approve(args),

@@ -46,6 +46,17 @@ pub struct AuthorizationState {
     pub tz: String,
     pub day: NaiveDate,
     pub month: NaiveDate,
+    /// An intent in a foreign currency (SPEC §12.3): the amounts above are in the
+    /// intent's currency (settlements come in it); its usage counts in the windows'
+    /// currency `usage_currency`, converted at the decision's `fx_rate`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub fx_rate: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_currency: Option<String>,
 }
 
 /// SPEC §11's running totals, as published in outcome messages and the API.
@@ -136,6 +147,42 @@ impl AuthorizationState {
             tz: tz.to_string(),
             day,
             month,
+            fx_rate: None,
+            usage_currency: None,
+        }
+    }
+
+    /// The same authorization kept in `intent_currency`, its usage converted at `rate`
+    /// into `self.currency` (the windows' currency).
+    pub fn in_foreign_currency(
+        mut self,
+        intent_amount: Decimal,
+        intent_currency: &str,
+        rate: Decimal,
+    ) -> AuthorizationState {
+        let windows = std::mem::replace(&mut self.currency, intent_currency.to_string());
+        self.authorized = intent_amount;
+        self.fx_rate = Some(rate);
+        self.usage_currency = Some(windows);
+        self
+    }
+
+    /// The currency of the usage windows it counts in.
+    pub fn window_currency(&self) -> &str {
+        self.usage_currency.as_deref().unwrap_or(&self.currency)
+    }
+
+    /// [`Self::usage`] in the windows' currency: converted at the decision's rate and
+    /// rounded half-up once, so a sum of deltas always equals the converted total.
+    pub fn usage_in_windows(&self) -> Decimal {
+        let usage = self.usage();
+        match self.fx_rate {
+            None => usage,
+            Some(rate) => {
+                let minor =
+                    crate::money::currency(self.window_currency()).map_or(2, |c| c.minor_units);
+                crate::money::convert(usage, rate, minor).unwrap_or(usage)
+            }
         }
     }
 
@@ -173,13 +220,20 @@ impl AuthorizationState {
         self.captured - self.refunded
     }
 
+    /// The running totals, every amount in the currency's minor units (`"0.00"`, not
+    /// `"0"`, whatever arithmetic produced it).
     pub fn totals(&self) -> AuthorizationTotals {
+        let minor = crate::money::currency(&self.currency).map_or(2, |c| c.minor_units);
+        let scaled = |mut d: Decimal| {
+            d.rescale(minor);
+            d
+        };
         AuthorizationTotals {
-            authorized: self.authorized,
-            captured: self.captured,
-            voided: self.voided,
-            refunded: self.refunded,
-            outstanding: self.outstanding(),
+            authorized: scaled(self.authorized),
+            captured: scaled(self.captured),
+            voided: scaled(self.voided),
+            refunded: scaled(self.refunded),
+            outstanding: scaled(self.outstanding()),
             is_final: self.is_final,
             expired: self.expired,
             expires_at: self.expires_at,
@@ -294,7 +348,7 @@ impl AuthorizationState {
         after.is_final |= is_final;
         debug_assert!(after.check().is_ok(), "{:?}", after.check());
         Ok(Settled {
-            usage_delta: after.usage() - self.usage(),
+            usage_delta: after.usage_in_windows() - self.usage_in_windows(),
             after,
             amount: applied,
             released,
@@ -311,7 +365,8 @@ impl AuthorizationState {
         let mut after = self.clone();
         after.expired = true;
         after.expired_amount = self.remainder();
-        Some((after.clone(), after.usage() - self.usage()))
+        let delta = after.usage_in_windows() - self.usage_in_windows();
+        Some((after, delta))
     }
 }
 

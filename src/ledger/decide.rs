@@ -321,6 +321,8 @@ enum SnapshotRow {
     },
     #[serde(rename = "kill")]
     Kill(KillRow),
+    #[serde(rename = "fx")]
+    Fx(store::FxRateRow),
     #[serde(rename = "decided", rename_all = "camelCase")]
     Decided {
         intent_id: String,
@@ -363,6 +365,10 @@ async fn load_snapshot(
          SELECT jsonb_build_object('k', 'kill', 'scope', scope, 'active', active, 'actor', actor,
                                    'reason', reason, 'changed_at', changed_at, 'seq', seq)
          FROM kill_switch WHERE active
+         UNION ALL
+         SELECT jsonb_build_object('k', 'fx', 'pair', pair, 'rate', rate::text, 'set_at', set_at,
+                                   'seq', seq)
+         FROM fx_rate
          UNION ALL
          SELECT jsonb_build_object('k', 'decided', 'intentId', intent_id, 'seq', seq,
                                    'fingerprint', encode(fingerprint, 'hex'),
@@ -408,6 +414,9 @@ async fn load_snapshot(
             }
             SnapshotRow::Kill(k) => {
                 snapshot.kills.insert(k.scope.clone(), k);
+            }
+            SnapshotRow::Fx(f) => {
+                snapshot.fx_rates.insert(f.pair.clone(), f);
             }
             SnapshotRow::Decided {
                 intent_id,

@@ -24,8 +24,9 @@ pub mod kind {
     pub const SETTLEMENT_APPLIED: &str = "settlement_applied";
     pub const SETTLEMENT_REFUSED: &str = "settlement_refused";
     pub const AUTHORIZATION_EXPIRED: &str = "authorization_expired";
+    pub const FX_RATE_SET: &str = "fx_rate_set";
 
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         POLICY_ACTIVATED,
         INTENT_DECIDED,
         INTENT_INVALID,
@@ -39,6 +40,7 @@ pub mod kind {
         SETTLEMENT_APPLIED,
         SETTLEMENT_REFUSED,
         AUTHORIZATION_EXPIRED,
+        FX_RATE_SET,
     ];
 }
 
@@ -58,10 +60,11 @@ pub enum EventKind {
     SettlementApplied,
     SettlementRefused,
     AuthorizationExpired,
+    FxRateSet,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::PolicyActivated,
         EventKind::IntentDecided,
         EventKind::IntentInvalid,
@@ -75,6 +78,7 @@ impl EventKind {
         EventKind::SettlementApplied,
         EventKind::SettlementRefused,
         EventKind::AuthorizationExpired,
+        EventKind::FxRateSet,
     ];
 
     /// The stored name (`ledger_event.event_type`).
@@ -93,6 +97,7 @@ impl EventKind {
             EventKind::SettlementApplied => kind::SETTLEMENT_APPLIED,
             EventKind::SettlementRefused => kind::SETTLEMENT_REFUSED,
             EventKind::AuthorizationExpired => kind::AUTHORIZATION_EXPIRED,
+            EventKind::FxRateSet => kind::FX_RATE_SET,
         }
     }
 
@@ -127,6 +132,7 @@ pub enum LedgerEvent {
     SettlementApplied(Box<SettlementApplied>),
     SettlementRefused(SettlementRefused),
     AuthorizationExpired(Box<AuthorizationExpired>),
+    FxRateSet(FxRateSet),
 }
 
 /// A stored event that cannot be read back as a [`LedgerEvent`].
@@ -157,6 +163,7 @@ impl LedgerEvent {
             LedgerEvent::SettlementApplied(_) => EventKind::SettlementApplied,
             LedgerEvent::SettlementRefused(_) => EventKind::SettlementRefused,
             LedgerEvent::AuthorizationExpired(_) => EventKind::AuthorizationExpired,
+            LedgerEvent::FxRateSet(_) => EventKind::FxRateSet,
         }
     }
 
@@ -176,6 +183,7 @@ impl LedgerEvent {
             LedgerEvent::SettlementApplied(p) => canonical(p),
             LedgerEvent::SettlementRefused(p) => canonical(p),
             LedgerEvent::AuthorizationExpired(p) => canonical(p),
+            LedgerEvent::FxRateSet(p) => canonical(p),
         }
     }
 
@@ -233,6 +241,7 @@ impl LedgerEvent {
             EventKind::AuthorizationExpired => {
                 LedgerEvent::AuthorizationExpired(Box::new(Deserialize::deserialize(de)?))
             }
+            EventKind::FxRateSet => LedgerEvent::FxRateSet(Deserialize::deserialize(de)?),
         })
     }
 }
@@ -306,6 +315,42 @@ pub struct IntentDecided<I = serde_json::Value> {
     /// SPEC §11: those authorizations use the default of 7 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_ttl_secs: Option<i64>,
+    /// An intent in an accepted foreign currency: the rate used and the converted
+    /// amount every cap, limit and window saw (SPEC §12.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fx: Option<FxConversion>,
+}
+
+/// A conversion recorded with a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FxConversion {
+    /// `USD/BRL`: one unit of the intent's currency in the policy's.
+    pub pair: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: rust_decimal::Decimal,
+    /// The `fx_rate_set` event the rate comes from.
+    pub rate_seq: i64,
+    /// The intent's amount in the policy currency (rounded half-up to its minor unit).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: rust_decimal::Decimal,
+    pub currency: String,
+    /// The intent's own amount (in the pair's base currency).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub intent_amount: rust_decimal::Decimal,
+}
+
+/// An exchange rate set by an operator (SPEC §12.3): `rate` units of `quote` per unit
+/// of `base`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FxRateSet {
+    pub base: String,
+    pub quote: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: rust_decimal::Decimal,
+    pub actor: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,6 +429,21 @@ pub struct IntentClosed {
     /// CANCELLED: the settlement message that cancelled it (idempotency).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settlement: Option<SettlementRef>,
+    /// APPROVED in a foreign currency: the authorization is kept in the intent's
+    /// currency and amount, its usage converted at `rate` (SPEC §12.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fx: Option<ClosedFx>,
+}
+
+/// The intent's own amount and currency, and the rate of its decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClosedFx {
+    #[serde(with = "rust_decimal::serde::str")]
+    pub intent_amount: rust_decimal::Decimal,
+    pub intent_currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: rust_decimal::Decimal,
 }
 
 /// A settlement message as the ledger identifies it: its id and keyed fingerprint.

@@ -19,8 +19,8 @@ use super::authorization::{AuthorizationState, SettlementRefusal};
 use super::chain::{self, Hash, INTAKE_CHAIN, agent_chain};
 use super::events::{self, LedgerEvent};
 use super::store::{
-    AuthorizationRow, DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, SettlementRow,
-    SpendRecordRow, VoteRow,
+    AuthorizationRow, DecisionRow, FxRateRow, KillRow, OutcomeRow, PendingRow, PolicyRow,
+    SettlementRow, SpendRecordRow, VoteRow,
 };
 use super::usage::{self, UsageKey};
 use super::{Outcome, OutcomeMessage, VerifiedVote, Vote};
@@ -80,6 +80,8 @@ pub enum Change {
     Authorization(Box<AuthorizationRow>),
     /// An applied settlementId (idempotency).
     Settlement(SettlementRow),
+    /// The latest rate of a currency pair.
+    FxRate(FxRateRow),
     /// A new spend record (an intent that holds usage against limits).
     Record(Box<SpendRecordRow>),
     /// What an intent's record holds now.
@@ -96,6 +98,11 @@ pub enum Change {
         message: Box<OutcomeMessage>,
         text: String,
     },
+}
+
+/// `USD/BRL`: units of `quote` per unit of `base`.
+pub fn fx_pair(base: &str, quote: &str) -> String {
+    format!("{base}/{quote}")
 }
 
 /// Default `authorizationTtl` (SPEC §11) for events recorded before it existed.
@@ -269,6 +276,12 @@ pub fn delta(
             seq: r.seq,
         })),
         LedgerEvent::SettlementApplied(a) => settlement_delta(r, a, out)?,
+        LedgerEvent::FxRateSet(f) => out(Change::FxRate(FxRateRow {
+            pair: fx_pair(&f.base, &f.quote),
+            rate: f.rate,
+            set_at: r.recorded_at,
+            seq: r.seq,
+        })),
         LedgerEvent::AuthorizationExpired(x) => {
             let row = AuthorizationRow {
                 intent_id: x.intent_id.clone(),
@@ -349,7 +362,7 @@ fn settlement_delta(
 fn record_holds(row: &AuthorizationRow, seq: i64) -> Change {
     Change::RecordHolds {
         intent_id: row.intent_id.clone(),
-        amount: row.state.usage(),
+        amount: row.state.usage_in_windows(),
         counts: row.state.counts(),
         seq,
     }
@@ -364,7 +377,7 @@ fn usage_adjustment(row: &AuthorizationRow, delta: Decimal, out: &mut impl FnMut
     let st = &row.state;
     for (kind, start) in [(usage::DAY, st.day), (usage::MONTH, st.month)] {
         out(Change::Usage {
-            key: usage::key(&row.agent_id, kind, &st.tz, &st.currency, start),
+            key: usage::key(&row.agent_id, kind, &st.tz, st.window_currency(), start),
             committed: delta,
             reserved: Decimal::ZERO,
         });
@@ -454,19 +467,17 @@ fn decided_delta(
         seq: r.seq,
         month: u.window.month.clone(),
     })?;
-    // Windows are in the policy's currency; every effect that moves usage had the
-    // intent in that currency (another currency is denied), so the intent's is exact.
-    let (committed, reserved) = decision_usage(d.evaluation.effect, intent.amount);
+    // Windows are in the policy's currency: the intent's amount, or its conversion at
+    // the recorded rate (SPEC §12.3; any other currency is denied and moves nothing).
+    let (amount, currency) = match &d.fx {
+        Some(fx) => (fx.amount, fx.currency.as_str()),
+        None => (intent.amount, intent.currency.as_str()),
+    };
+    let (committed, reserved) = decision_usage(d.evaluation.effect, amount);
     if !committed.is_zero() || !reserved.is_zero() {
         for (kind, start) in [(usage::DAY, u.window.day), (usage::MONTH, month)] {
             out(Change::Usage {
-                key: usage::key(
-                    &intent.agent_id,
-                    kind,
-                    &u.window.tz,
-                    &intent.currency,
-                    start,
-                ),
+                key: usage::key(&intent.agent_id, kind, &u.window.tz, currency, start),
                 committed,
                 reserved,
             });
@@ -480,8 +491,8 @@ fn decided_delta(
             effect: d.evaluation.effect.as_str().to_string(),
             approvals_required: i32::try_from(d.evaluation.approvals_required.max(1))
                 .unwrap_or(i32::MAX),
-            amount: intent.amount,
-            currency: intent.currency.clone(),
+            amount,
+            currency: currency.to_string(),
             tz: u.window.tz.clone(),
             day: u.window.day,
             month,
@@ -490,6 +501,9 @@ fn decided_delta(
             authorization_ttl_secs: d
                 .authorization_ttl_secs
                 .unwrap_or(crate::policy::model::DEFAULT_AUTHORIZATION_TTL_SECS),
+            fx_rate: d.fx.as_ref().map(|f| f.rate),
+            intent_amount: d.fx.as_ref().map(|_| intent.amount),
+            intent_currency: d.fx.as_ref().map(|_| intent.currency.clone()),
         }));
     }
     if d.evaluation.effect != Effect::Deny {
@@ -502,8 +516,8 @@ fn decided_delta(
             beneficiary_id: intent.beneficiary.id.clone(),
             country: intent.beneficiary.country.clone(),
             purpose: intent.purpose.as_str().to_string(),
-            currency: intent.currency.clone(),
-            amount: intent.amount,
+            currency: currency.to_string(),
+            amount,
             counts: true,
             seq: r.seq,
         })));
@@ -512,18 +526,22 @@ fn decided_delta(
         let ttl = d
             .authorization_ttl_secs
             .map_or_else(default_authorization_ttl, chrono::Duration::seconds);
+        let mut state = AuthorizationState::open(
+            amount,
+            currency,
+            &u.window.tz,
+            u.window.day,
+            month,
+            chain::to_micros(d.accepted_at + ttl),
+        );
+        if let Some(fx) = &d.fx {
+            state = state.in_foreign_currency(intent.amount, &intent.currency, fx.rate);
+        }
         out(Change::Authorization(Box::new(AuthorizationRow {
             intent_id: intent.intent_id.clone(),
             agent_id: intent.agent_id.clone(),
             entity_id: intent.entity_id.clone(),
-            state: AuthorizationState::open(
-                intent.amount,
-                &intent.currency,
-                &u.window.tz,
-                u.window.day,
-                month,
-                chain::to_micros(d.accepted_at + ttl),
-            ),
+            state,
             seq: r.seq,
         })));
     }
@@ -709,6 +727,8 @@ pub struct Projections {
     pub authorizations: BTreeMap<String, AuthorizationRow>,
     /// settlementId → the settlement applied under it
     pub settlements: BTreeMap<String, SettlementRow>,
+    /// `USD/BRL` → the latest rate (SPEC §12.3)
+    pub fx_rates: BTreeMap<String, FxRateRow>,
     /// intent → what it holds against limits (SPEC §12)
     pub records: BTreeMap<String, SpendRecordRow>,
     /// `agent:ID` / `entity:ID` → intents of [`Self::records`] (limit scopes)
@@ -800,6 +820,9 @@ impl Projections {
                 }
             }
             Change::Lifecycle { .. } => {}
+            Change::FxRate(f) => {
+                self.fx_rates.insert(f.pair.clone(), f.clone());
+            }
             Change::Record(rec) => self.insert_record((**rec).clone()),
             Change::RecordHolds {
                 intent_id,
@@ -1021,6 +1044,8 @@ pub struct Verdict {
     pub expires_at: Option<DateTime<Utc>>,
     /// The policy's `authorizationTtl` for an effect that can authorize spend.
     pub authorization_ttl_secs: Option<i64>,
+    /// The conversion of a foreign-currency intent.
+    pub fx: Option<events::FxConversion>,
 }
 
 /// The decision rule: kill switch and usage windows from the snapshot (windows of the
@@ -1032,6 +1057,21 @@ pub fn verdict(
     policy: Option<&CompiledPolicy>,
     now: DateTime<Utc>,
 ) -> Verdict {
+    // An accepted foreign currency is converted at the latest recorded rate; every
+    // check then sees the intent in the policy's currency (SPEC §12.3).
+    let fx = policy.and_then(|p| conversion(s, intent, p));
+    let converted;
+    let intent = match &fx {
+        Some(f) => {
+            converted = SpendIntent {
+                amount: f.amount,
+                currency: f.currency.clone(),
+                ..intent.clone()
+            };
+            &converted
+        }
+        None => intent,
+    };
     let kill = s.kill_state(&intent.agent_id, &intent.entity_id);
     let (usage_seen, report) = match policy {
         Some(p) => {
@@ -1096,7 +1136,7 @@ pub fn verdict(
             })
             .collect();
     }
-    let evaluation = match policy {
+    let mut evaluation = match policy {
         Some(p) => policy::evaluate_limited(
             p,
             &EvalInput {
@@ -1109,6 +1149,26 @@ pub fn verdict(
         ),
         None => policy::no_policy_bound(intent),
     };
+    if let (Some(f), Some(p)) = (&fx, policy) {
+        let minor = p.currency.minor_units;
+        let base = f.pair.split('/').next().unwrap_or_default();
+        // Informational (ALLOW never raises the decision); listed last, after the
+        // findings that decided.
+        evaluation.reasons.push(crate::decision::Finding {
+            effect: Effect::Allow,
+            code: std::borrow::Cow::Borrowed(CURRENCY_CONVERTED),
+            detail: std::borrow::Cow::Owned(format!(
+                "{} {base} × {} ({}, ledgerSeq {}) = {} {}",
+                f.intent_amount,
+                f.rate,
+                f.pair,
+                f.rate_seq,
+                crate::money::format_amount(f.amount, minor),
+                f.currency
+            )),
+            approvals: 0,
+        });
+    }
     let expires_at = match policy {
         Some(p) if evaluation.effect.needs_approval() => {
             Some(chain::to_micros(now + p.approval_ttl))
@@ -1125,7 +1185,35 @@ pub fn verdict(
         evaluation,
         expires_at,
         authorization_ttl_secs,
+        fx,
     }
+}
+
+/// Reason code of the informational finding a converted intent carries (stable).
+pub const CURRENCY_CONVERTED: &str = "currency_converted";
+
+/// The conversion of an intent in a currency the policy accepts, at the latest rate
+/// in `s`; `None` when it is in the policy's currency, not accepted, or has no rate
+/// (then the evaluator denies it as `currency_not_supported`).
+fn conversion(
+    s: &Projections,
+    intent: &SpendIntent,
+    p: &CompiledPolicy,
+) -> Option<events::FxConversion> {
+    if intent.currency == p.currency.code || !p.accepts_fx(&intent.currency) {
+        return None;
+    }
+    let pair = fx_pair(&intent.currency, p.currency.code);
+    let rate = s.fx_rates.get(&pair)?;
+    let amount = crate::money::convert(intent.amount, rate.rate, p.currency.minor_units)?;
+    Some(events::FxConversion {
+        pair,
+        rate: rate.rate,
+        rate_seq: rate.seq,
+        amount,
+        currency: p.currency.code.to_string(),
+        intent_amount: intent.amount,
+    })
 }
 
 /// The `intent_decided` payload of a verdict (`intent` as it is stored: masked).
@@ -1148,6 +1236,7 @@ pub fn decided(
         evaluation: v.evaluation,
         expires_at: v.expires_at,
         authorization_ttl_secs: v.authorization_ttl_secs,
+        fx: v.fx,
     }
 }
 
@@ -1198,6 +1287,18 @@ pub fn close(
                 chain::to_micros(now + chrono::Duration::seconds(p.authorization_ttl_secs))
             }),
             settlement: None,
+            fx: match (p.fx_rate, p.intent_amount, &p.intent_currency) {
+                (Some(rate), Some(intent_amount), Some(intent_currency))
+                    if outcome == Outcome::Approved =>
+                {
+                    Some(events::ClosedFx {
+                        intent_amount,
+                        intent_currency: intent_currency.clone(),
+                        rate,
+                    })
+                }
+                _ => None,
+            },
         }),
     }
 }

@@ -758,6 +758,47 @@ impl Ledger {
         Ok(seq)
     }
 
+    /// Records an exchange rate (SPEC §12.3): `rate` units of `quote` per unit of
+    /// `base`, used for intents accepted after this commits. Takes the kill-switch key
+    /// exclusively, like a kill-switch change: no decision straddles the new rate, so
+    /// ledger order is the order decisions saw rates in (replay relies on it).
+    pub async fn set_fx_rate(
+        &self,
+        base: &str,
+        quote: &str,
+        rate: rust_decimal::Decimal,
+        actor: &str,
+        reason: &str,
+        origin: &Origin,
+    ) -> Result<i64, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let chains = vec![GLOBAL_CHAIN.to_string()];
+        let now = store::lock_chains(&mut tx, &chains, Some(chain::kill_switch_lock_key()), false)
+            .await?;
+        let staged = Staged {
+            chain_id: GLOBAL_CHAIN.to_string(),
+            actor: actor.to_string(),
+            resource: format!("fx:{}", machine::fx_pair(base, quote)),
+            event: LedgerEvent::FxRateSet(events::FxRateSet {
+                base: base.to_string(),
+                quote: quote.to_string(),
+                rate,
+                actor: actor.to_string(),
+                reason: reason.to_string(),
+            }),
+        };
+        let mut ws = WriteSet::default();
+        ws.load_heads(&mut tx, &chains).await?;
+        ws.reserve_seqs(&mut tx, 1).await?;
+        let seq = ws
+            .record(&mut Projections::default(), &staged, now, origin)?
+            .recorded
+            .seq;
+        ws.flush(&mut tx).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
     pub async fn kill_switch_state(&self) -> Result<Vec<KillSwitchEntry>, LedgerError> {
         Ok(sqlx::query_as::<_, KillSwitchEntry>(
             "SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch ORDER BY scope",

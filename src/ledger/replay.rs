@@ -17,8 +17,8 @@ use super::events::{self, EventError, LedgerEvent, kind};
 use super::machine::{self, Projections, Recorded};
 use super::settle::{AUTHORIZATION_COLUMNS, SETTLEMENT_COLUMNS, SPEND_RECORD_COLUMNS};
 use super::store::{
-    AuthorizationRow, DecisionRow, KillRow, OutcomeRow, PendingRow, PolicyRow, SettlementRow,
-    SpendRecordRow, VoteRow,
+    AuthorizationRow, DecisionRow, FxRateRow, KillRow, OutcomeRow, PendingRow, PolicyRow,
+    SettlementRow, SpendRecordRow, VoteRow,
 };
 use super::usage::{self, UsageKey};
 use super::votes::{OUTCOME_COLUMNS, PENDING_COLUMNS, VOTE_COLUMNS};
@@ -557,6 +557,12 @@ fn reverify(
             d.authorization_ttl_secs, again.authorization_ttl_secs
         )));
     }
+    if again.fx != d.fx {
+        report.mismatch(at(&format!(
+            "intent {id}: recorded conversion {:?} but the rates before it give {:?}",
+            d.fx, again.fx
+        )));
+    }
     if again.expires_at != d.expires_at {
         report.mismatch(at(&format!(
             "intent {id}: recorded approval expiry {:?} but the policy gives {:?}",
@@ -583,6 +589,7 @@ async fn compare_live(
         authorizations,
         settlements,
         records,
+        fx_rates,
         ..
     } = rebuilt;
 
@@ -793,6 +800,14 @@ async fn compare_live(
             .map(|r| (r.intent_id.clone(), r))
             .collect();
     diff_maps("spend_record", &records, &live_records, report);
+    let live_fx: BTreeMap<String, FxRateRow> =
+        sqlx::query_as::<_, FxRateRow>("SELECT pair, rate, set_at, seq FROM fx_rate")
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|f| (f.pair.clone(), f))
+            .collect();
+    diff_maps("fx_rate", &fx_rates, &live_fx, report);
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use sqlx::PgConnection;
 use std::collections::BTreeMap;
 
 /// The columns of `authorization_state` and `settlement`, in their row types' order.
-pub(crate) const AUTHORIZATION_COLUMNS: &str = "intent_id, agent_id, entity_id, authorized, captured, voided, refunded, restored, expired_amount, is_final, expired, expires_at, currency, tz, day, month, seq";
+pub(crate) const AUTHORIZATION_COLUMNS: &str = "intent_id, agent_id, entity_id, authorized, captured, voided, refunded, restored, expired_amount, is_final, expired, expires_at, currency, tz, day, month, seq, fx_rate, usage_currency";
 pub(crate) const SPEND_RECORD_COLUMNS: &str = "intent_id, agent_id, entity_id, accepted_at, category, beneficiary_id, country, purpose, currency, amount, counts, seq";
 pub(crate) const SETTLEMENT_COLUMNS: &str =
     "settlement_id, intent_id, agent_id, fingerprint, seq, message";

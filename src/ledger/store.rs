@@ -75,6 +75,22 @@ pub struct PendingRow {
     pub expires_at: DateTime<Utc>,
     /// The policy's `authorizationTtl`: an approval opens an authorization this long.
     pub authorization_ttl_secs: i64,
+    /// A foreign-currency intent (SPEC §12.3): its own amount and currency and the
+    /// decision's rate (`amount` / `currency` above are converted).
+    pub fx_rate: Option<Decimal>,
+    pub intent_amount: Option<Decimal>,
+    pub intent_currency: Option<String>,
+}
+
+/// `fx_rate`: the latest rate of each currency pair (SPEC §12.3).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Deserialize)]
+pub struct FxRateRow {
+    /// `USD/BRL`.
+    pub pair: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: Decimal,
+    pub set_at: DateTime<Utc>,
+    pub seq: i64,
 }
 
 /// `authorization_state`: one row per authorized intent (SPEC §11).
@@ -191,6 +207,7 @@ pub struct WriteSet {
     /// Last state per intent (upserted).
     pub authorizations: BTreeMap<String, AuthorizationRow>,
     pub settlements: Vec<SettlementRow>,
+    pub fx_rates: Vec<FxRateRow>,
     pub records: Vec<SpendRecordRow>,
     /// intent → (amount, counts, seq), last wins.
     pub record_holds: BTreeMap<String, (Decimal, bool, i64)>,
@@ -413,6 +430,7 @@ impl WriteSet {
                 self.authorizations.insert(a.intent_id.clone(), *a);
             }
             Change::Settlement(row) => self.settlements.push(row),
+            Change::FxRate(row) => self.fx_rates.push(row),
             Change::Record(r) => self.records.push(*r),
             Change::RecordHolds {
                 intent_id,
@@ -557,8 +575,8 @@ impl WriteSet {
         if !self.pending_insert.is_empty() {
             let p = &self.pending_insert;
             sqlx::query(
-                "INSERT INTO pending_approval (intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at, authorization_ttl_secs)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::numeric[], $7::text[], $8::text[], $9::date[], $10::date[], $11::bigint[], $12::timestamptz[], $13::bigint[])",
+                "INSERT INTO pending_approval (intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at, authorization_ttl_secs, fx_rate, intent_amount, intent_currency)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::numeric[], $7::text[], $8::text[], $9::date[], $10::date[], $11::bigint[], $12::timestamptz[], $13::bigint[], $14::numeric[], $15::numeric[], $16::text[])",
             )
             .bind(p.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
             .bind(p.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
@@ -573,6 +591,9 @@ impl WriteSet {
             .bind(p.iter().map(|r| r.decided_seq).collect::<Vec<_>>())
             .bind(p.iter().map(|r| r.expires_at).collect::<Vec<_>>())
             .bind(p.iter().map(|r| r.authorization_ttl_secs).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.fx_rate).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.intent_amount).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.intent_currency.as_deref()).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
@@ -641,8 +662,8 @@ impl WriteSet {
         if !self.authorizations.is_empty() {
             let a: Vec<&AuthorizationRow> = self.authorizations.values().collect();
             sqlx::query(
-                "INSERT INTO authorization_state (intent_id, agent_id, entity_id, authorized, captured, voided, refunded, restored, expired_amount, is_final, expired, expires_at, currency, tz, day, month, seq)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::bool[], $11::bool[], $12::timestamptz[], $13::text[], $14::text[], $15::date[], $16::date[], $17::bigint[])
+                "INSERT INTO authorization_state (intent_id, agent_id, entity_id, authorized, captured, voided, refunded, restored, expired_amount, is_final, expired, expires_at, currency, tz, day, month, seq, fx_rate, usage_currency)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::bool[], $11::bool[], $12::timestamptz[], $13::text[], $14::text[], $15::date[], $16::date[], $17::bigint[], $18::numeric[], $19::text[])
                  ON CONFLICT (intent_id) DO UPDATE SET captured = EXCLUDED.captured, voided = EXCLUDED.voided,
                      refunded = EXCLUDED.refunded, restored = EXCLUDED.restored, expired_amount = EXCLUDED.expired_amount,
                      is_final = EXCLUDED.is_final, expired = EXCLUDED.expired, seq = EXCLUDED.seq",
@@ -664,6 +685,8 @@ impl WriteSet {
             .bind(a.iter().map(|r| r.state.day).collect::<Vec<_>>())
             .bind(a.iter().map(|r| r.state.month).collect::<Vec<_>>())
             .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.fx_rate).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.usage_currency.as_deref()).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
@@ -679,6 +702,18 @@ impl WriteSet {
             .bind(st.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
             .bind(st.iter().map(|r| r.seq).collect::<Vec<_>>())
             .bind(st.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        for f in &self.fx_rates {
+            sqlx::query(
+                "INSERT INTO fx_rate (pair, rate, set_at, seq) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (pair) DO UPDATE SET rate = EXCLUDED.rate, set_at = EXCLUDED.set_at, seq = EXCLUDED.seq",
+            )
+            .bind(&f.pair)
+            .bind(f.rate)
+            .bind(f.set_at)
+            .bind(f.seq)
             .execute(&mut *conn)
             .await?;
         }

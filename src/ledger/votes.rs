@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 /// The columns of `pending_approval`, `approval_vote` and `intent_outcome`, in the
 /// order of their row types (replay reads the same rows).
-pub(crate) const PENDING_COLUMNS: &str = "intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at, authorization_ttl_secs";
+pub(crate) const PENDING_COLUMNS: &str = "intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at, authorization_ttl_secs, fx_rate, intent_amount, intent_currency";
 pub(crate) const VOTE_COLUMNS: &str = "intent_id, approver_id, vote, signed_at, seq";
 pub(crate) const OUTCOME_COLUMNS: &str = "intent_id, agent_id, outcome, closed_at, seq, message";
 

@@ -211,6 +211,8 @@ pub struct CompiledPolicy {
     pub(crate) rules: Vec<CompiledRule>,
     pub(crate) rego: Option<RegoProgram>,
     pub(crate) limits: Vec<super::limits::CompiledLimit>,
+    /// Foreign currencies accepted (SPEC §12.3).
+    pub(crate) fx_accept: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -434,6 +436,21 @@ fn validate_spec(spec: &PolicySpec, text: &str, origin: &str) -> Result<(), Poli
         }
     }
     validate_limits(spec, text, origin, cur)?;
+    if let Some(fx) = &spec.fx {
+        for c in &fx.accept {
+            if !money::is_known_currency(&c.0) || c.0 == spec.currency.0 {
+                return err(
+                    &["fx", "accept"],
+                    "invalid_field",
+                    format!(
+                        "fx.accept lists {:?}: not an ISO 4217 code other than the policy currency {}",
+                        c.0, spec.currency.0
+                    ),
+                    "list foreign currencies like [USD, EUR]",
+                );
+            }
+        }
+    }
     if spec.rules.len() > model::MAX_RULES {
         return err(
             &["rules"],
@@ -687,6 +704,9 @@ fn normalize(spec: &mut PolicySpec) {
             }
         }
     }
+    if let Some(fx) = &mut spec.fx {
+        set(&mut fx.accept);
+    }
     if let Some(a) = &mut spec.allow_lists {
         if let Some(b) = &mut a.beneficiaries {
             set(b);
@@ -816,6 +836,11 @@ impl CompiledPolicy {
                 .iter()
                 .map(super::limits::CompiledLimit::compile)
                 .collect(),
+            fx_accept: spec
+                .fx
+                .as_ref()
+                .map(|f| f.accept.iter().map(|c| c.0.clone()).collect())
+                .unwrap_or_default(),
             canonical,
             spec,
         })
@@ -824,6 +849,11 @@ impl CompiledPolicy {
     /// The canonical JSON recorded in the ledger; `parse(canonical)` yields the same identity.
     pub fn canonical_json(&self) -> &str {
         &self.canonical
+    }
+
+    /// Whether intents in `currency` are accepted and converted (SPEC §12.3).
+    pub fn accepts_fx(&self, currency: &str) -> bool {
+        self.fx_accept.iter().any(|c| c == currency)
     }
 
     /// The policy's limits (SPEC §12), in the order written.

@@ -168,7 +168,7 @@ impl JsonSchema for CountryCode {
 }
 
 /// An ISO 4217 currency code known to spendguard (`BRL`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct CurrencyCode(pub String);
 
@@ -535,6 +535,18 @@ pub struct PolicySpec {
     /// optionally filtered (SPEC §12). `caps` stays as shorthand.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<LimitSpec>,
+    /// Foreign currencies accepted (SPEC §12.3), converted at the latest rate the
+    /// ledger recorded before acceptance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fx: Option<FxSpec>,
+}
+
+/// SPEC §12.3 `fx`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FxSpec {
+    /// ISO 4217 codes accepted besides the policy currency.
+    pub accept: Vec<CurrencyCode>,
 }
 
 /// Most limits in one policy.

@@ -218,6 +218,18 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
         "i-allow's remainder and i-hitl's approved authorization"
     );
 
+    ledger
+        .set_fx_rate(
+            "USD",
+            "BRL",
+            "5.25".parse().unwrap(),
+            "treasury",
+            "fixing",
+            &o,
+        )
+        .await
+        .unwrap();
+
     let mut types = event_types(&db).await;
     types.sort();
     let mut all: Vec<String> = spendguard::ledger::events::kind::ALL

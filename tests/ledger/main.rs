@@ -7,6 +7,7 @@ mod harness;
 
 mod concurrency;
 mod events;
+mod fx;
 mod impact_history;
 mod lifecycle;
 mod limits;

@@ -126,7 +126,7 @@ prop_compose! {
             msig: msig.map(|(h, n)| Msig { threshold: MsigThreshold { higher_than: Amount(h), approvals: n } }),
             allow_lists: Some(AllowLists { beneficiaries: allow_b, countries: allow_c }),
             block_lists: Some(BlockLists { categories: block_c, beneficiaries: block_b }),
-            rules, approval_ttl: None, rego: None, authorization_ttl: None, refunds: None, limits: vec![],
+            rules, approval_ttl: None, rego: None, authorization_ttl: None, refunds: None, limits: vec![], fx: None,
         }
     }
 }
