@@ -229,3 +229,146 @@ pub fn run_impact(args: ImpactArgs) -> anyhow::Result<i32> {
     }
     Ok(report.exit_code())
 }
+
+#[derive(Debug, Clone, Args)]
+pub struct UsageArgs {
+    /// The agent whose limits to show.
+    pub agent: String,
+    /// Entity to resolve the policy binding for (default: the entity of the agent's last
+    /// recorded intent).
+    #[arg(long)]
+    pub entity: Option<String>,
+    /// PostgreSQL URL of the ledger.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Policy directory (policies + bindings.yaml), as `serve` loads it.
+    #[arg(long, env = "SPENDGUARD_POLICIES")]
+    pub policies: PathBuf,
+    /// JSON (the `limits` of `GET /v1/agents/{id}/usage`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `spendguard usage`: every limit of the agent's policy, as `GET /v1/agents/{id}/usage`
+/// reports it (same ledger read, at the ledger's clock). Exit 0; 1 when nothing is bound.
+pub fn run_usage(args: UsageArgs) -> anyhow::Result<i32> {
+    let set =
+        crate::policy::PolicySet::load_dir(&args.policies).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (entity, policy, report) = runtime()?.block_on(async {
+        let ledger = connect(&args.database_url).await?;
+        let entity = match &args.entity {
+            Some(e) => e.clone(),
+            None => ledger.latest_entity_of(&args.agent).await?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "agent {:?} has no recorded intents; pass --entity ID",
+                    args.agent
+                )
+            })?,
+        };
+        let Some(policy) = set.resolve(&args.agent, &entity) else {
+            return Ok::<_, anyhow::Error>((entity, None, None));
+        };
+        let report = ledger
+            .limit_usage(&policy, Some(&args.agent), &entity)
+            .await?;
+        Ok((entity, Some(policy), Some(report)))
+    })?;
+    let (Some(policy), Some(report)) = (policy, report) else {
+        eprintln!(
+            "no policy is bound to agent {:?} of entity {entity:?} in {}",
+            args.agent,
+            args.policies.display()
+        );
+        return Ok(1);
+    };
+    let limits: Vec<crate::api::views::LimitUsageView> = report
+        .limits
+        .iter()
+        .map(|l| crate::api::limit_usage_view(l, policy.currency.minor_units))
+        .collect();
+    if args.json {
+        let out = serde_json::json!({
+            "agentId": args.agent,
+            "entityId": entity,
+            "policy": policy.identity,
+            "currency": policy.currency.code,
+            "timezone": policy.tz.name(),
+            "asOf": report.as_of,
+            "limits": limits,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!(
+            "{}",
+            usage_table(&args.agent, &entity, &policy, report.as_of, &limits)
+        );
+    }
+    Ok(0)
+}
+
+/// The readable form of [`run_usage`]: one line per limit.
+pub fn usage_table(
+    agent: &str,
+    entity: &str,
+    policy: &crate::policy::CompiledPolicy,
+    as_of: chrono::DateTime<Utc>,
+    limits: &[crate::api::views::LimitUsageView],
+) -> String {
+    let currency = policy.currency.code;
+    let mut out = format!(
+        "agent {agent} of entity {entity}: policy {} {} ({currency}, {}), as of {}\n",
+        policy.identity.name,
+        policy.identity.version,
+        policy.tz.name(),
+        as_of.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+    if limits.is_empty() {
+        out.push_str("no limits\n");
+        return out;
+    }
+    let at = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    let mut rows: Vec<[String; 6]> = vec![[
+        "LIMIT".into(),
+        "SCOPE".into(),
+        "WINDOW".into(),
+        format!("AMOUNT used/limit (left) {currency}"),
+        "COUNT used/limit (left)".into(),
+        "NEXT".into(),
+    ]];
+    for l in limits {
+        let amount = match (&l.amount, &l.amount_used, &l.amount_remaining) {
+            (Some(max), Some(used), Some(left)) => format!("{used} / {max} ({left})"),
+            _ => "-".into(),
+        };
+        let count = match (l.count, l.count_used, l.count_remaining) {
+            (Some(max), Some(used), Some(left)) => format!("{used} / {max} ({left})"),
+            _ => "-".into(),
+        };
+        let next = match (&l.resets_at, &l.frees_next_at) {
+            (Some(t), _) => format!("resets {}", at(t)),
+            (_, Some(t)) => format!("frees {}", at(t)),
+            _ => "-".into(),
+        };
+        rows.push([
+            l.name.clone(),
+            l.scope.clone(),
+            l.window.clone(),
+            amount,
+            count,
+            next,
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

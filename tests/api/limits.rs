@@ -194,6 +194,31 @@ async fn agent_and_entity_usage_report_every_limit_exactly() {
     assert_eq!(json(&b)["policies"][0]["limits"][0]["amountUsed"], "0.00");
     let _ = stop.send(());
 
+    // The CLI prints the same limits (JSON), and a table.
+    let args = [
+        "usage",
+        "a1",
+        "--database-url",
+        db.url.as_str(),
+        "--policies",
+        path.to_str().unwrap(),
+    ];
+    let (code, out) = crate::harness::serve::run(&[&args[..], &["--json"]].concat());
+    assert_eq!(code, 0, "{out}");
+    let cli = json(&out);
+    assert_eq!(cli["entityId"], ENTITY);
+    // Nothing was decided since: the same numbers and instants.
+    assert_eq!(cli["limits"], u["limits"], "{out}");
+    let (code, table) = crate::harness::serve::run(&args);
+    assert_eq!(code, 0, "{table}");
+    assert!(
+        table.contains("weekly-utility  agent   ")
+            && table.contains("500.00 / 1000.00 (500.00)")
+            && table.contains("3 / 3 (0)")
+            && table.contains("950.00 / 1500.00 (550.00)"),
+        "{table}"
+    );
+
     // What deciding sees: a1's next intent breaks `burst` (its count is used up).
     let ledger = db.ledger().await;
     let d = ledger
