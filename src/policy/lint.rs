@@ -2,7 +2,10 @@
 //! stable code and a severity; errors make `spendguard policy check` fail.
 
 use super::compile::{Matcher, rule_key};
-use super::model::{Conditions, Pattern, PolicySpec};
+use super::limits::CompiledLimit;
+use super::model::{
+    CalendarWindow, Conditions, LimitScope, LimitSpec, Pattern, PolicySpec, WindowKind,
+};
 use crate::decision::Effect;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -26,7 +29,7 @@ pub struct Lint {
 }
 
 /// Every lint code with its severity, for documentation and tests.
-pub const LINT_CODES: [(&str, Severity); 11] = [
+pub const LINT_CODES: [(&str, Severity); 16] = [
     ("rule_shadowed", Severity::Warning),
     ("rule_unreachable", Severity::Warning),
     ("rule_order_can_lower_severity", Severity::Warning),
@@ -38,6 +41,11 @@ pub const LINT_CODES: [(&str, Severity); 11] = [
     ("unknown_category", Severity::Warning),
     ("unknown_country", Severity::Error),
     ("missing_version", Severity::Warning),
+    ("duplicate_limit_name", Severity::Error),
+    ("count_limit_zero", Severity::Error),
+    ("limit_filter_matches_nothing", Severity::Error),
+    ("limit_unreachable", Severity::Warning),
+    ("limit_redundant_with_caps", Severity::Warning),
 ];
 
 fn severity_of(code: &str) -> Severity {
@@ -224,7 +232,179 @@ pub fn lint(spec: &PolicySpec) -> Vec<Lint> {
             out.push("rule_order_can_lower_severity", format!("rule {n} ({} on an amount condition) comes before the stricter rule {} ({}): raising the amount can make rule {n} match first and lower the decision", rule.then.effect, n + 1 + k, spec.rules[i + 1 + k].then.effect), "order rules from most to least severe", &keys);
         }
     }
+    lint_limits(&mut out, spec);
     out.0
+}
+
+/// Key of the i-th limit for [`super::error::locate`]: its `name` (every limit has one),
+/// counted from the `limits` key.
+fn limit_keys(i: usize) -> [String; 2] {
+    ["limits".to_string(), format!("name#{i}")]
+}
+
+/// Lints of SPEC §12's limits: duplicates, count 0, filters matching nothing, limits that
+/// can never change a decision (another limit or a cap always fires with them).
+fn lint_limits(out: &mut Out, spec: &PolicySpec) {
+    let compiled: Vec<CompiledLimit> = spec.limits.iter().map(CompiledLimit::compile).collect();
+    let cur = spec.currency.0.as_str();
+    for (i, (l, c)) in spec.limits.iter().zip(&compiled).enumerate() {
+        let keys = limit_keys(i);
+        let keys: [&str; 2] = [&keys[0], &keys[1]];
+        let name = &l.name;
+        if let Some(j) = spec.limits[..i].iter().position(|e| e.name == *name) {
+            out.push("duplicate_limit_name", format!("limit {name:?} is defined twice (limits {} and {}); reasons name limits, so names must be unique", j + 1, i + 1), "rename one of them", &keys);
+        }
+        if l.count == Some(0) {
+            out.push(
+                "count_limit_zero",
+                format!(
+                    "limit {name:?}: count 0 means no intent it covers can ever pass (0 + 1 > 0)"
+                ),
+                "use a count of at least 1, or block the payments with blockLists or a DENY rule",
+                &keys,
+            );
+        }
+        if c.filter.matches_nothing() {
+            out.push("limit_filter_matches_nothing", format!("limit {name:?}: its filter has an empty list, so no intent ever counts toward it or is checked by it"), "fill the list or remove that filter condition", &keys);
+            continue;
+        }
+        if let Some(why) = filter_always_denied(l, spec) {
+            out.push(
+                "limit_unreachable",
+                format!("limit {name:?}: {why}; such payments are denied before any limit matters"),
+                "fix the filter or remove the limit",
+                &keys,
+            );
+            continue;
+        }
+        // Another limit that always fires with this one, at least as severely.
+        let covering = (0..compiled.len()).find(|&j| {
+            j != i
+                && covers(&spec.limits[j], &compiled[j], l, c)
+                && !(j > i && covers(l, c, &spec.limits[j], &compiled[j]))
+        });
+        if let Some(j) = covering {
+            let other = &spec.limits[j];
+            out.push("limit_unreachable", format!("limit {name:?} ({}, {}) can never change a decision: whenever it is exceeded, limit {:?} ({}, {}; same scope and filter, a window containing this one) is exceeded too, with an effect at least as severe", window_name(c.window), describe(l, cur), other.name, window_name(compiled[j].window), describe(other, cur)), "lower this limit below the wider one, or remove it", &keys);
+            continue;
+        }
+        // A cap that always fires with it: caps.daily / caps.monthly are REQUIRE_HITL on the
+        // agent's spend in the calendar day / month (every intent, so any filter is narrower).
+        if let (
+            Some(amount),
+            LimitScope::Agent,
+            crate::decision::Effect::RequireHitl,
+            WindowKind::Calendar(w),
+        ) = (c.amount, c.scope, c.effect, c.window)
+        {
+            let cap = match w {
+                CalendarWindow::Day => {
+                    Some(("caps.daily", spec.caps.daily.0.min(spec.caps.monthly.0)))
+                }
+                CalendarWindow::Month => Some(("caps.monthly", spec.caps.monthly.0)),
+                _ => None,
+            };
+            if let Some((cap_name, cap)) = cap
+                && amount >= cap
+            {
+                let cap_name =
+                    if w == CalendarWindow::Day && spec.caps.monthly.0 < spec.caps.daily.0 {
+                        "caps.monthly"
+                    } else {
+                        cap_name
+                    };
+                out.push("limit_redundant_with_caps", format!("limit {name:?}: amount {amount} >= {cap_name} {cap} {cur} over the agent's calendar {}: whenever the amount is exceeded, {cap_name} is too (REQUIRE_HITL, like this limit)", window_name(c.window)), "lower the amount below the cap, use a stricter effect, or drop the amount", &keys);
+            }
+        }
+    }
+}
+
+/// Why every intent passing `l`'s filter is denied by the lists anyway, if it is.
+fn filter_always_denied(l: &LimitSpec, spec: &PolicySpec) -> Option<String> {
+    let f = l.filter.as_ref()?;
+    if let (Some(ci), Some(allowed)) = (
+        &f.country_in,
+        spec.allow_lists.as_ref().and_then(|a| a.countries.as_ref()),
+    ) && ci.iter().all(|c| !allowed.contains(c))
+    {
+        return Some("filter countryIn lists only countries outside allowLists.countries".into());
+    }
+    let blocked = spec
+        .block_lists
+        .as_ref()
+        .map_or(&[][..], |b| &b.categories[..]);
+    if let Some(cats) = &f.category_in
+        && !blocked.is_empty()
+        && cats
+            .iter()
+            .all(|c| !c.is_glob() && Matcher::new(blocked).matches(&c.0))
+    {
+        return Some("filter categoryIn lists only blocked categories".into());
+    }
+    None
+}
+
+/// True when limit `b` is exceeded whenever limit `a` is, with a finding at least as severe:
+/// same scope and filter, `a`'s window certainly inside `b`'s (records count
+/// non-negatively, so `b` sums at least what `a` does), and each of `a`'s bounds at least
+/// `b`'s.
+fn covers(b: &LimitSpec, cb: &CompiledLimit, a: &LimitSpec, ca: &CompiledLimit) -> bool {
+    let severe = cb.effect > ca.effect || (cb.effect == ca.effect && cb.approvals >= ca.approvals);
+    let amount_ok = match (ca.amount, cb.amount) {
+        (None, _) => true,
+        (Some(x), Some(y)) => x >= y,
+        (Some(_), None) => false,
+    };
+    let count_ok = match (ca.count, cb.count) {
+        (None, _) => true,
+        (Some(x), Some(y)) => x >= y,
+        (Some(_), None) => false,
+    };
+    ca.scope == cb.scope
+        && a.filter.clone().unwrap_or_default() == b.filter.clone().unwrap_or_default()
+        && window_within(ca.window, cb.window)
+        && severe
+        && amount_ok
+        && count_ok
+}
+
+/// True when window `a` is certainly inside window `b` at every instant. Calendar windows:
+/// a day lies in its week, month and year, a month in its year; an ISO week can straddle
+/// two months or two years, so it lies in no month or year. Trailing windows: by length.
+/// A trailing window is inside no calendar window but all time (and no calendar window is
+/// certainly inside a trailing one: days can last 25 hours).
+fn window_within(a: WindowKind, b: WindowKind) -> bool {
+    use CalendarWindow::*;
+    match (a, b) {
+        (_, WindowKind::Calendar(AllTime)) => true,
+        (WindowKind::Trailing(x), WindowKind::Trailing(y)) => x <= y,
+        (WindowKind::Calendar(x), WindowKind::Calendar(y)) => {
+            x == y || matches!((x, y), (Day, Week | Month | Year) | (Month, Year))
+        }
+        _ => false,
+    }
+}
+
+fn window_name(w: WindowKind) -> String {
+    match w {
+        WindowKind::Calendar(c) => match c {
+            CalendarWindow::Day => "day".into(),
+            CalendarWindow::Week => "week".into(),
+            CalendarWindow::Month => "month".into(),
+            CalendarWindow::Year => "year".into(),
+            CalendarWindow::AllTime => "all_time".into(),
+        },
+        WindowKind::Trailing(s) => format!("trailing {s}s"),
+    }
+}
+
+fn describe(l: &LimitSpec, cur: &str) -> String {
+    match (&l.amount, l.count) {
+        (Some(a), Some(n)) => format!("{} {cur}, {n} intents", a.0),
+        (Some(a), None) => format!("{} {cur}", a.0),
+        (None, Some(n)) => format!("{n} intents"),
+        (None, None) => String::new(),
+    }
 }
 
 fn check_category(out: &mut Out, c: &Pattern, keys: &[&str]) {

@@ -207,4 +207,79 @@ fn schema_is_generated_and_describes_the_language() {
     ] {
         assert!(text.contains(field), "schema lacks {field}");
     }
+    // The lifecycle fields (SPEC §11) and limits (SPEC §12) are part of the language.
+    let defs = &schema["$defs"];
+    let spec = &defs["PolicySpec"]["properties"];
+    for field in ["authorizationTtl", "refunds", "limits"] {
+        assert!(
+            spec.get(field).is_some(),
+            "PolicySpec lacks {field}: {spec}"
+        );
+    }
+    assert_eq!(spec["limits"]["items"]["$ref"], "#/$defs/LimitSpec");
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        names(&defs["LimitSpec"]["properties"]),
+        [
+            "amount",
+            "approvals",
+            "count",
+            "effect",
+            "filter",
+            "name",
+            "scope",
+            "window"
+        ]
+    );
+    assert_eq!(defs["LimitSpec"]["additionalProperties"], false);
+    assert_eq!(
+        names(&defs["LimitWindow"]["properties"]),
+        ["calendar", "trailing"]
+    );
+    assert_eq!(
+        names(&defs["LimitFilter"]["properties"]),
+        ["beneficiaryIn", "categoryIn", "countryIn", "purposeIn"]
+    );
+    let calendar = defs["CalendarWindow"].to_string();
+    for w in ["day", "week", "month", "year", "all_time"] {
+        assert!(calendar.contains(&format!("\"{w}\"")), "{calendar}");
+    }
+    assert!(defs["TrailingWindow"].to_string().contains("366d"));
+    let scope = defs["LimitScope"].to_string();
+    assert!(
+        scope.contains("\"agent\"") && scope.contains("\"entity\""),
+        "{scope}"
+    );
+    let refunds = defs["RefundMode"].to_string();
+    assert!(
+        refunds.contains("\"restore\"") && refunds.contains("\"ignore\""),
+        "{refunds}"
+    );
+    assert_eq!(defs["AuthorizationTtl"]["default"], "7d");
+}
+
+#[test]
+fn check_prints_limit_lints_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("limits.yaml");
+    std::fs::write(
+        &file,
+        "name: lim\nversion: \"1\"\ncurrency: BRL\ncaps: {perTxn: 500, daily: 1000, monthly: 5000}\nlimits:\n  - name: burst\n    window: {trailing: 10m}\n    count: 5\n  - name: burst\n    window: {calendar: day}\n    count: 0\n",
+    )
+    .unwrap();
+    let (code, out, _) = run(&["policy", "check", file.to_str().unwrap()], None);
+    assert_eq!(code, 1, "{out}");
+    // The second limit's `name` is on line 9, column 5.
+    assert!(
+        out.contains("limits.yaml:9:5: error[duplicate_limit_name]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("limits.yaml:9:5: error[count_limit_zero]"),
+        "{out}"
+    );
 }

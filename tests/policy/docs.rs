@@ -135,3 +135,87 @@ fn example_settlements_parse_and_settle_example_intents() {
         ["CANCEL", "CAPTURE", "REFUND", "VOID"]
     );
 }
+
+/// The Limits section's example compiles to the limits it describes, lints clean, and its
+/// finding details are the evaluator's, character for character.
+#[test]
+fn the_documented_limits_example_gives_the_documented_findings() {
+    use spendguard::decision::{Effect, KillState, Usage};
+    use spendguard::policy::eval::{EvalInput, evaluate_limited};
+    use spendguard::policy::limits::SoFar;
+    use spendguard::policy::model::{CalendarWindow, LimitScope, WindowKind};
+    let doc = std::fs::read_to_string("docs/policy-language.md").unwrap();
+    let text = blocks(&doc, "policy")
+        .into_iter()
+        .find(|b| b.contains("limits:"))
+        .expect("an example with limits");
+    let p = CompiledPolicy::parse(&text, "doc limits block").unwrap();
+    assert!(lint(p.spec()).is_empty(), "{:?}", lint(p.spec()));
+    let l = p.limits();
+    assert_eq!(l.len(), 3);
+    assert_eq!(l[0].window, WindowKind::Calendar(CalendarWindow::Week));
+    assert_eq!(
+        (l[0].effect, l[0].scope),
+        (Effect::RequireHitl, LimitScope::Agent)
+    );
+    assert_eq!(l[1].window, WindowKind::Trailing(600));
+    assert_eq!((l[1].count, l[1].effect), (Some(5), Effect::Deny));
+    assert_eq!(
+        (l[2].scope, l[2].effect, l[2].approvals),
+        (LimitScope::Entity, Effect::RequireMsig, 2)
+    );
+
+    let intent = spendguard::intent::parse_intent(
+        br#"{"intentId":"doc-1","agentId":"agent-travel-1","entityId":"acme-br","amount":"300.00","currency":"BRL","category":"travel","beneficiary":{"id":"airline:latam","country":"BR"},"purpose":"CARD"}"#,
+    )
+    .unwrap();
+    // Wednesday 2026-11-25, 12:00 in São Paulo.
+    let at = chrono::DateTime::parse_from_rfc3339("2026-11-25T15:00:00Z")
+        .unwrap()
+        .into();
+    let kill = KillState::Off;
+    let input = EvalInput {
+        intent: &intent,
+        usage: Usage::default(),
+        kill: &kill,
+        accepted_at: at,
+    };
+    let so_far = |travel: &str, burst: u32| {
+        [
+            SoFar {
+                amount: travel.parse().unwrap(),
+                count: 6,
+            },
+            SoFar {
+                amount: Default::default(),
+                count: burst,
+            },
+            SoFar::default(),
+        ]
+    };
+    let e = evaluate_limited(&p, &input, &so_far("1800.00", 4));
+    assert_eq!(e.effect, Effect::RequireHitl);
+    let shown = format!(
+        "{} {}: {}",
+        e.effect, e.reasons[0].code, e.reasons[0].detail
+    );
+    assert!(
+        doc.contains(&format!("\n{shown}\n")),
+        "the doc lacks {shown:?}"
+    );
+    let e = evaluate_limited(&p, &input, &so_far("1700.00", 5));
+    assert_eq!(e.effect, Effect::Deny);
+    let shown = format!(
+        "{} {}: {}",
+        e.effect, e.reasons[0].code, e.reasons[0].detail
+    );
+    assert!(
+        doc.contains(&format!("`{shown}`")),
+        "the doc lacks {shown:?}"
+    );
+    // 1700 + 300 = 2000: equality passes, and the count limit has room.
+    assert_eq!(
+        evaluate_limited(&p, &input, &so_far("1700.00", 4)).effect,
+        Effect::Allow
+    );
+}
