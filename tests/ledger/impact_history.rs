@@ -159,3 +159,85 @@ async fn impact_replays_settlements_on_the_candidates_windows() {
     assert_eq!((r.intents_replayed, r.unchanged), (2, 2), "{r:#?}");
     assert!(r.transitions.is_empty());
 }
+
+/// A candidate that adds a count limit: four ALLOWed intents of one agent in one local
+/// day, candidate `burst` (count 2 per calendar day, DENY) turns exactly the third and the
+/// fourth into DENY with the count finding. The candidate's DENY holds nothing, so the
+/// fourth sees the same two intents before it as the third.
+#[tokio::test]
+async fn a_candidate_count_limit_reports_exact_transitions() {
+    use crate::harness::scenario::{base_time, decide, intent};
+    use spendguard::decision::Effect::Allow;
+    let Some((url, ledger)) = fresh_ledger().await else {
+        return;
+    };
+    let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
+    let set = load(&path);
+    let t = base_time();
+    for (n, id) in ["b1", "b2", "b3", "b4"].into_iter().enumerate() {
+        let at = t + chrono::Duration::minutes(n as i64);
+        assert_eq!(
+            decide(&ledger, &set, intent(id, "b", "100.00", "utility"), at).await,
+            Allow
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let burst = tmp.path().join("burst.yaml");
+    std::fs::write(
+        &burst,
+        format!(
+            "{}  limits:\n    - {{name: burst, window: {{calendar: day}}, count: 2, effect: DENY}}\n",
+            policy_text("1.1.0", "500.00", true)
+        ),
+    )
+    .unwrap();
+    let r = impact_report(&ledger.reader(), &args(&url, &burst))
+        .await
+        .unwrap();
+    assert_eq!(r.intents_replayed, 4, "{r:#?}");
+    assert_eq!(r.transitions.len(), 1, "{:?}", r.transitions);
+    assert_eq!(r.transitions.get("ALLOW->DENY"), Some(&2));
+    assert_eq!(r.unchanged, 2);
+    let ex = &r.examples["ALLOW->DENY"];
+    let ids: Vec<&str> = ex.iter().map(|e| e.intent_id.as_str()).collect();
+    assert_eq!(ids, ["b3", "b4"]);
+    // São Paulo's calendar day of the scenario (15:00Z is noon there).
+    let day = t.date_naive();
+    for e in ex {
+        assert_eq!(e.recorded_reasons, ["policy_compliant_all_checks_passed"]);
+        assert_eq!(
+            e.candidate_reasons,
+            [format!(
+                "would_exceed_count_limit: burst: 2 + 1 > 2 intents (day {day}, America/Sao_Paulo)"
+            )]
+        );
+    }
+    assert_eq!(
+        r.newly_blocked_spend.get("BRL").map(|d| d.to_string()),
+        Some("200.00".into())
+    );
+    assert_eq!(r.denied_now_allowed, 0);
+    assert_eq!(r.exit_code(), 0);
+
+    // The same limit at count 4 changes nothing; at count 3 only b4.
+    for (count, changed) in [(4, 0u64), (3, 1)] {
+        std::fs::write(
+            &burst,
+            format!(
+                "{}  limits:\n    - {{name: burst, window: {{calendar: day}}, count: {count}, effect: DENY}}\n",
+                policy_text("1.1.0", "500.00", true)
+            ),
+        )
+        .unwrap();
+        let r = impact_report(&ledger.reader(), &args(&url, &burst))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.transitions.get("ALLOW->DENY").copied().unwrap_or(0),
+            changed,
+            "count {count}: {:?}",
+            r.transitions
+        );
+        assert_eq!(r.unchanged, 4 - changed);
+    }
+}
