@@ -560,13 +560,15 @@ pub const MAX_TRAILING_SECS: i64 = 366 * 86_400;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LimitSpec {
     /// Unique within the policy; named in reasons.
+    #[schemars(length(min = 1, max = 128))]
     pub name: String,
     pub window: LimitWindow,
     /// Most spend in the window (policy currency).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<Amount>,
-    /// Most intents in the window.
+    /// Most intents in the window (0 is refused by `policy check`: nothing could pass).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub count: Option<u32>,
     /// `agent` (default) or `entity`: summed over every agent of the intent's entity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -577,8 +579,9 @@ pub struct LimitSpec {
     /// Finding when exceeded: REQUIRE_HITL (default), REQUIRE_MSIG or DENY.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effect: Option<crate::decision::Effect>,
-    /// For REQUIRE_MSIG.
+    /// For REQUIRE_MSIG (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
     pub approvals: Option<u32>,
 }
 
@@ -596,6 +599,7 @@ pub enum CalendarWindow {
 /// `{calendar: week}` or `{trailing: 24h}`: exactly one of the two.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct LimitWindow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calendar: Option<CalendarWindow>,

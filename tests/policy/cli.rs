@@ -236,6 +236,16 @@ fn schema_is_generated_and_describes_the_language() {
         ]
     );
     assert_eq!(defs["LimitSpec"]["additionalProperties"], false);
+    let limit = &defs["LimitSpec"]["properties"];
+    assert_eq!(limit["count"]["minimum"], 1, "{limit}");
+    assert_eq!(
+        (&limit["approvals"]["minimum"], &limit["approvals"]["maximum"]),
+        (&serde_json::json!(1), &serde_json::json!(32))
+    );
+    assert_eq!(limit["name"]["minLength"], 1);
+    // Exactly one of `calendar` / `trailing`.
+    assert_eq!(defs["LimitWindow"]["minProperties"], 1);
+    assert_eq!(defs["LimitWindow"]["maxProperties"], 1);
     assert_eq!(
         names(&defs["LimitWindow"]["properties"]),
         ["calendar", "trailing"]
