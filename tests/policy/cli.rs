@@ -239,7 +239,10 @@ fn schema_is_generated_and_describes_the_language() {
     let limit = &defs["LimitSpec"]["properties"];
     assert_eq!(limit["count"]["minimum"], 1, "{limit}");
     assert_eq!(
-        (&limit["approvals"]["minimum"], &limit["approvals"]["maximum"]),
+        (
+            &limit["approvals"]["minimum"],
+            &limit["approvals"]["maximum"]
+        ),
         (&serde_json::json!(1), &serde_json::json!(32))
     );
     assert_eq!(limit["name"]["minLength"], 1);
