@@ -586,7 +586,8 @@ fn validate_limits(
         );
     }
     for (i, l) in spec.limits.iter().enumerate() {
-        let key = format!("{i}");
+        // The i-th `name` key after `limits`: every limit has one.
+        let key = format!("name#{i}");
         let keys = ["limits", key.as_str()];
         let n = i + 1;
         if l.name.is_empty()

@@ -5,6 +5,7 @@
 mod cli;
 mod docs;
 mod eval;
+mod limits;
 mod lint;
 mod parse;
 mod parser_fuzz;
