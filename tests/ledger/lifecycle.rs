@@ -396,8 +396,8 @@ async fn replay_detects_a_tampered_captured_amount() {
 }
 
 /// Deciders and settlement writers on the same agents at the same time, through
-/// separate ledgers (each its own pool: separate sessions, as separate processes are
-/// to PostgreSQL). Afterwards no window is over its cap, no authorization is captured
+/// separate ledgers (each its own pool) and a child process (`ledger submit` with
+/// settlement lines). Afterwards no window is over its cap, no authorization is captured
 /// past what it authorized, and replay reproduces every decision and settlement in
 /// ledger order (which re-checks each against the state it saw).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -410,6 +410,37 @@ async fn deciders_and_settlers_never_pass_a_cap_or_over_capture() {
     let (_d, set) = standard_set(); // daily 500
     let set = std::sync::Arc::new(set);
     let when = at("2026-11-20T15:00:00Z");
+    // A child process settles too: captures of 10 on the first decider's intents (those
+    // not decided yet when it gets there are refused as unknown: exit code 2).
+    let (_pd, policy_path) = crate::harness::policies::standard_dir();
+    let lines: String = (0..INTENTS)
+        .map(|i| {
+            msg(
+                &format!("child-{i}"),
+                &format!("c0-{i}"),
+                "CAPTURE",
+                "10.00",
+                "",
+            ) + "\n"
+        })
+        .collect();
+    let mut child = std::process::Command::new(crate::harness::serve::binary())
+        .args(["ledger", "submit", "--database-url", &db.url, "--policies"])
+        .arg(&policy_path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn spendguard");
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+    }
     let mut tasks = Vec::new();
     for t in 0..2 {
         let ledger = std::sync::Arc::new(db.ledger_named(&format!("decider-{t}")).await);
@@ -459,6 +490,16 @@ async fn deciders_and_settlers_never_pass_a_cap_or_over_capture() {
     for t in tasks {
         t.await.unwrap();
     }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 2)),
+        "child: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        INTENTS
+    );
     let mut su = db.superuser().await;
     // Reservations of waiting intents may pass the cap (that is what waits); what was
     // allowed without a human may not.
