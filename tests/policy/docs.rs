@@ -219,3 +219,17 @@ fn the_documented_limits_example_gives_the_documented_findings() {
         Effect::Allow
     );
 }
+
+/// The foreign-currency example compiles and accepts exactly the listed currencies.
+#[test]
+fn the_documented_fx_example_accepts_the_listed_currencies() {
+    let doc = std::fs::read_to_string("docs/policy-language.md").unwrap();
+    let text = blocks(&doc, "fx-policy")
+        .into_iter()
+        .next()
+        .expect("the fx example");
+    let p = CompiledPolicy::parse(&text, "doc fx block").unwrap();
+    assert!(p.accepts_fx("USD") && p.accepts_fx("EUR"));
+    assert!(!p.accepts_fx("BRL") && !p.accepts_fx("JPY"));
+    assert!(lint(p.spec()).is_empty(), "{:?}", lint(p.spec()));
+}
