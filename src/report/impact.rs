@@ -127,7 +127,8 @@ pub fn analyse(
             let _ = sim.apply(&at, e);
         };
         match &event {
-            LedgerEvent::KillSwitchSet(_) => fold(&mut sim, &event),
+            // Operator state the candidate decides under, exactly as recorded.
+            LedgerEvent::KillSwitchSet(_) | LedgerEvent::FxRateSet(_) => fold(&mut sim, &event),
             LedgerEvent::IntentClosed(c) => {
                 if let (Some(p), Some(outcome)) = (
                     sim.pending.get(&c.intent_id).cloned(),
