@@ -241,3 +241,40 @@ async fn a_candidate_count_limit_reports_exact_transitions() {
         assert_eq!(r.unchanged, 4 - changed);
     }
 }
+
+/// Recorded exchange rates are part of the state a candidate decides under: a USD intent
+/// converted by the ledger is converted again (without the rate it would be denied).
+#[tokio::test]
+async fn impact_converts_foreign_currency_with_the_recorded_rates() {
+    use crate::harness::scenario::{base_time, decide};
+    let Some((url, ledger)) = fresh_ledger().await else {
+        return;
+    };
+    let text = "name: ops-p\nversion: \"1\"\ncurrency: BRL\ntimezone: America/Sao_Paulo\ncaps: { perTxn: \"5000.00\", daily: \"5000.00\", monthly: \"50000.00\" }\nfx: { accept: [USD] }\n";
+    let (_dir, path) = policy_dir(text);
+    let set = load(&path);
+    ledger
+        .set_fx_rate(
+            "USD",
+            "BRL",
+            "5".parse().unwrap(),
+            "treasury",
+            "fixing",
+            &crate::harness::db::origin(),
+        )
+        .await
+        .unwrap();
+    let mut i = crate::harness::scenario::intent("x1", "fx-agent", "100.00", "utility");
+    i.currency = "USD".into();
+    assert_eq!(
+        decide(&ledger, &set, i, base_time()).await,
+        spendguard::decision::Effect::Allow
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let same = tmp.path().join("same.yaml");
+    std::fs::write(&same, text).unwrap();
+    let r = impact_report(&ledger.reader(), &args(&url, &same))
+        .await
+        .unwrap();
+    assert_eq!((r.intents_replayed, r.unchanged), (1, 1), "{r:#?}");
+}
