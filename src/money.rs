@@ -186,6 +186,122 @@ mod tests {
     }
 }
 
+/// Most significant digits of an exchange rate (bounded input; `5.4321` has 5).
+pub const MAX_FX_RATE_DIGITS: usize = 12;
+/// Longest rate text accepted (leading zeros included).
+pub const MAX_FX_RATE_TEXT_LEN: usize = 40;
+/// Longest reason recorded with a rate (bytes).
+pub const MAX_FX_REASON_LEN: usize = 1024;
+/// Most digits after the point: what `Decimal` holds exactly (never rounded).
+const MAX_FX_RATE_SCALE: usize = 28;
+
+/// An exchange rate as an operator sets it (SPEC §12.3): `rate` units of `quote` per one
+/// `base` (`USD/BRL 5.4321`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FxRate {
+    pub base: Currency,
+    pub quote: Currency,
+    pub rate: Decimal,
+}
+
+impl FxRate {
+    /// `USD/BRL`.
+    pub fn pair(&self) -> String {
+        format!("{}/{}", self.base.code, self.quote.code)
+    }
+}
+
+/// Why a pair or rate was refused (the CLI and the API show the message as is).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FxRateError {
+    #[error("the pair is written BASE/QUOTE in upper case, e.g. USD/BRL; got {0:?}")]
+    PairShape(String),
+    #[error("{0:?} is not a supported ISO 4217 currency code")]
+    UnknownCurrency(String),
+    #[error("a rate converts between two different currencies; got {0}/{0}")]
+    SameCurrency(String),
+    #[error(
+        "rate {0:?} is not a plain decimal like 5.4321 (digits and at most one point; no sign, exponent, spaces or _)"
+    )]
+    NotADecimal(String),
+    #[error("rate {0} must be positive")]
+    NotPositive(String),
+    #[error(
+        "rate {0} has more than {MAX_FX_RATE_DIGITS} significant digits or {MAX_FX_RATE_SCALE} decimal places (refused, never rounded)"
+    )]
+    TooPrecise(String),
+    #[error(
+        "the reason must be 1..={MAX_FX_REASON_LEN} bytes of text without control characters: say why (e.g. the fixing's source), it goes into the audit trail"
+    )]
+    Reason,
+}
+
+/// The reason recorded with a rate: present, bounded, one line.
+pub fn check_fx_reason(reason: &str) -> Result<(), FxRateError> {
+    if reason.trim().is_empty()
+        || reason.len() > MAX_FX_REASON_LEN
+        || reason.chars().any(char::is_control)
+    {
+        return Err(FxRateError::Reason);
+    }
+    Ok(())
+}
+
+/// `USD/BRL` checked: two known, different ISO 4217 codes.
+pub fn parse_fx_pair(pair: &str) -> Result<(Currency, Currency), FxRateError> {
+    let shape = || FxRateError::PairShape(truncate(pair));
+    let (base, quote) = pair.split_once('/').ok_or_else(shape)?;
+    if pair.len() != 7 {
+        return Err(shape());
+    }
+    let known = |c: &str| currency(c).ok_or_else(|| FxRateError::UnknownCurrency(truncate(c)));
+    let (base, quote) = (known(base)?, known(quote)?);
+    if base == quote {
+        return Err(FxRateError::SameCurrency(base.code.to_string()));
+    }
+    Ok((base, quote))
+}
+
+/// A rate's text read exactly: plain decimal digits with at most one point, positive, at
+/// most [`MAX_FX_RATE_DIGITS`] significant digits. Nothing is rounded: what is refused
+/// is refused, what is accepted is the number written.
+pub fn parse_fx_rate_text(text: &str) -> Result<Decimal, FxRateError> {
+    let shown = truncate(text);
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if text.is_empty()
+        || text.len() > MAX_FX_RATE_TEXT_LEN
+        || (int.is_empty() && frac.is_empty())
+        || !digits(int)
+        || !digits(frac)
+    {
+        return Err(FxRateError::NotADecimal(shown));
+    }
+    // The digits of the value without trailing fractional zeros: its normalized
+    // mantissa (integer trailing zeros count, as in `5000`).
+    let frac = frac.trim_end_matches('0');
+    let mantissa = format!("{int}{frac}");
+    let mantissa = mantissa.trim_start_matches('0');
+    if mantissa.is_empty() {
+        return Err(FxRateError::NotPositive(shown));
+    }
+    if mantissa.len() > MAX_FX_RATE_DIGITS || frac.len() > MAX_FX_RATE_SCALE {
+        return Err(FxRateError::TooPrecise(shown));
+    }
+    let m: i128 = mantissa
+        .parse()
+        .map_err(|_| FxRateError::NotADecimal(shown.clone()))?;
+    let scale = u32::try_from(frac.len()).map_err(|_| FxRateError::TooPrecise(shown.clone()))?;
+    Decimal::try_from_i128_with_scale(m, scale).map_err(|_| FxRateError::TooPrecise(shown))
+}
+
+/// `spendguard fx set USD/BRL 5.4321` and `POST /v1/fx-rates` both go through this.
+pub fn parse_fx_rate(pair: &str, rate: &str) -> Result<FxRate, FxRateError> {
+    let (base, quote) = parse_fx_pair(pair)?;
+    let rate = parse_fx_rate_text(rate)?;
+    Ok(FxRate { base, quote, rate })
+}
+
 /// `amount` × `rate` in the target currency, rounded half-up (away from zero at the
 /// midpoint; amounts are positive) to its minor unit (SPEC §12.3).
 pub fn convert(amount: Decimal, rate: Decimal, target_minor_units: u32) -> Option<Decimal> {
@@ -211,5 +327,85 @@ mod convert_tests {
             "0.025 -> 0.03"
         );
         assert_eq!(convert(d("1"), d("150.5"), 0), Some(d("151")));
+    }
+
+    #[test]
+    fn rates_are_read_exactly_or_refused() {
+        let ok = parse_fx_rate("USD/BRL", "5.4321").unwrap();
+        assert_eq!(
+            (ok.pair(), ok.rate.to_string()),
+            ("USD/BRL".into(), "5.4321".into())
+        );
+        for (rate, want) in [
+            ("5", "5"),
+            ("0.5", "0.5"),
+            (".5", "0.5"),
+            ("5.", "5"),
+            ("5.43210", "5.4321"),
+            ("5000", "5000"),
+            ("123456789012", "123456789012"),
+            (
+                "0.000000000000000000000000001",
+                "0.000000000000000000000000001",
+            ),
+            ("0000123.4500", "123.45"),
+        ] {
+            assert_eq!(
+                parse_fx_rate_text(rate).map(|r| r.to_string()),
+                Ok(want.into()),
+                "{rate}"
+            );
+        }
+        let err = |pair: &str, rate: &str| parse_fx_rate(pair, rate).unwrap_err();
+        assert!(matches!(err("USDBRL", "1"), FxRateError::PairShape(_)));
+        assert!(matches!(
+            err("usd/brl", "1"),
+            FxRateError::UnknownCurrency(_)
+        ));
+        assert!(matches!(
+            err("USD/XXX", "1"),
+            FxRateError::UnknownCurrency(_)
+        ));
+        assert!(matches!(err("USD/BRL/EUR", "1"), FxRateError::PairShape(_)));
+        assert!(matches!(err(" USD/BRL", "1"), FxRateError::PairShape(_)));
+        assert!(matches!(err("BRL/BRL", "1"), FxRateError::SameCurrency(_)));
+        for bad in [
+            "", ".", "-5", "+5", "5e2", "1_000", " 5", "5 ", "5,4", "0x10", "NaN", "5..4", "٥",
+        ] {
+            assert!(
+                matches!(err("USD/BRL", bad), FxRateError::NotADecimal(_)),
+                "{bad:?}"
+            );
+        }
+        for zero in ["0", "0.000", "00"] {
+            assert!(
+                matches!(err("USD/BRL", zero), FxRateError::NotPositive(_)),
+                "{zero:?}"
+            );
+        }
+        for long in [
+            "1234567890123",
+            "1234567890120",
+            "1.000000000001",
+            "0.00000000000000000000000000001",
+        ] {
+            assert!(
+                matches!(err("USD/BRL", long), FxRateError::TooPrecise(_)),
+                "{long:?}"
+            );
+        }
+        assert!(matches!(
+            err("USD/BRL", &"1".repeat(41)),
+            FxRateError::NotADecimal(_)
+        ));
+        assert_eq!(check_fx_reason("daily fixing (BCB PTAX)"), Ok(()));
+        for bad in ["", "  ", "a\nb", "a\u{0}"] {
+            assert_eq!(check_fx_reason(bad), Err(FxRateError::Reason), "{bad:?}");
+        }
+        assert_eq!(check_fx_reason(&"r".repeat(MAX_FX_REASON_LEN)), Ok(()));
+        assert_eq!(
+            check_fx_reason(&"r".repeat(MAX_FX_REASON_LEN + 1)),
+            Err(FxRateError::Reason)
+        );
     }
 }

@@ -329,6 +329,60 @@ impl KillSwitchControl for LedgerKillSwitch {
     }
 }
 
+/// Exchange rates over the ledger: `set` is [`Ledger::set_fx_rate`] (the operation
+/// `spendguard fx set` runs), `rates` reads the `fx_rate` projection.
+pub struct LedgerFxRates {
+    pub ledger: Arc<Ledger>,
+    /// Recorded as the event's origin instance.
+    pub instance: String,
+}
+
+impl FxRateControl for LedgerFxRates {
+    fn rates(&self) -> BoxFuture<'_, Result<Vec<FxRateView>, StoreError>> {
+        Box::pin(async move {
+            let rows = self.ledger.reader().fx_rates().await.map_err(read)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| FxRateView {
+                    pair: r.pair,
+                    rate: r.rate.to_string(),
+                    set_at: r.set_at,
+                    ledger_seq: r.seq,
+                })
+                .collect())
+        })
+    }
+
+    fn set(&self, change: FxRateChange) -> BoxFuture<'_, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let origin = Origin {
+                instance: self.instance.clone(),
+                source: "api".into(),
+                partition: None,
+                offset: None,
+            };
+            let r = change.rate;
+            self.ledger
+                .set_fx_rate(
+                    r.base.code,
+                    r.quote.code,
+                    r.rate,
+                    &change.actor,
+                    &change.reason,
+                    &origin,
+                )
+                .await
+                .map_err(|e| {
+                    if e.is_transient() {
+                        db(e)
+                    } else {
+                        StoreError::Other(format!("recording the exchange rate failed: {e}"))
+                    }
+                })
+        })
+    }
+}
+
 /// The active policy set, read through a function (so it works over an `ArcSwap` held by
 /// the service: `PolicySource(move || shared.policies.load_full())`).
 pub struct PolicySource<F>(pub F);
@@ -450,6 +504,10 @@ pub fn state_for(
             ledger: ledger.clone(),
             instance: instance.to_string(),
             announcer,
+        }),
+        fx_rates: Arc::new(LedgerFxRates {
+            ledger: ledger.clone(),
+            instance: instance.to_string(),
         }),
         ledger: Arc::new(LedgerBackend { ledger }),
         policies,

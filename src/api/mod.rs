@@ -5,7 +5,7 @@
 //! the document cannot drift from the routes.
 //!
 //! The API reads through small traits ([`LedgerQueries`], [`PolicyCatalog`],
-//! [`KillSwitchControl`], [`ReadinessProbe`]) so the service can hand it its live ledger
+//! [`KillSwitchControl`], [`FxRateControl`], [`ReadinessProbe`]) so the service can hand it its live ledger
 //! pool, the active policy set and the kill switch without this module knowing how they
 //! are wired.
 
@@ -42,8 +42,9 @@ use crate::ledger::limit_usage::{LimitUsage, LimitUsageReport};
 use crate::policy::CompiledPolicy;
 use crate::window::Windows;
 
-/// Largest request body accepted, in bytes. The only body is a kill-switch request
-/// (scope + reason ≤ 1 KiB); 8 KiB leaves room without letting a client make us buffer more.
+/// Largest request body accepted, in bytes. The bodies are a kill-switch request (scope +
+/// reason ≤ 1 KiB) and an exchange rate (pair, rate + reason ≤ 1 KiB); 8 KiB leaves room
+/// without letting a client make us buffer more.
 pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024;
 /// Most pending approvals returned by one request.
 pub const MAX_PENDING_APPROVALS_PAGE: usize = 500;
@@ -157,6 +158,26 @@ pub trait KillSwitchControl: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<KillSwitchScopeView, StoreError>>;
 }
 
+/// An exchange rate as set through the API (SPEC §12.3): checked
+/// ([`crate::money::parse_fx_rate`], [`crate::money::check_fx_reason`]), actor
+/// `api:<token name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FxRateChange {
+    pub rate: crate::money::FxRate,
+    pub actor: String,
+    pub reason: String,
+}
+
+/// Reads and records exchange rates. `set` must record the audited `fx_rate_set` ledger
+/// event before it returns (decisions read the latest rate from the ledger, so nothing
+/// else needs telling): the service's implementation is [`backends::LedgerFxRates`].
+pub trait FxRateControl: Send + Sync + 'static {
+    /// The latest rate of every pair, by pair.
+    fn rates(&self) -> BoxFuture<'_, Result<Vec<FxRateView>, StoreError>>;
+    /// Records a rate; answers its ledger sequence.
+    fn set(&self, change: FxRateChange) -> BoxFuture<'_, Result<i64, StoreError>>;
+}
+
 /// Whether the instance can do its job (PostgreSQL answers, broker answers, partitions
 /// assigned).
 pub trait ReadinessProbe: Send + Sync + 'static {
@@ -170,6 +191,7 @@ pub struct ApiState {
     pub ledger: Arc<dyn LedgerQueries>,
     pub policies: Arc<dyn PolicyCatalog>,
     pub kill_switch: Arc<dyn KillSwitchControl>,
+    pub fx_rates: Arc<dyn FxRateControl>,
     pub readiness: Arc<dyn ReadinessProbe>,
     pub metrics: PrometheusHandle,
     /// The clock for usage windows (tests pin it; the service passes `Utc::now`).
@@ -628,6 +650,34 @@ async fn post_kill_switch(
     Ok(Json(state.kill_switch.set(change).await?))
 }
 
+async fn get_fx_rates(State(state): State<ApiState>) -> Result<Json<FxRates>, ApiError> {
+    Ok(Json(FxRates {
+        rates: state.fx_rates.rates().await?,
+    }))
+}
+
+async fn post_fx_rate(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(body): JsonBody<FxRateRequest>,
+) -> Result<Json<FxRateSetView>, ApiError> {
+    let bad = |e: crate::money::FxRateError| ApiError::InvalidRequest(e.to_string());
+    let rate = crate::money::parse_fx_rate(&body.pair, &body.rate).map_err(bad)?;
+    crate::money::check_fx_reason(&body.reason).map_err(bad)?;
+    let change = FxRateChange {
+        rate,
+        actor: format!("api:{}", principal.name),
+        reason: body.reason,
+    };
+    tracing::info!(pair = %rate.pair(), rate = %rate.rate, actor = %change.actor, "exchange rate set requested");
+    let seq = state.fx_rates.set(change).await?;
+    Ok(Json(FxRateSetView {
+        pair: rate.pair(),
+        rate: rate.rate.to_string(),
+        seq,
+    }))
+}
+
 async fn get_policies(State(state): State<ApiState>) -> Json<ActivePolicies> {
     let mut policies = state.policies.active();
     policies.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
@@ -664,6 +714,12 @@ pub(crate) fn route_kill_switch_get() -> MethodRouter<ApiState> {
 }
 pub(crate) fn route_kill_switch_post() -> MethodRouter<ApiState> {
     axum::routing::post(post_kill_switch)
+}
+pub(crate) fn route_fx_rates_get() -> MethodRouter<ApiState> {
+    axum::routing::get(get_fx_rates)
+}
+pub(crate) fn route_fx_rates_post() -> MethodRouter<ApiState> {
+    axum::routing::post(post_fx_rate)
 }
 pub(crate) fn route_policies() -> MethodRouter<ApiState> {
     axum::routing::get(get_policies)

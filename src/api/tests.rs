@@ -136,6 +136,36 @@ impl KillSwitchControl for MemKill {
     }
 }
 
+/// Rates in memory: what `set` received, and the rows it answers.
+#[derive(Default)]
+struct MemFx(Mutex<Vec<FxRateChange>>);
+impl FxRateControl for MemFx {
+    fn rates(&self) -> BoxFuture<'_, Result<Vec<FxRateView>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| FxRateView {
+                    pair: c.rate.pair(),
+                    rate: c.rate.rate.to_string(),
+                    set_at: Utc.timestamp_opt(0, 0).unwrap(),
+                    ledger_seq: 100 + i as i64,
+                })
+                .collect())
+        })
+    }
+    fn set(&self, change: FxRateChange) -> BoxFuture<'_, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let mut changes = self.0.lock().unwrap();
+            changes.push(change);
+            Ok(100 + changes.len() as i64 - 1)
+        })
+    }
+}
+
 struct NotReady;
 impl ReadinessProbe for NotReady {
     fn check(&self) -> BoxFuture<'_, Vec<ReadinessCheck>> {
@@ -161,6 +191,10 @@ const OPERATOR: &str = "operator-token";
 const AUDITOR: &str = "auditor-token";
 
 fn state(kill: Arc<MemKill>) -> ApiState {
+    state_with_fx(kill, Arc::default())
+}
+
+fn state_with_fx(kill: Arc<MemKill>, fx: Arc<MemFx>) -> ApiState {
     let tokens = TokenStore::default()
         .with_hash("dash", Role::Reader, &auth::hash_token(READER))
         .and_then(|t| t.with_hash("ops-alice", Role::Operator, &auth::hash_token(OPERATOR)))
@@ -171,6 +205,7 @@ fn state(kill: Arc<MemKill>) -> ApiState {
         ledger: Arc::new(MemLedger),
         policies: Arc::new(MemPolicies),
         kill_switch: kill,
+        fx_rates: fx,
         readiness: Arc::new(NotReady),
         metrics: crate::telemetry::metrics_handle(),
         clock: Arc::new(|| Utc.with_ymd_and_hms(2026, 11, 25, 15, 0, 0).unwrap()),
@@ -205,6 +240,15 @@ async fn call(
     (status, json)
 }
 
+/// A valid body for each POST route.
+fn valid_body(path: &str) -> &'static str {
+    match path {
+        "/v1/kill-switch" => r#"{"scope":"agent:a-1","on":true,"reason":"runaway"}"#,
+        "/v1/fx-rates" => r#"{"pair":"USD/BRL","rate":"5.4321","reason":"daily fixing"}"#,
+        other => panic!("no test body for POST {other}: add one"),
+    }
+}
+
 fn concrete(path: &str) -> String {
     path.replace("{intentId}", "i-1")
         .replace("{agentId}", "a-1")
@@ -214,11 +258,10 @@ fn concrete(path: &str) -> String {
 #[tokio::test]
 async fn every_route_enforces_its_roles() {
     let app = router(state(Arc::default()));
-    let body = r#"{"scope":"agent:a-1","on":true,"reason":"runaway"}"#;
     for op in openapi::OPERATIONS {
         let method = Method::from_bytes(op.method.to_uppercase().as_bytes()).unwrap();
         let path = concrete(op.path);
-        let b = (op.method == "post").then_some(body);
+        let b = (op.method == "post").then(|| valid_body(op.path));
         let (status, json) = call(&app, method.clone(), &path, None, b).await;
         if op.roles.is_empty() {
             assert!(
@@ -421,6 +464,140 @@ async fn kill_switch_actor_is_the_token_name() {
             reason: "fraud".into()
         }]
     );
+}
+
+#[tokio::test]
+async fn fx_rates_are_set_by_operators_with_their_token_name_and_listed() {
+    let fx = Arc::new(MemFx::default());
+    let app = router(state_with_fx(Arc::default(), fx.clone()));
+    let (s, j) = call(
+        &app,
+        Method::POST,
+        "/v1/fx-rates",
+        Some(OPERATOR),
+        Some(r#"{"pair":"USD/BRL","rate":"5.43210","reason":"BCB PTAX fixing"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    // Read exactly (never through a float), answered normalized, with the event's seq.
+    assert_eq!(
+        j,
+        serde_json::json!({"pair": "USD/BRL", "rate": "5.4321", "seq": 100})
+    );
+    let recorded = fx.0.lock().unwrap().clone();
+    assert_eq!(
+        recorded,
+        vec![FxRateChange {
+            rate: crate::money::parse_fx_rate("USD/BRL", "5.4321").unwrap(),
+            actor: "api:ops-alice".into(),
+            reason: "BCB PTAX fixing".into(),
+        }]
+    );
+    for token in [READER, AUDITOR, OPERATOR] {
+        let (s, j) = call(&app, Method::GET, "/v1/fx-rates", Some(token), None).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        assert_eq!(
+            j,
+            serde_json::json!({"rates": [{"pair": "USD/BRL", "rate": "5.4321",
+                "setAt": "1970-01-01T00:00:00Z", "ledgerSeq": 100}]})
+        );
+    }
+    // Only operators set rates.
+    for token in [READER, AUDITOR] {
+        let (s, j) = call(
+            &app,
+            Method::POST,
+            "/v1/fx-rates",
+            Some(token),
+            Some(r#"{"pair":"USD/BRL","rate":"6","reason":"r"}"#),
+        )
+        .await;
+        assert_eq!(
+            (s, j["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden"))
+        );
+    }
+    assert_eq!(fx.0.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn invalid_fx_rates_are_400_with_a_clear_message() {
+    let fx = Arc::new(MemFx::default());
+    let app = router(state_with_fx(Arc::default(), fx.clone()));
+    let long_reason = format!(
+        r#"{{"pair":"USD/BRL","rate":"5","reason":"{}"}}"#,
+        "r".repeat(crate::money::MAX_FX_REASON_LEN + 1)
+    );
+    for (body, says) in [
+        (
+            r#"{"pair":"USD/BRL","rate":5.4321,"reason":"r"}"#,
+            "JSON numbers are refused",
+        ),
+        (
+            r#"{"pair":"USD/BRL","rate":5,"reason":"r"}"#,
+            "decimal string",
+        ),
+        (
+            r#"{"pair":"USD/BRL","rate":null,"reason":"r"}"#,
+            "decimal string",
+        ),
+        (r#"{"pair":"USDBRL","rate":"5","reason":"r"}"#, "BASE/QUOTE"),
+        (r#"{"pair":"usd/brl","rate":"5","reason":"r"}"#, "ISO 4217"),
+        (r#"{"pair":"USD/XYZ","rate":"5","reason":"r"}"#, "ISO 4217"),
+        (
+            r#"{"pair":"BRL/BRL","rate":"5","reason":"r"}"#,
+            "two different currencies",
+        ),
+        (r#"{"pair":"USD/BRL","rate":"0","reason":"r"}"#, "positive"),
+        (
+            r#"{"pair":"USD/BRL","rate":"-5","reason":"r"}"#,
+            "plain decimal",
+        ),
+        (
+            r#"{"pair":"USD/BRL","rate":"5e2","reason":"r"}"#,
+            "plain decimal",
+        ),
+        (
+            r#"{"pair":"USD/BRL","rate":"1_000","reason":"r"}"#,
+            "plain decimal",
+        ),
+        (
+            r#"{"pair":"USD/BRL","rate":"NaN","reason":"r"}"#,
+            "plain decimal",
+        ),
+        (
+            r#"{"pair":"USD/BRL","rate":"1.000000000001","reason":"r"}"#,
+            "12 significant digits",
+        ),
+        (r#"{"pair":"USD/BRL","rate":"5","reason":""}"#, "reason"),
+        (r#"{"pair":"USD/BRL","rate":"5","reason":"   "}"#, "reason"),
+        (r#"{"pair":"USD/BRL","rate":"5","reason":"a\nb"}"#, "reason"),
+        (long_reason.as_str(), "reason"),
+        (r#"{"pair":"USD/BRL","rate":"5"}"#, "reason"),
+        (
+            r#"{"pair":"USD/BRL","rate":"5","reason":"r","actor":"x"}"#,
+            "unknown field",
+        ),
+        ("[]", "invalid JSON body"),
+    ] {
+        let (s, j) = call(
+            &app,
+            Method::POST,
+            "/v1/fx-rates",
+            Some(OPERATOR),
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            (s, j["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{body}: {j}"
+        );
+        let message = j["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    // Nothing invalid reached the ledger.
+    assert!(fx.0.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

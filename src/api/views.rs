@@ -228,6 +228,68 @@ pub struct KillSwitchRequest {
     pub reason: String,
 }
 
+/// `POST /v1/fx-rates` (SPEC §12.3). The actor is the token's configured name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FxRateRequest {
+    /// `BASE/QUOTE` ISO 4217 codes, e.g. `USD/BRL`: the rate is QUOTE per one BASE.
+    pub pair: String,
+    /// Positive decimal as a JSON string, e.g. `"5.4321"`: at most 12 significant
+    /// digits, no sign or exponent. A JSON number is refused (never read through a float).
+    #[serde(deserialize_with = "decimal_string")]
+    #[schemars(with = "String")]
+    pub rate: String,
+    /// Why (recorded in the audit trail), 1..=1024 bytes without control characters.
+    pub reason: String,
+}
+
+/// Only a JSON string: `5.4321` as a number is refused with a message saying so.
+fn decimal_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("the rate as a decimal string like \"5.4321\" (JSON numbers are refused: they may pass through a float)")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_str(V)
+}
+
+/// The answer to `POST /v1/fx-rates`: the rate as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FxRateSetView {
+    /// `USD/BRL`.
+    pub pair: String,
+    /// Decimal string, e.g. `5.4321`.
+    pub rate: String,
+    /// The `fx_rate_set` event's ledger sequence (decisions converted at this rate name
+    /// it in their `currency_converted` reason).
+    pub seq: i64,
+}
+
+/// One pair's latest rate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FxRateView {
+    /// `USD/BRL`: QUOTE per one BASE.
+    pub pair: String,
+    /// Decimal string, e.g. `5.4321`.
+    pub rate: String,
+    #[schemars(with = "String")]
+    pub set_at: DateTime<Utc>,
+    /// The `fx_rate_set` event that recorded it.
+    pub ledger_seq: i64,
+}
+
+/// `GET /v1/fx-rates`: the latest rate of every pair, by pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FxRates {
+    pub rates: Vec<FxRateView>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PolicyView {
     pub name: String,

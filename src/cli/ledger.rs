@@ -6,6 +6,7 @@ use crate::ledger::settle::SettleResult;
 use crate::ledger::{self, Ledger, LedgerError, Origin};
 use crate::policy::PolicySet;
 use crate::settlement::parse_settlement;
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -132,37 +133,6 @@ pub enum FxCommand {
     },
 }
 
-/// Most significant digits of a rate (TIGER_STYLE: bounded input).
-const MAX_RATE_DIGITS: u32 = 12;
-
-/// `USD/BRL` and `5.4321` checked: known, distinct currencies and a positive decimal.
-use anyhow::Context as _;
-
-fn parse_rate(pair: &str, rate: &str) -> anyhow::Result<(String, String, rust_decimal::Decimal)> {
-    let (base, quote) = pair
-        .split_once('/')
-        .context("the pair is written BASE/QUOTE, e.g. USD/BRL")?;
-    for c in [base, quote] {
-        anyhow::ensure!(
-            crate::money::is_known_currency(c),
-            "{c:?} is not a supported ISO 4217 currency code"
-        );
-    }
-    anyhow::ensure!(
-        base != quote,
-        "a rate converts between two different currencies"
-    );
-    let r: rust_decimal::Decimal = rate
-        .parse()
-        .with_context(|| format!("rate {rate:?} is not a decimal number like 5.4321"))?;
-    anyhow::ensure!(
-        r > rust_decimal::Decimal::ZERO
-            && r.normalize().mantissa().unsigned_abs() < 10u128.pow(MAX_RATE_DIGITS),
-        "rate {rate} must be positive with at most {MAX_RATE_DIGITS} significant digits"
-    );
-    Ok((base.to_string(), quote.to_string(), r))
-}
-
 pub fn run_fx(cmd: FxCommand) -> anyhow::Result<i32> {
     match cmd {
         FxCommand::Set {
@@ -172,12 +142,13 @@ pub fn run_fx(cmd: FxCommand) -> anyhow::Result<i32> {
             reason,
             actor,
         } => {
-            let (base, quote, rate) = parse_rate(&pair, &rate)?;
-            anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why (audited)");
+            let fx = crate::money::parse_fx_rate(&pair, &rate)?;
+            let (base, quote, rate) = (fx.base.code, fx.quote.code, fx.rate);
+            crate::money::check_fx_reason(&reason).context("--reason")?;
             runtime()?.block_on(async {
                 let ledger = connect(&db, "fx").await?;
                 let seq = ledger
-                    .set_fx_rate(&base, &quote, rate, &actor, &reason, &Origin::cli("fx"))
+                    .set_fx_rate(base, quote, rate, &actor, &reason, &Origin::cli("fx"))
                     .await?;
                 println!("{base}/{quote} = {rate}: recorded as ledgerSeq {seq}");
                 Ok(0)

@@ -10,6 +10,7 @@
 //! reader.event_payload(seq) / refused_votes(intent_id)
 //! reader.latest_entity_of(agent_id) / usage_totals(agent, windows, tz, currency)
 //! reader.pending_approvals(limit)
+//! reader.fx_rates()                        // latest rate of each pair (SPEC §12.3)
 //! reader.verify_chains() / replay(verify)  // in one read-only snapshot
 //! ```
 
@@ -238,6 +239,15 @@ impl LedgerReader {
             }
         }
         Ok(t)
+    }
+
+    /// The latest exchange rate of each currency pair (`fx_rate`), by pair.
+    pub async fn fx_rates(&self) -> Result<Vec<super::store::FxRateRow>, LedgerError> {
+        Ok(
+            sqlx::query_as("SELECT pair, rate, set_at, seq FROM fx_rate ORDER BY pair")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Up to `limit` pending approvals, oldest decision first.

@@ -88,6 +88,7 @@ async fn every_endpoint_every_role_against_the_real_ledger() {
     let (_, doc) = http(addr, "GET", "/openapi.json", None, None).await;
     let doc = json(&doc);
     let kill_body = r#"{"scope":"agent:a9","on":true,"reason":"api test"}"#;
+    let fx_body = r#"{"pair":"USD/BRL","rate":"5.4321","reason":"api test"}"#;
     let mut operations = 0;
     for (template, methods) in doc["paths"].as_object().unwrap() {
         let path = template
@@ -97,7 +98,11 @@ async fn every_endpoint_every_role_against_the_real_ledger() {
         for (method, op) in methods.as_object().unwrap() {
             operations += 1;
             let method = method.to_uppercase();
-            let body = (method == "POST").then_some(kill_body);
+            let body = (method == "POST").then(|| match template.as_str() {
+                "/v1/kill-switch" => kill_body,
+                "/v1/fx-rates" => fx_body,
+                other => panic!("no test body for POST {other}: add one"),
+            });
             let roles: Vec<&str> = op["x-roles"]
                 .as_array()
                 .unwrap()

@@ -7,5 +7,6 @@ mod harness;
 
 mod deploy_files;
 mod endpoints;
+mod fx;
 mod lifecycle;
 mod limits;

@@ -1,6 +1,7 @@
 //! The HTTP API's request bodies under hostile input, in-process (tower `oneshot`, as in
-//! `src/api/tests.rs`): every POST body is refused with a 4xx JSON error carrying a known
-//! code, or accepted as a valid request; never a 5xx, never a panic.
+//! `src/api/tests.rs`): every POST body (kill switch, exchange rates) is refused with a
+//! 4xx JSON error carrying a known code, or accepted as a valid request; never a 5xx,
+//! never a panic.
 
 use super::mutate::{self, hostile_input};
 use axum::body::Body;
@@ -10,8 +11,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use spendguard::api::views::*;
 use spendguard::api::{
-    self, ApiState, KillSwitchChange, KillSwitchControl, LedgerQueries, PolicyCatalog,
-    PolicyLimits, ReadinessProbe, Role, StoreError, TokenStore, WindowAmounts,
+    self, ApiState, FxRateChange, FxRateControl, KillSwitchChange, KillSwitchControl,
+    LedgerQueries, PolicyCatalog, PolicyLimits, ReadinessProbe, Role, StoreError, TokenStore,
+    WindowAmounts,
 };
 use spendguard::window::Windows;
 use std::sync::{Arc, Mutex};
@@ -78,6 +80,18 @@ impl KillSwitchControl for MemKill {
     }
 }
 
+#[derive(Default)]
+struct MemFx(Mutex<Vec<FxRateChange>>);
+impl FxRateControl for MemFx {
+    fn rates(&self) -> BoxFuture<'_, Result<Vec<FxRateView>, StoreError>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+    fn set(&self, change: FxRateChange) -> BoxFuture<'_, Result<i64, StoreError>> {
+        self.0.lock().unwrap().push(change);
+        Box::pin(async { Ok(1) })
+    }
+}
+
 struct Ready;
 impl ReadinessProbe for Ready {
     fn check(&self) -> BoxFuture<'_, Vec<ReadinessCheck>> {
@@ -114,11 +128,13 @@ const CONTENT_TYPES: &[Option<&str>] = &[
     None,
 ];
 
-fn kill_switch_seeds() -> Vec<String> {
+fn post_seeds() -> Vec<String> {
     vec![
         r#"{"scope":"agent:a-1","on":true,"reason":"runaway"}"#.to_string(),
         r#"{"scope":"global","on":false,"reason":"incident closed"}"#.to_string(),
         r#"{"scope":"entity:acme-br","on":true,"reason":"fraud suspected on ç"}"#.to_string(),
+        r#"{"pair":"USD/BRL","rate":"5.4321","reason":"daily fixing"}"#.to_string(),
+        r#"{"pair":"EUR/JPY","rate":"161.25","reason":"BCE reference ç"}"#.to_string(),
     ]
 }
 
@@ -141,7 +157,8 @@ fn call() -> impl Strategy<Value = Call> {
         .collect();
     paths.push("/v1/nowhere".into());
     let path = prop_oneof![
-        6 => Just("/v1/kill-switch".to_string()),
+        4 => Just("/v1/kill-switch".to_string()),
+        2 => Just("/v1/fx-rates".to_string()),
         1 => proptest::sample::select(paths),
     ];
     let token = prop_oneof![
@@ -153,7 +170,7 @@ fn call() -> impl Strategy<Value = Call> {
         path,
         token,
         proptest::sample::select(CONTENT_TYPES),
-        hostile_input(kill_switch_seeds(), false),
+        hostile_input(post_seeds(), false),
     )
         .prop_map(|(path, token, content_type, body)| Call {
             path,
@@ -163,7 +180,7 @@ fn call() -> impl Strategy<Value = Call> {
         })
 }
 
-fn app(kill: Arc<MemKill>) -> axum::Router {
+fn app(kill: Arc<MemKill>, fx: Arc<MemFx>) -> axum::Router {
     let tokens = TokenStore::default()
         .with_hash(
             "ops-alice",
@@ -177,6 +194,7 @@ fn app(kill: Arc<MemKill>) -> axum::Router {
         ledger: Arc::new(NoLedger),
         policies: Arc::new(NoPolicies),
         kill_switch: kill,
+        fx_rates: fx,
         readiness: Arc::new(Ready),
         metrics: spendguard::telemetry::metrics_handle(),
         clock: Arc::new(chrono::Utc::now),
@@ -200,8 +218,15 @@ async fn send(app: &axum::Router, c: &Call) -> (StatusCode, Vec<u8>) {
     (status, bytes.to_vec())
 }
 
-fn check(c: &Call, status: StatusCode, body: &[u8], kill: &MemKill) -> Result<(), TestCaseError> {
+fn check(
+    c: &Call,
+    status: StatusCode,
+    body: &[u8],
+    kill: &MemKill,
+    fx: &MemFx,
+) -> Result<(), TestCaseError> {
     let recorded = kill.0.lock().unwrap().drain(..).collect::<Vec<_>>();
+    let rates = fx.0.lock().unwrap().drain(..).collect::<Vec<_>>();
     prop_assert!(
         !status.is_server_error(),
         "{} {:?} -> {status}: {}",
@@ -219,10 +244,27 @@ fn check(c: &Call, status: StatusCode, body: &[u8], kill: &MemKill) -> Result<()
             )));
         }
     };
-    if status.is_success() {
+    if status.is_success() && c.path == "/v1/fx-rates" {
+        // Accepted: a valid rate from an operator, and exactly that was recorded.
+        prop_assert_eq!(c.token, Some(OPERATOR));
+        prop_assert!(recorded.is_empty());
+        prop_assert_eq!(rates.len(), 1);
+        let change = &rates[0];
+        prop_assert!(spendguard::money::check_fx_reason(&change.reason).is_ok());
+        prop_assert_eq!(change.actor.as_str(), "api:ops-alice");
+        let again =
+            spendguard::money::parse_fx_rate(&change.rate.pair(), &change.rate.rate.to_string());
+        prop_assert_eq!(again, Ok(change.rate));
+        prop_assert_eq!(&json["pair"], &serde_json::Value::from(change.rate.pair()));
+        prop_assert_eq!(
+            &json["rate"],
+            &serde_json::Value::from(change.rate.rate.to_string())
+        );
+    } else if status.is_success() {
         // Accepted: it was a valid kill-switch request from an operator, and exactly
         // that reached the kill switch.
         prop_assert_eq!(c.path.as_str(), "/v1/kill-switch");
+        prop_assert!(rates.is_empty());
         prop_assert_eq!(c.token, Some(OPERATOR));
         prop_assert_eq!(recorded.len(), 1);
         let change = &recorded[0];
@@ -241,6 +283,7 @@ fn check(c: &Call, status: StatusCode, body: &[u8], kill: &MemKill) -> Result<()
             recorded.is_empty(),
             "a refused request reached the kill switch"
         );
+        prop_assert!(rates.is_empty(), "a refused request recorded a rate");
         let code = json["error"]["code"].as_str().unwrap_or_default();
         prop_assert!(
             API_CODES.contains(&code),
@@ -262,11 +305,12 @@ fn fuzz_http_post_bodies() {
         .build()
         .unwrap();
     let kill = Arc::new(MemKill::default());
-    let app = app(kill.clone());
+    let fx = Arc::new(MemFx::default());
+    let app = app(kill.clone(), fx.clone());
     let mut runner = TestRunner::new(mutate::config(super::CI_CASES));
     let result = runner.run(&call(), |c| {
         let (status, body) = rt.block_on(send(&app, &c));
-        check(&c, status, &body, &kill)
+        check(&c, status, &body, &kill, &fx)
     });
     if let Err(e) = result {
         panic!("{e}");
@@ -307,7 +351,8 @@ fn fuzz_http_paths_and_queries() {
         .build()
         .unwrap();
     let kill = Arc::new(MemKill::default());
-    let app = app(kill.clone());
+    let fx = Arc::new(MemFx::default());
+    let app = app(kill.clone(), fx.clone());
     let mut runner = TestRunner::new(mutate::config(super::CI_CASES));
     let strategy = (
         0..6usize,
