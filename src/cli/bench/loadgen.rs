@@ -98,6 +98,10 @@ pub struct PhaseReport {
     pub sustained: bool,
     /// Decisions by effect (pipeline phase only).
     pub effects: BTreeMap<String, u64>,
+    /// Errors the answer consumer reported (a fetch error can make the client skip
+    /// messages), by error text.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumer_errors: BTreeMap<String, u64>,
     /// Settlements and their outcomes (pipeline phase with the lifecycle mix only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<LifecycleReport>,
@@ -469,6 +473,9 @@ fn print_reports(reports: &[PhaseReport], args: &LoadgenArgs) -> anyhow::Result<
         if r.send_errors > 0 {
             println!("          send errors: {}", r.send_errors);
         }
+        if !r.consumer_errors.is_empty() {
+            println!("          consumer errors: {:?}", r.consumer_errors);
+        }
         if let Some(l) = &r.lifecycle {
             let answered: u64 = l.outcomes.values().sum();
             println!(
@@ -485,7 +492,7 @@ fn print_reports(reports: &[PhaseReport], args: &LoadgenArgs) -> anyhow::Result<
             println!("          mix: {:?}; plans: {:?}", l.mix, l.plans);
             println!("          outcomes: {:?}", l.outcomes);
             println!(
-                "          lost {}, duplicated {}, refused {:?}, send errors {}",
+                "          lost (no outcome when the drain ended) {}, duplicated {}, refused {:?}, send errors {}",
                 l.lost, l.duplicated, l.refused, l.send_errors
             );
         }
@@ -541,6 +548,7 @@ struct Collected {
     hist: Histogram<u64>,
     last_receive: Option<Instant>,
     effects: BTreeMap<String, u64>,
+    consumer_errors: BTreeMap<String, u64>,
     settling: Settling,
 }
 
@@ -650,6 +658,7 @@ async fn phase(
         hist: histogram()?,
         last_receive: None,
         effects: Default::default(),
+        consumer_errors: Default::default(),
         settling: Settling {
             hist: histogram()?,
             open: HashMap::new(),
@@ -750,6 +759,7 @@ async fn phase(
             && send_errors == 0
             && achieved >= args.rate as f64 * SUSTAINED_SHARE,
         effects: c.effects.clone(),
+        consumer_errors: c.consumer_errors.clone(),
         lifecycle,
     })
 }
@@ -862,7 +872,16 @@ async fn collect(
     }
     let mut stream = consumer.stream();
     while let Some(msg) = stream.next().await {
-        let Ok(msg) = msg else { continue };
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) => {
+                *lock(&collected)
+                    .consumer_errors
+                    .entry(e.to_string())
+                    .or_insert(0) += 1;
+                continue;
+            }
+        };
         let now = Instant::now();
         let Some(answer) = msg
             .payload()
