@@ -17,8 +17,8 @@ use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::Message;
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::message::Headers;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -89,14 +89,25 @@ pub struct PhaseReport {
     pub offered_rate: u64,
     pub sent: u64,
     pub send_errors: u64,
+    /// Answers the live consumer received (the latency percentiles are theirs).
     pub received: u64,
+    /// Answers the live consumer missed but that are on the topic: found when loadgen
+    /// re-read the topic after the drain, from the offsets the phase started at. Delivered
+    /// by the pipeline; not in the percentiles. A count above zero points at the broker or
+    /// the consumer, not at serve.
+    pub recovered: u64,
+    /// Messages sent with no answer on the topic at all (after the re-read).
+    pub lost: u64,
+    /// Answers for a message that already had one (live, or copies on the topic).
+    pub duplicated: u64,
     pub achieved_per_s: f64,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
     pub sustained: bool,
-    /// Decisions by effect (pipeline phase only).
+    /// Decisions received live, by effect (pipeline phase only; `recovered` ones are not
+    /// in it, and started no settlement plan).
     pub effects: BTreeMap<String, u64>,
     /// Errors the answer consumer reported (a fetch error can make the client skip
     /// messages), by error text.
@@ -117,9 +128,13 @@ pub struct LifecycleReport {
     pub plans: BTreeMap<String, u64>,
     pub settlements_sent: u64,
     pub send_errors: u64,
-    /// Outcome messages matched to a settlement of this run, by outcome.
+    /// Outcome messages the live consumer matched to a settlement of this run, by outcome.
     pub outcomes: BTreeMap<String, u64>,
-    /// Settlements with no outcome and no dead letter when the drain ended.
+    /// Outcomes the live consumer missed but found on the topic by the re-read after the
+    /// drain (see [`PhaseReport::recovered`]); the plan's next step was then never sent.
+    pub recovered: u64,
+    /// Settlements with no outcome (and no dead letter) on the topic at all when the
+    /// drain ended, after the re-read.
     pub lost: u64,
     /// Outcome messages for a settlement that already had one.
     pub duplicated: u64,
@@ -467,6 +482,12 @@ fn print_reports(reports: &[PhaseReport], args: &LoadgenArgs) -> anyhow::Result<
             r.max_ms,
             r.sustained
         );
+        if r.recovered + r.lost + r.duplicated > 0 {
+            println!(
+                "          recovered {} (on the topic, missed by loadgen's live consumer: broker or consumer, not serve), lost {} (not on the topic), duplicated {}",
+                r.recovered, r.lost, r.duplicated
+            );
+        }
         if !r.effects.is_empty() {
             println!("          effects: {:?}", r.effects);
         }
@@ -492,8 +513,8 @@ fn print_reports(reports: &[PhaseReport], args: &LoadgenArgs) -> anyhow::Result<
             println!("          mix: {:?}; plans: {:?}", l.mix, l.plans);
             println!("          outcomes: {:?}", l.outcomes);
             println!(
-                "          lost (no outcome when the drain ended) {}, duplicated {}, refused {:?}, send errors {}",
-                l.lost, l.duplicated, l.refused, l.send_errors
+                "          recovered {} (outcome on the topic, missed by the live consumer), lost (no outcome on the topic when the drain ended) {}, duplicated {}, refused {:?}, send errors {}",
+                l.recovered, l.lost, l.duplicated, l.refused, l.send_errors
             );
         }
     }
@@ -546,6 +567,10 @@ struct Settling {
 /// What the collector saw, shared with the phase that reads it after the drain.
 struct Collected {
     hist: Histogram<u64>,
+    /// Messages of this run answered (live or recovered), to tell a duplicate answer from
+    /// foreign traffic.
+    answered: HashSet<String>,
+    duplicated: u64,
     last_receive: Option<Instant>,
     effects: BTreeMap<String, u64>,
     consumer_errors: BTreeMap<String, u64>,
@@ -649,13 +674,16 @@ async fn phase(
     route: Route<'_>,
 ) -> anyhow::Result<PhaseReport> {
     let consumer = bus::standalone_consumer(&settings.brokers)?;
-    // Start exactly at the current end of the topic so nothing produced from now on is missed.
-    bus::assign_at_high_watermarks(&consumer, &settings.brokers, route.consume_from)?;
+    // Start exactly at the current end of the topic so nothing produced from now on is
+    // missed; the offsets are kept for the re-read after the drain.
+    let answer_starts = assign_at_ends(&consumer, &settings.brokers, route.consume_from)?;
     let producer = bus::client_producer(&settings.brokers)?;
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let histogram = || Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).context("histogram bounds");
     let collected = Arc::new(Mutex::new(Collected {
         hist: histogram()?,
+        answered: HashSet::new(),
+        duplicated: 0,
         last_receive: None,
         effects: Default::default(),
         consumer_errors: Default::default(),
@@ -673,10 +701,11 @@ async fn phase(
     }));
 
     let mut tasks = Vec::new();
+    let mut dlq_starts = Vec::new();
     let settler = match route.lifecycle {
         Some(l) => {
             let dlq = bus::standalone_consumer(&settings.brokers)?;
-            bus::assign_at_high_watermarks(&dlq, &settings.brokers, l.dlq)?;
+            dlq_starts = assign_at_ends(&dlq, &settings.brokers, l.dlq)?;
             tasks.push(tokio::spawn(collect_dead_letters(dlq, collected.clone())));
             Some(Arc::new(Settler {
                 producer: producer.clone(),
@@ -712,6 +741,28 @@ async fn phase(
     for t in &tasks {
         t.abort();
     }
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    // The live consumer may have missed answers that are on the topic (measured on tansu:
+    // 0.3-1 % of decisions that `decisions tail --from-beginning` reads). Before calling
+    // anything lost, re-read what the topic received since the phase started.
+    let outstanding = !lock(&pending).is_empty() || !lock(&collected).settling.open.is_empty();
+    let (recovered, topic_duplicates) = if outstanding {
+        reconcile(
+            &settings.brokers,
+            &route,
+            &answer_starts,
+            &dlq_starts,
+            &pending,
+            &collected,
+        )
+        .await?
+    } else {
+        (Recovered::default(), 0)
+    };
+    let lost = lock(&pending).len() as u64;
     let c = lock(&collected);
     let elapsed = c
         .last_receive
@@ -731,6 +782,7 @@ async fn phase(
             _ => 0.0,
         };
         LifecycleReport {
+            recovered: recovered.outcomes,
             lost: s.open.len() as u64,
             settlements_per_s: if span > 0.0 {
                 answered as f64 / span
@@ -750,14 +802,15 @@ async fn phase(
         sent,
         send_errors,
         received,
+        recovered: recovered.answers,
+        lost,
+        duplicated: c.duplicated.max(topic_duplicates),
         achieved_per_s: achieved,
         p50_ms: ms(&c.hist, 0.50),
         p95_ms: ms(&c.hist, 0.95),
         p99_ms: ms(&c.hist, 0.99),
         max_ms: c.hist.max() as f64 / 1000.0,
-        sustained: received == sent
-            && send_errors == 0
-            && achieved >= args.rate as f64 * SUSTAINED_SHARE,
+        sustained: lost == 0 && send_errors == 0 && achieved >= args.rate as f64 * SUSTAINED_SHARE,
         effects: c.effects.clone(),
         consumer_errors: c.consumer_errors.clone(),
         lifecycle,
@@ -849,6 +902,20 @@ async fn offer(
     (sent, failed)
 }
 
+/// What loadgen reads on the answer topic: a decision (effect), an outcome (outcome and
+/// settlementId), or the baseline's own intent.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Answer {
+    intent_id: String,
+    #[serde(default)]
+    effect: Option<String>,
+    #[serde(default)]
+    outcome: Option<String>,
+    #[serde(default)]
+    settlement_id: Option<String>,
+}
+
 /// Reads answers (decisions, or the baseline's own messages) and records the latency of
 /// the ones this run is waiting for. With a settler, an ALLOW starts a settlement plan and
 /// an outcome naming one of this run's settlements closes it (and sends the plan's next
@@ -859,17 +926,6 @@ async fn collect(
     collected: Arc<Mutex<Collected>>,
     settler: Option<Arc<Settler>>,
 ) {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Answer {
-        intent_id: String,
-        #[serde(default)]
-        effect: Option<String>,
-        #[serde(default)]
-        outcome: Option<String>,
-        #[serde(default)]
-        settlement_id: Option<String>,
-    }
     let mut stream = consumer.stream();
     while let Some(msg) = stream.next().await {
         let msg = match msg {
@@ -911,9 +967,14 @@ async fn collect(
             // the decision answered and its settlement not yet started.
             let mut p = lock(&pending);
             let Some(sent) = p.remove(&answer.intent_id) else {
+                let mut c = lock(&collected);
+                if c.answered.contains(&answer.intent_id) {
+                    c.duplicated += 1;
+                }
                 continue;
             };
             let mut c = lock(&collected);
+            c.answered.insert(answer.intent_id.clone());
             let _ = c.hist.record(latency_us(now, sent.at));
             c.last_receive = Some(now);
             let allowed = answer.effect.as_deref() == Some("ALLOW");
@@ -944,35 +1005,195 @@ async fn collect(
 /// Reads the dead-letter topic: a settlement of this run found there was refused
 /// instead of answered (its code from the `spendguard-error-code` header).
 async fn collect_dead_letters(consumer: StreamConsumer, collected: Arc<Mutex<Collected>>) {
+    let mut stream = consumer.stream();
+    while let Some(msg) = stream.next().await {
+        let Ok(msg) = msg else { continue };
+        let Some((id, code)) = dead_letter(&msg) else {
+            continue;
+        };
+        let mut c = lock(&collected);
+        let s = &mut c.settling;
+        if s.open.remove(&id).is_some() {
+            *s.report.refused.entry(code).or_insert(0) += 1;
+        }
+    }
+}
+
+/// The settlementId of a dead letter and its code (the `spendguard-error-code` header).
+fn dead_letter(msg: &impl Message) -> Option<(String, String)> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Letter {
         settlement_id: String,
     }
-    let mut stream = consumer.stream();
-    while let Some(msg) = stream.next().await {
-        let Ok(msg) = msg else { continue };
-        let Some(letter) = msg
-            .payload()
-            .and_then(|p| serde_json::from_slice::<Letter>(p).ok())
-        else {
-            continue;
-        };
-        let code = msg
-            .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == bus::dlq::HEADER_ERROR_CODE)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        let mut c = lock(&collected);
-        let s = &mut c.settling;
-        if s.open.remove(&letter.settlement_id).is_some() {
-            *s.report.refused.entry(code).or_insert(0) += 1;
+    let letter = serde_json::from_slice::<Letter>(msg.payload()?).ok()?;
+    let code = msg
+        .headers()
+        .and_then(|h| {
+            h.iter()
+                .find(|h| h.key == bus::dlq::HEADER_ERROR_CODE)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Some((letter.settlement_id, code))
+}
+
+/// Per partition, the offset a phase's consumer started at.
+type Starts = Vec<(i32, i64)>;
+
+/// Assigns every partition of `topic` at its current high watermark (read from the broker
+/// now, as [`bus::assign_at_high_watermarks`]) and returns those offsets.
+fn assign_at_ends(consumer: &StreamConsumer, brokers: &str, topic: &str) -> anyhow::Result<Starts> {
+    let count = bus::partition_count(brokers, topic)?
+        .with_context(|| format!("topic {topic} does not exist"))?;
+    let mut starts = Vec::with_capacity(count);
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..i32::try_from(count)? {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_millis(bus::ADMIN_TIMEOUT_MS))
+            .with_context(|| format!("high watermark of {topic} [{p}]"))?;
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high))?;
+        starts.push((p, high));
+    }
+    consumer.assign(&tpl)?;
+    Ok(starts)
+}
+
+/// How long the re-read after the drain may take before what it did not reach is lost.
+const REREAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads `topic` with a fresh consumer from `starts` up to the high watermarks it finds
+/// now. Returns the messages and whether it reached those ends within [`REREAD_TIMEOUT`].
+async fn reread(
+    brokers: &str,
+    topic: &str,
+    starts: &[(i32, i64)],
+) -> anyhow::Result<(Vec<OwnedMessage>, bool)> {
+    let consumer = bus::standalone_consumer(brokers)?;
+    let mut ends = HashMap::new();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for &(p, start) in starts {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_millis(bus::ADMIN_TIMEOUT_MS))
+            .with_context(|| format!("high watermark of {topic} [{p}]"))?;
+        if high > start {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(start))?;
+            ends.insert(p, high);
         }
     }
+    let mut messages = Vec::new();
+    if ends.is_empty() {
+        return Ok((messages, true));
+    }
+    consumer.assign(&tpl)?;
+    let deadline = tokio::time::Instant::now() + REREAD_TIMEOUT;
+    while !ends.is_empty() {
+        let msg = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => return Ok((messages, false)),
+            Ok(Err(_)) => continue,
+            Ok(Ok(msg)) => msg.detach(),
+        };
+        if ends
+            .get(&msg.partition())
+            .is_some_and(|&end| msg.offset() + 1 >= end)
+        {
+            ends.remove(&msg.partition());
+        }
+        messages.push(msg);
+    }
+    Ok((messages, true))
+}
+
+/// What the re-read found that the live consumer had missed.
+#[derive(Debug, Default)]
+struct Recovered {
+    /// Decisions (or the baseline's own messages).
+    answers: u64,
+    /// Settlement outcomes.
+    outcomes: u64,
+}
+
+/// After the drain: re-reads the answer topic (and, with the lifecycle mix, the
+/// dead-letter topic) from the offsets the phase started at up to the current high
+/// watermarks, and closes every outstanding message whose answer is there as recovered
+/// (not in the percentiles; a recovered ALLOW starts no plan, a recovered outcome sends
+/// no next step), or as refused when its settlement was dead-lettered. Also counts the
+/// copies on the topic of this run's answers: returns the decision duplicates found there
+/// and raises the lifecycle report's `duplicated` to the outcome duplicates found there.
+async fn reconcile(
+    brokers: &str,
+    route: &Route<'_>,
+    answer_starts: &[(i32, i64)],
+    dlq_starts: &[(i32, i64)],
+    pending: &Pending,
+    collected: &Arc<Mutex<Collected>>,
+) -> anyhow::Result<(Recovered, u64)> {
+    let (answers, complete) = reread(brokers, route.consume_from, answer_starts).await?;
+    if !complete {
+        eprintln!(
+            "loadgen: the re-read of {} did not reach the high watermarks within {} s; what it did not reach counts as lost",
+            route.consume_from,
+            REREAD_TIMEOUT.as_secs()
+        );
+    }
+    let mut recovered = Recovered::default();
+    let mut copies: HashMap<String, u64> = HashMap::new();
+    let mut outcome_copies: HashMap<String, u64> = HashMap::new();
+    let extra = |m: &HashMap<String, u64>| m.values().map(|n| n - 1).sum::<u64>();
+    let settlements_open = {
+        let mut p = lock(pending);
+        let mut c = lock(collected);
+        for msg in &answers {
+            let Some(answer) = msg
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Answer>(p).ok())
+            else {
+                continue;
+            };
+            if answer.outcome.is_some() {
+                let Some(id) = answer.settlement_id else {
+                    continue;
+                };
+                let s = &mut c.settling;
+                if s.open.remove(&id).is_some() {
+                    recovered.outcomes += 1;
+                    s.answered.insert(id.clone());
+                }
+                if s.answered.contains(&id) {
+                    *outcome_copies.entry(id).or_insert(0) += 1;
+                }
+            } else {
+                if p.remove(&answer.intent_id).is_some() {
+                    recovered.answers += 1;
+                    c.answered.insert(answer.intent_id.clone());
+                }
+                if c.answered.contains(&answer.intent_id) {
+                    *copies.entry(answer.intent_id).or_insert(0) += 1;
+                }
+            }
+        }
+        let s = &mut c.settling;
+        s.report.duplicated = s.report.duplicated.max(extra(&outcome_copies));
+        !s.open.is_empty()
+    };
+    // Settlements still open may have been refused, the live reader of the dead-letter
+    // topic having missed the letter.
+    if let Some(l) = route.lifecycle
+        && settlements_open
+    {
+        let (letters, _) = reread(brokers, l.dlq, dlq_starts).await?;
+        let mut c = lock(collected);
+        let s = &mut c.settling;
+        for msg in &letters {
+            if let Some((id, code)) = dead_letter(msg)
+                && s.open.remove(&id).is_some()
+            {
+                *s.report.refused.entry(code).or_insert(0) += 1;
+            }
+        }
+    }
+    Ok((recovered, extra(&copies)))
 }
 
 fn latency_us(now: Instant, sent_at: Instant) -> u64 {
