@@ -18,13 +18,35 @@ use crate::settlement::{Settlement, SettlementError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The columns of `authorization_state` and `settlement`, in their row types' order.
 pub(crate) const AUTHORIZATION_COLUMNS: &str = "intent_id, agent_id, entity_id, authorized, captured, voided, refunded, restored, expired_amount, is_final, expired, expires_at, currency, tz, day, month, seq, fx_rate, usage_currency";
 pub(crate) const SPEND_RECORD_COLUMNS: &str = "intent_id, agent_id, entity_id, accepted_at, category, beneficiary_id, country, purpose, currency, amount, counts, seq";
 pub(crate) const SETTLEMENT_COLUMNS: &str =
     "settlement_id, intent_id, agent_id, fingerprint, seq, message";
+
+/// Most settlement messages one transaction applies (bounds lock hold time).
+pub const MAX_SETTLE_BATCH: usize = 256;
+
+/// The result already computed in this batch for the message recorded as `seq`.
+fn results_of_seq(results: &[SettleResult], seq: i64) -> Result<SettleResult, LedgerError> {
+    results
+        .iter()
+        .find(|r| match r {
+            SettleResult::Applied { seq: s, .. } | SettleResult::Refused { seq: s, .. } => {
+                *s == seq
+            }
+            SettleResult::Redelivered { .. } => false,
+        })
+        .map(|r| match r {
+            SettleResult::Applied { outcome, .. } => SettleResult::Redelivered {
+                outcome: outcome.clone(),
+            },
+            other => other.clone(),
+        })
+        .ok_or_else(|| LedgerError::Bug(format!("no result for seq {seq} in this batch")))
+}
 
 /// Source topic and `intake_record` kind of settlement messages.
 pub const SETTLEMENTS_TOPIC: &str = "spend.settlements";
@@ -141,108 +163,172 @@ impl Ledger {
         origin: &Origin,
         at: Option<DateTime<Utc>>,
     ) -> Result<SettleResult, LedgerError> {
-        let fingerprint = self.settlement_fingerprint(settlement);
-        // Decision rows never change once written: reading it before the lock is safe.
-        let decided: Option<(String, String, String)> =
-            sqlx::query_as("SELECT agent_id, entity_id, effect FROM decision WHERE intent_id = $1")
-                .bind(&settlement.intent_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let effect = match &decided {
-            Some((_, _, e)) => Some(Effect::parse(e).ok_or_else(|| {
-                LedgerError::Corrupt(format!(
-                    "decision of intent {} has effect {e:?}",
-                    settlement.intent_id
-                ))
-            })?),
-            None => None,
+        let mut out = self
+            .settle_batch_at(set, &[(settlement.clone(), origin.clone())], at)
+            .await?;
+        out.pop()
+            .ok_or_else(|| LedgerError::Bug("empty settlement batch result".into()))
+    }
+
+    /// Applies several settlement messages in one transaction, in order (the agents'
+    /// locks held throughout: the same rules as one at a time). The error is a failure
+    /// of the whole transaction (nothing recorded).
+    pub async fn settle_batch(
+        &self,
+        set: &PolicySet,
+        items: &[(Settlement, Origin)],
+    ) -> Result<Vec<SettleResult>, LedgerError> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(MAX_SETTLE_BATCH) {
+            out.extend(self.settle_batch_at(set, chunk, None).await?);
+        }
+        Ok(out)
+    }
+
+    #[doc(hidden)]
+    pub async fn settle_batch_at(
+        &self,
+        set: &PolicySet,
+        items: &[(Settlement, Origin)],
+        at: Option<DateTime<Utc>>,
+    ) -> Result<Vec<SettleResult>, LedgerError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        assert!(
+            items.len() <= MAX_SETTLE_BATCH,
+            "settlement batch too large"
+        );
+        let intent_ids: Vec<String> = items.iter().map(|(s, _)| s.intent_id.clone()).collect();
+        let settlement_ids: Vec<String> =
+            items.iter().map(|(s, _)| s.settlement_id.clone()).collect();
+        // Decision rows never change once written: reading them before the locks is safe.
+        let decided: HashMap<String, (String, String, Effect)> = sqlx::query_as::<
+            _,
+            (String, String, String, String),
+        >(
+            "SELECT intent_id, agent_id, entity_id, effect FROM decision WHERE intent_id = ANY($1)",
+        )
+        .bind(&intent_ids)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(i, a, e, effect)| {
+            let effect = Effect::parse(&effect).ok_or_else(|| {
+                LedgerError::Corrupt(format!("decision of intent {i} has effect {effect:?}"))
+            })?;
+            Ok((i, (a, e, effect)))
+        })
+        .collect::<Result<_, LedgerError>>()?;
+        let intent_of = |s: &Settlement| {
+            decided
+                .get(&s.intent_id)
+                .map(|(agent_id, entity_id, effect)| SettledIntent {
+                    agent_id,
+                    entity_id,
+                    effect: *effect,
+                })
         };
-        let intent = decided
-            .as_ref()
-            .zip(effect)
-            .map(|((agent_id, entity_id, _), effect)| SettledIntent {
-                agent_id,
-                entity_id,
-                effect,
-            });
-        let chains =
-            vec![intent.map_or_else(|| INTAKE_CHAIN.to_string(), |i| agent_chain(i.agent_id))];
-        let policy = intent.and_then(|i| set.resolve(i.agent_id, i.entity_id));
+        let mut chains: Vec<String> = items
+            .iter()
+            .map(|(s, _)| {
+                intent_of(s).map_or_else(|| INTAKE_CHAIN.to_string(), |i| agent_chain(i.agent_id))
+            })
+            .collect();
+        chains.sort();
+        chains.dedup();
         // A forced capture raises usage: under entity-scoped limits it takes the
         // entity's lock, like deciding does.
         let mut locks = chains.clone();
-        if let (Some(i), Some(p)) = (intent, policy.as_deref())
-            && super::decide::has_entity_limits(p)
-        {
-            locks.push(super::decide::entity_limits_lock(i.entity_id));
+        for (s, _) in items {
+            if let Some(i) = intent_of(s)
+                && set
+                    .resolve(i.agent_id, i.entity_id)
+                    .as_deref()
+                    .is_some_and(super::decide::has_entity_limits)
+            {
+                locks.push(super::decide::entity_limits_lock(i.entity_id));
+            }
         }
         let mut tx = self.pool.begin().await?;
         let db_now = store::lock_chains(&mut tx, &locks, None, false).await?;
-        let intake_key = store::IntakeKey::of(origin, SETTLEMENTS_TOPIC, SETTLEMENT_APPLIED_KEY);
-        let recorded = match &intake_key {
-            Some(key) => key.recorded(&mut tx).await?,
-            None => None,
-        };
-        if let Some(seq) = recorded {
-            let result = recorded_result(&mut tx, seq).await?;
-            tx.rollback().await?;
-            return Ok(result);
-        }
         let now = chain::to_micros(at.unwrap_or(db_now));
-        let mut snapshot = load_lifecycle(
-            &mut tx,
-            std::slice::from_ref(&settlement.intent_id),
-            std::slice::from_ref(&settlement.settlement_id),
-        )
-        .await?;
-        let restore_refunds = policy.as_deref().is_some_and(|p| p.refunds_restore);
-        let step = machine::step_settle(
-            &snapshot,
-            intent,
-            SettleInput {
-                settlement,
-                fingerprint,
-                now,
-                restore_refunds,
-            },
-        );
-        let (staged, refusal) = match step {
-            SettleStep::Redelivered(row) => {
-                tx.rollback().await?;
-                return Ok(SettleResult::Redelivered {
-                    outcome: outcome_of(&row.message)?,
-                });
-            }
-            SettleStep::Refused(staged, code) => (staged, Some(code)),
-            SettleStep::Applied(staged) => (staged, None),
-        };
+        let mut snapshot = load_lifecycle(&mut tx, &intent_ids, &settlement_ids).await?;
         let mut ws = WriteSet::default();
         ws.load_heads(&mut tx, &chains).await?;
-        ws.reserve_seqs(&mut tx, 1).await?;
-        let appended = ws.record(&mut snapshot, &staged, now, origin)?;
-        let seq = appended.recorded.seq;
-        let result = match (refusal, appended.outcome) {
-            (Some(code), _) => SettleResult::Refused {
-                seq,
-                code: code.as_str().to_string(),
-                detail: refused_detail(&staged),
-            },
-            (None, Some(outcome)) => SettleResult::Applied {
-                seq,
-                outcome: Box::new(outcome),
-            },
-            (None, None) => {
-                return Err(LedgerError::Bug(
-                    "an applied settlement folded into no outcome".into(),
-                ));
+        // At most one event per message (a redelivery appends none: its seq is unused).
+        ws.reserve_seqs(&mut tx, items.len()).await?;
+        let mut results = Vec::with_capacity(items.len());
+        let mut intake: Vec<(store::IntakeKey<'_>, i64)> = Vec::new();
+        for (settlement, origin) in items {
+            let intake_key =
+                store::IntakeKey::of(origin, SETTLEMENTS_TOPIC, SETTLEMENT_APPLIED_KEY);
+            // A message handled before (a redelivery, or a retry after a COMMIT of unknown
+            // outcome) gets its recorded result, not a second event.
+            if let Some(key) = &intake_key
+                && let Some(seq) = match intake.iter().find(|(k, _)| k.same_message(key)) {
+                    Some((_, seq)) => Some(*seq),
+                    None => key.recorded(&mut tx).await?,
+                }
+            {
+                results.push(match intake.iter().any(|(k, _)| k.same_message(key)) {
+                    true => results_of_seq(&results, seq)?,
+                    false => recorded_result(&mut tx, seq).await?,
+                });
+                continue;
             }
-        };
+            let intent = intent_of(settlement);
+            let restore_refunds = intent
+                .and_then(|i| set.resolve(i.agent_id, i.entity_id))
+                .is_some_and(|p| p.refunds_restore);
+            let step = machine::step_settle(
+                &snapshot,
+                intent,
+                SettleInput {
+                    settlement,
+                    fingerprint: self.settlement_fingerprint(settlement),
+                    now,
+                    restore_refunds,
+                },
+            );
+            let (staged, refusal) = match step {
+                SettleStep::Redelivered(row) => {
+                    results.push(SettleResult::Redelivered {
+                        outcome: outcome_of(&row.message)?,
+                    });
+                    continue;
+                }
+                SettleStep::Refused(staged, code) => (staged, Some(code)),
+                SettleStep::Applied(staged) => (staged, None),
+            };
+            let appended = ws.record(&mut snapshot, &staged, now, origin)?;
+            let seq = appended.recorded.seq;
+            results.push(match (refusal, appended.outcome) {
+                (Some(code), _) => SettleResult::Refused {
+                    seq,
+                    code: code.as_str().to_string(),
+                    detail: refused_detail(&staged),
+                },
+                (None, Some(outcome)) => SettleResult::Applied {
+                    seq,
+                    outcome: Box::new(outcome),
+                },
+                (None, None) => {
+                    return Err(LedgerError::Bug(
+                        "an applied settlement folded into no outcome".into(),
+                    ));
+                }
+            });
+            if let Some(key) = intake_key {
+                intake.push((key, seq));
+            }
+        }
         ws.flush(&mut tx).await?;
-        if let Some(key) = &intake_key {
-            key.record(&mut tx, seq).await?;
+        for (key, seq) in &intake {
+            key.record(&mut tx, *seq).await?;
         }
         tx.commit().await?;
-        Ok(result)
+        Ok(results)
     }
 
     /// Records a settlement message that does not parse (`settlement_refused` with its

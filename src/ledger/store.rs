@@ -262,6 +262,17 @@ impl<'a> IntakeKey<'a> {
         }
     }
 
+    /// Whether two keys name the same Kafka message and kind.
+    pub fn same_message(&self, other: &IntakeKey<'_>) -> bool {
+        (self.source_topic, self.partition, self.offset, self.kind)
+            == (
+                other.source_topic,
+                other.partition,
+                other.offset,
+                other.kind,
+            )
+    }
+
     /// The seq recorded for this message before, if any (call under the chain lock).
     pub async fn recorded(&self, conn: &mut PgConnection) -> sqlx::Result<Option<i64>> {
         sqlx::query_scalar(

@@ -34,26 +34,40 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        // Votes and settlements are handled one by one, in their place; intents in
-        // between are decided together.
+        // Intents are decided together and settlements applied together; Kafka orders
+        // messages per key (agent) only, so a message joins its group unless the other
+        // group holds one of the same key (then both groups go first: a capture that
+        // frees budget is applied before that agent's next intent). Votes are rare and
+        // handled one by one, in their place.
         let mut intents: Vec<&OwnedMessage> = Vec::new();
+        let mut settlements: Vec<&OwnedMessage> = Vec::new();
         let mut handled = true;
         for msg in &batch {
-            if msg.topic() == shared.topics.intents {
-                intents.push(msg);
+            let is_intent = msg.topic() == shared.topics.intents;
+            let is_settlement = msg.topic() == shared.topics.settlements;
+            let other: &[&OwnedMessage] = if is_intent { &settlements } else { &intents };
+            if (is_intent || is_settlement) && !shares_key(other, msg) {
+                if is_intent {
+                    intents.push(msg);
+                } else {
+                    settlements.push(msg);
+                }
                 continue;
             }
-            handled = handled && handle_intents(&shared, &intents).await;
+            handled = handled && handle_groups(&shared, &intents, &settlements).await;
             intents.clear();
-            let origin = Origin::kafka(&shared.settings.instance, msg.partition(), msg.offset());
-            handled = handled
-                && if msg.topic() == shared.topics.settlements {
-                    handle_settlement(&shared, msg, &origin).await
-                } else {
-                    handle_vote(&shared, msg, &origin).await
-                };
+            settlements.clear();
+            if is_intent {
+                intents.push(msg);
+            } else if is_settlement {
+                settlements.push(msg);
+            } else {
+                let origin =
+                    Origin::kafka(&shared.settings.instance, msg.partition(), msg.offset());
+                handled = handled && handle_vote(&shared, msg, &origin).await;
+            }
         }
-        handled = handled && handle_intents(&shared, &intents).await;
+        handled = handled && handle_groups(&shared, &intents, &settlements).await;
         if handled {
             for msg in &batch {
                 if let Err(e) = consumer.store_offset(msg.topic(), msg.partition(), msg.offset()) {
@@ -67,6 +81,25 @@ pub async fn run(
         // redelivers.
         batch.clear();
     }
+}
+
+/// Whether `group` holds a message with `msg`'s key (a message without a key shares
+/// every key: it keeps its place).
+fn shares_key(group: &[&OwnedMessage], msg: &OwnedMessage) -> bool {
+    match msg.key() {
+        None => !group.is_empty(),
+        Some(k) => group.iter().any(|m| m.key().is_none_or(|mk| mk == k)),
+    }
+}
+
+/// The pending intents, then the pending settlements (no key in common: their relative
+/// order is free).
+async fn handle_groups(
+    shared: &Shared,
+    intents: &[&OwnedMessage],
+    settlements: &[&OwnedMessage],
+) -> bool {
+    handle_intents(shared, intents).await && handle_settlements(shared, settlements).await
 }
 
 /// Decides a run of intent messages in one ledger transaction. Returns true when every
@@ -427,6 +460,95 @@ async fn refuse(shared: &Shared, raw: &[u8], code: &str, detail: &str, origin: &
     }
 }
 
+/// A run of settlement messages: the malformed ones audited and dead-lettered, the rest
+/// applied in one ledger transaction; a batch the ledger keeps refusing is applied one
+/// by one, so one bad message never takes its neighbours to the DLQ. Returns false only
+/// when shutting down.
+async fn handle_settlements(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
+    match msgs {
+        [] => return true,
+        [one] => {
+            let origin = Origin::kafka(&shared.settings.instance, one.partition(), one.offset());
+            return handle_settlement(shared, one, &origin).await;
+        }
+        _ => {}
+    }
+    let mut items = Vec::with_capacity(msgs.len());
+    let mut item_msgs = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        let origin = Origin::kafka(&shared.settings.instance, msg.partition(), msg.offset());
+        match settlement::parse_settlement(msg.payload().unwrap_or_default()) {
+            Ok(s) => {
+                items.push((s, origin));
+                item_msgs.push(*msg);
+            }
+            // The single-message path audits and dead-letters it.
+            Err(_) => {
+                if !handle_settlement(shared, msg, &origin).await {
+                    return false;
+                }
+            }
+        }
+    }
+    if items.is_empty() {
+        return true;
+    }
+    let policies = shared.policies.load_full();
+    match retry_bounded(
+        &shared.shutdown,
+        "ledger settle_batch",
+        LedgerError::is_transient,
+        || shared.ledger.settle_batch(&policies, &items),
+    )
+    .await
+    {
+        Attempt::Stopped => false,
+        Attempt::Done(results) => {
+            for (result, msg) in results.into_iter().zip(&item_msgs) {
+                if !settlement_result(shared, msg, result).await {
+                    return false;
+                }
+            }
+            true
+        }
+        Attempt::GaveUp(last) => {
+            tracing::warn!(settlements = items.len(), error = %last, "ledger refused the settlement batch repeatedly; applying one by one");
+            for (msg, (_, origin)) in item_msgs.iter().zip(&items) {
+                if !handle_settlement(shared, msg, origin).await {
+                    return false;
+                }
+            }
+            true
+        }
+    }
+}
+
+/// Metrics, outbox wake-up and dead letter of one applied settlement's result.
+async fn settlement_result(shared: &Shared, msg: &OwnedMessage, result: SettleResult) -> bool {
+    match result {
+        SettleResult::Applied { .. } => {
+            metrics::counter!("spendguard_settlements_total", "result" => "applied").increment(1);
+            shared.outbox_ready.notify_one();
+            true
+        }
+        SettleResult::Redelivered { .. } => {
+            metrics::counter!("spendguard_settlements_total", "result" => "redelivered")
+                .increment(1);
+            true
+        }
+        SettleResult::Refused { code, detail, .. } => {
+            tracing::info!(%code, "settlement refused by the ledger");
+            metrics::counter!("spendguard_settlements_total", "result" => "refused").increment(1);
+            send_dead_letter(
+                shared,
+                msg,
+                &DeadLetterReason::SettlementRefused { code, detail },
+            )
+            .await
+        }
+    }
+}
+
 /// One settlement message (SPEC §11): parsed, applied by the ledger (which audits
 /// refusals), dead-lettered with its stable code when refused. Returns false only when
 /// shutting down (the offset stays unstored; the ledger answers the redelivery from its
@@ -464,26 +586,7 @@ async fn handle_settlement(shared: &Shared, msg: &OwnedMessage, origin: &Origin)
     .await
     {
         Attempt::Stopped => false,
-        Attempt::Done(SettleResult::Applied { .. }) => {
-            metrics::counter!("spendguard_settlements_total", "result" => "applied").increment(1);
-            shared.outbox_ready.notify_one();
-            true
-        }
-        Attempt::Done(SettleResult::Redelivered { .. }) => {
-            metrics::counter!("spendguard_settlements_total", "result" => "redelivered")
-                .increment(1);
-            true
-        }
-        Attempt::Done(SettleResult::Refused { code, detail, .. }) => {
-            tracing::info!(settlement = %parsed.settlement_id, intent = %parsed.intent_id, %code, "settlement refused by the ledger");
-            metrics::counter!("spendguard_settlements_total", "result" => "refused").increment(1);
-            send_dead_letter(
-                shared,
-                msg,
-                &DeadLetterReason::SettlementRefused { code, detail },
-            )
-            .await
-        }
+        Attempt::Done(result) => settlement_result(shared, msg, result).await,
         Attempt::GaveUp(last) => {
             tracing::error!(settlement = %parsed.settlement_id, error = %last, "ledger could not apply a settlement; dead-lettering it");
             let reason = DeadLetterReason::NotRecorded(format!(

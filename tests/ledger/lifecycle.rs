@@ -541,3 +541,99 @@ async fn deciders_and_settlers_never_pass_a_cap_or_over_capture() {
     assert!(report.ok(), "{report:#?}");
     assert_eq!(report.settlements_reapplied as i64, applied);
 }
+
+/// `settle_batch` (what serve uses) applies settlements in order in one transaction,
+/// exactly as one at a time would; a batch redelivered from Kafka gets the recorded
+/// results and appends nothing.
+#[tokio::test]
+async fn a_batch_of_settlements_applies_in_order_like_one_at_a_time() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let (_d, set) = standard_set();
+    let o = origin();
+    for (id, agent, amount) in [("b1", "ag", "100.00"), ("b2", "ag2", "50.00")] {
+        ledger
+            .decide(&set, &intent(id, agent, amount), &o)
+            .await
+            .unwrap();
+    }
+    let texts = [
+        msg("s1", "b1", "CAPTURE", "60.00", ""),
+        msg("s2", "b1", "CAPTURE", "50.00", ""),
+        msg("s1", "b1", "CAPTURE", "60.00", ""),
+        msg("s3", "b2", "VOID", "", ""),
+        msg("s4", "ghost", "CAPTURE", "1.00", ""),
+        msg("s5", "b1", "CAPTURE", "40.00", r#","final":true"#),
+    ];
+    let items: Vec<_> = texts
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            (
+                parse_settlement(t.as_bytes()).unwrap(),
+                spendguard::ledger::Origin::kafka("test", 3, 100 + k as i64),
+            )
+        })
+        .collect();
+    let summary = |results: &[SettleResult]| -> Vec<String> {
+        results
+            .iter()
+            .map(|r| match r {
+                SettleResult::Applied { outcome, .. } => {
+                    format!("applied {}", outcome.outcome.as_str())
+                }
+                SettleResult::Redelivered { outcome } => {
+                    format!("redelivered {}", outcome.outcome.as_str())
+                }
+                SettleResult::Refused { code, .. } => format!("refused {code}"),
+            })
+            .collect()
+    };
+    let first = ledger.settle_batch(&set, &items).await.unwrap();
+    assert_eq!(
+        summary(&first),
+        [
+            "applied CAPTURED",
+            "refused exceeds_remainder",
+            "redelivered CAPTURED",
+            "applied VOIDED",
+            "refused unknown_intent",
+            "applied CAPTURED",
+        ]
+    );
+    let events = |db: &TestDb| {
+        let url = db.url.clone();
+        async move {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                .await
+                .unwrap();
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ledger_event")
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    let before = events(&db).await;
+    // The same Kafka messages again (a rebalance): recorded answers, nothing appended.
+    let again = ledger.settle_batch(&set, &items).await.unwrap();
+    assert_eq!(
+        summary(&again),
+        [
+            "redelivered CAPTURED",
+            "refused exceeds_remainder",
+            "redelivered CAPTURED",
+            "redelivered VOIDED",
+            "refused unknown_intent",
+            "redelivered CAPTURED",
+        ]
+    );
+    assert_eq!(events(&db).await, before);
+    let auth = ledger.authorization("b1").await.unwrap().unwrap();
+    assert_eq!(
+        (auth.state.captured, auth.state.is_final),
+        (d("100.00"), true)
+    );
+    assert!(ledger.replay(true).await.unwrap().ok());
+}
