@@ -5,6 +5,11 @@
 //! estimates, it prints median and p99 of single evaluations (per-call `Instant` timing,
 //! which includes ~20-40 ns of clock overhead) and the ratios, for docs/benchmarks.md.
 //!
+//! A second part (issue 11) times a policy with limits of every kind (SPEC §12): the
+//! evaluator with precomputed so-far values (`evaluate_limited`), and the ledger's whole
+//! decision rule (`machine::verdict`) on a snapshot holding spend records, which sums
+//! them per limit. SPEC §10: still median ≤ 2 µs with limits.
+//!
 //! Run: `cargo bench --bench policy_eval -- --warm-up-time 1 --measurement-time 3`
 
 use cedar_policy::{
@@ -12,9 +17,13 @@ use cedar_policy::{
     RestrictedExpression,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
+use rust_decimal::Decimal;
 use spendguard::decision::{Effect, KillState, Usage};
 use spendguard::intent::{SpendIntent, parse_intent};
-use spendguard::policy::{CompiledPolicy, EvalInput, evaluate, rego::minor};
+use spendguard::ledger::machine::{self, Projections};
+use spendguard::ledger::store::SpendRecordRow;
+use spendguard::policy::limits::SoFar;
+use spendguard::policy::{CompiledPolicy, EvalInput, evaluate, evaluate_limited, rego::minor};
 use std::hint::black_box;
 use std::str::FromStr;
 use std::time::Instant;
@@ -373,5 +382,269 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Limits of every kind (SPEC §12): calendar day/week/month/year/all_time, trailing 24h
+/// and 7d, amount and count, agent and entity scope, filtered and not.
+const LIMITS_POLICY: &str = r#"
+name: limits-bench
+description: every kind of limit
+currency: BRL
+timezone: America/Sao_Paulo
+caps: { perTxn: "5000.00", daily: "20000.00", monthly: "200000.00" }
+msig: { threshold: { higherThan: "4000.00", approvals: 2 } }
+limits:
+  - name: agent-day
+    window: { calendar: day }
+    amount: "3000.00"
+  - name: agent-week-count
+    window: { calendar: week }
+    count: 60
+  - name: agent-month
+    window: { calendar: month }
+    amount: "40000.00"
+    count: 200
+  - name: agent-year
+    window: { calendar: year }
+    amount: "300000.00"
+    effect: DENY
+  - name: agent-all-time
+    window: { calendar: all_time }
+    amount: "1000000.00"
+    effect: DENY
+  - name: agent-burst
+    window: { trailing: 24h }
+    count: 25
+    effect: DENY
+  - name: agent-travel-weekly
+    window: { trailing: 7d }
+    amount: "2000.00"
+    filter: { categoryIn: [travel], beneficiaryIn: ["airline:*", "hotel:*"] }
+  - name: entity-day
+    window: { calendar: day }
+    amount: "15000.00"
+    count: 120
+    scope: entity
+  - name: entity-week
+    window: { calendar: week }
+    amount: "60000.00"
+    scope: entity
+  - name: entity-month
+    window: { calendar: month }
+    amount: "150000.00"
+    scope: entity
+    effect: REQUIRE_MSIG
+    approvals: 2
+  - name: entity-year
+    window: { calendar: year }
+    count: 5000
+    scope: entity
+  - name: entity-all-time
+    window: { calendar: all_time }
+    amount: "5000000.00"
+    scope: entity
+    effect: DENY
+  - name: entity-trailing-24h
+    window: { trailing: 24h }
+    amount: "20000.00"
+    scope: entity
+  - name: entity-foreign-wires
+    window: { trailing: 7d }
+    amount: "10000.00"
+    scope: entity
+    filter: { purposeIn: [WIRE], countryIn: [US, PT] }
+    effect: REQUIRE_MSIG
+"#;
+
+/// Intents for the limits policy: plain utility payments, travel, a foreign wire, one
+/// over the msig threshold.
+fn limit_intents() -> Vec<SpendIntent> {
+    let cases: &[(&str, &str, &str, &str, &str)] = &[
+        ("250.00", "utility", "utility:light_company", "BR", "PIX"),
+        ("89.90", "subscription", "bank:nubank", "BR", "PIX"),
+        ("600.00", "travel", "airline:latam", "BR", "CARD"),
+        ("1200.00", "travel", "hotel:ibis", "PT", "CARD"),
+        ("3000.00", "supplier", "supplier:acme_us", "US", "WIRE"),
+        ("4500.00", "tax", "tax:receita_federal", "BR", "OTHER"),
+    ];
+    cases
+        .iter()
+        .map(|(amount, cat, ben, country, purpose)| {
+            let v = serde_json::json!({
+                "intentId": "3f2b8c1e-9a4d-4e7b-8c2a-1d5e6f7a8b90", "agentId": "agent-ops-01", "entityId": "acme-br",
+                "amount": amount, "currency": "BRL", "category": cat,
+                "beneficiary": {"id": ben, "country": country}, "purpose": purpose
+            });
+            parse_intent(v.to_string().as_bytes()).expect("bench intents are valid")
+        })
+        .collect()
+}
+
+/// Agent records of the snapshot (the benched agent's); the entity holds
+/// `ENTITY_RECORDS` in all, the rest from other agents.
+const AGENT_RECORDS: usize = 50;
+const ENTITY_RECORDS: usize = 200;
+
+/// A snapshot as deciding loads it for `agent-ops-01` of `acme-br`: its spend records
+/// and its entity's, spread over the past 60 days (some in the trailing windows, some in
+/// this week/month, some only in the year), a mix of categories and purposes.
+fn limit_snapshot() -> Projections {
+    let mut s = Projections::default();
+    let kinds: &[(&str, &str, &str, &str)] = &[
+        ("utility", "utility:light_company", "BR", "PIX"),
+        ("travel", "airline:latam", "BR", "CARD"),
+        ("supplier", "supplier:acme_us", "US", "WIRE"),
+        ("subscription", "bank:nubank", "BR", "PIX"),
+        ("travel", "hotel:ibis", "PT", "CARD"),
+    ];
+    for k in 0..ENTITY_RECORDS {
+        let agent = if k < AGENT_RECORDS {
+            "agent-ops-01".to_string()
+        } else {
+            format!("agent-{}", k % 17)
+        };
+        let (cat, ben, country, purpose) = kinds[k % kinds.len()];
+        // Minutes before `at()`: from 7 minutes to ~60 days back.
+        let ago = chrono::Duration::minutes(7 + (k as i64 * 433) % (60 * 24 * 60));
+        s.insert_record(SpendRecordRow {
+            intent_id: format!("0000{k:04}-9a4d-4e7b-8c2a-1d5e6f7a8b90"),
+            agent_id: agent,
+            entity_id: "acme-br".into(),
+            accepted_at: at() - ago,
+            category: cat.into(),
+            beneficiary_id: ben.into(),
+            country: Some(country.into()),
+            purpose: purpose.into(),
+            currency: "BRL".into(),
+            amount: Decimal::new(1_000 + (k as i64 * 7919) % 40_000, 2),
+            counts: true,
+            seq: k as i64 + 1,
+        });
+    }
+    s
+}
+
+fn bench_limits(c: &mut Criterion) {
+    let policy = CompiledPolicy::parse(LIMITS_POLICY, "limits-bench").unwrap();
+    assert_eq!(policy.limits().len(), 14, "every kind of limit");
+    let intents = limit_intents();
+    let snapshot = limit_snapshot();
+    let now = at();
+    let kill = KillState::Off;
+    // What the snapshot sums to, computed once: (a) times the evaluator alone with these.
+    let so_far: Vec<Vec<SoFar>> = intents
+        .iter()
+        .map(|i| {
+            policy
+                .limits()
+                .iter()
+                .map(|l| {
+                    snapshot.limit_so_far(
+                        l,
+                        &l.span(now, policy.tz),
+                        &i.agent_id,
+                        &i.entity_id,
+                        policy.currency.code,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let eval = |k: usize| {
+        evaluate_limited(
+            &policy,
+            &EvalInput {
+                intent: &intents[k],
+                usage: usage(),
+                kill: &kill,
+                accepted_at: now,
+            },
+            &so_far[k],
+        )
+    };
+    // The two paths agree (the verdict adds nothing to a BRL intent's findings).
+    let mut effects = Vec::new();
+    for k in 0..intents.len() {
+        let a = eval(k);
+        let v = machine::verdict(&snapshot, &intents[k], Some(&policy), now);
+        assert_eq!(a.effect, v.evaluation.effect, "intent {k}");
+        effects.push(a.effect);
+    }
+    let empty = Projections::default();
+    let n = intents.len();
+    let (ev_med, ev_p99) = time_each(|k| {
+        black_box(eval(black_box(k % n)));
+    });
+    let (v_med, v_p99) = time_each(|k| {
+        black_box(machine::verdict(
+            black_box(&snapshot),
+            black_box(&intents[k % n]),
+            Some(&policy),
+            now,
+        ));
+    });
+    let (v0_med, v0_p99) = time_each(|k| {
+        black_box(machine::verdict(
+            black_box(&empty),
+            black_box(&intents[k % n]),
+            Some(&policy),
+            now,
+        ));
+    });
+    // The parts of the verdict that depend on limits, alone.
+    let (sum_med, sum_p99) = time_each(|k| {
+        let i = &intents[k % n];
+        for l in policy.limits() {
+            let span = l.span(now, policy.tz);
+            black_box(snapshot.limit_so_far(
+                l,
+                black_box(&span),
+                &i.agent_id,
+                &i.entity_id,
+                policy.currency.code,
+            ));
+        }
+    });
+    let (span_med, span_p99) = time_each(|_| {
+        for l in policy.limits() {
+            black_box(l.span(black_box(now), policy.tz));
+        }
+    });
+    println!(
+        "\n| limits policy ({} limits; effects {:?}) | median (ns) | p99 (ns) |",
+        policy.limits().len(),
+        effects
+    );
+    println!("|---|---:|---:|");
+    println!("| (a) evaluate_limited, so-far precomputed | {ev_med} | {ev_p99} |");
+    println!(
+        "| (b) machine::verdict, {AGENT_RECORDS} agent / {ENTITY_RECORDS} entity records | {v_med} | {v_p99} |"
+    );
+    println!("| machine::verdict, empty snapshot | {v0_med} | {v0_p99} |");
+    println!("| limit_so_far of every limit (incl. span) | {sum_med} | {sum_p99} |");
+    println!("| span of every limit | {span_med} | {span_p99} |");
+    println!("({n} intents cycled, {SAMPLES_PER_ENGINE} samples each)\n");
+
+    let mut g = c.benchmark_group("limits_policy_all_intents");
+    g.bench_function("evaluate_limited", |b| {
+        b.iter(|| {
+            for k in 0..n {
+                black_box(eval(black_box(k)));
+            }
+        })
+    });
+    g.bench_function("verdict_250_records", |b| {
+        b.iter(|| {
+            for i in &intents {
+                black_box(machine::verdict(
+                    &snapshot,
+                    black_box(i),
+                    Some(&policy),
+                    now,
+                ));
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_limits);
 criterion_main!(benches);
