@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// Keep the scratch database (its URL is printed), e.g. to time `replay` on it.
     #[arg(long)]
     pub keep_database: bool,
+    /// Limits in the bench policy: none, two agent-scoped, or one of them entity-scoped
+    /// (every bench agent belongs to one entity).
+    #[arg(long, value_enum, default_value_t = crate::cli::bench::ledger::BenchLimits::None)]
+    pub limits: crate::cli::bench::ledger::BenchLimits,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +196,7 @@ pub fn run_ledger(cmd: LedgerCommand) -> anyhow::Result<i32> {
             args.batch,
             args.concurrency,
             args.keep_database,
+            args.limits,
         )),
     }
 }

@@ -32,9 +32,49 @@ msig: { threshold: { higherThan: "4000.00", approvals: 2 } }
 
 pub const BENCH_BINDINGS: &str = "default: bench\n";
 
+/// Limits added to the bench policy (`--limits`, issue 11): what limits cost a decision,
+/// and what entity scope costs on top (an entity-scoped limit takes the entity's lock,
+/// so the entity's agents decide one transaction at a time, and loads the entity's
+/// records). Both variants have two limits, set so high that no decision changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BenchLimits {
+    /// The bench policy as it was: caps only.
+    #[default]
+    None,
+    /// A calendar-day amount limit and a trailing-24h count limit, both per agent.
+    Agent,
+    /// The same two limits, the trailing-24h count summed over the entity.
+    Entity,
+}
+
+impl BenchLimits {
+    fn yaml(self) -> &'static str {
+        match self {
+            BenchLimits::None => "",
+            BenchLimits::Agent => {
+                "limits:\n  - { name: day, window: { calendar: day }, amount: \"1000000000.00\" }\n  - { name: burst, window: { trailing: 24h }, count: 100000000 }\n"
+            }
+            BenchLimits::Entity => {
+                "limits:\n  - { name: day, window: { calendar: day }, amount: \"1000000000.00\" }\n  - { name: burst, window: { trailing: 24h }, count: 100000000, scope: entity }\n"
+            }
+        }
+    }
+}
+
 /// Writes the bench policy set into `dir` and loads it.
 pub fn bench_policies(dir: &std::path::Path) -> anyhow::Result<PolicySet> {
-    std::fs::write(dir.join("bench.yaml"), BENCH_POLICY)?;
+    bench_policies_with(dir, BenchLimits::None)
+}
+
+/// The bench policy set with `limits` added.
+pub fn bench_policies_with(
+    dir: &std::path::Path,
+    limits: BenchLimits,
+) -> anyhow::Result<PolicySet> {
+    std::fs::write(
+        dir.join("bench.yaml"),
+        format!("{BENCH_POLICY}{}", limits.yaml()),
+    )?;
     std::fs::write(dir.join("bindings.yaml"), BENCH_BINDINGS)?;
     PolicySet::load_dir(dir).map_err(|e| anyhow::anyhow!("bench policy does not load: {e}"))
 }
@@ -70,10 +110,11 @@ pub async fn run(
     batch: usize,
     concurrency: usize,
     keep_database: bool,
+    limits: BenchLimits,
 ) -> anyhow::Result<i32> {
     let dir = std::env::temp_dir().join(format!("spendguard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let set = Arc::new(bench_policies(&dir)?);
+    let set = Arc::new(bench_policies_with(&dir, limits)?);
     // A scratch database so the numbers do not depend on what else is in the ledger.
     let admin = sqlx::PgPool::connect(database_url).await?;
     let db_name = format!("spendguard_bench_{}", std::process::id());
@@ -141,7 +182,7 @@ pub async fn run(
             / 1000.0
     };
     println!(
-        "decide bench: {intents} intents, {agents} agents, batch {batch}, concurrency {concurrency}: {:.0} decisions/s; batch latency ms p50 {:.2} p95 {:.2} p99 {:.2} max {:.2}",
+        "decide bench: {intents} intents, {agents} agents of one entity, limits {limits:?}, batch {batch}, concurrency {concurrency}: {:.0} decisions/s; batch latency ms p50 {:.2} p95 {:.2} p99 {:.2} max {:.2}",
         intents as f64 / secs,
         pct(0.50),
         pct(0.95),
