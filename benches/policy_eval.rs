@@ -562,9 +562,9 @@ fn bench_limits(c: &mut Criterion) {
     };
     // The two paths agree (the verdict adds nothing to a BRL intent's findings).
     let mut effects = Vec::new();
-    for k in 0..intents.len() {
+    for (k, intent) in intents.iter().enumerate() {
         let a = eval(k);
-        let v = machine::verdict(&snapshot, &intents[k], Some(&policy), now);
+        let v = machine::verdict(&snapshot, intent, Some(&policy), now);
         assert_eq!(a.effect, v.evaluation.effect, "intent {k}");
         effects.push(a.effect);
     }
