@@ -731,8 +731,11 @@ pub struct Projections {
     pub fx_rates: BTreeMap<String, FxRateRow>,
     /// intent → what it holds against limits (SPEC §12)
     pub records: BTreeMap<String, SpendRecordRow>,
-    /// `agent:ID` / `entity:ID` → intents of [`Self::records`] (limit scopes)
-    record_scopes: HashMap<String, Vec<String>>,
+    /// agent → (acceptance time, intent) of its records, in time order (limit scopes:
+    /// a window is found by binary search, not by scanning the agent's history)
+    agent_records: HashMap<String, Vec<(DateTime<Utc>, String)>>,
+    /// entity → the same, over every agent of the entity
+    entity_records: HashMap<String, Vec<(DateTime<Utc>, String)>>,
 }
 
 /// A change that contradicts the state it is applied to (replay reports these).
@@ -852,14 +855,15 @@ impl Projections {
 
     /// Adds a spend record (the fold, or a live snapshot loading what limits need).
     pub fn insert_record(&mut self, rec: SpendRecordRow) {
-        for scope in [
-            format!("agent:{}", rec.agent_id),
-            format!("entity:{}", rec.entity_id),
+        for list in [
+            self.agent_records.entry(rec.agent_id.clone()).or_default(),
+            self.entity_records
+                .entry(rec.entity_id.clone())
+                .or_default(),
         ] {
-            self.record_scopes
-                .entry(scope)
-                .or_default()
-                .push(rec.intent_id.clone());
+            // Records mostly arrive in time order (the fold): then this is a push.
+            let at = list.partition_point(|(t, _)| *t <= rec.accepted_at);
+            list.insert(at, (rec.accepted_at, rec.intent_id.clone()));
         }
         self.records.insert(rec.intent_id.clone(), rec);
     }
@@ -875,12 +879,22 @@ impl Projections {
         entity_id: &str,
         currency: &str,
     ) -> policy::limits::SoFar {
-        let scope = match limit.scope {
-            crate::policy::model::LimitScope::Agent => format!("agent:{agent_id}"),
-            crate::policy::model::LimitScope::Entity => format!("entity:{entity_id}"),
+        let list = match limit.scope {
+            crate::policy::model::LimitScope::Agent => self.agent_records.get(agent_id),
+            crate::policy::model::LimitScope::Entity => self.entity_records.get(entity_id),
         };
         let mut so_far = policy::limits::SoFar::default();
-        for id in self.record_scopes.get(&scope).into_iter().flatten() {
+        let Some(list) = list else {
+            return so_far;
+        };
+        // Only the records from the window's start on (time order).
+        let first = span
+            .from
+            .map_or(0, |from| list.partition_point(|(t, _)| *t < from));
+        for (at, id) in &list[first..] {
+            if span.until.is_some_and(|until| *at >= until) {
+                break;
+            }
             let Some(rec) = self.records.get(id) else {
                 continue;
             };
@@ -1102,15 +1116,19 @@ pub fn verdict(
         None => (Usage::default(), None),
     };
     let mut report = report;
+    let spans: Vec<policy::limits::Span> = match policy {
+        Some(p) => p.limits().iter().map(|l| l.span(now, p.tz)).collect(),
+        None => Vec::new(),
+    };
     let so_far: Vec<policy::limits::SoFar> = match policy {
         Some(p) => p
             .limits()
             .iter()
-            .map(|l| {
-                let span = l.span(now, p.tz);
+            .zip(&spans)
+            .map(|(l, span)| {
                 s.limit_so_far(
                     l,
-                    &span,
+                    span,
                     &intent.agent_id,
                     &intent.entity_id,
                     p.currency.code,
@@ -1124,12 +1142,13 @@ pub fn verdict(
             .limits()
             .iter()
             .zip(&so_far)
-            .map(|(l, used)| {
+            .zip(&spans)
+            .map(|((l, used), span)| {
                 let mut amount = used.amount;
                 amount.rescale(p.currency.minor_units);
                 crate::decision::LimitUsage {
                     name: l.name.clone(),
-                    window: l.span(now, p.tz).label.into_owned(),
+                    window: span.label.to_string(),
                     amount_so_far: l.amount.map(|_| amount),
                     count_so_far: l.count.map(|_| used.count),
                 }
