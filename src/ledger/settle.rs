@@ -256,26 +256,57 @@ impl Ledger {
         let mut snapshot = load_lifecycle(&mut tx, &intent_ids, &settlement_ids).await?;
         let mut ws = WriteSet::default();
         ws.load_heads(&mut tx, &chains).await?;
-        // At most one event per message (a redelivery appends none: its seq is unused).
-        ws.reserve_seqs(&mut tx, items.len()).await?;
+        // Messages handled before (a redelivery, or a retry after a COMMIT of unknown
+        // outcome) get their recorded result, not a second event.
+        let mut handled_before = Vec::with_capacity(items.len());
+        for (_, origin) in items {
+            handled_before.push(
+                match store::IntakeKey::of(origin, SETTLEMENTS_TOPIC, SETTLEMENT_APPLIED_KEY) {
+                    Some(key) => key.recorded(&mut tx).await?,
+                    None => None,
+                },
+            );
+        }
+        let fingerprints: Vec<[u8; 32]> = items
+            .iter()
+            .map(|(s, _)| self.settlement_fingerprint(s))
+            .collect();
+        // Sequence numbers: one per message that appends an event. A repeat of a
+        // settlement already applied appends nothing; a repeat of one first seen in this
+        // batch appends only if that one was refused (then one more is reserved below),
+        // so no number is ever left unused.
+        let mut seen = std::collections::HashSet::new();
+        let needed = items
+            .iter()
+            .zip(&fingerprints)
+            .zip(&handled_before)
+            .filter(|(((s, _), fp), before)| {
+                before.is_none()
+                    && snapshot
+                        .settlements
+                        .get(&s.settlement_id)
+                        .is_none_or(|r| r.fingerprint != fp.as_slice())
+                    && seen.insert((s.settlement_id.as_str(), **fp))
+            })
+            .count();
+        ws.reserve_seqs(&mut tx, needed).await?;
         let mut results = Vec::with_capacity(items.len());
         let mut intake: Vec<(store::IntakeKey<'_>, i64)> = Vec::new();
-        for (settlement, origin) in items {
+        for (((settlement, origin), fingerprint), before) in
+            items.iter().zip(&fingerprints).zip(&handled_before)
+        {
             let intake_key =
                 store::IntakeKey::of(origin, SETTLEMENTS_TOPIC, SETTLEMENT_APPLIED_KEY);
-            // A message handled before (a redelivery, or a retry after a COMMIT of unknown
-            // outcome) gets its recorded result, not a second event.
-            if let Some(key) = &intake_key
-                && let Some(seq) = match intake.iter().find(|(k, _)| k.same_message(key)) {
-                    Some((_, seq)) => Some(*seq),
-                    None => key.recorded(&mut tx).await?,
+            if let Some(key) = &intake_key {
+                // The same Kafka message twice in this batch: the first one's result.
+                if let Some((_, seq)) = intake.iter().find(|(k, _)| k.same_message(key)) {
+                    results.push(results_of_seq(&results, *seq)?);
+                    continue;
                 }
-            {
-                results.push(match intake.iter().any(|(k, _)| k.same_message(key)) {
-                    true => results_of_seq(&results, seq)?,
-                    false => recorded_result(&mut tx, seq).await?,
-                });
-                continue;
+                if let Some(seq) = before {
+                    results.push(recorded_result(&mut tx, *seq).await?);
+                    continue;
+                }
             }
             let intent = intent_of(settlement);
             let restore_refunds = intent
@@ -286,7 +317,7 @@ impl Ledger {
                 intent,
                 SettleInput {
                     settlement,
-                    fingerprint: self.settlement_fingerprint(settlement),
+                    fingerprint: *fingerprint,
                     now,
                     restore_refunds,
                 },
@@ -301,6 +332,9 @@ impl Ledger {
                 SettleStep::Refused(staged, code) => (staged, Some(code)),
                 SettleStep::Applied(staged) => (staged, None),
             };
+            if !ws.has_reserved_seq() {
+                ws.reserve_seqs(&mut tx, 1).await?;
+            }
             let appended = ws.record(&mut snapshot, &staged, now, origin)?;
             let seq = appended.recorded.seq;
             results.push(match (refusal, appended.outcome) {

@@ -328,6 +328,11 @@ impl WriteSet {
         Ok(())
     }
 
+    /// Whether a reserved sequence number is left for the next event.
+    pub fn has_reserved_seq(&self) -> bool {
+        !self.seqs.is_empty()
+    }
+
     /// Allocates `n` ledger sequence numbers (ascending).
     pub async fn reserve_seqs(&mut self, conn: &mut PgConnection, n: usize) -> sqlx::Result<()> {
         if n == 0 {
