@@ -768,38 +768,38 @@ async fn compare_live(
     .collect();
     diff_maps("policy_version", &policies, &live_policies, report);
 
+    // The three tables that grow with traffic are streamed against their rebuilt copy
+    // (each live row consumes its rebuilt twin), so neither is held twice.
     let sql = format!("SELECT {AUTHORIZATION_COLUMNS} FROM authorization_state");
-    let live_authorizations: BTreeMap<String, AuthorizationRow> =
-        sqlx::query_as::<_, AuthorizationRow>(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|a| (a.intent_id.clone(), a))
-            .collect();
-    diff_maps(
+    let rows = sqlx::query_as::<_, AuthorizationRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
+    diff_stream(
         "authorization_state",
-        &authorizations,
-        &live_authorizations,
+        authorizations,
+        rows,
+        |a| a.intent_id.clone(),
         report,
-    );
+    )
+    .await?;
     let sql = format!("SELECT {SETTLEMENT_COLUMNS} FROM settlement");
-    let live_settlements: BTreeMap<String, SettlementRow> =
-        sqlx::query_as::<_, SettlementRow>(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|st| (st.settlement_id.clone(), st))
-            .collect();
-    diff_maps("settlement", &settlements, &live_settlements, report);
+    let rows = sqlx::query_as::<_, SettlementRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
+    diff_stream(
+        "settlement",
+        settlements,
+        rows,
+        |st| st.settlement_id.clone(),
+        report,
+    )
+    .await?;
     let sql = format!("SELECT {SPEND_RECORD_COLUMNS} FROM spend_record");
-    let live_records: BTreeMap<String, SpendRecordRow> =
-        sqlx::query_as::<_, SpendRecordRow>(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|r| (r.intent_id.clone(), r))
-            .collect();
-    diff_maps("spend_record", &records, &live_records, report);
+    let rows = sqlx::query_as::<_, SpendRecordRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
+    diff_stream(
+        "spend_record",
+        records,
+        rows,
+        |r| r.intent_id.clone(),
+        report,
+    )
+    .await?;
     let live_fx: BTreeMap<String, FxRateRow> =
         sqlx::query_as::<_, FxRateRow>("SELECT pair, rate, set_at, seq FROM fx_rate")
             .fetch_all(&mut *conn)
@@ -830,6 +830,37 @@ async fn rebuilt_by_intent(
         Some(r) => Ok(decision_row_of(&row_to_event(&r)?).ok().flatten()),
         None => Ok(None),
     }
+}
+
+/// [`diff_maps`] with the live rows streamed: same findings, same wording.
+async fn diff_stream<K, V, S>(
+    table: &str,
+    mut rebuilt: BTreeMap<K, V>,
+    mut live: S,
+    key: impl Fn(&V) -> K,
+    report: &mut ReplayReport,
+) -> Result<(), LedgerError>
+where
+    K: Ord + std::fmt::Debug,
+    V: PartialEq + std::fmt::Debug,
+    S: futures::Stream<Item = Result<V, sqlx::Error>> + Unpin,
+{
+    while let Some(l) = live.try_next().await? {
+        let k = key(&l);
+        match rebuilt.remove(&k) {
+            None => report.difference(format!("{table} {k:?}: live {l:?} has no events behind it")),
+            Some(v) if v != l => {
+                report.difference(format!("{table} {k:?}: rebuilt {v:?}, live {l:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (k, v) in rebuilt {
+        report.difference(format!(
+            "{table} {k:?}: rebuilt {v:?}, missing in the live table"
+        ));
+    }
+    Ok(())
 }
 
 fn diff_maps<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(

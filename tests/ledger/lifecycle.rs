@@ -393,6 +393,34 @@ async fn replay_detects_a_tampered_captured_amount() {
             .any(|p| p.starts_with("authorization_state \"t1\"")),
         "{report:#?}"
     );
+    // A settlement row deleted, and a spend record with no events behind it.
+    sqlx::query("DELETE FROM settlement WHERE settlement_id = 'tc'")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO spend_record SELECT 'forged', agent_id, entity_id, accepted_at, category,
+                beneficiary_id, country, purpose, currency, amount, counts, seq
+         FROM spend_record WHERE intent_id = 't1'",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let report = ledger.replay(true).await.unwrap();
+    let found = |prefix: &str, end: &str| {
+        report
+            .projection_differences
+            .iter()
+            .any(|p| p.starts_with(prefix) && p.ends_with(end))
+    };
+    assert!(
+        found("settlement \"tc\"", "missing in the live table"),
+        "{report:#?}"
+    );
+    assert!(
+        found("spend_record \"forged\"", "has no events behind it"),
+        "{report:#?}"
+    );
 }
 
 /// Deciders and settlement writers on the same agents at the same time, through
