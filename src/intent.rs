@@ -159,23 +159,7 @@ pub fn parse_intent(bytes: &[u8]) -> Result<SpendIntent, IntentError> {
     })?;
     let wire: WireIntent<'_> = serde_json::from_str(text).map_err(classify_json_error)?;
 
-    let amount_text = wire.amount.get();
-    let amount_text = if let Some(s) = amount_text.strip_prefix('"') {
-        s.strip_suffix('"').unwrap_or(s)
-    } else if amount_text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
-        amount_text
-    } else {
-        return Err(IntentError::new(
-            "invalid_field",
-            Some("amount"),
-            format!(
-                "amount must be a decimal string or number, got {}",
-                short(amount_text)
-            ),
-        ));
-    };
-    let amount = money::parse_decimal(amount_text)
-        .map_err(|e| IntentError::new(e.code(), Some("amount"), e.to_string()))?;
+    let amount = parse_raw_amount(wire.amount)?;
 
     let purpose = Purpose::parse(&wire.purpose).ok_or_else(|| {
         IntentError::new(
@@ -253,21 +237,7 @@ impl SpendIntent {
                 ),
             ));
         }
-        if let Some(meta) = &self.metadata {
-            let size = serde_json::to_vec(meta)
-                .map(|v| v.len())
-                .unwrap_or(usize::MAX);
-            if size > MAX_METADATA_BYTES {
-                return Err(IntentError::new(
-                    "metadata_too_large",
-                    Some("metadata"),
-                    format!(
-                        "metadata is {size} bytes serialized; the limit is {MAX_METADATA_BYTES}"
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        check_metadata(self.metadata.as_ref())
     }
 
     /// The canonical bytes of this intent, used for idempotency comparison and hashing:
@@ -283,6 +253,48 @@ impl SpendIntent {
         // serde_json's Map is a BTreeMap (no preserve_order feature): keys come out sorted.
         v.to_string()
     }
+}
+
+/// An `amount` as sent: a JSON string or number, read as an exact decimal (never
+/// through a float). Shared by intents and settlements.
+pub(crate) fn parse_raw_amount(raw: &RawValue) -> Result<Decimal, IntentError> {
+    let text = raw.get();
+    let text = if let Some(s) = text.strip_prefix('"') {
+        s.strip_suffix('"').unwrap_or(s)
+    } else if text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
+        text
+    } else {
+        return Err(IntentError::new(
+            "invalid_field",
+            Some("amount"),
+            format!(
+                "amount must be a decimal string or number, got {}",
+                short(text)
+            ),
+        ));
+    };
+    money::parse_decimal(text)
+        .map_err(|e| IntentError::new(e.code(), Some("amount"), e.to_string()))
+}
+
+/// `metadata` within [`MAX_METADATA_BYTES`] serialized. Shared by intents and settlements.
+pub(crate) fn check_metadata(
+    metadata: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<(), IntentError> {
+    let Some(meta) = metadata else {
+        return Ok(());
+    };
+    let size = serde_json::to_vec(meta)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_METADATA_BYTES {
+        return Err(IntentError::new(
+            "metadata_too_large",
+            Some("metadata"),
+            format!("metadata is {size} bytes serialized; the limit is {MAX_METADATA_BYTES}"),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_id(field: &'static str, value: &str) -> Result<(), IntentError> {

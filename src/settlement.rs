@@ -3,7 +3,7 @@
 //! never panics, never loses input, every failure a stable `code` (the same error
 //! type as intents, so dead letters and audit events carry the same fields).
 
-use crate::intent::{self, IntentError, MAX_METADATA_BYTES};
+use crate::intent::{self, IntentError};
 use crate::money;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -133,7 +133,7 @@ pub fn parse_settlement(bytes: &[u8]) -> Result<Settlement, SettlementError> {
     })?;
     let amount = match wire.amount {
         None => None,
-        Some(raw) => Some(parse_amount(raw)?),
+        Some(raw) => Some(intent::parse_raw_amount(raw)?),
     };
     let occurred_at = match &wire.occurred_at {
         None => None,
@@ -163,26 +163,6 @@ pub fn parse_settlement(bytes: &[u8]) -> Result<Settlement, SettlementError> {
     };
     s.validate()?;
     Ok(s)
-}
-
-fn parse_amount(raw: &RawValue) -> Result<Decimal, SettlementError> {
-    let text = raw.get();
-    let text = if let Some(s) = text.strip_prefix('"') {
-        s.strip_suffix('"').unwrap_or(s)
-    } else if text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
-        text
-    } else {
-        return Err(IntentError::new(
-            "invalid_field",
-            Some("amount"),
-            format!(
-                "amount must be a decimal string or number, got {}",
-                intent::short(text)
-            ),
-        ));
-    };
-    money::parse_decimal(text)
-        .map_err(|e| IntentError::new(e.code(), Some("amount"), e.to_string()))
 }
 
 impl Settlement {
@@ -243,21 +223,7 @@ impl Settlement {
                 "`final` applies to CAPTURE only (a VOID without amount releases everything)",
             ));
         }
-        if let Some(meta) = &self.metadata {
-            let size = serde_json::to_vec(meta)
-                .map(|v| v.len())
-                .unwrap_or(usize::MAX);
-            if size > MAX_METADATA_BYTES {
-                return Err(IntentError::new(
-                    "metadata_too_large",
-                    Some("metadata"),
-                    format!(
-                        "metadata is {size} bytes serialized; the limit is {MAX_METADATA_BYTES}"
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        intent::check_metadata(self.metadata.as_ref())
     }
 
     /// The canonical bytes for idempotency: a redelivery with reordered keys or `80` vs

@@ -294,7 +294,8 @@ pub fn delta(
             out(record_holds(&row, r.seq));
             let message = lifecycle_message(&row, Outcome::AuthExpired, r, None, x.released, false);
             out(Change::Authorization(Box::new(row)));
-            out(lifecycle_change(r, &x.agent_id, message)?);
+            let text = outcome_text(r, &message)?;
+            out(lifecycle_change(r, &x.agent_id, message, text));
         }
         // Audit-only events: they change no projection.
         LedgerEvent::IntentInvalid(_)
@@ -341,10 +342,7 @@ fn settlement_delta(
         a.amount,
         a.forced,
     );
-    let change = lifecycle_change(r, &a.agent_id, message)?;
-    let Change::Lifecycle { text, .. } = &change else {
-        unreachable!("lifecycle_change returns Change::Lifecycle");
-    };
+    let text = outcome_text(r, &message)?;
     out(Change::Settlement(SettlementRow {
         settlement_id: a.settlement.settlement_id.clone(),
         intent_id: a.intent_id.clone(),
@@ -354,7 +352,7 @@ fn settlement_delta(
         message: text.clone(),
     }));
     out(Change::Authorization(Box::new(row)));
-    out(change);
+    out(lifecycle_change(r, &a.agent_id, message, text));
     Ok(())
 }
 
@@ -415,22 +413,22 @@ fn lifecycle_message(
 /// Flag of a capture recorded after its authorization expired (SPEC §11), stable.
 pub const CAPTURE_AFTER_EXPIRY: &str = "capture_after_expiry";
 
-fn lifecycle_change(
-    r: &Recorded,
-    agent_id: &str,
-    message: OutcomeMessage,
-) -> Result<Change, FoldError> {
-    let text = serde_json::to_string(&message).map_err(|source| FoldError::Serialize {
+/// The text a lifecycle outcome message is published and recorded as.
+fn outcome_text(r: &Recorded, message: &OutcomeMessage) -> Result<String, FoldError> {
+    serde_json::to_string(message).map_err(|source| FoldError::Serialize {
         seq: r.seq,
         what: "lifecycle outcome message",
         source,
-    })?;
-    Ok(Change::Lifecycle {
+    })
+}
+
+fn lifecycle_change(r: &Recorded, agent_id: &str, message: OutcomeMessage, text: String) -> Change {
+    Change::Lifecycle {
         seq: r.seq,
         agent_id: agent_id.to_string(),
         message: Box::new(message),
         text,
-    })
+    }
 }
 
 fn decided_delta(

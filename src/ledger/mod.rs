@@ -33,6 +33,7 @@ pub mod query;
 pub mod replay;
 pub mod settle;
 pub mod store;
+pub mod sweep;
 pub mod usage;
 pub mod votes;
 

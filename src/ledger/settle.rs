@@ -10,7 +10,7 @@ use super::events::{self, LedgerEvent, Origin};
 use super::machine::{self, Projections, SettleInput, SettleStep, SettledIntent};
 use super::store::{self, AuthorizationRow, OutcomeRow, PendingRow, SettlementRow, WriteSet};
 use super::votes::{OUTCOME_COLUMNS, PENDING_COLUMNS};
-use super::{EXPIRE_BATCH_MAX, Ledger, LedgerError, OutcomeMessage};
+use super::{Ledger, LedgerError, OutcomeMessage};
 use crate::decision::Effect;
 use crate::policy::PolicySet;
 use crate::privacy;
@@ -18,7 +18,7 @@ use crate::settlement::{Settlement, SettlementError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// The columns of `authorization_state` and `settlement`, in their row types' order.
 pub(crate) const AUTHORIZATION_COLUMNS: &str = "intent_id, agent_id, entity_id, authorized, captured, voided, refunded, restored, expired_amount, is_final, expired, expires_at, currency, tz, day, month, seq, fx_rate, usage_currency";
@@ -84,7 +84,7 @@ impl SettleResult {
 
 /// The lifecycle state of `intent_ids`: authorizations, pending approvals, outcomes,
 /// and the rows of `settlement_ids`. Call under the agents' locks.
-async fn load_lifecycle(
+pub(super) async fn load_lifecycle(
     conn: &mut PgConnection,
     intent_ids: &[String],
     settlement_ids: &[String],
@@ -396,59 +396,17 @@ impl Ledger {
 
     /// [`Ledger::expire_authorizations`] at the database's clock.
     pub async fn expire_authorizations_now(&self) -> Result<Vec<OutcomeMessage>, LedgerError> {
-        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-            .fetch_one(&self.pool)
-            .await?;
+        let now = self.db_now().await?;
         self.expire_authorizations(now).await
     }
 
     /// Releases every open authorization whose `authorizationTtl` ended at `now`
-    /// (AUTH_EXPIRED). Safe with several instances: each agent's rows are re-read under
-    /// its lock, so an authorization expires once.
+    /// (AUTH_EXPIRED). Safe with several instances (see `sweep`).
     pub async fn expire_authorizations(
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<OutcomeMessage>, LedgerError> {
-        let due: Vec<(String, String)> = sqlx::query_as(
-            "SELECT intent_id, agent_id FROM authorization_state
-             WHERE NOT is_final AND NOT expired AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
-        )
-        .bind(now)
-        .bind(EXPIRE_BATCH_MAX)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut by_agent: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (intent, agent) in due {
-            by_agent.entry(agent).or_default().push(intent);
-        }
-        let origin = Origin {
-            instance: self.instance.clone(),
-            source: "sweeper".into(),
-            partition: None,
-            offset: None,
-        };
-        let at = chain::to_micros(now);
-        let mut out = Vec::new();
-        for (agent, intents) in by_agent {
-            let chains = vec![agent_chain(&agent)];
-            let mut tx = self.pool.begin().await?;
-            store::lock_chains(&mut tx, &chains, None, false).await?;
-            let mut snapshot = load_lifecycle(&mut tx, &intents, &[]).await?;
-            let staged = machine::step_expire_authorizations(&snapshot, at);
-            if staged.is_empty() {
-                tx.rollback().await?;
-                continue;
-            }
-            let mut ws = WriteSet::default();
-            ws.load_heads(&mut tx, &chains).await?;
-            ws.reserve_seqs(&mut tx, staged.len()).await?;
-            for st in &staged {
-                out.extend(ws.record(&mut snapshot, st, at, &origin)?.outcome);
-            }
-            ws.flush(&mut tx).await?;
-            tx.commit().await?;
-        }
-        Ok(out)
+        self.sweep(super::sweep::Sweep::Authorizations, now).await
     }
 
     /// The authorization of an intent (SPEC §11), if it has one.

@@ -8,10 +8,9 @@ use super::chain::{self, INTAKE_CHAIN, agent_chain};
 use super::events::{LedgerEvent, Origin};
 use super::machine::{self, Projections, Staged};
 use super::store::{self, KillRow, OutcomeRow, PendingRow, VoteRow, WriteSet};
-use super::{EXPIRE_BATCH_MAX, Ledger, LedgerError, OutcomeMessage, VerifiedVote, VoteResult};
+use super::{Ledger, LedgerError, OutcomeMessage, VerifiedVote, VoteResult};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-use std::collections::BTreeMap;
 
 /// The columns of `pending_approval`, `approval_vote` and `intent_outcome`, in the
 /// order of their row types (replay reads the same rows).
@@ -21,7 +20,7 @@ pub(crate) const OUTCOME_COLUMNS: &str = "intent_id, agent_id, outcome, closed_a
 
 /// The approval state of `ids` (pending rows, votes, outcomes) and the active kill
 /// switches: what `step_vote` and `step_expire` read. Call under the agent's lock.
-async fn load_approvals(
+pub(super) async fn load_approvals(
     conn: &mut PgConnection,
     ids: &[String],
 ) -> Result<Projections, LedgerError> {
@@ -167,59 +166,16 @@ impl Ledger {
         Ok(result)
     }
 
-    /// [`Ledger::expire_due`] at the database's clock, the clock every other ledger
-    /// time comes from (decisions, votes): an instance whose own clock is off can
-    /// neither close a window early nor keep it open late.
+    /// [`Ledger::expire_due`] at the database's clock.
     pub async fn expire_due_now(&self) -> Result<Vec<OutcomeMessage>, LedgerError> {
-        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-            .fetch_one(&self.pool)
-            .await?;
+        let now = self.db_now().await?;
         self.expire_due(now).await
     }
 
     /// Closes as EXPIRED every waiting intent whose approval window ended at `now`.
-    /// Several instances may run this at once: each agent's intents are closed under
-    /// the agent's lock and re-read after taking it, so an intent is closed once.
+    /// Safe with several instances (see `sweep`).
     pub async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<OutcomeMessage>, LedgerError> {
-        let due: Vec<(String, String)> = sqlx::query_as(
-            "SELECT intent_id, agent_id FROM pending_approval WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2",
-        )
-        .bind(now)
-        .bind(EXPIRE_BATCH_MAX)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut by_agent: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (intent, agent) in due {
-            by_agent.entry(agent).or_default().push(intent);
-        }
-        let origin = Origin {
-            instance: self.instance.clone(),
-            source: "sweeper".into(),
-            partition: None,
-            offset: None,
-        };
-        let closed_at = chain::to_micros(now);
-        let mut out = Vec::new();
-        for (agent, intents) in by_agent {
-            let chains = vec![agent_chain(&agent)];
-            let mut tx = self.pool.begin().await?;
-            store::lock_chains(&mut tx, &chains, None, false).await?;
-            let mut snapshot = load_approvals(&mut tx, &intents).await?;
-            let staged = machine::step_expire(&snapshot, closed_at);
-            if staged.is_empty() {
-                tx.rollback().await?;
-                continue;
-            }
-            let mut ws = WriteSet::default();
-            ws.load_heads(&mut tx, &chains).await?;
-            ws.reserve_seqs(&mut tx, staged.len()).await?;
-            for a in record_all(&mut ws, &mut snapshot, &staged, closed_at, &origin)? {
-                out.extend(a.outcome);
-            }
-            ws.flush(&mut tx).await?;
-            tx.commit().await?;
-        }
-        Ok(out)
+        self.sweep(super::sweep::Sweep::Approvals, now).await
     }
 }
 

@@ -263,6 +263,21 @@ struct Waiting {
     closed: bool,
 }
 
+/// Whether a refusal naming `intent_id` (maybe none) counts in a report of `period`: an
+/// unfiltered report counts everything; an entity report counts only refusals of a known
+/// intent of that entity.
+fn attributed_to(
+    period: &Period,
+    intent_entity: &HashMap<String, String>,
+    intent_id: Option<&str>,
+) -> bool {
+    match (&period.entity, intent_id.and_then(|i| intent_entity.get(i))) {
+        (None, _) => true,
+        (Some(want), Some(e)) => want == e,
+        (Some(_), None) => false,
+    }
+}
+
 /// Replays `events` (every event before the period's end, in sequence order).
 pub fn build(
     events: &[EventRecord],
@@ -471,13 +486,7 @@ pub fn build(
                 if let Ok(v) = serde_json::from_value::<VoteRefusedView>(ev.payload.clone()) {
                     // A vote that names no known intent cannot be attributed to an entity:
                     // it is counted only in the unfiltered report.
-                    let attributed = v.intent_id.as_ref().and_then(|i| intent_entity.get(i));
-                    let counts = match (&period.entity, attributed) {
-                        (None, _) => true,
-                        (Some(want), Some(e)) => want == e,
-                        (Some(_), None) => false,
-                    };
-                    if counts {
+                    if attributed_to(&period, &intent_entity, v.intent_id.as_deref()) {
                         a.refused_votes += 1;
                         *a.refused_votes_by_reason.entry(v.reason).or_default() += 1;
                     }
@@ -580,13 +589,7 @@ pub fn build(
                 if let Ok(v) = serde_json::from_value::<SettlementRefusedView>(ev.payload.clone()) {
                     // Like refused votes: a settlement naming no decided intent (unknown,
                     // malformed) counts only in the unfiltered report.
-                    let attributed = v.intent_id.as_ref().and_then(|i| intent_entity.get(i));
-                    let counts = match (&period.entity, attributed) {
-                        (None, _) => true,
-                        (Some(want), Some(e)) => want == e,
-                        (Some(_), None) => false,
-                    };
-                    if counts {
+                    if attributed_to(&period, &intent_entity, v.intent_id.as_deref()) {
                         lifecycle.refused_settlements += 1;
                         *lifecycle
                             .refused_settlements_by_code
