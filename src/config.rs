@@ -120,6 +120,7 @@ struct FileSettings {
     db_lock_timeout_ms: Option<u64>,
     db_idle_in_transaction_timeout_ms: Option<u64>,
     chain_verify_interval_s: Option<u64>,
+    kafka: Option<bool>,
 }
 
 /// Resolved settings.
@@ -147,6 +148,9 @@ pub struct Settings {
     pub db_timeouts: SessionTimeouts,
     /// How often `serve` verifies every hash chain (0 = never).
     pub chain_verify_interval_s: u64,
+    /// `false`: `serve` runs without a broker (`serve --no-kafka`, or `kafka: false` in the
+    /// config file): the HTTP API decides, decisions wait in the outbox.
+    pub kafka: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +239,7 @@ impl ServiceArgs {
             chain_verify_interval_s: file
                 .chain_verify_interval_s
                 .unwrap_or(DEFAULT_CHAIN_VERIFY_INTERVAL_S),
+            kafka: file.kafka.unwrap_or(true),
         };
         settings.validate()?;
         Ok(settings)

@@ -30,16 +30,26 @@ pub enum Role {
     Operator,
     /// Reads everything, changes nothing.
     Auditor,
+    /// A payment service deciding synchronously (SPEC §13.4): `POST /v1/intents` and
+    /// `POST /v1/settlements` only, so a leaked intake token reads nothing back.
+    #[serde(rename = "payment_service")]
+    PaymentService,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Reader, Role::Operator, Role::Auditor];
+    pub const ALL: [Role; 4] = [
+        Role::Reader,
+        Role::Operator,
+        Role::Auditor,
+        Role::PaymentService,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Reader => "reader",
             Role::Operator => "operator",
             Role::Auditor => "auditor",
+            Role::PaymentService => "payment_service",
         }
     }
 }
@@ -86,7 +96,7 @@ pub enum TokenConfigError {
     #[error("API token file {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes")]
     TooLarge { path: String },
     #[error(
-        "{origin}: not a valid token file: {message} (expected `tokens: [{{name, role, sha256}}]`, role one of reader|operator|auditor)"
+        "{origin}: not a valid token file: {message} (expected `tokens: [{{name, role, sha256}}]`, role one of reader|operator|auditor|payment_service)"
     )]
     Parse { origin: String, message: String },
     #[error("{origin}: token #{index} ({name:?}): {message}")]

@@ -511,6 +511,8 @@ pub fn state_for(
         }),
         ledger: Arc::new(LedgerBackend { ledger }),
         policies,
+        // serve replaces it with its ledger intake ([`super::intake::LedgerIntake`]).
+        intake: Arc::new(super::intake::Disabled),
         metrics: crate::telemetry::metrics_handle(),
         clock: Arc::new(Utc::now),
     }

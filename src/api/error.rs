@@ -16,6 +16,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable explanation and what to do about it.
     pub message: String,
+    /// JSON path of the offending field of a refused intent or settlement, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// Every error the API returns. Codes are stable API.
@@ -41,14 +44,24 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Unavailable(String),
+    /// An intent or settlement refused with the intake's own stable code, the one a
+    /// Kafka message would carry to `spend.dlq` (`missing_field`, `unknown_intent`, ...).
+    #[error("{message}")]
+    Rejected {
+        status: StatusCode,
+        code: String,
+        message: String,
+        field: Option<&'static str>,
+    },
     /// The detail goes to the log, not to the client.
     #[error("internal error; the details are in the service log")]
     Internal(String),
 }
 
 impl ApiError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
+            ApiError::Rejected { code, .. } => code,
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::NotFound(_) => "not_found",
@@ -63,6 +76,7 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::Rejected { status, .. } => *status,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -80,6 +94,10 @@ impl ApiError {
             error: ErrorDetail {
                 code: self.code().to_string(),
                 message: self.to_string(),
+                field: match self {
+                    ApiError::Rejected { field, .. } => field.map(str::to_string),
+                    _ => None,
+                },
             },
         }
     }

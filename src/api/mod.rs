@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod backends;
 pub mod error;
+pub mod intake;
 pub mod openapi;
 pub mod views;
 
@@ -193,6 +194,8 @@ pub struct ApiState {
     pub kill_switch: Arc<dyn KillSwitchControl>,
     pub fx_rates: Arc<dyn FxRateControl>,
     pub readiness: Arc<dyn ReadinessProbe>,
+    /// `POST /v1/intents` and `/v1/settlements` (serve: [`intake::LedgerIntake`]).
+    pub intake: Arc<dyn intake::Intake>,
     pub metrics: PrometheusHandle,
     /// The clock for usage windows (tests pin it; the service passes `Utc::now`).
     pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,

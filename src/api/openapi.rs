@@ -54,6 +54,7 @@ pub struct Operation {
 const ANY_ROLE: &[Role] = &[Role::Reader, Role::Operator, Role::Auditor];
 const STAFF: &[Role] = &[Role::Operator, Role::Auditor];
 const OPERATOR: &[Role] = &[Role::Operator];
+const PAYMENT_SERVICE: &[Role] = &[Role::PaymentService];
 
 fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> schemars::Schema {
     g.subschema_for::<T>()
@@ -247,6 +248,30 @@ pub static OPERATIONS: &[Operation] = &[
         handler: super::route_fx_rates_post,
     },
     Operation {
+        method: "post",
+        path: "/v1/intents",
+        operation_id: "decideIntent",
+        summary: "Decide a spend intent synchronously (SPEC §13.4). The body is a §1 intent, judged by the same parser as `spend.intents` and decided in the same ledger transaction as a Kafka intent; the answer is the decision message exactly as published on `spend.decisions` (which still happens, through the outbox). Idempotent by intentId: a retry gets the recorded decision with header `Idempotent-Replayed: true`. An invalid body is audited (`intent_invalid`) and answered 400 with the Kafka intake's code (`missing_field`, `invalid_amount`, ..., `field` naming the field); the same intentId with another payload is 409 `idempotency_conflict` (audited). Bodies up to 64 KiB are read (over 16 KiB: 400 `message_too_large`); larger ones 413.",
+        roles: PAYMENT_SERVICE,
+        params: &[],
+        request: Some(schema::<super::intake::IntentBody>),
+        response: Body::AnyJson,
+        errors: &[400, 409, 413, 503],
+        handler: super::intake::route_intents_post,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/settlements",
+        operation_id: "settle",
+        summary: "Apply a settlement synchronously (SPEC §11, §13.4): same parser and ledger transaction as `spend.settlements`; the answer is the outcome message as published on `spend.decisions` (CAPTURED, VOIDED, REFUNDED, CANCELLED with the authorization's totals). Idempotent by settlementId (`Idempotent-Replayed: true` on a retry). Invalid body: 400 with the parser's code, audited (`settlement_refused`); refused by the ledger (audited): 422 with its stable code (`unknown_intent`, `not_authorized`, `over_remainder`, `currency_mismatch`, `already_final`, ...), or 409 `idempotency_conflict`.",
+        roles: PAYMENT_SERVICE,
+        params: &[],
+        request: Some(schema::<super::intake::SettlementBody>),
+        response: Body::AnyJson,
+        errors: &[400, 409, 413, 422, 503],
+        handler: super::intake::route_settlements_post,
+    },
+    Operation {
         method: "get",
         path: "/v1/policies",
         operation_id: "listPolicies",
@@ -262,13 +287,17 @@ pub static OPERATIONS: &[Operation] = &[
 
 fn status_text(status: u16) -> &'static str {
     match status {
-        400 => "Invalid request (code `invalid_request`).",
+        400 => {
+            "Invalid request (code `invalid_request`, or the intake parser's code on the intake routes)."
+        }
         401 => "Missing or unknown bearer token (code `unauthorized`).",
         403 => "The token's role may not use this route (code `forbidden`).",
         404 => "Unknown id (code `not_found`).",
+        409 => "The id was recorded with another payload (code `idempotency_conflict`, audited).",
+        422 => "Refused by the ledger with a stable code (audited).",
         413 => "Body larger than the limit (code `payload_too_large`).",
         415 => "Body is not JSON (code `unsupported_media_type`).",
-        503 => "Not ready.",
+        503 => "Not ready, or the ledger did not answer in time (code `unavailable`): retry.",
         _ => "Error.",
     }
 }
@@ -355,7 +384,7 @@ pub fn document() -> Value {
         "info": {
             "title": "spendguard operators' and auditors' API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Bearer tokens carry one role: reader, operator or auditor. `x-roles` lists the roles each operation admits. Errors are `{\"error\": {\"code\", \"message\"}}` with stable codes."
+            "description": "Bearer tokens carry one role: reader, operator, auditor or payment_service. `x-roles` lists the roles each operation admits. Errors are `{\"error\": {\"code\", \"message\"}}` with stable codes."
         },
         "paths": paths,
         "components": {

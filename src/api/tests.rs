@@ -207,6 +207,7 @@ fn state_with_fx(kill: Arc<MemKill>, fx: Arc<MemFx>) -> ApiState {
         kill_switch: kill,
         fx_rates: fx,
         readiness: Arc::new(NotReady),
+        intake: Arc::new(super::intake::Disabled),
         metrics: crate::telemetry::metrics_handle(),
         clock: Arc::new(|| Utc.with_ymd_and_hms(2026, 11, 25, 15, 0, 0).unwrap()),
     }
@@ -245,6 +246,12 @@ fn valid_body(path: &str) -> &'static str {
     match path {
         "/v1/kill-switch" => r#"{"scope":"agent:a-1","on":true,"reason":"runaway"}"#,
         "/v1/fx-rates" => r#"{"pair":"USD/BRL","rate":"5.4321","reason":"daily fixing"}"#,
+        "/v1/intents" => {
+            r#"{"intentId":"i-1","agentId":"a-1","entityId":"e-1","amount":"1.00","currency":"BRL","category":"c","beneficiary":{"id":"b"},"purpose":"PIX"}"#
+        }
+        "/v1/settlements" => {
+            r#"{"settlementId":"s-1","intentId":"i-1","type":"CAPTURE","amount":"1.00","currency":"BRL"}"#
+        }
         other => panic!("no test body for POST {other}: add one"),
     }
 }
@@ -736,4 +743,45 @@ async fn metrics_count_requests_by_route_template() {
     );
     assert!(!text.contains("i-1"), "raw ids must not become labels");
     assert!(!text.contains(READER), "tokens never appear");
+}
+
+/// `payment_service` reaches the intake routes and nothing else; without an intake
+/// behind the API they answer 503, an invalid body still gets its parser code.
+#[tokio::test]
+async fn payment_service_tokens_only_post_intents_and_settlements() {
+    const PAYMENTS: &str = "payments-secret";
+    let mut state = state(Arc::default());
+    state.tokens = Arc::new(
+        TokenStore::default()
+            .with_hash("pay", Role::PaymentService, &auth::hash_token(PAYMENTS))
+            .unwrap(),
+    );
+    let app = router(state);
+    for op in openapi::OPERATIONS {
+        if op.roles.is_empty() {
+            continue;
+        }
+        let method = Method::from_bytes(op.method.to_uppercase().as_bytes()).unwrap();
+        let mine = op.roles.contains(&Role::PaymentService);
+        // The role gate answers before any body is read.
+        let body = (op.method == "post").then(|| if mine { valid_body(op.path) } else { "{}" });
+        let (status, json) = call(&app, method, &concrete(op.path), Some(PAYMENTS), body).await;
+        if mine {
+            assert_eq!(op.roles, [Role::PaymentService], "{}", op.path);
+            assert_eq!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}: {json}",
+                op.path
+            );
+        } else {
+            assert_eq!(status, StatusCode::FORBIDDEN, "{} {}", op.method, op.path);
+        }
+    }
+    let (status, json) = call(&app, Method::POST, "/v1/intents", Some(PAYMENTS), Some("{")).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not audited, not answered: {json}"
+    );
 }

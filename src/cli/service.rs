@@ -433,10 +433,23 @@ pub struct ServeArgs {
     pub service: ServiceArgs,
     #[command(flatten)]
     pub api: crate::cli::ops::ApiArgs,
+    /// Run without a broker: only PostgreSQL. Intents and settlements come in over the
+    /// HTTP API (`POST /v1/intents`, `/v1/settlements`); their decisions and outcomes wait
+    /// in the ledger's outbox until a serve with Kafka publishes them.
+    #[arg(long, env = "SPENDGUARD_NO_KAFKA")]
+    pub no_kafka: bool,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
-    let settings = args.service.resolve()?;
+    let mut settings = args.service.resolve()?;
+    if args.no_kafka {
+        settings.kafka = false;
+    }
+    if !settings.kafka && args.api.http_addr.is_none() {
+        anyhow::bail!(
+            "without Kafka the HTTP API is the only way in: give --http-addr (and --api-tokens with a payment_service token)"
+        );
+    }
     let api = match args.api.http_addr {
         Some(addr) => Some(crate::serve::ApiMount {
             addr,

@@ -18,11 +18,17 @@ use crate::kill_switch::{ControlMessage, Scope};
 /// Positions the control consumer at the current end of the topic, then restores the
 /// state from the ledger, then follows the topic. Control messages sent after this
 /// returns are all seen; earlier changes are in the ledger read.
+/// Without Kafka only the ledger re-reads run.
 pub async fn start(shared: Arc<Shared>) -> Result<tokio::task::JoinHandle<()>, ServeError> {
-    let consumer = bus::standalone_consumer(&shared.settings.brokers)
-        .map_err(ServeError::broker("cannot create the control consumer"))?;
-    bus::assign_at_high_watermarks(&consumer, &shared.settings.brokers, &shared.topics.control)
-        .map_err(ServeError::broker("cannot position the control consumer"))?;
+    let consumer = if shared.settings.kafka {
+        let consumer = bus::standalone_consumer(&shared.settings.brokers)
+            .map_err(ServeError::broker("cannot create the control consumer"))?;
+        bus::assign_at_high_watermarks(&consumer, &shared.settings.brokers, &shared.topics.control)
+            .map_err(ServeError::broker("cannot position the control consumer"))?;
+        Some(consumer)
+    } else {
+        None
+    };
     resync(&shared).await.map_err(ServeError::ledger(
         "cannot read the kill switch from the ledger",
     ))?;
@@ -30,7 +36,14 @@ pub async fn start(shared: Arc<Shared>) -> Result<tokio::task::JoinHandle<()>, S
     if !active.is_empty() {
         tracing::warn!(scopes = ?active.iter().map(Scope::to_string).collect::<Vec<_>>(), "kill switch active at start-up");
     }
-    let follow = tokio::spawn(follow(shared.clone(), consumer));
+    let follow = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            if let Some(consumer) = consumer {
+                follow(shared, consumer).await;
+            }
+        }
+    });
     let resyncer = tokio::spawn(async move {
         let mut tick =
             tokio::time::interval(Duration::from_millis(shared.settings.kill_switch_resync_ms));

@@ -19,7 +19,8 @@ const WATERMARK_TIMEOUT_MS: u64 = 1_000;
 /// warning, so the sampler's work stays bounded).
 const MAX_LAG_PARTITIONS: usize = 256;
 
-pub async fn run(shared: Arc<Shared>, consumer: Arc<StreamConsumer>) {
+/// `consumer`: `None` without Kafka (no lag to report).
+pub async fn run(shared: Arc<Shared>, consumer: Option<Arc<StreamConsumer>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(SAMPLE_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -44,7 +45,9 @@ pub async fn run(shared: Arc<Shared>, consumer: Arc<StreamConsumer>) {
                 metrics::gauge!("spendguard_database_up").set(0.0);
             }
         }
-        let consumer = consumer.clone();
+        let Some(consumer) = consumer.clone() else {
+            continue;
+        };
         // fetch_watermarks blocks the calling thread: keep it off the async workers.
         match tokio::task::spawn_blocking(move || consumer_lag(&consumer)).await {
             Ok(Ok(lags)) => {

@@ -52,7 +52,8 @@ pub struct Shared {
     /// The kill switch as this instance last heard of it, for metrics and logs only:
     /// decisions read the ledger's `kill_switch` table in their own transaction.
     pub kill_probe: PropagationProbe,
-    pub producer: rdkafka::producer::FutureProducer,
+    /// `None` without Kafka (`--no-kafka`): nothing is consumed or published.
+    pub producer: Option<rdkafka::producer::FutureProducer>,
     /// Wakes the outbox publisher right after a local ledger commit.
     pub outbox_ready: Notify,
     pub shutdown: watch::Receiver<bool>,
@@ -75,7 +76,10 @@ pub async fn run(
     let _ = crate::telemetry::metrics_handle();
     let topics = Topics::with_prefix(&settings.topic_prefix);
     let ledger = connect_ledger(&settings).await?;
-    wait_for_topics(&settings, &topics).await?;
+    let kafka = settings.kafka;
+    if kafka {
+        wait_for_topics(&settings, &topics).await?;
+    }
 
     let policies =
         PolicySet::load_dir(&settings.policies_dir).map_err(|source| ServeError::Policies {
@@ -93,8 +97,14 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        producer: bus::producer(&settings.brokers)
-            .map_err(ServeError::broker("cannot create the producer"))?,
+        producer: if kafka {
+            Some(
+                bus::producer(&settings.brokers)
+                    .map_err(ServeError::broker("cannot create the producer"))?,
+            )
+        } else {
+            None
+        },
         kill_probe: PropagationProbe::default(),
         policies: ArcSwap::from_pointee(policies),
         approvers: ArcSwap::from_pointee(approvers),
@@ -108,39 +118,47 @@ pub async fn run(
     // The control consumer is positioned before the ledger state is read, so no kill
     // switch change can fall between the two.
     let control = control::start(shared.clone()).await?;
-    let outbox = tokio::spawn(outbox::run(shared.clone()));
+    // Without a broker the outbox keeps every decision until a serve with Kafka runs.
+    let outbox = kafka.then(|| tokio::spawn(outbox::run(shared.clone())));
     let sweeper = tokio::spawn(sweep_expired(shared.clone()));
     let verifier = tokio::spawn(verify_chains(shared.clone()));
     let watcher = tokio::spawn(reload::watch(shared.clone()));
 
-    let consumer = Arc::new(
-        bus::group_consumer(
-            &shared.settings.brokers,
-            &shared.settings.group_id,
-            &shared.settings.instance,
-        )
-        .map_err(ServeError::broker("cannot create the group consumer"))?,
-    );
-    consumer
-        .subscribe(&[
-            &shared.topics.intents,
-            &shared.topics.approvals,
-            &shared.topics.settlements,
-        ])
-        .map_err(ServeError::Subscribe)?;
+    let consumer = if kafka {
+        let consumer = Arc::new(
+            bus::group_consumer(
+                &shared.settings.brokers,
+                &shared.settings.group_id,
+                &shared.settings.instance,
+            )
+            .map_err(ServeError::broker("cannot create the group consumer"))?,
+        );
+        consumer
+            .subscribe(&[
+                &shared.topics.intents,
+                &shared.topics.approvals,
+                &shared.topics.settlements,
+            ])
+            .map_err(ServeError::Subscribe)?;
+        Some(consumer)
+    } else {
+        None
+    };
 
     let sampler = tokio::spawn(gauges::run(shared.clone(), consumer.clone()));
 
     let mut senders = Vec::with_capacity(shared.settings.workers);
     let mut workers = Vec::with_capacity(shared.settings.workers);
-    for _ in 0..shared.settings.workers {
-        let (tx, rx) = mpsc::channel(WORKER_QUEUE_LEN);
-        senders.push(tx);
-        workers.push(tokio::spawn(worker::run(
-            shared.clone(),
-            consumer.clone(),
-            rx,
-        )));
+    if let Some(consumer) = &consumer {
+        for _ in 0..shared.settings.workers {
+            let (tx, rx) = mpsc::channel(WORKER_QUEUE_LEN);
+            senders.push(tx);
+            workers.push(tokio::spawn(worker::run(
+                shared.clone(),
+                consumer.clone(),
+                rx,
+            )));
+        }
     }
     let http = match api {
         Some(mount) => Some(start_api(mount, shared.clone(), consumer.clone()).await?),
@@ -153,6 +171,17 @@ pub async fn run(
     );
 
     tokio::pin!(shutdown);
+    let Some(consumer) = consumer else {
+        shutdown.await;
+        return stop_without_kafka(
+            shared,
+            stop_tx,
+            [sweeper, verifier, watcher, sampler],
+            http,
+            control,
+        )
+        .await;
+    };
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -187,9 +216,11 @@ pub async fn run(
         tracing::warn!(error = %e, "final offset commit failed; the next owner redelivers (the ledger deduplicates)");
     }
     shared.outbox_ready.notify_one();
-    outbox
-        .await
-        .map_err(|e| ServeError::Stopped(format!("outbox publisher failed: {e}")))?;
+    if let Some(outbox) = outbox {
+        outbox
+            .await
+            .map_err(|e| ServeError::Stopped(format!("outbox publisher failed: {e}")))?;
+    }
     sweeper.abort();
     verifier.abort();
     watcher.abort();
@@ -197,6 +228,30 @@ pub async fn run(
     if let Some(http) = http {
         // The API's graceful shutdown follows the same stop signal; give it a bound.
         let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    }
+    control.abort();
+    eprintln!(
+        "spendguard serve: instance {} stopped cleanly",
+        shared.settings.instance
+    );
+    Ok(())
+}
+
+/// The end of a serve without Kafka: no consumer to drain, no outbox to flush (its rows
+/// wait for a serve with a broker); the API finishes its requests first.
+async fn stop_without_kafka(
+    shared: Arc<Shared>,
+    stop_tx: watch::Sender<bool>,
+    tasks: [tokio::task::JoinHandle<()>; 4],
+    http: Option<tokio::task::JoinHandle<()>>,
+    control: tokio::task::JoinHandle<()>,
+) -> Result<(), ServeError> {
+    let _ = stop_tx.send(true);
+    if let Some(http) = http {
+        let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    }
+    for task in tasks {
+        task.abort();
     }
     control.abort();
     eprintln!(
@@ -265,7 +320,7 @@ pub struct ApiMount {
 async fn start_api(
     mount: ApiMount,
     shared: Arc<Shared>,
-    consumer: Arc<rdkafka::consumer::StreamConsumer>,
+    consumer: Option<Arc<rdkafka::consumer::StreamConsumer>>,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     use crate::api::{self, backends};
     let policies = Arc::new(backends::PolicySource({
@@ -274,30 +329,51 @@ async fn start_api(
     }));
     // A change made through the API is recorded and announced by the same operation the
     // CLI uses (kill_switch::record_then_announce), on this instance's producer.
-    let announcer =
-        crate::kill_switch::Announcer::connected(shared.producer.clone(), &shared.topics.control);
-    let assigned: backends::ExtraCheck = Arc::new(move || {
-        let consumer = consumer.clone();
-        Box::pin(async move {
-            let count = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-            api::views::ReadinessCheck {
-                name: "partitions".into(),
-                ok: count > 0,
-                detail: format!("{count} partition(s) assigned to this instance"),
-            }
-        })
+    // Without a broker a change is only recorded; instances see it at their next ledger
+    // re-read (`kill_switch_resync_ms`).
+    let announcer = shared.producer.as_ref().map(|producer| {
+        crate::kill_switch::Announcer::connected(producer.clone(), &shared.topics.control)
     });
-    let state = backends::state_for(
+    let checks = match consumer {
+        Some(consumer) => {
+            let assigned: backends::ExtraCheck = Arc::new(move || {
+                let consumer = consumer.clone();
+                Box::pin(async move {
+                    let count = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+                    api::views::ReadinessCheck {
+                        name: "partitions".into(),
+                        ok: count > 0,
+                        detail: format!("{count} partition(s) assigned to this instance"),
+                    }
+                })
+            });
+            vec![
+                backends::broker_check(shared.settings.brokers.clone()),
+                assigned,
+            ]
+        }
+        None => vec![api::intake::no_kafka_check()],
+    };
+    let mut state = backends::state_for(
         shared.ledger.clone(),
         policies,
         mount.tokens,
         &shared.settings.instance,
-        Some(announcer),
-        vec![
-            backends::broker_check(shared.settings.brokers.clone()),
-            assigned,
-        ],
+        announcer,
+        checks,
     );
+    state.intake = Arc::new(api::intake::LedgerIntake {
+        ledger: shared.ledger.clone(),
+        policies: Arc::new({
+            let shared = shared.clone();
+            move || shared.policies.load_full()
+        }),
+        instance: shared.settings.instance.clone(),
+        committed: Arc::new({
+            let shared = shared.clone();
+            move || shared.outbox_ready.notify_one()
+        }),
+    });
     let listener = tokio::net::TcpListener::bind(mount.addr)
         .await
         .map_err(|source| ServeError::Listen {

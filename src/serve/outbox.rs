@@ -68,6 +68,10 @@ pub async fn run(shared: Arc<Shared>) {
 /// One claim → produce → mark round; the error is logged and the round retried (rows
 /// not marked stay leased and are claimed again after the lease).
 async fn publish_batch(shared: &Shared) -> Result<usize, String> {
+    // serve starts the publisher only with a broker; without one the rows stay unclaimed.
+    let Some(producer) = shared.producer.as_ref() else {
+        return Ok(0);
+    };
     let rows = shared
         .ledger
         .outbox_claim(CLAIM_BATCH)
@@ -85,7 +89,7 @@ async fn publish_batch(shared: &Shared) -> Result<usize, String> {
             .key(row.key.as_bytes())
             .payload(row.payload.as_bytes());
         loop {
-            match shared.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => {
                     deliveries.push((row.id, delivery));
                     break;

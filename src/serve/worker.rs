@@ -274,19 +274,15 @@ async fn send_dead_letter(shared: &Shared, msg: &OwnedMessage, reason: &DeadLett
         instance: &shared.settings.instance,
     };
     let raw = msg.payload().unwrap_or_default();
+    // Workers run only with a broker (they consume from it): a producer is there.
+    let Some(producer) = shared.producer.as_ref() else {
+        return set_aside(shared, msg, "dead_letter_refused", "no producer").await;
+    };
     let attempt = retry_bounded(
         &shared.shutdown,
         "dead-letter publish",
         crate::bus::BusError::is_transient,
-        || {
-            dlq::send(
-                &shared.producer,
-                &shared.topics.dlq,
-                msg.key(),
-                raw,
-                &letter,
-            )
-        },
+        || dlq::send(producer, &shared.topics.dlq, msg.key(), raw, &letter),
     )
     .await;
     match attempt {

@@ -262,6 +262,7 @@ fn demo_tokens_load_with_their_documented_roles() {
         ("demo-reader-token", Role::Reader),
         ("demo-operator-token", Role::Operator),
         ("demo-auditor-token", Role::Auditor),
+        ("demo-payment-token", Role::PaymentService),
     ] {
         assert_eq!(
             store.authenticate(token).map(|p| p.role),

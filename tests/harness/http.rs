@@ -12,6 +12,18 @@ pub async fn request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
+    let (status, _, body) = exchange(addr, method, path, token, body).await;
+    (status, body)
+}
+
+/// [`request`], with the response's header lines too (lower-cased names).
+pub async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect API");
@@ -57,5 +69,5 @@ pub async fn request(
     } else {
         rest.to_string()
     };
-    (status, body)
+    (status, head.to_ascii_lowercase(), body)
 }

@@ -16,6 +16,7 @@ mod crash;
 mod demo_script;
 mod expiry;
 mod http;
+mod intake;
 mod kill_switch;
 mod loadgen;
 mod pipeline;

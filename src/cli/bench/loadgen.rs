@@ -79,6 +79,16 @@ pub struct LoadgenArgs {
     /// void, capture then refund (four numbers summing to 100).
     #[arg(long, default_value = DEFAULT_LIFECYCLE_MIX_ARG, value_parser = LifecycleMix::parse)]
     pub lifecycle_mix: LifecycleMix,
+    /// Offer the intents to `POST /v1/intents` at this base URL (`http://127.0.0.1:8080`)
+    /// instead of Kafka, and report request latency (SPEC §13.4); no broker needed.
+    #[arg(long, value_name = "URL")]
+    pub http: Option<String>,
+    /// Bearer token of a `payment_service` API token, for `--http`.
+    #[arg(long, env = "SPENDGUARD_LOADGEN_TOKEN", requires = "http")]
+    pub http_token: Option<String>,
+    /// Most HTTP connections open at once (`--http`; keep-alive, reused).
+    #[arg(long, default_value_t = 64)]
+    pub http_connections: usize,
 }
 
 /// What one phase measured.
@@ -396,6 +406,14 @@ pub fn make_intent(rng: &mut StdRng, agents: usize, entity: &str, currency: &str
 }
 
 pub async fn run(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<i32> {
+    if let Some(base) = &args.http {
+        let token = args.http_token.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--http needs --http-token (or SPENDGUARD_LOADGEN_TOKEN): a payment_service token"
+            )
+        })?;
+        return super::http_load::run(base, token, args).await;
+    }
     let topics = Topics::with_prefix(&settings.topic_prefix);
     let baseline_topic = format!("{}loadgen.baseline", settings.topic_prefix);
     let mut layout = topics.layout(settings);
@@ -437,7 +455,7 @@ pub async fn run(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<i32>
     Ok(0)
 }
 
-fn print_reports(reports: &[PhaseReport], args: &LoadgenArgs) -> anyhow::Result<()> {
+pub(crate) fn print_reports(reports: &[PhaseReport], args: &LoadgenArgs) -> anyhow::Result<()> {
     let ratio = match (
         reports.iter().find(|r| r.phase == "baseline"),
         reports.iter().find(|r| r.phase == "pipeline"),

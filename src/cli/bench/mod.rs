@@ -2,5 +2,6 @@
 //! (the decide path straight on PostgreSQL) and `spendguard loadgen` (intents over the
 //! broker, decisions tailed). Results and commands: `docs/benchmarks.md`.
 
+pub mod http_load;
 pub mod ledger;
 pub mod loadgen;

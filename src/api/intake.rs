@@ -1,0 +1,503 @@
+//! Synchronous intake (SPEC §13.4): `POST /v1/intents` and `POST /v1/settlements` for
+//! payment services that cannot wait on a topic.
+//!
+//! The body is judged by the parser Kafka messages go through ([`parse_intent`],
+//! [`parse_settlement`]) and decided by the ledger call serve's worker makes
+//! ([`Ledger::decide_batch`], [`Ledger::settle_batch`]): one transaction under the agent's
+//! lock, the decision and its outbox row together. So an agent's intents arriving over
+//! Kafka and HTTP at once are serialized by that lock and the caps hold exactly; the
+//! answer is the recorded message (the one the outbox publishes on `spend.decisions`);
+//! a retry with the same intentId gets it again (`Idempotent-Replayed: true`), never a
+//! second decision. Invalid input is audited (`intent_invalid`, `settlement_refused`)
+//! before the 400 goes back: the caller holds the bytes, the ledger the record, which is
+//! what the dead-letter topic and the audit event give a Kafka message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState, StoreError};
+use crate::intent::{IntentError, SpendIntent, parse_intent};
+use crate::ledger::settle::SettleResult;
+use crate::ledger::{DecideStatus, Ledger, LedgerError, Origin};
+use crate::policy::PolicySet;
+use crate::settlement::{Settlement, SettlementError, parse_settlement};
+
+/// Largest body read from the wire. Bodies up to this size reach the intake parser, so an
+/// oversized intent gets the Kafka code `message_too_large` (16 KiB) and is audited like
+/// one; anything larger is not an intent and is refused unread (413).
+pub const MAX_INTAKE_BODY_BYTES: usize = 4 * crate::intent::MAX_INTENT_BYTES;
+/// Attempts of one ledger call for a request; only transient failures are retried (the
+/// database failing over, a lock wait given up), then the caller gets 503 and retries:
+/// the intentId makes that safe.
+pub const INTAKE_ATTEMPTS: u32 = 3;
+/// Longest one attempt may take. Three attempts and their pauses stay inside the
+/// request deadline ([`super::REQUEST_DEADLINE_MS`]).
+pub const INTAKE_ATTEMPT_TIMEOUT_MS: u64 = 3_000;
+const INTAKE_RETRY_PAUSE_MS: u64 = 50;
+const _: () = assert!(
+    INTAKE_ATTEMPTS as u64 * (INTAKE_ATTEMPT_TIMEOUT_MS + 2 * INTAKE_RETRY_PAUSE_MS)
+        < super::REQUEST_DEADLINE_MS
+);
+
+/// A decision or outcome as recorded: the JSON the outbox publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub message: String,
+    /// Recorded by an earlier delivery of the same id (HTTP retry or Kafka).
+    pub replayed: bool,
+}
+
+/// Why the ledger did not record an intent or settlement.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntakeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Refused and audited by the ledger, with the stable code a Kafka message would
+    /// carry to `spend.dlq` (`idempotency_conflict`, `unknown_intent`, `over_remainder`, ...).
+    #[error("{code}: {detail}")]
+    Refused { code: String, detail: String },
+}
+
+/// Records what payment services send over HTTP.
+pub trait Intake: Send + Sync + 'static {
+    /// Decides a valid intent, or answers the decision recorded for its intentId.
+    fn decide(&self, intent: SpendIntent) -> BoxFuture<'_, Result<Recorded, IntakeError>>;
+    /// Audits a body that is not a valid intent (`intent_invalid`).
+    fn invalid_intent(&self, raw: Bytes, err: IntentError)
+    -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Applies a valid settlement, or answers the outcome recorded for its settlementId.
+    fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<Recorded, IntakeError>>;
+    /// Audits a body that is not a valid settlement (`settlement_refused`).
+    fn invalid_settlement(
+        &self,
+        raw: Bytes,
+        err: SettlementError,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// An instance without a ledger behind its API (tests of other routes): every intake
+/// call is 503.
+pub struct Disabled;
+
+fn disabled() -> StoreError {
+    StoreError::Unavailable("synchronous intake is not enabled on this instance".into())
+}
+
+impl Intake for Disabled {
+    fn decide(&self, _: SpendIntent) -> BoxFuture<'_, Result<Recorded, IntakeError>> {
+        Box::pin(async { Err(disabled().into()) })
+    }
+    fn invalid_intent(&self, _: Bytes, _: IntentError) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(disabled()) })
+    }
+    fn settle(&self, _: Settlement) -> BoxFuture<'_, Result<Recorded, IntakeError>> {
+        Box::pin(async { Err(disabled().into()) })
+    }
+    fn invalid_settlement(
+        &self,
+        _: Bytes,
+        _: SettlementError,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(disabled()) })
+    }
+}
+
+/// The intake over the service's ledger and live policy set.
+pub struct LedgerIntake {
+    pub ledger: Arc<Ledger>,
+    /// The active policy set (serve: its hot-reloaded `ArcSwap`).
+    pub policies: Arc<dyn Fn() -> Arc<PolicySet> + Send + Sync>,
+    /// Recorded as the events' origin instance.
+    pub instance: String,
+    /// Runs after a commit that queued a message in the outbox (serve wakes its
+    /// publisher, so the decision leaves at once rather than at the next poll).
+    pub committed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl LedgerIntake {
+    fn origin(&self) -> Origin {
+        Origin {
+            instance: self.instance.clone(),
+            source: "api".into(),
+            partition: None,
+            offset: None,
+        }
+    }
+}
+
+/// `op` with [`INTAKE_ATTEMPTS`] attempts of at most [`INTAKE_ATTEMPT_TIMEOUT_MS`] each;
+/// a call abandoned on its timeout may still commit, and then the retry is answered by
+/// the ledger's idempotency with what it recorded.
+async fn with_retries<T, F, Fut>(what: &str, mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LedgerError>>,
+{
+    let mut last = String::new();
+    for attempt in 1..=INTAKE_ATTEMPTS {
+        match tokio::time::timeout(Duration::from_millis(INTAKE_ATTEMPT_TIMEOUT_MS), op()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if e.is_transient() => last = e.to_string(),
+            Ok(Err(e)) => return Err(StoreError::Other(format!("{what}: {e}"))),
+            Err(_) => last = format!("no answer within {INTAKE_ATTEMPT_TIMEOUT_MS} ms"),
+        }
+        tracing::warn!(attempt, error = %last, "{what} failed (transient)");
+        if attempt < INTAKE_ATTEMPTS {
+            tokio::time::sleep(Duration::from_millis(
+                INTAKE_RETRY_PAUSE_MS * u64::from(attempt),
+            ))
+            .await;
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "{what} did not complete ({last}); retry with the same id"
+    )))
+}
+
+fn message_text<T: Serialize>(value: &T) -> Result<String, IntakeError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Other(format!("recorded message does not serialize: {e}")).into())
+}
+
+impl Intake for LedgerIntake {
+    fn decide(&self, intent: SpendIntent) -> BoxFuture<'_, Result<Recorded, IntakeError>> {
+        Box::pin(async move {
+            let policies = (self.policies)();
+            let items = [(intent, self.origin())];
+            let mut results = with_retries("ledger decide", || {
+                self.ledger.decide_batch(&policies, &items)
+            })
+            .await?;
+            let result = results
+                .pop()
+                .ok_or_else(|| StoreError::Other("the ledger returned no decision".into()))?;
+            match result {
+                Ok(d) => {
+                    let replayed = d.status == DecideStatus::Redelivered;
+                    if !replayed {
+                        metrics::counter!("spendguard_decisions_total", "effect" => d.message.effect.as_str())
+                            .increment(1);
+                        (self.committed)();
+                    }
+                    Ok(Recorded {
+                        message: message_text(&d.message)?,
+                        replayed,
+                    })
+                }
+                // Audited by the ledger in the same transaction.
+                Err(e @ LedgerError::IdempotencyConflict { .. }) => Err(IntakeError::Refused {
+                    code: e.code().to_string(),
+                    detail: e.to_string(),
+                }),
+                Err(e) => Err(StoreError::Other(format!("ledger decide: {e}")).into()),
+            }
+        })
+    }
+
+    fn invalid_intent(
+        &self,
+        raw: Bytes,
+        err: IntentError,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            metrics::counter!("spendguard_invalid_intents_total", "code" => err.code).increment(1);
+            let origin = self.origin();
+            with_retries("ledger record_invalid_intent", || {
+                self.ledger.record_invalid_intent(&raw, &err, &origin)
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<Recorded, IntakeError>> {
+        Box::pin(async move {
+            let policies = (self.policies)();
+            let items = [(settlement, self.origin())];
+            let mut results = with_retries("ledger settle", || {
+                self.ledger.settle_batch(&policies, &items)
+            })
+            .await?;
+            let result = results
+                .pop()
+                .ok_or_else(|| StoreError::Other("the ledger returned no outcome".into()))?;
+            match result {
+                SettleResult::Applied { outcome, .. } => {
+                    metrics::counter!("spendguard_settlements_total", "result" => "applied")
+                        .increment(1);
+                    (self.committed)();
+                    Ok(Recorded {
+                        message: message_text(&outcome)?,
+                        replayed: false,
+                    })
+                }
+                SettleResult::Redelivered { outcome } => Ok(Recorded {
+                    message: message_text(&outcome)?,
+                    replayed: true,
+                }),
+                SettleResult::Refused { code, detail, .. } => {
+                    metrics::counter!("spendguard_settlements_total", "result" => "refused")
+                        .increment(1);
+                    Err(IntakeError::Refused { code, detail })
+                }
+            }
+        })
+    }
+
+    fn invalid_settlement(
+        &self,
+        raw: Bytes,
+        err: SettlementError,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            metrics::counter!("spendguard_settlements_total", "result" => "invalid").increment(1);
+            let origin = self.origin();
+            with_retries("ledger record_invalid_settlement", || {
+                self.ledger.record_invalid_settlement(&raw, &err, &origin)
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+}
+
+/// The readiness check of a serve without Kafka: ready, and saying where decisions go.
+pub fn no_kafka_check() -> super::backends::ExtraCheck {
+    Arc::new(|| {
+        Box::pin(async {
+            super::views::ReadinessCheck {
+                name: "kafka".into(),
+                ok: true,
+                detail: "not configured (--no-kafka): decisions and outcomes wait in the outbox"
+                    .into(),
+            }
+        })
+    })
+}
+
+/// The body as read, its rejection kept so it is answered in JSON.
+type BodyBytes = Result<Bytes, BytesRejection>;
+
+fn body_bytes(body: BodyBytes) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit_bytes: MAX_INTAKE_BODY_BYTES,
+            }
+        } else {
+            ApiError::InvalidRequest(format!("cannot read the body: {}", e.body_text()))
+        }
+    })
+}
+
+/// 400 with the parser's code (the Kafka intake's dead-letter code).
+fn invalid(err: &IntentError) -> ApiError {
+    ApiError::Rejected {
+        status: StatusCode::BAD_REQUEST,
+        code: err.code.to_string(),
+        message: crate::privacy::mask_pans(&err.message),
+        field: err.field,
+    }
+}
+
+fn refused(err: IntakeError) -> ApiError {
+    match err {
+        IntakeError::Store(e) => e.into(),
+        IntakeError::Refused { code, detail } => ApiError::Rejected {
+            // The same id with another payload is a conflict with what is recorded; every
+            // other refusal is about the state of the intent the settlement names.
+            status: if code == "idempotency_conflict" {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            },
+            message: crate::privacy::mask_pans(&detail),
+            field: (code == "idempotency_conflict").then_some("id"),
+            code,
+        },
+    }
+}
+
+/// The recorded message verbatim, with whether it was recorded before.
+fn recorded(r: Recorded) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::HeaderName::from_static(REPLAYED_HEADER),
+                HeaderValue::from_static(if r.replayed { "true" } else { "false" }),
+            ),
+        ],
+        r.message,
+    )
+        .into_response()
+}
+
+/// Response header: `true` when the answer was recorded by an earlier delivery of the
+/// same id (Stripe's name for the same thing).
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+async fn post_intent(State(state): State<ApiState>, body: BodyBytes) -> Result<Response, ApiError> {
+    let raw = body_bytes(body)?;
+    let intent = match parse_intent(&raw) {
+        Ok(i) => i,
+        Err(err) => {
+            let answer = invalid(&err);
+            state.intake.invalid_intent(raw, err).await?;
+            return Err(answer);
+        }
+    };
+    let r = state.intake.decide(intent).await.map_err(refused)?;
+    Ok(recorded(r))
+}
+
+async fn post_settlement(
+    State(state): State<ApiState>,
+    body: BodyBytes,
+) -> Result<Response, ApiError> {
+    let raw = body_bytes(body)?;
+    let settlement = match parse_settlement(&raw) {
+        Ok(s) => s,
+        Err(err) => {
+            let answer = invalid(&err);
+            state.intake.invalid_settlement(raw, err).await?;
+            return Err(answer);
+        }
+    };
+    let r = state.intake.settle(settlement).await.map_err(refused)?;
+    Ok(recorded(r))
+}
+
+pub(crate) fn route_intents_post() -> axum::routing::MethodRouter<ApiState> {
+    axum::routing::post(post_intent)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_INTAKE_BODY_BYTES))
+}
+
+pub(crate) fn route_settlements_post() -> axum::routing::MethodRouter<ApiState> {
+    axum::routing::post(post_settlement)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_INTAKE_BODY_BYTES))
+}
+
+// ---- the documented shapes (OpenAPI) ----
+
+/// A spend intent (SPEC §1), as on `spend.intents`. `amount` is a decimal string (a JSON
+/// number is accepted too, read without going through a float).
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntentBody {
+    /// Idempotency key: a retry with the same id and payload gets the recorded decision.
+    pub intent_id: String,
+    pub agent_id: String,
+    pub entity_id: String,
+    pub amount: String,
+    /// ISO 4217.
+    pub currency: String,
+    pub category: String,
+    pub beneficiary: BeneficiaryBody,
+    /// PIX, CARD, WIRE, FEE or OTHER.
+    pub purpose: String,
+    /// Free-form, at most 4 KiB serialized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct BeneficiaryBody {
+    pub id: String,
+    /// Card number or bank account: personal data, sealed per data subject, masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// ISO 3166-1 alpha-2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+}
+
+/// A settlement (SPEC §11), as on `spend.settlements`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SettlementBody {
+    /// Idempotency key.
+    pub settlement_id: String,
+    pub intent_id: String,
+    /// CAPTURE, VOID, REFUND or CANCEL.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Decimal string in the intent's currency (CAPTURE, REFUND; optional for VOID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// Required with `amount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// CAPTURE only: releases the uncaptured remainder.
+    #[serde(default, rename = "final")]
+    pub is_final: bool,
+    /// RFC 3339; informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    /// The documented shapes name exactly the fields the parsers take.
+    #[test]
+    fn documented_bodies_match_the_parsers() {
+        let intent = br#"{"intentId":"i-1","agentId":"a","entityId":"e","amount":"1.00","currency":"BRL","category":"c",
+            "beneficiary":{"id":"b","account":"x","country":"BR"},"purpose":"PIX","metadata":{"k":1}}"#;
+        let parsed = serde_json::to_value(parse_intent(intent).unwrap()).unwrap();
+        let doc: IntentBody = serde_json::from_slice(intent).unwrap();
+        let doc = serde_json::to_value(doc).unwrap();
+        assert_eq!(keys(&parsed), keys(&doc));
+        assert_eq!(keys(&parsed["beneficiary"]), keys(&doc["beneficiary"]));
+
+        let settlement = br#"{"settlementId":"s-1","intentId":"i-1","type":"CAPTURE","amount":"1.00","currency":"BRL",
+            "final":true,"occurredAt":"2026-11-30T14:00:00Z","metadata":{"k":1}}"#;
+        let parsed = serde_json::to_value(parse_settlement(settlement).unwrap()).unwrap();
+        let doc: SettlementBody = serde_json::from_slice(settlement).unwrap();
+        assert_eq!(keys(&parsed), keys(&serde_json::to_value(doc).unwrap()));
+    }
+
+    #[test]
+    fn refusals_keep_the_intake_codes() {
+        let err = parse_intent(b"{").unwrap_err();
+        let api = invalid(&err);
+        assert_eq!(api.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(api.code(), "invalid_json");
+        let conflict = refused(IntakeError::Refused {
+            code: "idempotency_conflict".into(),
+            detail: "x".into(),
+        });
+        assert_eq!(conflict.status(), StatusCode::CONFLICT);
+        let unknown = refused(IntakeError::Refused {
+            code: "unknown_intent".into(),
+            detail: "x".into(),
+        });
+        assert_eq!(unknown.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(unknown.code(), "unknown_intent");
+        assert_eq!(
+            refused(IntakeError::Store(disabled())).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}
