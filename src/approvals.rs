@@ -8,7 +8,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,7 +16,14 @@ use std::path::Path;
 use crate::intent::MAX_ID_LEN;
 
 /// Domain separation: a signature made for anything else can never verify as a vote.
-pub const SIGNING_DOMAIN: &str = "spendguard.approval.v1";
+/// v2 binds the approver and the signing time too (SPEC §13.1).
+pub const SIGNING_DOMAIN: &str = "spendguard.approval.v2";
+/// The first format (intentId, decision hash, vote only): recognised so its votes are
+/// refused as `signature_format_outdated` rather than as forgeries.
+pub const LEGACY_SIGNING_DOMAIN: &str = "spendguard.approval.v1";
+/// Furthest a vote's `signedAt` may be from the ledger's clock, either way (SPEC §13.1):
+/// a captured vote cannot be replayed later, and a signer's clock cannot pre-date votes.
+pub const MAX_SIGNATURE_SKEW_SECS: i64 = 600;
 /// Largest vote message accepted, in bytes.
 pub const MAX_VOTE_BYTES: usize = 4 * 1024;
 /// Largest approver registry accepted.
@@ -36,7 +43,56 @@ pub struct VoteMessage {
     /// Base64 Ed25519 signature over [`signing_message`]. Absent or empty = unsigned.
     #[serde(default)]
     pub signature: Option<String>,
-    pub signed_at: DateTime<Utc>,
+    pub signed_at: SignedAt,
+}
+
+/// A vote's `signedAt`: the instant, and the RFC 3339 text exactly as sent, which is
+/// what the signature covers (re-rendering the instant could differ from the signer's
+/// text in precision or offset and break a good signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedAt {
+    at: DateTime<Utc>,
+    text: String,
+}
+
+impl SignedAt {
+    /// `at` rendered with millisecond precision, the form `spendguard approve` signs.
+    /// The instant is cut to what the text holds, so a message reads back equal.
+    pub fn new(at: DateTime<Utc>) -> SignedAt {
+        let text = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let at = DateTime::parse_from_rfc3339(&text).map_or(at, |t| t.with_timezone(&Utc));
+        SignedAt { at, text }
+    }
+
+    pub fn parse(text: &str) -> Result<SignedAt, String> {
+        let at = DateTime::parse_from_rfc3339(text)
+            .map_err(|e| format!("signedAt {text:?} is not an RFC 3339 time: {e}"))?;
+        Ok(SignedAt {
+            at: at.with_timezone(&Utc),
+            text: text.to_string(),
+        })
+    }
+
+    pub fn at(&self) -> DateTime<Utc> {
+        self.at
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Serialize for SignedAt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for SignedAt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SignedAt, D::Error> {
+        let text = String::deserialize(d)?;
+        SignedAt::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why a vote was refused. `code()` values are stable API (audited, asserted by tests).
@@ -58,6 +114,20 @@ pub enum VoteRefusal {
     SelfApproval(String),
     #[error("no decision is recorded for intent {0}")]
     UnknownIntent(String),
+    #[error(
+        "the signature of approver {approver} on intent {intent} is in the retired v1 format (intentId, decision hash and vote only); sign again with a current `spendguard approve`, which also covers approverId and signedAt"
+    )]
+    SignatureFormatOutdated { approver: String, intent: String },
+    #[error(
+        "signedAt {signed_at} is {skew_secs} s away from the ledger's clock ({ledger_now}); at most {MAX_SIGNATURE_SKEW_SECS} s is accepted: sign again now"
+    )]
+    StaleSignature {
+        signed_at: String,
+        ledger_now: String,
+        skew_secs: i64,
+    },
+    #[error("the API token is bound to approver {token}; it cannot submit a vote of {vote}")]
+    ApproverMismatch { token: String, vote: String },
 }
 
 impl VoteRefusal {
@@ -70,6 +140,9 @@ impl VoteRefusal {
             VoteRefusal::NotRegisteredForEntity { .. } => "approver_not_registered_for_entity",
             VoteRefusal::SelfApproval(_) => "self_approval",
             VoteRefusal::UnknownIntent(_) => "unknown_intent",
+            VoteRefusal::SignatureFormatOutdated { .. } => "signature_format_outdated",
+            VoteRefusal::StaleSignature { .. } => "stale_signature",
+            VoteRefusal::ApproverMismatch { .. } => "approver_token_mismatch",
         }
     }
 }
@@ -83,14 +156,69 @@ pub struct VoteSubject<'a> {
     pub decision_hash: &'a str,
 }
 
-/// The exact bytes an approver signs. Identifiers cannot contain control characters
-/// (intent validation), so newline separation is unambiguous.
-pub fn signing_message(intent_id: &str, decision_hash: &str, vote: Vote) -> Vec<u8> {
+/// What a vote is signed over, besides the domain.
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'a> {
+    pub intent_id: &'a str,
+    pub decision_hash: &'a str,
+    pub vote: Vote,
+    pub approver_id: &'a str,
+    pub signed_at: &'a SignedAt,
+}
+
+/// The exact bytes an approver signs (documented in docs/api.md for other signers).
+/// Identifiers cannot contain control characters (vote and intent validation) nor can
+/// an RFC 3339 time, so newline separation is unambiguous.
+pub fn signing_message(s: Signed<'_>) -> Vec<u8> {
     format!(
-        "{SIGNING_DOMAIN}\n{intent_id}\n{decision_hash}\n{}",
+        "{SIGNING_DOMAIN}\n{}\n{}\n{}\n{}\n{}",
+        s.intent_id,
+        s.decision_hash,
+        s.vote.as_str(),
+        s.approver_id,
+        s.signed_at.as_str()
+    )
+    .into_bytes()
+}
+
+/// The v1 bytes: only to tell an outdated signature from a forged one.
+fn legacy_signing_message(intent_id: &str, decision_hash: &str, vote: Vote) -> Vec<u8> {
+    format!(
+        "{LEGACY_SIGNING_DOMAIN}\n{intent_id}\n{decision_hash}\n{}",
         vote.as_str()
     )
     .into_bytes()
+}
+
+/// Refuses a vote signed more than [`MAX_SIGNATURE_SKEW_SECS`] away from `ledger_now`
+/// (the database's clock, never this process's).
+pub fn check_fresh(signed_at: &SignedAt, ledger_now: DateTime<Utc>) -> Result<(), VoteRefusal> {
+    let skew_secs = (ledger_now - signed_at.at()).num_seconds().abs();
+    if skew_secs <= MAX_SIGNATURE_SKEW_SECS {
+        return Ok(());
+    }
+    Err(VoteRefusal::StaleSignature {
+        signed_at: signed_at.as_str().to_string(),
+        ledger_now: ledger_now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        skew_secs,
+    })
+}
+
+/// A glob of [`glob_match`] as a SQL `LIKE` pattern with `\` as the escape character.
+pub fn glob_to_like(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        match c {
+            '*' => out.push('%'),
+            '?' => out.push('_'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Parses a vote message; the intent id is needed before anything else can be checked.
@@ -260,18 +388,33 @@ impl Registry {
         };
         let sig_bytes = B64.decode(sig_text).map_err(|_| bad())?;
         let sig = Signature::from_slice(&sig_bytes).map_err(|_| bad())?;
-        let message = signing_message(&vote.intent_id, subject.decision_hash, vote.vote);
-        approver.key.verify(&message, &sig).map_err(|_| bad())?;
+        let message = signing_message(Signed {
+            intent_id: &vote.intent_id,
+            decision_hash: subject.decision_hash,
+            vote: vote.vote,
+            approver_id: &vote.approver_id,
+            signed_at: &vote.signed_at,
+        });
+        if approver.key.verify_strict(&message, &sig).is_err() {
+            let legacy = legacy_signing_message(&vote.intent_id, subject.decision_hash, vote.vote);
+            if approver.key.verify_strict(&legacy, &sig).is_ok() {
+                return Err(VoteRefusal::SignatureFormatOutdated {
+                    approver: approver.id.clone(),
+                    intent: vote.intent_id.clone(),
+                });
+            }
+            return Err(bad());
+        }
         Ok(VerifiedVote {
             intent_id: vote.intent_id.clone(),
             approver_id: vote.approver_id.clone(),
             vote: vote.vote,
-            signed_at: vote.signed_at,
+            signed_at: vote.signed_at.at(),
         })
     }
 }
 
-/// Signs a vote with an approver's secret key (used by `spendguard approve`).
+/// Signs a vote now with an approver's secret key (used by `spendguard approve`).
 pub fn sign_vote(
     key: &SigningKey,
     intent_id: &str,
@@ -279,13 +422,54 @@ pub fn sign_vote(
     decision_hash: &str,
     vote: Vote,
 ) -> VoteMessage {
-    let sig = key.sign(&signing_message(intent_id, decision_hash, vote));
+    sign_vote_at(
+        key,
+        intent_id,
+        approver_id,
+        decision_hash,
+        vote,
+        SignedAt::new(Utc::now()),
+    )
+}
+
+/// [`sign_vote`] with a given signing time.
+pub fn sign_vote_at(
+    key: &SigningKey,
+    intent_id: &str,
+    approver_id: &str,
+    decision_hash: &str,
+    vote: Vote,
+    signed_at: SignedAt,
+) -> VoteMessage {
+    let sig = key.sign(&signing_message(Signed {
+        intent_id,
+        decision_hash,
+        vote,
+        approver_id,
+        signed_at: &signed_at,
+    }));
     VoteMessage {
         intent_id: intent_id.to_string(),
         approver_id: approver_id.to_string(),
         vote,
         signature: Some(B64.encode(sig.to_bytes())),
-        signed_at: Utc::now(),
+        signed_at,
+    }
+}
+
+/// A vote signed in the retired v1 format (tests and the transition's documentation).
+#[doc(hidden)]
+pub fn sign_vote_legacy(
+    key: &SigningKey,
+    intent_id: &str,
+    approver_id: &str,
+    decision_hash: &str,
+    vote: Vote,
+) -> VoteMessage {
+    let sig = key.sign(&legacy_signing_message(intent_id, decision_hash, vote));
+    VoteMessage {
+        signature: Some(B64.encode(sig.to_bytes())),
+        ..sign_vote(key, intent_id, approver_id, decision_hash, vote)
     }
 }
 
@@ -473,6 +657,104 @@ mod tests {
             ..good.clone()
         };
         assert_eq!(refusal(&f, &own, subject()), "self_approval");
+    }
+
+    #[test]
+    fn the_signature_covers_the_approver_and_the_signing_time() {
+        let f = fixture();
+        let good = sign_vote(&f.alice, "i-1", "alice", HASH, Vote::Approve);
+        // Moving the vote to another signing time breaks it (a stale vote cannot be
+        // freshened), even by one millisecond or an equivalent rendering of the instant.
+        let later = SignedAt::new(good.signed_at.at() + chrono::Duration::milliseconds(1));
+        let moved = VoteMessage {
+            signed_at: later,
+            ..good.clone()
+        };
+        assert_eq!(refusal(&f, &moved, subject()), "bad_signature");
+        let same_instant = SignedAt::parse(
+            &good
+                .signed_at
+                .at()
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, false),
+        )
+        .unwrap();
+        assert_eq!(same_instant.at(), good.signed_at.at());
+        let rerendered = VoteMessage {
+            signed_at: same_instant,
+            ..good.clone()
+        };
+        assert_eq!(refusal(&f, &rerendered, subject()), "bad_signature");
+        // The bytes name every part, in order, after the v2 domain.
+        let text = String::from_utf8(signing_message(Signed {
+            intent_id: "i-1",
+            decision_hash: HASH,
+            vote: Vote::Approve,
+            approver_id: "alice",
+            signed_at: &SignedAt::parse("2026-11-30T12:00:00.000Z").unwrap(),
+        }))
+        .unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "spendguard.approval.v2\ni-1\n{HASH}\nAPPROVE\nalice\n2026-11-30T12:00:00.000Z"
+            )
+        );
+    }
+
+    #[test]
+    fn signedat_text_is_kept_exactly_as_sent() {
+        let text = "2026-11-30T09:00:00.123456-03:00";
+        let parsed = SignedAt::parse(text).unwrap();
+        assert_eq!(parsed.as_str(), text);
+        assert_eq!(
+            parsed.at(),
+            "2026-11-30T12:00:00.123456Z"
+                .parse::<DateTime<Utc>>()
+                .unwrap()
+        );
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), text);
+        assert!(SignedAt::parse("yesterday").is_err());
+        let f = fixture();
+        let vote = sign_vote_at(&f.alice, "i-1", "alice", HASH, Vote::Approve, parsed);
+        let bytes = serde_json::to_vec(&vote).unwrap();
+        assert_eq!(parse_vote(&bytes).unwrap(), vote);
+        assert!(f.registry.verify(&vote, subject()).is_ok());
+    }
+
+    #[test]
+    fn v1_signatures_are_refused_as_outdated_not_as_forged() {
+        let f = fixture();
+        let old = sign_vote_legacy(&f.alice, "i-1", "alice", HASH, Vote::Approve);
+        assert_eq!(refusal(&f, &old, subject()), "signature_format_outdated");
+        // A v1 signature by someone else's key is still a forgery.
+        let forged = sign_vote_legacy(&f.mallory, "i-1", "alice", HASH, Vote::Approve);
+        assert_eq!(refusal(&f, &forged, subject()), "bad_signature");
+    }
+
+    #[test]
+    fn staleness_is_measured_both_ways_against_the_given_clock() {
+        let now: DateTime<Utc> = "2026-11-30T12:00:00Z".parse().unwrap();
+        let at = |secs: i64| SignedAt::new(now + chrono::Duration::seconds(secs));
+        for ok in [0, -MAX_SIGNATURE_SKEW_SECS, MAX_SIGNATURE_SKEW_SECS, -1, 1] {
+            assert_eq!(check_fresh(&at(ok), now), Ok(()), "{ok} s");
+        }
+        for stale in [
+            -MAX_SIGNATURE_SKEW_SECS - 1,
+            MAX_SIGNATURE_SKEW_SECS + 1,
+            -86_400,
+        ] {
+            let err = check_fresh(&at(stale), now).unwrap_err();
+            assert_eq!(err.code(), "stale_signature", "{stale} s");
+            assert!(err.to_string().contains("ledger's clock"), "{err}");
+        }
+    }
+
+    #[test]
+    fn globs_become_escaped_like_patterns() {
+        assert_eq!(glob_to_like("acme-*"), "acme-%");
+        assert_eq!(glob_to_like("a?c"), "a_c");
+        assert_eq!(glob_to_like("100%_x\\"), "100\\%\\_x\\\\");
+        assert_eq!(glob_to_like("*"), "%");
     }
 
     #[test]

@@ -174,4 +174,69 @@ pub struct DecisionMessage {
     pub decided_at: chrono::DateTime<chrono::Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger_seq: Option<i64>,
+    /// REQUIRE_HITL / REQUIRE_MSIG (SPEC §13.1): what an approver signs and needs to
+    /// know, so that signing needs this message and a key, never the database.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRequest>,
+}
+
+/// The approval part of a waiting decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRequest {
+    /// What is to be paid, as the intent stated it: an approver decides on it.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub category: String,
+    pub purpose: String,
+    /// Hex SHA-256 of the recorded `intent_decided` event: a vote's signature covers it.
+    pub decision_hash: String,
+    /// When the intent closes as EXPIRED without its approvals.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// Votes accepted so far, in ledger order: empty in the message published at
+    /// decision time, current in the API's answers.
+    pub approvals: Vec<ApprovalSoFar>,
+}
+
+/// One accepted vote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalSoFar {
+    pub approver_id: String,
+    pub vote: crate::ledger::Vote,
+    pub signed_at: chrono::DateTime<chrono::Utc>,
+    pub ledger_seq: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(extra: &str) -> String {
+        format!(
+            r#"{{"intentId":"i","agentId":"a","entityId":"e","effect":"REQUIRE_MSIG","approvalsRequired":2,"reasons":[],"decidedAt":"2026-11-30T12:00:00Z","ledgerSeq":7{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn the_approval_part_is_present_only_when_recorded() {
+        let plain: DecisionMessage = serde_json::from_str(&message("")).unwrap();
+        assert_eq!(plain.approval, None);
+        assert!(
+            !serde_json::to_string(&plain)
+                .unwrap()
+                .contains("decisionHash")
+        );
+        let text = message(
+            r#","amount":"2500.00","currency":"BRL","category":"x","purpose":"PIX","decisionHash":"ab","expiresAt":"2026-11-30T13:00:00Z","approvals":[{"approverId":"alice","vote":"APPROVE","signedAt":"2026-11-30T12:01:00Z","ledgerSeq":9}]"#,
+        );
+        let waiting: DecisionMessage = serde_json::from_str(&text).unwrap();
+        let approval = waiting.approval.as_ref().unwrap();
+        assert_eq!(approval.decision_hash, "ab");
+        assert_eq!(approval.approvals[0].approver_id, "alice");
+        let again: DecisionMessage =
+            serde_json::from_str(&serde_json::to_string(&waiting).unwrap()).unwrap();
+        assert_eq!(again, waiting);
+    }
 }

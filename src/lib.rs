@@ -24,6 +24,7 @@ pub mod bus;
 pub mod config;
 pub mod kill_switch;
 pub mod serve;
+pub mod vote_intake;
 
 // --- operators & auditors ---
 pub mod api;

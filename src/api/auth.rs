@@ -34,14 +34,18 @@ pub enum Role {
     /// `POST /v1/settlements` only, so a leaked intake token reads nothing back.
     #[serde(rename = "payment_service")]
     PaymentService,
+    /// An approver (SPEC §13.1), bound to one approverId of the registry: its inbox
+    /// (`GET /v1/approvals`) and signed votes (`POST /v1/approvals/{intentId}/votes`).
+    Approver,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [
+    pub const ALL: [Role; 5] = [
         Role::Reader,
         Role::Operator,
         Role::Auditor,
         Role::PaymentService,
+        Role::Approver,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +54,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Auditor => "auditor",
             Role::PaymentService => "payment_service",
+            Role::Approver => "approver",
         }
     }
 }
@@ -66,6 +71,8 @@ struct TokenEntry {
     name: String,
     role: Role,
     sha256: [u8; 32],
+    /// Role `approver` only: the registry id the token acts for.
+    approver_id: Option<String>,
 }
 
 /// The configured tokens. `Debug` shows names and roles only.
@@ -96,7 +103,7 @@ pub enum TokenConfigError {
     #[error("API token file {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes")]
     TooLarge { path: String },
     #[error(
-        "{origin}: not a valid token file: {message} (expected `tokens: [{{name, role, sha256}}]`, role one of reader|operator|auditor|payment_service)"
+        "{origin}: not a valid token file: {message} (expected `tokens: [{{name, role, sha256}}]`, role one of reader|operator|auditor|payment_service|approver; approver tokens add approverId)"
     )]
     Parse { origin: String, message: String },
     #[error("{origin}: token #{index} ({name:?}): {message}")]
@@ -116,10 +123,13 @@ struct TokenFile {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct TokenFileEntry {
     name: String,
     role: Role,
     sha256: String,
+    #[serde(default)]
+    approver_id: Option<String>,
 }
 
 /// Hex SHA-256 of a token, the form stored in the configuration
@@ -170,10 +180,12 @@ impl TokenStore {
             if store.entries.iter().any(|e| e.name == entry.name) {
                 return Err(invalid("the same token name is configured twice".into()));
             }
+            check_approver_binding(entry.role, entry.approver_id.as_deref()).map_err(invalid)?;
             store.entries.push(TokenEntry {
                 name: entry.name,
                 role: entry.role,
                 sha256,
+                approver_id: entry.approver_id,
             });
         }
         Ok(store)
@@ -202,8 +214,30 @@ impl TokenStore {
             name: name.to_string(),
             role,
             sha256,
+            approver_id: None,
         });
         Some(self)
+    }
+
+    /// Adds an `approver` token bound to `approver_id` by its hash (tests, set-up).
+    pub fn with_approver(
+        mut self,
+        name: &str,
+        approver_id: &str,
+        sha256_hex: &str,
+    ) -> Option<TokenStore> {
+        check_approver_binding(Role::Approver, Some(approver_id)).ok()?;
+        self = self.with_hash(name, Role::Approver, sha256_hex)?;
+        self.entries.last_mut()?.approver_id = Some(approver_id.to_string());
+        Some(self)
+    }
+
+    /// The approverId the token named `name` is bound to (role `approver` only).
+    pub fn approver_of(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| e.name == name && e.role == Role::Approver)
+            .and_then(|e| e.approver_id.as_deref())
     }
 
     pub fn len(&self) -> usize {
@@ -232,6 +266,25 @@ impl TokenStore {
             name: e.name.clone(),
             role: e.role,
         })
+    }
+}
+
+/// An approver token names exactly one approverId; no other role names one.
+fn check_approver_binding(role: Role, approver_id: Option<&str>) -> Result<(), String> {
+    match (role, approver_id) {
+        (Role::Approver, Some(id))
+            if !id.is_empty()
+                && id.len() <= crate::intent::MAX_ID_LEN
+                && !id.chars().any(char::is_control) =>
+        {
+            Ok(())
+        }
+        (Role::Approver, _) => Err(format!(
+            "role approver needs approverId: 1..={} printable characters, an id of the approver registry",
+            crate::intent::MAX_ID_LEN
+        )),
+        (_, Some(_)) => Err("approverId is only for role approver".into()),
+        (_, None) => Ok(()),
     }
 }
 
@@ -318,6 +371,33 @@ mod tests {
                 .to_string()
                 .contains("twice")
         );
+    }
+
+    #[test]
+    fn approver_tokens_are_bound_to_one_approver() {
+        let h = |t: &str| hash_token(t);
+        let s = TokenStore::parse(
+            &format!(
+                "tokens:\n  - {{name: alice-phone, role: approver, approverId: alice, sha256: {}}}\n  - {{name: dash, role: reader, sha256: {}}}\n",
+                h("a"),
+                h("r")
+            ),
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(s.authenticate("a").map(|p| p.role), Some(Role::Approver));
+        assert_eq!(s.approver_of("alice-phone"), Some("alice"));
+        assert_eq!(s.approver_of("dash"), None);
+        for bad in [
+            format!("tokens: [{{name: x, role: approver, sha256: {}}}]", h("x")),
+            format!(
+                "tokens: [{{name: x, role: reader, approverId: alice, sha256: {}}}]",
+                h("x")
+            ),
+        ] {
+            let err = TokenStore::parse(&bad, "t.yaml").unwrap_err().to_string();
+            assert!(err.contains("approverId"), "{err}");
+        }
     }
 
     #[test]

@@ -224,27 +224,10 @@ impl LedgerQueries for LedgerBackend {
     ) -> BoxFuture<'_, Result<Vec<PendingApprovalView>, StoreError>> {
         Box::pin(async move {
             let rows = self.reader().pending_approvals(limit).await.map_err(read)?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in rows {
-                let m: Option<crate::decision::DecisionMessage> =
-                    serde_json::from_str(&r.message).ok();
-                let minor = crate::money::currency(&r.currency).map_or(2, |c| c.minor_units);
-                out.push(PendingApprovalView {
-                    intent_id: r.intent_id,
-                    agent_id: r.agent_id,
-                    entity_id: r.entity_id,
-                    amount: crate::money::format_amount(r.amount, minor),
-                    currency: r.currency,
-                    effect: crate::decision::Effect::parse(&r.effect)
-                        .unwrap_or(crate::decision::Effect::RequireHitl),
-                    approvals_required: u32::try_from(r.approvals_required).unwrap_or(0),
-                    approvals_received: u32::try_from(r.received).unwrap_or(0),
-                    decided_at: m.as_ref().map_or_else(Utc::now, |m| m.decided_at),
-                    expires_at: Some(r.expires_at),
-                    policy: m.and_then(|m| m.policy),
-                });
-            }
-            Ok(out)
+            Ok(rows
+                .into_iter()
+                .map(super::approvals::pending_view)
+                .collect())
         })
     }
 }
@@ -513,6 +496,8 @@ pub fn state_for(
         policies,
         // serve replaces it with its ledger intake ([`super::intake::LedgerIntake`]).
         intake: Arc::new(super::intake::Disabled),
+        // serve replaces it with its ledger and registry ([`super::approvals::LedgerApprovals`]).
+        approvals: Arc::new(super::approvals::Disabled),
         metrics: crate::telemetry::metrics_handle(),
         clock: Arc::new(Utc::now),
     }

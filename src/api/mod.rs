@@ -9,6 +9,7 @@
 //! pool, the active policy set and the kill switch without this module knowing how they
 //! are wired.
 
+pub mod approvals;
 pub mod auth;
 pub mod backends;
 pub mod error;
@@ -196,6 +197,8 @@ pub struct ApiState {
     pub readiness: Arc<dyn ReadinessProbe>,
     /// `POST /v1/intents` and `/v1/settlements` (serve: [`intake::LedgerIntake`]).
     pub intake: Arc<dyn intake::Intake>,
+    /// The approver role's inbox and votes (serve: [`approvals::LedgerApprovals`]).
+    pub approvals: Arc<dyn approvals::ApprovalDesk>,
     pub metrics: PrometheusHandle,
     /// The clock for usage windows (tests pin it; the service passes `Utc::now`).
     pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
@@ -606,6 +609,7 @@ pub struct ApprovalsQuery {
 
 async fn get_approvals(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     query: Result<Query<ApprovalsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<PendingApprovals>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
@@ -623,7 +627,13 @@ async fn get_approvals(
             "limit must be 1..={MAX_PENDING_APPROVALS_PAGE}"
         )));
     }
-    let approvals = state.ledger.pending_approvals(limit).await?;
+    // An approver sees only what it may vote on (SPEC §13.1); staff see the whole queue.
+    let approvals = if principal.role == Role::Approver {
+        let approver = approvals::bound_approver(&state, &principal)?;
+        state.approvals.pending_for(&approver, limit).await?
+    } else {
+        state.ledger.pending_approvals(limit).await?
+    };
     Ok(Json(PendingApprovals { approvals }))
 }
 

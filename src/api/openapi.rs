@@ -55,6 +55,8 @@ const ANY_ROLE: &[Role] = &[Role::Reader, Role::Operator, Role::Auditor];
 const STAFF: &[Role] = &[Role::Operator, Role::Auditor];
 const OPERATOR: &[Role] = &[Role::Operator];
 const PAYMENT_SERVICE: &[Role] = &[Role::PaymentService];
+const APPROVER: &[Role] = &[Role::Approver];
+const STAFF_AND_APPROVER: &[Role] = &[Role::Operator, Role::Auditor, Role::Approver];
 
 fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> schemars::Schema {
     g.subschema_for::<T>()
@@ -176,8 +178,8 @@ pub static OPERATIONS: &[Operation] = &[
         method: "get",
         path: "/v1/approvals",
         operation_id: "listPendingApprovals",
-        summary: "Intents waiting for approval (HITL / MSIG), oldest first.",
-        roles: STAFF,
+        summary: "Intents waiting for approval (HITL / MSIG), oldest first, each with its reasons, the usage it was decided with, `expiresAt`, `decisionHash`, the approvals so far and the decision message (`decision`) to sign. An `approver` token sees only the intents its approverId may still vote on: entities its registry entry lists, never an agent of its own id, none it voted on already.",
+        roles: STAFF_AND_APPROVER,
         params: &[
             Param {
                 name: "status",
@@ -198,6 +200,24 @@ pub static OPERATIONS: &[Operation] = &[
         response: Body::Json(schema::<PendingApprovals>),
         errors: &[400],
         handler: super::route_approvals,
+    },
+    Operation {
+        method: "post",
+        path: "/v1/approvals/{intentId}/votes",
+        operation_id: "voteOnApproval",
+        summary: "Submit a signed vote (SPEC §4, §13.1): the same message as on `spend.approvals`, verified and audited like a Kafka vote. The token must be bound to the vote's approverId, and the body's intentId must be the path's; the bearer token alone approves nothing: the Ed25519 signature over `spendguard.approval.v2`, intentId, decisionHash, vote, approverId and signedAt must verify with the registry's key, and signedAt be within 10 minutes of the ledger's clock. A refused vote is audited and answered 422 with its code (`bad_signature`, `signature_format_outdated`, `stale_signature`, `approver_token_mismatch`, `approver_not_registered_for_entity`, `self_approval`, `duplicate_approver`, `already_closed`, `expired`, `malformed_vote`, ...).",
+        roles: APPROVER,
+        params: &[Param {
+            name: "intentId",
+            location: "path",
+            required: true,
+            description: "The waiting intent voted on.",
+            kind: "string",
+        }],
+        request: Some(schema::<super::views::VoteBody>),
+        response: Body::Json(schema::<VoteAcceptedView>),
+        errors: &[400, 413, 422, 503],
+        handler: super::approvals::route_votes_post,
     },
     Operation {
         method: "get",
@@ -384,7 +404,7 @@ pub fn document() -> Value {
         "info": {
             "title": "spendguard operators' and auditors' API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Bearer tokens carry one role: reader, operator, auditor or payment_service. `x-roles` lists the roles each operation admits. Errors are `{\"error\": {\"code\", \"message\"}}` with stable codes."
+            "description": "Bearer tokens carry one role: reader, operator, auditor, payment_service or approver (bound to one approverId of the registry). `x-roles` lists the roles each operation admits. Errors are `{\"error\": {\"code\", \"message\"}}` with stable codes."
         },
         "paths": paths,
         "components": {

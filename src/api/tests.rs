@@ -207,6 +207,7 @@ fn state_with_fx(kill: Arc<MemKill>, fx: Arc<MemFx>) -> ApiState {
         kill_switch: kill,
         fx_rates: fx,
         readiness: Arc::new(NotReady),
+        approvals: Arc::new(crate::api::approvals::Disabled),
         intake: Arc::new(super::intake::Disabled),
         metrics: crate::telemetry::metrics_handle(),
         clock: Arc::new(|| Utc.with_ymd_and_hms(2026, 11, 25, 15, 0, 0).unwrap()),
@@ -251,6 +252,9 @@ fn valid_body(path: &str) -> &'static str {
         }
         "/v1/settlements" => {
             r#"{"settlementId":"s-1","intentId":"i-1","type":"CAPTURE","amount":"1.00","currency":"BRL"}"#
+        }
+        "/v1/approvals/{intentId}/votes" => {
+            r#"{"intentId":"i-1","approverId":"alice","vote":"APPROVE","signature":"eA==","signedAt":"2026-11-30T12:00:00Z"}"#
         }
         other => panic!("no test body for POST {other}: add one"),
     }
@@ -783,5 +787,99 @@ async fn payment_service_tokens_only_post_intents_and_settlements() {
         status,
         StatusCode::SERVICE_UNAVAILABLE,
         "not audited, not answered: {json}"
+    );
+}
+
+/// Records what the approver routes asked for; refuses every vote as `bad_signature`.
+#[derive(Default)]
+struct MemDesk {
+    asked: Mutex<Vec<String>>,
+}
+
+impl approvals::ApprovalDesk for MemDesk {
+    fn pending_for<'a>(
+        &'a self,
+        approver_id: &'a str,
+        _: usize,
+    ) -> BoxFuture<'a, Result<Vec<PendingApprovalView>, ApiError>> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push(format!("inbox {approver_id}"));
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn submit<'a>(
+        &'a self,
+        approver_id: &'a str,
+        intent_id: &'a str,
+        _: axum::body::Bytes,
+    ) -> BoxFuture<'a, Result<crate::ledger::VoteResult, StoreError>> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push(format!("vote {approver_id} {intent_id}"));
+        Box::pin(async {
+            Ok(crate::ledger::VoteResult::Refused {
+                seq: 9,
+                reason: "bad_signature".into(),
+                detail: "signature does not verify".into(),
+            })
+        })
+    }
+}
+
+/// An approver token reaches its inbox and the vote route as its bound approverId, and
+/// nothing else; a refused vote is a 422 with the refusal's code.
+#[tokio::test]
+async fn approver_tokens_act_as_their_bound_approver_only() {
+    const ALICE: &str = "alice-secret";
+    const UNBOUND: &str = "unbound-secret";
+    let desk = Arc::new(MemDesk::default());
+    let mut state = state(Arc::default());
+    state.approvals = desk.clone();
+    state.tokens = Arc::new(
+        TokenStore::default()
+            .with_approver("alice-phone", "alice", &auth::hash_token(ALICE))
+            .unwrap()
+            .with_hash("odd", Role::Approver, &auth::hash_token(UNBOUND))
+            .unwrap(),
+    );
+    let app = router(state);
+    let (s, _) = call(
+        &app,
+        Method::GET,
+        "/v1/approvals?status=pending",
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let body = valid_body("/v1/approvals/{intentId}/votes");
+    let (s, j) = call(
+        &app,
+        Method::POST,
+        "/v1/approvals/i-1/votes",
+        Some(ALICE),
+        Some(body),
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("bad_signature"))
+    );
+    assert!(
+        j["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ledgerSeq 9"),
+        "{j}"
+    );
+    let (s, _) = call(&app, Method::GET, "/v1/decisions/i-1", Some(ALICE), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = call(&app, Method::GET, "/v1/approvals", Some(UNBOUND), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(
+        *desk.asked.lock().unwrap(),
+        ["inbox alice", "vote alice i-1"]
     );
 }

@@ -189,6 +189,62 @@ pub struct PendingApprovalView {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyIdentity>,
+    /// Every finding of the decision, most severe first.
+    #[serde(default)]
+    pub reasons: Vec<ReasonView>,
+    /// The agent's usage the decision was made with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<DecisionUsageView>,
+    /// What a vote's signature covers with the intentId (SPEC §13.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_hash: Option<String>,
+    /// Votes accepted so far, in ledger order.
+    #[serde(default)]
+    pub approvals: Vec<ApprovalSoFarView>,
+    /// The decision message as published on `spend.decisions`, with the approvals so
+    /// far: save it to a file for `spendguard approve --decision FILE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub decision: Option<crate::decision::DecisionMessage>,
+}
+
+/// An accepted vote on a waiting intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalSoFarView {
+    pub approver_id: String,
+    /// `APPROVE` (a REJECT closes the intent).
+    pub vote: String,
+    #[schemars(with = "String")]
+    pub signed_at: DateTime<Utc>,
+    pub ledger_seq: i64,
+}
+
+/// `POST /v1/approvals/{intentId}/votes`: the message of `spend.approvals` (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VoteBody {
+    pub intent_id: String,
+    pub approver_id: String,
+    /// `APPROVE` or `REJECT`.
+    pub vote: String,
+    /// Base64 Ed25519 signature over the v2 signing message (docs/api.md).
+    pub signature: String,
+    /// RFC 3339; signed exactly as sent.
+    pub signed_at: String,
+}
+
+/// `POST /v1/approvals/{intentId}/votes` accepted the vote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VoteAcceptedView {
+    /// Always `accepted` (a refused vote is a 422 error with the refusal's code).
+    pub result: String,
+    /// The `vote_accepted` event.
+    pub ledger_seq: i64,
+    /// `APPROVED`, `REJECTED` or `KILLED` when this vote closed the intent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

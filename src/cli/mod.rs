@@ -8,6 +8,7 @@ pub mod policy;
 // --- operators & auditors ---
 pub mod ops;
 // --- ledger ---
+pub mod approve;
 pub mod bench;
 pub mod ledger;
 pub mod service;
@@ -58,8 +59,9 @@ pub enum Command {
     // --- service ---
     /// Consume intents and votes, decide through the ledger, publish decisions.
     Serve(service::ServeArgs),
-    /// Sign and publish an approval vote for a waiting intent.
-    Approve(service::ApproveArgs),
+    /// Sign a vote on a waiting intent and publish it (or POST it to the API), given the
+    /// decision and your key: no database access needed.
+    Approve(approve::ApproveArgs),
     /// Trip, clear or show the kill switch.
     KillSwitch(service::KillSwitchArgs),
     /// Approver key management.
@@ -109,7 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Fx(c) => ledger::run_fx(c),
         // --- service ---
         Command::Serve(args) => service::serve(args),
-        Command::Approve(args) => service::approve(args),
+        Command::Approve(args) => approve::run(args),
         Command::KillSwitch(args) => service::kill_switch(args),
         Command::Approvers { command } => service::approvers(command),
         Command::Intents { command } => service::intents(command),

@@ -9,7 +9,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::approvals::{self, Vote};
+use crate::approvals;
 use crate::bus::{self, Topics};
 use crate::cli::bench::loadgen;
 use crate::config::ServiceArgs;
@@ -19,24 +19,6 @@ use crate::ledger::{Ledger, Origin};
 /// Longest line `intents publish` accepts (anything longer is certainly not an intent,
 /// but it is still published so the service dead-letters it visibly).
 const MAX_PUBLISH_LINE_BYTES: usize = 1024 * 1024;
-
-#[derive(Debug, Args)]
-pub struct ApproveArgs {
-    #[command(flatten)]
-    pub service: ServiceArgs,
-    /// The waiting intent to vote on.
-    #[arg(long)]
-    pub intent: String,
-    /// Your approver id (as registered in approvers.yaml).
-    #[arg(long)]
-    pub approver: String,
-    /// Your secret key file (from `spendguard approvers keygen`).
-    #[arg(long)]
-    pub key: PathBuf,
-    /// Vote REJECT instead of APPROVE.
-    #[arg(long)]
-    pub reject: bool,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KillAction {
@@ -463,52 +445,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         crate::serve::termination(),
     ))?;
     Ok(0)
-}
-
-pub fn approve(args: ApproveArgs) -> anyhow::Result<i32> {
-    let settings = args.service.resolve()?;
-    let key = approvals::read_signing_key(&args.key).map_err(anyhow::Error::msg)?;
-    let topics = Topics::with_prefix(&settings.topic_prefix);
-    runtime()?.block_on(async move {
-        let ledger = Ledger::connect(&settings.database_url, &settings.instance).await?;
-        let Some(record) = ledger.decision(&args.intent).await? else {
-            bail!(
-                "no decision is recorded for intent {}: check the id (`spendguard decisions tail`)",
-                args.intent
-            );
-        };
-        // Show what is being signed: the approver vouches for this exact decision.
-        eprintln!("{}", describe(&serde_json::to_vec(&record.message)?));
-        let vote = if args.reject {
-            Vote::Reject
-        } else {
-            Vote::Approve
-        };
-        let msg = approvals::sign_vote(
-            &key,
-            &args.intent,
-            &args.approver,
-            &record.decision_hash,
-            vote,
-        );
-        let producer = bus::producer(&settings.brokers)?;
-        bus::publish(
-            &producer,
-            &topics.approvals,
-            args.intent.as_bytes(),
-            &serde_json::to_vec(&msg)?,
-            None,
-        )
-        .await?;
-        eprintln!(
-            "{} by {} on {} published to {}",
-            vote.as_str(),
-            args.approver,
-            args.intent,
-            topics.approvals
-        );
-        Ok(0)
-    })
 }
 
 pub fn kill_switch(args: KillSwitchArgs) -> anyhow::Result<i32> {

@@ -161,6 +161,31 @@ pub fn decision_message(
         usage: d.usage.clone(),
         decided_at: d.accepted_at,
         ledger_seq: seq,
+        approval: None,
+    }
+}
+
+/// The decision message as recorded and published: with what approvers sign when the
+/// intent waits for them.
+fn recorded_decision_message(
+    d: &events::IntentDecided<SpendIntent>,
+    r: &Recorded,
+) -> DecisionMessage {
+    let approval = d
+        .expires_at
+        .filter(|_| d.evaluation.effect.needs_approval())
+        .map(|expires_at| crate::decision::ApprovalRequest {
+            amount: d.intent.amount,
+            currency: d.intent.currency.clone(),
+            category: d.intent.category.clone(),
+            purpose: d.intent.purpose.as_str().to_string(),
+            decision_hash: hex::encode(r.hash),
+            expires_at,
+            approvals: Vec::new(),
+        });
+    DecisionMessage {
+        approval,
+        ..decision_message(d, Some(r.seq))
     }
 }
 
@@ -437,7 +462,7 @@ fn decided_delta(
     out: &mut impl FnMut(Change),
 ) -> Result<(), FoldError> {
     let intent = &d.intent;
-    let message = decision_message(d, Some(r.seq));
+    let message = recorded_decision_message(d, r);
     let text = serde_json::to_string(&message).map_err(|source| FoldError::Serialize {
         seq: r.seq,
         what: "decision message",

@@ -9,7 +9,7 @@
 //! reader.events_before(until, map)         // ledger_event rows, in seq order
 //! reader.event_payload(seq) / refused_votes(intent_id)
 //! reader.latest_entity_of(agent_id) / usage_totals(agent, windows, tz, currency)
-//! reader.pending_approvals(limit)
+//! reader.pending_approvals(limit) / pending_approvals_for(approver, entities, limit)
 //! reader.fx_rates()                        // latest rate of each pair (SPEC §12.3)
 //! reader.verify_chains() / replay(verify)  // in one read-only snapshot
 //! ```
@@ -87,7 +87,22 @@ pub struct PendingApprovalRow {
     pub message: String,
     /// `APPROVE` votes recorded.
     pub received: i64,
+    /// The accepted votes so far, a JSON array of
+    /// `{approverId, vote, signedAt, ledgerSeq}` in ledger order.
+    pub votes: String,
 }
+
+/// The columns of [`PendingApprovalRow`], read from `pending_approval p JOIN decision d`.
+const PENDING_APPROVAL_SELECT: &str =
+    "SELECT p.intent_id, p.agent_id, p.entity_id, p.effect, p.approvals_required,
+            p.amount, p.currency, p.expires_at, d.message,
+            (SELECT count(*) FROM approval_vote v
+              WHERE v.intent_id = p.intent_id AND v.vote = 'APPROVE') AS received,
+            (SELECT coalesce(json_agg(json_build_object('approverId', v.approver_id,
+                        'vote', v.vote, 'signedAt', v.signed_at, 'ledgerSeq', v.seq)
+                        ORDER BY v.seq), '[]'::json)::text
+               FROM approval_vote v WHERE v.intent_id = p.intent_id) AS votes
+       FROM pending_approval p JOIN decision d ON d.intent_id = p.intent_id";
 
 impl Ledger {
     /// The read side of this ledger (shares its pool and session limits).
@@ -255,18 +270,36 @@ impl LedgerReader {
         &self,
         limit: usize,
     ) -> Result<Vec<PendingApprovalRow>, LedgerError> {
-        Ok(sqlx::query_as(
-            "SELECT p.intent_id, p.agent_id, p.entity_id, p.effect, p.approvals_required,
-                    p.amount, p.currency, p.expires_at, d.message,
-                    (SELECT count(*) FROM approval_vote v
-                      WHERE v.intent_id = p.intent_id AND v.vote = 'APPROVE') AS received
-               FROM pending_approval p JOIN decision d ON d.intent_id = p.intent_id
-              ORDER BY p.decided_seq
-              LIMIT $1",
-        )
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?)
+        let sql = format!("{PENDING_APPROVAL_SELECT} ORDER BY p.decided_seq LIMIT $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Up to `limit` pending approvals an approver may still vote on, oldest first: of
+    /// an entity matching one of `entity_likes` (SQL `LIKE` patterns, `\` escapes), not
+    /// of the agent named like the approver (SPEC §4: no self-approval), not voted on by
+    /// it already.
+    pub async fn pending_approvals_for(
+        &self,
+        approver_id: &str,
+        entity_likes: &[String],
+        limit: usize,
+    ) -> Result<Vec<PendingApprovalRow>, LedgerError> {
+        let sql = format!(
+            "{PENDING_APPROVAL_SELECT}
+              WHERE p.entity_id LIKE ANY($2) AND p.agent_id <> $3
+                AND NOT EXISTS (SELECT 1 FROM approval_vote v
+                                 WHERE v.intent_id = p.intent_id AND v.approver_id = $3)
+              ORDER BY p.decided_seq LIMIT $1"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(entity_likes)
+            .bind(approver_id)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Recomputes every hash chain in one read-only snapshot.

@@ -374,6 +374,14 @@ async fn start_api(
             move || shared.outbox_ready.notify_one()
         }),
     });
+    state.approvals = Arc::new(api::approvals::LedgerApprovals {
+        ledger: shared.ledger.clone(),
+        registry: Arc::new({
+            let shared = shared.clone();
+            move || shared.approvers.load_full()
+        }),
+        instance: shared.settings.instance.clone(),
+    });
     let listener = tokio::net::TcpListener::bind(mount.addr)
         .await
         .map_err(|source| ServeError::Listen {

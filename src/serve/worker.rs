@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::{Attempt, Shared, retry_bounded};
-use crate::approvals::{self, VoteSubject};
+use crate::approvals;
 use crate::bus::dlq::{self, DeadLetter, DeadLetterReason};
 use crate::intent::{self, IntentError};
 use crate::ledger::settle::SettleResult;
@@ -361,11 +361,12 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
                 && send_dead_letter(shared, msg, &reason).await;
         }
     };
-    let record = match retry_bounded(
+    let registry = shared.approvers.load();
+    let checked = match retry_bounded(
         &shared.shutdown,
-        "ledger decision lookup",
+        "ledger vote check",
         LedgerError::is_transient,
-        || shared.ledger.decision(&vote.intent_id),
+        || crate::vote_intake::check(&shared.ledger, &registry, &vote),
     )
     .await
     {
@@ -381,16 +382,7 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
                 && send_dead_letter(shared, msg, &reason).await;
         }
     };
-    let Some(record) = record else {
-        let refusal = approvals::VoteRefusal::UnknownIntent(vote.intent_id.clone());
-        return refuse(shared, raw, refusal.code(), &refusal.to_string(), origin).await;
-    };
-    let subject = VoteSubject {
-        agent_id: &record.message.agent_id,
-        entity_id: &record.message.entity_id,
-        decision_hash: &record.decision_hash,
-    };
-    let verified = match shared.approvers.load().verify(&vote, subject) {
+    let verified = match checked {
         Ok(v) => v,
         Err(refusal) => {
             return refuse(shared, raw, refusal.code(), &refusal.to_string(), origin).await;

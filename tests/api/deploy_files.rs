@@ -263,6 +263,7 @@ fn demo_tokens_load_with_their_documented_roles() {
         ("demo-operator-token", Role::Operator),
         ("demo-auditor-token", Role::Auditor),
         ("demo-payment-token", Role::PaymentService),
+        ("demo-alice-approver-token", Role::Approver),
     ] {
         assert_eq!(
             store.authenticate(token).map(|p| p.role),
@@ -270,6 +271,7 @@ fn demo_tokens_load_with_their_documented_roles() {
             "{token}"
         );
     }
+    assert_eq!(store.approver_of("demo-alice-approver"), Some("alice"));
 }
 
 /// `docker compose config -q` (v2 plugin) or `docker-compose config -q` (1.29) on `file`;

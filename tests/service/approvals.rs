@@ -391,3 +391,419 @@ async fn approvals_complete_reject_and_refuse_with_audited_reasons() {
 
     service.stop().await;
 }
+
+/// Approvers with no database (SPEC §13.1), registered for `acme-*`; carol only for
+/// another entity; the agent itself is registered too (and must never approve itself).
+fn inbox_registry_yaml() -> String {
+    let b64 = |k: &SigningKey| {
+        base64::engine::general_purpose::STANDARD.encode(k.verifying_key().to_bytes())
+    };
+    format!(
+        "approvers:\n  - {{id: alice, publicKey: {}, entities: ['acme-*']}}\n  - {{id: bob, publicKey: {}, entities: ['acme-*']}}\n  - {{id: carol, publicKey: {}, entities: ['globex-*']}}\n  - {{id: {AGENT}, publicKey: {}, entities: ['acme-*']}}\n",
+        b64(&key(1)),
+        b64(&key(2)),
+        b64(&key(3)),
+        b64(&key(4)),
+    )
+}
+
+/// One approver's files: its secret key and its API token, nothing else.
+struct ApproverFiles {
+    id: &'static str,
+    key: std::path::PathBuf,
+    token_file: std::path::PathBuf,
+    token: String,
+}
+
+fn approver_files(dir: &std::path::Path, id: &'static str, seed: u8) -> ApproverFiles {
+    let key = dir.join(format!("{id}.key"));
+    std::fs::write(
+        &key,
+        base64::engine::general_purpose::STANDARD.encode([seed; 32]),
+    )
+    .unwrap();
+    let token = format!("{id}-approver-token");
+    let token_file = dir.join(format!("{id}.token"));
+    std::fs::write(&token_file, &token).unwrap();
+    ApproverFiles {
+        id,
+        key,
+        token_file,
+        token,
+    }
+}
+
+/// Runs `spendguard approve` as an approver would: an environment holding the broker
+/// and topic prefix only (no DATABASE_URL, no service settings).
+fn approve_cli(rig: &Rig, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(crate::harness::serve::binary())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SPENDGUARD_BROKERS", harness::brokers())
+        .env("SPENDGUARD_TOPIC_PREFIX", &rig.prefix)
+        .arg("approve")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run spendguard approve");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The raw message published on spend.decisions for `id`: its decision, or its outcome.
+fn on_topic<'a>(
+    messages: &'a [rdkafka::message::OwnedMessage],
+    id: &str,
+    outcome: bool,
+) -> Option<&'a rdkafka::message::OwnedMessage> {
+    messages.iter().find(|m| {
+        let v = json(m);
+        v["intentId"] == id && v.get("outcome").is_some() == outcome
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn approvers_sign_with_the_decision_and_a_key_over_kafka_and_the_api() {
+    use crate::harness::http::request;
+    use crate::harness::serve::ServeProcess;
+    use rdkafka::Message;
+    use spendguard::api::auth::hash_token;
+    let Some(_serial) = serial::service_test().await else {
+        return;
+    };
+    let brokers = harness::brokers();
+    let mut rig = Rig::with("sg_approvers_", "apprv", |dir| {
+        test_policies(dir, "1", "1000000", "1h")
+    })
+    .await;
+    let dir = rig.dir.path().to_path_buf();
+    let approvers = dir.join("approvers.yaml");
+    std::fs::write(&approvers, inbox_registry_yaml()).unwrap();
+    rig.set_env("SPENDGUARD_APPROVERS", &approvers.display().to_string());
+    let alice = approver_files(&dir, "alice", 1);
+    let bob = approver_files(&dir, "bob", 2);
+    let carol = approver_files(&dir, "carol", 3);
+    let own = approver_files(&dir, AGENT, 4);
+    let mut tokens = String::from("tokens:\n");
+    for a in [&alice, &bob, &carol, &own] {
+        tokens.push_str(&format!(
+            "  - {{name: {}-phone, role: approver, approverId: {}, sha256: {}}}\n",
+            a.id,
+            a.id,
+            hash_token(&a.token)
+        ));
+    }
+    let tokens_file = dir.join("tokens.yaml");
+    std::fs::write(&tokens_file, tokens).unwrap();
+    let serve = ServeProcess::start(
+        &rig.env,
+        "apprv-1",
+        &dir,
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--api-tokens",
+            &tokens_file.display().to_string(),
+        ],
+    );
+    let addr = crate::http::api_addr(&serve);
+    let api = format!("http://{addr}");
+
+    // Three MSIG intents of AGENT (one for the CLI over Kafka, one over the API, one
+    // for refusals) and one of another agent of the same entity.
+    let producer = bus::producer(&brokers).unwrap();
+    for (id, agent) in [
+        ("ms-kafka", AGENT),
+        ("ms-api", AGENT),
+        ("ms-refused", AGENT),
+        ("ms-other", "agent-other"),
+    ] {
+        bus::publish(
+            &producer,
+            &rig.topics.intents,
+            agent.as_bytes(),
+            svc_intent_json(id, agent, "2500.00", "vendor:known").as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let decisions = read_until(&brokers, &rig.topics.decisions, WAIT_MS, |ms| ms.len() >= 4).await;
+    let published = on_topic(&decisions, "ms-kafka", false).expect("decision tailed");
+    let message = json(published);
+    assert_eq!(message["effect"], "REQUIRE_MSIG", "{message}");
+    assert_eq!(message["approvalsRequired"], 2, "{message}");
+    assert_eq!(message["approvals"], serde_json::json!([]), "{message}");
+    assert_eq!(message["amount"], "2500.00", "{message}");
+    assert!(message["expiresAt"].is_string(), "{message}");
+    let decision_hash = message["decisionHash"]
+        .as_str()
+        .expect("decisionHash")
+        .to_string();
+    assert_eq!(decision_hash.len(), 64, "{message}");
+    // The file an approver gets: the message exactly as tailed.
+    let decision_file = dir.join("ms-kafka.json");
+    std::fs::write(&decision_file, published.payload().unwrap()).unwrap();
+
+    // Two approvers sign with `spendguard approve`, the decision file and their keys.
+    for a in [&alice, &bob] {
+        let (code, out) = approve_cli(
+            &rig,
+            &[
+                "--decision",
+                &decision_file.display().to_string(),
+                "--approver",
+                a.id,
+                "--key",
+                &a.key.display().to_string(),
+                "--yes",
+            ],
+        );
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("needs 2 approval(s)"), "{out}");
+        assert!(out.contains(&decision_hash), "{out}");
+    }
+    // Without --yes and without a terminal nothing is signed.
+    let (code, out) = approve_cli(
+        &rig,
+        &[
+            "--decision",
+            &decision_file.display().to_string(),
+            "--approver",
+            "alice",
+            "--key",
+            &alice.key.display().to_string(),
+        ],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("--yes"), "{out}");
+    let closed = read_until(&brokers, &rig.topics.decisions, WAIT_MS, |ms| {
+        on_topic(ms, "ms-kafka", true).is_some()
+    })
+    .await;
+    let outcome = json(on_topic(&closed, "ms-kafka", true).expect("ms-kafka outcome"));
+    assert_eq!(outcome["outcome"], "APPROVED", "{outcome}");
+    assert_eq!(
+        outcome["approvers"],
+        serde_json::json!(["alice", "bob"]),
+        "{outcome}"
+    );
+
+    // The inbox: what each approver's token may vote on, with reasons, usage, expiry.
+    let inbox = |token: String| async move {
+        let (status, body) = request(
+            addr,
+            "GET",
+            "/v1/approvals?status=pending",
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut ids: Vec<String> = v["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["intentId"].as_str().unwrap().to_string())
+            .collect();
+        // Oldest decision first, but agents' intents are decided side by side.
+        ids.sort();
+        (ids, v)
+    };
+    let (ids, alice_inbox) = inbox(alice.token.clone()).await;
+    assert_eq!(ids, ["ms-api", "ms-other", "ms-refused"], "{alice_inbox}");
+    let entry_of = |v: &serde_json::Value, id: &str| -> serde_json::Value {
+        v["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["intentId"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in {v}"))
+    };
+    let entry = &entry_of(&alice_inbox, "ms-api");
+    assert!(entry["reasons"][0]["code"].is_string(), "{entry}");
+    assert!(entry["usage"]["dailySoFar"].is_string(), "{entry}");
+    assert!(entry["expiresAt"].is_string(), "{entry}");
+    assert_eq!(
+        entry["decision"]["decisionHash"], entry["decisionHash"],
+        "{entry}"
+    );
+    // carol is registered for another entity; the agent never sees its own intents.
+    assert_eq!(inbox(carol.token.clone()).await.0, Vec::<String>::new());
+    assert_eq!(inbox(own.token.clone()).await.0, ["ms-other"]);
+
+    // Through the API: alice with the CLI (decision fetched from her inbox, vote
+    // POSTed), bob with a plain POST of a signed vote.
+    let (code, out) = approve_cli(
+        &rig,
+        &[
+            "--api",
+            &api,
+            "--token-file",
+            &alice.token_file.display().to_string(),
+            "--intent",
+            "ms-api",
+            "--approver",
+            "alice",
+            "--key",
+            &alice.key.display().to_string(),
+            "--yes",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("accepted"), "{out}");
+    let api_hash = entry_of(&alice_inbox, "ms-api")["decisionHash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let post = |token: String, vote: VoteMessage| async move {
+        let path = format!("/v1/approvals/{}/votes", vote.intent_id);
+        let body = serde_json::to_string(&vote).unwrap();
+        let (status, answer) = request(addr, "POST", &path, Some(&token), Some(&body)).await;
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        (status, v)
+    };
+    let bob_vote = approvals::sign_vote(&key(2), "ms-api", "bob", &api_hash, Vote::Approve);
+    let (status, answer) = post(bob.token.clone(), bob_vote).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcome"], "APPROVED", "{answer}");
+
+    // Refusals, each audited. Over the API: a valid token never makes a bad signature
+    // count, and a token cannot carry another approver's vote.
+    let ref_hash = entry_of(&alice_inbox, "ms-refused")["decisionHash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forged = approvals::sign_vote(&key(3), "ms-refused", "alice", &ref_hash, Vote::Approve);
+    let (status, answer) = post(alice.token.clone(), forged).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (422, &"bad_signature".into())
+    );
+    let bobs = approvals::sign_vote(&key(2), "ms-refused", "bob", &ref_hash, Vote::Approve);
+    let (status, answer) = post(alice.token.clone(), bobs).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (422, &"approver_token_mismatch".into())
+    );
+    let stale_at = approvals::SignedAt::new(chrono::Utc::now() - chrono::Duration::minutes(20));
+    let stale = approvals::sign_vote_at(
+        &key(1),
+        "ms-refused",
+        "alice",
+        &ref_hash,
+        Vote::Approve,
+        stale_at.clone(),
+    );
+    let (status, answer) = post(alice.token.clone(), stale).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (422, &"stale_signature".into())
+    );
+    // Over Kafka: stale, wrong hash, wrong approver, own agent, the retired format.
+    let send = |m: VoteMessage| {
+        let producer = producer.clone();
+        let topic = rig.topics.approvals.clone();
+        async move {
+            let bytes = serde_json::to_vec(&m).unwrap();
+            bus::publish(&producer, &topic, m.intent_id.as_bytes(), &bytes, None)
+                .await
+                .unwrap();
+        }
+    };
+    send(approvals::sign_vote_at(
+        &key(2),
+        "ms-refused",
+        "bob",
+        &ref_hash,
+        Vote::Approve,
+        stale_at,
+    ))
+    .await;
+    send(approvals::sign_vote(
+        &key(2),
+        "ms-refused",
+        "bob",
+        &"0".repeat(64),
+        Vote::Approve,
+    ))
+    .await;
+    send(approvals::sign_vote(
+        &key(3),
+        "ms-refused",
+        "carol",
+        &ref_hash,
+        Vote::Approve,
+    ))
+    .await;
+    send(approvals::sign_vote(
+        &key(4),
+        "ms-refused",
+        AGENT,
+        &ref_hash,
+        Vote::Approve,
+    ))
+    .await;
+    send(approvals::sign_vote_legacy(
+        &key(1),
+        "ms-refused",
+        "alice",
+        &ref_hash,
+        Vote::Approve,
+    ))
+    .await;
+
+    let expected = [
+        ("api", "alice", "bad_signature"),
+        ("api", "bob", "approver_token_mismatch"),
+        ("api", "alice", "stale_signature"),
+        ("kafka", "bob", "stale_signature"),
+        ("kafka", "bob", "bad_signature"),
+        ("kafka", "carol", "approver_not_registered_for_entity"),
+        ("kafka", AGENT, "self_approval"),
+        ("kafka", "alice", "signature_format_outdated"),
+    ];
+    let audited = || async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&rig.db).await.unwrap();
+        sqlx::query_as::<_, (String, String, String, String)>(
+            "SELECT origin::jsonb->>'source', actor, payload::jsonb->>'reason', payload::jsonb->>'intentId'
+               FROM ledger_event WHERE event_type = 'vote_refused' ORDER BY seq",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+    };
+    wait_for("every refusal audited", || async {
+        audited().await.len() >= expected.len()
+    })
+    .await;
+    let rows = audited().await;
+    assert_eq!(rows.len(), expected.len(), "{rows:?}");
+    for (source, approver, reason) in expected {
+        assert!(
+            rows.iter().any(|(s, a, r, i)| s == source
+                && a == approver
+                && r == reason
+                && i == "ms-refused"),
+            "{source} {approver} {reason} not audited: {rows:?}"
+        );
+    }
+    // None of them counted: the intent still waits with no approval.
+    let (ids, after) = inbox(alice.token.clone()).await;
+    assert_eq!(ids, ["ms-other", "ms-refused"], "{after}");
+    assert_eq!(
+        entry_of(&after, "ms-refused")["approvalsReceived"],
+        0,
+        "{after}"
+    );
+    assert_eq!(serve.terminate(), Some(0));
+}

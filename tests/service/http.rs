@@ -18,7 +18,7 @@ const READER: &str = "demo-reader-token";
 const OPERATOR: &str = "demo-operator-token";
 const WAIT: Duration = Duration::from_secs(60);
 
-fn api_addr(p: &ServeProcess) -> SocketAddr {
+pub(crate) fn api_addr(p: &ServeProcess) -> SocketAddr {
     let log = p.log_text();
     let line = log
         .lines()

@@ -196,6 +196,7 @@ fn app(kill: Arc<MemKill>, fx: Arc<MemFx>) -> axum::Router {
         kill_switch: kill,
         fx_rates: fx,
         readiness: Arc::new(Ready),
+        approvals: Arc::new(spendguard::api::approvals::Disabled),
         intake: Arc::new(api::intake::Disabled),
         metrics: spendguard::telemetry::metrics_handle(),
         clock: Arc::new(chrono::Utc::now),
