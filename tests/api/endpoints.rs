@@ -101,6 +101,8 @@ async fn every_endpoint_every_role_against_the_real_ledger() {
             let body = (method == "POST").then(|| match template.as_str() {
                 "/v1/kill-switch" => kill_body,
                 "/v1/fx-rates" => fx_body,
+                // Routes of roles not tried here: refused before the body is read.
+                "/v1/approvals/{intentId}/votes" | "/v1/intents" | "/v1/settlements" => kill_body,
                 other => panic!("no test body for POST {other}: add one"),
             });
             let roles: Vec<&str> = op["x-roles"]
