@@ -144,7 +144,7 @@ pub struct UsageReport {
 pub struct LimitUsage {
     pub name: String,
     /// `week of 2026-11-23`, `trailing 24h`, `all time`.
-    pub window: String,
+    pub window: crate::policy::limits::WindowLabel,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

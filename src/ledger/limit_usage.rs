@@ -194,7 +194,7 @@ fn usage_of(
     let mut amount_used = used.amount;
     amount_used.rescale(policy.currency.minor_units);
     let (resets_at, frees_next_at) = match limit.window {
-        WindowKind::Calendar(_) => (span.until, None),
+        WindowKind::Calendar(_) => (span.until(), None),
         WindowKind::Trailing(secs) => (
             None,
             earliest_counted(snapshot, limit, &span, agent_id, entity_id, currency)
@@ -204,7 +204,7 @@ fn usage_of(
     LimitUsage {
         name: limit.name.clone(),
         scope: limit.scope,
-        window: span.label.into_owned(),
+        window: span.label.to_string(),
         amount: limit.amount,
         amount_used,
         amount_remaining: limit.amount.map(|max| {

@@ -22,6 +22,7 @@ use super::store::{
     AuthorizationRow, DecisionRow, FxRateRow, KillRow, OutcomeRow, PendingRow, PolicyRow,
     SettlementRow, SpendRecordRow, VoteRow,
 };
+use super::timeline::{self, Timeline};
 use super::usage::{self, UsageKey};
 use super::{Outcome, OutcomeMessage, VerifiedVote, Vote};
 use crate::decision::{DecisionMessage, Effect, KillState, Usage, UsageReport, WindowRef};
@@ -33,6 +34,7 @@ use crate::settlement::{Settlement, SettlementType};
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 /// Where an event sits once appended: what the fold needs besides the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -754,11 +756,14 @@ pub struct Projections {
     pub fx_rates: BTreeMap<String, FxRateRow>,
     /// intent → what it holds against limits (SPEC §12)
     pub records: BTreeMap<String, SpendRecordRow>,
-    /// agent → (acceptance time, intent) of its records, in time order (limit scopes:
-    /// a window is found by binary search, not by scanning the agent's history)
-    agent_records: HashMap<String, Vec<(DateTime<Utc>, String)>>,
+    /// agent → its records in time order with running totals (a window's sum is two
+    /// prefix sums, not a scan of the agent's history)
+    agent_records: HashMap<String, Timeline>,
     /// entity → the same, over every agent of the entity
-    entity_records: HashMap<String, Vec<(DateTime<Utc>, String)>>,
+    entity_records: HashMap<String, Timeline>,
+    /// Category, beneficiary, country and currency texts of the records, shared by
+    /// their timeline entries (a few distinct values across many records).
+    interned: HashSet<Arc<str>>,
 }
 
 /// A change that contradicts the state it is applied to (replay reports these).
@@ -855,14 +860,7 @@ impl Projections {
                 amount,
                 counts,
                 seq,
-            } => {
-                // Only live snapshots lack records (they load the ones limits need).
-                if let Some(rec) = self.records.get_mut(intent_id) {
-                    rec.amount = *amount;
-                    rec.counts = *counts;
-                    rec.seq = *seq;
-                }
-            }
+            } => self.update_record(intent_id, *amount, *counts, *seq),
             Change::Decision { row: d, .. } => {
                 let id = intent_key(&d.intent_id);
                 if let Some((first_seq, _)) = self.decisions.insert(id, (d.seq, d.digest())) {
@@ -878,22 +876,61 @@ impl Projections {
 
     /// Adds a spend record (the fold, or a live snapshot loading what limits need).
     pub fn insert_record(&mut self, rec: SpendRecordRow) {
-        for list in [
-            self.agent_records.entry(rec.agent_id.clone()).or_default(),
-            self.entity_records
-                .entry(rec.entity_id.clone())
-                .or_default(),
-        ] {
-            // Records mostly arrive in time order (the fold): then this is a push.
-            let at = list.partition_point(|(t, _)| *t <= rec.accepted_at);
-            list.insert(at, (rec.accepted_at, rec.intent_id.clone()));
-        }
+        let entry = timeline::Entry {
+            at: rec.accepted_at,
+            intent: intent_key(&rec.intent_id),
+            amount: rec.amount,
+            counts: rec.counts,
+            currency: self.intern(&rec.currency),
+            category: self.intern(&rec.category),
+            beneficiary: self.intern(&rec.beneficiary_id),
+            country: rec.country.as_deref().map(|c| self.intern(c)),
+            purpose: crate::intent::Purpose::parse(&rec.purpose),
+        };
+        self.entity_records
+            .entry(rec.entity_id.clone())
+            .or_default()
+            .insert(entry.clone());
+        self.agent_records
+            .entry(rec.agent_id.clone())
+            .or_default()
+            .insert(entry);
         self.records.insert(rec.intent_id.clone(), rec);
     }
 
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(s) = self.interned.get(text) {
+            return s.clone();
+        }
+        let s: Arc<str> = Arc::from(text);
+        self.interned.insert(s.clone());
+        s
+    }
+
+    /// A record's holds changed: the record and both of its timelines follow.
+    fn update_record(&mut self, intent_id: &str, amount: Decimal, counts: bool, seq: i64) {
+        // Only live snapshots lack records (they load the ones limits need).
+        let Some(rec) = self.records.get_mut(intent_id) else {
+            return;
+        };
+        rec.amount = amount;
+        rec.counts = counts;
+        rec.seq = seq;
+        let key = intent_key(intent_id);
+        for t in [
+            self.agent_records.get_mut(&rec.agent_id),
+            self.entity_records.get_mut(&rec.entity_id),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            t.update(&key, rec.accepted_at, amount, counts);
+        }
+    }
+
     /// What counted toward `limit` before an intent of `agent_id` / `entity_id` accepted
-    /// at `now`: records of its scope in its window, in the policy currency, passing its
-    /// filter.
+    /// at `span.at`: records of its scope in its window, in the policy currency, passing
+    /// its filter.
     pub fn limit_so_far(
         &self,
         limit: &policy::limits::CompiledLimit,
@@ -902,44 +939,40 @@ impl Projections {
         entity_id: &str,
         currency: &str,
     ) -> policy::limits::SoFar {
-        let list = match limit.scope {
-            crate::policy::model::LimitScope::Agent => self.agent_records.get(agent_id),
-            crate::policy::model::LimitScope::Entity => self.entity_records.get(entity_id),
-        };
-        let mut so_far = policy::limits::SoFar::default();
-        let Some(list) = list else {
-            return so_far;
-        };
-        // Only the records from the window's start on (time order).
-        let first = span
-            .from
-            .map_or(0, |from| list.partition_point(|(t, _)| *t < from));
-        for (at, id) in &list[first..] {
-            if span.until.is_some_and(|until| *at >= until) {
-                break;
-            }
-            let Some(rec) = self.records.get(id) else {
-                continue;
-            };
-            let Some(purpose) = crate::intent::Purpose::parse(&rec.purpose) else {
-                continue;
-            };
-            let attrs = policy::limits::Attributes {
-                category: &rec.category,
-                beneficiary: &rec.beneficiary_id,
-                country: rec.country.as_deref(),
-                purpose,
-            };
-            if rec.currency != currency
-                || !span.contains(rec.accepted_at)
-                || !limit.filter.matches(&attrs)
-            {
-                continue;
-            }
-            so_far.amount += rec.amount;
-            so_far.count += u32::from(rec.counts);
-        }
-        so_far
+        let sums = self.limit_sums(
+            std::slice::from_ref(limit),
+            std::slice::from_ref(span),
+            agent_id,
+            entity_id,
+            currency,
+        );
+        sums[0]
+    }
+
+    /// [`Projections::limit_so_far`] of every limit of a policy (`spans[i]` is the
+    /// window of `limits[i]`), finding the agent's and the entity's records once.
+    pub fn limit_sums(
+        &self,
+        limits: &[policy::limits::CompiledLimit],
+        spans: &[policy::limits::Span],
+        agent_id: &str,
+        entity_id: &str,
+        currency: &str,
+    ) -> Vec<policy::limits::SoFar> {
+        assert_eq!(limits.len(), spans.len(), "one span per limit");
+        let agent = self.agent_records.get(agent_id);
+        let entity = self.entity_records.get(entity_id);
+        limits
+            .iter()
+            .zip(spans)
+            .map(|(limit, span)| {
+                let timeline = match limit.scope {
+                    crate::policy::model::LimitScope::Agent => agent,
+                    crate::policy::model::LimitScope::Entity => entity,
+                };
+                timeline.map_or_else(Default::default, |t| t.sum(limit, span, currency))
+            })
+            .collect()
     }
 
     /// The kill-switch scope covering an intent, if any (global first, then entity, agent:
@@ -1140,24 +1173,20 @@ pub fn verdict(
     };
     let mut report = report;
     let spans: Vec<policy::limits::Span> = match policy {
-        Some(p) => p.limits().iter().map(|l| l.span(now, p.tz)).collect(),
+        Some(p) => {
+            let mut spans = policy::limits::Spans::new(now, p.tz);
+            p.limits().iter().map(|l| spans.of(l)).collect()
+        }
         None => Vec::new(),
     };
     let so_far: Vec<policy::limits::SoFar> = match policy {
-        Some(p) => p
-            .limits()
-            .iter()
-            .zip(&spans)
-            .map(|(l, span)| {
-                s.limit_so_far(
-                    l,
-                    span,
-                    &intent.agent_id,
-                    &intent.entity_id,
-                    p.currency.code,
-                )
-            })
-            .collect(),
+        Some(p) => s.limit_sums(
+            p.limits(),
+            &spans,
+            &intent.agent_id,
+            &intent.entity_id,
+            p.currency.code,
+        ),
         None => Vec::new(),
     };
     if let (Some(p), Some(r)) = (policy, report.as_mut()) {
@@ -1171,7 +1200,7 @@ pub fn verdict(
                 amount.rescale(p.currency.minor_units);
                 crate::decision::LimitUsage {
                     name: l.name.clone(),
-                    window: span.label.to_string(),
+                    window: span.label,
                     amount_so_far: l.amount.map(|_| amount),
                     count_so_far: l.count.map(|_| used.count),
                 }

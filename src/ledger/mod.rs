@@ -34,6 +34,7 @@ pub mod replay;
 pub mod settle;
 pub mod store;
 pub mod sweep;
+mod timeline;
 pub mod usage;
 pub mod votes;
 

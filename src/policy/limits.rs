@@ -132,16 +132,87 @@ impl CompiledLimit {
 
     /// The window containing `now`: `[from, until)`, `from = None` for all time.
     pub fn span(&self, now: DateTime<Utc>, tz: Tz) -> Span {
-        match self.window {
-            WindowKind::Trailing(secs) => Span {
-                // (now − d, now]: an intent accepted exactly d ago has fallen out.
-                from: Some(now - Duration::seconds(secs)),
-                from_inclusive: false,
-                until: None,
-                label: Cow::Owned(format!("trailing {}", describe_secs(secs))),
-            },
-            WindowKind::Calendar(c) => calendar_span(c, now, tz),
+        Spans::new(now, tz).of(self)
+    }
+}
+
+/// A window's name in reasons and usage reports (`week of 2026-11-23`, `trailing 24h`,
+/// `all time`). Kept as data and formatted only when shown: a decision carries one per
+/// limit, and formatting them all is most of what deciding with limits would cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowLabel {
+    Day(NaiveDate),
+    /// The week's Monday.
+    Week(NaiveDate),
+    /// The month's first day.
+    Month(NaiveDate),
+    Year(i32),
+    AllTime,
+    /// Length in seconds.
+    Trailing(i64),
+}
+
+impl std::fmt::Display for WindowLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WindowLabel::Day(d) => write!(f, "day {d}"),
+            WindowLabel::Week(monday) => write!(f, "week of {monday}"),
+            WindowLabel::Month(first) => write!(f, "month {}", first.format("%Y-%m")),
+            WindowLabel::Year(y) => write!(f, "year {y}"),
+            WindowLabel::AllTime => f.write_str("all time"),
+            WindowLabel::Trailing(secs) => write!(f, "trailing {}", describe_secs(*secs)),
         }
+    }
+}
+
+impl std::str::FromStr for WindowLabel {
+    type Err = String;
+
+    /// The inverse of `Display` (recorded decisions are read back by replay).
+    fn from_str(s: &str) -> Result<WindowLabel, String> {
+        let bad = || format!("not a window label: {s:?}");
+        let date = |d: &str| NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| bad());
+        if s == "all time" {
+            return Ok(WindowLabel::AllTime);
+        }
+        if let Some(d) = s.strip_prefix("week of ") {
+            return date(d).map(WindowLabel::Week);
+        }
+        if let Some(d) = s.strip_prefix("day ") {
+            return date(d).map(WindowLabel::Day);
+        }
+        if let Some(m) = s.strip_prefix("month ") {
+            return date(&format!("{m}-01")).map(WindowLabel::Month);
+        }
+        if let Some(y) = s.strip_prefix("year ") {
+            return y.parse().map(WindowLabel::Year).map_err(|_| bad());
+        }
+        if let Some(t) = s.strip_prefix("trailing ") {
+            let (n, unit) = t.split_at(t.len().saturating_sub(1));
+            let n: i64 = n.parse().map_err(|_| bad())?;
+            let per = match unit {
+                "d" => 86_400,
+                "h" => 3_600,
+                "m" => 60,
+                "s" => 1,
+                _ => return Err(bad()),
+            };
+            return Ok(WindowLabel::Trailing(n * per));
+        }
+        Err(bad())
+    }
+}
+
+impl serde::Serialize for WindowLabel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for WindowLabel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<WindowLabel, D::Error> {
+        let text = <Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -151,66 +222,108 @@ pub struct Span {
     pub from: Option<DateTime<Utc>>,
     /// Calendar windows include their first instant; trailing ones exclude it.
     pub from_inclusive: bool,
-    /// When a calendar window resets (trailing windows free up as intents age out).
-    pub until: Option<DateTime<Utc>>,
-    /// `week of 2026-11-23`, `trailing 24h`, `all time`.
-    pub label: Cow<'static, str>,
+    pub label: WindowLabel,
+    /// The instant the window was taken at (it contains it).
+    pub at: DateTime<Utc>,
+    tz: Tz,
 }
 
 impl Span {
+    /// When a calendar window resets (trailing windows free up as intents age out).
+    /// Computed on demand: deciding needs it only for a record accepted after `at`.
+    pub fn until(&self) -> Option<DateTime<Utc>> {
+        let next = match self.label {
+            WindowLabel::Day(d) => d.succ_opt(),
+            WindowLabel::Week(monday) => monday.checked_add_signed(Duration::days(7)),
+            WindowLabel::Month(first) => {
+                if first.month() == 12 {
+                    NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
+                } else {
+                    NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
+                }
+            }
+            WindowLabel::Year(y) => NaiveDate::from_ymd_opt(y + 1, 1, 1),
+            WindowLabel::AllTime | WindowLabel::Trailing(_) => None,
+        }?;
+        Some(start_of_local_day(next, self.tz))
+    }
+
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
-        let after_start = match self.from {
+        self.after_start(at) && self.until().is_none_or(|u| at < u)
+    }
+
+    pub fn after_start(&self, at: DateTime<Utc>) -> bool {
+        match self.from {
             None => true,
             Some(f) if self.from_inclusive => at >= f,
             Some(f) => at > f,
-        };
-        after_start && self.until.is_none_or(|u| at < u)
+        }
     }
 }
 
-fn calendar_span(c: CalendarWindow, now: DateTime<Utc>, tz: Tz) -> Span {
-    let local = now.with_timezone(&tz).date_naive();
-    let (first, next, label): (NaiveDate, Option<NaiveDate>, String) = match c {
-        CalendarWindow::Day => (local, local.succ_opt(), format!("day {local}")),
-        CalendarWindow::Week => {
-            let monday = local - Duration::days(i64::from(local.weekday().num_days_from_monday()));
-            (
-                monday,
-                monday.checked_add_signed(Duration::days(7)),
-                format!("week of {monday}"),
-            )
+/// The windows of many limits at one instant: the policy zone's local date is found
+/// once, and each calendar window's start once however many limits share it.
+pub struct Spans {
+    now: DateTime<Utc>,
+    tz: Tz,
+    local: NaiveDate,
+    /// Start of the day / week / month / year containing `now`, once computed.
+    starts: [Option<DateTime<Utc>>; 4],
+}
+
+impl Spans {
+    pub fn new(now: DateTime<Utc>, tz: Tz) -> Spans {
+        Spans {
+            now,
+            tz,
+            local: now.with_timezone(&tz).date_naive(),
+            starts: [None; 4],
         }
-        CalendarWindow::Month => {
-            let first = local.with_day(1).unwrap_or(local);
-            let next = if first.month() == 12 {
-                NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
-            } else {
-                NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
-            };
-            (first, next, format!("month {}", first.format("%Y-%m")))
+    }
+
+    pub fn of(&mut self, limit: &CompiledLimit) -> Span {
+        let (from, from_inclusive, label) = match limit.window {
+            // (now − d, now]: an intent accepted exactly d ago has fallen out.
+            WindowKind::Trailing(secs) => (
+                Some(self.now - Duration::seconds(secs)),
+                false,
+                WindowLabel::Trailing(secs),
+            ),
+            WindowKind::Calendar(CalendarWindow::AllTime) => (None, true, WindowLabel::AllTime),
+            WindowKind::Calendar(c) => {
+                let (slot, label) = self.calendar(c);
+                let first = match label {
+                    WindowLabel::Day(d) | WindowLabel::Week(d) | WindowLabel::Month(d) => d,
+                    WindowLabel::Year(y) => NaiveDate::from_ymd_opt(y, 1, 1).unwrap_or(self.local),
+                    WindowLabel::AllTime | WindowLabel::Trailing(_) => self.local,
+                };
+                let tz = self.tz;
+                let start = *self.starts[slot].get_or_insert_with(|| start_of_local_day(first, tz));
+                (Some(start), true, label)
+            }
+        };
+        Span {
+            from,
+            from_inclusive,
+            label,
+            at: self.now,
+            tz: self.tz,
         }
-        CalendarWindow::Year => {
-            let first = NaiveDate::from_ymd_opt(local.year(), 1, 1).unwrap_or(local);
-            (
-                first,
-                NaiveDate::from_ymd_opt(local.year() + 1, 1, 1),
-                format!("year {}", local.year()),
-            )
+    }
+
+    fn calendar(&self, c: CalendarWindow) -> (usize, WindowLabel) {
+        let local = self.local;
+        match c {
+            CalendarWindow::Day => (0, WindowLabel::Day(local)),
+            CalendarWindow::Week => (
+                1,
+                WindowLabel::Week(
+                    local - Duration::days(i64::from(local.weekday().num_days_from_monday())),
+                ),
+            ),
+            CalendarWindow::Month => (2, WindowLabel::Month(local.with_day(1).unwrap_or(local))),
+            CalendarWindow::Year | CalendarWindow::AllTime => (3, WindowLabel::Year(local.year())),
         }
-        CalendarWindow::AllTime => {
-            return Span {
-                from: None,
-                from_inclusive: true,
-                until: None,
-                label: Cow::Borrowed("all time"),
-            };
-        }
-    };
-    Span {
-        from: Some(start_of_local_day(first, tz)),
-        from_inclusive: true,
-        until: next.map(|n| start_of_local_day(n, tz)),
-        label: Cow::Owned(label),
     }
 }
 
@@ -315,13 +428,13 @@ mod tests {
         let l = limit(WindowKind::Calendar(CalendarWindow::Week));
         // Sunday 2026-11-29 23:59:59 local = 02:59:59Z Monday.
         let sunday = l.span(utc("2026-11-30T02:59:59Z"), tz);
-        assert_eq!(sunday.label, "week of 2026-11-23");
+        assert_eq!(sunday.label.to_string(), "week of 2026-11-23");
         let monday = l.span(utc("2026-11-30T03:00:00Z"), tz);
-        assert_eq!(monday.label, "week of 2026-11-30");
+        assert_eq!(monday.label.to_string(), "week of 2026-11-30");
         assert_eq!(monday.from, Some(utc("2026-11-30T03:00:00Z")));
         assert!(monday.contains(utc("2026-11-30T03:00:00Z")));
         assert!(!monday.contains(utc("2026-11-30T02:59:59Z")));
-        assert_eq!(sunday.until, monday.from);
+        assert_eq!(sunday.until(), monday.from);
     }
 
     #[test]
@@ -329,8 +442,8 @@ mod tests {
         let tz: Tz = "America/Sao_Paulo".parse().unwrap();
         let y = limit(WindowKind::Calendar(CalendarWindow::Year));
         let s = y.span(utc("2027-01-01T02:59:59Z"), tz);
-        assert_eq!(s.label, "year 2026");
-        assert_eq!(s.until, Some(utc("2027-01-01T03:00:00Z")));
+        assert_eq!(s.label.to_string(), "year 2026");
+        assert_eq!(s.until(), Some(utc("2027-01-01T03:00:00Z")));
         let all = limit(WindowKind::Calendar(CalendarWindow::AllTime));
         assert!(
             all.span(utc("2027-01-01T00:00:00Z"), tz)
@@ -347,7 +460,48 @@ mod tests {
         assert!(s.contains(utc("2026-11-29T12:00:00.000001Z")));
         assert!(!s.contains(utc("2026-11-29T12:00:00Z")), "(t − d, t]");
         assert!(s.contains(now));
-        assert_eq!(s.label, "trailing 1d");
+        assert_eq!(s.label.to_string(), "trailing 1d");
+    }
+
+    #[test]
+    fn window_labels_read_back_as_written() {
+        let d = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+        for l in [
+            WindowLabel::Day(d),
+            WindowLabel::Week(d),
+            WindowLabel::Month(NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()),
+            WindowLabel::Year(2026),
+            WindowLabel::AllTime,
+            WindowLabel::Trailing(86_400),
+            WindowLabel::Trailing(7_200),
+            WindowLabel::Trailing(600),
+            WindowLabel::Trailing(90),
+        ] {
+            assert_eq!(l.to_string().parse::<WindowLabel>(), Ok(l), "{l}");
+        }
+        assert!("fortnight 3".parse::<WindowLabel>().is_err());
+        assert!("trailing 5x".parse::<WindowLabel>().is_err());
+    }
+
+    #[test]
+    fn spans_share_a_calendar_start_and_match_one_by_one() {
+        let tz: Tz = "America/Sao_Paulo".parse().unwrap();
+        let now = utc("2026-12-31T10:00:00Z");
+        let mut spans = Spans::new(now, tz);
+        for w in [
+            WindowKind::Calendar(CalendarWindow::Day),
+            WindowKind::Calendar(CalendarWindow::Week),
+            WindowKind::Calendar(CalendarWindow::Month),
+            WindowKind::Calendar(CalendarWindow::Year),
+            WindowKind::Calendar(CalendarWindow::AllTime),
+            WindowKind::Trailing(3_600),
+            WindowKind::Calendar(CalendarWindow::Day),
+        ] {
+            let l = limit(w);
+            let alone = Spans::new(now, tz).of(&l);
+            assert_eq!(spans.of(&l), alone);
+            assert!(alone.contains(now));
+        }
     }
 
     #[test]
@@ -357,6 +511,6 @@ mod tests {
         // 2026-11-01 is 25 hours long in New York (DST ends).
         let s = d.span(utc("2026-11-01T12:00:00Z"), tz);
         assert_eq!(s.from, Some(utc("2026-11-01T04:00:00Z")));
-        assert_eq!(s.until, Some(utc("2026-11-02T05:00:00Z")));
+        assert_eq!(s.until(), Some(utc("2026-11-02T05:00:00Z")));
     }
 }

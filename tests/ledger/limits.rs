@@ -91,7 +91,7 @@ async fn iso_week_resets_at_monday_midnight_in_sao_paulo() {
     );
     let u = &c.message.usage.as_ref().unwrap().limits[0];
     assert_eq!(
-        (u.window.as_str(), u.amount_so_far),
+        (u.window.to_string().as_str(), u.amount_so_far),
         ("week of 2026-11-23", Some(Decimal::new(30000, 2)))
     );
     // Monday 00:00 local: a new ISO week.
