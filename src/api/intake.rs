@@ -111,8 +111,9 @@ impl Intake for Disabled {
     }
 }
 
-/// The intake over the service's ledger and live policy set.
-pub struct LedgerIntake {
+/// What the intake needs of the service.
+#[derive(Clone)]
+pub struct IntakeParts {
     pub ledger: Arc<Ledger>,
     /// The active policy set (serve: its hot-reloaded `ArcSwap`).
     pub policies: Arc<dyn Fn() -> Arc<PolicySet> + Send + Sync>,
@@ -123,7 +124,7 @@ pub struct LedgerIntake {
     pub committed: Arc<dyn Fn() + Send + Sync>,
 }
 
-impl LedgerIntake {
+impl IntakeParts {
     fn origin(&self) -> Origin {
         Origin {
             instance: self.instance.clone(),
@@ -131,6 +132,138 @@ impl LedgerIntake {
             partition: None,
             offset: None,
         }
+    }
+}
+
+/// Intents waiting for their lane, per lane; a full lane answers 503 at once rather than
+/// letting requests pile up past their deadline.
+pub const LANE_QUEUE_LEN: usize = 1_024;
+/// Most intents one lane decides in one transaction (the Kafka worker's batch size).
+pub const MAX_LANE_BATCH: usize = 64;
+
+type Reply = tokio::sync::oneshot::Sender<Result<crate::ledger::Decided, IntakeError>>;
+
+/// The intake over the service's ledger and live policy set.
+///
+/// Intents are decided in lanes, like the Kafka worker decides a partition's messages:
+/// each lane takes what is queued (never waiting for more) and decides it in one
+/// `decide_batch` transaction, so under load one commit serves many requests instead of
+/// each request paying a transaction (measured in docs/benchmarks.md). An agent always
+/// maps to the same lane, so its concurrent requests never contend for its lock across
+/// lanes.
+pub struct LedgerIntake {
+    parts: IntakeParts,
+    lanes: Vec<tokio::sync::mpsc::Sender<(SpendIntent, Reply)>>,
+}
+
+impl LedgerIntake {
+    /// Starts `lanes` deciding tasks (at least one) on the current runtime; they stop
+    /// when the intake is dropped.
+    pub fn start(parts: IntakeParts, lanes: usize) -> LedgerIntake {
+        let senders = (0..lanes.max(1))
+            .map(|_| {
+                let (tx, rx) = tokio::sync::mpsc::channel(LANE_QUEUE_LEN);
+                tokio::spawn(run_lane(parts.clone(), rx));
+                tx
+            })
+            .collect();
+        LedgerIntake {
+            parts,
+            lanes: senders,
+        }
+    }
+
+    fn lane(&self, agent_id: &str) -> &tokio::sync::mpsc::Sender<(SpendIntent, Reply)> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        agent_id.hash(&mut h);
+        &self.lanes[(h.finish() % self.lanes.len() as u64) as usize]
+    }
+}
+
+/// One lane: batches of what is queued, decided in one transaction each. A batch the
+/// ledger refuses for a reason other than unavailability is decided again one intent at
+/// a time, so one bad intent fails alone.
+async fn run_lane(parts: IntakeParts, mut rx: tokio::sync::mpsc::Receiver<(SpendIntent, Reply)>) {
+    let mut batch: Vec<(SpendIntent, Reply)> = Vec::with_capacity(MAX_LANE_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_LANE_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // Requests whose caller gave up (deadline) are not decided for nobody.
+        batch.retain(|(_, reply)| !reply.is_closed());
+        let jobs = std::mem::take(&mut batch);
+        let (intents, replies): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+        let items: Vec<(SpendIntent, Origin)> =
+            intents.into_iter().map(|i| (i, parts.origin())).collect();
+        if items.is_empty() {
+            continue;
+        }
+        let policies = (parts.policies)();
+        let decided = with_retries("ledger decide", || {
+            parts.ledger.decide_batch(&policies, &items)
+        })
+        .await;
+        match decided {
+            Ok(results) => {
+                answer(&parts, results, replies);
+            }
+            Err(e @ StoreError::Other(_)) if items.len() > 1 => {
+                tracing::warn!(intents = items.len(), error = %e, "ledger refused a batch of HTTP intents; deciding them one by one");
+                for (item, reply) in items.chunks(1).zip(replies) {
+                    match with_retries("ledger decide", || {
+                        parts.ledger.decide_batch(&policies, item)
+                    })
+                    .await
+                    {
+                        Ok(results) => answer(&parts, results, vec![reply]),
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone().into()));
+                }
+            }
+        }
+    }
+}
+
+/// Sends each request its result; wakes the outbox when something new was recorded.
+fn answer(
+    parts: &IntakeParts,
+    results: Vec<Result<crate::ledger::Decided, LedgerError>>,
+    replies: Vec<Reply>,
+) {
+    let mut recorded = false;
+    for (result, reply) in results.into_iter().zip(replies) {
+        let result = match result {
+            Ok(d) => {
+                if d.status == DecideStatus::New {
+                    recorded = true;
+                    metrics::counter!("spendguard_decisions_total", "effect" => d.message.effect.as_str())
+                        .increment(1);
+                }
+                Ok(d)
+            }
+            // Audited by the ledger in the same transaction.
+            Err(e @ LedgerError::IdempotencyConflict { .. }) => Err(IntakeError::Refused {
+                code: e.code().to_string(),
+                detail: e.to_string(),
+            }),
+            Err(e) => Err(StoreError::Other(format!("ledger decide: {e}")).into()),
+        };
+        let _ = reply.send(result);
+    }
+    if recorded {
+        (parts.committed)();
     }
 }
 
@@ -171,35 +304,21 @@ fn message_text<T: Serialize>(value: &T) -> Result<String, IntakeError> {
 impl Intake for LedgerIntake {
     fn decide(&self, intent: SpendIntent) -> BoxFuture<'_, Result<Recorded, IntakeError>> {
         Box::pin(async move {
-            let policies = (self.policies)();
-            let items = [(intent, self.origin())];
-            let mut results = with_retries("ledger decide", || {
-                self.ledger.decide_batch(&policies, &items)
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.lane(&intent.agent_id)
+                .try_send((intent, reply))
+                .map_err(|_| {
+                    StoreError::Unavailable(format!(
+                        "more than {LANE_QUEUE_LEN} intents are waiting for the ledger; retry with the same intentId"
+                    ))
+                })?;
+            let d = answer
+                .await
+                .map_err(|_| StoreError::Other("the deciding lane stopped".into()))??;
+            Ok(Recorded {
+                message: message_text(&d.message)?,
+                replayed: d.status == DecideStatus::Redelivered,
             })
-            .await?;
-            let result = results
-                .pop()
-                .ok_or_else(|| StoreError::Other("the ledger returned no decision".into()))?;
-            match result {
-                Ok(d) => {
-                    let replayed = d.status == DecideStatus::Redelivered;
-                    if !replayed {
-                        metrics::counter!("spendguard_decisions_total", "effect" => d.message.effect.as_str())
-                            .increment(1);
-                        (self.committed)();
-                    }
-                    Ok(Recorded {
-                        message: message_text(&d.message)?,
-                        replayed,
-                    })
-                }
-                // Audited by the ledger in the same transaction.
-                Err(e @ LedgerError::IdempotencyConflict { .. }) => Err(IntakeError::Refused {
-                    code: e.code().to_string(),
-                    detail: e.to_string(),
-                }),
-                Err(e) => Err(StoreError::Other(format!("ledger decide: {e}")).into()),
-            }
         })
     }
 
@@ -210,9 +329,9 @@ impl Intake for LedgerIntake {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             metrics::counter!("spendguard_invalid_intents_total", "code" => err.code).increment(1);
-            let origin = self.origin();
+            let origin = self.parts.origin();
             with_retries("ledger record_invalid_intent", || {
-                self.ledger.record_invalid_intent(&raw, &err, &origin)
+                self.parts.ledger.record_invalid_intent(&raw, &err, &origin)
             })
             .await
             .map(|_| ())
@@ -221,10 +340,10 @@ impl Intake for LedgerIntake {
 
     fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<Recorded, IntakeError>> {
         Box::pin(async move {
-            let policies = (self.policies)();
-            let items = [(settlement, self.origin())];
+            let policies = (self.parts.policies)();
+            let items = [(settlement, self.parts.origin())];
             let mut results = with_retries("ledger settle", || {
-                self.ledger.settle_batch(&policies, &items)
+                self.parts.ledger.settle_batch(&policies, &items)
             })
             .await?;
             let result = results
@@ -234,7 +353,7 @@ impl Intake for LedgerIntake {
                 SettleResult::Applied { outcome, .. } => {
                     metrics::counter!("spendguard_settlements_total", "result" => "applied")
                         .increment(1);
-                    (self.committed)();
+                    (self.parts.committed)();
                     Ok(Recorded {
                         message: message_text(&outcome)?,
                         replayed: false,
@@ -260,9 +379,11 @@ impl Intake for LedgerIntake {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             metrics::counter!("spendguard_settlements_total", "result" => "invalid").increment(1);
-            let origin = self.origin();
+            let origin = self.parts.origin();
             with_retries("ledger record_invalid_settlement", || {
-                self.ledger.record_invalid_settlement(&raw, &err, &origin)
+                self.parts
+                    .ledger
+                    .record_invalid_settlement(&raw, &err, &origin)
             })
             .await
             .map(|_| ())

@@ -362,18 +362,22 @@ async fn start_api(
         announcer,
         checks,
     );
-    state.intake = Arc::new(api::intake::LedgerIntake {
-        ledger: shared.ledger.clone(),
-        policies: Arc::new({
-            let shared = shared.clone();
-            move || shared.policies.load_full()
-        }),
-        instance: shared.settings.instance.clone(),
-        committed: Arc::new({
-            let shared = shared.clone();
-            move || shared.outbox_ready.notify_one()
-        }),
-    });
+    // As many deciding lanes as Kafka workers: the same parallelism for both paths.
+    state.intake = Arc::new(api::intake::LedgerIntake::start(
+        api::intake::IntakeParts {
+            ledger: shared.ledger.clone(),
+            policies: Arc::new({
+                let shared = shared.clone();
+                move || shared.policies.load_full()
+            }),
+            instance: shared.settings.instance.clone(),
+            committed: Arc::new({
+                let shared = shared.clone();
+                move || shared.outbox_ready.notify_one()
+            }),
+        },
+        shared.settings.workers,
+    ));
     state.approvals = Arc::new(api::approvals::LedgerApprovals {
         ledger: shared.ledger.clone(),
         registry: Arc::new({
