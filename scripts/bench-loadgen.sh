@@ -9,6 +9,12 @@
 #   scripts/bench-loadgen.sh [--debug] [--rate 1000] [--duration 30] [--agents 1000]
 #                            [--workers N] [--intent-partitions N] [--no-baseline]
 #                            [--no-lifecycle] [--lifecycle-mix 70,15,10,5]
+#                            [--http | --no-kafka]
+#
+# --http measures the synchronous API instead (SPEC §13.4): serve also listens on
+# 127.0.0.1:18080 and loadgen POSTs the same intent mix to /v1/intents with the demo
+# payment_service token (decisions still go through the outbox to tansu); --no-kafka
+# does the same with `serve --no-kafka` and no broker at all.
 #
 # --workers and --intent-partitions go into a config file given to serve and loadgen
 # (defaults: one worker per core, at most 8; 12 partitions for intents and decisions,
@@ -26,6 +32,8 @@ agents=1000
 workers=
 partitions=
 loadgen_flags=()
+http=
+no_kafka=
 while [ $# -gt 0 ]; do
   case "$1" in
     --debug) profile=debug ;;
@@ -37,7 +45,9 @@ while [ $# -gt 0 ]; do
     --no-baseline) loadgen_flags+=(--no-baseline) ;;
     --no-lifecycle) loadgen_flags+=(--no-lifecycle) ;;
     --lifecycle-mix) loadgen_flags+=(--lifecycle-mix "$2"); shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --http) http=1 ;;
+    --no-kafka) http=1; no_kafka=1 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -54,7 +64,7 @@ rm -rf "$dir" && mkdir -p "$dir"
 export TANSU_PORT=19092 TANSU_DIR="$PWD/$dir/tansu" TANSU_STORAGE=memory://tansu/
 export SPENDGUARD_BROKERS="127.0.0.1:$TANSU_PORT"
 scripts/tansu.sh stop >/dev/null 2>&1 || true
-scripts/tansu.sh start >/dev/null
+[ -n "$no_kafka" ] || scripts/tansu.sh start >/dev/null
 
 run_id=$(date +%s)
 server=${DATABASE_URL%/*}
@@ -72,13 +82,20 @@ if [ -n "$workers$partitions" ]; then
   config_args=(--config "$dir/serve.yaml")
 fi
 
+serve_args=()
+if [ -n "$http" ]; then
+  serve_args=(--http-addr 127.0.0.1:18080 --api-tokens examples/api-tokens.yaml)
+  loadgen_flags+=(--http http://127.0.0.1:18080 --http-token demo-payment-token)
+fi
+[ -n "$no_kafka" ] && serve_args+=(--no-kafka)
+
 serve_pid=
 cleanup() {
   [ -n "$serve_pid" ] && kill -TERM "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
   scripts/tansu.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-"$bin" serve --instance lgbench-a "${config_args[@]}" >"$dir/serve.log" 2>&1 &
+"$bin" serve --instance lgbench-a "${config_args[@]}" "${serve_args[@]}" >"$dir/serve.log" 2>&1 &
 serve_pid=$!
 for _ in $(seq 240); do
   grep -q "ready" "$dir/serve.log" && break
@@ -86,7 +103,7 @@ for _ in $(seq 240); do
 done
 grep -q "ready" "$dir/serve.log" || { echo "serve not ready:"; cat "$dir/serve.log"; exit 1; }
 
-echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, intent partitions ${partitions:-default}, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, intent partitions ${partitions:-default}, ${http:+HTTP }${no_kafka:+without Kafka }$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
 "$bin" loadgen "${config_args[@]}" --rate "$rate" --duration "$duration" --agents "$agents" "${loadgen_flags[@]}" || status=$?
 echo "serve peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$serve_pid/status")"
