@@ -319,6 +319,11 @@ pub struct IntentDecided<I = serde_json::Value> {
     /// amount every cap, limit and window saw (SPEC §12.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fx: Option<FxConversion>,
+    /// HITL / MSIG: the decision message carries what approvers sign (SPEC §13.1:
+    /// `decisionHash`, `expiresAt`, the intent's amount, ...). False in events written
+    /// before that, so replay rebuilds their messages as they were published.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approval_message: bool,
 }
 
 /// A conversion recorded with a decision.

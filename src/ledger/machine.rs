@@ -175,7 +175,7 @@ fn recorded_decision_message(
 ) -> DecisionMessage {
     let approval = d
         .expires_at
-        .filter(|_| d.evaluation.effect.needs_approval())
+        .filter(|_| d.approval_message && d.evaluation.effect.needs_approval())
         .map(|expires_at| crate::decision::ApprovalRequest {
             amount: d.intent.amount,
             currency: d.intent.currency.clone(),
@@ -1304,6 +1304,7 @@ pub fn decided(
         kill: v.kill,
         policy: policy.map(|p| p.identity.clone()),
         usage: v.usage,
+        approval_message: v.evaluation.effect.needs_approval(),
         evaluation: v.evaluation,
         expires_at: v.expires_at,
         authorization_ttl_secs: v.authorization_ttl_secs,

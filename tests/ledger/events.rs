@@ -677,3 +677,66 @@ async fn replay_names_every_live_row_that_differs_from_the_events() {
     );
     assert!(has("pending_approval \"t-h1\""), "{diffs:#?}");
 }
+
+/// HITL / MSIG decision messages carry what an approver signs (SPEC §13.1); an event
+/// written before that (no `approvalMessage`) still folds into the message it published.
+#[tokio::test]
+async fn waiting_decisions_carry_their_hash_and_older_events_fold_as_published() {
+    use spendguard::ledger::events::LedgerEvent;
+    use spendguard::ledger::machine::{self, Change, Recorded};
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let (_d, set) = standard_set();
+    let o = origin();
+    let m = ledger
+        .decide(&set, &intent("i-msig", "ag2", "900.00"), &o)
+        .await
+        .unwrap();
+    let approval = m.message.approval.clone().expect("approval part");
+    assert_eq!(approval.decision_hash, m.decision_hash);
+    assert_eq!(approval.amount.to_string(), "900.00");
+    assert!(approval.approvals.is_empty());
+    let a = ledger
+        .decide(&set, &intent("i-allow", "ag", "30.00"), &o)
+        .await
+        .unwrap();
+    assert_eq!(a.message.approval, None);
+
+    let mut c = db.superuser().await;
+    let (seq, payload, hash, recorded_at): (i64, String, Vec<u8>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "SELECT seq, payload, hash, recorded_at FROM ledger_event WHERE event_type = 'intent_decided' AND resource = 'i-msig'",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    let fold = |payload: &str| {
+        let event = LedgerEvent::parse("intent_decided", payload).unwrap();
+        let r = Recorded {
+            seq,
+            hash: hash.clone().try_into().unwrap(),
+            recorded_at,
+        };
+        let mut message = None;
+        machine::delta(&r, &event, &mut |ch| {
+            if let Change::Decision { message: msg, .. } = ch {
+                message = Some(*msg);
+            }
+        })
+        .unwrap();
+        message.unwrap()
+    };
+    assert_eq!(
+        fold(&payload),
+        m.message,
+        "replay rebuilds the published message"
+    );
+    let mut old: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(old["approvalMessage"], true);
+    old.as_object_mut().unwrap().remove("approvalMessage");
+    let legacy = fold(&old.to_string());
+    assert_eq!(legacy.approval, None);
+    assert_eq!(legacy.effect, m.message.effect);
+}
