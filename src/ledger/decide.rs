@@ -139,8 +139,9 @@ impl Ledger {
 
         let mut ws = WriteSet::default();
         let ids: Vec<&str> = items.iter().map(|(i, _)| i.intent_id.as_str()).collect();
+        let agents: Vec<&str> = items.iter().map(|(i, _)| i.agent_id.as_str()).collect();
         let (mut snapshot, mut existing) =
-            load_snapshot(&mut tx, &mut ws, &chains, &ids, &wanted).await?;
+            load_snapshot(&mut tx, &mut ws, &chains, &ids, &wanted, &agents).await?;
         let limit_subjects = items.iter().zip(&policies).filter_map(|((i, _), p)| {
             Some(LimitSubject {
                 policy: p.as_deref()?,
@@ -323,6 +324,8 @@ enum SnapshotRow {
     Kill(KillRow),
     #[serde(rename = "fx")]
     Fx(store::FxRateRow),
+    #[serde(rename = "agentEntity")]
+    AgentEntity(store::AgentEntityRow),
     #[serde(rename = "decided", rename_all = "camelCase")]
     Decided {
         intent_id: String,
@@ -354,6 +357,7 @@ async fn load_snapshot(
     chains: &[String],
     ids: &[&str],
     wanted: &[usage::UsageKey],
+    agents: &[&str],
 ) -> Result<(Projections, HashMap<String, Existing>), LedgerError> {
     let mut snapshot = Projections::default();
     let mut existing: HashMap<String, Existing> = HashMap::new();
@@ -369,6 +373,10 @@ async fn load_snapshot(
          SELECT jsonb_build_object('k', 'fx', 'pair', pair, 'rate', rate::text, 'set_at', set_at,
                                    'seq', seq)
          FROM fx_rate
+         UNION ALL
+         SELECT jsonb_build_object('k', 'agentEntity', 'agent_id', agent_id, 'entity_id', entity_id,
+                                   'seq', seq)
+         FROM agent_entity WHERE agent_id = ANY($8)
          UNION ALL
          SELECT jsonb_build_object('k', 'decided', 'intentId', intent_id, 'seq', seq,
                                    'fingerprint', encode(fingerprint, 'hex'),
@@ -390,6 +398,7 @@ async fn load_snapshot(
     .bind(wanted.iter().map(|k| k.tz.as_str()).collect::<Vec<_>>())
     .bind(wanted.iter().map(|k| k.currency.as_str()).collect::<Vec<_>>())
     .bind(wanted.iter().map(|k| k.start).collect::<Vec<_>>())
+    .bind(agents)
     .fetch_all(&mut *tx)
     .await?;
     let bytes = |what: &str, hex_text: &str| {
@@ -417,6 +426,9 @@ async fn load_snapshot(
             }
             SnapshotRow::Fx(f) => {
                 snapshot.fx_rates.insert(f.pair.clone(), f);
+            }
+            SnapshotRow::AgentEntity(a) => {
+                snapshot.agent_entities.insert(a.agent_id.clone(), a);
             }
             SnapshotRow::Decided {
                 intent_id,

@@ -19,8 +19,8 @@ use super::authorization::{AuthorizationState, SettlementRefusal};
 use super::chain::{self, Hash, INTAKE_CHAIN, agent_chain};
 use super::events::{self, LedgerEvent};
 use super::store::{
-    AuthorizationRow, DecisionRow, FxRateRow, KillRow, OutcomeRow, PendingRow, PolicyRow,
-    SettlementRow, SpendRecordRow, VoteRow,
+    AgentEntityRow, AuthorizationRow, DecisionRow, FxRateRow, KillRow, OutcomeRow, PendingRow,
+    PolicyRow, SettlementRow, SpendRecordRow, VoteRow,
 };
 use super::timeline::{self, Timeline};
 use super::usage::{self, UsageKey};
@@ -84,6 +84,8 @@ pub enum Change {
     Settlement(SettlementRow),
     /// The latest rate of a currency pair.
     FxRate(FxRateRow),
+    /// An agent decided: bound to its entity unless it already is (SPEC §14).
+    AgentEntity(AgentEntityRow),
     /// A new spend record (an intent that holds usage against limits).
     Record(Box<SpendRecordRow>),
     /// What an intent's record holds now.
@@ -484,6 +486,11 @@ fn decided_delta(
         }),
         message: Box::new(message),
     });
+    out(Change::AgentEntity(AgentEntityRow {
+        agent_id: intent.agent_id.clone(),
+        entity_id: intent.entity_id.clone(),
+        seq: r.seq,
+    }));
     // No policy, no windows (the intent was denied as unbound).
     let Some(u) = &d.usage else {
         return Ok(());
@@ -754,6 +761,8 @@ pub struct Projections {
     pub settlements: BTreeMap<String, SettlementRow>,
     /// `USD/BRL` → the latest rate (SPEC §12.3)
     pub fx_rates: BTreeMap<String, FxRateRow>,
+    /// agent → the entity it was first decided under (SPEC §14)
+    pub agent_entities: BTreeMap<String, AgentEntityRow>,
     /// intent → what it holds against limits (SPEC §12)
     pub records: BTreeMap<String, SpendRecordRow>,
     /// agent → its records in time order with running totals (a window's sum is two
@@ -853,6 +862,11 @@ impl Projections {
             Change::Lifecycle { .. } => {}
             Change::FxRate(f) => {
                 self.fx_rates.insert(f.pair.clone(), f.clone());
+            }
+            Change::AgentEntity(a) => {
+                self.agent_entities
+                    .entry(a.agent_id.clone())
+                    .or_insert_with(|| a.clone());
             }
             Change::Record(rec) => self.insert_record((**rec).clone()),
             Change::RecordHolds {
@@ -1143,6 +1157,16 @@ pub fn verdict(
         None => intent,
     };
     let kill = s.kill_state(&intent.agent_id, &intent.entity_id);
+    if let Some(mismatch) = entity_mismatch(s, intent) {
+        return Verdict {
+            kill,
+            usage: None,
+            evaluation: mismatch,
+            expires_at: None,
+            authorization_ttl_secs: None,
+            fx: None,
+        };
+    }
     let (usage_seen, report) = match policy {
         Some(p) => {
             let (d, m, w) = usage::keys(&intent.agent_id, p.tz, p.currency.code, now);
@@ -1258,6 +1282,29 @@ pub fn verdict(
         authorization_ttl_secs,
         fx,
     }
+}
+
+/// An intent claiming another entity than the one its agent is bound to is denied
+/// alone (like the kill switch): nothing else about it can be trusted, and an entity's
+/// kill switch, limits and approvers must not be escaped by a look-alike entity id.
+fn entity_mismatch(s: &Projections, intent: &SpendIntent) -> Option<crate::decision::Evaluation> {
+    let bound = s.agent_entities.get(&intent.agent_id)?;
+    if bound.entity_id == intent.entity_id {
+        return None;
+    }
+    Some(crate::decision::Evaluation {
+        effect: Effect::Deny,
+        approvals_required: 0,
+        reasons: vec![crate::decision::Finding {
+            effect: Effect::Deny,
+            code: std::borrow::Cow::Borrowed(policy::codes::ENTITY_MISMATCH),
+            detail: std::borrow::Cow::Owned(format!(
+                "agent {} is bound to entity {} (ledgerSeq {}); the intent claims entity {}",
+                intent.agent_id, bound.entity_id, bound.seq, intent.entity_id
+            )),
+            approvals: 0,
+        }],
+    })
 }
 
 /// Reason code of the informational finding a converted intent carries (stable).

@@ -17,8 +17,8 @@ use super::events::{self, EventError, LedgerEvent, kind};
 use super::machine::{self, Projections, Recorded};
 use super::settle::{AUTHORIZATION_COLUMNS, SETTLEMENT_COLUMNS, SPEND_RECORD_COLUMNS};
 use super::store::{
-    AuthorizationRow, DecisionRow, FxRateRow, KillRow, OutcomeRow, PendingRow, PolicyRow,
-    SettlementRow, SpendRecordRow, VoteRow,
+    AgentEntityRow, AuthorizationRow, DecisionRow, FxRateRow, KillRow, OutcomeRow, PendingRow,
+    PolicyRow, SettlementRow, SpendRecordRow, VoteRow,
 };
 use super::usage::{self, UsageKey};
 use super::votes::{OUTCOME_COLUMNS, PENDING_COLUMNS, VOTE_COLUMNS};
@@ -590,6 +590,7 @@ async fn compare_live(
         settlements,
         records,
         fx_rates,
+        agent_entities,
         ..
     } = rebuilt;
 
@@ -808,6 +809,14 @@ async fn compare_live(
             .map(|f| (f.pair.clone(), f))
             .collect();
     diff_maps("fx_rate", &fx_rates, &live_fx, report);
+    let live_bindings: BTreeMap<String, AgentEntityRow> =
+        sqlx::query_as::<_, AgentEntityRow>("SELECT agent_id, entity_id, seq FROM agent_entity")
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|a| (a.agent_id.clone(), a))
+            .collect();
+    diff_maps("agent_entity", &agent_entities, &live_bindings, report);
     Ok(())
 }
 

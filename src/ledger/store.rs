@@ -93,6 +93,14 @@ pub struct FxRateRow {
     pub seq: i64,
 }
 
+/// `agent_entity`: the entity an agent was first decided under (SPEC §14).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Deserialize)]
+pub struct AgentEntityRow {
+    pub agent_id: String,
+    pub entity_id: String,
+    pub seq: i64,
+}
+
 /// `authorization_state`: one row per authorized intent (SPEC §11).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuthorizationRow {
@@ -208,6 +216,7 @@ pub struct WriteSet {
     pub authorizations: BTreeMap<String, AuthorizationRow>,
     pub settlements: Vec<SettlementRow>,
     pub fx_rates: Vec<FxRateRow>,
+    pub agent_entities: Vec<AgentEntityRow>,
     pub records: Vec<SpendRecordRow>,
     /// intent → (amount, counts, seq), last wins.
     pub record_holds: BTreeMap<String, (Decimal, bool, i64)>,
@@ -378,6 +387,18 @@ impl WriteSet {
             prev_hash: prev,
             hash: chain::GENESIS,
         };
+        // The one door into the append-only table (SPEC §14): whatever an event was built
+        // from, no card number is hashed into the chain in clear, where it could never be
+        // removed. Inputs were masked by their parsers already; this catches the rest
+        // (operators' reasons, files, callers of the library).
+        for text in [
+            &mut row.actor,
+            &mut row.resource,
+            &mut row.origin,
+            &mut row.payload,
+        ] {
+            crate::privacy::mask_in_place(text);
+        }
         row.hash = row.compute_hash();
         self.heads.advance(&row);
         if !self.touched_chains.iter().any(|c| c == chain_id) {
@@ -413,7 +434,15 @@ impl WriteSet {
 
     /// Queues one projection change (and the message it publishes) for `flush`; a
     /// decision's or outcome's message goes to the caller through `appended`.
-    fn apply(&mut self, change: Change, appended: &mut Appended) {
+    fn apply(&mut self, mut change: Change, appended: &mut Appended) {
+        // Messages published and stored as projections: masked like the events.
+        match &mut change {
+            Change::Outcome { row, .. } => crate::privacy::mask_in_place(&mut row.message),
+            Change::Lifecycle { text, .. } => crate::privacy::mask_in_place(text),
+            Change::Decision { row, .. } => crate::privacy::mask_in_place(&mut row.message),
+            Change::Settlement(row) => crate::privacy::mask_in_place(&mut row.message),
+            _ => {}
+        }
         match change {
             Change::Usage {
                 key,
@@ -447,6 +476,7 @@ impl WriteSet {
             }
             Change::Settlement(row) => self.settlements.push(row),
             Change::FxRate(row) => self.fx_rates.push(row),
+            Change::AgentEntity(row) => self.agent_entities.push(row),
             Change::Record(r) => self.records.push(*r),
             Change::RecordHolds {
                 intent_id,
@@ -718,6 +748,20 @@ impl WriteSet {
             .bind(st.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
             .bind(st.iter().map(|r| r.seq).collect::<Vec<_>>())
             .bind(st.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.agent_entities.is_empty() {
+            let a = &self.agent_entities;
+            // The first binding wins, in the batch as in the table (the fold's rule).
+            sqlx::query(
+                "INSERT INTO agent_entity (agent_id, entity_id, seq)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                 ON CONFLICT (agent_id) DO NOTHING",
+            )
+            .bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }

@@ -22,6 +22,8 @@ pub struct EvalInput<'a> {
 /// Stable reason codes of the built-in checks.
 pub mod codes {
     pub const KILL_SWITCH_ACTIVATED: &str = "kill_switch_activated";
+    /// Decided by the ledger before the policy: the agent is bound to another entity.
+    pub const ENTITY_MISMATCH: &str = "entity_mismatch";
     pub const CURRENCY_NOT_SUPPORTED: &str = "currency_not_supported";
     pub const EXCEEDS_PER_TRANSACTION_LIMIT: &str = "exceeds_per_transaction_limit";
     pub const CATEGORY_BLOCKED: &str = "category_blocked";
@@ -36,8 +38,9 @@ pub mod codes {
     pub const REGO_ERROR: &str = "rego_error";
 
     /// Every built-in code, in check order.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         KILL_SWITCH_ACTIVATED,
+        ENTITY_MISMATCH,
         CURRENCY_NOT_SUPPORTED,
         EXCEEDS_PER_TRANSACTION_LIMIT,
         CATEGORY_BLOCKED,

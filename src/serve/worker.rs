@@ -112,7 +112,9 @@ async fn handle_intents(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
     let mut item_msgs = Vec::with_capacity(msgs.len());
     for msg in msgs {
         let origin = Origin::kafka(&shared.settings.instance, msg.partition(), msg.offset());
-        match intent::parse_intent(msg.payload().unwrap_or_default()) {
+        match intent::parse_intent(msg.payload().unwrap_or_default())
+            .and_then(|i| keyed_by_agent(msg, i))
+        {
             Ok(i) => {
                 items.push((i, origin));
                 item_msgs.push(*msg);
@@ -166,6 +168,30 @@ async fn handle_intents(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
     }
     true
 }
+
+/// SPEC §1 / §14: an intent's Kafka key is its agentId. The key places the message in
+/// its agent's partition, and only there is the agent's order kept; an intent keyed to
+/// another agent would be decided out of order with that agent's intents. (The key is
+/// not echoed: it is arbitrary bytes from the producer.)
+fn keyed_by_agent(
+    msg: &OwnedMessage,
+    i: intent::SpendIntent,
+) -> Result<intent::SpendIntent, IntentError> {
+    if msg.key() == Some(i.agent_id.as_bytes()) {
+        return Ok(i);
+    }
+    Err(IntentError::new(
+        KEY_NOT_AGENT_ID,
+        Some("agentId"),
+        format!(
+            "the Kafka message key is not the intent's agentId {:?}; publish intents keyed by agentId",
+            i.agent_id
+        ),
+    ))
+}
+
+/// Dead-letter code of an intent whose Kafka key is not its agentId.
+pub const KEY_NOT_AGENT_ID: &str = "key_not_agent_id";
 
 async fn decide_batch(
     shared: &Shared,
@@ -282,7 +308,16 @@ async fn send_dead_letter(shared: &Shared, msg: &OwnedMessage, reason: &DeadLett
         &shared.shutdown,
         "dead-letter publish",
         crate::bus::BusError::is_transient,
-        || dlq::send(producer, &shared.topics.dlq, msg.key(), raw, &letter),
+        || {
+            dlq::send(
+                producer,
+                &shared.topics.dlq,
+                msg.key(),
+                raw,
+                &letter,
+                Some(shared.ledger.fingerprint(raw)),
+            )
+        },
     )
     .await;
     match attempt {

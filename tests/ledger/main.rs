@@ -8,6 +8,7 @@ mod harness;
 mod concurrency;
 mod events;
 mod fx;
+mod identity;
 mod impact_history;
 mod lifecycle;
 mod limits;

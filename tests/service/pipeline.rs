@@ -49,6 +49,11 @@ fn malformed() -> Vec<(&'static str, Vec<u8>)> {
             "unknown_currency",
             with("currency", serde_json::json!("XYZ")),
         ),
+        // Valid, but published under another agent's key (`agent-m`): SPEC §14.
+        (
+            "key_not_agent_id",
+            with("agentId", serde_json::json!("agent-other")),
+        ),
         (
             "message_too_large",
             with(
