@@ -805,5 +805,34 @@ async fn approvers_sign_with_the_decision_and_a_key_over_kafka_and_the_api() {
         0,
         "{after}"
     );
+
+    // The decision read from spend.decisions itself; the vote then shows in the other
+    // approvers' inboxes as an approval so far, and leaves alice's.
+    let (code, out) = approve_cli(
+        &rig,
+        &[
+            "--from-topic",
+            "--intent",
+            "ms-other",
+            "--approver",
+            "alice",
+            "--key",
+            &alice.key.display().to_string(),
+            "--yes",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    wait_for("alice's vote on ms-other", || async {
+        inbox(alice.token.clone()).await.0 == ["ms-refused"]
+    })
+    .await;
+    let (_, bobs) = inbox(bob.token.clone()).await;
+    let other = entry_of(&bobs, "ms-other");
+    assert_eq!(other["approvalsReceived"], 1, "{other}");
+    assert_eq!(other["approvals"][0]["approverId"], "alice", "{other}");
+    assert_eq!(
+        other["decision"]["approvals"][0]["vote"], "APPROVE",
+        "{other}"
+    );
     assert_eq!(serve.terminate(), Some(0));
 }
