@@ -229,8 +229,11 @@ pub fn parse_vote(bytes: &[u8]) -> Result<VoteMessage, VoteRefusal> {
             bytes.len()
         )));
     }
+    // Card numbers masked before any field exists (SPEC §14); a vote whose signed
+    // fields held one no longer verifies, and is refused as such.
+    let bytes = crate::privacy::mask_json_bytes(bytes);
     let msg: VoteMessage =
-        serde_json::from_slice(bytes).map_err(|e| VoteRefusal::Malformed(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| VoteRefusal::Malformed(e.to_string()))?;
     for (name, value) in [
         ("intentId", &msg.intent_id),
         ("approverId", &msg.approver_id),

@@ -150,13 +150,17 @@ pub fn parse_intent(bytes: &[u8]) -> Result<SpendIntent, IntentError> {
             ),
         ));
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| {
+    // Card numbers are masked in the bytes, before any field exists: whatever field or
+    // error message holds one later holds only its masked form (SPEC §14).
+    let bytes = crate::privacy::mask_json_bytes(bytes);
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
         IntentError::new(
             "invalid_utf8",
             None,
             format!("message is not valid UTF-8: {e}"),
         )
     })?;
+    refuse_nul(text)?;
     let wire: WireIntent<'_> = serde_json::from_str(text).map_err(classify_json_error)?;
 
     let amount = parse_raw_amount(wire.amount)?;
@@ -297,6 +301,24 @@ pub(crate) fn check_metadata(
     Ok(())
 }
 
+/// Refuses a NUL written as a JSON escape anywhere in a message (a raw control byte is
+/// already invalid JSON): PostgreSQL can store it neither in text nor in jsonb, so it
+/// would abort the ledger write instead of being refused (SPEC §14).
+pub(crate) fn refuse_nul(text: &str) -> Result<(), IntentError> {
+    let has_nul = text
+        .as_bytes()
+        .windows(6)
+        .any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].eq_ignore_ascii_case(b"0000"));
+    if has_nul {
+        return Err(IntentError::new(
+            "invalid_field",
+            None,
+            "the message holds a NUL character (\\u0000), which is accepted in no field",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_id(field: &'static str, value: &str) -> Result<(), IntentError> {
     if value.is_empty() || value.len() > MAX_ID_LEN || value.chars().any(char::is_control) {
         return Err(IntentError::new(
@@ -391,5 +413,52 @@ mod tests {
             &format!("{{\"x\":\"{}\"}}", "a".repeat(MAX_METADATA_BYTES)),
         );
         assert_eq!(code(&meta), "metadata_too_large");
+    }
+
+    #[test]
+    fn strict_amounts_and_ids() {
+        assert_eq!(code(&with("amount", "\"2_50.00\"")), "invalid_amount");
+        let thirty = format!("\"1.{}1\"", "0".repeat(29));
+        assert_eq!(
+            code(&with("amount", &thirty)),
+            "amount_scale_exceeds_currency"
+        );
+        // As a JSON number (spliced in as text: a serde_json Value would round it).
+        let thirty_number = GOOD.replace("\"250.00\"", &format!("1.{}1", "0".repeat(29)));
+        assert_eq!(code(&thirty_number), "amount_scale_exceeds_currency");
+        for field in ["intentId", "agentId", "entityId", "category"] {
+            for bad in [
+                "\"a\\u0000b\"",
+                "\"a\\u0007b\"",
+                "\"a\\nb\"",
+                "\"a\\u001Bb\"",
+            ] {
+                assert_eq!(code(&with(field, bad)), "invalid_field", "{field} {bad}");
+            }
+        }
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["beneficiary"]["id"] = "b\u{0}".into();
+        assert_eq!(code(&v.to_string()), "invalid_field");
+        v["beneficiary"]["id"] = "b\u{85}".into();
+        assert_eq!(code(&v.to_string()), "invalid_field");
+        let meta = with("metadata", "{\"note\":\"a\\u0000\"}");
+        assert_eq!(code(&meta), "invalid_field");
+    }
+
+    #[test]
+    fn card_numbers_are_masked_before_any_field_exists() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["beneficiary"]["id"] = "card:4111.1111.1111.1111".into();
+        v["beneficiary"]["account"] = "5555 5555 5555 4444".into();
+        v["category"] = "x_4111_1111_1111_1111".into();
+        v["metadata"] = serde_json::json!({"n": "4111/1111/1111/1111", "4111111111111111": 4111111111111111u64});
+        let i = parse_intent(v.to_string().as_bytes()).unwrap();
+        let text = serde_json::to_string(&i).unwrap();
+        assert!(crate::privacy::find_pans(&text).is_empty(), "{text}");
+        assert_eq!(i.beneficiary.id, "card:411111******1111");
+        // An error message never quotes a card number either.
+        let bad = r#"{"intentId":4111111111111111}"#;
+        let err = parse_intent(bad.as_bytes()).unwrap_err();
+        assert!(crate::privacy::find_pans(&err.message).is_empty(), "{err}");
     }
 }

@@ -7,7 +7,11 @@ fn main() -> std::process::ExitCode {
     match cli::run(cli) {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Error text can quote input; it is masked like every log line (SPEC §14).
+            eprintln!(
+                "error: {}",
+                spendguard::privacy::mask_pans(&format!("{e:#}"))
+            );
             std::process::ExitCode::from(1)
         }
     }

@@ -99,6 +99,13 @@ pub enum AmountError {
     },
     #[error("amount {0} exceeds the maximum accepted magnitude of 1e12")]
     TooLarge(Decimal),
+    /// More digits than `Decimal` holds exactly (28 after the point, 28 significant):
+    /// refused, never rounded (SPEC §14). Such an amount has more decimals than any
+    /// currency allows, hence its code.
+    #[error(
+        "amount {0:?} has more digits than can be held exactly (at most 28 significant digits and 28 decimals); it is refused, never rounded"
+    )]
+    Inexact(String),
 }
 
 impl AmountError {
@@ -106,17 +113,37 @@ impl AmountError {
         match self {
             AmountError::NotANumber(_) => "invalid_amount",
             AmountError::NotPositive(_) => "non_positive_amount",
-            AmountError::TooPrecise { .. } => "amount_scale_exceeds_currency",
+            AmountError::TooPrecise { .. } | AmountError::Inexact(_) => {
+                "amount_scale_exceeds_currency"
+            }
             AmountError::TooLarge(_) => "amount_too_large",
         }
     }
 }
 
+/// Most digits after the point and significant digits `Decimal` holds exactly.
+const MAX_EXACT_DIGITS: usize = 28;
+
 /// Parses decimal text ("250.00", "1e3", "250") exactly, without going through floats.
+/// Strict (SPEC §14): only an optional sign, digits, at most one point and an optional
+/// exponent — no `_` (which `Decimal::from_str` would skip), and nothing that `Decimal`
+/// would have to round.
 pub fn parse_decimal(text: &str) -> Result<Decimal, AmountError> {
     let t = text.trim();
     if t.is_empty() || t.len() > 64 {
         return Err(AmountError::NotANumber(truncate(t)));
+    }
+    let (digits, scale) = lexical_digits(t).ok_or_else(|| AmountError::NotANumber(truncate(t)))?;
+    if scale > i64::try_from(MAX_EXACT_DIGITS).unwrap_or(i64::MAX) {
+        return Err(AmountError::Inexact(truncate(t)));
+    }
+    // Integer digits beyond Decimal's range: an absurd magnitude, not a precision issue.
+    let int_digits = digits.saturating_sub(usize::try_from(scale).unwrap_or(0));
+    if int_digits > MAX_EXACT_DIGITS {
+        return Err(AmountError::NotANumber(truncate(t)));
+    }
+    if digits > MAX_EXACT_DIGITS {
+        return Err(AmountError::Inexact(truncate(t)));
     }
     let parsed = if t.contains(['e', 'E']) {
         Decimal::from_scientific(t)
@@ -124,6 +151,45 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, AmountError> {
         Decimal::from_str(t)
     };
     parsed.map_err(|_| AmountError::NotANumber(truncate(t)))
+}
+
+/// Digits and scale the value of a strictly formed decimal needs once trailing
+/// fractional zeros are dropped (`250.00`: 3 digits, scale 0; `5e3`: 4 digits, scale 0;
+/// `0.125`: 3 digits, scale 3). The form is `[+-]digits[.digits][(e|E)[+-]digits]`
+/// with at least one mantissa digit; `None` for anything else.
+fn lexical_digits(t: &str) -> Option<(usize, i64)> {
+    let t = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let (mantissa, exponent) = match t.split_once(['e', 'E']) {
+        Some((m, e)) => {
+            let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+            if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            (m, e.parse::<i64>().ok()?)
+        }
+        None => (t, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !all_digits(int) || !all_digits(frac) {
+        return None;
+    }
+    let joined = format!("{int}{frac}");
+    let digits = joined.trim_start_matches('0');
+    let mut scale = i64::try_from(frac.len()).ok()? - exponent;
+    let mut len = i64::try_from(digits.len()).ok()?;
+    if scale < 0 {
+        // 5e3: the zeros the exponent adds are digits of the value.
+        len -= scale;
+        scale = 0;
+    } else {
+        let zeros = i64::try_from(digits.len() - digits.trim_end_matches('0').len()).ok()?;
+        let dropped = zeros.min(scale);
+        len -= dropped;
+        scale -= dropped;
+    }
+    Some((usize::try_from(len).ok()?, scale))
 }
 
 /// Checks an amount against the rules every spend amount must satisfy in `cur`.
@@ -183,6 +249,50 @@ mod tests {
         ));
         assert_eq!(currency("XXX"), None);
         assert_eq!(format_amount(parse_decimal("600").unwrap(), 2), "600.00");
+    }
+
+    #[test]
+    fn amounts_are_read_exactly_or_refused() {
+        let brl = currency("BRL").unwrap();
+        for bad in [
+            "2_50.00", "_250", "250_", "1__0", " 2 50", "0x10", "1e", "e3", ".", "--1", "1.2.3",
+            "1e99999",
+        ] {
+            assert!(
+                matches!(parse_decimal(bad), Err(AmountError::NotANumber(_))),
+                "{bad:?}: {:?}",
+                parse_decimal(bad)
+            );
+        }
+        // 30 decimals: Decimal would round it to 1; it is refused with its own code.
+        let thirty = format!("1.{}1", "0".repeat(29));
+        let err = parse_decimal(&thirty).unwrap_err();
+        assert_eq!(err.code(), "amount_scale_exceeds_currency", "{err}");
+        let err = parse_decimal("0.00000000000000000000000000001").unwrap_err();
+        assert_eq!(err.code(), "amount_scale_exceeds_currency");
+        assert_eq!(
+            parse_decimal("12345678901.123456789012345678")
+                .unwrap_err()
+                .code(),
+            "amount_scale_exceeds_currency"
+        );
+        // Held exactly, then judged by the currency.
+        let err = validate_amount(parse_decimal("1.001").unwrap(), brl).unwrap_err();
+        assert_eq!(err.code(), "amount_scale_exceeds_currency");
+        for (ok, want) in [
+            ("250.00", "250"),
+            ("250.000000000000000000000000000000", "250"),
+            ("1e3", "1000"),
+            ("2.5E2", "250"),
+            ("+7", "7"),
+            ("0.1", "0.1"),
+        ] {
+            assert_eq!(
+                parse_decimal(ok).map(|d| d.normalize().to_string()),
+                Ok(want.to_string()),
+                "{ok}"
+            );
+        }
     }
 }
 

@@ -319,12 +319,35 @@ fn mask_pan_digits(digits: &[u8]) -> String {
     out
 }
 
-fn mask_once(bytes: &[u8], found: &[PanMatch]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
+/// Replaces each match by its masked form. With `json`, a match outside any JSON string
+/// (a card number sent as a bare JSON number) is written as a string, so JSON stays
+/// JSON: its masked form is not a number.
+fn mask_once(bytes: &[u8], found: &[PanMatch], json: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 2 * found.len());
     let mut last = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut scanned = 0;
     for m in found {
+        for &c in &bytes[scanned..m.range.start] {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = in_string;
+            } else if c == b'"' {
+                in_string = !in_string;
+            }
+        }
+        scanned = m.range.end;
         out.extend_from_slice(&bytes[last..m.range.start]);
-        out.extend_from_slice(mask_pan_digits(&m.digits).as_bytes());
+        let masked = mask_pan_digits(&m.digits);
+        if in_string || !json {
+            out.extend_from_slice(masked.as_bytes());
+        } else {
+            out.push(b'"');
+            out.extend_from_slice(masked.as_bytes());
+            out.push(b'"');
+        }
         last = m.range.end;
     }
     out.extend_from_slice(&bytes[last..]);
@@ -336,17 +359,27 @@ fn mask_once(bytes: &[u8], found: &[PanMatch]) -> Vec<u8> {
 /// which is the common case and costs one scan. Idempotent: masking repeats until
 /// nothing is found (the kept digits next to other digits can form a new run).
 pub fn mask_bytes(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    mask_with(bytes, false)
+}
+
+/// [`mask_bytes`] for JSON text (input messages, stored events): a card number sent as
+/// a bare number becomes a string holding its masked form, so the JSON stays valid.
+pub fn mask_json_bytes(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    mask_with(bytes, true)
+}
+
+fn mask_with(bytes: &[u8], json: bool) -> std::borrow::Cow<'_, [u8]> {
     let found = find_pans_in(bytes);
     if found.is_empty() {
         return std::borrow::Cow::Borrowed(bytes);
     }
-    let mut out = mask_once(bytes, &found);
+    let mut out = mask_once(bytes, &found, json);
     loop {
         let again = find_pans_in(&out);
         if again.is_empty() {
             return std::borrow::Cow::Owned(out);
         }
-        out = mask_once(&out, &again);
+        out = mask_once(&out, &again, json);
     }
 }
 
@@ -364,6 +397,14 @@ pub fn mask_pans(text: &str) -> String {
 pub fn mask_in_place(text: &mut String) {
     if !find_pans_in(text.as_bytes()).is_empty() {
         *text = mask_pans(text);
+    }
+}
+
+/// JSON text masked in place ([`mask_json_bytes`]), without allocating when clean.
+pub fn mask_json_in_place(text: &mut String) {
+    if let std::borrow::Cow::Owned(v) = mask_json_bytes(text.as_bytes()) {
+        *text = String::from_utf8(v)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     }
 }
 
@@ -647,6 +688,12 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&masked).unwrap();
         assert_eq!(v["beneficiary"]["id"], "411111******1111");
         assert_eq!(v["m"], "411111******1111");
+        // A bare JSON number: masked into a string, the JSON stays valid.
+        let raw = br#"{"n":4111111111111111,"s":"x \" 4111111111111111"}"#;
+        let masked = mask_json_bytes(raw);
+        let v: serde_json::Value = serde_json::from_slice(&masked).unwrap();
+        assert_eq!(v["n"], "411111******1111");
+        assert_eq!(v["s"], "x \" 411111******1111");
     }
 
     #[test]

@@ -112,13 +112,16 @@ pub fn parse_settlement(bytes: &[u8]) -> Result<Settlement, SettlementError> {
             ),
         ));
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| {
+    // Card numbers masked before any field exists, as for intents (SPEC §14).
+    let bytes = crate::privacy::mask_json_bytes(bytes);
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
         IntentError::new(
             "invalid_utf8",
             None,
             format!("message is not valid UTF-8: {e}"),
         )
     })?;
+    intent::refuse_nul(text)?;
     let wire: WireSettlement<'_> =
         serde_json::from_str(text).map_err(intent::classify_json_error)?;
     let kind = SettlementType::parse(&wire.kind).ok_or_else(|| {
@@ -306,5 +309,26 @@ mod tests {
         );
         let refund_final = r#"{"settlementId":"s","intentId":"i","type":"REFUND","amount":"1","currency":"BRL","final":true}"#;
         assert_eq!(code(refund_final), "invalid_field");
+        // Strict amounts and ids (SPEC §14).
+        assert_eq!(code(&with("amount", Some("\"8_0.00\""))), "invalid_amount");
+        let thirty = format!("\"1.{}1\"", "0".repeat(29));
+        assert_eq!(
+            code(&with("amount", Some(&thirty))),
+            "amount_scale_exceeds_currency"
+        );
+        for field in ["settlementId", "intentId"] {
+            for bad in ["\"s\\u0000\"", "\"s\\u0007\"", "\"s\\t\""] {
+                assert_eq!(
+                    code(&with(field, Some(bad))),
+                    "invalid_field",
+                    "{field} {bad}"
+                );
+            }
+        }
+        // Card numbers masked before any field exists.
+        let s =
+            parse_settlement(with("settlementId", Some("\"s-4111-1111-1111-1111\"")).as_bytes())
+                .unwrap();
+        assert_eq!(s.settlement_id, "s-411111******1111");
     }
 }

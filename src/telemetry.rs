@@ -18,8 +18,47 @@ pub fn init(filter: &str) {
     // A second init (tests start several apps in one process) is harmless: keep the first.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(MaskedStderr)
         .try_init();
+}
+
+/// Log output with card numbers masked (SPEC §14): every log line passes here, whatever
+/// field or error text carried the number, so no call site has to remember it.
+#[derive(Clone, Copy, Default)]
+pub struct MaskedStderr;
+
+/// One log record, buffered whole so a card number split over several `write` calls is
+/// still seen in one piece; masked and written when the record is done.
+#[derive(Default)]
+pub struct MaskedRecord {
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for MaskedRecord {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for MaskedRecord {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        let masked = crate::privacy::mask_bytes(&self.buf);
+        let _ = std::io::stderr().lock().write_all(&masked);
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
+    type Writer = MaskedRecord;
+
+    fn make_writer(&'a self) -> MaskedRecord {
+        MaskedRecord::default()
+    }
 }
 
 // ---- metric names (stable API: dashboards and alerts depend on them) ----

@@ -648,7 +648,7 @@ impl Ledger {
     ) -> Result<i64, LedgerError> {
         let (text, _) = stored_raw(raw);
         let (approver, intent) = ids_from_raw(raw, "approverId", "intentId");
-        let vote = serde_json::from_slice::<serde_json::Value>(raw)
+        let vote = serde_json::from_slice::<serde_json::Value>(&privacy::mask_json_bytes(raw))
             .ok()
             .and_then(|v| {
                 v.get("vote")
@@ -1057,21 +1057,30 @@ pub(crate) fn truncate_utf8(text: &str, max: usize) -> String {
     format!("{}…", &text[..cut])
 }
 
-/// Input kept in an audit event: text with PANs masked, cut to `MAX_RAW_STORED_BYTES`.
+/// Input kept in an audit event: PANs masked in the whole input first, then cut to
+/// `MAX_RAW_STORED_BYTES` (cutting first could leave 13+ digits of a card number that
+/// straddles the cut unrecognised).
 fn stored_raw(raw: &[u8]) -> (String, bool) {
-    let truncated = raw.len() > MAX_RAW_STORED_BYTES;
-    let cut = &raw[..raw.len().min(MAX_RAW_STORED_BYTES)];
-    (privacy::mask_pans(&String::from_utf8_lossy(cut)), truncated)
+    let masked = privacy::mask_json_bytes(raw);
+    let truncated = masked.len() > MAX_RAW_STORED_BYTES;
+    let cut = &masked[..masked.len().min(MAX_RAW_STORED_BYTES)];
+    // PostgreSQL text cannot hold NUL: a refused message must still be recorded.
+    let text = String::from_utf8_lossy(cut).replace('\0', "\u{FFFD}");
+    (text, truncated)
 }
 
 /// Best-effort actor and resource ids from a message that may not parse.
 fn ids_from_raw(raw: &[u8], actor_field: &str, resource_field: &str) -> (String, String) {
-    let v: Option<serde_json::Value> = serde_json::from_slice(raw).ok();
+    let v: Option<serde_json::Value> = serde_json::from_slice(&privacy::mask_json_bytes(raw)).ok();
     let get = |f: &str| {
         v.as_ref()
             .and_then(|v| v.get(f))
             .and_then(|x| x.as_str())
-            .filter(|s| !s.is_empty() && s.len() <= crate::intent::MAX_ID_LEN)
+            .filter(|s| {
+                !s.is_empty()
+                    && s.len() <= crate::intent::MAX_ID_LEN
+                    && !s.chars().any(char::is_control)
+            })
             .map(privacy::mask_pans)
             .unwrap_or_else(|| "unknown".to_string())
     };

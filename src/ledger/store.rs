@@ -391,14 +391,15 @@ impl WriteSet {
         // from, no card number is hashed into the chain in clear, where it could never be
         // removed. Inputs were masked by their parsers already; this catches the rest
         // (operators' reasons, files, callers of the library).
-        for text in [
-            &mut row.actor,
-            &mut row.resource,
-            &mut row.origin,
-            &mut row.payload,
-        ] {
+        for text in [&mut row.actor, &mut row.resource] {
             crate::privacy::mask_in_place(text);
+            // PostgreSQL text cannot hold NUL; ids are refused with it at parse time.
+            if text.contains('\0') {
+                *text = text.replace('\0', "\u{FFFD}");
+            }
         }
+        crate::privacy::mask_json_in_place(&mut row.origin);
+        crate::privacy::mask_json_in_place(&mut row.payload);
         row.hash = row.compute_hash();
         self.heads.advance(&row);
         if !self.touched_chains.iter().any(|c| c == chain_id) {
@@ -437,10 +438,10 @@ impl WriteSet {
     fn apply(&mut self, mut change: Change, appended: &mut Appended) {
         // Messages published and stored as projections: masked like the events.
         match &mut change {
-            Change::Outcome { row, .. } => crate::privacy::mask_in_place(&mut row.message),
-            Change::Lifecycle { text, .. } => crate::privacy::mask_in_place(text),
-            Change::Decision { row, .. } => crate::privacy::mask_in_place(&mut row.message),
-            Change::Settlement(row) => crate::privacy::mask_in_place(&mut row.message),
+            Change::Outcome { row, .. } => crate::privacy::mask_json_in_place(&mut row.message),
+            Change::Lifecycle { text, .. } => crate::privacy::mask_json_in_place(text),
+            Change::Decision { row, .. } => crate::privacy::mask_json_in_place(&mut row.message),
+            Change::Settlement(row) => crate::privacy::mask_json_in_place(&mut row.message),
             _ => {}
         }
         match change {

@@ -117,7 +117,7 @@ async fn dead_letters_keep_bytes_and_carry_the_error() {
         source_offset: 41,
         instance: "smoke",
     };
-    dlq::send(&producer, &topic, Some(b"agent-1"), original, &letter)
+    dlq::send(&producer, &topic, Some(b"agent-1"), original, &letter, None)
         .await
         .unwrap();
 
