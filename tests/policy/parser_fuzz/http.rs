@@ -92,6 +92,54 @@ impl FxRateControl for MemFx {
     }
 }
 
+/// What the intake routes handed on: valid intents / settlements, audited invalid bodies.
+#[derive(Default)]
+struct MemIntake(Mutex<Vec<&'static str>>);
+impl api::intake::Intake for MemIntake {
+    fn decide(
+        &self,
+        intent: spendguard::intent::SpendIntent,
+    ) -> BoxFuture<'_, Result<api::intake::Recorded, api::intake::IntakeError>> {
+        self.0.lock().unwrap().push("decide");
+        let message = serde_json::json!({"intentId": intent.intent_id, "effect": "ALLOW"});
+        Box::pin(async move {
+            Ok(api::intake::Recorded {
+                message: message.to_string(),
+                replayed: false,
+            })
+        })
+    }
+    fn invalid_intent(
+        &self,
+        _: axum::body::Bytes,
+        _: spendguard::intent::IntentError,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.0.lock().unwrap().push("invalid_intent");
+        Box::pin(async { Ok(()) })
+    }
+    fn settle(
+        &self,
+        s: spendguard::settlement::Settlement,
+    ) -> BoxFuture<'_, Result<api::intake::Recorded, api::intake::IntakeError>> {
+        self.0.lock().unwrap().push("settle");
+        let message = serde_json::json!({"intentId": s.intent_id, "outcome": "CAPTURED"});
+        Box::pin(async move {
+            Ok(api::intake::Recorded {
+                message: message.to_string(),
+                replayed: false,
+            })
+        })
+    }
+    fn invalid_settlement(
+        &self,
+        _: axum::body::Bytes,
+        _: spendguard::settlement::SettlementError,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.0.lock().unwrap().push("invalid_settlement");
+        Box::pin(async { Ok(()) })
+    }
+}
+
 struct Ready;
 impl ReadinessProbe for Ready {
     fn check(&self) -> BoxFuture<'_, Vec<ReadinessCheck>> {
@@ -101,6 +149,7 @@ impl ReadinessProbe for Ready {
 
 const OPERATOR: &str = "operator-token";
 const READER: &str = "reader-token";
+const PAYMENTS: &str = "payments-token";
 
 /// Every code `ApiError` has (src/api/error.rs).
 const API_CODES: &[&str] = &[
@@ -135,6 +184,9 @@ fn post_seeds() -> Vec<String> {
         r#"{"scope":"entity:acme-br","on":true,"reason":"fraud suspected on ç"}"#.to_string(),
         r#"{"pair":"USD/BRL","rate":"5.4321","reason":"daily fixing"}"#.to_string(),
         r#"{"pair":"EUR/JPY","rate":"161.25","reason":"BCE reference ç"}"#.to_string(),
+        r#"{"intentId":"i-1","agentId":"agent-42","entityId":"acme-br","amount":"250.00","currency":"BRL","category":"utility","beneficiary":{"id":"utility:light","account":"4111 1111 1111 1111","country":"BR"},"purpose":"PIX","metadata":{"k":[1,2]}}"#.to_string(),
+        r#"{"settlementId":"s-1","intentId":"i-1","type":"CAPTURE","amount":"80.00","currency":"BRL","final":true}"#.to_string(),
+        r#"{"settlementId":"s-2","intentId":"i-1","type":"VOID"}"#.to_string(),
     ]
 }
 
@@ -159,11 +211,14 @@ fn call() -> impl Strategy<Value = Call> {
     let path = prop_oneof![
         4 => Just("/v1/kill-switch".to_string()),
         2 => Just("/v1/fx-rates".to_string()),
+        2 => Just("/v1/intents".to_string()),
+        1 => Just("/v1/settlements".to_string()),
         1 => proptest::sample::select(paths),
     ];
     let token = prop_oneof![
         8 => Just(Some(OPERATOR)),
         1 => Just(Some(READER)),
+        3 => Just(Some(PAYMENTS)),
         1 => Just(None),
     ];
     (
@@ -180,7 +235,7 @@ fn call() -> impl Strategy<Value = Call> {
         })
 }
 
-fn app(kill: Arc<MemKill>, fx: Arc<MemFx>) -> axum::Router {
+fn app(kill: Arc<MemKill>, fx: Arc<MemFx>, intake: Arc<MemIntake>) -> axum::Router {
     let tokens = TokenStore::default()
         .with_hash(
             "ops-alice",
@@ -188,6 +243,13 @@ fn app(kill: Arc<MemKill>, fx: Arc<MemFx>) -> axum::Router {
             &api::auth::hash_token(OPERATOR),
         )
         .and_then(|t| t.with_hash("dash", Role::Reader, &api::auth::hash_token(READER)))
+        .and_then(|t| {
+            t.with_hash(
+                "pay",
+                Role::PaymentService,
+                &api::auth::hash_token(PAYMENTS),
+            )
+        })
         .unwrap();
     api::router(ApiState {
         tokens: Arc::new(tokens),
@@ -197,7 +259,7 @@ fn app(kill: Arc<MemKill>, fx: Arc<MemFx>) -> axum::Router {
         fx_rates: fx,
         readiness: Arc::new(Ready),
         approvals: Arc::new(spendguard::api::approvals::Disabled),
-        intake: Arc::new(api::intake::Disabled),
+        intake,
         metrics: spendguard::telemetry::metrics_handle(),
         clock: Arc::new(chrono::Utc::now),
     })
@@ -226,9 +288,53 @@ fn check(
     body: &[u8],
     kill: &MemKill,
     fx: &MemFx,
+    intake: &MemIntake,
 ) -> Result<(), TestCaseError> {
     let recorded = kill.0.lock().unwrap().drain(..).collect::<Vec<_>>();
     let rates = fx.0.lock().unwrap().drain(..).collect::<Vec<_>>();
+    let handed = intake.0.lock().unwrap().drain(..).collect::<Vec<_>>();
+    if let Some(kind) = match c.path.as_str() {
+        "/v1/intents" => Some("intent"),
+        "/v1/settlements" => Some("settlement"),
+        _ => None,
+    } {
+        // The intake: whatever the body, a valid one is handed on once, an invalid one is
+        // audited once and answered 400 with the parser's own code; nothing else moves.
+        prop_assert!(recorded.is_empty() && rates.is_empty());
+        let parsed = if kind == "intent" {
+            spendguard::intent::parse_intent(&c.body).map(|_| ())
+        } else {
+            spendguard::settlement::parse_settlement(&c.body).map(|_| ())
+        };
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let accepted =
+            c.token == Some(PAYMENTS) && c.body.len() <= api::intake::MAX_INTAKE_BODY_BYTES;
+        match (accepted, parsed) {
+            (true, Ok(())) => {
+                prop_assert_eq!(status, StatusCode::OK, "{}", json);
+                let expected = if kind == "intent" { "decide" } else { "settle" };
+                prop_assert_eq!(handed, vec![expected]);
+            }
+            (true, Err(e)) => {
+                prop_assert_eq!(status, StatusCode::BAD_REQUEST, "{}", json);
+                prop_assert_eq!(json["error"]["code"].as_str(), Some(e.code), "{}", json);
+                let audit = if kind == "intent" {
+                    "invalid_intent"
+                } else {
+                    "invalid_settlement"
+                };
+                prop_assert_eq!(handed, vec![audit]);
+            }
+            (false, _) => {
+                prop_assert!(status.is_client_error(), "{status}");
+                prop_assert!(handed.is_empty(), "a refused request reached the ledger");
+                let code = json["error"]["code"].as_str().unwrap_or_default();
+                prop_assert!(API_CODES.contains(&code), "{status} {json}");
+            }
+        }
+        return Ok(());
+    }
+    prop_assert!(handed.is_empty(), "{} reached the intake", c.path);
     prop_assert!(
         !status.is_server_error(),
         "{} {:?} -> {status}: {}",
@@ -308,11 +414,12 @@ fn fuzz_http_post_bodies() {
         .unwrap();
     let kill = Arc::new(MemKill::default());
     let fx = Arc::new(MemFx::default());
-    let app = app(kill.clone(), fx.clone());
+    let intake = Arc::new(MemIntake::default());
+    let app = app(kill.clone(), fx.clone(), intake.clone());
     let mut runner = TestRunner::new(mutate::config(super::CI_CASES));
     let result = runner.run(&call(), |c| {
         let (status, body) = rt.block_on(send(&app, &c));
-        check(&c, status, &body, &kill, &fx)
+        check(&c, status, &body, &kill, &fx, &intake)
     });
     if let Err(e) = result {
         panic!("{e}");
@@ -354,7 +461,7 @@ fn fuzz_http_paths_and_queries() {
         .unwrap();
     let kill = Arc::new(MemKill::default());
     let fx = Arc::new(MemFx::default());
-    let app = app(kill.clone(), fx.clone());
+    let app = app(kill.clone(), fx.clone(), Arc::default());
     let mut runner = TestRunner::new(mutate::config(super::CI_CASES));
     let strategy = (
         0..6usize,
