@@ -124,7 +124,10 @@ async fn load(
         Source::File(path) => parse_decision(&read_input(path)?),
         Source::Api { base, intent } => {
             let token = token.context("--api needs --token-file")?;
-            let path = format!("/v1/approvals?status=pending&limit={}", 500);
+            let path = format!(
+                "/v1/approvals?status=pending&limit={}",
+                crate::api::MAX_PENDING_APPROVALS_PAGE
+            );
             let (status, body) = http(base, "GET", &path, token, None, timeout).await?;
             if status != 200 {
                 bail!("GET {path} answered {status}: {body}");
@@ -141,7 +144,7 @@ async fn load(
 fn read_input(path: &Path) -> anyhow::Result<String> {
     if path == Path::new("-") {
         let mut text = String::new();
-        std::io::stdin().lock().read_line(&mut text)?;
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)?;
         return Ok(text);
     }
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
