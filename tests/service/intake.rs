@@ -20,6 +20,7 @@ const PAYMENTS: &str = "demo-payment-token";
 const READER: &str = "demo-reader-token";
 const OPERATOR: &str = "demo-operator-token";
 const AUDITOR: &str = "demo-auditor-token";
+const APPROVER: &str = "demo-alice-approver-token";
 const WAIT_MS: u64 = 60_000;
 
 fn repo() -> &'static Path {
@@ -122,7 +123,7 @@ async fn payment_services_decide_and_settle_over_http_through_the_ledger_and_the
     );
 
     // Roles: only payment_service posts intents and settlements.
-    for token in [READER, OPERATOR, AUDITOR] {
+    for token in [READER, OPERATOR, AUDITOR, APPROVER] {
         let (status, _, body) = post(addr, "/v1/intents", token, &allow).await;
         assert_eq!(status, 403, "{token}: {body}");
         let (status, _, body) = post(addr, "/v1/settlements", token, "{}").await;
