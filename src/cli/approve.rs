@@ -30,13 +30,14 @@ pub struct ApproveArgs {
     /// File holding the approver's API bearer token (role `approver`).
     #[arg(long, env = "SPENDGUARD_API_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Read the decision from `spend.decisions` on these brokers (needs --intent).
+    /// Read the decision from `spend.decisions` on --brokers (needs --intent).
     #[arg(long = "from-topic", id = "brokers_source")]
     pub from_topic: bool,
     /// Kafka brokers: where `spend.decisions` is read (--from-topic) and the vote is
     /// published (without --api).
     #[arg(long, env = "SPENDGUARD_BROKERS", default_value = "localhost:9092")]
     pub brokers: String,
+    /// Prefix of the topic names, as `serve` was given it.
     #[arg(long, env = "SPENDGUARD_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
     /// The waiting intent (required with --api without --decision, and --from-topic;
