@@ -88,6 +88,34 @@ pub enum AuditCommand {
     Verify {
         #[command(flatten)]
         db: DbArgs,
+        /// Also check the signed checkpoints in this directory (every file
+        /// `checkpoint-*.json`): detects a rewrite whose hashes were recomputed.
+        #[arg(long, value_name = "DIR", requires = "checkpoint_public_key")]
+        checkpoints: Option<PathBuf>,
+        /// The public key the checkpoints must be signed with (base64, as `audit keygen`
+        /// printed it). Take it from where you keep it, not from a checkpoint file.
+        #[arg(long, value_name = "BASE64")]
+        checkpoint_public_key: Option<String>,
+    },
+    /// Write one signed checkpoint of every chain head into DIR (`serve` writes them
+    /// periodically when `checkpoint_key_file` and `checkpoint_dir` are set).
+    Checkpoint {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The checkpoint secret key (from `audit keygen`); keep it off the database host.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Name recorded in the checkpoint and its file name.
+        #[arg(long, default_value = "cli")]
+        instance: String,
+    },
+    /// Create a checkpoint signing key: writes the secret key to FILE (refuses to
+    /// overwrite) and prints the public key auditors verify with.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 
@@ -346,11 +374,54 @@ async fn flush(
 
 pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<i32> {
     match cmd {
-        AuditCommand::Verify { db } => runtime()?.block_on(async {
+        AuditCommand::Keygen { out } => {
+            let (secret, public) = crate::approvals::keygen();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&out)
+                .with_context(|| {
+                    format!("cannot create key file {} (it must not exist yet)", out.display())
+                })?;
+            std::io::Write::write_all(
+                &mut file,
+                format!("# spendguard checkpoint signing key: keep it away from the database host\n{secret}\n").as_bytes(),
+            )?;
+            println!("checkpoint secret key written to {}", out.display());
+            println!("public key (give it to auditors: audit verify --checkpoint-public-key ...):\n{public}");
+            Ok(0)
+        }
+        AuditCommand::Checkpoint { db, key, dir, instance } => runtime()?.block_on(async {
+            let key = crate::approvals::read_signing_key(&key).map_err(anyhow::Error::msg)?;
             let ledger = connect(&db, "audit").await?;
-            let v = ledger.audit_verify().await?;
+            let (max_seq, heads) = ledger.chain_heads().await?;
+            let c = ledger::checkpoint::Checkpoint::sign(&instance, chrono::Utc::now(), max_seq, &heads, &key);
+            let path = c.write_to(&dir)?;
+            println!("checkpoint of {} chain heads (up to seq {max_seq}) written to {}", heads.len(), path.display());
+            Ok(0)
+        }),
+        AuditCommand::Verify { db, checkpoints, checkpoint_public_key } => runtime()?.block_on(async {
+            let ledger = connect(&db, "audit").await?;
+            let mut expected = match (&checkpoints, &checkpoint_public_key) {
+                (Some(dir), Some(key)) => {
+                    let key = ledger::checkpoint::parse_public_key(key).map_err(anyhow::Error::msg)?;
+                    let read = ledger::checkpoint::read_dir(dir, &key)?;
+                    if read.is_empty() {
+                        anyhow::bail!("no checkpoint-*.json in {}: nothing to check against", dir.display());
+                    }
+                    Some(ledger::checkpoint::Expectations::new(&read)?)
+                }
+                _ => None,
+            };
+            let v = match expected.as_mut() {
+                Some(e) => ledger.audit_verify_against(e).await?,
+                None => ledger.audit_verify().await?,
+            };
             if v.problems.is_empty() {
-                println!("audit verify: OK — {} events, every hash chain intact, every chain head matches", v.events);
+                let signed = expected
+                    .map(|e| format!(", every position of {} signed checkpoint(s) matches", e.checkpoints))
+                    .unwrap_or_default();
+                println!("audit verify: OK — {} events, every hash chain intact, every chain head matches{signed}", v.events);
                 Ok(0)
             } else {
                 let first = &v.problems[0];

@@ -24,6 +24,7 @@
 
 pub mod authorization;
 pub mod chain;
+pub mod checkpoint;
 pub mod decide;
 pub mod events;
 pub mod fault;
@@ -260,6 +261,9 @@ pub struct OutcomeMessage {
     pub authorization: Option<Box<authorization::AuthorizationTotals>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+    /// Approval outcomes (SPEC §13.1): every accepted vote, the closing one last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<events::ClosingVote>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1019,7 +1023,43 @@ impl Ledger {
 
     /// `spendguard audit verify`: recomputes every chain; problems sorted by seq.
     pub async fn audit_verify(&self) -> Result<chain::Verifier, LedgerError> {
-        replay::verify_chains(&self.pool).await
+        replay::verify_chains(&self.pool, None).await
+    }
+
+    /// `audit verify --checkpoints DIR`: also checks every position the signed
+    /// checkpoints recorded (a rewrite with recomputed hashes shows there).
+    pub async fn audit_verify_against(
+        &self,
+        expected: &mut checkpoint::Expectations,
+    ) -> Result<chain::Verifier, LedgerError> {
+        replay::verify_chains(&self.pool, Some(expected)).await
+    }
+
+    /// The chain heads now and the highest seq visible, in one snapshot (what a
+    /// checkpoint records).
+    pub async fn chain_heads(&self) -> Result<(i64, Vec<(String, i64, chain::Hash)>), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let max_seq: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM ledger_event")
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows: Vec<(String, i64, Vec<u8>)> =
+            sqlx::query_as("SELECT chain_id, chain_pos, hash FROM chain_head ORDER BY chain_id")
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let heads = rows
+            .into_iter()
+            .map(|(chain_id, pos, hash)| {
+                let hash: chain::Hash = hash.as_slice().try_into().map_err(|_| {
+                    LedgerError::Corrupt(format!("chain head hash of {chain_id} is not 32 bytes"))
+                })?;
+                Ok((chain_id, pos, hash))
+            })
+            .collect::<Result<Vec<_>, LedgerError>>()?;
+        Ok((max_seq, heads))
     }
 }
 

@@ -304,7 +304,7 @@ impl LedgerReader {
 
     /// Recomputes every hash chain in one read-only snapshot.
     pub async fn verify_chains(&self) -> Result<chain::Verifier, LedgerError> {
-        replay::verify_chains(&self.pool).await
+        replay::verify_chains(&self.pool, None).await
     }
 
     /// [`Ledger::replay`] through a reader.

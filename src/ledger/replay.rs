@@ -91,7 +91,10 @@ async fn load_heads(
 }
 
 /// Recomputes every chain in one snapshot.
-pub(crate) async fn verify_chains(pool: &PgPool) -> Result<Verifier, LedgerError> {
+pub(crate) async fn verify_chains(
+    pool: &PgPool,
+    mut expected: Option<&mut super::checkpoint::Expectations>,
+) -> Result<Verifier, LedgerError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -102,11 +105,18 @@ pub(crate) async fn verify_chains(pool: &PgPool) -> Result<Verifier, LedgerError
         let sql = format!("SELECT {EVENT_COLUMNS} FROM ledger_event ORDER BY seq");
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *tx);
         while let Some(r) = rows.try_next().await? {
-            v.check(&row_to_event(&r)?);
+            let row = row_to_event(&r)?;
+            v.check(&row);
+            if let Some(problem) = expected.as_deref_mut().and_then(|e| e.check(&row)) {
+                v.problems.push(problem);
+            }
         }
     }
     let heads = load_heads(&mut tx).await?;
     v.finish(&heads);
+    if let Some(e) = expected {
+        v.problems.extend(e.unseen());
+    }
     tx.commit().await?;
     Ok(v)
 }

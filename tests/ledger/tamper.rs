@@ -113,3 +113,179 @@ async fn deleting_the_last_event_of_a_chain_is_detected() {
         "{text}"
     );
 }
+
+/// Rewrites the payload of event `seq` and recomputes the hashes of its chain from there
+/// and the chain's head, as a database superuser could: the chains verify again.
+async fn rewrite_with_recomputed_hashes(su: &mut sqlx::PgConnection, seq: i64) {
+    use spendguard::ledger::chain::EventRow;
+    sqlx::raw_sql("SET session_replication_role = replica")
+        .execute(&mut *su)
+        .await
+        .unwrap();
+    let chain: String = sqlx::query_scalar("SELECT chain_id FROM ledger_event WHERE seq = $1")
+        .bind(seq)
+        .fetch_one(&mut *su)
+        .await
+        .unwrap();
+    type Row = (
+        i64,
+        String,
+        i64,
+        String,
+        chrono::DateTime<chrono::Utc>,
+        String,
+        String,
+        String,
+        String,
+        Vec<u8>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT seq, chain_id, chain_pos, event_type, recorded_at, actor, resource, origin, payload, prev_hash
+         FROM ledger_event WHERE chain_id = $1 ORDER BY chain_pos",
+    )
+    .bind(&chain)
+    .fetch_all(&mut *su)
+    .await
+    .unwrap();
+    let mut prev: Option<[u8; 32]> = None;
+    for (
+        s,
+        chain_id,
+        chain_pos,
+        event_type,
+        recorded_at,
+        actor,
+        resource,
+        origin,
+        payload,
+        prev_hash,
+    ) in rows
+    {
+        let payload = if s == seq {
+            payload.replace("\"10.00\"", "\"1.00\"")
+        } else {
+            payload
+        };
+        let mut e = EventRow {
+            seq: s,
+            chain_id,
+            chain_pos,
+            event_type,
+            recorded_at,
+            actor,
+            resource,
+            origin,
+            payload,
+            prev_hash: prev.unwrap_or_else(|| prev_hash.try_into().unwrap()),
+            hash: [0; 32],
+        };
+        e.hash = e.compute_hash();
+        sqlx::query(
+            "UPDATE ledger_event SET payload = $2, prev_hash = $3, hash = $4 WHERE seq = $1",
+        )
+        .bind(s)
+        .bind(&e.payload)
+        .bind(e.prev_hash.to_vec())
+        .bind(e.hash.to_vec())
+        .execute(&mut *su)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE chain_head SET hash = $2 WHERE chain_id = $1 AND chain_pos = $3")
+            .bind(&e.chain_id)
+            .bind(e.hash.to_vec())
+            .bind(e.chain_pos)
+            .execute(&mut *su)
+            .await
+            .unwrap();
+        prev = Some(e.hash);
+    }
+}
+
+#[tokio::test]
+async fn a_rewrite_with_recomputed_hashes_passes_audit_verify_but_not_the_signed_checkpoints() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let (_d, set) = standard_set();
+    let o = origin();
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        seqs.push(
+            ledger
+                .decide(&set, &intent(&format!("c{i}"), "agent-c", "10.00"), &o)
+                .await
+                .unwrap()
+                .message
+                .ledger_seq
+                .unwrap(),
+        );
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("checkpoint.key");
+    let (code, text) = run(&["audit", "keygen", "--out", key_file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    let public = text.lines().last().unwrap().trim().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap();
+    let (code, text) = run(&[
+        "audit",
+        "checkpoint",
+        "--database-url",
+        &db.url,
+        "--key",
+        key_file.to_str().unwrap(),
+        "--dir",
+        dir_s,
+    ]);
+    assert_eq!(code, 0, "{text}");
+    // Events after the checkpoint are not covered by it (and are not touched here).
+    ledger
+        .decide(&set, &intent("c3", "agent-c", "10.00"), &o)
+        .await
+        .unwrap();
+    let with_checkpoints = |db: &str| {
+        run(&[
+            "audit",
+            "verify",
+            "--database-url",
+            db,
+            "--checkpoints",
+            dir_s,
+            "--checkpoint-public-key",
+            &public,
+        ])
+    };
+    let (code, text) = with_checkpoints(&db.url);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("1 signed checkpoint(s)"), "{text}");
+
+    let mut su = db.superuser().await;
+    rewrite_with_recomputed_hashes(&mut su, seqs[1]).await;
+    let (code, text) = audit_verify(&db.url);
+    assert_eq!(
+        code, 0,
+        "the recomputed chain fools the hashes alone: {text}"
+    );
+    let (code, text) = with_checkpoints(&db.url);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("signed checkpoint") && text.contains("rewritten"),
+        "{text}"
+    );
+
+    // Another key's checkpoint is refused, not trusted.
+    let (_, other_public) = spendguard::approvals::keygen();
+    let (code, text) = run(&[
+        "audit",
+        "verify",
+        "--database-url",
+        &db.url,
+        "--checkpoints",
+        dir_s,
+        "--checkpoint-public-key",
+        &other_public,
+    ]);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("another key"), "{text}");
+}
