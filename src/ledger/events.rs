@@ -438,6 +438,21 @@ pub struct IntentClosed {
     /// currency and amount, its usage converted at `rate` (SPEC §12.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fx: Option<ClosedFx>,
+    /// The accepted votes up to and including the closing one (SPEC §13.1: outcome
+    /// messages carry the approvals too). Absent in events written before that, and in
+    /// CANCELLED.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub votes: Vec<ClosingVote>,
+}
+
+/// An accepted vote as an outcome reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClosingVote {
+    pub approver_id: String,
+    /// `APPROVE` or `REJECT`.
+    pub vote: String,
+    pub signed_at: DateTime<Utc>,
 }
 
 /// The intent's own amount and currency, and the rate of its decision.

@@ -310,6 +310,15 @@ async fn payment_services_decide_and_settle_over_http_through_the_ledger_and_the
         }
     }
     assert_eq!(allowed, 10, "exactly the cap's worth is allowed");
+    // Every HTTP answer, the held ones too (decisionHash, expiresAt, ...), is the
+    // message published for it, byte for byte.
+    for (_, _, body) in &answers {
+        let id = serde_json::from_str::<Value>(body).unwrap()["intentId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(of(&id)[0].payload().unwrap(), body.as_bytes(), "{id}");
+    }
 
     assert_eq!(serve.terminate(), Some(0), "SIGTERM exits 0");
 }
