@@ -49,7 +49,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for i in $(seq "$instances"); do
-  "$bin" serve --instance "ks-$i" >"$dir/ks-$i.log" 2>&1 &
+  "$bin" serve --demo --instance "ks-$i" >"$dir/ks-$i.log" 2>&1 &
   pids+=($!)
 done
 for i in $(seq "$instances"); do

@@ -95,7 +95,7 @@ cleanup() {
   scripts/tansu.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-"$bin" serve --instance lgbench-a "${config_args[@]}" "${serve_args[@]}" >"$dir/serve.log" 2>&1 &
+"$bin" serve --demo --instance lgbench-a "${config_args[@]}" "${serve_args[@]}" >"$dir/serve.log" 2>&1 &
 serve_pid=$!
 for _ in $(seq 240); do
   grep -q "ready" "$dir/serve.log" && break

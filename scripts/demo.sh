@@ -26,7 +26,8 @@ log=target/demo-serve.log
 # Seconds without a new message after which the demo stops reading a topic.
 IDLE_S=5
 
-"$bin" serve --instance demo >"$log" 2>&1 &
+# --demo: the example approvers.yaml registers the demo keys of examples/keys/.
+"$bin" serve --demo --instance demo >"$log" 2>&1 &
 serve_pid=$!
 trap 'kill -TERM $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null || true' EXIT
 for _ in $(seq 120); do

@@ -350,6 +350,10 @@ impl Registry {
         self.approvers.get(id)
     }
 
+    pub fn approvers(&self) -> impl Iterator<Item = &Approver> {
+        self.approvers.values()
+    }
+
     pub fn len(&self) -> usize {
         self.approvers.len()
     }

@@ -126,6 +126,9 @@ struct FileSettings {
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// `serve --demo`: the repository's demo approver keys and API tokens are accepted
+    /// (never from a config file or the environment: it must be asked for each time).
+    pub demo: bool,
     pub database_url: String,
     pub brokers: String,
     pub policies_dir: PathBuf,
@@ -188,6 +191,7 @@ impl ServiceArgs {
             .or(file.approvers)
             .unwrap_or_else(|| policies_dir.join("approvers.yaml"));
         let settings = Settings {
+            demo: false,
             database_url: pick(&self.database_url, file.database_url, DEFAULT_DATABASE_URL),
             brokers: pick(&self.brokers, file.brokers, DEFAULT_BROKERS),
             policies_dir,

@@ -420,6 +420,11 @@ pub struct ServeArgs {
     /// in the ledger's outbox until a serve with Kafka publishes them.
     #[arg(long, env = "SPENDGUARD_NO_KAFKA")]
     pub no_kafka: bool,
+    /// Accept the repository's demo approver keys (examples/keys/) and API tokens
+    /// (examples/api-tokens.yaml), whose secrets are public. Without it serve refuses
+    /// to start with them.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
@@ -427,6 +432,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     if args.no_kafka {
         settings.kafka = false;
     }
+    settings.demo = args.demo;
     if !settings.kafka && args.api.http_addr.is_none() {
         anyhow::bail!(
             "without Kafka the HTTP API is the only way in: give --http-addr (and --api-tokens with a payment_service token)"

@@ -26,6 +26,15 @@ pub enum ServeError {
     },
     #[error("cannot load the approver registry: {0}")]
     Approvers(crate::approvals::RegistryError),
+    #[error(
+        "refusing to start with the repository's demo credentials, whose secrets are public (anyone can sign votes or call the API with them):\n  - {}\nReplace them: `spendguard approvers keygen` for each approver (update {approvers}), and for each API token `openssl rand -hex 32` with its SHA-256 in the token file. To run the demo anyway, pass --demo.",
+        found.join("\n  - "),
+        approvers = approvers.display()
+    )]
+    DemoCredentials {
+        found: Vec<String>,
+        approvers: std::path::PathBuf,
+    },
     #[error("cannot listen on --http-addr {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,

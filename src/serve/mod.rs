@@ -11,6 +11,7 @@
 //!   each partition is handled by exactly one worker task, sequentially.
 
 mod control;
+pub mod demo;
 mod error;
 mod gauges;
 mod outbox;
@@ -74,6 +75,17 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     // The recorder first: what is recorded before it exists (start-up gauges) is lost.
     let _ = crate::telemetry::metrics_handle();
+    // Before anything is connected or recorded: a refused start leaves no trace.
+    if !settings.demo {
+        let registry = reload::load_approvers(&settings.approvers_file)?;
+        let found = demo::demo_credentials(&registry, api.as_ref().map(|a| &a.tokens));
+        if !found.is_empty() {
+            return Err(ServeError::DemoCredentials {
+                found,
+                approvers: settings.approvers_file.clone(),
+            });
+        }
+    }
     let topics = Topics::with_prefix(&settings.topic_prefix);
     let ledger = connect_ledger(&settings).await?;
     let kafka = settings.kafka;

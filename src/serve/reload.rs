@@ -116,6 +116,13 @@ fn reload_approvers(shared: &Shared) {
         return;
     }
     match Registry::load(path) {
+        Ok(r) if !shared.settings.demo && !super::demo::demo_credentials(&r, None).is_empty() => {
+            metrics::counter!("spendguard_approver_reloads_total", "result" => "refused")
+                .increment(1);
+            tracing::error!(
+                "approver registry change refused: it holds a demo key whose secret is public (examples/keys/); keeping the last good registry (serve --demo accepts it)"
+            );
+        }
         Ok(r) => {
             shared.approvers.store(Arc::new(r));
         }

@@ -177,7 +177,8 @@ fn keyed_by_agent(
     msg: &OwnedMessage,
     i: intent::SpendIntent,
 ) -> Result<intent::SpendIntent, IntentError> {
-    if msg.key() == Some(i.agent_id.as_bytes()) {
+    // The agentId was masked at parse time (SPEC §14); the key is compared masked too.
+    if msg.key().map(crate::privacy::mask_bytes).as_deref() == Some(i.agent_id.as_bytes()) {
         return Ok(i);
     }
     Err(IntentError::new(

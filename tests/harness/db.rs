@@ -21,6 +21,22 @@ pub async fn fresh_database(prefix: &str) -> String {
     format!("{server}/{name}")
 }
 
+/// `pg_dump --data-only` of the database at `url` (as the role of the URL): every row of
+/// every table, for tests that look for what must not be stored. Panics with pg_dump's
+/// error when it fails.
+pub fn pg_dump(url: &str) -> String {
+    let out = std::process::Command::new("pg_dump")
+        .args(["--no-owner", "--data-only", url])
+        .output()
+        .expect("run pg_dump (is it installed?)");
+    assert!(
+        out.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A database made for one test.
 pub struct TestDb {
     pub url: String,

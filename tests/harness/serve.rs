@@ -151,6 +151,28 @@ impl InProcess {
     }
 }
 
+/// `--demo` when `serve` would read the repository's demo credentials: the example
+/// policies directory (its `approvers.yaml` holds the demo keys) or the example token
+/// file. Without them it refuses to start (SPEC §14); tests of that refusal spawn
+/// `serve` themselves.
+pub fn demo_flag(env: &[(String, String)], extra: &[&str]) -> Option<&'static str> {
+    let examples = [
+        super::policies::repository_policies(),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/api-tokens.yaml"),
+    ];
+    let same = |p: &str| {
+        let p = std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+        examples
+            .iter()
+            .any(|e| std::fs::canonicalize(e).is_ok_and(|e| e == p))
+    };
+    let reads_examples = env
+        .iter()
+        .any(|(k, v)| (k == "SPENDGUARD_POLICIES" || k == "SPENDGUARD_APPROVERS") && same(v))
+        || extra.iter().any(|a| same(a));
+    (reads_examples && !extra.contains(&"--demo")).then_some("--demo")
+}
+
 /// A `spendguard serve` process started from the built binary, its stderr in a file.
 pub struct ServeProcess {
     pub child: std::process::Child,
@@ -172,6 +194,7 @@ impl ServeProcess {
             .arg("serve")
             .args(["--instance", instance])
             .args(extra)
+            .args(demo_flag(env, extra))
             .stdout(std::process::Stdio::null())
             .stderr(file)
             .spawn()

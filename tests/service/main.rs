@@ -15,6 +15,7 @@ mod bus_smoke;
 mod crash;
 mod demo_script;
 mod expiry;
+mod hostile;
 mod http;
 mod intake;
 mod kill_switch;
