@@ -227,6 +227,7 @@ pub fn delta(
                 amount: None,
                 authorization: None,
                 flags: Vec::new(),
+                approvals: c.votes.clone(),
             };
             let text = serde_json::to_string(&message).map_err(|source| FoldError::Serialize {
                 seq: r.seq,
@@ -436,6 +437,7 @@ fn lifecycle_message(
         } else {
             Vec::new()
         },
+        approvals: Vec::new(),
     }
 }
 
@@ -1418,8 +1420,43 @@ pub fn close(
                 }
                 _ => None,
             },
+            votes: Vec::new(),
         }),
     }
+}
+
+/// `close` reporting the intent's accepted votes, `current` (the vote closing it, not in
+/// the snapshot yet) last.
+fn close_voted(
+    s: &Projections,
+    closing: Staged,
+    intent_id: &str,
+    current: Option<&VerifiedVote>,
+) -> Staged {
+    let mut staged = closing;
+    if let LedgerEvent::IntentClosed(c) = &mut staged.event {
+        let mut prior: Vec<&VoteRow> = s
+            .votes
+            .range((intent_id.to_string(), String::new())..)
+            .take_while(|((i, _), _)| i == intent_id)
+            .map(|(_, v)| v)
+            .collect();
+        prior.sort_by_key(|v| v.seq);
+        c.votes = prior
+            .into_iter()
+            .map(|v| events::ClosingVote {
+                approver_id: v.approver_id.clone(),
+                vote: v.vote.clone(),
+                signed_at: v.signed_at,
+            })
+            .chain(current.map(|v| events::ClosingVote {
+                approver_id: v.approver_id.clone(),
+                vote: v.vote.as_str().to_string(),
+                signed_at: chain::to_micros(v.signed_at),
+            }))
+            .collect();
+    }
+    staged
 }
 
 /// Refusal codes of votes (SPEC §4), stable.
@@ -1490,15 +1527,16 @@ pub fn step_vote(
         }];
     };
     if now >= p.expires_at {
+        let expired = close(
+            p,
+            Outcome::Expired,
+            s.approvers(id),
+            None,
+            now,
+            "spendguard",
+        );
         return vec![
-            close(
-                p,
-                Outcome::Expired,
-                s.approvers(id),
-                None,
-                now,
-                "spendguard",
-            ),
+            close_voted(s, expired, id, None),
             refuse(
                 VoteRefusal::Expired,
                 format!(
@@ -1533,26 +1571,30 @@ pub fn step_vote(
     }];
     let approver = vote.approver_id.as_str();
     match vote.vote {
-        Vote::Reject => out.push(close(
-            p,
-            Outcome::Rejected,
-            vec![vote.approver_id.clone()],
-            None,
-            now,
-            approver,
-        )),
+        Vote::Reject => {
+            let rejected = close(
+                p,
+                Outcome::Rejected,
+                vec![vote.approver_id.clone()],
+                None,
+                now,
+                approver,
+            );
+            out.push(close_voted(s, rejected, id, Some(vote)));
+        }
         Vote::Approve => {
             let mut approvers = s.approvers(id);
             approvers.push(vote.approver_id.clone());
             let required = usize::try_from(p.approvals_required.max(1)).unwrap_or(1);
             if approvers.len() >= required {
                 // A quorum reached while a kill switch covers the intent does not spend.
-                out.push(match s.kill_state(&p.agent_id, &p.entity_id) {
+                let closed = match s.kill_state(&p.agent_id, &p.entity_id) {
                     KillState::On { scope } => {
                         close(p, Outcome::Killed, approvers, Some(scope), now, approver)
                     }
                     KillState::Off => close(p, Outcome::Approved, approvers, None, now, approver),
-                });
+                };
+                out.push(close_voted(s, closed, id, Some(vote)));
             }
         }
     }
@@ -1567,14 +1609,15 @@ pub fn step_expire(s: &Projections, now: DateTime<Utc>) -> Vec<Staged> {
     due.sort_by(|a, b| (&a.agent_id, a.decided_seq).cmp(&(&b.agent_id, b.decided_seq)));
     due.into_iter()
         .map(|p| {
-            close(
+            let expired = close(
                 p,
                 Outcome::Expired,
                 s.approvers(&p.intent_id),
                 None,
                 now,
                 "spendguard",
-            )
+            );
+            close_voted(s, expired, &p.intent_id, None)
         })
         .collect()
 }

@@ -594,6 +594,22 @@ async fn approvers_sign_with_the_decision_and_a_key_over_kafka_and_the_api() {
         serde_json::json!(["alice", "bob"]),
         "{outcome}"
     );
+    let votes: Vec<(&str, &str)> = outcome["approvals"]
+        .as_array()
+        .expect("the outcome lists the approvals")
+        .iter()
+        .map(|v| {
+            (
+                v["approverId"].as_str().unwrap(),
+                v["vote"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        votes,
+        [("alice", "APPROVE"), ("bob", "APPROVE")],
+        "{outcome}"
+    );
 
     // The inbox: what each approver's token may vote on, with reasons, usage, expiry.
     let inbox = |token: String| async move {
