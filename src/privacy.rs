@@ -213,6 +213,13 @@ pub fn find_pans_in(bytes: &[u8]) -> Vec<PanMatch> {
     let mut gaps: Vec<(usize, bool)> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
+        // Most bytes of a message start nothing: skip them without the token machinery
+        // (a separator matters only after a digit, and is read there).
+        let c = bytes[i];
+        if c < 0x80 && c != b'\\' && !c.is_ascii_hexdigit() {
+            i += 1;
+            continue;
+        }
         if let Some(skip) = exempt_at(bytes, i) {
             i += skip;
             continue;

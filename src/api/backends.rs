@@ -300,11 +300,13 @@ impl KillSwitchControl for LedgerKillSwitch {
                     reason: e.reason,
                     since: e.changed_at,
                 },
+                // Nothing changed (already in that state): the answer echoes the request,
+                // masked like what is recorded (SPEC §14).
                 None => KillSwitchScopeView {
                     scope,
                     on: change.on,
-                    actor: change.actor,
-                    reason: change.reason,
+                    actor: crate::privacy::mask_pans(&change.actor),
+                    reason: crate::privacy::mask_pans(&change.reason),
                     since: Utc::now(),
                 },
             })

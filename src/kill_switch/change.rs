@@ -89,8 +89,10 @@ impl Announcer {
         let message = ControlMessage {
             scope: change.scope.clone(),
             on: change.on,
-            actor: change.actor.clone(),
-            reason: change.reason.clone(),
+            // Operators quote cards in reasons ("fraud on 4111 …"): masked as in the
+            // ledger (SPEC §14). The scope's id is masked when parsed.
+            actor: crate::privacy::mask_pans(&change.actor),
+            reason: crate::privacy::mask_pans(&change.reason),
             sent_at: chrono::Utc::now(),
         };
         bus::publish(

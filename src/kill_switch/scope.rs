@@ -64,9 +64,12 @@ impl Scope {
         if id.chars().any(char::is_control) {
             return Err(ScopeError::ControlCharacter { kind });
         }
+        // Agent and entity ids are masked at intake (SPEC §14): a scope naming one with
+        // a card number in it matches only in its masked form.
+        let id = crate::privacy::mask_pans(id);
         Ok(match kind {
-            "entity" => Scope::Entity(id.to_string()),
-            _ => Scope::Agent(id.to_string()),
+            "entity" => Scope::Entity(id),
+            _ => Scope::Agent(id),
         })
     }
 

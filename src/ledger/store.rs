@@ -442,6 +442,10 @@ impl WriteSet {
             Change::Lifecycle { text, .. } => crate::privacy::mask_json_in_place(text),
             Change::Decision { row, .. } => crate::privacy::mask_json_in_place(&mut row.message),
             Change::Settlement(row) => crate::privacy::mask_json_in_place(&mut row.message),
+            Change::Kill(row) => {
+                crate::privacy::mask_in_place(&mut row.actor);
+                crate::privacy::mask_in_place(&mut row.reason);
+            }
             _ => {}
         }
         match change {

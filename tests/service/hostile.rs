@@ -329,12 +329,14 @@ async fn card_numbers_in_every_field_reach_no_table_topic_answer_or_log() {
     let mut rig = Rig::new("sg_hostile_", "hostile").await;
     rig.set_env("SPENDGUARD_LOG", "info");
     let token = "hostile-payments-token";
+    let operator = "hostile-operator-token";
     let tokens = rig.dir.path().join("tokens.yaml");
     std::fs::write(
         &tokens,
         format!(
-            "tokens:\n  - {{name: payments, role: payment_service, sha256: {}}}\n",
-            spendguard::api::auth::hash_token(token)
+            "tokens:\n  - {{name: payments, role: payment_service, sha256: {}}}\n  - {{name: ops, role: operator, sha256: {}}}\n",
+            spendguard::api::auth::hash_token(token),
+            spendguard::api::auth::hash_token(operator)
         ),
     )
     .unwrap();
@@ -559,6 +561,42 @@ async fn card_numbers_in_every_field_reach_no_table_topic_answer_or_log() {
         .await;
     }
 
+    // The kill switch through the API: a card number in the scope's id and the reason
+    // (recorded, projected into kill_switch, announced on spend.control), then cleared.
+    // The last one names the first scope spelled another way: same masked id, cleared.
+    for (on, s) in [
+        (true, "4111 1111 1111 1111"),
+        (false, "5555.5555.5555.4444"),
+        (false, "4111-1111-1111-1111"),
+    ] {
+        let body = serde_json::json!({
+            "scope": format!("agent:agent-{s}"), "on": on,
+            "reason": format!("fraud on card {s}")
+        });
+        answers.push(
+            crate::harness::http::request(
+                addr,
+                "POST",
+                "/v1/kill-switch",
+                Some(operator),
+                Some(&body.to_string()),
+            )
+            .await,
+        );
+    }
+    assert!(
+        answers
+            .iter()
+            .rev()
+            .take(3)
+            .all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+    assert!(
+        answers.last().unwrap().1.contains("\"on\":false"),
+        "{answers:?}"
+    );
+
     // One clean sentinel per partition of each input topic, published last: a partition
     // is handled in order, so once the ledger holds every sentinel it holds everything.
     let mut sentinels = 0i64;
@@ -622,6 +660,7 @@ async fn card_numbers_in_every_field_reach_no_table_topic_answer_or_log() {
             "settlement events",
             "SELECT count(*) FROM ledger_event WHERE event_type LIKE 'settlement%'",
         ),
+        ("kill-switch rows", "SELECT count(*) FROM kill_switch"),
     ] {
         assert!(scalar(&rig.db, sql).await > 0, "no {what} recorded");
     }
