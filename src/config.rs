@@ -52,6 +52,8 @@ pub fn default_workers() -> usize {
 /// How often `serve` verifies the hash chains by default (an hour: a full read of the
 /// ledger, cheap next to an hour of writes).
 pub const DEFAULT_CHAIN_VERIFY_INTERVAL_S: u64 = 3_600;
+pub const DEFAULT_CHECKPOINT_INTERVAL_S: u64 = 60;
+pub const DEFAULT_CHECKPOINT_EVERY_EVENTS: i64 = 100_000;
 /// Longest config file accepted.
 const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -120,6 +122,10 @@ struct FileSettings {
     db_lock_timeout_ms: Option<u64>,
     db_idle_in_transaction_timeout_ms: Option<u64>,
     chain_verify_interval_s: Option<u64>,
+    checkpoint_key_file: Option<PathBuf>,
+    checkpoint_dir: Option<PathBuf>,
+    checkpoint_interval_s: Option<u64>,
+    checkpoint_every_events: Option<i64>,
     kafka: Option<bool>,
 }
 
@@ -151,6 +157,15 @@ pub struct Settings {
     pub db_timeouts: SessionTimeouts,
     /// How often `serve` verifies every hash chain (0 = never).
     pub chain_verify_interval_s: u64,
+    /// Signed checkpoints of the chain heads (SPEC §14): the Ed25519 secret key (from
+    /// `spendguard audit keygen`, kept off the database host) and the directory they are
+    /// written to; both or neither.
+    pub checkpoint_key_file: Option<PathBuf>,
+    pub checkpoint_dir: Option<PathBuf>,
+    /// At most this long between checkpoints while events are appended.
+    pub checkpoint_interval_s: u64,
+    /// A checkpoint as soon as this many events were appended since the last one.
+    pub checkpoint_every_events: i64,
     /// `false`: `serve` runs without a broker (`serve --no-kafka`, or `kafka: false` in the
     /// config file): the HTTP API decides, decisions wait in the outbox.
     pub kafka: bool,
@@ -243,6 +258,14 @@ impl ServiceArgs {
             chain_verify_interval_s: file
                 .chain_verify_interval_s
                 .unwrap_or(DEFAULT_CHAIN_VERIFY_INTERVAL_S),
+            checkpoint_key_file: file.checkpoint_key_file,
+            checkpoint_dir: file.checkpoint_dir,
+            checkpoint_interval_s: file
+                .checkpoint_interval_s
+                .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_S),
+            checkpoint_every_events: file
+                .checkpoint_every_events
+                .unwrap_or(DEFAULT_CHECKPOINT_EVERY_EVENTS),
             kafka: file.kafka.unwrap_or(true),
         };
         settings.validate()?;
@@ -258,6 +281,18 @@ impl Settings {
                 message: message.into(),
             })
         };
+        if self.checkpoint_key_file.is_some() != self.checkpoint_dir.is_some() {
+            return invalid(
+                "checkpoint_key_file",
+                "signed checkpoints need both checkpoint_key_file and checkpoint_dir",
+            );
+        }
+        if self.checkpoint_interval_s == 0 || self.checkpoint_every_events < 1 {
+            return invalid(
+                "checkpoint_interval_s",
+                "checkpoint_interval_s and checkpoint_every_events must be at least 1",
+            );
+        }
         if self.brokers.trim().is_empty() {
             return invalid("brokers", "must name at least one host:port");
         }

@@ -1035,6 +1035,15 @@ impl Ledger {
         replay::verify_chains(&self.pool, Some(expected)).await
     }
 
+    /// The highest event seq committed so far (0 for an empty ledger).
+    pub async fn last_seq(&self) -> Result<i64, LedgerError> {
+        Ok(
+            sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM ledger_event")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// The chain heads now and the highest seq visible, in one snapshot (what a
     /// checkpoint records).
     pub async fn chain_heads(&self) -> Result<(i64, Vec<(String, i64, chain::Hash)>), LedgerError> {

@@ -40,6 +40,8 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot read the checkpoint key (checkpoint_key_file): {0}")]
+    CheckpointKey(String),
     /// A task of the service ended when it should not have (a bug).
     #[error("{0}")]
     Stopped(String),

@@ -10,6 +10,7 @@
 //! - one agent's intents are decided in order: they share a partition (key = agentId) and
 //!   each partition is handled by exactly one worker task, sequentially.
 
+mod checkpoints;
 mod control;
 pub mod demo;
 mod error;
@@ -134,6 +135,10 @@ pub async fn run(
     let outbox = kafka.then(|| tokio::spawn(outbox::run(shared.clone())));
     let sweeper = tokio::spawn(sweep_expired(shared.clone()));
     let verifier = tokio::spawn(verify_chains(shared.clone()));
+    // Ends by itself on shutdown (it checks every probe); nothing waits for it.
+    if let Some(plan) = checkpoints::plan(&shared.settings)? {
+        tokio::spawn(checkpoints::run(shared.clone(), plan));
+    }
     let watcher = tokio::spawn(reload::watch(shared.clone()));
 
     let consumer = if kafka {

@@ -12,6 +12,7 @@ mod harness;
 
 mod approvals;
 mod bus_smoke;
+mod checkpoints;
 mod crash;
 mod demo_script;
 mod expiry;
