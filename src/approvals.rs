@@ -334,6 +334,19 @@ impl Registry {
                 ));
             }
             let id = entry.id.clone();
+            if approvers.contains_key(&id) {
+                return Err(format!("approver {id} is listed twice"));
+            }
+            // One key under two ids would let one person count as two approvers.
+            if let Some(other) = approvers
+                .values()
+                .find(|a: &&Approver| a.key.as_bytes() == key.as_bytes())
+            {
+                return Err(format!(
+                    "approver {id}: its publicKey is already the key of approver {}; one key cannot be two approvers",
+                    other.id
+                ));
+            }
             let approver = Approver {
                 id: entry.id,
                 key,
@@ -417,6 +430,11 @@ impl Registry {
             approver_id: vote.approver_id.clone(),
             vote: vote.vote,
             signed_at: vote.signed_at.at(),
+            proof: Some(crate::ledger::events::VoteProof {
+                signature: sig_text.to_string(),
+                signed_at: vote.signed_at.as_str().to_string(),
+                decision_hash: subject.decision_hash.to_string(),
+            }),
         })
     }
 }
@@ -518,7 +536,13 @@ fn decode_public_key(text: &str) -> Result<VerifyingKey, String> {
     let arr: [u8; 32] = bytes
         .try_into()
         .map_err(|_| "must be 32 bytes".to_string())?;
-    VerifyingKey::from_bytes(&arr).map_err(|_| "is not a valid Ed25519 public key".to_string())
+    let key = VerifyingKey::from_bytes(&arr)
+        .map_err(|_| "is not a valid Ed25519 public key".to_string())?;
+    // A small-order key verifies signatures anyone can make (SPEC §14).
+    if key.is_weak() {
+        return Err("is a small-order (weak) Ed25519 key that anyone could sign for".into());
+    }
+    Ok(key)
 }
 
 /// `*` matches any run of characters, `?` one character; everything else is literal.
@@ -597,6 +621,11 @@ mod tests {
             let ok = f.registry.verify(&vote, subject()).unwrap();
             assert_eq!(ok.vote, v);
             assert_eq!(ok.approver_id, "alice");
+            // The accepted vote keeps what lets an auditor check the signature again.
+            let proof = ok.proof.expect("a verified vote carries its proof");
+            assert_eq!(Some(proof.signature.as_str()), vote.signature.as_deref());
+            assert_eq!(proof.signed_at, vote.signed_at.as_str());
+            assert_eq!(proof.decision_hash, HASH);
         }
     }
 
@@ -795,6 +824,21 @@ mod tests {
             "approvers:\n  - {{id: a, publicKey: {public}, entities: [e]}}\n  - {{id: a, publicKey: {public}, entities: [e]}}\n"
         );
         assert!(Registry::parse(&twice).unwrap_err().contains("twice"));
+        let one_key_two_ids = format!(
+            "approvers:\n  - {{id: a, publicKey: {public}, entities: [e]}}\n  - {{id: b, publicKey: {public}, entities: [e]}}\n"
+        );
+        let err = Registry::parse(&one_key_two_ids).unwrap_err();
+        assert!(err.contains("already the key of approver a"), "{err}");
+        // The identity point: every signature with R = identity, s = 0 verifies under it
+        // with the lax check.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = format!(
+            "approvers:\n  - {{id: w, publicKey: {}, entities: [e]}}\n",
+            B64.encode(identity)
+        );
+        let err = Registry::parse(&weak).unwrap_err();
+        assert!(err.contains("small-order"), "{err}");
         let no_entities = format!("approvers:\n  - {{id: a, publicKey: {public}, entities: []}}\n");
         assert!(
             Registry::parse(&no_entities)

@@ -390,6 +390,23 @@ pub struct VoteAccepted {
     pub approver_id: String,
     pub vote: String,
     pub signed_at: DateTime<Utc>,
+    /// The signature as verified, so an auditor can check it again later with the
+    /// registry of the time (absent in events recorded before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<VoteProof>,
+}
+
+/// What a vote's signature covered that the event does not already hold, and the
+/// signature itself (SPEC §14).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoteProof {
+    /// Base64 Ed25519 signature.
+    pub signature: String,
+    /// `signedAt` exactly as signed (the signed bytes hold the text, not the instant).
+    pub signed_at: String,
+    /// Hex decision hash the signature covers.
+    pub decision_hash: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

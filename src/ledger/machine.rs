@@ -1567,6 +1567,7 @@ pub fn step_vote(
             approver_id: vote.approver_id.clone(),
             vote: vote.vote.as_str().to_string(),
             signed_at: chain::to_micros(vote.signed_at),
+            proof: vote.proof.clone(),
         }),
     }];
     let approver = vote.approver_id.as_str();

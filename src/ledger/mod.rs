@@ -184,6 +184,10 @@ pub struct VerifiedVote {
     pub approver_id: String,
     pub vote: Vote,
     pub signed_at: DateTime<Utc>,
+    /// The verified signature, recorded with the accepted vote (`None`: a vote made in
+    /// process, as tests and scenarios do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<events::VoteProof>,
 }
 
 /// What happened to an intent after its decision: the approval outcomes (SPEC §3) and

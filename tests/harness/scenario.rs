@@ -76,6 +76,7 @@ pub async fn vote(ledger: &Ledger, intent_id: &str, approver: &str, v: Vote, at:
         approver_id: approver.into(),
         vote: v,
         signed_at: at,
+        proof: None,
     };
     ledger
         .apply_vote_at(&vote, &origin(), Some(at))

@@ -17,6 +17,7 @@ fn vote(intent: &str, approver: &str, v: Vote) -> VerifiedVote {
         approver_id: approver.into(),
         vote: v,
         signed_at: chrono::Utc::now(),
+        proof: None,
     }
 }
 

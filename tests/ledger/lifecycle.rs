@@ -75,6 +75,7 @@ fn vote(intent: &str, approver: &str) -> VerifiedVote {
         approver_id: approver.into(),
         vote: Vote::Approve,
         signed_at: chrono::Utc::now(),
+        proof: None,
     }
 }
 

@@ -251,6 +251,7 @@ async fn run_ops(ledger: &Ledger, tables: &PgPool, set: &PolicySet, ops: &[Op]) 
                         Vote::Reject
                     },
                     signed_at: now,
+                    proof: None,
                 };
                 let live = ledger
                     .apply_vote_at(&vote, &origin, Some(now))

@@ -691,6 +691,38 @@ async fn approvers_sign_with_the_decision_and_a_key_over_kafka_and_the_api() {
     let (status, answer) = post(bob.token.clone(), bob_vote).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["outcome"], "APPROVED", "{answer}");
+    // The accepted vote keeps its signature and what it covered (SPEC §14), so an
+    // auditor can verify it again with the registry's key.
+    {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&rig.db).await.unwrap();
+        let proof: serde_json::Value = sqlx::query_scalar(
+            "SELECT payload::jsonb->'proof' FROM ledger_event
+             WHERE event_type = 'vote_accepted' AND payload::jsonb->>'intentId' = 'ms-api'
+               AND payload::jsonb->>'approverId' = 'bob'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(proof["decisionHash"], api_hash.as_str(), "{proof}");
+        let message = approvals::signing_message(approvals::Signed {
+            intent_id: "ms-api",
+            decision_hash: &api_hash,
+            vote: Vote::Approve,
+            approver_id: "bob",
+            signed_at: &approvals::SignedAt::parse(proof["signedAt"].as_str().unwrap()).unwrap(),
+        });
+        let sig = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            proof["signature"].as_str().unwrap(),
+        )
+        .unwrap();
+        let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+        key(2)
+            .verifying_key()
+            .verify_strict(&message, &sig)
+            .unwrap();
+    }
 
     // Refusals, each audited. Over the API: a valid token never makes a bad signature
     // count, and a token cannot carry another approver's vote.
