@@ -75,6 +75,9 @@ pub struct ServiceArgs {
     /// Approver registry (default: `<policies>/approvers.yaml`).
     #[arg(long, env = "SPENDGUARD_APPROVERS")]
     pub approvers: Option<PathBuf>,
+    /// Webhooks (default: `<policies>/notifications.yaml`; absent file = no webhooks).
+    #[arg(long, env = "SPENDGUARD_NOTIFICATIONS")]
+    pub notifications: Option<PathBuf>,
     /// Prefix of every topic name (`test1.` gives `test1.spend.intents`), to run several
     /// deployments or tests on one broker.
     #[arg(long, env = "SPENDGUARD_TOPIC_PREFIX")]
@@ -105,6 +108,7 @@ struct FileSettings {
     brokers: Option<String>,
     policies: Option<PathBuf>,
     approvers: Option<PathBuf>,
+    notifications: Option<PathBuf>,
     topic_prefix: Option<String>,
     group_id: Option<String>,
     instance: Option<String>,
@@ -139,6 +143,8 @@ pub struct Settings {
     pub brokers: String,
     pub policies_dir: PathBuf,
     pub approvers_file: PathBuf,
+    /// Webhooks (SPEC §13.2); an absent file configures none.
+    pub notifications_file: PathBuf,
     pub topic_prefix: String,
     pub group_id: String,
     pub instance: String,
@@ -205,12 +211,18 @@ impl ServiceArgs {
             .clone()
             .or(file.approvers)
             .unwrap_or_else(|| policies_dir.join("approvers.yaml"));
+        let notifications_file = self
+            .notifications
+            .clone()
+            .or(file.notifications)
+            .unwrap_or_else(|| policies_dir.join("notifications.yaml"));
         let settings = Settings {
             demo: false,
             database_url: pick(&self.database_url, file.database_url, DEFAULT_DATABASE_URL),
             brokers: pick(&self.brokers, file.brokers, DEFAULT_BROKERS),
             policies_dir,
             approvers_file,
+            notifications_file,
             topic_prefix: pick(&self.topic_prefix, file.topic_prefix, ""),
             group_id: pick(&self.group_id, file.group_id, DEFAULT_GROUP_ID),
             instance: self

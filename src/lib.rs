@@ -23,6 +23,7 @@ pub mod approvals;
 pub mod bus;
 pub mod config;
 pub mod kill_switch;
+pub mod notify;
 pub mod serve;
 pub mod vote_intake;
 

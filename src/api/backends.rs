@@ -161,6 +161,19 @@ pub fn authorization_view(state: &AuthorizationState) -> AuthorizationView {
 }
 
 impl LedgerQueries for LedgerBackend {
+    fn notifications(
+        &self,
+        state: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<super::notifications::DeliveryView>, StoreError>> {
+        Box::pin(async move {
+            self.ledger
+                .notification_deliveries(state.as_deref(), i64::try_from(limit).unwrap_or(1))
+                .await
+                .map_err(read)
+        })
+    }
+
     fn decision<'a>(
         &'a self,
         intent_id: &'a str,

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod backends;
 pub mod error;
 pub mod intake;
+pub mod notifications;
 pub mod openapi;
 pub mod views;
 
@@ -114,6 +115,19 @@ pub trait LedgerQueries: Send + Sync + 'static {
         Box::pin(async {
             Err(StoreError::Unavailable(
                 "this ledger does not report limit usage".into(),
+            ))
+        })
+    }
+    /// Recent webhook deliveries, newest first (`state`: pending / delivered / failed).
+    fn notifications(
+        &self,
+        state: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<notifications::DeliveryView>, StoreError>> {
+        let _ = (state, limit);
+        Box::pin(async {
+            Err(StoreError::Unavailable(
+                "this ledger does not keep webhook deliveries".into(),
             ))
         })
     }

@@ -221,6 +221,33 @@ pub static OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "get",
+        path: "/v1/notifications",
+        operation_id: "listNotifications",
+        summary: "Recent webhook deliveries (SPEC §13.2), newest first: webhook, event, ledgerSeq, state (`pending`, `delivered`, `failed` = given up after the last attempt), attempts, next attempt, last error and HTTP status. Delivered and failed rows are kept 7 days.",
+        roles: STAFF,
+        params: &[
+            Param {
+                name: "state",
+                location: "query",
+                required: false,
+                description: "`pending`, `delivered` or `failed` (default: all).",
+                kind: "string",
+            },
+            Param {
+                name: "limit",
+                location: "query",
+                required: false,
+                description: "Page size, 1..=500 (default 100).",
+                kind: "integer",
+            },
+        ],
+        request: None,
+        response: Body::Json(schema::<super::notifications::Notifications>),
+        errors: &[400],
+        handler: super::notifications::route,
+    },
+    Operation {
+        method: "get",
         path: "/v1/kill-switch",
         operation_id: "getKillSwitch",
         summary: "Tripped kill-switch scopes with actor, reason and since when.",

@@ -11,6 +11,14 @@ use tower::ServiceExt;
 
 struct MemLedger;
 impl LedgerQueries for MemLedger {
+    fn notifications(
+        &self,
+        _: Option<String>,
+        _: usize,
+    ) -> BoxFuture<'_, Result<Vec<notifications::DeliveryView>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     fn decision<'a>(
         &'a self,
         intent_id: &'a str,

@@ -30,6 +30,7 @@ pub mod events;
 pub mod fault;
 pub mod limit_usage;
 pub mod machine;
+pub mod notifications;
 pub mod query;
 pub mod replay;
 pub mod settle;

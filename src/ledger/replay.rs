@@ -38,7 +38,7 @@ pub const MAX_LISTED: usize = 50;
 const VERIFY_BATCH_EVENTS: usize = 256;
 const VERIFY_QUEUE_BATCHES: usize = 4;
 
-fn row_to_event(r: &sqlx::postgres::PgRow) -> Result<EventRow, LedgerError> {
+pub(crate) fn row_to_event(r: &sqlx::postgres::PgRow) -> Result<EventRow, LedgerError> {
     let hash = |name: &str| -> Result<chain::Hash, LedgerError> {
         let v: Vec<u8> = r.try_get(name)?;
         let mut h = chain::GENESIS;
@@ -65,7 +65,7 @@ fn row_to_event(r: &sqlx::postgres::PgRow) -> Result<EventRow, LedgerError> {
     })
 }
 
-const EVENT_COLUMNS: &str = "seq, chain_id, chain_pos, event_type, recorded_at, actor, resource, origin, payload, prev_hash, hash";
+pub(crate) const EVENT_COLUMNS: &str = "seq, chain_id, chain_pos, event_type, recorded_at, actor, resource, origin, payload, prev_hash, hash";
 
 async fn load_heads(
     conn: &mut sqlx::PgConnection,

@@ -42,6 +42,9 @@ pub enum ServeError {
     },
     #[error("cannot read the checkpoint key (checkpoint_key_file): {0}")]
     CheckpointKey(String),
+    /// `notifications.yaml` is present but invalid, or its cursor cannot be set.
+    #[error("webhooks (notifications.yaml): {0}")]
+    Notifications(String),
     /// A task of the service ended when it should not have (a bug).
     #[error("{0}")]
     Stopped(String),

@@ -15,6 +15,7 @@ mod control;
 pub mod demo;
 mod error;
 mod gauges;
+mod notifier;
 mod outbox;
 mod reload;
 mod worker;
@@ -87,6 +88,7 @@ pub async fn run(
             });
         }
     }
+    let webhooks = notifier::load(&settings)?;
     let topics = Topics::with_prefix(&settings.topic_prefix);
     let ledger = connect_ledger(&settings).await?;
     let kafka = settings.kafka;
@@ -140,6 +142,9 @@ pub async fn run(
         tokio::spawn(checkpoints::run(shared.clone(), plan));
     }
     let watcher = tokio::spawn(reload::watch(shared.clone()));
+    if let Some(hooks) = webhooks {
+        notifier::start(shared.clone(), hooks).await?;
+    }
 
     let consumer = if kafka {
         let consumer = Arc::new(

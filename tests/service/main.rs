@@ -24,3 +24,4 @@ mod loadgen;
 mod pipeline;
 mod reload;
 mod settlements;
+mod webhooks;

@@ -1,0 +1,291 @@
+//! Webhooks (SPEC §13.2): two tasks beside the deciders, never in their way.
+//!
+//! - the enqueuer follows the committed ledger from a cursor in PostgreSQL and turns
+//!   decisions, outcomes, kill-switch changes and refused settlements into one queued
+//!   delivery per subscribed webhook (cursor and deliveries move in one transaction);
+//! - the sender claims due deliveries, POSTs them signed, and records the answer; a
+//!   failure is retried with exponential backoff until `notify::MAX_ATTEMPTS`.
+//!
+//! Deciding writes nothing for webhooks and waits on nothing here, so a slow or dead
+//! receiver can only grow the queue (`spendguard_webhook_backlog`).
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{CALL_DEADLINE_MS, Shared};
+use crate::ledger::notifications::{ClaimedDelivery, Subscription};
+use crate::notify::{self, Webhook, Webhooks};
+
+/// Events read per enqueue round.
+const ENQUEUE_BATCH: i64 = 500;
+/// Deliveries claimed per send round, and sent concurrently at most.
+const SEND_BATCH: i64 = 32;
+/// Pause between rounds that found nothing to do.
+const IDLE_POLL_MS: u64 = 250;
+/// A claimed delivery is leased this long: longer than a POST may take, so no other
+/// instance sends it meanwhile; after a crash it is sent again once the lease ends.
+const LEASE_S: f64 = (notify::REQUEST_TIMEOUT_MS as f64 / 1000.0) * 6.0;
+/// Most response body bytes read (only an excerpt goes into `last_error`).
+const MAX_RESPONSE_EXCERPT: usize = 200;
+/// Delivered and failed rows are kept this long for `GET /v1/notifications`.
+const KEEP_DAYS: i32 = 7;
+const PRUNE_BATCH: i64 = 1_000;
+
+/// Loads `notifications.yaml`; `None` when it configures no webhook.
+pub fn load(
+    shared_settings: &crate::config::Settings,
+) -> Result<Option<Webhooks>, super::ServeError> {
+    let hooks = Webhooks::load(&shared_settings.notifications_file)
+        .map_err(|e| super::ServeError::Notifications(e.to_string()))?;
+    Ok((!hooks.is_empty()).then_some(hooks))
+}
+
+/// Positions the cursor (first start) and spawns both tasks; they end on shutdown.
+pub async fn start(shared: Arc<Shared>, hooks: Webhooks) -> Result<(), super::ServeError> {
+    // Before the API takes requests, so nothing decided from now on is missed.
+    tokio::time::timeout(
+        Duration::from_millis(CALL_DEADLINE_MS),
+        shared.ledger.notifications_init_cursor(),
+    )
+    .await
+    .map_err(|_| {
+        super::ServeError::Notifications(format!(
+            "the notification cursor could not be read within {CALL_DEADLINE_MS} ms"
+        ))
+    })?
+    .map_err(super::ServeError::ledger(
+        "cannot position the notification cursor",
+    ))?;
+    let hooks = Arc::new(hooks);
+    tracing::info!(webhooks = hooks.hooks.len(), "webhooks configured");
+    tokio::spawn(enqueue_loop(shared.clone(), hooks.clone()));
+    tokio::spawn(send_loop(shared, hooks));
+    Ok(())
+}
+
+async fn enqueue_loop(shared: Arc<Shared>, hooks: Arc<Webhooks>) {
+    let subscriptions: Vec<Subscription> = hooks
+        .hooks
+        .iter()
+        .map(|h| Subscription {
+            webhook_id: h.id.clone(),
+            kinds: h.events.clone(),
+        })
+        .collect();
+    while !shared.shutting_down() {
+        let round = tokio::time::timeout(
+            Duration::from_millis(CALL_DEADLINE_MS),
+            shared
+                .ledger
+                .notifications_enqueue(&subscriptions, ENQUEUE_BATCH),
+        )
+        .await;
+        let full = match round {
+            Ok(Ok(done)) => done.events as i64 == ENQUEUE_BATCH,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "webhook enqueue failed; retrying");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "webhook enqueue gave no answer within {CALL_DEADLINE_MS} ms; retrying"
+                );
+                false
+            }
+        };
+        if !full {
+            idle(&shared).await;
+        }
+    }
+}
+
+async fn send_loop(shared: Arc<Shared>, hooks: Arc<Webhooks>) {
+    let ids: Vec<String> = hooks.hooks.iter().map(|h| h.id.clone()).collect();
+    let mut rounds = 0u64;
+    while !shared.shutting_down() {
+        rounds += 1;
+        if rounds % 10_000 == 1 {
+            prune(&shared).await;
+        }
+        let claimed = tokio::time::timeout(
+            Duration::from_millis(CALL_DEADLINE_MS),
+            shared.ledger.notifications_claim(&ids, SEND_BATCH, LEASE_S),
+        )
+        .await;
+        let batch = match claimed {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "webhook claim failed; retrying");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
+        let n = batch.len();
+        let sends = batch.into_iter().filter_map(|d| {
+            let hook = hooks.get(&d.webhook_id)?.clone();
+            Some(send_one(shared.clone(), hook, d))
+        });
+        futures::future::join_all(sends).await;
+        sample_backlog(&shared).await;
+        if n < SEND_BATCH as usize {
+            idle(&shared).await;
+        }
+    }
+}
+
+async fn idle(shared: &Shared) {
+    let mut stop = shared.shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)) => {}
+        _ = stop.changed() => {}
+    }
+}
+
+async fn sample_backlog(shared: &Shared) {
+    if let Ok(Ok(n)) = tokio::time::timeout(
+        Duration::from_millis(CALL_DEADLINE_MS),
+        shared.ledger.notification_backlog(),
+    )
+    .await
+    {
+        metrics::gauge!("spendguard_webhook_backlog").set(n as f64);
+    }
+}
+
+async fn prune(shared: &Shared) {
+    if let Ok(Err(e)) = tokio::time::timeout(
+        Duration::from_millis(CALL_DEADLINE_MS),
+        shared.ledger.notifications_prune(KEEP_DAYS, PRUNE_BATCH),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "pruning old webhook deliveries failed");
+    }
+}
+
+async fn send_one(shared: Arc<Shared>, hook: Webhook, d: ClaimedDelivery) {
+    let answer = post(&hook, &d).await;
+    let recorded = match answer {
+        Ok(status) => {
+            metrics::counter!("spendguard_webhook_delivered_total", "webhook" => hook.id.clone())
+                .increment(1);
+            tokio::time::timeout(
+                Duration::from_millis(CALL_DEADLINE_MS),
+                shared
+                    .ledger
+                    .notification_delivered(d.id, i32::from(status)),
+            )
+            .await
+            .map(|r| r.map(|()| false))
+        }
+        Err((error, status)) => {
+            metrics::counter!("spendguard_webhook_failures_total", "webhook" => hook.id.clone())
+                .increment(1);
+            let wait = notify::backoff(d.attempts + 1, rand::random::<f64>());
+            tokio::time::timeout(
+                Duration::from_millis(CALL_DEADLINE_MS),
+                shared.ledger.notification_attempt_failed(
+                    d.id,
+                    &error,
+                    status.map(i32::from),
+                    i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
+                    notify::MAX_ATTEMPTS,
+                ),
+            )
+            .await
+        }
+    };
+    match recorded {
+        Ok(Ok(true)) => tracing::warn!(
+            delivery = %d.id, webhook = %hook.id,
+            "webhook delivery failed {} times; given up (GET /v1/notifications?state=failed)",
+            notify::MAX_ATTEMPTS
+        ),
+        Ok(Ok(false)) => {}
+        // The lease runs out and the delivery is sent again: at-least-once.
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, delivery = %d.id, "cannot record a webhook attempt")
+        }
+        Err(_) => tracing::warn!(delivery = %d.id, "recording a webhook attempt timed out"),
+    }
+}
+
+/// One signed POST; `Ok(status)` for 2xx, else the error and the status if any.
+async fn post(hook: &Webhook, d: &ClaimedDelivery) -> Result<u16, (String, Option<u16>)> {
+    let timeout = Duration::from_millis(notify::REQUEST_TIMEOUT_MS);
+    match tokio::time::timeout(timeout, post_inner(hook, d)).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            format!(
+                "no answer within {} ms from {}",
+                notify::REQUEST_TIMEOUT_MS,
+                hook.url.text
+            ),
+            None,
+        )),
+    }
+}
+
+async fn post_inner(hook: &Webhook, d: &ClaimedDelivery) -> Result<u16, (String, Option<u16>)> {
+    let stream = tokio::net::TcpStream::connect(&hook.url.authority)
+        .await
+        .map_err(|e| (format!("connect {}: {e}", hook.url.authority), None))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| (format!("HTTP handshake: {e}"), None))?;
+    // The connection is driven until the exchange ends; one connection per delivery
+    // keeps a stuck receiver's sockets bounded by the batch size.
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let now = chrono::Utc::now().timestamp();
+    let request = hyper::Request::post(&hook.url.path)
+        .header(hyper::header::HOST, &hook.url.host)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::USER_AGENT, "spendguard-webhooks/1")
+        .header(
+            "Spendguard-Signature",
+            hook.signature(now, d.payload.as_bytes()),
+        )
+        .header("Spendguard-Delivery-Id", d.id.to_string())
+        .header("Spendguard-Event", &d.event_kind)
+        .body(Full::new(hyper::body::Bytes::from(d.payload.clone())))
+        .map_err(|e| (format!("cannot build the request: {e}"), None))?;
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| (format!("HTTP: {e}"), None))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(status.as_u16());
+        }
+        // A bounded excerpt of the answer helps whoever reads last_error.
+        let mut excerpt = Vec::new();
+        let mut body = response.into_body();
+        while excerpt.len() < MAX_RESPONSE_EXCERPT {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        excerpt.extend_from_slice(data);
+                    }
+                }
+                _ => break,
+            }
+        }
+        excerpt.truncate(MAX_RESPONSE_EXCERPT);
+        Err((
+            format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&excerpt).trim()
+            ),
+            Some(status.as_u16()),
+        ))
+    }
+    .await;
+    driver.abort();
+    result
+}

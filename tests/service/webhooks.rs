@@ -1,0 +1,284 @@
+//! Webhooks (SPEC §13.2, issue 12 item 4) from the real `spendguard serve` over
+//! PostgreSQL (no broker: `--no-kafka`) to a receiver in this test: the receiver is down
+//! while intents are decided over HTTP and while serve is stopped and started again;
+//! when it comes back every notification arrives, signed as docs/api.md says.
+
+use crate::harness::http::{exchange, request};
+use crate::harness::intent::svc_intent_json;
+use crate::harness::serve::{Rig, ServeProcess};
+use crate::harness::{self, policies::test_policies, serial};
+use axum::http::HeaderMap;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const PAYMENTS: &str = "demo-payment-token";
+const OPERATOR: &str = "demo-operator-token";
+const AUDITOR: &str = "demo-auditor-token";
+const READER: &str = "demo-reader-token";
+const SECRET: &str = "whsec-test-0123456789abcdef";
+const WAIT_MS: u64 = 90_000;
+
+fn tokens() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/api-tokens.yaml")
+        .display()
+        .to_string()
+}
+
+fn api_addr(p: &ServeProcess) -> SocketAddr {
+    let log = p.log_text();
+    log.lines()
+        .find_map(|l| l.split_once("HTTP API on http://").map(|x| x.1.trim()))
+        .unwrap_or_else(|| panic!("serve did not print its API address:\n{log}"))
+        .parse()
+        .expect("API address")
+}
+
+type Received = Arc<Mutex<Vec<(HeaderMap, String)>>>;
+
+/// Accepts every POST on `addr` (answers 204) and keeps headers and body.
+async fn receiver(addr: SocketAddr, got: Received) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind the receiver again on its port");
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let got = got.clone();
+            async move {
+                got.lock().unwrap().push((headers, body));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
+
+/// The documented check, written independently of spendguard's code:
+/// v1 = hex(HMAC-SHA256(secret, "<t>.<body>")).
+fn signature_verifies(header: &str, body: &str) -> bool {
+    let mut t = None;
+    let mut v1 = None;
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", v)) => t = Some(v.to_string()),
+            Some(("v1", v)) => v1 = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    let (Some(t), Some(v1)) = (t, v1) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    hex::encode(mac.finalize().into_bytes()) == v1
+}
+
+async fn deliveries(addr: SocketAddr, token: &str, query: &str) -> Vec<Value> {
+    let (status, body) = request(
+        addr,
+        "GET",
+        &format!("/v1/notifications{query}"),
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["deliveries"].as_array().cloned().unwrap_or_default()
+}
+
+async fn decide(addr: SocketAddr, id: &str, amount: &str) -> Value {
+    let body = svc_intent_json(id, "agent-wh1", amount, "vendor:known");
+    let (status, _, answer) =
+        exchange(addr, "POST", "/v1/intents", Some(PAYMENTS), Some(&body)).await;
+    assert_eq!(status, 200, "decided while the receiver is down: {answer}");
+    serde_json::from_str(&answer).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_survive_a_dead_receiver_and_a_serve_restart_and_are_signed() {
+    if !harness::require_postgres() {
+        return;
+    }
+    let _serial = serial::exclusive().await;
+    let mut rig = Rig::with("sg_webhooks_", "webhooks", |dir| {
+        test_policies(dir, "1", "100000", "1h")
+    })
+    .await;
+    rig.set_env("SPENDGUARD_BROKERS", "127.0.0.1:1");
+    rig.set_env("SPENDGUARD_TEST_HOOK_SECRET", SECRET);
+    // A port nobody listens on until the receiver "comes back".
+    let hook_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let file = rig.dir.path().join("notifications.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "webhooks:\n  - id: test-receiver\n    url: http://{hook_addr}/hook\n    events: [decision, approval_requested, kill_switch]\n    secret_env: SPENDGUARD_TEST_HOOK_SECRET\n"
+        ),
+    )
+    .unwrap();
+    rig.set_env("SPENDGUARD_NOTIFICATIONS", &file.display().to_string());
+    let args = [
+        "--no-kafka",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--api-tokens",
+        &tokens(),
+    ];
+
+    // Receiver down: decisions are still answered, deliveries fail and are retried.
+    let serve = ServeProcess::start(&rig.env, "webhooks-1", rig.dir.path(), &args);
+    let addr = api_addr(&serve);
+    let mut expected: BTreeSet<(String, String)> = BTreeSet::new();
+    for i in 0..5 {
+        let id = format!("wh-a{i}");
+        let d = decide(addr, &id, "10.00").await;
+        assert_eq!(d["effect"], "ALLOW", "{d}");
+        expected.insert(("decision".into(), id));
+    }
+    // Above the MSIG threshold: announced to approvers too.
+    let d = decide(addr, "wh-msig", "2000.00").await;
+    assert_eq!(d["effect"], "REQUIRE_MSIG", "{d}");
+    expected.insert(("decision".into(), "wh-msig".into()));
+    expected.insert(("approval_requested".into(), "wh-msig".into()));
+
+    // Failed attempts are visible to operators and auditors, not to readers.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    let failing = loop {
+        let list = deliveries(addr, AUDITOR, "?state=pending").await;
+        let tried: Vec<Value> = list
+            .into_iter()
+            .filter(|d| d["attempts"].as_i64().unwrap_or(0) >= 1)
+            .collect();
+        if tried.len() >= 2 {
+            break tried;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed attempt recorded:\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for d in &failing {
+        assert_eq!(d["state"], "pending", "{d}");
+        assert_eq!(d["webhookId"], "test-receiver", "{d}");
+        let err = d["lastError"].as_str().unwrap_or_default();
+        assert!(
+            err.contains("connect"),
+            "last error names the refused connection: {d}"
+        );
+    }
+    assert_eq!(deliveries(addr, OPERATOR, "").await.len(), expected.len());
+    let (status, _) = request(addr, "GET", "/v1/notifications", Some(READER), None).await;
+    assert_eq!(status, 403);
+    let (status, _) = request(
+        addr,
+        "GET",
+        "/v1/notifications?state=lost",
+        Some(OPERATOR),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Stopped with every delivery pending; started again on the same database.
+    assert_eq!(serve.terminate(), Some(0));
+    let serve = ServeProcess::start(&rig.env, "webhooks-2", rig.dir.path(), &args);
+    let addr = api_addr(&serve);
+    for i in 0..3 {
+        let id = format!("wh-b{i}");
+        decide(addr, &id, "12.00").await;
+        expected.insert(("decision".into(), id));
+    }
+    let body = r#"{"scope":"agent:agent-wh-other","on":true,"reason":"webhook test"}"#;
+    let (status, _, answer) =
+        exchange(addr, "POST", "/v1/kill-switch", Some(OPERATOR), Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    expected.insert(("kill_switch".into(), "agent:agent-wh-other".into()));
+
+    // The receiver comes back: everything arrives (at least once), signed.
+    let got: Received = Arc::default();
+    let _receiver = receiver(hook_addr, got.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    let seen = loop {
+        let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for (headers, body) in got.lock().unwrap().iter() {
+            let h = |n: &str| {
+                headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            assert!(
+                signature_verifies(&h("spendguard-signature"), body),
+                "bad signature: {headers:?} {body}"
+            );
+            let v: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(v["deliveryId"], h("spendguard-delivery-id"), "{body}");
+            assert_eq!(v["event"], h("spendguard-event"), "{body}");
+            let subject = match v["event"].as_str() {
+                Some("kill_switch") => v["data"]["scope"].as_str(),
+                _ => v["data"]["intentId"].as_str(),
+            }
+            .unwrap_or_default()
+            .to_string();
+            // Receivers dedupe by delivery id.
+            seen.insert(
+                h("spendguard-delivery-id"),
+                (h("spendguard-event"), subject),
+            );
+        }
+        let kinds: BTreeSet<(String, String)> = seen.values().cloned().collect();
+        if kinds == expected {
+            break seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivered {kinds:?}\nexpected {expected:?}\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        seen.len(),
+        expected.len(),
+        "one delivery per event and webhook: {seen:?}"
+    );
+
+    // The queue agrees: all delivered, after at least one failure for the early ones.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        let list = deliveries(addr, OPERATOR, "").await;
+        if list.iter().all(|d| d["state"] == "delivered") {
+            assert_eq!(list.len(), expected.len());
+            assert!(
+                list.iter()
+                    .any(|d| d["attempts"].as_i64().unwrap_or(0) >= 2),
+                "{list:?}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{list:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, metrics) = request(addr, "GET", "/metrics", Some(OPERATOR), None).await;
+    assert!(
+        metrics.contains("spendguard_webhook_delivered_total"),
+        "{metrics}"
+    );
+    assert_eq!(serve.terminate(), Some(0));
+}
