@@ -136,7 +136,11 @@ pub struct InProcess {
 impl InProcess {
     /// Resolves `args` (panics when they do not) and starts the service.
     pub fn start(args: ServiceArgs) -> InProcess {
-        let settings = args.resolve().unwrap();
+        let mut settings = args.resolve().unwrap();
+        // As `serve --demo` when it reads the repository's example approvers (see
+        // [`demo_flag`]).
+        let approvers = settings.approvers_file.display().to_string();
+        settings.demo = demo_flag(&[("SPENDGUARD_APPROVERS".into(), approvers)], &[]).is_some();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(spendguard::serve::run(settings, None, async {
             let _ = stopped.await;
@@ -158,6 +162,7 @@ impl InProcess {
 pub fn demo_flag(env: &[(String, String)], extra: &[&str]) -> Option<&'static str> {
     let examples = [
         super::policies::repository_policies(),
+        super::policies::repository_policies().join("approvers.yaml"),
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/api-tokens.yaml"),
     ];
     let same = |p: &str| {
