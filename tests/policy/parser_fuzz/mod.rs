@@ -444,7 +444,13 @@ proptest! {
     #[test]
     fn fuzz_amount_text(text in amount_text()) {
         match no_panic("parse_decimal", || spendguard::money::parse_decimal(&text))? {
-            Err(e) => prop_assert_eq!(e.code(), "invalid_amount"),
+            // Not a number, or more digits than are held exactly (refused, never
+            // rounded: SPEC §14).
+            Err(e) => prop_assert!(
+                ["invalid_amount", "amount_scale_exceeds_currency"].contains(&e.code()),
+                "{}",
+                e.code()
+            ),
             Ok(d) => {
                 let brl = spendguard::money::currency("BRL").unwrap();
                 if let Err(e) = no_panic("validate_amount", || {
