@@ -119,3 +119,72 @@ async fn no_pan_in_a_dump_and_erasure_keeps_the_ledger_verifiable() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+/// SPEC §14 strict input through `ledger submit`: a NUL in an id (as a JSON escape or as
+/// a raw byte), `2_50.00` and a 30-decimal amount are each refused with their code and
+/// recorded; none aborts the run with a database error, and a card number in the same
+/// lines is stored masked.
+#[tokio::test]
+async fn ledger_submit_refuses_nul_ids_and_inexact_amounts_without_aborting() {
+    let Some(db) = fresh_db("sg_strict_").await else {
+        return;
+    };
+    let (_d, dir) = crate::harness::policies::standard_dir();
+    let base = serde_json::json!({
+        "intentId": "ok-1", "agentId": "ag", "entityId": "acme-br", "amount": "10.00",
+        "currency": "BRL", "category": "utility",
+        "beneficiary": {"id": "b", "account": "4111 1111 1111 1111"}, "purpose": "PIX"
+    });
+    let with = |k: &str, v: &str| {
+        let mut x = base.clone();
+        x[k] = v.into();
+        x["intentId"] = format!("{k}-{}", v.len()).into();
+        x.to_string()
+    };
+    let thirty = format!("1.{}1", "0".repeat(29));
+    let mut lines = vec![
+        with("agentId", "a\u{0}b"),
+        with("amount", "2_50.00"),
+        with("amount", &thirty),
+        base.to_string(),
+    ];
+    // A raw NUL byte inside the JSON text (invalid JSON, recorded as refused input).
+    lines.push(base.to_string().replace("\"ag\"", "\"a\u{0}g\""));
+    let input = _d.path().join("strict.jsonl");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let (code, out) = run(&[
+        "ledger",
+        "submit",
+        "--database-url",
+        &db.url,
+        "--policies",
+        &dir.display().to_string(),
+        "--input",
+        &input.display().to_string(),
+    ]);
+    assert_eq!(code, 2, "refusals, not an abort:\n{out}");
+    for want in [
+        "invalid_field",
+        "invalid_amount",
+        "amount_scale_exceeds_currency",
+        "invalid_json",
+    ] {
+        assert!(out.contains(want), "{want}:\n{out}");
+    }
+    assert!(!out.contains("database"), "{out}");
+    let mut su = db.superuser().await;
+    let refused: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger_event WHERE event_type = 'intent_invalid'")
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    assert_eq!(refused, 4);
+    let decided: i64 = sqlx::query_scalar("SELECT count(*) FROM decision")
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(decided, 1);
+    let dump = crate::harness::db::pg_dump(&db.url);
+    assert!(!dump.contains("4111111111111111") && !dump.contains("4111 1111 1111 1111"));
+    assert!(dump.contains("411111******1111"));
+}
