@@ -112,7 +112,8 @@ async fn webhooks_survive_a_dead_receiver_and_a_serve_restart_and_are_signed() {
     }
     let _serial = serial::exclusive().await;
     let mut rig = Rig::with("sg_webhooks_", "webhooks", |dir| {
-        test_policies(dir, "1", "100000", "1h")
+        // Approvals wait 2 s: the MSIG intent below expires, an `outcome`.
+        test_policies(dir, "1", "100000", "2s")
     })
     .await;
     rig.set_env("SPENDGUARD_BROKERS", "127.0.0.1:1");
@@ -126,7 +127,7 @@ async fn webhooks_survive_a_dead_receiver_and_a_serve_restart_and_are_signed() {
     std::fs::write(
         &file,
         format!(
-            "webhooks:\n  - id: test-receiver\n    url: http://{hook_addr}/hook\n    events: [decision, approval_requested, kill_switch]\n    secret_env: SPENDGUARD_TEST_HOOK_SECRET\n"
+            "webhooks:\n  - id: test-receiver\n    url: http://{hook_addr}/hook\n    events: [decision, approval_requested, outcome, kill_switch]\n    secret_env: SPENDGUARD_TEST_HOOK_SECRET\n"
         ),
     )
     .unwrap();
@@ -154,6 +155,7 @@ async fn webhooks_survive_a_dead_receiver_and_a_serve_restart_and_are_signed() {
     assert_eq!(d["effect"], "REQUIRE_MSIG", "{d}");
     expected.insert(("decision".into(), "wh-msig".into()));
     expected.insert(("approval_requested".into(), "wh-msig".into()));
+    expected.insert(("outcome".into(), "wh-msig".into()));
 
     // Failed attempts are visible to operators and auditors, not to readers.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
@@ -305,9 +307,11 @@ async fn webhooks_survive_a_dead_receiver_and_a_serve_restart_and_are_signed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (_, metrics) = request(addr, "GET", "/metrics", Some(OPERATOR), None).await;
-    assert!(
-        metrics.contains("spendguard_webhook_delivered_total"),
-        "{metrics}"
-    );
+    for name in [
+        "spendguard_webhook_delivered_total",
+        "spendguard_webhook_backlog",
+    ] {
+        assert!(metrics.contains(name), "{name}: {metrics}");
+    }
     assert_eq!(serve.terminate(), Some(0));
 }
