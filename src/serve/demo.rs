@@ -37,10 +37,11 @@ pub fn demo_credentials(registry: &Registry, tokens: Option<&TokenStore>) -> Vec
         .collect();
     found.sort();
     if let Some(tokens) = tokens {
+        // Named by the configured name only: tokens never appear in error messages.
         for token in DEMO_TOKENS {
             if let Some(p) = tokens.authenticate(token) {
                 found.push(format!(
-                    "API token {:?} is the demo token {token:?} (examples/api-tokens.yaml)",
+                    "API token {:?} is one of the demo tokens of examples/api-tokens.yaml",
                     p.name
                 ));
             }

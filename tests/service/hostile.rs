@@ -761,7 +761,10 @@ fn serve_refuses_the_demo_credentials_unless_told_demo() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("\"demo-payment-token\""), "{err}");
+    assert!(
+        err.contains("API token \"demo-payments\"") && !err.contains("demo-payment-token"),
+        "{err}"
+    );
     assert!(!err.contains("approver \"alice\""), "{err}");
     // With --demo the same start gets past the check (and then fails on the database).
     let out = spendguard(&env)
