@@ -394,7 +394,8 @@ pub fn verify_signature(
         }
     }
     let Some(t) = t else { return false };
-    if (now_unix - t).abs() > tolerance_s {
+    // Saturating: a hostile `t=-9223372036854775808` must not overflow.
+    if now_unix.saturating_sub(t).saturating_abs() > tolerance_s {
         return false;
     }
     v1.iter().any(|sig| {
@@ -504,6 +505,15 @@ mod tests {
             300
         ));
         assert!(!verify_signature(b"k", "garbage", b"", 0, 300));
+        for hostile in [
+            "t=-9223372036854775808,v1=00",
+            "t=9223372036854775807,v1=zz",
+            "t=,v1=",
+            "v1=00,t=1,v1",
+        ] {
+            assert!(!verify_signature(b"k", hostile, b"", i64::MAX, 300));
+            assert!(!verify_signature(b"k", hostile, b"", i64::MIN, 300));
+        }
     }
 
     #[test]

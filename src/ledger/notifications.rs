@@ -410,3 +410,63 @@ impl Ledger {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::events::KillSwitchSet;
+
+    fn row(event: &LedgerEvent, seq: i64) -> chain::EventRow {
+        chain::EventRow {
+            seq,
+            chain_id: chain::GLOBAL_CHAIN.to_string(),
+            chain_pos: 1,
+            event_type: event.kind().as_str().to_string(),
+            recorded_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+            actor: "alice".into(),
+            resource: "global".into(),
+            origin: "{}".into(),
+            payload: event.payload_json(),
+            prev_hash: chain::GENESIS,
+            hash: chain::GENESIS,
+        }
+    }
+
+    #[test]
+    fn a_kill_switch_event_notifies_kill_switch_masked() {
+        let event = LedgerEvent::KillSwitchSet(KillSwitchSet {
+            scope: "agent:a-1".into(),
+            active: true,
+            actor: "alice".into(),
+            reason: "card 4111 1111 1111 1111 leaked".into(),
+        });
+        let r = row(&event, 42);
+        let out = notifications_of(&r.event_type, &r.payload, &r);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, EventKind::KillSwitch);
+        let v: serde_json::Value = serde_json::from_str(&out[0].1).unwrap();
+        assert_eq!(v["scope"], "agent:a-1");
+        assert_eq!(v["active"], true);
+        assert_eq!(v["ledgerSeq"], 42);
+        assert!(!out[0].1.contains("4111 1111 1111 1111"), "{}", out[0].1);
+    }
+
+    #[test]
+    fn events_that_announce_nothing_or_do_not_parse_give_nothing() {
+        let r = chain::EventRow {
+            event_type: kind::INTENT_DECIDED.into(),
+            payload: "{not json".into(),
+            ..row(
+                &LedgerEvent::KillSwitchSet(KillSwitchSet {
+                    scope: "global".into(),
+                    active: false,
+                    actor: "a".into(),
+                    reason: "r".into(),
+                }),
+                1,
+            )
+        };
+        assert!(notifications_of(&r.event_type, &r.payload, &r).is_empty());
+        assert!(notifications_of("fx_rate_set", "{}", &r).is_empty());
+    }
+}
