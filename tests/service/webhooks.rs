@@ -315,3 +315,88 @@ async fn webhooks_survive_a_dead_receiver_and_a_serve_restart_and_are_signed() {
     }
     assert_eq!(serve.terminate(), Some(0));
 }
+
+/// A receiver that accepts connections and never answers: each POST is abandoned at the
+/// 5 s request timeout and recorded as a failed attempt, while intents keep being
+/// decided (the elapsed time is printed, not asserted: the machine is shared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_times_out_and_decisions_go_on() {
+    if !harness::require_postgres() {
+        return;
+    }
+    let _serial = serial::exclusive().await;
+    let mut rig = Rig::new("sg_webhooks_hang_", "webhookshang").await;
+    rig.set_env("SPENDGUARD_BROKERS", "127.0.0.1:1");
+    rig.set_env("SPENDGUARD_TEST_HOOK_SECRET", SECRET);
+    // Accepts and holds every connection, reads nothing, answers nothing.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = black_hole.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = black_hole.accept().await {
+            open.push(socket);
+        }
+    });
+    let file = rig.dir.path().join("notifications.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "webhooks:\n  - id: silent\n    url: http://{hook_addr}/hook\n    events: [decision]\n    secret_env: SPENDGUARD_TEST_HOOK_SECRET\n"
+        ),
+    )
+    .unwrap();
+    rig.set_env("SPENDGUARD_NOTIFICATIONS", &file.display().to_string());
+    let serve = ServeProcess::start(
+        &rig.env,
+        "webhooks-hang",
+        rig.dir.path(),
+        &[
+            "--no-kafka",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--api-tokens",
+            &tokens(),
+        ],
+    );
+    let addr = api_addr(&serve);
+    let started = std::time::Instant::now();
+    let decided = 40;
+    for i in 0..decided {
+        decide(addr, &format!("wh-h{i}"), "1.00").await;
+    }
+    eprintln!(
+        "{decided} intents decided in {:?} while the receiver held every POST",
+        started.elapsed()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    let timed_out = loop {
+        let list = deliveries(addr, OPERATOR, "?state=pending").await;
+        let timed_out: Vec<Value> = list
+            .into_iter()
+            .filter(|d| {
+                d["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("no answer within 5000 ms"))
+            })
+            .collect();
+        if !timed_out.is_empty() {
+            break timed_out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no timed-out attempt recorded:\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for d in &timed_out {
+        assert!(d["attempts"].as_i64().unwrap_or(0) >= 1, "{d}");
+        assert!(d["lastStatus"].is_null(), "no HTTP answer, no status: {d}");
+    }
+    // Every intent got its delivery queued, none delivered.
+    let all = deliveries(addr, AUDITOR, "").await;
+    assert_eq!(all.len(), decided, "{all:?}");
+    assert!(all.iter().all(|d| d["state"] == "pending"), "{all:?}");
+    assert_eq!(serve.terminate(), Some(0));
+    held.abort();
+}
