@@ -231,6 +231,26 @@ impl LedgerQueries for LedgerBackend {
         Box::pin(async move { self.reader().entity_agents(entity_id).await.map_err(read) })
     }
 
+    fn recent_decisions(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DecisionView>, StoreError>> {
+        Box::pin(async move {
+            let ids = self
+                .reader()
+                .recent_decision_ids(limit)
+                .await
+                .map_err(read)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(view) = self.decision_view(&id).await? {
+                    out.push(view);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn pending_approvals(
         &self,
         limit: usize,
@@ -514,6 +534,7 @@ pub fn state_for(
         // serve replaces it with its ledger and registry ([`super::approvals::LedgerApprovals`]).
         approvals: Arc::new(super::approvals::Disabled),
         metrics: crate::telemetry::metrics_handle(),
+        chain: Arc::default(),
         clock: Arc::new(Utc::now),
     }
 }

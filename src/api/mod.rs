@@ -12,6 +12,7 @@
 pub mod approvals;
 pub mod auth;
 pub mod backends;
+pub mod console;
 pub mod error;
 pub mod intake;
 pub mod notifications;
@@ -131,6 +132,18 @@ pub trait LedgerQueries: Send + Sync + 'static {
             ))
         })
     }
+    /// The `limit` most recent decisions, newest first, each as `decision` shows it.
+    fn recent_decisions(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DecisionView>, StoreError>> {
+        let _ = limit;
+        Box::pin(async {
+            Err(StoreError::Unavailable(
+                "this ledger does not list recent decisions".into(),
+            ))
+        })
+    }
     /// Agents the ledger has seen under an entity.
     fn entity_agents<'a>(
         &'a self,
@@ -214,6 +227,8 @@ pub struct ApiState {
     /// The approver role's inbox and votes (serve: [`approvals::LedgerApprovals`]).
     pub approvals: Arc<dyn approvals::ApprovalDesk>,
     pub metrics: PrometheusHandle,
+    /// The last periodic chain verification of this serve, for the console.
+    pub chain: Arc<console::ChainStatus>,
     /// The clock for usage windows (tests pin it; the service passes `Utc::now`).
     pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
 }
@@ -235,6 +250,7 @@ pub fn router(state: ApiState) -> Router {
         router = router.route(op.path, method_router);
     }
     router
+        .merge(console::routes())
         .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(deadline))

@@ -218,6 +218,7 @@ fn state_with_fx(kill: Arc<MemKill>, fx: Arc<MemFx>) -> ApiState {
         approvals: Arc::new(crate::api::approvals::Disabled),
         intake: Arc::new(super::intake::Disabled),
         metrics: crate::telemetry::metrics_handle(),
+        chain: Arc::default(),
         clock: Arc::new(|| Utc.with_ymd_and_hms(2026, 11, 25, 15, 0, 0).unwrap()),
     }
 }

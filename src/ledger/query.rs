@@ -302,6 +302,17 @@ impl LedgerReader {
             .await?)
     }
 
+    /// The intent ids of the `limit` most recently recorded decisions, newest first
+    /// (the console's list; each is then read like `GET /v1/decisions/{intentId}`).
+    pub async fn recent_decision_ids(&self, limit: usize) -> Result<Vec<String>, LedgerError> {
+        Ok(
+            sqlx::query_scalar("SELECT intent_id FROM decision ORDER BY seq DESC LIMIT $1")
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Recomputes every hash chain in one read-only snapshot.
     pub async fn verify_chains(&self) -> Result<chain::Verifier, LedgerError> {
         replay::verify_chains(&self.pool, None).await

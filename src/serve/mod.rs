@@ -136,7 +136,8 @@ pub async fn run(
     // Without a broker the outbox keeps every decision until a serve with Kafka runs.
     let outbox = kafka.then(|| tokio::spawn(outbox::run(shared.clone())));
     let sweeper = tokio::spawn(sweep_expired(shared.clone()));
-    let verifier = tokio::spawn(verify_chains(shared.clone()));
+    let chain_status = Arc::new(crate::api::console::ChainStatus::default());
+    let verifier = tokio::spawn(verify_chains(shared.clone(), chain_status.clone()));
     // Ends by itself on shutdown (it checks every probe); nothing waits for it.
     if let Some(plan) = checkpoints::plan(&shared.settings)? {
         tokio::spawn(checkpoints::run(shared.clone(), plan));
@@ -183,7 +184,9 @@ pub async fn run(
         }
     }
     let http = match api {
-        Some(mount) => Some(start_api(mount, shared.clone(), consumer.clone()).await?),
+        Some(mount) => {
+            Some(start_api(mount, shared.clone(), consumer.clone(), chain_status).await?)
+        }
         None => None,
     };
     tracing::info!(instance = %shared.settings.instance, group = %shared.settings.group_id, "serving");
@@ -343,6 +346,7 @@ async fn start_api(
     mount: ApiMount,
     shared: Arc<Shared>,
     consumer: Option<Arc<rdkafka::consumer::StreamConsumer>>,
+    chain_status: Arc<crate::api::console::ChainStatus>,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     use crate::api::{self, backends};
     let policies = Arc::new(backends::PolicySource({
@@ -400,6 +404,7 @@ async fn start_api(
         },
         shared.settings.workers,
     ));
+    state.chain = chain_status;
     state.approvals = Arc::new(api::approvals::LedgerApprovals {
         ledger: shared.ledger.clone(),
         registry: Arc::new({
@@ -514,7 +519,8 @@ pub(crate) enum Attempt<T> {
 /// Verifies every hash chain now and then (`chain_verify_interval_s`, 0 = never) and
 /// reports the result as `spendguard_chain_verification_failed` (1 = a chain is broken),
 /// which the alert rules watch. The first run is one interval after start-up.
-async fn verify_chains(shared: Arc<Shared>) {
+/// Each result is also kept in `status` for the console.
+async fn verify_chains(shared: Arc<Shared>, status: Arc<crate::api::console::ChainStatus>) {
     let interval_s = shared.settings.chain_verify_interval_s;
     if interval_s == 0 {
         return;
@@ -527,6 +533,21 @@ async fn verify_chains(shared: Arc<Shared>) {
         match shared.ledger.audit_verify().await {
             Ok(v) => {
                 let failed = !v.problems.is_empty();
+                status.record(crate::api::console::ChainVerification {
+                    at: chrono::Utc::now(),
+                    events: v.events,
+                    problems: v
+                        .problems
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "chain {} position {} (seq {}): {}",
+                                p.chain_id, p.chain_pos, p.seq, p.problem
+                            )
+                        })
+                        .collect(),
+                    error: None,
+                });
                 if failed {
                     tracing::error!(
                         problems = v.problems.len(),
@@ -537,7 +558,14 @@ async fn verify_chains(shared: Arc<Shared>) {
                     .set(f64::from(u8::from(failed)));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "chain verification could not run; retrying next interval")
+                tracing::warn!(error = %e, "chain verification could not run; retrying next interval");
+                // The console says only that it could not run; the cause is in the log.
+                status.record(crate::api::console::ChainVerification {
+                    at: chrono::Utc::now(),
+                    events: 0,
+                    problems: Vec::new(),
+                    error: Some("the ledger could not be read; see the service log".into()),
+                });
             }
         }
     }

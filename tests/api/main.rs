@@ -5,6 +5,7 @@
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod console;
 mod deploy_files;
 mod endpoints;
 mod fx;

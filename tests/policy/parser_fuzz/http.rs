@@ -261,6 +261,7 @@ fn app(kill: Arc<MemKill>, fx: Arc<MemFx>, intake: Arc<MemIntake>) -> axum::Rout
         approvals: Arc::new(spendguard::api::approvals::Disabled),
         intake,
         metrics: spendguard::telemetry::metrics_handle(),
+        chain: Arc::default(),
         clock: Arc::new(chrono::Utc::now),
     })
 }
