@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const READER: &str = "console-reader-token";
 const OPERATOR: &str = "console-operator-token";
 const AUDITOR: &str = "console-auditor-token";
+const APPROVER: &str = "console-approver-token";
 
 /// Three limits (amount, count, entity amount+count) besides the day and month caps; MSIG
 /// above 800.00 so an intent waits for approval.
@@ -35,23 +36,38 @@ async fn decide(ledger: &Ledger, set: &PolicySet, i: spendguard::intent::SpendIn
         .effect
 }
 
-async fn start(ledger: Ledger, policies: std::path::PathBuf) -> (SocketAddr, impl Drop) {
+/// The API with the console over `ledger`; approver `ann` may approve for `acme-*` only.
+async fn start(
+    ledger: Ledger,
+    policies: std::path::PathBuf,
+) -> (SocketAddr, Arc<api::console::ChainStatus>, impl Drop) {
+    use base64::Engine;
     let tokens = TokenStore::default()
         .with_hash("dash", Role::Reader, &hash_token(READER))
         .and_then(|t| t.with_hash("ops-carol", Role::Operator, &hash_token(OPERATOR)))
         .and_then(|t| t.with_hash("audit-dan", Role::Auditor, &hash_token(AUDITOR)))
+        .and_then(|t| t.with_approver("ann-token", "ann", &hash_token(APPROVER)))
         .unwrap();
     let set = Arc::new(load(&policies));
     let catalog: Arc<dyn api::PolicyCatalog> =
         Arc::new(backends::PolicySource(move || set.clone()));
-    let state = backends::state_for(
-        Arc::new(ledger),
-        catalog,
-        tokens,
-        "console-test",
-        None,
-        vec![],
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+    let registry = Arc::new(
+        spendguard::approvals::Registry::parse(&format!(
+            "approvers:\n  - {{ id: ann, publicKey: \"{}\", entities: [\"acme-*\"] }}\n",
+            base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
+        ))
+        .expect("registry"),
     );
+    let ledger = Arc::new(ledger);
+    let approvals = Arc::new(api::approvals::LedgerApprovals {
+        ledger: ledger.clone(),
+        registry: Arc::new(move || registry.clone()),
+        instance: "console-test".into(),
+    });
+    let mut state = backends::state_for(ledger, catalog, tokens, "console-test", None, vec![]);
+    state.approvals = approvals;
+    let chain = state.chain.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -66,7 +82,7 @@ async fn start(ledger: Ledger, policies: std::path::PathBuf) -> (SocketAddr, imp
             }
         }
     }
-    (addr, Stop(Some(tx)))
+    (addr, chain, Stop(Some(tx)))
 }
 
 /// One request with any extra header lines and a form body; (status, head, body).
@@ -129,7 +145,11 @@ async fn console_views_over_a_seeded_ledger() {
         decide(&ledger, &set, intent("c-evil", HOSTILE, "5.00")).await,
         Effect::Allow
     );
-    let (addr, _stop) = start(ledger, path).await;
+    // Waiting too, of an entity approver ann may not approve for.
+    let mut other = intent("c-other", "agent-three", "950.00");
+    other.entity_id = "other-co".into();
+    assert_eq!(decide(&ledger, &set, other).await, Effect::RequireMsig);
+    let (addr, chain, _stop) = start(ledger, path).await;
 
     // No token: the sign-in form, and none of the ledger's data.
     let (s, head, b) = raw(addr, "GET", "/console", &[], None).await;
@@ -207,6 +227,21 @@ async fn console_views_over_a_seeded_ledger() {
     assert_eq!(s, 403, "{b}");
     let (_, b) = page(addr, "/console", OPERATOR).await;
     assert!(section(&b, "kill-switch").contains("No kill switch is tripped"));
+
+    // Approver ann: only what GET /v1/approvals gives its token (acme-br, not other-co),
+    // and nothing else of the console.
+    let (s, b) = page(addr, "/console", APPROVER).await;
+    assert_eq!(s, 200, "{b}");
+    let approvals = section(&b, "approvals");
+    assert!(approvals.contains("c-big"), "{approvals}");
+    assert!(!b.contains("c-other") && !b.contains("agent-three"), "{b}");
+    assert!(
+        !b.contains(r#"id="decisions""#) && !b.contains(r#"id="kill-switch""#),
+        "{b}"
+    );
+    assert!(!b.contains(r#"id="chain""#), "{b}");
+    let (_, b) = page(addr, "/console", OPERATOR).await;
+    assert!(section(&b, "approvals").contains("c-other"), "{b}");
 
     // Reader: decisions and the switch's state, no approvals queue (not its API route).
     let (s, b) = page(addr, "/console", READER).await;
@@ -311,6 +346,21 @@ async fn console_views_over_a_seeded_ledger() {
     assert_eq!(s, 200, "{b}");
     assert!(!b.contains("<script>alert"), "{b}");
     assert!(b.contains("a&lt;script&gt;"), "{b}");
+    // Once serve has verified the chains, the console says when and what it found.
+    chain.record(api::console::ChainVerification {
+        at: chrono::Utc::now(),
+        events: 12,
+        problems: vec![format!("chain {HOSTILE} position 3: hash mismatch")],
+        error: None,
+    });
+    let (_, b) = page(addr, "/console", AUDITOR).await;
+    let verified = section(&b, "chain");
+    assert!(
+        verified.contains("FAILED") && verified.contains("hash mismatch"),
+        "{verified}"
+    );
+    assert!(!verified.contains("<script>"), "{verified}");
+    assert!(!verified.contains("has not run"), "{verified}");
     // An unknown agent: the API's 404, as a page.
     let (s, b) = page(addr, "/console/usage?agent=nobody", READER).await;
     assert_eq!(s, 404, "{b}");
