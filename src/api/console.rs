@@ -512,14 +512,15 @@ async fn overview(State(state): State<ApiState>, headers: HeaderMap) -> Response
     html(StatusCode::OK, page("console", Some(&who), &body))
 }
 
-/// A bar for `used` of `limit`; `None` when `limit` is absent or not a positive amount.
+/// A bar for `used` of `limit` ("n/a" and empty when `limit` is not a positive amount).
+/// Inline SVG, its width an attribute: the pages' CSP admits no inline style.
 fn bar(label: &str, used: &str, limit: &str, unit: &str) -> String {
     let (width, note) = match bar_percent(used, limit) {
         Some(w) => (w, format!("{w}%")),
         None => (0, "n/a".to_string()),
     };
     format!(
-        r#"<div class="limit"><span class="label">{label}</span> <span class="figures">{used} / {limit} {unit} ({note})</span><div class="bar" role="meter" aria-valuenow="{width}" aria-valuemin="0" aria-valuemax="100"><div class="fill{hot}" style="width:{width}%"></div></div></div>"#,
+        r#"<div class="limit"><span class="label">{label}</span> <span class="figures">{used} / {limit} {unit} ({note})</span><svg class="bar" viewBox="0 0 100 4" preserveAspectRatio="none" role="meter" aria-valuenow="{width}" aria-valuemin="0" aria-valuemax="100"><rect class="track" width="100" height="4"/><rect class="fill{hot}" width="{width}" height="4"/></svg></div>"#,
         label = escape(label),
         used = escape(used),
         limit = escape(limit),

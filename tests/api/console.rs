@@ -155,6 +155,10 @@ async fn console_views_over_a_seeded_ledger() {
     let (s, head, b) = raw(addr, "GET", "/console", &[], None).await;
     assert_eq!(s, 401, "{b}");
     assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
     assert!(b.contains(r#"name="token""#), "{b}");
     assert!(!b.contains("agent-two") && !b.contains("c-big"), "{b}");
     let (s, _, b) = raw(
@@ -327,14 +331,19 @@ async fn console_views_over_a_seeded_ledger() {
     // (weekly-utility, burst, entity-weekly amount and count).
     let (s, b) = page(addr, "/console/usage?agent=agent-one", READER).await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b.matches(r#"<div class="bar""#).count(), 2 + 4, "{b}");
+    assert_eq!(b.matches(r#"<svg class="bar""#).count(), 2 + 4, "{b}");
     assert!(b.contains("weekly-utility") && b.contains("burst"), "{b}");
     assert!(b.contains("300.00 / 1000.00 BRL (30%)"), "{b}");
-    assert!(b.contains(r#"style="width:30%""#), "{b}");
+    assert!(
+        b.contains(r#"<rect class="fill" width="30" height="4"/>"#),
+        "{b}"
+    );
+    // The pages' CSP admits no inline style: the bars use none.
+    assert!(!b.contains("style="), "{b}");
     // An entity: its entity-scoped limit, amount and count.
     let (s, b) = page(addr, &format!("/console/usage?entity={ENTITY}"), READER).await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b.matches(r#"<div class="bar""#).count(), 2, "{b}");
+    assert_eq!(b.matches(r#"<svg class="bar""#).count(), 2, "{b}");
     assert!(b.contains("entity-weekly"), "{b}");
     // The hostile agent's own usage page escapes its id too.
     let (s, b) = page(
