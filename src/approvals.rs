@@ -435,6 +435,7 @@ impl Registry {
                 signed_at: vote.signed_at.as_str().to_string(),
                 decision_hash: subject.decision_hash.to_string(),
             }),
+            registered: Some(self.approvers.keys().cloned().collect()),
         })
     }
 }
@@ -626,6 +627,9 @@ mod tests {
             assert_eq!(Some(proof.signature.as_str()), vote.signature.as_deref());
             assert_eq!(proof.signed_at, vote.signed_at.as_str());
             assert_eq!(proof.decision_hash, HASH);
+            // ... and the registry it was verified under (removed approvers stop counting).
+            let registered = ok.registered.expect("verified under a registry");
+            assert!(registered.contains(&"alice".to_string()), "{registered:?}");
         }
     }
 

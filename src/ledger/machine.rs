@@ -1585,6 +1585,10 @@ pub fn step_vote(
         }
         Vote::Approve => {
             let mut approvers = s.approvers(id);
+            // An approver removed from the registry since voting no longer counts.
+            if let Some(registered) = &vote.registered {
+                approvers.retain(|a| registered.contains(a));
+            }
             approvers.push(vote.approver_id.clone());
             let required = usize::try_from(p.approvals_required.max(1)).unwrap_or(1);
             if approvers.len() >= required {

@@ -189,6 +189,11 @@ pub struct VerifiedVote {
     /// process, as tests and scenarios do).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<events::VoteProof>,
+    /// The approver ids of the registry the vote was verified under: earlier votes of an
+    /// approver no longer in it stop counting toward the quorum (SPEC §14). `None`: no
+    /// registry (in-process votes), every earlier vote counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered: Option<Vec<String>>,
 }
 
 /// What happened to an intent after its decision: the approval outcomes (SPEC §3) and

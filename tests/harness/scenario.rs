@@ -77,6 +77,7 @@ pub async fn vote(ledger: &Ledger, intent_id: &str, approver: &str, v: Vote, at:
         vote: v,
         signed_at: at,
         proof: None,
+        registered: None,
     };
     ledger
         .apply_vote_at(&vote, &origin(), Some(at))

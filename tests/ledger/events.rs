@@ -18,6 +18,7 @@ fn vote(intent: &str, approver: &str, v: Vote) -> VerifiedVote {
         vote: v,
         signed_at: chrono::Utc::now(),
         proof: None,
+        registered: None,
     }
 }
 
@@ -740,4 +741,50 @@ async fn waiting_decisions_carry_their_hash_and_older_events_fold_as_published()
     let legacy = fold(&old.to_string());
     assert_eq!(legacy.approval, None);
     assert_eq!(legacy.effect, m.message.effect);
+}
+
+/// SPEC §14: a vote carries the registry it was verified under; an approver removed
+/// from the registry since voting no longer counts toward the quorum.
+#[tokio::test]
+async fn votes_of_an_approver_removed_from_the_registry_stop_counting() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let (_d, set) = standard_set();
+    let o = origin();
+    let m = ledger
+        .decide(&set, &intent("r-msig", "ag3", "900.00"), &o)
+        .await
+        .unwrap();
+    assert_eq!(m.message.effect, Effect::RequireMsig);
+    assert_eq!(m.message.approvals_required, 2);
+    let under = |approver: &str, registry: &[&str]| VerifiedVote {
+        registered: Some(registry.iter().map(|s| s.to_string()).collect()),
+        ..vote("r-msig", approver, Vote::Approve)
+    };
+    let accepted = |r: VoteResult| match r {
+        VoteResult::Accepted { outcome, .. } => outcome,
+        other => panic!("{other:?}"),
+    };
+    let r = ledger
+        .apply_vote(&under("alice", &["alice", "bob", "carol"]), &o)
+        .await
+        .unwrap();
+    assert_eq!(accepted(r), None, "one of two approvals");
+    // alice is removed from the registry; bob's approval is the only one that counts.
+    let r = ledger
+        .apply_vote(&under("bob", &["bob", "carol"]), &o)
+        .await
+        .unwrap();
+    assert_eq!(accepted(r), None, "alice's vote no longer counts");
+    let r = ledger
+        .apply_vote(&under("carol", &["bob", "carol"]), &o)
+        .await
+        .unwrap();
+    let out = accepted(r).expect("bob and carol are a quorum");
+    assert_eq!(out.outcome, Outcome::Approved);
+    assert_eq!(out.approvers, vec!["bob".to_string(), "carol".to_string()]);
+    let report = ledger.replay(true).await.unwrap();
+    assert!(report.ok(), "{report:#?}");
 }

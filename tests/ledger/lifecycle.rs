@@ -76,6 +76,7 @@ fn vote(intent: &str, approver: &str) -> VerifiedVote {
         vote: Vote::Approve,
         signed_at: chrono::Utc::now(),
         proof: None,
+        registered: None,
     }
 }
 

@@ -252,6 +252,7 @@ async fn run_ops(ledger: &Ledger, tables: &PgPool, set: &PolicySet, ops: &[Op]) 
                     },
                     signed_at: now,
                     proof: None,
+                    registered: None,
                 };
                 let live = ledger
                     .apply_vote_at(&vote, &origin, Some(now))
