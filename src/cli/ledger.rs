@@ -375,17 +375,9 @@ async fn flush(
 pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<i32> {
     match cmd {
         AuditCommand::Keygen { out } => {
-            let (secret, public) = crate::approvals::keygen();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&out)
-                .with_context(|| {
-                    format!("cannot create key file {} (it must not exist yet)", out.display())
-                })?;
-            std::io::Write::write_all(
-                &mut file,
-                format!("# spendguard checkpoint signing key: keep it away from the database host\n{secret}\n").as_bytes(),
+            let public = super::service::write_new_key(
+                &out,
+                "spendguard checkpoint signing key: keep it away from the database host",
             )?;
             println!("checkpoint secret key written to {}", out.display());
             println!("public key (give it to auditors: audit verify --checkpoint-public-key ...):\n{public}");

@@ -129,21 +129,9 @@ pub fn approvers(cmd: ApproversCommand) -> anyhow::Result<i32> {
     match cmd {
         ApproversCommand::Keygen { id, entities, out } => {
             let path = out.unwrap_or_else(|| PathBuf::from(format!("{id}.key")));
-            let (secret, public) = approvals::keygen();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .with_context(|| {
-                    format!(
-                        "cannot create key file {} (it must not exist yet)",
-                        path.display()
-                    )
-                })?;
-            restrict_permissions(&path)?;
-            writeln!(
-                file,
-                "# spendguard approver secret key for {id}. Keep it private.\n{secret}"
+            let public = write_new_key(
+                &path,
+                &format!("spendguard approver secret key for {id}. Keep it private."),
             )?;
             println!("# secret key written to {}", path.display());
             println!("# add this entry under `approvers:` in policies/approvers.yaml:");
@@ -153,6 +141,25 @@ pub fn approvers(cmd: ApproversCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Generates an Ed25519 key, writes the secret to a new file readable by its owner only
+/// (refusing to overwrite), and returns the base64 public key.
+pub(crate) fn write_new_key(path: &std::path::Path, comment: &str) -> anyhow::Result<String> {
+    let (secret, public) = approvals::keygen();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot create key file {} (it must not exist yet)",
+                path.display()
+            )
+        })?;
+    restrict_permissions(path)?;
+    writeln!(file, "# {comment}\n{secret}")?;
+    Ok(public)
 }
 
 #[cfg(unix)]

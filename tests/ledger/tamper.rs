@@ -226,6 +226,16 @@ async fn a_rewrite_with_recomputed_hashes_passes_audit_verify_but_not_the_signed
     let (code, text) = run(&["audit", "keygen", "--out", key_file.to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
     let public = text.lines().last().unwrap().trim().to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the secret key is readable by its owner only"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let dir_s = dir.path().to_str().unwrap();
     let (code, text) = run(&[

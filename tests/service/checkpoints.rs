@@ -4,7 +4,7 @@
 
 use crate::harness::policies::policies_dir;
 use crate::harness::serial;
-use crate::harness::serve::{Rig, run};
+use crate::harness::serve::{InProcess, Rig, run};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,13 +30,7 @@ async fn serve_writes_signed_checkpoints_that_audit_verify_checks() {
     .unwrap();
     let mut args = rig.service_args("ckpt-1");
     args.config = Some(config);
-    let mut settings = args.resolve().unwrap();
-    // The repository's policies hold the demo approver keys.
-    settings.demo = true;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(spendguard::serve::run(settings, None, async {
-        let _ = stopped.await;
-    }));
+    let service = InProcess::start(args);
 
     // Start-up records the policy activation: there is something to sign at once.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -53,8 +47,7 @@ async fn serve_writes_signed_checkpoints_that_audit_verify_checks() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let _ = stop.send(());
-    task.await.unwrap().expect("serve");
+    service.stop().await;
     assert!(!files.is_empty(), "no checkpoint written in 60 s");
     assert!(
         files.iter().all(|f| f.ends_with("-ckpt-1.json")),
