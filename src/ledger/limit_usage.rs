@@ -79,7 +79,10 @@ pub(crate) async fn load_limit_records<'a>(
         "SELECT {} FROM spend_record
          WHERE (agent_id = ANY($1) OR entity_id = ANY($2))
            AND ($3::timestamptz IS NULL OR accepted_at >= $3)
-           AND (counts OR amount <> 0)",
+           AND (counts OR amount <> 0)
+         -- In time order, each record appends to its timeline (out of order, every
+         -- insert would rebuild the running totals after it).
+         ORDER BY accepted_at, seq",
         super::settle::SPEND_RECORD_COLUMNS
     );
     for rec in sqlx::query_as::<_, store::SpendRecordRow>(sqlx::AssertSqlSafe(sql))
