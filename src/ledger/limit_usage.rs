@@ -17,7 +17,7 @@ use super::query::LedgerReader;
 use super::store;
 use super::{Ledger, LedgerError};
 use crate::policy::CompiledPolicy;
-use crate::policy::limits::{CompiledLimit, Span};
+use crate::policy::limits::CompiledLimit;
 use crate::policy::model::{LimitScope, WindowKind};
 
 /// Whose limits a policy's limits are checked for: an agent of an entity (every limit),
@@ -200,7 +200,8 @@ fn usage_of(
         WindowKind::Calendar(_) => (span.until(), None),
         WindowKind::Trailing(secs) => (
             None,
-            earliest_counted(snapshot, limit, &span, agent_id, entity_id, currency)
+            snapshot
+                .limit_earliest(limit, &span, agent_id, entity_id, currency)
                 .map(|at| at + Duration::seconds(secs)),
         ),
     };
@@ -221,29 +222,4 @@ fn usage_of(
         resets_at,
         frees_next_at,
     }
-}
-
-/// The acceptance time of the earliest record that counts toward `limit` in `span`.
-/// Whether a record counts is asked of [`Projections::limit_so_far`] itself (over that
-/// record alone), so this follows the deciding rules (scope, filter, currency) exactly.
-fn earliest_counted(
-    snapshot: &Projections,
-    limit: &CompiledLimit,
-    span: &Span,
-    agent_id: &str,
-    entity_id: &str,
-    currency: &str,
-) -> Option<DateTime<Utc>> {
-    let mut candidates: Vec<&store::SpendRecordRow> = snapshot
-        .records
-        .values()
-        .filter(|r| span.contains(r.accepted_at))
-        .collect();
-    candidates.sort_by_key(|r| (r.accepted_at, r.seq));
-    candidates.into_iter().find_map(|r| {
-        let mut alone = Projections::default();
-        alone.insert_record(r.clone());
-        let so_far = alone.limit_so_far(limit, span, agent_id, entity_id, currency);
-        (so_far.count > 0 || !so_far.amount.is_zero()).then_some(r.accepted_at)
-    })
 }

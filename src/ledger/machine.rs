@@ -965,6 +965,32 @@ impl Projections {
         sums[0]
     }
 
+    /// When the earliest record counting toward `limit` in `span` was accepted, by the
+    /// same rule as [`Projections::limit_so_far`].
+    pub fn limit_earliest(
+        &self,
+        limit: &policy::limits::CompiledLimit,
+        span: &policy::limits::Span,
+        agent_id: &str,
+        entity_id: &str,
+        currency: &str,
+    ) -> Option<DateTime<Utc>> {
+        self.timeline(limit, agent_id, entity_id)?
+            .earliest(limit, span, currency)
+    }
+
+    fn timeline(
+        &self,
+        limit: &policy::limits::CompiledLimit,
+        agent_id: &str,
+        entity_id: &str,
+    ) -> Option<&Timeline> {
+        match limit.scope {
+            crate::policy::model::LimitScope::Agent => self.agent_records.get(agent_id),
+            crate::policy::model::LimitScope::Entity => self.entity_records.get(entity_id),
+        }
+    }
+
     /// [`Projections::limit_so_far`] of every limit of a policy (`spans[i]` is the
     /// window of `limits[i]`), finding the agent's and the entity's records once.
     pub fn limit_sums(

@@ -183,20 +183,41 @@ impl Timeline {
             };
             return sub(upper, lower);
         }
-        let mut so_far = SoFar::default();
-        for e in &self.entries[lo..hi] {
-            let Some(attrs) = e.attributes() else {
-                continue;
-            };
-            if &*e.currency != currency || !limit.filter.matches(&attrs) {
-                continue;
-            }
-            so_far.amount += e.amount;
-            so_far.count += u32::from(e.counts);
-        }
-        so_far
+        self.entries[lo..hi]
+            .iter()
+            .filter_map(|e| toward(e, limit, currency))
+            .fold(SoFar::default(), add)
+    }
+
+    /// When the earliest entry that counts toward `limit` in `span` was accepted (a
+    /// trailing window frees up as it ages out).
+    pub fn earliest(
+        &self,
+        limit: &CompiledLimit,
+        span: &Span,
+        currency: &str,
+    ) -> Option<DateTime<Utc>> {
+        let (lo, hi) = self.range(span);
+        self.entries[lo..hi]
+            .iter()
+            .find(|e| {
+                toward(e, limit, currency).is_some_and(|s| s.count > 0 || !s.amount.is_zero())
+            })
+            .map(|e| e.at)
     }
 }
+
+/// What one entry holds toward `limit` in `currency` (`None`: it does not count). The
+/// running totals hold the same for an unfiltered limit in the timeline's currency.
+fn toward(e: &Entry, limit: &CompiledLimit, currency: &str) -> Option<SoFar> {
+    let attrs = e.attributes()?;
+    (&*e.currency == currency && limit.filter.matches(&attrs)).then(|| SoFar {
+        amount: e.amount,
+        count: u32::from(e.counts),
+    })
+}
+
+impl Timeline {}
 
 #[cfg(test)]
 mod tests {
