@@ -204,10 +204,11 @@ pub struct WriteSet {
     seqs: VecDeque<i64>,
     pub events: Vec<EventRow>,
     pub decisions: Vec<DecisionRow>,
-    /// (committed delta, reserved delta) per window row.
-    pub usage: BTreeMap<UsageKey, (Decimal, Decimal)>,
+    /// (committed delta, reserved delta, seq of the last event changing it) per window row.
+    pub usage: BTreeMap<UsageKey, (Decimal, Decimal, i64)>,
     pub pending_insert: Vec<PendingRow>,
-    pub pending_delete: Vec<String>,
+    /// (intent, seq of the event closing it)
+    pub pending_delete: Vec<(String, i64)>,
     pub votes: Vec<VoteRow>,
     pub outcomes: Vec<OutcomeRow>,
     pub kills: Vec<KillRow>,
@@ -421,7 +422,7 @@ impl WriteSet {
             if let Some(p) = snapshot.apply_change(&c) {
                 inconsistent.get_or_insert(p);
             }
-            self.apply(c, &mut appended);
+            self.apply(c, seq, &mut appended);
         })
         .map_err(|e| LedgerError::Bug(e.to_string()))?;
         // The steps only stage events consistent with the snapshot they were given.
@@ -434,8 +435,10 @@ impl WriteSet {
     }
 
     /// Queues one projection change (and the message it publishes) for `flush`; a
-    /// decision's or outcome's message goes to the caller through `appended`.
-    fn apply(&mut self, mut change: Change, appended: &mut Appended) {
+    /// decision's or outcome's message goes to the caller through `appended`. `seq` is
+    /// the event the change folds from: the database refuses a projection change whose
+    /// event this transaction did not append (migration `projection_functions`).
+    fn apply(&mut self, mut change: Change, seq: i64, appended: &mut Appended) {
         // Messages published and stored as projections: masked like the events.
         match &mut change {
             Change::Outcome { row, .. } => crate::privacy::mask_json_in_place(&mut row.message),
@@ -457,12 +460,13 @@ impl WriteSet {
                 let e = self
                     .usage
                     .entry(key)
-                    .or_insert((Decimal::ZERO, Decimal::ZERO));
+                    .or_insert((Decimal::ZERO, Decimal::ZERO, seq));
                 e.0 += committed;
                 e.1 += reserved;
+                e.2 = seq;
             }
             Change::PendingOpen(p) => self.pending_insert.push(p),
-            Change::PendingClose(id) => self.pending_delete.push(id),
+            Change::PendingClose(id) => self.pending_delete.push((id, seq)),
             Change::Vote(v) => self.votes.push(v),
             Change::Outcome { row: o, message } => {
                 appended.outcome = Some(*message);
@@ -556,9 +560,7 @@ impl WriteSet {
                 }
             }
             sqlx::query(
-                "INSERT INTO chain_head (chain_id, chain_pos, hash, seq)
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bigint[])
-                 ON CONFLICT (chain_id) DO UPDATE SET chain_pos = EXCLUDED.chain_pos, hash = EXCLUDED.hash, seq = EXCLUDED.seq",
+                "SELECT ledger_write_chain_heads($1::text[], $2::bigint[], $3::bytea[], $4::bigint[])",
             )
             .bind(ids)
             .bind(pos)
@@ -570,8 +572,7 @@ impl WriteSet {
         if !self.decisions.is_empty() {
             let d = &self.decisions;
             sqlx::query(
-                "INSERT INTO decision (intent_id, agent_id, entity_id, seq, fingerprint, decision_hash, effect, message)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::bytea[], $7::text[], $8::text[])",
+                "SELECT ledger_write_decisions($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::bytea[], $7::text[], $8::text[])",
             )
             .bind(d.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
             .bind(d.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
@@ -589,24 +590,16 @@ impl WriteSet {
         let (grow, shrink): (Vec<_>, Vec<_>) = self
             .usage
             .iter()
-            .filter(|(_, (c, r))| !c.is_zero() || !r.is_zero())
-            .partition(|(_, (c, r))| !c.is_sign_negative() && !r.is_sign_negative());
+            .filter(|(_, (c, r, _))| !c.is_zero() || !r.is_zero())
+            .partition(|(_, (c, r, _))| !c.is_sign_negative() && !r.is_sign_negative());
         for (rows, sql) in [
             (
                 grow,
-                "INSERT INTO usage_window (agent_id, kind, tz, currency, window_start, committed, reserved)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::numeric[], $7::numeric[])
-                 ON CONFLICT (agent_id, kind, tz, currency, window_start) DO UPDATE
-                 SET committed = usage_window.committed + EXCLUDED.committed,
-                     reserved = usage_window.reserved + EXCLUDED.reserved",
+                "SELECT ledger_grow_usage($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::numeric[], $7::numeric[], $8::bigint[])",
             ),
             (
                 shrink,
-                "UPDATE usage_window u SET committed = u.committed + d.committed, reserved = u.reserved + d.reserved
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::numeric[], $7::numeric[])
-                   AS d(agent_id, kind, tz, currency, window_start, committed, reserved)
-                 WHERE u.agent_id = d.agent_id AND u.kind = d.kind AND u.tz = d.tz
-                   AND u.currency = d.currency AND u.window_start = d.window_start",
+                "SELECT ledger_shrink_usage($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::numeric[], $7::numeric[], $8::bigint[])",
             ),
         ] {
             if rows.is_empty() {
@@ -620,14 +613,14 @@ impl WriteSet {
                 .bind(rows.iter().map(|(k, _)| k.start).collect::<Vec<_>>())
                 .bind(rows.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
                 .bind(rows.iter().map(|(_, v)| v.1).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, v)| v.2).collect::<Vec<_>>())
                 .execute(&mut *conn)
                 .await?;
         }
         if !self.pending_insert.is_empty() {
             let p = &self.pending_insert;
             sqlx::query(
-                "INSERT INTO pending_approval (intent_id, agent_id, entity_id, effect, approvals_required, amount, currency, tz, day, month, decided_seq, expires_at, authorization_ttl_secs, fx_rate, intent_amount, intent_currency)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::numeric[], $7::text[], $8::text[], $9::date[], $10::date[], $11::bigint[], $12::timestamptz[], $13::bigint[], $14::numeric[], $15::numeric[], $16::text[])",
+                "SELECT ledger_open_pending($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::numeric[], $7::text[], $8::text[], $9::date[], $10::date[], $11::bigint[], $12::timestamptz[], $13::bigint[], $14::numeric[], $15::numeric[], $16::text[])",
             )
             .bind(p.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
             .bind(p.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
@@ -649,16 +642,17 @@ impl WriteSet {
             .await?;
         }
         if !self.pending_delete.is_empty() {
-            sqlx::query("DELETE FROM pending_approval WHERE intent_id = ANY($1)")
-                .bind(&self.pending_delete)
+            let d = &self.pending_delete;
+            sqlx::query("SELECT ledger_close_pending($1::text[], $2::bigint[])")
+                .bind(d.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
+                .bind(d.iter().map(|(_, seq)| *seq).collect::<Vec<_>>())
                 .execute(&mut *conn)
                 .await?;
         }
         if !self.votes.is_empty() {
             let v = &self.votes;
             sqlx::query(
-                "INSERT INTO approval_vote (intent_id, approver_id, vote, signed_at, seq)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])",
+                "SELECT ledger_write_votes($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])",
             )
             .bind(v.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
             .bind(v.iter().map(|r| r.approver_id.as_str()).collect::<Vec<_>>())
@@ -671,8 +665,7 @@ impl WriteSet {
         if !self.outcomes.is_empty() {
             let o = &self.outcomes;
             sqlx::query(
-                "INSERT INTO intent_outcome (intent_id, agent_id, outcome, closed_at, seq, message)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::text[])",
+                "SELECT ledger_write_outcomes($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::text[])",
             )
             .bind(o.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
             .bind(o.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
@@ -685,9 +678,7 @@ impl WriteSet {
         }
         for k in &self.kills {
             sqlx::query(
-                "INSERT INTO kill_switch (scope, active, actor, reason, changed_at, seq) VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (scope) DO UPDATE SET active = EXCLUDED.active, actor = EXCLUDED.actor,
-                     reason = EXCLUDED.reason, changed_at = EXCLUDED.changed_at, seq = EXCLUDED.seq",
+                "SELECT ledger_set_kill_switch($1, $2, $3, $4, $5, $6)",
             )
             .bind(&k.scope)
             .bind(k.active)
@@ -700,7 +691,7 @@ impl WriteSet {
         }
         for p in &self.policies {
             sqlx::query(
-                "INSERT INTO policy_version (sha256, name, version, canonical, seq) VALUES ($1, $2, $3, $4, $5)",
+                "SELECT ledger_write_policy_version($1, $2, $3, $4, $5)",
             )
             .bind(&p.sha256)
             .bind(&p.name)
@@ -713,11 +704,7 @@ impl WriteSet {
         if !self.authorizations.is_empty() {
             let a: Vec<&AuthorizationRow> = self.authorizations.values().collect();
             sqlx::query(
-                "INSERT INTO authorization_state (intent_id, agent_id, entity_id, authorized, captured, voided, refunded, restored, expired_amount, is_final, expired, expires_at, currency, tz, day, month, seq, fx_rate, usage_currency)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::bool[], $11::bool[], $12::timestamptz[], $13::text[], $14::text[], $15::date[], $16::date[], $17::bigint[], $18::numeric[], $19::text[])
-                 ON CONFLICT (intent_id) DO UPDATE SET captured = EXCLUDED.captured, voided = EXCLUDED.voided,
-                     refunded = EXCLUDED.refunded, restored = EXCLUDED.restored, expired_amount = EXCLUDED.expired_amount,
-                     is_final = EXCLUDED.is_final, expired = EXCLUDED.expired, seq = EXCLUDED.seq",
+                "SELECT ledger_write_authorizations($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::bool[], $11::bool[], $12::timestamptz[], $13::text[], $14::text[], $15::date[], $16::date[], $17::bigint[], $18::numeric[], $19::text[])",
             )
             .bind(a.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
             .bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
@@ -744,8 +731,7 @@ impl WriteSet {
         if !self.settlements.is_empty() {
             let st = &self.settlements;
             sqlx::query(
-                "INSERT INTO settlement (settlement_id, intent_id, agent_id, fingerprint, seq, message)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::text[])",
+                "SELECT ledger_write_settlements($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::text[])",
             )
             .bind(st.iter().map(|r| r.settlement_id.as_str()).collect::<Vec<_>>())
             .bind(st.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
@@ -759,11 +745,7 @@ impl WriteSet {
         if !self.agent_entities.is_empty() {
             let a = &self.agent_entities;
             // The first binding wins, in the batch as in the table (the fold's rule).
-            sqlx::query(
-                "INSERT INTO agent_entity (agent_id, entity_id, seq)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-                 ON CONFLICT (agent_id) DO NOTHING",
-            )
+            sqlx::query("SELECT ledger_bind_agents($1::text[], $2::text[], $3::bigint[])")
             .bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
             .bind(a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
             .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())
@@ -772,8 +754,7 @@ impl WriteSet {
         }
         for f in &self.fx_rates {
             sqlx::query(
-                "INSERT INTO fx_rate (pair, rate, set_at, seq) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (pair) DO UPDATE SET rate = EXCLUDED.rate, set_at = EXCLUDED.set_at, seq = EXCLUDED.seq",
+                "SELECT ledger_set_fx_rate($1, $2, $3, $4)",
             )
             .bind(&f.pair)
             .bind(f.rate)
@@ -785,8 +766,7 @@ impl WriteSet {
         if !self.records.is_empty() {
             let r = &self.records;
             sqlx::query(
-                "INSERT INTO spend_record (intent_id, agent_id, entity_id, accepted_at, category, beneficiary_id, country, purpose, currency, amount, counts, seq)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::bool[], $12::bigint[])",
+                "SELECT ledger_write_spend_records($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::bool[], $12::bigint[])",
             )
             .bind(r.iter().map(|x| x.intent_id.as_str()).collect::<Vec<_>>())
             .bind(r.iter().map(|x| x.agent_id.as_str()).collect::<Vec<_>>())
@@ -806,9 +786,7 @@ impl WriteSet {
         if !self.record_holds.is_empty() {
             let h = &self.record_holds;
             sqlx::query(
-                "UPDATE spend_record r SET amount = h.amount, counts = h.counts, seq = h.seq
-                 FROM unnest($1::text[], $2::numeric[], $3::bool[], $4::bigint[]) AS h(intent_id, amount, counts, seq)
-                 WHERE r.intent_id = h.intent_id",
+                "SELECT ledger_hold_spend_records($1::text[], $2::numeric[], $3::bool[], $4::bigint[])",
             )
             .bind(h.keys().map(String::as_str).collect::<Vec<_>>())
             .bind(h.values().map(|v| v.0).collect::<Vec<_>>())

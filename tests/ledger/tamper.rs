@@ -299,3 +299,99 @@ async fn a_rewrite_with_recomputed_hashes_passes_audit_verify_but_not_the_signed
     assert_ne!(code, 0, "{text}");
     assert!(text.contains("another key"), "{text}");
 }
+
+/// SPEC §14 "Projections protected": the service role's direct DML on every table that
+/// decisions act on is refused, and the ledger's own write functions refuse a change
+/// whose event this transaction did not append (replaying an old event's seq).
+#[tokio::test]
+async fn the_service_role_changes_projections_only_through_the_ledger() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    // The owner migrates; the service then runs as its own role.
+    let _owner = db.ledger().await;
+    let svc = spendguard::ledger::Ledger::connect(&db.url_as("spendguard_service"), "svc")
+        .await
+        .unwrap();
+    let (_d, set) = standard_set();
+    let o = origin();
+    // Every protected table gets rows, written by the service role through the ledger.
+    svc.decide(&set, &intent("small", "ag", "10.00"), &o)
+        .await
+        .unwrap();
+    let msig = svc
+        .decide(&set, &intent("big", "ag", "900.00"), &o)
+        .await
+        .unwrap();
+    assert!(msig.message.approvals_required >= 2, "{msig:?}");
+    let kill_seq = svc
+        .set_kill_switch(
+            &spendguard::kill_switch::Scope::Agent("ag".into()),
+            true,
+            "ops",
+            "incident",
+            &o,
+        )
+        .await
+        .unwrap();
+
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url_as("spendguard_service"))
+        .await
+        .unwrap();
+    let tampering = [
+        "UPDATE usage_window SET committed = 0",
+        "DELETE FROM usage_window",
+        "DELETE FROM kill_switch",
+        "UPDATE kill_switch SET active = false",
+        "INSERT INTO approval_vote (intent_id, approver_id, vote, signed_at, seq) VALUES ('big', 'mallory', 'APPROVE', now(), 1)",
+        "DELETE FROM pending_approval",
+        "UPDATE pending_approval SET approvals_required = 1",
+        "UPDATE decision SET effect = 'ALLOW'",
+        "DELETE FROM decision",
+        "UPDATE spend_record SET amount = 0",
+        "DELETE FROM spend_record",
+        "UPDATE authorization_state SET voided = authorized",
+        "DELETE FROM agent_entity",
+        "UPDATE chain_head SET chain_pos = 0",
+        "DELETE FROM policy_version",
+        "DELETE FROM intent_outcome",
+        "DELETE FROM fx_rate",
+        "TRUNCATE usage_window",
+    ];
+    for sql in tampering {
+        let e = sqlx::query(sql).execute(&mut c).await.unwrap_err();
+        assert!(e.to_string().contains("permission denied"), "{sql}: {e}");
+    }
+    // Through the ledger's function, but with the seq of an event appended earlier: refused.
+    let e = sqlx::query("SELECT ledger_set_kill_switch('agent:ag', false, 'mallory', 'x', now(), $1)")
+        .bind(kill_seq)
+        .execute(&mut c)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("was not appended by this transaction"),
+        "{e}"
+    );
+    let e = sqlx::query(
+        "SELECT ledger_grow_usage(ARRAY['ag'], ARRAY['day'], ARRAY['America/Sao_Paulo'], ARRAY['BRL'], ARRAY[current_date], ARRAY[-100::numeric], ARRAY[0::numeric], ARRAY[$1::bigint])",
+    )
+    .bind(kill_seq)
+    .execute(&mut c)
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("not appended"), "{e}");
+
+    // Nothing changed: the switch is still on, the usage still counts, the chain verifies.
+    let state = svc.kill_switch_state().await.unwrap();
+    assert!(state.iter().any(|k| k.active), "{state:?}");
+    let committed: rust_decimal::Decimal =
+        sqlx::query_scalar("SELECT coalesce(sum(committed), 0) FROM usage_window")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert!(committed > rust_decimal::Decimal::ZERO);
+    let v = svc.audit_verify().await.unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    let report = svc.replay(true).await.unwrap();
+    assert!(report.ok(), "{report:#?}");
+}
