@@ -98,7 +98,21 @@ pub struct ServiceArgs {
     /// how long a paused instance can hold the ledger's locks [default: 500].
     #[arg(long, env = "SPENDGUARD_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS")]
     pub db_idle_in_transaction_timeout_ms: Option<u64>,
+    /// librdkafka security properties for every Kafka client, `key=value,key=value`
+    /// (e.g. `security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username=svc,ssl.ca.location=/etc/ca.pem`);
+    /// each key replaces the same key of `kafka_properties` in the config file. No
+    /// secrets here: see --kafka-sasl-password-file.
+    #[arg(long, env = "SPENDGUARD_KAFKA_PROPERTIES")]
+    pub kafka_properties: Option<String>,
+    /// File holding the SASL password (`sasl.password`). The password can also come from
+    /// the environment variable SPENDGUARD_KAFKA_SASL_PASSWORD (never from a flag).
+    #[arg(long, env = "SPENDGUARD_KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
 }
+
+/// Environment variable holding the SASL password itself (read by [`ServiceArgs::resolve`],
+/// never a flag: a flag shows in the process list).
+pub const KAFKA_SASL_PASSWORD_ENV: &str = "SPENDGUARD_KAFKA_SASL_PASSWORD";
 
 /// Settings as read from a config file: every field optional.
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +145,10 @@ struct FileSettings {
     checkpoint_interval_s: Option<u64>,
     checkpoint_every_events: Option<i64>,
     kafka: Option<bool>,
+    /// librdkafka security properties passed through (no secrets: kafka_secret_files).
+    kafka_properties: Option<std::collections::BTreeMap<String, String>>,
+    /// Secret librdkafka properties, each read from a file: `{sasl.password: /run/secrets/kafka}`.
+    kafka_secret_files: Option<std::collections::BTreeMap<String, PathBuf>>,
 }
 
 /// Resolved settings.
@@ -175,6 +193,9 @@ pub struct Settings {
     /// `false`: `serve` runs without a broker (`serve --no-kafka`, or `kafka: false` in the
     /// config file): the HTTP API decides, decisions wait in the outbox.
     pub kafka: bool,
+    /// TLS / SASL properties of every Kafka client (SPEC §14 "In transit"); secrets are
+    /// redacted from `Debug`.
+    pub kafka_client: crate::bus::properties::ClientProperties,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +213,15 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid setting {name}: {message}")]
     Invalid { name: &'static str, message: String },
+    #[error("invalid Kafka client settings: {0}")]
+    KafkaProperties(#[from] crate::bus::properties::PropertyError),
+}
+
+impl ConfigError {
+    /// Settings are read once at start: an operator must fix them.
+    pub fn is_transient(&self) -> bool {
+        false
+    }
 }
 
 impl ServiceArgs {
@@ -279,9 +309,40 @@ impl ServiceArgs {
                 .checkpoint_every_events
                 .unwrap_or(DEFAULT_CHECKPOINT_EVERY_EVENTS),
             kafka: file.kafka.unwrap_or(true),
+            kafka_client: self.kafka_client(file.kafka_properties, file.kafka_secret_files)?,
         };
         settings.validate()?;
         Ok(settings)
+    }
+}
+
+impl ServiceArgs {
+    /// The config file's `kafka_properties` and `kafka_secret_files`, then
+    /// `--kafka-properties`, then the SASL password from its file or variable.
+    fn kafka_client(
+        &self,
+        file_properties: Option<std::collections::BTreeMap<String, String>>,
+        file_secrets: Option<std::collections::BTreeMap<String, PathBuf>>,
+    ) -> Result<crate::bus::properties::ClientProperties, ConfigError> {
+        let mut p = crate::bus::properties::ClientProperties::default();
+        for (k, v) in file_properties.unwrap_or_default() {
+            p.set(&k, &v)?;
+        }
+        for (k, path) in file_secrets.unwrap_or_default() {
+            p.set_secret_file(&k, &path)?;
+        }
+        if let Some(list) = &self.kafka_properties {
+            p.set_list(list)?;
+        }
+        if let Some(path) = &self.kafka_sasl_password_file {
+            p.set_secret_file("sasl.password", path)?;
+        } else if let Ok(password) = std::env::var(KAFKA_SASL_PASSWORD_ENV)
+            && !password.is_empty()
+        {
+            p.set_secret("sasl.password", password)?;
+        }
+        p.validate()?;
+        Ok(p)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod intake;
 pub mod notifications;
 pub mod openapi;
+pub mod tls;
 pub mod views;
 
 use std::future::Future;
@@ -297,6 +298,30 @@ pub async fn serve_listener(
     tracing::info!(addr = ?listener.local_addr().ok(), "HTTP API listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves the API over HTTPS on an already bound listener until `shutdown` completes;
+/// requests in flight then get [`REQUEST_DEADLINE_MS`] to finish.
+pub async fn serve_listener_tls(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "HTTPS API listening");
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_millis(
+            REQUEST_DEADLINE_MS,
+        )));
+    });
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    axum_server::from_tcp_rustls(listener.into_std()?, config)?
+        .handle(handle)
+        .serve(router(state).into_make_service())
         .await
 }
 

@@ -4,6 +4,7 @@
 //! Nothing here decides anything; it only moves bytes and reports what Kafka said.
 
 pub mod dlq;
+pub mod properties;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -99,7 +100,7 @@ impl Topics {
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error(
-        "Kafka client error talking to {brokers}: {source} (is the broker running? `scripts/tansu.sh start`)"
+        "Kafka client error talking to {brokers}: {source} (is the broker running? `scripts/tansu.sh start`; with TLS or SASL, check kafka_properties)"
     )]
     Client {
         brokers: String,
@@ -160,6 +161,10 @@ pub fn client_config(brokers: &str) -> ClientConfig {
         && !contexts.trim().is_empty()
     {
         c.set("debug", contexts.trim());
+    }
+    // TLS / SASL of the deployment (SPEC §14), from its settings.
+    if let Some(security) = properties::installed() {
+        security.apply(&mut c);
     }
     c
 }

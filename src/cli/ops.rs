@@ -28,9 +28,24 @@ pub struct ApiArgs {
     /// YAML/JSON file of API bearer tokens (`tokens: [{name, role, sha256}]`), hashes only.
     #[arg(long, env = "SPENDGUARD_API_TOKENS")]
     pub api_tokens: Option<PathBuf>,
+    /// PEM certificate chain (leaf first) of the API: with --tls-key-file, the API speaks
+    /// HTTPS only. Without them it is plain HTTP (loopback, or behind a TLS proxy).
+    #[arg(long, env = "SPENDGUARD_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file (keep it readable by the service user only).
+    #[arg(long, env = "SPENDGUARD_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl ApiArgs {
+    /// The API's certificate and key files, both or neither.
+    pub fn tls_files(&self) -> anyhow::Result<Option<crate::api::tls::TlsFiles>> {
+        Ok(crate::api::tls::TlsFiles::from_pair(
+            self.tls_cert_file.clone(),
+            self.tls_key_file.clone(),
+        )?)
+    }
+
     /// The configured tokens; none configured means every protected route answers 401.
     pub fn load_tokens(&self) -> anyhow::Result<TokenStore> {
         match &self.api_tokens {

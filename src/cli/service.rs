@@ -226,6 +226,7 @@ fn publish_lines(
     key_of: impl Fn(&[u8]) -> Option<String>,
 ) -> anyhow::Result<i32> {
     let settings = service.resolve()?;
+    crate::bus::properties::install(&settings.kafka_client);
     let topics = Topics::with_prefix(&settings.topic_prefix);
     let topic = topic_of(&topics).clone();
     let reader: Box<dyn BufRead> = match &input {
@@ -286,6 +287,7 @@ pub fn agent_key(bytes: &[u8]) -> String {
 pub fn decisions(cmd: DecisionsCommand) -> anyhow::Result<i32> {
     let DecisionsCommand::Tail(args) = cmd;
     let settings = args.service.resolve()?;
+    crate::bus::properties::install(&settings.kafka_client);
     let topics = Topics::with_prefix(&settings.topic_prefix);
     runtime()?.block_on(async move {
         bus::ensure_topics(&settings.brokers, &topics.layout(&settings)).await?;
@@ -436,6 +438,7 @@ pub struct ServeArgs {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let mut settings = args.service.resolve()?;
+    crate::bus::properties::install(&settings.kafka_client);
     if args.no_kafka {
         settings.kafka = false;
     }
@@ -449,6 +452,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         Some(addr) => Some(crate::serve::ApiMount {
             addr,
             tokens: args.api.load_tokens()?,
+            tls: args.api.tls_files()?,
         }),
         None => None,
     };
@@ -462,6 +466,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
 
 pub fn kill_switch(args: KillSwitchArgs) -> anyhow::Result<i32> {
     let settings = args.service.resolve()?;
+    crate::bus::properties::install(&settings.kafka_client);
     runtime()?.block_on(async move {
         let ledger = Ledger::connect(&settings.database_url, &settings.instance).await?;
         if args.action == KillAction::Status {
@@ -509,6 +514,7 @@ pub fn kill_switch(args: KillSwitchArgs) -> anyhow::Result<i32> {
 
 pub fn run_loadgen(args: loadgen::LoadgenArgs) -> anyhow::Result<i32> {
     let settings = args.service.resolve()?;
+    crate::bus::properties::install(&settings.kafka_client);
     runtime()?.block_on(loadgen::run(&settings, &args))
 }
 

@@ -39,6 +39,7 @@ pub mod sweep;
 mod timeline;
 pub mod usage;
 pub mod votes;
+mod tls;
 
 pub use events::Origin;
 
@@ -475,13 +476,14 @@ impl Ledger {
                 "DATABASE_URL / --database-url is not a valid PostgreSQL URL: {e}"
             ))
         })?;
+        tls::warn_if_unverified(&url);
         let connect = url.clone().options(opts.timeouts.startup_options());
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(std::time::Duration::from_millis(opts.timeouts.acquire_ms))
             .connect_with(connect)
             .await
-            .map_err(LedgerError::Connect)?;
+            .map_err(tls::connect_error)?;
         if opts.migrate && !is_migrated(&pool).await {
             // A migration may outlast the service's statement and lock limits (an index
             // on a large ledger): it runs on a session of its own without them.
@@ -489,7 +491,7 @@ impl Ledger {
                 .max_connections(1)
                 .connect_with(url)
                 .await
-                .map_err(LedgerError::Connect)?;
+                .map_err(tls::connect_error)?;
             migrate(&session).await?;
             session.close().await;
         }

@@ -40,6 +40,9 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// The API's certificate or key (`--tls-cert-file`, `--tls-key-file`) is unusable.
+    #[error("HTTPS of the API: {0}")]
+    ApiTls(#[from] crate::api::tls::TlsConfigError),
     #[error("cannot read the checkpoint key (checkpoint_key_file): {0}")]
     CheckpointKey(String),
     /// `notifications.yaml` is present but invalid, or its cursor cannot be set.

@@ -89,6 +89,8 @@ pub async fn run(
         }
     }
     let webhooks = notifier::load(&settings)?;
+    // Every Kafka client of this process speaks the deployment's TLS / SASL.
+    bus::properties::install(&settings.kafka_client);
     let topics = Topics::with_prefix(&settings.topic_prefix);
     let ledger = connect_ledger(&settings).await?;
     let kafka = settings.kafka;
@@ -338,6 +340,8 @@ async fn wait_for_topics(settings: &Settings, topics: &Topics) -> Result<(), Ser
 pub struct ApiMount {
     pub addr: std::net::SocketAddr,
     pub tokens: crate::api::TokenStore,
+    /// HTTPS: the certificate chain and key (`None`: plain HTTP).
+    pub tls: Option<crate::api::tls::TlsFiles>,
 }
 
 /// Starts the HTTP API (SPEC operators' surface) over this instance's ledger, policy set,
@@ -413,6 +417,11 @@ async fn start_api(
         }),
         instance: shared.settings.instance.clone(),
     });
+    // Read before listening: a bad certificate or key stops the start.
+    let tls = match &mount.tls {
+        Some(files) => Some(files.server_config()?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(mount.addr)
         .await
         .map_err(|source| ServeError::Listen {
@@ -428,11 +437,16 @@ async fn start_api(
         let shutdown = async move {
             let _ = stop.wait_for(|stopping| *stopping).await;
         };
-        if let Err(e) = api::serve_listener(listener, state, shutdown).await {
+        let served = match tls {
+            Some(tls) => api::serve_listener_tls(listener, state, tls, shutdown).await,
+            None => api::serve_listener(listener, state, shutdown).await,
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "HTTP API stopped");
         }
     });
-    eprintln!("spendguard serve: HTTP API on http://{bound}");
+    let scheme = if mount.tls.is_some() { "https" } else { "http" };
+    eprintln!("spendguard serve: HTTP API on {scheme}://{bound}");
     Ok(handle)
 }
 
