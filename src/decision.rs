@@ -190,13 +190,22 @@ pub struct ApprovalRequest {
     pub currency: String,
     pub category: String,
     pub purpose: String,
+    #[serde(flatten)]
+    pub terms: ApprovalTerms,
+    /// Votes accepted so far, in ledger order: empty in the message published at
+    /// decision time, current in the API's answers.
+    pub approvals: Vec<ApprovalSoFar>,
+}
+
+/// What approvers sign against and until when (SPEC §13.1): in a waiting decision's
+/// message and, the same values, in the outcome message that closes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalTerms {
     /// Hex SHA-256 of the recorded `intent_decided` event: a vote's signature covers it.
     pub decision_hash: String,
     /// When the intent closes as EXPIRED without its approvals.
     pub expires_at: chrono::DateTime<chrono::Utc>,
-    /// Votes accepted so far, in ledger order: empty in the message published at
-    /// decision time, current in the API's answers.
-    pub approvals: Vec<ApprovalSoFar>,
 }
 
 /// One accepted vote.
@@ -233,7 +242,7 @@ mod tests {
         );
         let waiting: DecisionMessage = serde_json::from_str(&text).unwrap();
         let approval = waiting.approval.as_ref().unwrap();
-        assert_eq!(approval.decision_hash, "ab");
+        assert_eq!(approval.terms.decision_hash, "ab");
         assert_eq!(approval.approvals[0].approver_id, "alice");
         let again: DecisionMessage =
             serde_json::from_str(&serde_json::to_string(&waiting).unwrap()).unwrap();

@@ -171,7 +171,7 @@ pub fn pending_view(r: PendingApprovalRow) -> PendingApprovalView {
         usage: m.and_then(|m| usage_view(m, minor)),
         decision_hash: m
             .and_then(|m| m.approval.as_ref())
-            .map(|a| a.decision_hash.clone()),
+            .map(|a| a.terms.decision_hash.clone()),
         approvals: so_far
             .into_iter()
             .map(|v| ApprovalSoFarView {

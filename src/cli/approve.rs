@@ -93,7 +93,7 @@ pub fn run(args: ApproveArgs) -> anyhow::Result<i32> {
             &key,
             &decision.intent_id,
             &args.approver,
-            &approval.decision_hash,
+            &approval.terms.decision_hash,
             vote,
         );
         send(&args, &msg, token.as_deref(), timeout).await?;
@@ -240,7 +240,8 @@ pub fn show(d: &DecisionMessage, a: &ApprovalRequest) -> String {
         d.effect,
         d.approvals_required.max(1),
         a.approvals.len(),
-        a.expires_at
+        a.terms
+            .expires_at
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
     for r in &d.reasons {
@@ -255,7 +256,7 @@ pub fn show(d: &DecisionMessage, a: &ApprovalRequest) -> String {
     for v in &a.approvals {
         out.push_str(&format!("  voted: {} {}\n", v.approver_id, v.vote.as_str()));
     }
-    out.push_str(&format!("  decisionHash {}", a.decision_hash));
+    out.push_str(&format!("  decisionHash {}", a.terms.decision_hash));
     out
 }
 
@@ -408,7 +409,7 @@ mod tests {
     fn decisions_are_read_plain_or_from_an_inbox_entry() {
         let plain = r#"{"intentId":"i","agentId":"a","entityId":"e","effect":"REQUIRE_HITL","approvalsRequired":1,"reasons":[],"decidedAt":"2026-11-30T12:00:00Z","amount":"10.00","currency":"BRL","category":"c","purpose":"PIX","decisionHash":"ab","expiresAt":"2026-11-30T13:00:00Z","approvals":[]}"#;
         let d = parse_decision(plain).unwrap();
-        assert_eq!(waiting(&d, Some("i")).unwrap().decision_hash, "ab");
+        assert_eq!(waiting(&d, Some("i")).unwrap().terms.decision_hash, "ab");
         assert!(waiting(&d, Some("other")).is_err());
         let inbox = format!(r#"{{"approvals":[{{"intentId":"i","decision":{plain}}}]}}"#);
         assert_eq!(from_inbox(&inbox, "i").unwrap(), d);

@@ -460,6 +460,13 @@ pub struct IntentClosed {
     /// CANCELLED.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub votes: Vec<ClosingVote>,
+    /// APPROVED / REJECTED / KILLED / EXPIRED: what the decision required and what its
+    /// approvers signed against, for the outcome message (SPEC §13.1). Absent in events
+    /// written before that, and in CANCELLED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals_required: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<crate::decision::ApprovalTerms>,
 }
 
 /// An accepted vote as an outcome reports it.

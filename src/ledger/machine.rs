@@ -183,13 +183,24 @@ fn recorded_decision_message(
             currency: d.intent.currency.clone(),
             category: d.intent.category.clone(),
             purpose: d.intent.purpose.as_str().to_string(),
-            decision_hash: hex::encode(r.hash),
-            expires_at,
+            terms: approval_terms(&r.hash, expires_at),
             approvals: Vec::new(),
         });
     DecisionMessage {
         approval,
         ..decision_message(d, Some(r.seq))
+    }
+}
+
+/// What approvers sign against: built here only, for the decision message and for the
+/// outcome that closes the intent (through `Projections::waiting_hashes`).
+fn approval_terms(
+    decision_hash: &[u8],
+    expires_at: DateTime<Utc>,
+) -> crate::decision::ApprovalTerms {
+    crate::decision::ApprovalTerms {
+        decision_hash: hex::encode(decision_hash),
+        expires_at,
     }
 }
 
@@ -227,6 +238,8 @@ pub fn delta(
                 amount: None,
                 authorization: None,
                 flags: Vec::new(),
+                approvals_required: c.approvals_required,
+                terms: c.terms.clone(),
                 approvals: c.votes.clone(),
             };
             let text = serde_json::to_string(&message).map_err(|source| FoldError::Serialize {
@@ -437,6 +450,8 @@ fn lifecycle_message(
         } else {
             Vec::new()
         },
+        approvals_required: None,
+        terms: None,
         approvals: Vec::new(),
     }
 }
@@ -751,6 +766,9 @@ pub struct Projections {
     /// (keyed by [`intent_key`]: 16 bytes instead of a heap string per decision)
     pub decisions: HashMap<IntentKey, (i64, Digest)>,
     pub pending: BTreeMap<String, PendingRow>,
+    /// intent waiting for approval → its `decisionHash` (the outcome closing it repeats
+    /// it); kept apart from `pending`, whose rows mirror the `pending_approval` table.
+    pub waiting_hashes: HashMap<String, Vec<u8>>,
     /// (intent, approver) → vote
     pub votes: BTreeMap<(String, String), VoteRow>,
     pub outcomes: BTreeMap<String, OutcomeRow>,
@@ -823,6 +841,7 @@ impl Projections {
                 self.pending.insert(p.intent_id.clone(), p.clone());
             }
             Change::PendingClose(id) => {
+                self.waiting_hashes.remove(id);
                 if self.pending.remove(id).is_none() {
                     return Some(Inconsistency::ClosedNotPending(id.clone()));
                 }
@@ -878,6 +897,10 @@ impl Projections {
                 seq,
             } => self.update_record(intent_id, *amount, *counts, *seq),
             Change::Decision { row: d, .. } => {
+                if Effect::parse(&d.effect).is_some_and(Effect::needs_approval) {
+                    self.waiting_hashes
+                        .insert(d.intent_id.clone(), d.decision_hash.clone());
+                }
                 let id = intent_key(&d.intent_id);
                 if let Some((first_seq, _)) = self.decisions.insert(id, (d.seq, d.digest())) {
                     return Some(Inconsistency::DecidedTwice {
@@ -1447,6 +1470,8 @@ pub fn close(
                 _ => None,
             },
             votes: Vec::new(),
+            approvals_required: None,
+            terms: None,
         }),
     }
 }
@@ -1481,6 +1506,13 @@ fn close_voted(
                 signed_at: chain::to_micros(v.signed_at),
             }))
             .collect();
+        if let Some(p) = s.pending.get(intent_id) {
+            c.approvals_required = u32::try_from(p.approvals_required).ok();
+            c.terms = s
+                .waiting_hashes
+                .get(intent_id)
+                .map(|hash| approval_terms(hash, p.expires_at));
+        }
     }
     staged
 }

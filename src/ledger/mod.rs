@@ -272,6 +272,13 @@ pub struct OutcomeMessage {
     pub authorization: Option<Box<authorization::AuthorizationTotals>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+    /// Approval outcomes (SPEC §13.1): the approvals the decision required and the terms
+    /// its approvers signed against, as the decision message stated them. Absent in
+    /// outcomes of events recorded before these fields, and in lifecycle outcomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals_required: Option<u32>,
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<crate::decision::ApprovalTerms>,
     /// Approval outcomes (SPEC §13.1): every accepted vote, the closing one last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<events::ClosingVote>,

@@ -33,6 +33,15 @@ pub(super) async fn load_approvals(
     {
         s.pending.insert(p.intent_id.clone(), p);
     }
+    for (intent_id, hash) in sqlx::query_as::<_, (String, Vec<u8>)>(
+        "SELECT d.intent_id, d.decision_hash FROM decision d JOIN pending_approval p USING (intent_id) WHERE d.intent_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        s.waiting_hashes.insert(intent_id, hash);
+    }
     let sql = format!("SELECT {VOTE_COLUMNS} FROM approval_vote WHERE intent_id = ANY($1)");
     for v in sqlx::query_as::<_, VoteRow>(sqlx::AssertSqlSafe(sql))
         .bind(ids)

@@ -697,7 +697,7 @@ async fn waiting_decisions_carry_their_hash_and_older_events_fold_as_published()
         .await
         .unwrap();
     let approval = m.message.approval.clone().expect("approval part");
-    assert_eq!(approval.decision_hash, m.decision_hash);
+    assert_eq!(approval.terms.decision_hash, m.decision_hash);
     assert_eq!(approval.amount.to_string(), "900.00");
     assert!(approval.approvals.is_empty());
     let a = ledger

@@ -610,6 +610,10 @@ async fn approvers_sign_with_the_decision_and_a_key_over_kafka_and_the_api() {
         [("alice", "APPROVE"), ("bob", "APPROVE")],
         "{outcome}"
     );
+    // The outcome repeats what the approvers signed against, as the decision stated it.
+    assert_eq!(outcome["decisionHash"], decision_hash.as_str(), "{outcome}");
+    assert_eq!(outcome["approvalsRequired"], 2, "{outcome}");
+    assert_eq!(outcome["expiresAt"], message["expiresAt"], "{outcome}");
 
     // The inbox: what each approver's token may vote on, with reasons, usage, expiry.
     let inbox = |token: String| async move {
@@ -691,6 +695,27 @@ async fn approvers_sign_with_the_decision_and_a_key_over_kafka_and_the_api() {
     let (status, answer) = post(bob.token.clone(), bob_vote).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["outcome"], "APPROVED", "{answer}");
+    // Closed through the API, the published outcome carries the same terms.
+    let closed = read_until(&brokers, &rig.topics.decisions, WAIT_MS, |ms| {
+        on_topic(ms, "ms-api", true).is_some()
+    })
+    .await;
+    let api_outcome = json(on_topic(&closed, "ms-api", true).expect("ms-api outcome"));
+    assert_eq!(
+        api_outcome["decisionHash"],
+        api_hash.as_str(),
+        "{api_outcome}"
+    );
+    assert_eq!(api_outcome["approvalsRequired"], 2, "{api_outcome}");
+    assert_eq!(
+        api_outcome["expiresAt"],
+        entry_of(&alice_inbox, "ms-api")["expiresAt"],
+        "{api_outcome}"
+    );
+    assert_eq!(
+        api_outcome["approvals"][1]["approverId"], "bob",
+        "{api_outcome}"
+    );
     // The accepted vote keeps its signature and what it covered (SPEC §14), so an
     // auditor can verify it again with the registry's key.
     {

@@ -77,6 +77,12 @@ async fn the_sweeper_expires_and_a_late_vote_is_refused() {
     assert_eq!(first["effect"], "REQUIRE_HITL", "{first}");
     let outcome = outcome_of(&ms).unwrap_or_else(|| panic!("no outcome:\n{}", server.log_text()));
     assert_eq!(outcome["outcome"], "EXPIRED", "{outcome}");
+    // The expiry closes it with the decision's terms, and no approvals were given.
+    assert_eq!(outcome["decisionHash"], first["decisionHash"], "{outcome}");
+    assert!(outcome["decisionHash"].is_string(), "{outcome}");
+    assert_eq!(outcome["expiresAt"], first["expiresAt"], "{outcome}");
+    assert_eq!(outcome["approvalsRequired"], 1, "{outcome}");
+    assert!(outcome.get("approvals").is_none(), "{outcome}");
 
     // The reservation is released.
     let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
