@@ -25,6 +25,22 @@ pub enum PolicyCommand {
     /// Replay recorded intents under a candidate policy and report how decisions change
     /// (exit 3 when the candidate allows anything the current policy denied).
     Impact(crate::cli::ops::ImpactArgs),
+    /// Run the policy tests of a directory (DIR/tests/*.test.yaml) with the service's own
+    /// decision step; exit 1 when a case fails or cannot run.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Policy directory; its test files are DIR/tests/*.test.yaml (.yml, .json).
+    #[arg(default_value = "policies")]
+    pub dir: PathBuf,
+    /// Also write a JUnit XML report to FILE (for CI systems).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// List passing cases too.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -80,7 +96,30 @@ pub fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         PolicyCommand::Impact(args) => crate::cli::ops::run_impact(args),
+        PolicyCommand::Test(args) => run_tests(&args),
     }
+}
+
+fn run_tests(args: &TestArgs) -> anyhow::Result<i32> {
+    use crate::policy::testing;
+    let set = PolicySet::load_dir(&args.dir).map_err(|e| {
+        anyhow::anyhow!("{e}\n(the policies must load before they can be tested: run `spendguard policy check {}`)", args.dir.display())
+    })?;
+    let files = testing::test_files(&args.dir).map_err(|e| {
+        anyhow::anyhow!("{e}\n(put test files in {}/tests/NAME.test.yaml; see docs/policy-language.md, \"Testing policies\")", args.dir.display())
+    })?;
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no test files in {}/tests (names end in .test.yaml, .test.yml or .test.json)",
+        args.dir.display()
+    );
+    let run = testing::run_files(&set, &files);
+    print!("{}", testing::render_text(&run, args.verbose));
+    if let Some(path) = &args.junit {
+        std::fs::write(path, testing::junit_xml(&run))
+            .with_context(|| format!("cannot write the JUnit report to {}", path.display()))?;
+    }
+    Ok(if run.ok() { 0 } else { 1 })
 }
 
 #[derive(Debug, Serialize)]

@@ -296,3 +296,120 @@ fn check_prints_limit_lints_at_the_limit() {
         "{out}"
     );
 }
+
+#[test]
+fn policy_test_passes_on_the_shipped_policies_and_writes_junit() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let (code, out, err) = run(
+        &[
+            "policy",
+            "test",
+            "policies",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(" failed, 0 error(s)") && out.contains(", 0 failed,"),
+        "{out}"
+    );
+    // Every example policy has tests of its own.
+    for p in [
+        "conservative-brazilian-agent",
+        "aggressive-investment-agent",
+        "night-guard-agent",
+    ] {
+        assert!(
+            std::path::Path::new(&format!("policies/tests/{p}.test.yaml")).exists(),
+            "{p} has no test file"
+        );
+    }
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites "),
+        "{xml}"
+    );
+    assert!(xml.contains("failures=\"0\" errors=\"0\""), "{xml}");
+    assert!(xml.contains("<testcase classname=\"policies/tests/night-guard-agent.test.yaml\" name=\"a sizeable payment at night needs a human\"/>"), "{xml}");
+}
+
+#[test]
+fn policy_test_fails_with_a_readable_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        "policies/conservative-brazilian-agent.json",
+        dir.path().join("conservative-brazilian-agent.json"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    std::fs::write(
+        dir.path().join("tests/broken.test.yaml"),
+        r#"
+policy: conservative-brazilian-agent
+cases:
+  - name: someone expects the cap to be exclusive
+    at: 2026-11-25T15:00:00Z
+    intent:
+      amount: "600.00"
+      category: utility
+      purpose: PIX
+      beneficiary: { id: "utility:light_company", country: BR }
+    expect: { effect: REQUIRE_MSIG, codes: [high_value_requires_dual_approval, amount_requires_multiple_approvals] }
+  - name: passes
+    at: 2026-11-25T15:00:00Z
+    intent: { amount: "10.00", category: utility, purpose: PIX, beneficiary: { id: "bank:itau", country: BR } }
+    expect: { effect: ALLOW }
+"#,
+    )
+    .unwrap();
+    let junit = dir.path().join("junit.xml");
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = run(
+        &["policy", "test", d, "--junit", junit.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("FAIL  ")
+            && out.contains("broken.test.yaml: someone expects the cap to be exclusive"),
+        "{out}"
+    );
+    assert!(
+        out.contains("effect: expected REQUIRE_MSIG, got DENY"),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ exceeds_per_transaction_limit (not expected)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("DENY exceeds_per_transaction_limit: 600.00 > 500.00 BRL"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 test(s) in 1 file(s): 1 passed, 1 failed, 0 error(s)"),
+        "{out}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("tests=\"2\" failures=\"1\""), "{xml}");
+    assert!(
+        xml.contains("<failure message=\"effect: expected REQUIRE_MSIG, got DENY\">"),
+        "{xml}"
+    );
+
+    // A test file that is not the format is an error (exit 1), with its position.
+    std::fs::write(
+        dir.path().join("tests/broken.test.yaml"),
+        "cases:\n  - name: x\n    when: 1\n",
+    )
+    .unwrap();
+    let (code, out, _) = run(&["policy", "test", d], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("ERROR ") && out.contains("unknown field `when`"),
+        "{out}"
+    );
+}
