@@ -10,6 +10,8 @@ scripts/services.sh up
 scripts/compose.sh install
 # promtool checks and unit-tests the Prometheus alert rules (Debian's prometheus package).
 scripts/promtool.sh install
+# Headless Chromium screenshots the web console (Debian's chromium package).
+scripts/chromium.sh install
 # shellcheck disable=SC1091
 source scripts/env.sh
 
