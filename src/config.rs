@@ -500,6 +500,45 @@ mod tests {
     }
 
     #[test]
+    fn kafka_properties_come_from_the_file_and_flags_and_secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("kafka-password");
+        std::fs::write(&secret, "s3cret-from-file\n").unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "kafka_properties:\n  security.protocol: SASL_SSL\n  sasl.mechanisms: PLAIN\n  ssl.ca.location: /etc/ca.pem\nkafka_secret_files:\n  sasl.password: {}\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let args = ServiceArgs {
+            config: Some(path.clone()),
+            kafka_properties: Some("sasl.mechanisms=SCRAM-SHA-512".into()),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        let p = &s.kafka_client;
+        assert_eq!(p.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(p.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+        let mut c = rdkafka::ClientConfig::new();
+        p.apply(&mut c);
+        assert_eq!(c.get("sasl.password"), Some("s3cret-from-file"));
+        assert!(!format!("{s:?}").contains("s3cret"), "secret in Debug");
+        // A secret in clear in the file is refused.
+        std::fs::write(&path, "kafka_properties:\n  sasl.password: clear\n").unwrap();
+        let err = ServiceArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("sasl.password"), "{err}");
+        assert!(!err.is_transient());
+    }
+
+    #[test]
     fn topic_prefix_is_restricted_to_kafka_safe_characters() {
         let args = ServiceArgs {
             topic_prefix: Some("bad prefix/".into()),

@@ -124,7 +124,13 @@ impl BusError {
     /// hold its partition for ever (SPEC §15).
     pub fn is_transient(&self) -> bool {
         match self {
-            BusError::Client { .. } => true,
+            // A client librdkafka refuses to create (a CA file that cannot be read, a
+            // property it rejects) stays refused: the settings must change.
+            BusError::Client { source, .. } => !matches!(
+                source,
+                rdkafka::error::KafkaError::ClientCreation(_)
+                    | rdkafka::error::KafkaError::ClientConfig(..)
+            ),
             BusError::CreateTopic { .. } => false,
             BusError::Publish { code, .. } => !code.is_some_and(refused_for_what_it_is),
         }

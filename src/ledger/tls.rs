@@ -13,11 +13,21 @@ use super::LedgerError;
 /// name that does not match, a server without TLS under `sslmode=require`) are settings
 /// to fix, not an outage to wait out; anything else is [`LedgerError::Connect`].
 pub(crate) fn connect_error(e: sqlx::Error) -> LedgerError {
-    match &e {
-        sqlx::Error::Tls(cause) => LedgerError::Setup(format!(
+    let tls_failure: Option<String> = match &e {
+        sqlx::Error::Tls(cause) => Some(cause.to_string()),
+        // rustls reports a refused certificate through the socket: an I/O error that
+        // carries the rustls error.
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(|r| r.to_string()),
+        _ => None,
+    };
+    match tls_failure {
+        Some(cause) => LedgerError::Setup(format!(
             "TLS to PostgreSQL failed: {cause}. Check the sslmode of DATABASE_URL, its sslrootcert (the CA that signed the server's certificate) and that the URL's host is a name in that certificate (sslmode=verify-full)"
         )),
-        _ => LedgerError::Connect(e),
+        None => LedgerError::Connect(e),
     }
 }
 
@@ -98,6 +108,13 @@ mod tests {
         ));
         assert!(!e.is_transient());
         assert!(e.to_string().contains("sslrootcert"), "{e}");
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let e = connect_error(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            refused,
+        )));
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("TLS to PostgreSQL failed"), "{e}");
         let e = connect_error(sqlx::Error::Io(std::io::Error::other("refused")));
         assert!(e.is_transient());
     }

@@ -322,7 +322,7 @@ async fn wait_for_topics(settings: &Settings, topics: &Topics) -> Result<(), Ser
         let created = bus::ensure_topics(&settings.brokers, &layout).await;
         match created {
             Ok(()) => return Ok(()),
-            Err(e @ bus::BusError::Client { .. }) => {
+            Err(e @ bus::BusError::Client { .. }) if e.is_transient() => {
                 tracing::warn!(error = %e, "broker unavailable at start; retrying in {pause_ms} ms");
                 eprintln!(
                     "spendguard serve: waiting for the broker at {}",

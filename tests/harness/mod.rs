@@ -31,6 +31,7 @@ pub mod proxy;
 pub mod scenario;
 pub mod serial;
 pub mod serve;
+pub mod tls;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;

@@ -16,4 +16,5 @@ mod machine_model;
 mod privacy;
 mod report_scenario;
 mod tamper;
+mod tls;
 mod windows;

@@ -24,4 +24,5 @@ mod loadgen;
 mod pipeline;
 mod reload;
 mod settlements;
+mod tls;
 mod webhooks;
