@@ -98,6 +98,15 @@ pub struct ServiceArgs {
     /// how long a paused instance can hold the ledger's locks [default: 500].
     #[arg(long, env = "SPENDGUARD_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS")]
     pub db_idle_in_transaction_timeout_ms: Option<u64>,
+    /// File holding the key-encryption key of the per-subject keys (base64 of 32 bytes,
+    /// from `spendguard privacy kek-gen`); keep it off the database host. Instead, the
+    /// KEK itself can be in SPENDGUARD_KEK (never a flag: flags show in the process list).
+    #[arg(long, env = "SPENDGUARD_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// During a KEK rotation: the previous KEK's file, still used to unwrap the keys not
+    /// yet re-wrapped (`spendguard privacy rotate-kek`).
+    #[arg(long, env = "SPENDGUARD_KEK_PREVIOUS_FILE")]
+    pub kek_previous_file: Option<PathBuf>,
     /// librdkafka security properties for every Kafka client, `key=value,key=value`
     /// (e.g. `security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username=svc,ssl.ca.location=/etc/ca.pem`);
     /// each key replaces the same key of `kafka_properties` in the config file. No
@@ -142,6 +151,8 @@ struct FileSettings {
     chain_verify_interval_s: Option<u64>,
     checkpoint_key_file: Option<PathBuf>,
     checkpoint_dir: Option<PathBuf>,
+    kek_file: Option<PathBuf>,
+    kek_previous_file: Option<PathBuf>,
     checkpoint_interval_s: Option<u64>,
     checkpoint_every_events: Option<i64>,
     kafka: Option<bool>,
@@ -186,6 +197,11 @@ pub struct Settings {
     /// written to; both or neither.
     pub checkpoint_key_file: Option<PathBuf>,
     pub checkpoint_dir: Option<PathBuf>,
+    /// The key-encryption key's file (SPEC §14 "Keys apart from data"); when unset,
+    /// `SPENDGUARD_KEK` is read ([`crate::keywrap::KeyRing::from_config`]). Only paths
+    /// here: the key itself is read when the ledger is opened.
+    pub kek_file: Option<PathBuf>,
+    pub kek_previous_file: Option<PathBuf>,
     /// At most this long between checkpoints while events are appended.
     pub checkpoint_interval_s: u64,
     /// A checkpoint as soon as this many events were appended since the last one.
@@ -302,6 +318,8 @@ impl ServiceArgs {
                 .unwrap_or(DEFAULT_CHAIN_VERIFY_INTERVAL_S),
             checkpoint_key_file: file.checkpoint_key_file,
             checkpoint_dir: file.checkpoint_dir,
+            kek_file: self.kek_file.clone().or(file.kek_file),
+            kek_previous_file: self.kek_previous_file.clone().or(file.kek_previous_file),
             checkpoint_interval_s: file
                 .checkpoint_interval_s
                 .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_S),

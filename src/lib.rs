@@ -15,6 +15,7 @@ pub mod window;
 pub mod policy;
 
 // --- ledger ---
+pub mod keywrap;
 pub mod ledger;
 pub mod privacy;
 

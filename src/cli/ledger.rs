@@ -18,6 +18,36 @@ pub struct DbArgs {
     pub database_url: String,
 }
 
+/// The key-encryption key of the per-subject keys (SPEC §14): a file, or the
+/// `SPENDGUARD_KEK` environment variable (base64 of 32 bytes; never a flag).
+#[derive(Debug, Clone, Default, Args)]
+pub struct KekArgs {
+    /// File holding the KEK (base64 of 32 bytes, from `spendguard privacy kek-gen`).
+    #[arg(long, env = "SPENDGUARD_KEK_FILE", value_name = "FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// During a rotation: the previous KEK's file, to unwrap keys not re-wrapped yet.
+    #[arg(long, env = "SPENDGUARD_KEK_PREVIOUS_FILE", value_name = "FILE")]
+    pub kek_previous_file: Option<PathBuf>,
+}
+
+impl KekArgs {
+    /// The configured KEKs, `None` when none is configured.
+    pub fn load(&self) -> anyhow::Result<Option<std::sync::Arc<crate::keywrap::KeyRing>>> {
+        Ok(crate::keywrap::KeyRing::from_config(
+            self.kek_file.as_deref(),
+            self.kek_previous_file.as_deref(),
+        )?)
+    }
+
+    /// The configured KEKs; none configured is an error naming the settings.
+    pub fn required(&self) -> anyhow::Result<std::sync::Arc<crate::keywrap::KeyRing>> {
+        Ok(crate::keywrap::KeyRing::required(
+            self.kek_file.as_deref(),
+            self.kek_previous_file.as_deref(),
+        )?)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
     /// Apply the ledger's schema migrations (idempotent).
@@ -55,6 +85,8 @@ pub struct SubmitArgs {
     /// Name recorded as the origin instance of the events.
     #[arg(long, env = "SPENDGUARD_INSTANCE", default_value = "cli")]
     pub instance: String,
+    #[command(flatten)]
+    pub kek: KekArgs,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +161,10 @@ pub struct ReplayArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// With --verify, decisions are re-evaluated with their clear beneficiary account
+    /// when a KEK is given; without one, with the masked account (and counted).
+    #[command(flatten)]
+    pub kek: KekArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +176,32 @@ pub enum PrivacyCommand {
         #[command(flatten)]
         db: DbArgs,
         /// Who asked (recorded in the audit trail).
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
+    },
+    /// Create a key-encryption key (KEK) for the per-subject keys: writes it to FILE
+    /// (base64, mode 0600; refuses to overwrite) and prints its kek_id. Keep it off the
+    /// database host and out of its backups.
+    KekGen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Re-wrap every subject key under a new KEK, in batches, each recorded as a
+    /// `subject_keys_rewrapped` event; run again if interrupted (done rows are skipped).
+    /// The current KEK comes from --kek-file / SPENDGUARD_KEK_FILE / SPENDGUARD_KEK (and
+    /// --kek-previous-file). Keys still stored in clear are wrapped too.
+    RotateKek {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        kek: KekArgs,
+        /// The new KEK's file (from `privacy kek-gen`).
+        #[arg(long, value_name = "FILE")]
+        new_kek_file: PathBuf,
+        /// Keys re-wrapped per transaction.
+        #[arg(long, default_value_t = ledger::subject_keys::REWRAP_BATCH)]
+        batch: usize,
+        /// Who rotates (recorded in the audit trail).
         #[arg(long, env = "USER", default_value = "operator")]
         actor: String,
     },
@@ -199,6 +261,19 @@ async fn connect(db: &DbArgs, instance: &str) -> anyhow::Result<Ledger> {
     Ok(Ledger::connect(&db.database_url, instance).await?)
 }
 
+/// [`connect`] with the key-encryption key of the subject keys.
+async fn connect_with_kek(
+    db: &DbArgs,
+    instance: &str,
+    key_wrap: Option<std::sync::Arc<crate::keywrap::KeyRing>>,
+) -> anyhow::Result<Ledger> {
+    let opts = ledger::ConnectOptions {
+        key_wrap: key_wrap.map(|k| k as std::sync::Arc<dyn crate::keywrap::KeyWrap>),
+        ..Default::default()
+    };
+    Ok(Ledger::connect_with(&db.database_url, instance, opts).await?)
+}
+
 pub fn run_db(cmd: DbCommand) -> anyhow::Result<i32> {
     match cmd {
         DbCommand::Migrate { db } => runtime()?.block_on(async {
@@ -233,7 +308,10 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     let set = PolicySet::load_dir(&args.policies).map_err(|e| {
         anyhow::anyhow!("cannot load policies from {}: {e}", args.policies.display())
     })?;
-    let ledger = connect(&args.db, &args.instance).await?;
+    // Required even if no line carries personal data: finding out on line 10,000 that
+    // the run cannot seal an account is worse than refusing now.
+    let kek = args.kek.required()?;
+    let ledger = connect_with_kek(&args.db, &args.instance, Some(kek)).await?;
     ledger.activate_policies(&set, "ledger-submit").await?;
     let reader: Box<dyn BufRead> = match &args.input {
         Some(p) => Box::new(std::io::BufReader::new(
@@ -433,7 +511,7 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<i32> {
 
 pub fn run_replay(args: ReplayArgs) -> anyhow::Result<i32> {
     runtime()?.block_on(async {
-        let ledger = connect(&args.db, "replay").await?;
+        let ledger = connect_with_kek(&args.db, "replay", args.kek.load()?).await?;
         let report = ledger.replay(args.verify).await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -444,8 +522,13 @@ pub fn run_replay(args: ReplayArgs) -> anyhow::Result<i32> {
                 report.decisions,
                 if args.verify {
                     format!(
-                        ", {} re-evaluated, {} did not reproduce ({} with erased personal data)",
-                        report.decisions_reevaluated, report.decision_mismatch_count, report.erased_personal_data
+                        ", {} re-evaluated, {} did not reproduce ({} with erased personal data{})",
+                        report.decisions_reevaluated, report.decision_mismatch_count, report.erased_personal_data,
+                        if report.personal_data_not_opened > 0 {
+                            format!(", {} with personal data not opened: no KEK given", report.personal_data_not_opened)
+                        } else {
+                            String::new()
+                        }
                     )
                 } else {
                     String::new()
@@ -478,5 +561,70 @@ pub fn run_privacy(cmd: PrivacyCommand) -> anyhow::Result<i32> {
             println!("subject {subject:?}: {keys} key(s) destroyed; recorded as ledgerSeq {seq}");
             Ok(0)
         }),
+        PrivacyCommand::KekGen { out } => {
+            let kek = crate::keywrap::LocalKek::generate();
+            write_kek_file(&out, &kek)?;
+            println!("KEK {} written to {}", crate::keywrap::KeyWrap::kek_id(&kek), out.display());
+            println!("configure it as kek_file / SPENDGUARD_KEK_FILE; keep it off the database host and out of its backups");
+            Ok(0)
+        }
+        PrivacyCommand::RotateKek { db, kek, new_kek_file, batch, actor } => runtime()?.block_on(async {
+            use crate::keywrap::KeyWrap as _;
+            let from = kek.required()?;
+            let to = crate::keywrap::LocalKek::from_file(&new_kek_file)?;
+            // No key wrap on the connection: the rotation itself wraps legacy clear
+            // keys, straight under the new KEK.
+            let ledger = connect(&db, "privacy").await?;
+            let done = ledger
+                .rewrap_subject_keys(from.as_ref(), &to, batch, &actor, &Origin::cli("privacy"))
+                .await?;
+            println!(
+                "{} subject key(s) re-wrapped under {} in {} batch(es){}",
+                done.keys,
+                to.kek_id(),
+                done.batches,
+                match (done.seqs.first(), done.seqs.last()) {
+                    (Some(a), Some(b)) => format!(", recorded as ledgerSeq {a}..{b}"),
+                    _ => String::new(),
+                }
+            );
+            if done.remaining > 0 {
+                println!(
+                    "{} key(s) are still wrapped by another KEK (written meanwhile by an instance whose kek_file is not {}): configure every instance with the new KEK and run this again",
+                    done.remaining,
+                    new_kek_file.display()
+                );
+                return Ok(1);
+            }
+            println!(
+                "every subject key is wrapped by {}: configure kek_file = {} everywhere, then destroy the old KEK",
+                to.kek_id(),
+                new_kek_file.display()
+            );
+            Ok(0)
+        }),
     }
+}
+
+/// Writes a new KEK file readable by its owner only; refuses to overwrite (a lost KEK
+/// is every subject's personal data lost).
+fn write_kek_file(path: &std::path::Path, kek: &crate::keywrap::LocalKek) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| {
+        format!("cannot create KEK file {} (it must not exist yet)", path.display())
+    })?;
+    writeln!(
+        file,
+        "# spendguard key-encryption key {}: keep it off the database host\n{}",
+        crate::keywrap::KeyWrap::kek_id(kek),
+        kek.to_base64()
+    )?;
+    file.sync_all()?;
+    Ok(())
 }

@@ -187,7 +187,7 @@ impl Ledger {
         let keys = if subjects.is_empty() {
             HashMap::new()
         } else {
-            subject_keys(&mut tx, &subjects).await?
+            super::subject_keys::for_subjects(&mut tx, self.key_wrap(), &subjects).await?
         };
 
         let mut results: Vec<Result<Decided, LedgerError>> = Vec::with_capacity(items.len());
@@ -455,37 +455,3 @@ async fn load_snapshot(
     Ok((snapshot, existing))
 }
 
-/// The current key of each subject, created when missing.
-async fn subject_keys(
-    conn: &mut sqlx::PgConnection,
-    subjects: &[String],
-) -> Result<HashMap<String, privacy::SubjectKey>, LedgerError> {
-    let fresh: Vec<privacy::SubjectKey> = subjects
-        .iter()
-        .map(|_| privacy::SubjectKey::generate())
-        .collect();
-    sqlx::query(
-        "INSERT INTO subject_key (subject_id, key_id, key)
-         SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[]) ON CONFLICT (subject_id) DO NOTHING",
-    )
-    .bind(subjects)
-    .bind(fresh.iter().map(|k| k.key_id).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|k| k.key.to_vec()).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    // A new statement: sees rows another transaction committed while we waited on them.
-    let mut out = HashMap::new();
-    for (subject_id, key_id, key) in sqlx::query_as::<_, (String, uuid::Uuid, Vec<u8>)>(
-        "SELECT subject_id, key_id, key FROM subject_key WHERE subject_id = ANY($1)",
-    )
-    .bind(subjects)
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        let k = privacy::SubjectKey::from_bytes(key_id, &key).ok_or_else(|| {
-            LedgerError::Corrupt(format!("the key of subject {subject_id} is not 32 bytes"))
-        })?;
-        out.insert(subject_id, k);
-    }
-    Ok(out)
-}

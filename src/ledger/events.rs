@@ -25,8 +25,9 @@ pub mod kind {
     pub const SETTLEMENT_REFUSED: &str = "settlement_refused";
     pub const AUTHORIZATION_EXPIRED: &str = "authorization_expired";
     pub const FX_RATE_SET: &str = "fx_rate_set";
+    pub const SUBJECT_KEYS_REWRAPPED: &str = "subject_keys_rewrapped";
 
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         POLICY_ACTIVATED,
         INTENT_DECIDED,
         INTENT_INVALID,
@@ -41,6 +42,7 @@ pub mod kind {
         SETTLEMENT_REFUSED,
         AUTHORIZATION_EXPIRED,
         FX_RATE_SET,
+        SUBJECT_KEYS_REWRAPPED,
     ];
 }
 
@@ -61,10 +63,11 @@ pub enum EventKind {
     SettlementRefused,
     AuthorizationExpired,
     FxRateSet,
+    SubjectKeysRewrapped,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::PolicyActivated,
         EventKind::IntentDecided,
         EventKind::IntentInvalid,
@@ -79,6 +82,7 @@ impl EventKind {
         EventKind::SettlementRefused,
         EventKind::AuthorizationExpired,
         EventKind::FxRateSet,
+        EventKind::SubjectKeysRewrapped,
     ];
 
     /// The stored name (`ledger_event.event_type`).
@@ -98,6 +102,7 @@ impl EventKind {
             EventKind::SettlementRefused => kind::SETTLEMENT_REFUSED,
             EventKind::AuthorizationExpired => kind::AUTHORIZATION_EXPIRED,
             EventKind::FxRateSet => kind::FX_RATE_SET,
+            EventKind::SubjectKeysRewrapped => kind::SUBJECT_KEYS_REWRAPPED,
         }
     }
 
@@ -133,6 +138,7 @@ pub enum LedgerEvent {
     SettlementRefused(SettlementRefused),
     AuthorizationExpired(Box<AuthorizationExpired>),
     FxRateSet(FxRateSet),
+    SubjectKeysRewrapped(SubjectKeysRewrapped),
 }
 
 /// A stored event that cannot be read back as a [`LedgerEvent`].
@@ -164,6 +170,7 @@ impl LedgerEvent {
             LedgerEvent::SettlementRefused(_) => EventKind::SettlementRefused,
             LedgerEvent::AuthorizationExpired(_) => EventKind::AuthorizationExpired,
             LedgerEvent::FxRateSet(_) => EventKind::FxRateSet,
+            LedgerEvent::SubjectKeysRewrapped(_) => EventKind::SubjectKeysRewrapped,
         }
     }
 
@@ -184,6 +191,7 @@ impl LedgerEvent {
             LedgerEvent::SettlementRefused(p) => canonical(p),
             LedgerEvent::AuthorizationExpired(p) => canonical(p),
             LedgerEvent::FxRateSet(p) => canonical(p),
+            LedgerEvent::SubjectKeysRewrapped(p) => canonical(p),
         }
     }
 
@@ -242,6 +250,9 @@ impl LedgerEvent {
                 LedgerEvent::AuthorizationExpired(Box::new(Deserialize::deserialize(de)?))
             }
             EventKind::FxRateSet => LedgerEvent::FxRateSet(Deserialize::deserialize(de)?),
+            EventKind::SubjectKeysRewrapped => {
+                LedgerEvent::SubjectKeysRewrapped(Deserialize::deserialize(de)?)
+            }
         })
     }
 }
@@ -603,6 +614,21 @@ pub struct KillSwitchSet {
 #[serde(rename_all = "camelCase")]
 pub struct SubjectErased {
     pub subject: String,
+    pub key_ids: Vec<uuid::Uuid>,
+    pub actor: String,
+}
+
+/// `subject_keys_rewrapped`: subject keys wrapped anew under `to_kek_id`, by a KEK
+/// rotation or by the first start with a KEK (keys then stored in clear). One event per
+/// batch, in the same transaction as the rows it changed; the key material is never in
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectKeysRewrapped {
+    /// The KEKs that wrapped these keys before, sorted; `clear` for keys that were
+    /// stored unwrapped.
+    pub from_kek_ids: Vec<String>,
+    pub to_kek_id: String,
     pub key_ids: Vec<uuid::Uuid>,
     pub actor: String,
 }

@@ -345,6 +345,7 @@ pub fn delta(
         | LedgerEvent::IdempotencyConflict(_)
         | LedgerEvent::VoteRefused(_)
         | LedgerEvent::SubjectErased(_)
+        | LedgerEvent::SubjectKeysRewrapped(_)
         | LedgerEvent::MessageSetAside(_)
         | LedgerEvent::SettlementRefused(_) => {}
     }

@@ -35,6 +35,7 @@ pub mod query;
 pub mod replay;
 pub mod settle;
 pub mod store;
+pub mod subject_keys;
 pub mod sweep;
 mod timeline;
 pub mod usage;
@@ -114,6 +115,10 @@ pub enum LedgerError {
     /// must act; retrying does not help.
     #[error("{0}")]
     Setup(String),
+    /// A subject key cannot be wrapped or unwrapped: no KEK, the wrong KEK, a tampered
+    /// row (see [`crate::keywrap`]).
+    #[error("subject key: {0}")]
+    SubjectKey(#[from] crate::keywrap::KeyWrapError),
 }
 
 /// A stored event that does not read back is a corrupt ledger (the ledger wrote it).
@@ -139,6 +144,7 @@ impl LedgerError {
             LedgerError::Bug(_) => "internal_error",
             LedgerError::Connect(_) => "database_unavailable",
             LedgerError::Setup(_) => "database_setup",
+            LedgerError::SubjectKey(_) => "subject_key",
         }
     }
 
@@ -152,6 +158,7 @@ impl LedgerError {
             LedgerError::Database(e) => fault::classify(e).is_transient(),
             LedgerError::Connect(e) => fault::classify(e).is_transient(),
             LedgerError::Setup(_) => false,
+            LedgerError::SubjectKey(e) => e.is_transient(),
         }
     }
 }
@@ -368,6 +375,9 @@ pub struct Ledger {
     pool: PgPool,
     instance: String,
     fingerprint_key: Vec<u8>,
+    /// Wraps the per-subject keys (SPEC §14); without it, personal data can be neither
+    /// sealed nor opened.
+    key_wrap: Option<std::sync::Arc<dyn crate::keywrap::KeyWrap>>,
     /// Policy identities known to be recorded (avoids a lookup per decision).
     activated: Mutex<HashSet<String>>,
 }
@@ -379,6 +389,9 @@ pub struct ConnectOptions {
     /// Apply pending migrations (needs a role allowed to change the schema).
     pub migrate: bool,
     pub timeouts: SessionTimeouts,
+    /// The key-encryption key of the subject keys. With it, connecting also wraps any
+    /// subject key still stored in clear (written before keys were wrapped).
+    pub key_wrap: Option<std::sync::Arc<dyn crate::keywrap::KeyWrap>>,
 }
 
 impl Default for ConnectOptions {
@@ -387,6 +400,7 @@ impl Default for ConnectOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             migrate: true,
             timeouts: SessionTimeouts::default(),
+            key_wrap: None,
         }
     }
 }
@@ -503,12 +517,22 @@ impl Ledger {
             session.close().await;
         }
         let fingerprint_key = load_fingerprint_key(&pool).await?;
-        Ok(Ledger {
+        let ledger = Ledger {
             pool,
             instance: instance.to_string(),
             fingerprint_key,
+            key_wrap: opts.key_wrap,
             activated: Mutex::new(HashSet::new()),
-        })
+        };
+        if let Some(kw) = &ledger.key_wrap {
+            subject_keys::wrap_legacy(&ledger, kw.as_ref()).await?;
+        }
+        Ok(ledger)
+    }
+
+    /// The key-encryption key this ledger wraps subject keys with, if any.
+    pub fn key_wrap(&self) -> Option<&dyn crate::keywrap::KeyWrap> {
+        self.key_wrap.as_deref()
     }
 
     pub fn instance(&self) -> &str {
@@ -1011,20 +1035,11 @@ impl Ledger {
         let Some(sealed) = decided.personal else {
             return Ok(Some(PersonalData::None));
         };
-        let key: Option<(uuid::Uuid, Vec<u8>)> =
-            sqlx::query_as("SELECT key_id, key FROM subject_key WHERE key_id = $1")
-                .bind(sealed.key_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some((key_id, key)) = key else {
+        let Some(key) =
+            subject_keys::by_key_id(&self.pool, self.key_wrap(), sealed.key_id).await?
+        else {
             return Ok(Some(PersonalData::Erased));
         };
-        let key = privacy::SubjectKey::from_bytes(key_id, &key).ok_or_else(|| {
-            LedgerError::Corrupt(format!(
-                "stored key of subject {} has the wrong length",
-                sealed.subject
-            ))
-        })?;
         let clear = privacy::open(&key, &sealed, intent_id).map_err(|e| {
             LedgerError::Corrupt(format!("personal data of intent {intent_id}: {e}"))
         })?;

@@ -116,7 +116,7 @@ impl Ledger {
     /// compares them with the live tables (and re-evaluates every decision with
     /// `verify`). See [`replay`].
     pub async fn replay(&self, verify: bool) -> Result<replay::ReplayReport, LedgerError> {
-        replay::replay(&self.pool, verify).await
+        replay::replay(&self.pool, self.key_wrap(), verify).await
     }
 
     /// Closes the ledger's connections (waits for those in use to be returned).
@@ -319,7 +319,8 @@ impl LedgerReader {
     }
 
     /// [`Ledger::replay`] through a reader.
+    /// Without a KEK: personal data is not opened (counted, re-evaluated masked).
     pub async fn replay(&self, verify: bool) -> Result<replay::ReplayReport, LedgerError> {
-        replay::replay(&self.pool, verify).await
+        replay::replay(&self.pool, None, verify).await
     }
 }

@@ -181,6 +181,9 @@ pub struct ReplayReport {
     pub chain_problems: Vec<chain::ChainProblem>,
     /// Decisions whose personal data was erased (re-evaluated with the masked account).
     pub erased_personal_data: u64,
+    /// Decisions whose personal data was not opened because no KEK was configured
+    /// (re-evaluated with the masked account, like erased ones).
+    pub personal_data_not_opened: u64,
 }
 
 impl ReplayReport {
@@ -247,23 +250,22 @@ fn differences(rebuilt: &DecisionRow, live: &DecisionRow) -> String {
 }
 
 /// `spendguard replay [--verify]`.
-pub(crate) async fn replay(pool: &PgPool, verify: bool) -> Result<ReplayReport, LedgerError> {
+pub(crate) async fn replay(
+    pool: &PgPool,
+    key_wrap: Option<&dyn crate::keywrap::KeyWrap>,
+    verify: bool,
+) -> Result<ReplayReport, LedgerError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
     read_whole_ledger(&mut tx).await?;
-    let keys: HashMap<uuid::Uuid, privacy::SubjectKey> =
-        sqlx::query("SELECT key_id, key FROM subject_key")
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .filter_map(|r| {
-                let id: uuid::Uuid = r.try_get("key_id").ok()?;
-                let k: Vec<u8> = r.try_get("key").ok()?;
-                privacy::SubjectKey::from_bytes(id, &k).map(|k| (id, k))
-            })
-            .collect();
+    // Only with --verify are keys needed (to re-evaluate with the clear account).
+    let keys = if verify {
+        super::subject_keys::all(&mut tx, key_wrap).await?
+    } else {
+        HashMap::new()
+    };
 
     let mut report = ReplayReport::default();
     let mut p = Projections::default();
@@ -358,7 +360,7 @@ fn apply(
     p: &mut Projections,
     report: &mut ReplayReport,
     compiled: &mut HashMap<String, CompiledPolicy>,
-    keys: &HashMap<uuid::Uuid, privacy::SubjectKey>,
+    keys: &HashMap<uuid::Uuid, Option<privacy::SubjectKey>>,
     verify: bool,
 ) -> Result<(), LedgerError> {
     let at = |what: &str| format!("seq {} ({}): {what}", e.seq, e.event_type);
@@ -481,18 +483,18 @@ fn reverify(
     p: &Projections,
     report: &mut ReplayReport,
     compiled: &HashMap<String, CompiledPolicy>,
-    keys: &HashMap<uuid::Uuid, privacy::SubjectKey>,
+    keys: &HashMap<uuid::Uuid, Option<privacy::SubjectKey>>,
     at: &dyn Fn(&str) -> String,
 ) {
     let mut intent = d.intent.clone();
     // Restore the personal data when its key still exists (a Rego module may read
     // it); after erasure the masked account is used.
     if let Some(sealed) = &d.personal {
-        match keys
-            .get(&sealed.key_id)
-            .map(|k| privacy::open(k, sealed, &intent.intent_id))
-        {
-            Some(Ok(clear)) => {
+        match keys.get(&sealed.key_id).map(|k| {
+            k.as_ref()
+                .map(|k| privacy::open(k, sealed, &intent.intent_id))
+        }) {
+            Some(Some(Ok(clear))) => {
                 if let Some(a) = serde_json::from_slice::<serde_json::Value>(&clear)
                     .ok()
                     .and_then(|v| {
@@ -504,9 +506,10 @@ fn reverify(
                     intent.beneficiary.account = Some(a);
                 }
             }
-            Some(Err(err)) => {
+            Some(Some(Err(err))) => {
                 report.mismatch(at(&format!("personal data does not decrypt: {err}")))
             }
+            Some(None) => report.personal_data_not_opened += 1,
             None => report.erased_personal_data += 1,
         }
     }

@@ -540,7 +540,10 @@ pub fn build(
             }
             // Not in the report (yet): invalid input outside the period or scope, and
             // messages set aside (counted by the operations metrics).
-            EventKind::IntentInvalid | EventKind::MessageSetAside | EventKind::FxRateSet => {}
+            EventKind::IntentInvalid
+            | EventKind::MessageSetAside
+            | EventKind::FxRateSet
+            | EventKind::SubjectKeysRewrapped => {}
             EventKind::SettlementApplied => {
                 let Ok(v) = serde_json::from_value::<SettlementAppliedView>(ev.payload.clone())
                 else {

@@ -22,7 +22,7 @@ pub enum ServeError {
     #[error("cannot load policies from {dir}: {source}")]
     Policies {
         dir: String,
-        source: Box<crate::policy::PolicyError>,
+        source: Box<crate::policy::SetRefusal>,
     },
     #[error("cannot load the approver registry: {0}")]
     Approvers(crate::approvals::RegistryError),
@@ -40,6 +40,10 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// No usable key-encryption key: serve would have to store subject keys in clear or
+    /// refuse every intent with personal data, so it does not start.
+    #[error("refusing to start: {0}")]
+    Kek(crate::keywrap::KeyWrapError),
     /// The API's certificate or key (`--tls-cert-file`, `--tls-key-file`) is unusable.
     #[error("HTTPS of the API: {0}")]
     ApiTls(#[from] crate::api::tls::TlsConfigError),

@@ -291,8 +291,16 @@ async fn stop_without_kafka(
 /// Opens the ledger; while PostgreSQL is unreachable (transient), waits and retries
 /// instead of exiting, so an instance started during a database outage comes up with it.
 async fn connect_ledger(settings: &Settings) -> Result<Ledger, ServeError> {
+    // No demo exception: a KEK made up for the run would leave every subject key
+    // unreadable after a restart; scripts/demo.sh makes a KEK file instead.
+    let key_wrap = crate::keywrap::KeyRing::required(
+        settings.kek_file.as_deref(),
+        settings.kek_previous_file.as_deref(),
+    )
+    .map_err(ServeError::Kek)?;
     let opts = crate::ledger::ConnectOptions {
         timeouts: settings.db_timeouts,
+        key_wrap: Some(key_wrap),
         ..Default::default()
     };
     let mut pause_ms = RETRY_FIRST_MS;

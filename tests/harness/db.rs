@@ -1,8 +1,39 @@
 //! A fresh ledger database per test, on the real PostgreSQL of `DATABASE_URL` (default
 //! the local server).
 
+use spendguard::keywrap::{KeyWrap, LocalKek};
 use spendguard::ledger::{ConnectOptions, Ledger, SessionTimeouts};
 use sqlx::Connection;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The test KEK of each database (by name), made at random the first time it is asked
+/// for: a ledger opened by the test, a `spendguard` command run on it ([`super::serve::run`])
+/// and a `serve` over it ([`super::serve::service_env`]) all use the same one, and no
+/// two test databases share one.
+pub fn kek_for(url: &str) -> String {
+    static KEKS: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let name = url
+        .split('?')
+        .next()
+        .unwrap_or(url)
+        .rsplit('/')
+        .next()
+        .unwrap_or(url)
+        .to_string();
+    let mut keks = KEKS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    keks.entry(name)
+        .or_insert_with(|| LocalKek::generate().to_base64())
+        .clone()
+}
+
+/// [`kek_for`] as the ledger's key wrap.
+pub fn key_wrap_for(url: &str) -> Arc<dyn KeyWrap> {
+    Arc::new(LocalKek::parse(&kek_for(url), "test KEK").expect("test KEK"))
+}
 
 /// Creates a fresh, empty database on the server of `DATABASE_URL` and returns its URL.
 /// The caller has required PostgreSQL already (see [`fresh_db`], which does both).
@@ -67,10 +98,27 @@ impl TestDb {
         self.ledger_named("test").await
     }
 
+    /// With this database's test KEK ([`kek_for`]).
     pub async fn ledger_named(&self, instance: &str) -> Ledger {
-        Ledger::connect(&self.url, instance)
-            .await
-            .expect("connect ledger")
+        Ledger::connect_with(
+            &self.url,
+            instance,
+            ConnectOptions {
+                key_wrap: Some(self.key_wrap()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("connect ledger")
+    }
+
+    /// This database's test KEK, base64 (what `SPENDGUARD_KEK` holds).
+    pub fn kek(&self) -> String {
+        kek_for(&self.url)
+    }
+
+    pub fn key_wrap(&self) -> Arc<dyn KeyWrap> {
+        key_wrap_for(&self.url)
     }
 
     pub async fn ledger_with(&self, max_connections: u32) -> Ledger {
@@ -80,6 +128,7 @@ impl TestDb {
             ConnectOptions {
                 max_connections,
                 migrate: true,
+                key_wrap: Some(self.key_wrap()),
                 ..Default::default()
             },
         )

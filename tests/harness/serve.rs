@@ -28,13 +28,23 @@ pub fn spendguard(env: &[(String, String)]) -> std::process::Command {
     cmd
 }
 
-/// Runs the binary with `args` (in the test's own environment); returns the exit code
-/// (-1 when killed by a signal) and stdout followed by stderr.
+/// Runs the binary with `args` (in the test's own environment, plus the test KEK of the
+/// `--database-url` database in `SPENDGUARD_KEK` unless `--kek-file` is given); returns
+/// the exit code (-1 when killed by a signal) and stdout followed by stderr.
 pub fn run(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(binary())
-        .args(args)
-        .output()
-        .expect("run spendguard");
+    let mut cmd = std::process::Command::new(binary());
+    cmd.args(args);
+    let db = args
+        .windows(2)
+        .find(|w| w[0] == "--database-url")
+        .map(|w| w[1]);
+    if let Some(db) = db
+        && !args.contains(&"--kek-file")
+    {
+        cmd.env("SPENDGUARD_KEK", super::db::kek_for(db))
+            .env_remove("SPENDGUARD_KEK_FILE");
+    }
+    let out = cmd.output().expect("run spendguard");
     (
         out.status.code().unwrap_or(-1),
         format!(
@@ -54,6 +64,7 @@ pub fn service_env(db: &str, prefix: &str, group: &str, policies: &Path) -> Vec<
         ("SPENDGUARD_GROUP_ID".into(), group.into()),
         ("SPENDGUARD_POLICIES".into(), policies.display().to_string()),
         ("SPENDGUARD_LOG".into(), "warn".into()),
+        ("SPENDGUARD_KEK".into(), super::db::kek_for(db)),
     ]
 }
 
@@ -94,6 +105,9 @@ impl Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let policies = policies(dir.path());
         let env = service_env(&db, &prefix, &group, &policies);
+        // `serve` in this process reads the KEK from a file (the process environment
+        // is shared by every test).
+        std::fs::write(dir.path().join("kek"), super::db::kek_for(&db)).expect("write test KEK");
         let topics = Topics::with_prefix(&prefix);
         Rig {
             db,
@@ -122,6 +136,7 @@ impl Rig {
             topic_prefix: Some(self.prefix.clone()),
             group_id: Some(self.group.clone()),
             instance: Some(instance.into()),
+            kek_file: Some(self.dir.path().join("kek")),
             ..Default::default()
         }
     }

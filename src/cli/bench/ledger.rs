@@ -122,9 +122,11 @@ pub async fn run(
         .execute(&admin)
         .await?;
     let url = replace_db(database_url, &db_name);
+    // A KEK for this scratch database only: its subject keys are never read again.
     let opts = ledger::ConnectOptions {
         max_connections: u32::try_from(concurrency.max(1)).unwrap_or(8),
         migrate: true,
+        key_wrap: Some(std::sync::Arc::new(crate::keywrap::LocalKek::generate())),
         ..Default::default()
     };
     let ledger = Arc::new(Ledger::connect_with(&url, "bench", opts).await?);
