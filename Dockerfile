@@ -19,9 +19,10 @@ RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin spendguard \
  && strip target/release/spendguard
 
+# openssl: the compose stack's `certs` service makes its demo CA with this image.
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl libssl3 zlib1g libsasl2-2 libcurl4 \
+ && apt-get install -y --no-install-recommends ca-certificates curl libssl3 zlib1g libsasl2-2 libcurl4 openssl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home /nonexistent spendguard
 COPY --from=builder /src/target/release/spendguard /usr/local/bin/spendguard
@@ -31,7 +32,9 @@ ENV SPENDGUARD_POLICIES=/etc/spendguard/policies \
     SPENDGUARD_HTTP_ADDR=0.0.0.0:8080 \
     SPENDGUARD_LOG=info
 EXPOSE 8080
+# Liveness on loopback: HTTPS when serve has a certificate (not verified here: the name
+# in it is the service's, not 127.0.0.1; compose's own health check verifies it).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=5 \
-  CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+  CMD if [ -n "${SPENDGUARD_TLS_CERT_FILE:-}" ]; then curl -fsSk https://127.0.0.1:8080/healthz; else curl -fsS http://127.0.0.1:8080/healthz; fi || exit 1
 ENTRYPOINT ["spendguard"]
 CMD ["serve"]

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The C toolchain and OpenSSL headers librdkafka is built with (TLS, SASL SCRAM).
+scripts/build-deps.sh
 scripts/services.sh up
 # A Compose implementation validates docker-compose.yml (no engine needed).
 scripts/compose.sh install

@@ -267,6 +267,70 @@ pub fn check_references(
     Ok(())
 }
 
+/// A lint of one policy of a set: the lints `spendguard policy check` reports
+/// ([`lint::lint`]), named by policy instead of file position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetLint {
+    pub policy: String,
+    pub lint: lint::Lint,
+}
+
+impl std::fmt::Display for SetLint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sev = match self.lint.severity {
+            lint::Severity::Error => "error",
+            lint::Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "policy {}: {sev}[{}]: {}",
+            self.policy, self.lint.code, self.lint.message
+        )
+    }
+}
+
+/// Why a policies directory is not activated (hot reload, `serve` start-up).
+#[derive(Debug, thiserror::Error)]
+pub enum SetRefusal {
+    #[error("{0}")]
+    Invalid(Box<PolicyError>),
+    /// It loads, but `policy check` would fail on it: lint errors.
+    #[error("lint errors (run `spendguard policy check` on the directory for file positions):\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Lint(Vec<SetLint>),
+}
+
+impl PolicySet {
+    /// Every lint of every policy of the set, errors first.
+    pub fn lints(&self) -> Vec<SetLint> {
+        let mut out: Vec<SetLint> = self
+            .policies()
+            .flat_map(|p| {
+                lint::lint(p.spec()).into_iter().map(|l| SetLint {
+                    policy: p.identity.name.clone(),
+                    lint: l,
+                })
+            })
+            .collect();
+        out.sort_by_key(|l| std::cmp::Reverse(l.lint.severity));
+        out
+    }
+
+    /// [`PolicySet::load_dir`], refusing a set with lint errors as `policy check` does;
+    /// returns the set and its warnings (not a reason to refuse).
+    pub fn load_dir_checked(dir: &Path) -> Result<(PolicySet, Vec<SetLint>), SetRefusal> {
+        let set = PolicySet::load_dir(dir).map_err(|e| SetRefusal::Invalid(Box::new(e)))?;
+        let (errors, warnings): (Vec<SetLint>, Vec<SetLint>) = set
+            .lints()
+            .into_iter()
+            .partition(|l| l.lint.severity == lint::Severity::Error);
+        if errors.is_empty() {
+            Ok((set, warnings))
+        } else {
+            Err(SetRefusal::Lint(errors))
+        }
+    }
+}
+
 // Policies are shared across decision tasks; keep that a compile-time fact.
 const _: () = {
     const fn assert_send_sync<T: Send + Sync>() {}

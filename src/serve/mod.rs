@@ -98,11 +98,25 @@ pub async fn run(
         wait_for_topics(&settings, &topics).await?;
     }
 
-    let policies =
-        PolicySet::load_dir(&settings.policies_dir).map_err(|source| ServeError::Policies {
-            dir: settings.policies_dir.display().to_string(),
-            source: Box::new(source),
-        })?;
+    let policies = match PolicySet::load_dir_checked(&settings.policies_dir) {
+        Ok((set, warnings)) => {
+            reload::log_warnings(&warnings);
+            set
+        }
+        Err(refusal) => {
+            let event = reload::refusal_event(&settings.policies_dir, &refusal, "startup");
+            if let Err(e) = ledger
+                .record_policy_set_refused(event, &crate::ledger::Origin::cli(&settings.instance))
+                .await
+            {
+                tracing::error!(error = %e, "the refused policy set could not be recorded in the ledger");
+            }
+            return Err(ServeError::Policies {
+                dir: settings.policies_dir.display().to_string(),
+                source: Box::new(refusal),
+            });
+        }
+    };
     ledger
         .activate_policies(&policies, &settings.instance)
         .await

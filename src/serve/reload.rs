@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use super::{ServeError, Shared};
 use crate::approvals::Registry;
-use crate::policy::PolicySet;
+use crate::ledger::events::{PolicyRefusalReason, PolicySetRefused};
+use crate::policy::{PolicySet, SetRefusal};
 
 /// Files looked at per directory scan (bounds the work of one poll).
 const MAX_WATCHED_FILES: usize = 10_000;
@@ -75,8 +76,9 @@ pub async fn watch(shared: Arc<Shared>) {
 
 async fn reload_policies(shared: &Shared, refused_total: &mut u64) {
     let dir = &shared.settings.policies_dir;
-    match PolicySet::load_dir(dir) {
-        Ok(set) => {
+    match PolicySet::load_dir_checked(dir) {
+        Ok((set, warnings)) => {
+            log_warnings(&warnings);
             if let Err(e) = shared
                 .ledger
                 .activate_policies(&set, &shared.settings.instance)
@@ -106,7 +108,53 @@ async fn reload_policies(shared: &Shared, refused_total: &mut u64) {
             tracing::error!(error = %e, dir = %dir.display(), "policy change refused; keeping the last good set");
             *refused_total += 1;
             eprintln!("policy-reload refused (refused_total={refused_total}): {e}");
+            audit_refusal(shared, &e, "reload").await;
         }
+    }
+}
+
+/// Lint warnings do not stop a set; operators see them in the log.
+pub fn log_warnings(warnings: &[crate::policy::SetLint]) {
+    for w in warnings {
+        tracing::warn!(policy = %w.policy, code = w.lint.code, "policy lint warning: {}", w.lint.message);
+    }
+}
+
+/// Records a refused set in the ledger (`policy_set_refused`). A failure to record is
+/// logged: the refusal itself stands either way (nothing changed).
+pub async fn audit_refusal(shared: &Shared, refusal: &SetRefusal, stage: &str) {
+    let event = refusal_event(&shared.settings.policies_dir, refusal, stage);
+    let origin = crate::ledger::Origin::cli(&shared.settings.instance);
+    if let Err(e) = shared
+        .ledger
+        .record_policy_set_refused(event, &origin)
+        .await
+    {
+        tracing::error!(error = %e, "policy set refused but the refusal could not be recorded in the ledger");
+    }
+}
+
+/// The `policy_set_refused` payload of a refusal.
+pub fn refusal_event(dir: &Path, refusal: &SetRefusal, stage: &str) -> PolicySetRefused {
+    let errors = match refusal {
+        SetRefusal::Invalid(e) => vec![PolicyRefusalReason {
+            code: e.code.to_string(),
+            message: e.message.clone(),
+            location: format!("{}:{}:{}", e.origin, e.line, e.column),
+        }],
+        SetRefusal::Lint(lints) => lints
+            .iter()
+            .map(|l| PolicyRefusalReason {
+                code: l.lint.code.to_string(),
+                message: l.lint.message.clone(),
+                location: format!("policy {}", l.policy),
+            })
+            .collect(),
+    };
+    PolicySetRefused {
+        dir: dir.display().to_string(),
+        stage: stage.to_string(),
+        errors,
     }
 }
 

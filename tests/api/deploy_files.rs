@@ -225,6 +225,89 @@ fn compose_file_follows_the_spec_for_this_stack() {
             .any(|m| m.starts_with("./policies:") && m.ends_with(":ro")),
         "example policies mounted read-only"
     );
+    // In transit (SPEC §14): PostgreSQL verified, Kafka over SASL_SSL, HTTPS.
+    let url = env["DATABASE_URL"].as_str().unwrap_or_default();
+    assert!(
+        url.contains("sslmode=verify-full") && url.contains("sslrootcert=/tls/ca.crt"),
+        "{url}"
+    );
+    let kafka_props = env["SPENDGUARD_KAFKA_PROPERTIES"]
+        .as_str()
+        .unwrap_or_default();
+    for wanted in [
+        "security.protocol=SASL_SSL",
+        "ssl.ca.location=/tls/ca.crt",
+        "sasl.username=",
+    ] {
+        assert!(kafka_props.contains(wanted), "{wanted} in {kafka_props}");
+    }
+    assert!(
+        !kafka_props.contains("sasl.password"),
+        "no password in the properties"
+    );
+    // What serve does with them at start: pass-through rules, then librdkafka's checks.
+    let mut props = spendguard::bus::properties::ClientProperties::default();
+    props
+        .set_list(kafka_props)
+        .and_then(|()| props.validate())
+        .unwrap_or_else(|e| panic!("SPENDGUARD_KAFKA_PROPERTIES of the compose file: {e}"));
+    assert!(
+        env["SPENDGUARD_TLS_CERT_FILE"].is_string() && env["SPENDGUARD_TLS_KEY_FILE"].is_string()
+    );
+    assert!(
+        sg["healthcheck"]["test"][1]
+            .as_str()
+            .is_some_and(|t| t.contains("https://") && t.contains("--cacert")),
+        "the health check speaks HTTPS and verifies"
+    );
+    let pg_command: Vec<&str> = services["postgres"]["command"]
+        .as_sequence()
+        .expect("postgres command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(pg_command.contains(&"ssl=on"), "{pg_command:?}");
+    let hba = pg_command
+        .iter()
+        .find_map(|c| c.strip_prefix("hba_file="))
+        .expect("postgres hba_file");
+    assert!(
+        services["postgres"]["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .any(|v| v == format!("./deploy/tls/pg_hba.conf:{hba}:ro")),
+        "pg_hba.conf mounted"
+    );
+    let hba_text = std::fs::read_to_string(root().join("deploy/tls/pg_hba.conf")).unwrap();
+    let network_rules: Vec<&str> = hba_text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("local"))
+        .collect();
+    assert!(
+        !network_rules.is_empty() && network_rules.iter().all(|l| l.starts_with("hostssl")),
+        "over the network, TLS only: {network_rules:?}"
+    );
+    let kafka_env = &services["kafka"]["environment"];
+    let map = kafka_env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+        .as_str()
+        .unwrap_or_default();
+    let advertised = kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+        .as_str()
+        .unwrap_or_default();
+    let client_listener = advertised
+        .split(',')
+        .find(|l| l.ends_with("kafka:9092"))
+        .and_then(|l| l.split("://").next())
+        .expect("a listener advertised as kafka:9092");
+    assert!(
+        map.split(',')
+            .any(|m| m == format!("{client_listener}:SASL_SSL")),
+        "kafka:9092 speaks SASL_SSL: {map}"
+    );
+
     // Kafka in KRaft mode: a controller role, a quorum, no ZooKeeper.
     let kafka = &services["kafka"]["environment"];
     assert_eq!(
