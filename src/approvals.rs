@@ -256,18 +256,36 @@ pub struct Approver {
 }
 
 /// The approver registry (`policies/approvers.yaml`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     approvers: HashMap<String, Approver>,
+    /// Canonical JSON of the content (approvers sorted by id): what `registry_activated`
+    /// records and hashes, so that formatting or order changes are not new versions.
+    canonical: String,
+    /// The ledger's version of this content, once activated: votes verified under it
+    /// record it, so an auditor re-checks them against exactly this content.
+    version: Option<crate::ledger::events::ConfigVersion>,
 }
 
-#[derive(Debug, Deserialize)]
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            approvers: HashMap::new(),
+            canonical: crate::ledger::events::canonical(&RegistryFile {
+                approvers: Vec::new(),
+            }),
+            version: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
     approvers: Vec<ApproverEntry>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ApproverEntry {
     id: String,
@@ -313,6 +331,17 @@ impl Registry {
 
     pub fn parse(text: &str) -> Result<Registry, String> {
         let file: RegistryFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        Registry::from_file(file)
+    }
+
+    /// A registry as `registry_activated` recorded it ([`Registry::canonical`]), with
+    /// every check of [`Registry::parse`] (a stored key altered to a weak one is refused).
+    pub fn from_canonical(text: &str) -> Result<Registry, String> {
+        let file: RegistryFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Registry::from_file(file)
+    }
+
+    fn from_file(file: RegistryFile) -> Result<Registry, String> {
         let mut approvers = HashMap::new();
         for entry in file.approvers {
             if entry.id.is_empty() || entry.id.len() > MAX_ID_LEN {
@@ -356,7 +385,46 @@ impl Registry {
                 return Err(format!("approver {id} is listed twice"));
             }
         }
-        Ok(Registry { approvers })
+        let mut sorted: Vec<&Approver> = approvers.values().collect();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        let canonical = crate::ledger::events::canonical(&RegistryFile {
+            approvers: sorted
+                .into_iter()
+                .map(|a| ApproverEntry {
+                    id: a.id.clone(),
+                    public_key: B64.encode(a.key.as_bytes()),
+                    entities: a.entities.clone(),
+                })
+                .collect(),
+        });
+        Ok(Registry {
+            approvers,
+            canonical,
+            version: None,
+        })
+    }
+
+    /// The canonical content (what the ledger records and hashes).
+    pub fn canonical(&self) -> &str {
+        &self.canonical
+    }
+
+    /// Hex SHA-256 of [`Registry::canonical`].
+    pub fn sha256(&self) -> String {
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            self.canonical.as_bytes(),
+        ))
+    }
+
+    /// The ledger version this registry was activated as (`None`: not activated).
+    pub fn version(&self) -> Option<&crate::ledger::events::ConfigVersion> {
+        self.version.as_ref()
+    }
+
+    /// This registry as activated in the ledger under `version`.
+    pub fn activated(mut self, version: crate::ledger::events::ConfigVersion) -> Registry {
+        self.version = Some(version);
+        self
     }
 
     pub fn get(&self, id: &str) -> Option<&Approver> {
@@ -434,6 +502,7 @@ impl Registry {
                 signature: sig_text.to_string(),
                 signed_at: vote.signed_at.as_str().to_string(),
                 decision_hash: subject.decision_hash.to_string(),
+                registry: self.version.clone().map(Box::new),
             }),
             registered: Some(self.approvers.keys().cloned().collect()),
         })
@@ -600,6 +669,53 @@ mod tests {
             alice,
             mallory,
         }
+    }
+
+    /// SPEC §14: the recorded registry is the content, not the file: order and
+    /// formatting are not a new version, and what is recorded loads back with every
+    /// check (a vote verified under it names its version).
+    #[test]
+    fn registry_canonical_content_ignores_order_and_loads_back() {
+        let f = fixture();
+        let key = |k: &SigningKey| B64.encode(k.verifying_key().to_bytes());
+        let bob = SigningKey::from_bytes(&[2; 32]);
+        let reordered = Registry::parse(&format!(
+            "approvers:\n- entities: ['*']\n  publicKey: \"{}\"\n  id: agent-42\n- {{id: alice, publicKey: \"{}\", entities: [acme-*]}}\n",
+            key(&bob),
+            key(&f.alice)
+        ))
+        .unwrap();
+        assert_eq!(reordered.canonical(), f.registry.canonical());
+        assert_eq!(reordered.sha256(), f.registry.sha256());
+        let back = Registry::from_canonical(f.registry.canonical()).unwrap();
+        assert_eq!(back.canonical(), f.registry.canonical());
+        assert_eq!(
+            back.get("alice").map(|a| a.key),
+            Some(f.alice.verifying_key())
+        );
+        let fewer = Registry::parse(&format!(
+            "approvers:\n  - id: alice\n    publicKey: {}\n    entities: [\"acme-*\"]\n",
+            key(&f.alice)
+        ))
+        .unwrap();
+        assert_ne!(fewer.sha256(), f.registry.sha256());
+        // A recorded key edited into a duplicate is refused on load, as in the file.
+        let duplicated = f.registry.canonical().replace(&key(&bob), &key(&f.alice));
+        assert!(Registry::from_canonical(&duplicated).is_err());
+
+        let version = crate::ledger::events::ConfigVersion {
+            version: 7,
+            sha256: f.registry.sha256(),
+        };
+        let registry = f.registry.clone().activated(version.clone());
+        let msg = sign_vote(&f.alice, "i-1", "alice", HASH, Vote::Approve);
+        let verified = registry.verify(&msg, subject()).unwrap();
+        assert_eq!(
+            verified.proof.and_then(|p| p.registry),
+            Some(Box::new(version))
+        );
+        let unrecorded = f.registry.verify(&msg, subject()).unwrap();
+        assert_eq!(unrecorded.proof.and_then(|p| p.registry), None);
     }
 
     fn subject() -> VoteSubject<'static> {

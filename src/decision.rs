@@ -178,6 +178,10 @@ pub struct DecisionMessage {
     /// know, so that signing needs this message and a key, never the database.
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRequest>,
+    /// The bindings version that chose `policy` (SPEC §16; absent in decisions recorded
+    /// before bindings were versioned, and offline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bindings: Option<crate::ledger::events::ConfigVersion>,
 }
 
 /// The approval part of a waiting decision.

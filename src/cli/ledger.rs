@@ -117,6 +117,7 @@ pub struct BenchArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Recompute every hash chain; exit 0 with a summary, or 1 naming the first broken event.
+    /// (Vote signatures are re-checked by `audit verify-votes`.)
     Verify {
         #[command(flatten)]
         db: DbArgs,
@@ -128,6 +129,22 @@ pub enum AuditCommand {
         /// printed it). Take it from where you keep it, not from a checkpoint file.
         #[arg(long, value_name = "BASE64")]
         checkpoint_public_key: Option<String>,
+    },
+    /// Re-verify the signature of every accepted vote against the approver registry
+    /// version in force when it was accepted, from the ledger alone; exit 1 naming every
+    /// vote that does not verify.
+    VerifyVotes {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Only votes recorded at or after this instant (RFC 3339).
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only votes recorded before this instant (RFC 3339).
+        #[arg(long, value_name = "RFC3339")]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Write one signed checkpoint of every chain head into DIR (`serve` writes them
     /// periodically when `checkpoint_key_file` and `checkpoint_dir` are set).
@@ -470,6 +487,30 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<i32> {
             println!("checkpoint of {} chain heads (up to seq {max_seq}) written to {}", heads.len(), path.display());
             Ok(0)
         }),
+        AuditCommand::VerifyVotes { db, from, to, json } => runtime()?.block_on(async {
+            let ledger = connect(&db, "audit").await?;
+            let a = ledger.audit_votes(from, to).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            } else {
+                let status = if a.ok() { "OK" } else { "FAILED" };
+                println!(
+                    "audit verify-votes: {status} — {} accepted vote(s): {} signature(s) verified against the registry version in force, {} failed, {} recorded without a signature, {} without a registry version before them",
+                    a.votes,
+                    a.verified,
+                    a.failures.len(),
+                    a.without_proof,
+                    a.without_registry.len()
+                );
+                for p in a.failures.iter().take(ledger::replay::MAX_LISTED) {
+                    println!("  FAILED seq {}: intent {} approver {}: {}", p.seq, p.intent_id, p.approver_id, p.problem);
+                }
+                for p in a.without_registry.iter().take(ledger::replay::MAX_LISTED) {
+                    println!("  unchecked seq {}: intent {} approver {}: {}", p.seq, p.intent_id, p.approver_id, p.problem);
+                }
+            }
+            Ok(if a.ok() { 0 } else { 1 })
+        }),
         AuditCommand::Verify { db, checkpoints, checkpoint_public_key } => runtime()?.block_on(async {
             let ledger = connect(&db, "audit").await?;
             let mut expected = match (&checkpoints, &checkpoint_public_key) {
@@ -491,7 +532,7 @@ pub fn run_audit(cmd: AuditCommand) -> anyhow::Result<i32> {
                 let signed = expected
                     .map(|e| format!(", every position of {} signed checkpoint(s) matches", e.checkpoints))
                     .unwrap_or_default();
-                println!("audit verify: OK — {} events, every hash chain intact, every chain head matches{signed}", v.events);
+                println!("audit verify: OK — {} events, every hash chain intact, every chain head matches{signed} (vote signatures: audit verify-votes)", v.events);
                 Ok(0)
             } else {
                 let first = &v.problems[0];

@@ -101,6 +101,7 @@ impl Ledger {
         if !unrecorded.is_empty() {
             self.activate(unrecorded, "spendguard", &items[0].1).await?;
         }
+        let bindings = self.bindings_version(set.bindings(), &items[0].1).await?;
         let fingerprints: Vec<[u8; 32]> = items
             .iter()
             .map(|(i, _)| self.intent_fingerprint(i))
@@ -204,6 +205,7 @@ impl Ledger {
                     fingerprint: fingerprints[idx],
                     accepted_at: now,
                     personal,
+                    bindings: Some(&bindings),
                 },
             )
             .map_err(|e| LedgerError::Bug(e.to_string()))?;

@@ -26,8 +26,10 @@ pub mod kind {
     pub const AUTHORIZATION_EXPIRED: &str = "authorization_expired";
     pub const FX_RATE_SET: &str = "fx_rate_set";
     pub const SUBJECT_KEYS_REWRAPPED: &str = "subject_keys_rewrapped";
+    pub const REGISTRY_ACTIVATED: &str = "registry_activated";
+    pub const BINDINGS_ACTIVATED: &str = "bindings_activated";
 
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         POLICY_ACTIVATED,
         INTENT_DECIDED,
         INTENT_INVALID,
@@ -43,6 +45,8 @@ pub mod kind {
         AUTHORIZATION_EXPIRED,
         FX_RATE_SET,
         SUBJECT_KEYS_REWRAPPED,
+        REGISTRY_ACTIVATED,
+        BINDINGS_ACTIVATED,
     ];
 }
 
@@ -64,10 +68,12 @@ pub enum EventKind {
     AuthorizationExpired,
     FxRateSet,
     SubjectKeysRewrapped,
+    RegistryActivated,
+    BindingsActivated,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::PolicyActivated,
         EventKind::IntentDecided,
         EventKind::IntentInvalid,
@@ -83,6 +89,8 @@ impl EventKind {
         EventKind::AuthorizationExpired,
         EventKind::FxRateSet,
         EventKind::SubjectKeysRewrapped,
+        EventKind::RegistryActivated,
+        EventKind::BindingsActivated,
     ];
 
     /// The stored name (`ledger_event.event_type`).
@@ -103,6 +111,8 @@ impl EventKind {
             EventKind::AuthorizationExpired => kind::AUTHORIZATION_EXPIRED,
             EventKind::FxRateSet => kind::FX_RATE_SET,
             EventKind::SubjectKeysRewrapped => kind::SUBJECT_KEYS_REWRAPPED,
+            EventKind::RegistryActivated => kind::REGISTRY_ACTIVATED,
+            EventKind::BindingsActivated => kind::BINDINGS_ACTIVATED,
         }
     }
 
@@ -139,6 +149,8 @@ pub enum LedgerEvent {
     AuthorizationExpired(Box<AuthorizationExpired>),
     FxRateSet(FxRateSet),
     SubjectKeysRewrapped(SubjectKeysRewrapped),
+    RegistryActivated(ConfigActivated),
+    BindingsActivated(ConfigActivated),
 }
 
 /// A stored event that cannot be read back as a [`LedgerEvent`].
@@ -171,6 +183,8 @@ impl LedgerEvent {
             LedgerEvent::AuthorizationExpired(_) => EventKind::AuthorizationExpired,
             LedgerEvent::FxRateSet(_) => EventKind::FxRateSet,
             LedgerEvent::SubjectKeysRewrapped(_) => EventKind::SubjectKeysRewrapped,
+            LedgerEvent::RegistryActivated(_) => EventKind::RegistryActivated,
+            LedgerEvent::BindingsActivated(_) => EventKind::BindingsActivated,
         }
     }
 
@@ -192,6 +206,7 @@ impl LedgerEvent {
             LedgerEvent::AuthorizationExpired(p) => canonical(p),
             LedgerEvent::FxRateSet(p) => canonical(p),
             LedgerEvent::SubjectKeysRewrapped(p) => canonical(p),
+            LedgerEvent::RegistryActivated(p) | LedgerEvent::BindingsActivated(p) => canonical(p),
         }
     }
 
@@ -253,6 +268,12 @@ impl LedgerEvent {
             EventKind::SubjectKeysRewrapped => {
                 LedgerEvent::SubjectKeysRewrapped(Deserialize::deserialize(de)?)
             }
+            EventKind::RegistryActivated => {
+                LedgerEvent::RegistryActivated(Deserialize::deserialize(de)?)
+            }
+            EventKind::BindingsActivated => {
+                LedgerEvent::BindingsActivated(Deserialize::deserialize(de)?)
+            }
         })
     }
 }
@@ -298,6 +319,60 @@ pub struct PolicyActivated {
     pub canonical: String,
 }
 
+/// Which configuration a [`ConfigActivated`] event versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConfigKind {
+    /// The approver registry (`approvers.yaml`): who may vote, with which key.
+    Registry,
+    /// The policy bindings (`bindings.yaml`): which policy governs which agent.
+    Bindings,
+}
+
+impl ConfigKind {
+    /// As stored in `config_version.kind`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConfigKind::Registry => "registry",
+            ConfigKind::Bindings => "bindings",
+        }
+    }
+}
+
+/// A version of the approver registry or of the bindings, as the ledger numbered it
+/// (SPEC §14, §16): recorded with the decisions and votes that used it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigVersion {
+    /// 1, 2, ... per kind, in activation order.
+    pub version: i64,
+    /// Hex SHA-256 of the canonical content.
+    pub sha256: String,
+}
+
+/// `registry_activated` / `bindings_activated`: a content different from the last one
+/// activated came into force. Content seen before gets a new version number (like a
+/// policy rollback: the ledger shows it came back), the same as the last one none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigActivated {
+    pub version: i64,
+    pub sha256: String,
+    /// The full canonical content (the registry with every public key), so replay and
+    /// `audit verify-votes` need nothing but the ledger.
+    pub canonical: String,
+    /// Who activated it (the serve instance, `ledger-submit`, an operator).
+    pub actor: String,
+}
+
+impl ConfigActivated {
+    pub fn version(&self) -> ConfigVersion {
+        ConfigVersion {
+            version: self.version,
+            sha256: self.sha256.clone(),
+        }
+    }
+}
+
 /// `I` is how the recorded intent is read: a JSON value by default; replay reads it
 /// straight into a `SpendIntent` (it was written from one), saving a tree per event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -335,6 +410,10 @@ pub struct IntentDecided<I = serde_json::Value> {
     /// before that, so replay rebuilds their messages as they were published.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub approval_message: bool,
+    /// The bindings version that chose `policy` (absent in events written before
+    /// bindings were versioned, and when the caller decided without a recorded set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bindings: Option<ConfigVersion>,
 }
 
 /// A conversion recorded with a decision.
@@ -418,6 +497,11 @@ pub struct VoteProof {
     pub signed_at: String,
     /// Hex decision hash the signature covers.
     pub decision_hash: String,
+    /// The registry version the signature was verified under (absent before registry
+    /// versions were recorded, and for a registry never activated in the ledger).
+    /// Boxed: keeps `vote_accepted` small among the events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<Box<ConfigVersion>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

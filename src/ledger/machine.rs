@@ -19,8 +19,8 @@ use super::authorization::{AuthorizationState, SettlementRefusal};
 use super::chain::{self, Hash, INTAKE_CHAIN, agent_chain};
 use super::events::{self, LedgerEvent};
 use super::store::{
-    AgentEntityRow, AuthorizationRow, DecisionRow, FxRateRow, KillRow, OutcomeRow, PendingRow,
-    PolicyRow, SettlementRow, SpendRecordRow, VoteRow,
+    AgentEntityRow, AuthorizationRow, ConfigRow, DecisionRow, FxRateRow, KillRow, OutcomeRow,
+    PendingRow, PolicyRow, SettlementRow, SpendRecordRow, VoteRow,
 };
 use super::timeline::{self, Timeline};
 use super::usage::{self, UsageKey};
@@ -73,6 +73,8 @@ pub enum Change {
     },
     Kill(KillRow),
     Policy(PolicyRow),
+    /// A registry or bindings version (SPEC §14, §16).
+    Config(ConfigRow),
     /// The row and the message it publishes (parsed, for the caller's result).
     Decision {
         row: Box<DecisionRow>,
@@ -166,6 +168,7 @@ pub fn decision_message(
         decided_at: d.accepted_at,
         ledger_seq: seq,
         approval: None,
+        bindings: d.bindings.clone(),
     }
 }
 
@@ -192,6 +195,17 @@ fn recorded_decision_message(
     }
 }
 
+fn config_row(kind: events::ConfigKind, a: &events::ConfigActivated, seq: i64) -> ConfigRow {
+    ConfigRow {
+        kind: kind.as_str().to_string(),
+        version: a.version,
+        sha256: a.sha256.clone(),
+        canonical: a.canonical.clone(),
+        actor: a.actor.clone(),
+        seq,
+    }
+}
+
 /// What approvers sign against: built here only, for the decision message and for the
 /// outcome that closes the intent (through `Projections::waiting_hashes`).
 fn approval_terms(
@@ -201,6 +215,19 @@ fn approval_terms(
     crate::decision::ApprovalTerms {
         decision_hash: hex::encode(decision_hash),
         expires_at,
+    }
+}
+
+impl Projections {
+    /// The highest version of a registry or bindings `kind` folded so far.
+    pub fn config_in_force(&self, kind: &str) -> Option<events::ConfigVersion> {
+        self.configs
+            .range((kind.to_string(), i64::MIN)..=(kind.to_string(), i64::MAX))
+            .next_back()
+            .map(|(_, c)| events::ConfigVersion {
+                version: c.version,
+                sha256: c.sha256.clone(),
+            })
     }
 }
 
@@ -318,6 +345,16 @@ pub fn delta(
             canonical: a.canonical.clone(),
             seq: r.seq,
         })),
+        LedgerEvent::RegistryActivated(a) => out(Change::Config(config_row(
+            events::ConfigKind::Registry,
+            a,
+            r.seq,
+        ))),
+        LedgerEvent::BindingsActivated(a) => out(Change::Config(config_row(
+            events::ConfigKind::Bindings,
+            a,
+            r.seq,
+        ))),
         LedgerEvent::SettlementApplied(a) => settlement_delta(r, a, out)?,
         LedgerEvent::FxRateSet(f) => out(Change::FxRate(FxRateRow {
             pair: fx_pair(&f.base, &f.quote),
@@ -776,6 +813,8 @@ pub struct Projections {
     pub kills: BTreeMap<String, KillRow>,
     /// sha256 → version
     pub policies: BTreeMap<String, PolicyRow>,
+    /// (kind, version) → registry / bindings version
+    pub configs: BTreeMap<(String, i64), ConfigRow>,
     /// intent → its authorization (SPEC §11)
     pub authorizations: BTreeMap<String, AuthorizationRow>,
     /// settlementId → the settlement applied under it
@@ -859,6 +898,9 @@ impl Projections {
             }
             Change::Policy(p) => {
                 self.policies.insert(p.sha256.clone(), p.clone());
+            }
+            Change::Config(c) => {
+                self.configs.insert((c.kind.clone(), c.version), c.clone());
             }
             Change::Authorization(a) => {
                 if let Err(problem) = a.state.check() {
@@ -1105,6 +1147,8 @@ pub struct DecideInput<'a> {
     pub accepted_at: DateTime<Utc>,
     /// `{"account": ...}` sealed for the beneficiary (sealing draws a random nonce).
     pub personal: Option<Sealed>,
+    /// The bindings version `policy` was resolved with (recorded with the decision).
+    pub bindings: Option<&'a events::ConfigVersion>,
 }
 
 /// An earlier decision of the same intentId.
@@ -1160,14 +1204,17 @@ pub fn step_decide(
         chain_id,
         actor: intent.agent_id.clone(),
         resource: intent.intent_id.clone(),
-        event: LedgerEvent::IntentDecided(Box::new(decided(
-            masked,
-            input.policy,
-            verdict,
-            input.fingerprint,
-            input.personal,
-            input.accepted_at,
-        ))),
+        event: LedgerEvent::IntentDecided(Box::new(events::IntentDecided {
+            bindings: input.bindings.cloned(),
+            ..decided(
+                masked,
+                input.policy,
+                verdict,
+                input.fingerprint,
+                input.personal,
+                input.accepted_at,
+            )
+        })),
     }))
 }
 
@@ -1408,6 +1455,7 @@ pub fn decided(
         expires_at: v.expires_at,
         authorization_ttl_secs: v.authorization_ttl_secs,
         fx: v.fx,
+        bindings: None,
     }
 }
 

@@ -25,6 +25,7 @@
 pub mod authorization;
 pub mod chain;
 pub mod checkpoint;
+pub mod config;
 pub mod decide;
 pub mod events;
 pub mod fault;
@@ -39,6 +40,7 @@ pub mod subject_keys;
 pub mod sweep;
 mod timeline;
 pub mod usage;
+pub mod vote_audit;
 pub mod votes;
 mod tls;
 
@@ -380,6 +382,9 @@ pub struct Ledger {
     key_wrap: Option<std::sync::Arc<dyn crate::keywrap::KeyWrap>>,
     /// Policy identities known to be recorded (avoids a lookup per decision).
     activated: Mutex<HashSet<String>>,
+    /// (kind, sha256) → the registry / bindings version this instance activated or
+    /// used for that content (`config`).
+    configs: Mutex<std::collections::HashMap<(events::ConfigKind, String), events::ConfigVersion>>,
 }
 
 /// Options of [`Ledger::connect_with`].
@@ -523,6 +528,7 @@ impl Ledger {
             fingerprint_key,
             key_wrap: opts.key_wrap,
             activated: Mutex::new(HashSet::new()),
+            configs: Mutex::default(),
         };
         if let Some(kw) = &ledger.key_wrap {
             subject_keys::wrap_legacy(&ledger, kw.as_ref()).await?;
@@ -557,7 +563,8 @@ impl Ledger {
     }
 
     /// Records a `policy_activated` event (with the full canonical content) for every
-    /// policy of `set` not recorded before. Returns the new events' seqs.
+    /// policy of `set` not recorded before, and `bindings_activated` when its bindings
+    /// differ from the last ones activated. Returns the new policy events' seqs.
     pub async fn activate_policies(
         &self,
         set: &PolicySet,
@@ -568,8 +575,11 @@ impl Ledger {
             .filter(|p| !self.is_activated(&p.identity.sha256))
             .map(|p| (p.identity.clone(), p.canonical_json().to_string()))
             .collect();
-        self.activate(wanted, actor, &Origin::cli(&self.instance))
-            .await
+        let seqs = self
+            .activate(wanted, actor, &Origin::cli(&self.instance))
+            .await?;
+        self.activate_bindings(set.bindings(), actor).await?;
+        Ok(seqs)
     }
 
     pub(crate) async fn activate(

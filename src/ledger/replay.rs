@@ -17,8 +17,8 @@ use super::events::{self, EventError, LedgerEvent, kind};
 use super::machine::{self, Projections, Recorded};
 use super::settle::{AUTHORIZATION_COLUMNS, SETTLEMENT_COLUMNS, SPEND_RECORD_COLUMNS};
 use super::store::{
-    AgentEntityRow, AuthorizationRow, DecisionRow, FxRateRow, KillRow, OutcomeRow, PendingRow,
-    PolicyRow, SettlementRow, SpendRecordRow, VoteRow,
+    AgentEntityRow, AuthorizationRow, ConfigRow, DecisionRow, FxRateRow, KillRow, OutcomeRow,
+    PendingRow, PolicyRow, SettlementRow, SpendRecordRow, VoteRow,
 };
 use super::usage::{self, UsageKey};
 use super::votes::{OUTCOME_COLUMNS, PENDING_COLUMNS, VOTE_COLUMNS};
@@ -270,6 +270,7 @@ pub(crate) async fn replay(
     let mut report = ReplayReport::default();
     let mut p = Projections::default();
     let mut compiled: HashMap<String, CompiledPolicy> = HashMap::new();
+    let mut bindings = RecordedBindings::new();
     // The hash chains are recomputed on another core while this one rebuilds the
     // projections; events go over in bounded batches (memory stays flat).
     let (to_verifier, from_replay) =
@@ -291,7 +292,14 @@ pub(crate) async fn replay(
         while let Some(r) = rows.try_next().await? {
             let e = row_to_event(&r)?;
             report.events += 1;
-            apply(&e, &mut p, &mut report, &mut compiled, &keys, verify)?;
+            apply(
+                &e,
+                &mut p,
+                &mut report,
+                (&mut compiled, &mut bindings),
+                &keys,
+                verify,
+            )?;
             batch.push(e);
             if batch.len() == VERIFY_BATCH_EVENTS {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(VERIFY_BATCH_EVENTS));
@@ -359,7 +367,7 @@ fn apply(
     e: &EventRow,
     p: &mut Projections,
     report: &mut ReplayReport,
-    compiled: &mut HashMap<String, CompiledPolicy>,
+    (compiled, bindings): (&mut HashMap<String, CompiledPolicy>, &mut RecordedBindings),
     keys: &HashMap<uuid::Uuid, Option<privacy::SubjectKey>>,
     verify: bool,
 ) -> Result<(), LedgerError> {
@@ -387,10 +395,30 @@ fn apply(
                 Err(err) => report.mismatch(at(&format!("recorded policy does not parse: {err}"))),
             }
         }
+        LedgerEvent::BindingsActivated(a) if verify => {
+            let compiled = crate::policy::Bindings::from_canonical(&a.canonical)
+                .map_err(|err| format!("recorded bindings do not parse: {err}"))
+                .and_then(|b| {
+                    if b.sha256() == a.sha256 {
+                        Ok((b, a.sha256.clone()))
+                    } else {
+                        Err(format!(
+                            "recorded bindings hash to {}, not the recorded {}",
+                            b.sha256(),
+                            a.sha256
+                        ))
+                    }
+                });
+            if let Err(problem) = &compiled {
+                report.mismatch(at(&format!("bindings version {}: {problem}", a.version)));
+            }
+            bindings.insert(a.version, compiled);
+        }
         LedgerEvent::IntentDecided(d) => {
             report.decisions += 1;
             if verify {
                 report.decisions_reevaluated += 1;
+                reverify_bindings(d, bindings, report, &at);
                 reverify(d, p, report, compiled, keys, &at);
             }
         }
@@ -473,6 +501,49 @@ fn reverify_settlement(
             "settlement {}: recorded as applied but the events before it give {other:?}",
             a.settlement.settlement_id
         ))),
+    }
+}
+
+/// Bindings versions recorded so far (`bindings_activated`), compiled.
+type RecordedBindings = HashMap<i64, Result<(crate::policy::Bindings, String), String>>;
+
+/// The bindings version a decision names must have been activated before it (a rolling
+/// change may leave an older version in use for a while: the recorded one is the one
+/// replayed) and must choose the policy it recorded for its agent and entity.
+fn reverify_bindings(
+    d: &events::IntentDecided<SpendIntent>,
+    bindings: &RecordedBindings,
+    report: &mut ReplayReport,
+    at: &dyn Fn(&str) -> String,
+) {
+    let Some(bv) = &d.bindings else {
+        return;
+    };
+    let id = &d.intent.intent_id;
+    let (b, sha) = match bindings.get(&bv.version) {
+        None => {
+            return report.mismatch(at(&format!(
+                "intent {id}: bindings version {} was never activated before it",
+                bv.version
+            )));
+        }
+        // Reported at its activation.
+        Some(Err(_)) => return,
+        Some(Ok((b, sha))) => (b, sha),
+    };
+    if *sha != bv.sha256 {
+        return report.mismatch(at(&format!(
+            "intent {id}: recorded bindings version {} ({}) but that version is {sha}",
+            bv.version, bv.sha256
+        )));
+    }
+    let chosen = b.resolve(&d.intent.agent_id, &d.intent.entity_id);
+    let recorded = d.policy.as_ref().map(|p| p.name.as_str());
+    if chosen != recorded {
+        report.mismatch(at(&format!(
+            "intent {id}: bindings version {} choose policy {:?} but {:?} was recorded",
+            bv.version, chosen, recorded
+        )));
     }
 }
 
@@ -599,6 +670,7 @@ async fn compare_live(
         outcomes,
         kills,
         policies,
+        configs,
         authorizations,
         settlements,
         records,
@@ -781,6 +853,16 @@ async fn compare_live(
     .map(|p| (p.sha256.clone(), p))
     .collect();
     diff_maps("policy_version", &policies, &live_policies, report);
+
+    let live_configs: BTreeMap<(String, i64), ConfigRow> = sqlx::query_as::<_, ConfigRow>(
+        "SELECT kind, version, sha256, canonical, actor, seq FROM config_version",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|c| ((c.kind.clone(), c.version), c))
+    .collect();
+    diff_maps("config_version", &configs, &live_configs, report);
 
     // The three tables that grow with traffic are streamed against their rebuilt copy
     // (each live row consumes its rebuilt twin), so neither is held twice.

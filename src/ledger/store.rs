@@ -186,6 +186,18 @@ pub struct PolicyRow {
     pub seq: i64,
 }
 
+/// `config_version`: every registry and bindings version ever activated (SPEC §14, §16).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ConfigRow {
+    /// [`ConfigKind::as_str`](super::events::ConfigKind::as_str).
+    pub kind: String,
+    pub version: i64,
+    pub sha256: String,
+    pub canonical: String,
+    pub actor: String,
+    pub seq: i64,
+}
+
 /// What appending one event produced (for the caller's result).
 #[derive(Debug, Clone)]
 pub struct Appended {
@@ -213,6 +225,7 @@ pub struct WriteSet {
     pub outcomes: Vec<OutcomeRow>,
     pub kills: Vec<KillRow>,
     pub policies: Vec<PolicyRow>,
+    pub configs: Vec<ConfigRow>,
     /// Last state per intent (upserted).
     pub authorizations: BTreeMap<String, AuthorizationRow>,
     pub settlements: Vec<SettlementRow>,
@@ -480,6 +493,7 @@ impl WriteSet {
             }
             Change::Kill(k) => self.kills.push(k),
             Change::Policy(p) => self.policies.push(p),
+            Change::Config(c) => self.configs.push(c),
             Change::Authorization(a) => {
                 self.authorizations.insert(a.intent_id.clone(), *a);
             }
@@ -700,6 +714,17 @@ impl WriteSet {
             .bind(p.seq)
             .execute(&mut *conn)
             .await?;
+        }
+        for c in &self.configs {
+            sqlx::query("SELECT ledger_write_config_version($1, $2, $3, $4, $5, $6)")
+                .bind(&c.kind)
+                .bind(c.version)
+                .bind(&c.sha256)
+                .bind(&c.canonical)
+                .bind(&c.actor)
+                .bind(c.seq)
+                .execute(&mut *conn)
+                .await?;
         }
         if !self.authorizations.is_empty() {
             let a: Vec<&AuthorizationRow> = self.authorizations.values().collect();

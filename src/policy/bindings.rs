@@ -43,11 +43,21 @@ struct Binding {
 }
 
 /// Compiled bindings: for each level, patterns ordered most specific first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Bindings {
     agents: Vec<Binding>,
     entities: Vec<Binding>,
     default: Option<String>,
+    /// Canonical JSON of what decides (default, entities, agents; not the envelope):
+    /// what `bindings_activated` records and hashes (SPEC §16).
+    canonical: String,
+}
+
+impl Default for Bindings {
+    /// No bindings file: every agent is unbound (a version of its own once activated).
+    fn default() -> Bindings {
+        Bindings::from_file(&BindingsFile::default())
+    }
 }
 
 impl Bindings {
@@ -57,11 +67,34 @@ impl Bindings {
     }
 
     pub fn from_file(file: &BindingsFile) -> Bindings {
+        let content = BindingsFile {
+            api_version: None,
+            kind: None,
+            ..file.clone()
+        };
         Bindings {
             agents: compile_level(&file.agents),
             entities: compile_level(&file.entities),
             default: file.default.clone(),
+            canonical: crate::ledger::events::canonical(&content),
         }
+    }
+
+    /// Bindings as `bindings_activated` recorded them ([`Bindings::canonical`]).
+    pub fn from_canonical(text: &str) -> Result<Bindings, PolicyError> {
+        Bindings::parse(text, "recorded bindings").map(|(b, _)| b)
+    }
+
+    /// The canonical content (what the ledger records and hashes).
+    pub fn canonical(&self) -> &str {
+        &self.canonical
+    }
+
+    /// Hex SHA-256 of [`Bindings::canonical`].
+    pub fn sha256(&self) -> String {
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            self.canonical.as_bytes(),
+        ))
     }
 
     /// Name of the policy for this agent: the most specific agent pattern, else the most
@@ -148,5 +181,30 @@ mod tests {
         assert_eq!(b.resolve("bot-1", "other"), Some("d"));
         let (none, _) = Bindings::parse("agents:\n  a: p\n", "b.yaml").unwrap();
         assert_eq!(none.resolve("b", "e"), None);
+    }
+
+    /// SPEC §16: a bindings version is its content: order, format and the envelope are
+    /// not a change; what is recorded resolves as the file did.
+    #[test]
+    fn canonical_content_ignores_order_format_and_envelope() {
+        let (a, _) = Bindings::parse(
+            "default: d\nagents:\n  x: a\n  \"y*\": b\nentities:\n  e: c\n",
+            "b.yaml",
+        )
+        .unwrap();
+        let (b, _) = Bindings::parse(
+            "{\"apiVersion\": \"policy.spendguard.v1\", \"kind\": \"PolicyBindings\", \"entities\": {\"e\": \"c\"}, \"agents\": {\"y*\": \"b\", \"x\": \"a\"}, \"default\": \"d\"}",
+            "b.json",
+        )
+        .unwrap();
+        assert_eq!(a.canonical(), b.canonical());
+        assert_eq!(a.sha256(), b.sha256());
+        let (c, _) = Bindings::parse("default: d\nagents:\n  x: a\n", "b.yaml").unwrap();
+        assert_ne!(a.sha256(), c.sha256());
+        assert_ne!(Bindings::default().sha256(), a.sha256());
+        let back = Bindings::from_canonical(a.canonical()).unwrap();
+        assert_eq!(back.sha256(), a.sha256());
+        assert_eq!(back.resolve("y1", "z"), Some("b"));
+        assert_eq!(back.resolve("q", "e"), Some("c"));
     }
 }

@@ -543,7 +543,9 @@ pub fn build(
             EventKind::IntentInvalid
             | EventKind::MessageSetAside
             | EventKind::FxRateSet
-            | EventKind::SubjectKeysRewrapped => {}
+            | EventKind::SubjectKeysRewrapped
+            | EventKind::RegistryActivated
+            | EventKind::BindingsActivated => {}
             EventKind::SettlementApplied => {
                 let Ok(v) = serde_json::from_value::<SettlementAppliedView>(ev.payload.clone())
                 else {

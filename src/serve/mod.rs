@@ -123,7 +123,15 @@ pub async fn run(
         .map_err(ServeError::ledger(
             "cannot record the policy activation in the ledger",
         ))?;
-    let approvers = reload::load_approvers(&settings.approvers_file)?;
+    let approvers = ledger
+        .activate_registry(
+            reload::load_approvers(&settings.approvers_file)?,
+            &settings.instance,
+        )
+        .await
+        .map_err(ServeError::ledger(
+            "cannot record the approver registry activation in the ledger",
+        ))?;
     crate::telemetry::switch_active_policies([], policies.policies().map(|p| &p.identity));
 
     let (stop_tx, stop_rx) = watch::channel(false);

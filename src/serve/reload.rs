@@ -70,7 +70,7 @@ pub async fn watch(shared: Arc<Shared>) {
         }
         seen = now;
         reload_policies(&shared, &mut refused_total).await;
-        reload_approvers(&shared);
+        reload_approvers(&shared).await;
     }
 }
 
@@ -158,7 +158,7 @@ pub fn refusal_event(dir: &Path, refusal: &SetRefusal, stage: &str) -> PolicySet
     }
 }
 
-fn reload_approvers(shared: &Shared) {
+async fn reload_approvers(shared: &Shared) {
     let path = &shared.settings.approvers_file;
     if !path.exists() {
         return;
@@ -171,9 +171,19 @@ fn reload_approvers(shared: &Shared) {
                 "approver registry change refused: it holds a demo key whose secret is public (examples/keys/); keeping the last good registry (serve --demo accepts it)"
             );
         }
-        Ok(r) => {
-            shared.approvers.store(Arc::new(r));
-        }
+        // Not recorded = not active: every accepted vote names a recorded registry.
+        Ok(r) => match shared
+            .ledger
+            .activate_registry(r, &shared.settings.instance)
+            .await
+        {
+            Ok(r) => shared.approvers.store(Arc::new(r)),
+            Err(e) => {
+                metrics::counter!("spendguard_approver_reloads_total", "result" => "ledger_error")
+                    .increment(1);
+                tracing::error!(error = %e, "approver registry change valid but not recorded in the ledger; keeping the last good registry");
+            }
+        },
         Err(e) => {
             metrics::counter!("spendguard_approver_reloads_total", "result" => "refused")
                 .increment(1);

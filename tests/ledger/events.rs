@@ -51,6 +51,10 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
     let (_d, set) = standard_set();
     let o = origin();
     ledger.activate_policies(&set, "tester").await.unwrap();
+    ledger
+        .activate_registry(spendguard::approvals::Registry::default(), "tester")
+        .await
+        .unwrap();
 
     // ALLOW, then HITL over the daily cap, then MSIG over the threshold.
     let a = ledger

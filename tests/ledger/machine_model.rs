@@ -420,6 +420,7 @@ fn model_decide(
             fingerprint,
             accepted_at: now,
             personal: None,
+            bindings: model.s.config_in_force("bindings").as_ref(),
         },
     )
     .expect("step");

@@ -6,6 +6,7 @@
 mod harness;
 
 mod concurrency;
+mod config_versions;
 mod events;
 mod fx;
 mod identity;
