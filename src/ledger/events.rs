@@ -25,11 +25,12 @@ pub mod kind {
     pub const SETTLEMENT_REFUSED: &str = "settlement_refused";
     pub const AUTHORIZATION_EXPIRED: &str = "authorization_expired";
     pub const FX_RATE_SET: &str = "fx_rate_set";
+    pub const POLICY_SET_REFUSED: &str = "policy_set_refused";
     pub const SUBJECT_KEYS_REWRAPPED: &str = "subject_keys_rewrapped";
     pub const REGISTRY_ACTIVATED: &str = "registry_activated";
     pub const BINDINGS_ACTIVATED: &str = "bindings_activated";
 
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         POLICY_ACTIVATED,
         INTENT_DECIDED,
         INTENT_INVALID,
@@ -44,6 +45,7 @@ pub mod kind {
         SETTLEMENT_REFUSED,
         AUTHORIZATION_EXPIRED,
         FX_RATE_SET,
+        POLICY_SET_REFUSED,
         SUBJECT_KEYS_REWRAPPED,
         REGISTRY_ACTIVATED,
         BINDINGS_ACTIVATED,
@@ -67,13 +69,14 @@ pub enum EventKind {
     SettlementRefused,
     AuthorizationExpired,
     FxRateSet,
+    PolicySetRefused,
     SubjectKeysRewrapped,
     RegistryActivated,
     BindingsActivated,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::PolicyActivated,
         EventKind::IntentDecided,
         EventKind::IntentInvalid,
@@ -88,6 +91,7 @@ impl EventKind {
         EventKind::SettlementRefused,
         EventKind::AuthorizationExpired,
         EventKind::FxRateSet,
+        EventKind::PolicySetRefused,
         EventKind::SubjectKeysRewrapped,
         EventKind::RegistryActivated,
         EventKind::BindingsActivated,
@@ -110,6 +114,7 @@ impl EventKind {
             EventKind::SettlementRefused => kind::SETTLEMENT_REFUSED,
             EventKind::AuthorizationExpired => kind::AUTHORIZATION_EXPIRED,
             EventKind::FxRateSet => kind::FX_RATE_SET,
+            EventKind::PolicySetRefused => kind::POLICY_SET_REFUSED,
             EventKind::SubjectKeysRewrapped => kind::SUBJECT_KEYS_REWRAPPED,
             EventKind::RegistryActivated => kind::REGISTRY_ACTIVATED,
             EventKind::BindingsActivated => kind::BINDINGS_ACTIVATED,
@@ -148,6 +153,7 @@ pub enum LedgerEvent {
     SettlementRefused(SettlementRefused),
     AuthorizationExpired(Box<AuthorizationExpired>),
     FxRateSet(FxRateSet),
+    PolicySetRefused(PolicySetRefused),
     SubjectKeysRewrapped(SubjectKeysRewrapped),
     RegistryActivated(ConfigActivated),
     BindingsActivated(ConfigActivated),
@@ -182,6 +188,7 @@ impl LedgerEvent {
             LedgerEvent::SettlementRefused(_) => EventKind::SettlementRefused,
             LedgerEvent::AuthorizationExpired(_) => EventKind::AuthorizationExpired,
             LedgerEvent::FxRateSet(_) => EventKind::FxRateSet,
+            LedgerEvent::PolicySetRefused(_) => EventKind::PolicySetRefused,
             LedgerEvent::SubjectKeysRewrapped(_) => EventKind::SubjectKeysRewrapped,
             LedgerEvent::RegistryActivated(_) => EventKind::RegistryActivated,
             LedgerEvent::BindingsActivated(_) => EventKind::BindingsActivated,
@@ -205,6 +212,7 @@ impl LedgerEvent {
             LedgerEvent::SettlementRefused(p) => canonical(p),
             LedgerEvent::AuthorizationExpired(p) => canonical(p),
             LedgerEvent::FxRateSet(p) => canonical(p),
+            LedgerEvent::PolicySetRefused(p) => canonical(p),
             LedgerEvent::SubjectKeysRewrapped(p) => canonical(p),
             LedgerEvent::RegistryActivated(p) | LedgerEvent::BindingsActivated(p) => canonical(p),
         }
@@ -265,6 +273,9 @@ impl LedgerEvent {
                 LedgerEvent::AuthorizationExpired(Box::new(Deserialize::deserialize(de)?))
             }
             EventKind::FxRateSet => LedgerEvent::FxRateSet(Deserialize::deserialize(de)?),
+            EventKind::PolicySetRefused => {
+                LedgerEvent::PolicySetRefused(Deserialize::deserialize(de)?)
+            }
             EventKind::SubjectKeysRewrapped => {
                 LedgerEvent::SubjectKeysRewrapped(Deserialize::deserialize(de)?)
             }
@@ -715,6 +726,30 @@ pub struct SubjectKeysRewrapped {
     pub to_kek_id: String,
     pub key_ids: Vec<uuid::Uuid>,
     pub actor: String,
+}
+
+/// `policy_set_refused`: a policies directory the service would not activate (at start-up
+/// or on a hot reload) because it does not load or has lint errors (SPEC §16); the last
+/// good set kept deciding (or, at start-up, the service did not start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySetRefused {
+    /// The policies directory as the instance sees it.
+    pub dir: String,
+    /// `startup` or `reload`.
+    pub stage: String,
+    /// Every reason: each lint error, or the error that stopped loading.
+    pub errors: Vec<PolicyRefusalReason>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRefusalReason {
+    /// The lint or parse error code (`pattern_allowed_and_blocked`, `syntax_error`, ...).
+    pub code: String,
+    pub message: String,
+    /// `policy NAME` for a lint, `file:line:column` for a load error.
+    pub location: String,
 }
 
 /// Canonical JSON text of a payload (sorted keys).

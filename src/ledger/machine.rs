@@ -383,6 +383,7 @@ pub fn delta(
         | LedgerEvent::VoteRefused(_)
         | LedgerEvent::SubjectErased(_)
         | LedgerEvent::SubjectKeysRewrapped(_)
+        | LedgerEvent::PolicySetRefused(_)
         | LedgerEvent::MessageSetAside(_)
         | LedgerEvent::SettlementRefused(_) => {}
     }

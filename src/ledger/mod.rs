@@ -32,6 +32,7 @@ pub mod fault;
 pub mod limit_usage;
 pub mod machine;
 pub mod notifications;
+pub mod policy_history;
 pub mod query;
 pub mod replay;
 pub mod settle;

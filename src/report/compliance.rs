@@ -542,6 +542,7 @@ pub fn build(
             // messages set aside (counted by the operations metrics).
             EventKind::IntentInvalid
             | EventKind::MessageSetAside
+            | EventKind::PolicySetRefused
             | EventKind::FxRateSet
             | EventKind::SubjectKeysRewrapped
             | EventKind::RegistryActivated
