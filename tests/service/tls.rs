@@ -54,11 +54,6 @@ async fn the_api_speaks_https_with_its_certificate_and_nothing_else() {
     let _serial = serial::exclusive().await;
     let mut rig = Rig::new("sg_tls_", "tls").await;
     rig.set_env("SPENDGUARD_BROKERS", "127.0.0.1:1");
-    // serve refuses to start without a key-encryption key (base64 of 32 bytes).
-    rig.set_env(
-        "SPENDGUARD_KEK",
-        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-    );
     let ca = TestCa::new("spendguard test CA");
     let (cert, key) = ca
         .server(&["localhost", "127.0.0.1"])
@@ -239,4 +234,63 @@ async fn sasl_scram_gets_in_with_the_right_password_only() {
     // Without SASL the broker answers nothing but the handshake.
     let (code, out) = publish("security.protocol=PLAINTEXT", None);
     assert_ne!(code, 0, "an unauthenticated client got in:\n{out}");
+}
+
+/// `serve` itself over SASL: its admin client, group consumer, control consumer and
+/// producer all authenticate (SCRAM-SHA-512, the password from a file), and an intent
+/// published by a payment service over SASL comes back decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_decides_over_sasl_scram() {
+    if !harness::require_postgres() {
+        return;
+    }
+    let _serial = serial::exclusive().await;
+    let Some(broker) = SaslTansu::start() else {
+        return;
+    };
+    let mut rig = Rig::new("sg_tls_sasl_", "sasl").await;
+    let password_file = rig.dir.path().join("kafka-password");
+    std::fs::write(&password_file, SaslTansu::PASSWORD).unwrap();
+    rig.set_env("SPENDGUARD_BROKERS", &broker.brokers);
+    rig.set_env(
+        "SPENDGUARD_KAFKA_PROPERTIES",
+        &format!(
+            "security.protocol=SASL_PLAINTEXT,sasl.mechanisms=SCRAM-SHA-512,sasl.username={}",
+            SaslTansu::USER
+        ),
+    );
+    rig.set_env(
+        "SPENDGUARD_KAFKA_SASL_PASSWORD_FILE",
+        &password_file.display().to_string(),
+    );
+    let serve = ServeProcess::start(&rig.env, "sasl-1", rig.dir.path(), &[]);
+    let input = rig.dir.path().join("intent.json");
+    std::fs::write(
+        &input,
+        crate::harness::intent::svc_intent_json("sasl-i1", "agent-sasl", "12.00", "vendor:known")
+            + "\n",
+    )
+    .unwrap();
+    let (code, out) = run(
+        &rig.env,
+        &[
+            "intents",
+            "publish",
+            "--input",
+            &input.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(
+        &rig.env,
+        &["decisions", "tail", "--from-beginning", "--count", "1"],
+    );
+    assert_eq!(code, 0, "{out}\n{}", serve.log_text());
+    assert!(
+        out.contains("sasl-i1") && out.contains("ALLOW"),
+        "{out}\n{}",
+        serve.log_text()
+    );
+    assert!(!serve.log_text().contains(SaslTansu::PASSWORD));
+    assert_eq!(serve.terminate(), Some(0));
 }
