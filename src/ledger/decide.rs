@@ -456,4 +456,3 @@ async fn load_snapshot(
     }
     Ok((snapshot, existing))
 }
-

@@ -1046,8 +1046,7 @@ impl Ledger {
         let Some(sealed) = decided.personal else {
             return Ok(Some(PersonalData::None));
         };
-        let Some(key) =
-            subject_keys::by_key_id(&self.pool, self.key_wrap(), sealed.key_id).await?
+        let Some(key) = subject_keys::by_key_id(&self.pool, self.key_wrap(), sealed.key_id).await?
         else {
             return Ok(Some(PersonalData::Erased));
         };

@@ -11,6 +11,7 @@ mod events;
 mod fx;
 mod identity;
 mod impact_history;
+mod kek;
 mod lifecycle;
 mod limits;
 mod machine_model;
