@@ -438,7 +438,10 @@ mod tests {
             let mut t = w.clone();
             t.bytes[i] ^= 0x01;
             assert!(
-                matches!(kek.unwrap("s", k.key_id, &t), Err(KeyWrapError::Tampered { .. })),
+                matches!(
+                    kek.unwrap("s", k.key_id, &t),
+                    Err(KeyWrapError::Tampered { .. })
+                ),
                 "bit flipped in byte {i}"
             );
         }
@@ -482,7 +485,10 @@ mod tests {
         assert_eq!(under_new.kek_id, new_id);
         assert_eq!(ring.unwrap("s", k.key_id, &under_new).unwrap().key, k.key);
         let stranger = LocalKek::generate().wrap("s", &k).unwrap();
-        let err = ring.unwrap("s", k.key_id, &stranger).unwrap_err().to_string();
+        let err = ring
+            .unwrap("s", k.key_id, &stranger)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&new_id) && err.contains(&old_id), "{err}");
     }
 

@@ -153,15 +153,25 @@ pub(crate) async fn all(
 /// run whenever a ledger is opened with a KEK, so that the first start after the
 /// upgrade leaves no clear key behind. Cheap when there is none (a partial index).
 pub(crate) async fn wrap_legacy(ledger: &Ledger, kw: &dyn KeyWrap) -> Result<(), LedgerError> {
-    let any: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subject_key WHERE legacy_key IS NOT NULL)")
-            .fetch_one(&ledger.pool)
-            .await?;
+    let any: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM subject_key WHERE legacy_key IS NOT NULL)",
+    )
+    .fetch_one(&ledger.pool)
+    .await?;
     if !any {
         return Ok(());
     }
     let actor = format!("spendguard:{}", ledger.instance);
-    let done = rewrap(ledger, kw, kw, true, REWRAP_BATCH, &actor, &Origin::cli(&ledger.instance)).await?;
+    let done = rewrap(
+        ledger,
+        kw,
+        kw,
+        true,
+        REWRAP_BATCH,
+        &actor,
+        &Origin::cli(&ledger.instance),
+    )
+    .await?;
     tracing::info!(
         keys = done.keys,
         kek_id = kw.kek_id(),
