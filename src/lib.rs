@@ -25,6 +25,7 @@ pub mod bus;
 pub mod config;
 pub mod kill_switch;
 pub mod notify;
+pub mod tls_client;
 pub mod serve;
 pub mod vote_intake;
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest `notifications.yaml` read.
@@ -99,6 +100,8 @@ pub enum NotifyConfigError {
 struct FileFormat {
     #[serde(default)]
     webhooks: Vec<WebhookEntry>,
+    /// PEM file of CAs trusted for `https://` receivers besides the public roots.
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +121,8 @@ pub struct Webhook {
     pub url: Url,
     pub events: Vec<EventKind>,
     secret: Vec<u8>,
+    /// `https://` URLs: the client configuration (public roots + the file's `ca_file`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -141,22 +146,33 @@ impl Webhook {
         signature_header(&self.secret, unix_seconds, body)
     }
 
-    /// For tests and tools that build a webhook without a file.
+    /// For tests and tools that build a webhook without a file (`https://` trusts the
+    /// public roots only).
     pub fn new(id: &str, url: &str, events: Vec<EventKind>, secret: Vec<u8>) -> Option<Webhook> {
+        let url = Url::parse(url).ok()?;
+        let tls = if url.tls {
+            Some(crate::tls_client::client_config(None).ok()?)
+        } else {
+            None
+        };
         Some(Webhook {
             id: id.to_string(),
-            url: Url::parse(url).ok()?,
+            url,
             events,
             secret,
+            tls,
         })
     }
 }
 
-/// A plain-HTTP URL, split for the client. `https` is refused at load time: this build
-/// has no TLS client (put a TLS-originating proxy in front, docs/operations.md).
+/// An `http://` or `https://` URL, split for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
     pub text: String,
+    /// `https://`: TLS, the certificate checked for `tls_name`.
+    pub tls: bool,
+    /// The host a certificate must be valid for (no port).
+    pub tls_name: String,
     /// `host:port` to connect to.
     pub authority: String,
     /// Host header value.
@@ -176,32 +192,32 @@ impl Url {
         let uri: axum::http::Uri = text
             .parse()
             .map_err(|e| format!("url {text:?} does not parse: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(
-                    "https is not supported by this build (no TLS client): use http:// to a TLS-originating proxy on the same host or network"
-                        .into(),
-                );
-            }
-            _ => return Err(format!("url {text:?} must start with http://")),
-        }
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("url {text:?} must start with http:// or https://")),
+        };
         let Some(authority) = uri.authority() else {
             return Err(format!("url {text:?} has no host"));
         };
         if authority.as_str().contains('@') {
             return Err("url must not carry credentials (user:password@): use the secret".into());
         }
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let host = authority.host();
         if host.is_empty() {
             return Err(format!("url {text:?} has no host"));
+        }
+        if tls {
+            crate::tls_client::server_name(host).map_err(|e| e.to_string())?;
         }
         let path = uri
             .path_and_query()
             .map_or("/".to_string(), |p| p.as_str().to_string());
         Ok(Url {
             text: text.to_string(),
+            tls,
+            tls_name: host.to_string(),
             authority: format!("{host}:{port}"),
             host: authority.as_str().to_string(),
             path: if path.is_empty() { "/".into() } else { path },
@@ -257,6 +273,9 @@ impl Webhooks {
                 file.webhooks.len()
             )));
         }
+        // One client configuration for every https:// receiver of the file, built only
+        // when one is configured (a bad ca_file stops serve at start).
+        let mut tls: Option<Arc<rustls::ClientConfig>> = None;
         let mut seen = HashSet::new();
         let mut hooks = Vec::with_capacity(file.webhooks.len());
         for entry in file.webhooks {
@@ -315,11 +334,22 @@ impl Webhooks {
                     secret.len()
                 )));
             }
+            let hook_tls = if url.tls {
+                if tls.is_none() {
+                    let config = crate::tls_client::client_config(file.ca_file.as_deref())
+                        .map_err(|e| parse_err(e.to_string()))?;
+                    tls = Some(config);
+                }
+                tls.clone()
+            } else {
+                None
+            };
             hooks.push(Webhook {
                 id,
                 url,
                 events,
                 secret,
+                tls: hook_tls,
             });
         }
         Ok(Webhooks { hooks })
@@ -550,6 +580,12 @@ mod tests {
         assert!(hook.wants(EventKind::KillSwitch) && !hook.wants(EventKind::Decision));
         assert_eq!(hook.secret, b"0123456789abcdef0123");
         assert!(!format!("{hook:?}").contains("0123456789abcdef"));
+        let tls = "webhooks:\n  - id: t\n    url: https://hooks.example/in\n    events: [decision]\n    secret_env: HOOK_SECRET\n";
+        let hook = Webhooks::parse(tls, "n.yaml", &env).unwrap().hooks[0].clone();
+        assert!(hook.url.tls && hook.tls.is_some());
+        assert_eq!(hook.url.authority, "hooks.example:443");
+        assert_eq!(hook.url.tls_name, "hooks.example");
+        assert!(w.get("ops").unwrap().tls.is_none());
         assert!(
             Webhooks::parse("webhooks: []\n", "n", &env)
                 .unwrap()
@@ -562,8 +598,8 @@ mod tests {
                 "unknown field",
             ),
             (
-                "webhooks:\n  - id: a\n    url: https://h/\n    events: [decision]\n    secret_env: HOOK_SECRET\n",
-                "https is not supported",
+                "ca_file: /nonexistent/ca.pem\nwebhooks:\n  - id: a\n    url: https://h/\n    events: [decision]\n    secret_env: HOOK_SECRET\n",
+                "cannot read the CA file /nonexistent/ca.pem",
             ),
             (
                 "webhooks:\n  - id: a\n    url: ftp://h/\n    events: [decision]\n    secret_env: HOOK_SECRET\n",

@@ -23,10 +23,15 @@ pub struct ApproveArgs {
     /// `spendguard decisions tail --format json`, or an entry of `GET /v1/approvals`.
     #[arg(long, conflicts_with = "brokers_source")]
     pub decision: Option<PathBuf>,
-    /// The API of `spendguard serve` (`http://host:port`): the decision is fetched from
-    /// the approver's inbox (unless --decision) and the vote POSTed there.
+    /// The API of `spendguard serve` (`http://host:port` or `https://host:port`): the
+    /// decision is fetched from the approver's inbox (unless --decision) and the vote
+    /// POSTed there.
     #[arg(long, env = "SPENDGUARD_API", requires = "token_file")]
     pub api: Option<String>,
+    /// PEM file of CAs trusted for an `https://` --api besides the public roots (an API
+    /// certificate from a private CA).
+    #[arg(long, env = "SPENDGUARD_API_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the approver's API bearer token (role `approver`).
     #[arg(long, env = "SPENDGUARD_API_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -129,7 +134,8 @@ async fn load(
                 "/v1/approvals?status=pending&limit={}",
                 crate::api::MAX_PENDING_APPROVALS_PAGE
             );
-            let (status, body) = http(base, "GET", &path, token, None, timeout).await?;
+            let ca = args.ca_file.as_deref();
+            let (status, body) = http(base, ca, "GET", &path, token, None, timeout).await?;
             if status != 200 {
                 bail!("GET {path} answered {status}: {body}");
             }
@@ -302,7 +308,8 @@ async fn send(
     };
     let token = token.context("--api needs --token-file")?;
     let path = format!("/v1/approvals/{}/votes", msg.intent_id);
-    let (status, answer) = http(base, "POST", &path, token, Some(&body), timeout).await?;
+    let ca = args.ca_file.as_deref();
+    let (status, answer) = http(base, ca, "POST", &path, token, Some(&body), timeout).await?;
     if status != 200 {
         bail!("the vote was refused ({status}): {answer}");
     }
@@ -310,17 +317,18 @@ async fn send(
     Ok(())
 }
 
-/// One HTTP/1.1 exchange over plain TCP (an `http://` URL; terminate TLS in front of
-/// the API, docs/api.md). Returns (status, body).
+/// One HTTP/1.1 exchange with the API at `base` (`http://` or `https://`, TLS checked
+/// against the public roots and `ca_file`). Returns (status, body).
 async fn http(
     base: &str,
+    ca_file: Option<&Path>,
     method: &str,
     path: &str,
     token: &str,
     body: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
-    let exchange = http_exchange(base, method, path, token, body);
+    let exchange = http_exchange(base, ca_file, method, path, token, body);
     tokio::time::timeout(timeout, exchange)
         .await
         .with_context(|| format!("{base} did not answer within {timeout:?}"))?
@@ -328,15 +336,19 @@ async fn http(
 
 async fn http_exchange(
     base: &str,
+    ca_file: Option<&Path>,
     method: &str,
     path: &str,
     token: &str,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = base.strip_prefix("http://").with_context(|| {
-        format!("--api {base}: only http:// URLs are supported here (put a local TLS proxy in front for https)")
-    })?;
+    let (tls, rest) = if let Some(rest) = base.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        bail!("--api {base}: the URL must start with http:// or https://");
+    };
     let (host, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let prefix = prefix.trim_end_matches('/');
     let target = if prefix.is_empty() {
@@ -344,18 +356,50 @@ async fn http_exchange(
     } else {
         format!("/{prefix}{path}")
     };
-    let mut stream = tokio::net::TcpStream::connect(host)
+    let uri_authority: axum::http::uri::Authority = host
+        .parse()
+        .with_context(|| format!("--api {base}: no host:port in the URL"))?;
+    let port = uri_authority
+        .port_u16()
+        .unwrap_or(if tls { 443 } else { 80 });
+    let connect_to = format!("{}:{port}", uri_authority.host());
+    let stream = tokio::net::TcpStream::connect(&connect_to)
         .await
-        .with_context(|| format!("cannot connect to {host}"))?;
+        .with_context(|| format!("cannot connect to {connect_to}"))?;
     let body = body.unwrap_or("");
     let request = format!(
         "{method} {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
+    let raw = if tls {
+        let config = crate::tls_client::client_config(ca_file)?;
+        let name = crate::tls_client::server_name(uri_authority.host())?;
+        let stream = crate::tls_client::connect(config, name, stream)
+            .await
+            .with_context(|| format!("TLS with {connect_to}"))?;
+        round_trip(stream, request.as_bytes()).await?
+    } else {
+        round_trip(stream, request.as_bytes()).await?
+    };
     parse_response(&raw)
+}
+
+/// Writes `request` and reads the answer until the server closes the connection.
+async fn round_trip<IO>(mut io: IO, request: &[u8]) -> anyhow::Result<Vec<u8>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(request).await?;
+    let mut raw = Vec::new();
+    match io.read_to_end(&mut raw).await {
+        Ok(_) => {}
+        // A TLS server that closes without close_notify after a complete answer
+        // (`Connection: close`): the answer is whole, only the goodbye is missing.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(raw)
 }
 
 /// Status and body of an HTTP/1.1 response (sized or chunked).

@@ -237,7 +237,29 @@ async fn post_inner(hook: &Webhook, d: &ClaimedDelivery) -> Result<u16, (String,
     let stream = tokio::net::TcpStream::connect(&hook.url.authority)
         .await
         .map_err(|e| (format!("connect {}: {e}", hook.url.authority), None))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    match &hook.tls {
+        None => exchange(hook, d, stream).await,
+        Some(config) => {
+            let name = crate::tls_client::server_name(&hook.url.tls_name)
+                .map_err(|e| (e.to_string(), None))?;
+            let tls = crate::tls_client::connect(config.clone(), name, stream)
+                .await
+                .map_err(|e| (format!("TLS with {}: {e}", hook.url.authority), None))?;
+            exchange(hook, d, tls).await
+        }
+    }
+}
+
+/// One signed POST over an open connection (plain or TLS).
+async fn exchange<IO>(
+    hook: &Webhook,
+    d: &ClaimedDelivery,
+    io: IO,
+) -> Result<u16, (String, Option<u16>)>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| (format!("HTTP handshake: {e}"), None))?;
     // The connection is driven until the exchange ends; one connection per delivery

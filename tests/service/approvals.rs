@@ -747,7 +747,17 @@ async fn approvers_sign_with_the_decision_and_a_key_over_kafka_and_the_api() {
             .verifying_key()
             .verify_strict(&message, &sig)
             .unwrap();
+        // Verified under the registry serve recorded at start, which the auditor's
+        // command reads back from the ledger to check every kept signature.
+        assert_eq!(proof["registry"]["version"], 1, "{proof}");
     }
+    let (code, text) =
+        crate::harness::serve::run(&["audit", "verify-votes", "--database-url", &rig.db]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(" 0 failed, 0 recorded without a signature, 0 without a registry"),
+        "{text}"
+    );
 
     // Refusals, each audited. Over the API: a valid token never makes a bad signature
     // count, and a token cannot carry another approver's vote.
@@ -907,5 +917,162 @@ async fn approvers_sign_with_the_decision_and_a_key_over_kafka_and_the_api() {
         other["decision"]["approvals"][0]["vote"], "APPROVE",
         "{other}"
     );
+
+    // A registry change is applied live and recorded as version 2 (SPEC §14), by the
+    // same instance that recorded the registry it started with.
+    let registry_versions = || async {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&rig.db).await.unwrap();
+        sqlx::query_as::<_, (i64, String)>(
+            "SELECT version, actor FROM config_version WHERE kind = 'registry' ORDER BY version",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+    };
+    assert_eq!(registry_versions().await.len(), 1);
+    std::fs::write(
+        &approvers,
+        inbox_registry_yaml().replace("['globex-*']", "['globex-*', 'acme-*']"),
+    )
+    .unwrap();
+    wait_for("registry version 2", || async {
+        registry_versions().await.len() == 2
+    })
+    .await;
+    let versions = registry_versions().await;
+    assert_eq!(versions[1].1, versions[0].1, "{versions:?}");
+    assert_eq!(serve.terminate(), Some(0));
+}
+
+/// `spendguard approve --api https://…` (issue 12): against serve's HTTPS API with a
+/// certificate from a CA made here, the CLI fetches the decision and POSTs the vote when
+/// given the CA (`--ca-file`); without it the certificate is refused and nothing is
+/// voted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_talks_to_an_https_api_whose_ca_it_is_given() {
+    use crate::harness::serve::ServeProcess;
+    use spendguard::api::auth::hash_token;
+    if !harness::require_postgres() {
+        return;
+    }
+    let _serial = serial::exclusive().await;
+    let mut rig = Rig::with("sg_approve_tls_", "apprvtls", |dir| {
+        test_policies(dir, "1", "1000000", "1h")
+    })
+    .await;
+    rig.set_env("SPENDGUARD_BROKERS", "127.0.0.1:1");
+    rig.set_env(
+        "SPENDGUARD_KEK",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    );
+    let dir = rig.dir.path().to_path_buf();
+    let approvers = dir.join("approvers.yaml");
+    std::fs::write(&approvers, inbox_registry_yaml()).unwrap();
+    rig.set_env("SPENDGUARD_APPROVERS", &approvers.display().to_string());
+    let alice = approver_files(&dir, "alice", 1);
+    let payments = "approve-tls-payment-token";
+    let tokens_file = dir.join("tokens.yaml");
+    std::fs::write(
+        &tokens_file,
+        format!(
+            "tokens:\n  - {{name: alice-phone, role: approver, approverId: alice, sha256: {}}}\n  - {{name: pay, role: payment_service, sha256: {}}}\n",
+            hash_token(&alice.token),
+            hash_token(payments)
+        ),
+    )
+    .unwrap();
+    let ca = harness::tls::TestCa::new("spendguard API test CA");
+    let ca_file = ca.write(&dir, "api-ca.pem");
+    let (cert, key_file) = ca.server(&["localhost"]).write(&dir, "api");
+    let serve = ServeProcess::start(
+        &rig.env,
+        "apprv-tls",
+        &dir,
+        &[
+            "--no-kafka",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--api-tokens",
+            &tokens_file.display().to_string(),
+            "--tls-cert-file",
+            &cert.display().to_string(),
+            "--tls-key-file",
+            &key_file.display().to_string(),
+        ],
+    );
+    let log = serve.log_text();
+    let addr: std::net::SocketAddr = log
+        .lines()
+        .find_map(|l| l.split_once("HTTP API on https://").map(|x| x.1.trim()))
+        .unwrap_or_else(|| panic!("no https address:\n{log}"))
+        .parse()
+        .unwrap();
+    let api = format!("https://localhost:{}", addr.port());
+    // The intent is decided through an HTTP client of the test's own (the CLI is what
+    // is under test): a TLS client trusting the test CA.
+    let client = harness::tls::tls_client(&ca.cert_pem);
+    let body = svc_intent_json("ms-tls", AGENT, "2500.00", "vendor:known");
+    let answer = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = client.connect(name, tcp).await.expect("TLS to the API");
+        let req = format!(
+            "POST /v1/intents HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {payments}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw).await;
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("REQUIRE_MSIG"), "{answer}");
+
+    let args = |ca: Option<&std::path::Path>| {
+        let mut v = vec![
+            "--api".to_string(),
+            api.clone(),
+            "--token-file".into(),
+            alice.token_file.display().to_string(),
+            "--intent".into(),
+            "ms-tls".into(),
+            "--approver".into(),
+            "alice".into(),
+            "--key".into(),
+            alice.key.display().to_string(),
+            "--yes".into(),
+        ];
+        if let Some(ca) = ca {
+            v.push("--ca-file".into());
+            v.push(ca.display().to_string());
+        }
+        v
+    };
+    let refused = args(None);
+    let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+    let (code, out) = approve_cli(&rig, &refused);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("TLS with") && out.contains("UnknownIssuer"),
+        "{out}"
+    );
+    let trusted = args(Some(&ca_file));
+    let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
+    let (code, out) = approve_cli(&rig, &trusted);
+    assert_eq!(code, 0, "{out}\n{}", serve.log_text());
+    assert!(out.contains("accepted"), "{out}");
+    // One vote of two: the intent still waits, with alice's vote recorded once.
+    let ledger = spendguard::ledger::Ledger::connect(&rig.db, "approve-tls-check")
+        .await
+        .unwrap();
+    let record = ledger.decision("ms-tls").await.unwrap().unwrap();
+    let voters: Vec<&str> = record
+        .votes
+        .iter()
+        .map(|v| v.approver_id.as_str())
+        .collect();
+    assert_eq!(voters, ["alice"], "{record:?}");
     assert_eq!(serve.terminate(), Some(0));
 }

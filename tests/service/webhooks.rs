@@ -400,3 +400,160 @@ async fn a_receiver_that_never_answers_times_out_and_decisions_go_on() {
     assert_eq!(serve.terminate(), Some(0));
     held.abort();
 }
+
+/// Webhooks over HTTPS (issue 12): a receiver whose certificate comes from a CA made in
+/// this test, trusted through `ca_file` in notifications.yaml, gets the decision signed
+/// as over HTTP; a second webhook to the same receiver by its IP address (the
+/// certificate names only `localhost`) is refused by certificate verification: its
+/// attempt is recorded with the reason and nothing reaches the receiver through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_over_https_check_the_receiver_certificate() {
+    if !harness::require_postgres() {
+        return;
+    }
+    let _serial = serial::exclusive().await;
+    let mut rig = Rig::new("sg_webhooks_tls_", "webhookstls").await;
+    rig.set_env("SPENDGUARD_BROKERS", "127.0.0.1:1");
+    rig.set_env("SPENDGUARD_TEST_HOOK_SECRET", SECRET);
+    let dir = rig.dir.path().to_path_buf();
+    let ca = harness::tls::TestCa::new("spendguard webhook test CA");
+    let ca_file = ca.write(&dir, "hooks-ca.pem");
+    let (cert, key) = ca.server(&["localhost"]).write(&dir, "receiver");
+    let tls = spendguard::api::tls::server_config(&cert, &key).expect("receiver TLS");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Received = Arc::default();
+    let handshakes_refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = tokio::spawn(https_receiver(
+        listener,
+        tls,
+        got.clone(),
+        handshakes_refused.clone(),
+    ));
+    let file = dir.join("notifications.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "ca_file: {}\nwebhooks:\n  - id: tls-ok\n    url: https://localhost:{port}/hook\n    events: [decision]\n    secret_env: SPENDGUARD_TEST_HOOK_SECRET\n  - id: tls-wrong-name\n    url: https://127.0.0.1:{port}/hook\n    events: [decision]\n    secret_env: SPENDGUARD_TEST_HOOK_SECRET\n",
+            ca_file.display()
+        ),
+    )
+    .unwrap();
+    rig.set_env("SPENDGUARD_NOTIFICATIONS", &file.display().to_string());
+    let serve = ServeProcess::start(
+        &rig.env,
+        "webhooks-tls",
+        &dir,
+        &[
+            "--no-kafka",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--api-tokens",
+            &tokens(),
+        ],
+    );
+    let addr = api_addr(&serve);
+    decide(addr, "wh-tls-1", "1.00").await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    let (ok, wrong) = loop {
+        let list = deliveries(addr, OPERATOR, "").await;
+        let of = |id: &str| list.iter().find(|d| d["webhookId"] == id).cloned();
+        if let (Some(ok), Some(wrong)) = (of("tls-ok"), of("tls-wrong-name"))
+            && ok["state"] == "delivered"
+            && wrong["lastError"].is_string()
+        {
+            break (ok, wrong);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{list:?}\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ok["lastStatus"], 204, "{ok}");
+    let error = wrong["lastError"].as_str().unwrap();
+    assert!(
+        error.contains("TLS with 127.0.0.1") && error.contains("certificate"),
+        "{wrong}"
+    );
+    assert!(wrong["lastStatus"].is_null(), "{wrong}");
+    assert_eq!(wrong["state"], "pending", "{wrong}");
+    assert!(handshakes_refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let got = got.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        1,
+        "only the verified receiver gets a POST: {got:?}"
+    );
+    let (headers, body) = &got[0];
+    let signature = headers["spendguard-signature"].to_str().unwrap();
+    assert!(signature_verifies(signature, body), "{signature}");
+    assert!(body.contains("wh-tls-1"), "{body}");
+    assert_eq!(serve.terminate(), Some(0));
+    server.abort();
+}
+
+/// An HTTPS receiver: TLS with `tls`, then one HTTP/1.1 POST per connection (headers and
+/// body kept, answered 204). Handshakes that fail are counted, not kept.
+async fn https_receiver(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    got: Received,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    while let Ok((socket, _)) = listener.accept().await {
+        let acceptor = acceptor.clone();
+        let got = got.clone();
+        let refused = refused.clone();
+        tokio::spawn(async move {
+            let Ok(mut stream) = acceptor.accept(socket).await else {
+                refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            let mut headers = HeaderMap::new();
+            for line in head.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
+                if let Some((name, value)) = line.split_once(':')
+                    && let (Ok(name), Ok(value)) = (
+                        axum::http::HeaderName::from_bytes(name.trim().as_bytes()),
+                        axum::http::HeaderValue::from_str(value.trim()),
+                    )
+                {
+                    headers.insert(name, value);
+                }
+            }
+            let length: usize = headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_end + length {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
+            got.lock().unwrap().push((headers, body));
+            let _ = stream
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
