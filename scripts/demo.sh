@@ -23,6 +23,12 @@ export DATABASE_URL="$server/spendguard_demo"
 export SPENDGUARD_TOPIC_PREFIX="demo$run_id."
 export SPENDGUARD_POLICIES="${SPENDGUARD_POLICIES:-policies}"
 log=target/demo-serve.log
+# The key-encryption key of the subject keys (SPEC §14): serve refuses to start without
+# one. A fresh one per run, like the database it protects; kept outside PostgreSQL.
+kek=target/demo.kek
+rm -f "$kek"
+"$bin" privacy kek-gen --out "$kek" >/dev/null
+export SPENDGUARD_KEK_FILE="$kek"
 # Seconds without a new message after which the demo stops reading a topic.
 IDLE_S=5
 
