@@ -64,7 +64,7 @@ pub struct ServiceArgs {
     #[arg(long, env = "SPENDGUARD_CONFIG")]
     pub config: Option<PathBuf>,
     /// PostgreSQL URL of the ledger.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Kafka bootstrap servers, comma-separated.
     #[arg(long, env = "SPENDGUARD_BROKERS")]

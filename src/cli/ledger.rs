@@ -14,7 +14,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// PostgreSQL connection URL.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }
 

@@ -96,7 +96,7 @@ impl PeriodArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
     /// PostgreSQL URL of the ledger.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     #[command(flatten)]
     pub period: PeriodArgs,
@@ -116,7 +116,7 @@ pub enum ImpactFormat {
 #[derive(Debug, Clone, Args)]
 pub struct ImpactArgs {
     /// PostgreSQL URL of the ledger.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// The candidate policy file (JSON or YAML, bare or envelope).
     #[arg(long)]
@@ -254,7 +254,7 @@ pub struct UsageArgs {
     #[arg(long)]
     pub entity: Option<String>,
     /// PostgreSQL URL of the ledger.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// Policy directory (policies + bindings.yaml), as `serve` loads it.
     #[arg(long, env = "SPENDGUARD_POLICIES")]

@@ -189,6 +189,23 @@ fn kafka_security_properties_reach_librdkafka_and_secrets_stay_hidden() {
         out.contains("librdkafka refuses Kafka property \"security.protocol\""),
         "{out}"
     );
+
+    // --help shows the environment's values, but not the database URL (it may hold a
+    // password).
+    for command in [
+        &["serve", "--help"][..],
+        &["ledger", "submit", "--help"][..],
+    ] {
+        let (_, out) = run(
+            &[(
+                "DATABASE_URL".into(),
+                "postgres://svc:db-password-in-url@db/ledger".into(),
+            )],
+            command,
+        );
+        assert!(out.contains("DATABASE_URL"), "{out}");
+        assert!(!out.contains("db-password-in-url"), "{command:?}:\n{out}");
+    }
 }
 
 #[tokio::test]
