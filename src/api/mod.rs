@@ -306,7 +306,7 @@ pub async fn serve_listener(
 pub async fn serve_listener_tls(
     listener: tokio::net::TcpListener,
     state: ApiState,
-    tls: Arc<rustls::ServerConfig>,
+    tls: axum_server::tls_rustls::RustlsConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     tracing::info!(addr = ?listener.local_addr().ok(), "HTTPS API listening");
@@ -318,8 +318,7 @@ pub async fn serve_listener_tls(
             REQUEST_DEADLINE_MS,
         )));
     });
-    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    axum_server::from_tcp_rustls(listener.into_std()?, config)?
+    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
         .handle(handle)
         .serve(router(state).into_make_service())
         .await

@@ -3,9 +3,14 @@
 //! PEM), with rustls (TLS 1.2 and 1.3, the ring provider, no client certificates: callers
 //! authenticate with bearer tokens). Without them the API is plain HTTP, for a loopback
 //! address or behind a TLS-terminating proxy (docs/operations.md).
+//!
+//! A renewed certificate is picked up without a restart: [`watch`] checks the two files
+//! every [`CERT_POLL_INTERVAL_MS`] and swaps the configuration new handshakes use when
+//! they changed and still make a valid pair (until then the old one keeps serving).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -91,4 +96,39 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .map_err(|e| TlsConfigError::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// How often [`watch`] looks at the certificate and key files (two `stat` calls).
+pub const CERT_POLL_INTERVAL_MS: u64 = 2_000;
+
+fn modified(files: &TlsFiles) -> (Option<SystemTime>, Option<SystemTime>) {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    (m(&files.cert), m(&files.key))
+}
+
+/// Reloads `config` from `files` whenever either file changes, for as long as it runs
+/// (the API task aborts it when it stops). A change that does not load (a key written
+/// after its certificate, a bad file) is logged and the previous configuration stays.
+pub async fn watch(files: TlsFiles, config: axum_server::tls_rustls::RustlsConfig) {
+    let mut seen = modified(&files);
+    let mut tick = tokio::time::interval(Duration::from_millis(CERT_POLL_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = modified(&files);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match files.server_config() {
+            Ok(fresh) => {
+                config.reload_from_config(fresh);
+                tracing::info!(cert = %files.cert.display(), "API TLS certificate reloaded");
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "API TLS certificate or key changed but does not load; still serving the previous one"
+            ),
+        }
+    }
 }

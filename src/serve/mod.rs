@@ -449,7 +449,10 @@ async fn start_api(
     });
     // Read before listening: a bad certificate or key stops the start.
     let tls = match &mount.tls {
-        Some(files) => Some(files.server_config()?),
+        Some(files) => Some((
+            files.clone(),
+            axum_server::tls_rustls::RustlsConfig::from_config(files.server_config()?),
+        )),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(mount.addr)
@@ -468,7 +471,13 @@ async fn start_api(
             let _ = stop.wait_for(|stopping| *stopping).await;
         };
         let served = match tls {
-            Some(tls) => api::serve_listener_tls(listener, state, tls, shutdown).await,
+            Some((files, tls)) => {
+                // A renewed certificate is served without a restart.
+                let watcher = tokio::spawn(api::tls::watch(files, tls.clone()));
+                let served = api::serve_listener_tls(listener, state, tls, shutdown).await;
+                watcher.abort();
+                served
+            }
             None => api::serve_listener(listener, state, shutdown).await,
         };
         if let Err(e) = served {

@@ -47,7 +47,7 @@ fn run(env: &[(String, String)], args: &[&str]) -> (i32, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_speaks_https_with_its_certificate_and_nothing_else() {
+async fn the_api_speaks_https_with_its_certificate_and_nothing_else_and_picks_up_a_renewed_one() {
     if !harness::require_postgres() {
         return;
     }
@@ -106,6 +106,32 @@ async fn the_api_speaks_https_with_its_certificate_and_nothing_else() {
     .await
     .expect("the server closes a plain HTTP connection");
     assert!(!plain.starts_with("HTTP/1.1 200"), "{plain}");
+
+    // A renewed certificate (here from another CA) replaces the files: new connections
+    // get it without a restart.
+    let renewed_ca = TestCa::new("renewed CA");
+    renewed_ca
+        .server(&["localhost"])
+        .write(rig.dir.path(), "api");
+    let renewed = tls_client(&renewed_ca.cert_pem);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match https_get(&renewed, addr, "localhost", "/healthz", None).await {
+            Ok((200, _)) => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "renewed certificate not served: {other:?}\n{}",
+                serve.log_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        https_get(&trusting, addr, "localhost", "/healthz", None)
+            .await
+            .is_err(),
+        "the old certificate is no longer served"
+    );
     assert_eq!(serve.terminate(), Some(0));
 
     // Half a configuration is refused before anything starts.
