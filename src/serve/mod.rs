@@ -167,9 +167,7 @@ pub async fn run(
         tokio::spawn(checkpoints::run(shared.clone(), plan));
     }
     let watcher = tokio::spawn(reload::watch(shared.clone()));
-    if let Some(hooks) = webhooks {
-        notifier::start(shared.clone(), hooks).await?;
-    }
+    notifier::start(shared.clone(), webhooks).await?;
 
     let consumer = if kafka {
         let consumer = Arc::new(

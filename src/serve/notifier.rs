@@ -9,6 +9,7 @@
 //! Deciding writes nothing for webhooks and waits on nothing here, so a slow or dead
 //! receiver can only grow the queue (`spendguard_webhook_backlog`).
 
+use arc_swap::ArcSwap;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
@@ -44,8 +45,25 @@ pub fn load(
     Ok((!hooks.is_empty()).then_some(hooks))
 }
 
-/// Positions the cursor (first start) and spawns both tasks; they end on shutdown.
-pub async fn start(shared: Arc<Shared>, hooks: Webhooks) -> Result<(), super::ServeError> {
+/// Starts the webhooks: with `hooks`, positions the cursor (first start) and spawns the
+/// enqueuer and the sender; in any case spawns the watcher of `notifications.yaml`,
+/// which swaps in a valid change (and starts both tasks if the file had no webhook
+/// before). Everything ends on shutdown.
+pub async fn start(shared: Arc<Shared>, hooks: Option<Webhooks>) -> Result<(), super::ServeError> {
+    let current = Arc::new(ArcSwap::from_pointee(hooks.unwrap_or_default()));
+    let running = !current.load().is_empty();
+    if running {
+        begin(shared.clone(), current.clone()).await?;
+    }
+    tokio::spawn(watch_file(shared, current, running));
+    Ok(())
+}
+
+/// Positions the cursor (first start) and spawns both tasks.
+async fn begin(
+    shared: Arc<Shared>,
+    hooks: Arc<ArcSwap<Webhooks>>,
+) -> Result<(), super::ServeError> {
     // Before the API takes requests, so nothing decided from now on is missed.
     tokio::time::timeout(
         Duration::from_millis(CALL_DEADLINE_MS),
@@ -60,23 +78,86 @@ pub async fn start(shared: Arc<Shared>, hooks: Webhooks) -> Result<(), super::Se
     .map_err(super::ServeError::ledger(
         "cannot position the notification cursor",
     ))?;
-    let hooks = Arc::new(hooks);
-    tracing::info!(webhooks = hooks.hooks.len(), "webhooks configured");
+    tracing::info!(webhooks = hooks.load().hooks.len(), "webhooks configured");
     tokio::spawn(enqueue_loop(shared.clone(), hooks.clone()));
     tokio::spawn(send_loop(shared, hooks));
     Ok(())
 }
 
-async fn enqueue_loop(shared: Arc<Shared>, hooks: Arc<Webhooks>) {
-    let subscriptions: Vec<Subscription> = hooks
-        .hooks
-        .iter()
-        .map(|h| Subscription {
-            webhook_id: h.id.clone(),
-            kinds: h.events.clone(),
-        })
-        .collect();
+/// What a poll of `notifications.yaml` compares: its length and modification time
+/// (`None`: absent or unreadable).
+fn stamp(path: &std::path::Path) -> Option<(u64, Option<std::time::SystemTime>)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()))
+}
+
+/// Polls `notifications.yaml` as the policies directory is polled
+/// (`policy_poll_interval_ms`). A valid change replaces the webhooks at once (the next
+/// enqueue and send rounds use it; a delivery being sent finishes with the hook it
+/// started with); an invalid one is refused and the last good webhooks stay, as at
+/// start a bad file would have stopped serve.
+async fn watch_file(shared: Arc<Shared>, hooks: Arc<ArcSwap<Webhooks>>, mut running: bool) {
+    let path = shared.settings.notifications_file.clone();
+    let mut seen = stamp(&path);
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        shared.settings.policy_poll_interval_ms.max(1),
+    ));
+    let mut stop = shared.shutdown.clone();
     while !shared.shutting_down() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => continue,
+        }
+        let now = stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match Webhooks::load(&path) {
+            Ok(new) => {
+                let ids: Vec<String> = new.hooks.iter().map(|h| h.id.clone()).collect();
+                let empty = new.is_empty();
+                hooks.store(Arc::new(new));
+                metrics::counter!("spendguard_webhook_reloads_total", "result" => "applied")
+                    .increment(1);
+                tracing::warn!(webhooks = ?ids, "notifications.yaml reloaded");
+                if !running && !empty {
+                    match begin(shared.clone(), hooks.clone()).await {
+                        Ok(()) => running = true,
+                        Err(e) => {
+                            // Tried again at the next change of the file.
+                            tracing::error!(error = %e, "webhooks configured by a reload could not start");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::counter!("spendguard_webhook_reloads_total", "result" => "refused")
+                    .increment(1);
+                tracing::error!(error = %e, "notifications.yaml change refused; keeping the last good webhooks");
+            }
+        }
+    }
+}
+
+async fn enqueue_loop(shared: Arc<Shared>, hooks: Arc<ArcSwap<Webhooks>>) {
+    while !shared.shutting_down() {
+        let current = hooks.load_full();
+        // A reload that leaves no webhook pauses the cursor, as a serve without
+        // webhooks does: webhooks configured again get what was decided meanwhile.
+        if current.is_empty() {
+            idle(&shared).await;
+            continue;
+        }
+        let subscriptions: Vec<Subscription> = current
+            .hooks
+            .iter()
+            .map(|h| Subscription {
+                webhook_id: h.id.clone(),
+                kinds: h.events.clone(),
+            })
+            .collect();
         let round = tokio::time::timeout(
             Duration::from_millis(CALL_DEADLINE_MS),
             shared
@@ -103,10 +184,11 @@ async fn enqueue_loop(shared: Arc<Shared>, hooks: Arc<Webhooks>) {
     }
 }
 
-async fn send_loop(shared: Arc<Shared>, hooks: Arc<Webhooks>) {
-    let ids: Vec<String> = hooks.hooks.iter().map(|h| h.id.clone()).collect();
+async fn send_loop(shared: Arc<Shared>, hooks: Arc<ArcSwap<Webhooks>>) {
     let mut rounds = 0u64;
     while !shared.shutting_down() {
+        let hooks = hooks.load_full();
+        let ids: Vec<String> = hooks.hooks.iter().map(|h| h.id.clone()).collect();
         rounds += 1;
         if rounds % 10_000 == 1 {
             prune(&shared).await;

@@ -557,3 +557,98 @@ async fn https_receiver(
         });
     }
 }
+
+/// `notifications.yaml` is re-read while serve runs, like the policies directory: a
+/// valid change applies without a restart (a new receiver gets what is decided after it,
+/// the removed one nothing more), an invalid one is refused and the last good webhooks
+/// stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_yaml_is_reloaded_and_a_bad_change_refused() {
+    if !harness::require_postgres() {
+        return;
+    }
+    let _serial = serial::exclusive().await;
+    let mut rig = Rig::new("sg_webhooks_reload_", "webhooksreload").await;
+    rig.set_env("SPENDGUARD_BROKERS", "127.0.0.1:1");
+    rig.set_env("SPENDGUARD_TEST_HOOK_SECRET", SECRET);
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (a_addr, b_addr) = (free(), free());
+    let got_a: Received = Arc::default();
+    let got_b: Received = Arc::default();
+    let ra = receiver(a_addr, got_a.clone()).await;
+    let rb = receiver(b_addr, got_b.clone()).await;
+    let hook = |id: &str, addr: SocketAddr, events: &str| {
+        format!(
+            "webhooks:\n  - id: {id}\n    url: http://{addr}/hook\n    events: [{events}]\n    secret_env: SPENDGUARD_TEST_HOOK_SECRET\n"
+        )
+    };
+    let file = rig.dir.path().join("notifications.yaml");
+    std::fs::write(&file, hook("first", a_addr, "decision")).unwrap();
+    rig.set_env("SPENDGUARD_NOTIFICATIONS", &file.display().to_string());
+    let serve = ServeProcess::start(
+        &rig.env,
+        "webhooks-reload",
+        rig.dir.path(),
+        &[
+            "--no-kafka",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--api-tokens",
+            &tokens(),
+        ],
+    );
+    let addr = api_addr(&serve);
+    let has = |got: &Received, id: &str| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, body)| body.contains(&format!("\"{id}\"")))
+    };
+    let wait = |what: String, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS);
+        while !ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}:\n{}",
+                serve.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    decide(addr, "wh-r1", "1.00").await;
+    wait("wh-r1 delivered to first".into(), &|| has(&got_a, "wh-r1"));
+
+    // Replaced by another webhook: applied once serve has seen the change.
+    std::fs::write(&file, hook("second", b_addr, "decision")).unwrap();
+    wait("the reload applied".into(), &|| {
+        serve.log_text().contains("notifications.yaml reloaded")
+    });
+    decide(addr, "wh-r2", "1.00").await;
+    wait("wh-r2 delivered to second".into(), &|| has(&got_b, "wh-r2"));
+    assert!(!has(&got_a, "wh-r2"), "the removed webhook got a new event");
+    assert!(!has(&got_b, "wh-r1"), "decided before the webhook existed");
+
+    // An invalid change (an unknown event) is refused; "second" keeps working.
+    std::fs::write(&file, hook("third", a_addr, "decided")).unwrap();
+    wait("the bad change refused".into(), &|| {
+        serve
+            .log_text()
+            .contains("notifications.yaml change refused")
+    });
+    assert!(
+        serve.log_text().contains("unknown event"),
+        "{}",
+        serve.log_text()
+    );
+    decide(addr, "wh-r3", "1.00").await;
+    wait("wh-r3 delivered to second".into(), &|| has(&got_b, "wh-r3"));
+    assert!(!has(&got_a, "wh-r3"));
+    let list = deliveries(addr, OPERATOR, "").await;
+    assert!(list.iter().all(|d| d["webhookId"] != "third"), "{list:?}");
+    assert_eq!(serve.terminate(), Some(0));
+    ra.abort();
+    rb.abort();
+}
