@@ -289,3 +289,86 @@ fn check_vote(registry: &Registry, v: &VoteAccepted, decision: &DecisionOf) -> R
         .map(|_| ())
         .map_err(|refusal| format!("{}: {refusal}", refusal.code()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approvals::sign_vote;
+    use base64::Engine as _;
+    use ed25519_dalek::SigningKey;
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn recorded(canonical: &str, sha256: String) -> ConfigActivated {
+        ConfigActivated {
+            version: 1,
+            sha256,
+            canonical: canonical.to_string(),
+            actor: "test".into(),
+        }
+    }
+
+    /// The pure half of `audit verify-votes`: a recorded registry is used only when its
+    /// content is what its hash says, and a kept vote verifies only over the decision
+    /// it was signed for.
+    #[test]
+    fn a_recorded_registry_and_a_kept_vote_are_checked_as_stored() {
+        let alice = SigningKey::from_bytes(&[7; 32]);
+        let registry = Registry::parse(&format!(
+            "approvers:\n  - {{id: alice, publicKey: \"{}\", entities: ['acme-*']}}\n",
+            base64::engine::general_purpose::STANDARD.encode(alice.verifying_key().to_bytes())
+        ))
+        .unwrap();
+        let good = compile_registry(3, &recorded(registry.canonical(), registry.sha256()));
+        let loaded = good.registry.expect("loads");
+        let edited = registry.canonical().replace("acme-*", "*");
+        let bad = compile_registry(3, &recorded(&edited, registry.sha256()));
+        assert!(bad.registry.unwrap_err().contains("hashes to"));
+
+        let msg = sign_vote(&alice, "i-1", "alice", HASH, Vote::Approve);
+        let v = loaded
+            .verify(
+                &msg,
+                VoteSubject {
+                    agent_id: "agent-1",
+                    entity_id: "acme-br",
+                    decision_hash: HASH,
+                },
+            )
+            .unwrap();
+        let accepted = VoteAccepted {
+            intent_id: v.intent_id,
+            approver_id: v.approver_id,
+            vote: v.vote.as_str().to_string(),
+            signed_at: chain::to_micros(v.signed_at),
+            proof: v.proof,
+        };
+        let decision = |hash: &str, entity: &str| DecisionOf {
+            hash: hash.to_string(),
+            agent_id: "agent-1".into(),
+            entity_id: entity.into(),
+        };
+        assert_eq!(
+            check_vote(&loaded, &accepted, &decision(HASH, "acme-br")),
+            Ok(())
+        );
+        let other = "0".repeat(64);
+        assert!(
+            check_vote(&loaded, &accepted, &decision(&other, "acme-br"))
+                .unwrap_err()
+                .contains("is not the hash of the recorded decision")
+        );
+        assert!(
+            check_vote(&loaded, &accepted, &decision(HASH, "globex"))
+                .unwrap_err()
+                .starts_with("approver_not_registered_for_entity")
+        );
+        let mut rejected = accepted.clone();
+        rejected.vote = "REJECT".into();
+        assert!(
+            check_vote(&loaded, &rejected, &decision(HASH, "acme-br"))
+                .unwrap_err()
+                .starts_with("bad_signature")
+        );
+    }
+}
