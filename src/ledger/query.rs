@@ -135,7 +135,8 @@ impl LedgerReader {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .connect(database_url)
-            .await?;
+            .await
+            .map_err(super::tls::connect_error)?;
         Ok(LedgerReader { pool })
     }
 

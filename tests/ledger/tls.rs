@@ -90,6 +90,16 @@ async fn another_ca_a_name_not_in_the_certificate_and_no_tls_are_refused() {
         "{text}"
     );
 
+    // The reports' read-only reader says the same.
+    let reader = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        spendguard::ledger::query::LedgerReader::connect(&url, 1),
+    )
+    .await
+    .expect("connect did not finish in time");
+    let err = reader.map(drop).expect_err("wrong CA must be refused");
+    assert!(matches!(err, LedgerError::Setup(_)), "{err:?}");
+
     // The right CA, but the URL's host (127.0.0.1) is not a name of the certificate
     // (localhost): verify-full refuses, verify-ca (no name check) accepts.
     let by_ip = |mode: &str| {
