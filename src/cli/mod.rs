@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 // --- policy engine ---
 pub mod policy;
+pub mod policy_lifecycle;
 // --- operators & auditors ---
 pub mod ops;
 // --- ledger ---

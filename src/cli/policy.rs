@@ -28,6 +28,15 @@ pub enum PolicyCommand {
     /// Run the policy tests of a directory (DIR/tests/*.test.yaml) with the service's own
     /// decision step; exit 1 when a case fails or cannot run.
     Test(TestArgs),
+    /// List every activation of a policy recorded in the ledger (revision, version,
+    /// sha256, when, who, rollbacks).
+    History(crate::cli::policy_lifecycle::HistoryArgs),
+    /// Show how two recorded revisions of a policy differ (canonical content, one field
+    /// per line).
+    Diff(crate::cli::policy_lifecycle::DiffArgs),
+    /// Activate an earlier revision's content again as a new, audited revision, and write
+    /// it into the policies directory the service reads.
+    Rollback(crate::cli::policy_lifecycle::RollbackArgs),
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +106,9 @@ pub fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
         }
         PolicyCommand::Impact(args) => crate::cli::ops::run_impact(args),
         PolicyCommand::Test(args) => run_tests(&args),
+        PolicyCommand::History(args) => crate::cli::policy_lifecycle::run_history(args),
+        PolicyCommand::Diff(args) => crate::cli::policy_lifecycle::run_diff(args),
+        PolicyCommand::Rollback(args) => crate::cli::policy_lifecycle::run_rollback(args),
     }
 }
 

@@ -328,6 +328,23 @@ pub struct PolicyActivated {
     pub policy: PolicyIdentity,
     /// The full canonical policy, so replay can re-evaluate with exactly this version.
     pub canonical: String,
+    /// Set when this content was activated before (a rollback, or the files returning
+    /// to an earlier content): the seq of its first activation, whose row in
+    /// `policy_version` already holds it. Absent in first activations (and in events
+    /// written before SPEC §16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reactivates: Option<i64>,
+    /// Set by `policy rollback`: the revision (1, 2, ... per policy name in activation
+    /// order, as `policy history` numbers them) whose content this restores, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<PolicyRollback>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRollback {
+    pub to_revision: i64,
+    pub reason: String,
 }
 
 /// Which configuration a [`ConfigActivated`] event versions.

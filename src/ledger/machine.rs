@@ -338,6 +338,8 @@ pub fn delta(
             changed_at: r.recorded_at,
             seq: r.seq,
         })),
+        // A re-activation's content is already in `policy_version` (the first one's row).
+        LedgerEvent::PolicyActivated(a) if a.reactivates.is_some() => {}
         LedgerEvent::PolicyActivated(a) => out(Change::Policy(PolicyRow {
             sha256: a.policy.sha256.clone(),
             name: a.policy.name.clone(),

@@ -579,6 +579,7 @@ impl Ledger {
         let seqs = self
             .activate(wanted, actor, &Origin::cli(&self.instance))
             .await?;
+        self.reactivate_returning(set, actor).await?;
         self.activate_bindings(set.bindings(), actor).await?;
         Ok(seqs)
     }
@@ -620,6 +621,8 @@ impl Ledger {
                 event: LedgerEvent::PolicyActivated(events::PolicyActivated {
                     policy: identity.clone(),
                     canonical: canonical.clone(),
+                    reactivates: None,
+                    rollback: None,
                 }),
             };
             seqs.push(ws.record(&mut snapshot, &staged, now, origin)?.recorded.seq);

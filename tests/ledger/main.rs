@@ -15,6 +15,7 @@ mod kek;
 mod lifecycle;
 mod limits;
 mod machine_model;
+mod policy_history;
 mod privacy;
 mod report_scenario;
 mod tamper;
