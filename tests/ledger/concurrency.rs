@@ -112,6 +112,7 @@ async fn no_double_spend_with_eight_deciders_over_three_processes() {
             })
             .collect();
         let mut child = Command::new(binary())
+            .env("SPENDGUARD_KEK", crate::harness::db::kek_for(&db.url))
             .args(["ledger", "submit", "--database-url", &db.url, "--policies"])
             .arg(&policy_path)
             .args([
@@ -208,6 +209,7 @@ async fn sigkill_mid_stream_then_rerun_gives_exactly_one_decision_per_intent() {
 
     let submit = || {
         let mut c = Command::new(binary());
+        c.env("SPENDGUARD_KEK", crate::harness::db::kek_for(&db.url));
         c.args(["ledger", "submit", "--database-url", &db.url, "--policies"])
             .arg(&policy_path)
             .arg("--input")

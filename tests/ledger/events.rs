@@ -236,6 +236,30 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
         .await
         .unwrap();
 
+    // Subject keys re-wrapped under another KEK and back (a rotation and its undo).
+    let with_account = intent("i-account", "ag8", "10.00");
+    let with_account = spendguard::intent::SpendIntent {
+        beneficiary: spendguard::intent::Beneficiary {
+            id: "person:rewrap".into(),
+            account: Some("0001-23456-7".into()),
+            country: Some("BR".into()),
+        },
+        ..with_account
+    };
+    ledger.decide(&set, &with_account, &o).await.unwrap();
+    let kek = db.key_wrap();
+    let other = spendguard::keywrap::LocalKek::generate();
+    for (from, to) in [
+        (kek.as_ref(), &other as &dyn spendguard::keywrap::KeyWrap),
+        (&other, kek.as_ref()),
+    ] {
+        let done = ledger
+            .rewrap_subject_keys(from, to, 500, "sec", &o)
+            .await
+            .unwrap();
+        assert_eq!(done.keys, 1);
+    }
+
     let mut types = event_types(&db).await;
     types.sort();
     let mut all: Vec<String> = spendguard::ledger::events::kind::ALL
@@ -249,8 +273,8 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
     assert!(v.problems.is_empty(), "{:?}", v.problems);
     let report = ledger.replay(true).await.unwrap();
     assert!(report.ok(), "{report:#?}");
-    assert_eq!(report.decisions, 3);
-    assert_eq!(report.decisions_reevaluated, 3);
+    assert_eq!(report.decisions, 4);
+    assert_eq!(report.decisions_reevaluated, 4);
 }
 
 #[tokio::test]

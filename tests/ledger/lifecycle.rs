@@ -455,6 +455,7 @@ async fn deciders_and_settlers_never_pass_a_cap_or_over_capture() {
         })
         .collect();
     let mut child = std::process::Command::new(crate::harness::serve::binary())
+        .env("SPENDGUARD_KEK", crate::harness::db::kek_for(&db.url))
         .args(["ledger", "submit", "--database-url", &db.url, "--policies"])
         .arg(&policy_path)
         .stdin(std::process::Stdio::piped())

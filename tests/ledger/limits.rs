@@ -345,6 +345,7 @@ async fn eight_deciders_over_three_processes_never_pass_an_entity_limit() {
             .map(|i| intent(&format!("p{c}-{i}"), &agent(i + c), &amount(i + c)).json() + "\n")
             .collect();
         let mut child = Command::new(binary())
+            .env("SPENDGUARD_KEK", crate::harness::db::kek_for(&db.url))
             .args(["ledger", "submit", "--database-url", &db.url, "--policies"])
             .arg(&path)
             .args(["--batch", if c == 0 { "1" } else { "4" }])
