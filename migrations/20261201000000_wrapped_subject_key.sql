@@ -9,6 +9,10 @@
 -- every legacy row, in batches, each batch recorded as a `subject_keys_rewrapped` event,
 -- and clears `legacy_key`. Until then the old keys remain readable in the database (and
 -- in backups taken before): see docs/compliance.md.
+--
+-- Version 20261201000000, not ...01: that number is Luhn-valid, and sqlx stores it in
+-- `_sqlx_migrations`, where the card-number check of every stored column (SPEC §14,
+-- service test hostile::) rightly finds it.
 ALTER TABLE subject_key RENAME COLUMN key TO legacy_key;
 ALTER TABLE subject_key
     ALTER COLUMN legacy_key DROP NOT NULL,
