@@ -327,6 +327,26 @@ pub fn build(
                     });
                 }
             }
+            // The approver registry and the bindings are versioned like policies
+            // (SPEC §14, §16): listed with them, as what was in force when.
+            EventKind::RegistryActivated | EventKind::BindingsActivated => {
+                if let Ok(c) = serde_json::from_value::<crate::ledger::events::ConfigActivated>(
+                    ev.payload.clone(),
+                ) {
+                    policies.push(PolicyActivation {
+                        at: ev.recorded_at,
+                        name: if kind == EventKind::RegistryActivated {
+                            "approver registry".into()
+                        } else {
+                            "bindings".into()
+                        },
+                        version: format!("v{}", c.version),
+                        sha256: c.sha256,
+                        actor: ev.actor.clone(),
+                        before_period: ev.recorded_at < period.start(),
+                    });
+                }
+            }
             EventKind::IntentDecided => {
                 let Ok(v) = serde_json::from_value::<DecidedView>(ev.payload.clone()) else {
                     continue;
@@ -544,9 +564,7 @@ pub fn build(
             | EventKind::MessageSetAside
             | EventKind::PolicySetRefused
             | EventKind::FxRateSet
-            | EventKind::SubjectKeysRewrapped
-            | EventKind::RegistryActivated
-            | EventKind::BindingsActivated => {}
+            | EventKind::SubjectKeysRewrapped => {}
             EventKind::SettlementApplied => {
                 let Ok(v) = serde_json::from_value::<SettlementAppliedView>(ev.payload.clone())
                 else {

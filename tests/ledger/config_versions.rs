@@ -6,6 +6,7 @@
 use crate::harness::db::{fresh_db, origin};
 use crate::harness::intent::{ENTITY, intent};
 use crate::harness::policies::{policy_set, policy_text, standard_set};
+use crate::harness::scenario::period_args;
 use crate::harness::serve::run;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -194,6 +195,47 @@ async fn a_bindings_change_mid_stream_is_recorded_and_replay_reproduces_the_deci
     let report = ledger.replay(true).await.unwrap();
     assert!(report.ok(), "{report:#?}");
     assert_eq!(report.decisions_reevaluated, 4);
+
+    // The compliance report lists the bindings versions with the policies in force.
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("report.json");
+    let (from, to) = period_args();
+    let (code, text) = run(&[
+        "report",
+        "--database-url",
+        &db.url,
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--format",
+        "json",
+        "--out",
+        &json.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let bindings: Vec<(String, String)> = listed["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "bindings")
+        .map(|p| {
+            (
+                p["version"].as_str().unwrap().to_string(),
+                p["actor"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        bindings,
+        [
+            ("v1".to_string(), "tester".to_string()),
+            ("v2".into(), "tester".into())
+        ],
+        "{listed}"
+    );
 
     // A decision claiming the earlier bindings chose q is caught by replay (the events
     // are rewritten by a superuser; only the bindings check names the policy).
