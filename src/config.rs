@@ -495,6 +495,36 @@ mod tests {
     }
 
     #[test]
+    fn kek_files_come_from_the_flag_or_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "kek_file: /run/secrets/kek\nkek_previous_file: /run/secrets/kek.old\n",
+        )
+        .unwrap();
+        let from_file = ServiceArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(from_file.kek_file, Some(PathBuf::from("/run/secrets/kek")));
+        assert_eq!(
+            from_file.kek_previous_file,
+            Some(PathBuf::from("/run/secrets/kek.old"))
+        );
+        let flag = ServiceArgs {
+            config: Some(path),
+            kek_file: Some(PathBuf::from("/other/kek")),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(flag.kek_file, Some(PathBuf::from("/other/kek")));
+    }
+
+    #[test]
     fn json_config_and_errors_are_specific() {
         let s = parse_settings(r#"{"brokers": "a:1", "intent_partitions": 4}"#).unwrap();
         assert_eq!(s.intent_partitions, Some(4));
