@@ -527,6 +527,12 @@ pub fn state_for(
             ledger: ledger.clone(),
             instance: instance.to_string(),
         }),
+        // serve adds its policies directory, so that rollbacks can restore files.
+        policy_lifecycle: Arc::new(super::policy_lifecycle::LedgerPolicyLifecycle {
+            ledger: ledger.clone(),
+            instance: instance.to_string(),
+            policies_dir: None,
+        }),
         ledger: Arc::new(LedgerBackend { ledger }),
         policies,
         // serve replaces it with its ledger intake ([`super::intake::LedgerIntake`]).

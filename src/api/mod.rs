@@ -17,6 +17,7 @@ pub mod error;
 pub mod intake;
 pub mod notifications;
 pub mod openapi;
+pub mod policy_lifecycle;
 pub mod tls;
 pub mod views;
 
@@ -230,6 +231,8 @@ pub struct ApiState {
     pub metrics: PrometheusHandle,
     /// The last periodic chain verification of this serve, for the console.
     pub chain: Arc<console::ChainStatus>,
+    /// Policy history, diff and rollback (serve: [`policy_lifecycle::LedgerPolicyLifecycle`]).
+    pub policy_lifecycle: Arc<dyn policy_lifecycle::PolicyLifecycle>,
     /// The clock for usage windows (tests pin it; the service passes `Utc::now`).
     pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
 }

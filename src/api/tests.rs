@@ -219,6 +219,7 @@ fn state_with_fx(kill: Arc<MemKill>, fx: Arc<MemFx>) -> ApiState {
         intake: Arc::new(super::intake::Disabled),
         metrics: crate::telemetry::metrics_handle(),
         chain: Arc::default(),
+        policy_lifecycle: Arc::new(MemLifecycle),
         clock: Arc::new(|| Utc.with_ymd_and_hms(2026, 11, 25, 15, 0, 0).unwrap()),
     }
 }
@@ -265,12 +266,58 @@ fn valid_body(path: &str) -> &'static str {
         "/v1/approvals/{intentId}/votes" => {
             r#"{"intentId":"i-1","approverId":"alice","vote":"APPROVE","signature":"eA==","signedAt":"2026-11-30T12:00:00Z"}"#
         }
+        "/v1/policies/{name}/rollback" => r#"{"revision":"1","reason":"too strict"}"#,
         other => panic!("no test body for POST {other}: add one"),
     }
 }
 
+/// Two revisions of policy `p`; a rollback answers revision 3.
+struct MemLifecycle;
+
+fn mem_revision(revision: i64, version: &str) -> crate::ledger::policy_history::PolicyRevision {
+    crate::ledger::policy_history::PolicyRevision {
+        revision,
+        seq: revision,
+        activated_at: Utc.with_ymd_and_hms(2026, 11, 25, 15, 0, 0).unwrap(),
+        actor: "serve-a".into(),
+        source: "cli".into(),
+        version: version.into(),
+        sha256: format!("{revision:064}"),
+        rollback_to: None,
+        reason: None,
+    }
+}
+
+impl super::policy_lifecycle::PolicyLifecycle for MemLifecycle {
+    fn history(
+        &self,
+        _: String,
+    ) -> BoxFuture<'_, Result<Vec<crate::ledger::policy_history::RevisionContent>, ApiError>> {
+        Box::pin(async {
+            Ok(vec![
+                (mem_revision(1, "1"), r#"{"name":"p","version":"1"}"#.into()),
+                (mem_revision(2, "2"), r#"{"name":"p","version":"2"}"#.into()),
+            ])
+        })
+    }
+    fn rollback(
+        &self,
+        _: super::policy_lifecycle::RollbackCall,
+    ) -> BoxFuture<'_, Result<super::policy_lifecycle::RollbackView, ApiError>> {
+        Box::pin(async {
+            Ok(super::policy_lifecycle::RollbackView {
+                rolled_back_to: 1,
+                activated: mem_revision(3, "1"),
+                file: "p.yaml".into(),
+            })
+        })
+    }
+}
+
 fn concrete(path: &str) -> String {
-    path.replace("{intentId}", "i-1")
+    path.replace("{name}/diff", "{name}/diff?from=1&to=2")
+        .replace("{name}", "p")
+        .replace("{intentId}", "i-1")
         .replace("{agentId}", "a-1")
         .replace("{entityId}", "e-1")
 }

@@ -2,18 +2,15 @@
 //! as the ledger recorded them, the difference between two of them, and the activation
 //! of an earlier content as a new revision.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 
 use crate::cli::ledger::DbArgs;
-use crate::ledger::policy_history::{PolicyRevision, RevisionContent};
+use crate::ledger::policy_history::PolicyRevision;
 use crate::ledger::{Ledger, Origin};
-use crate::policy::{self, CompiledPolicy, PolicySet};
-
-/// Longest canonical policy compared line by line (a policy is at most 256 KiB).
-const MAX_DIFF_LINES: usize = 20_000;
+use crate::policy::revisions::{policy_file, render_diff, resolve, write_restored};
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
@@ -109,39 +106,6 @@ pub fn render_history(h: &[&PolicyRevision]) -> String {
     out
 }
 
-/// Finds a revision by number or by a version label only one content carries.
-pub fn resolve(h: &[RevisionContent], name: &str, text: &str) -> anyhow::Result<i64> {
-    if let Ok(n) = text.parse::<i64>() {
-        anyhow::ensure!(
-            n >= 1 && n <= h.len() as i64,
-            "policy {name:?} has revisions 1 to {}; see `spendguard policy history {name}`",
-            h.len()
-        );
-        return Ok(n);
-    }
-    let matching: Vec<&PolicyRevision> = h
-        .iter()
-        .map(|(r, _)| r)
-        .filter(|r| r.version == text)
-        .collect();
-    let mut shas: Vec<&str> = matching.iter().map(|r| r.sha256.as_str()).collect();
-    shas.dedup();
-    match (matching.first(), shas.len()) {
-        (None, _) => anyhow::bail!(
-            "policy {name:?} has no revision with version {text:?}; see `spendguard policy history {name}`"
-        ),
-        (Some(r), 1) => Ok(r.revision),
-        _ => anyhow::bail!(
-            "version {text:?} of policy {name:?} names several contents (revisions {}); give a revision number",
-            matching
-                .iter()
-                .map(|r| r.revision.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 pub fn run_diff(args: DiffArgs) -> anyhow::Result<i32> {
     runtime()?.block_on(async {
         let ledger = connect(&args.db).await?;
@@ -150,89 +114,9 @@ pub fn run_diff(args: DiffArgs) -> anyhow::Result<i32> {
         let b = resolve(&h, &args.name, &args.to)?;
         let (ra, ca) = &h[(a - 1) as usize];
         let (rb, cb) = &h[(b - 1) as usize];
-        print!("{}", render_diff(ra, ca, rb, cb)?);
+        print!("{}", render_diff(ra, ca, rb, cb));
         Ok(0)
     })
-}
-
-/// The canonical content as indented JSON (the canonical form's key order): one field
-/// per line, so a line diff reads as a field diff; formatting and key order of the files
-/// do not show.
-pub fn pretty_canonical(canonical: &str) -> anyhow::Result<String> {
-    let v: serde_json::Value =
-        serde_json::from_str(canonical).context("recorded canonical policy is not JSON")?;
-    Ok(serde_json::to_string_pretty(&v)? + "\n")
-}
-
-pub fn render_diff(
-    ra: &PolicyRevision,
-    ca: &str,
-    rb: &PolicyRevision,
-    cb: &str,
-) -> anyhow::Result<String> {
-    let mut out = format!(
-        "--- revision {} (version {}, sha256 {})\n+++ revision {} (version {}, sha256 {})\n",
-        ra.revision, ra.version, ra.sha256, rb.revision, rb.version, rb.sha256
-    );
-    if ra.sha256 == rb.sha256 {
-        out.push_str("(same content)\n");
-        return Ok(out);
-    }
-    let (a, b) = (pretty_canonical(ca)?, pretty_canonical(cb)?);
-    out.push_str(&line_diff(&a, &b));
-    Ok(out)
-}
-
-/// A line diff (longest common subsequence) showing changed lines with two lines of
-/// context; runs of unchanged lines beyond that are elided as `...`.
-pub fn line_diff(a: &str, b: &str) -> String {
-    let a: Vec<&str> = a.lines().take(MAX_DIFF_LINES).collect();
-    let b: Vec<&str> = b.lines().take(MAX_DIFF_LINES).collect();
-    let (n, m) = (a.len(), b.len());
-    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    let mut ops: Vec<(char, &str)> = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < n || j < m {
-        if i < n && j < m && a[i] == b[j] {
-            ops.push((' ', a[i]));
-            i += 1;
-            j += 1;
-        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            ops.push(('-', a[i]));
-            i += 1;
-        } else {
-            ops.push(('+', b[j]));
-            j += 1;
-        }
-    }
-    let near_change = |k: usize| {
-        let lo = k.saturating_sub(2);
-        let hi = (k + 2).min(ops.len() - 1);
-        ops[lo..=hi].iter().any(|(c, _)| *c != ' ')
-    };
-    let mut out = String::new();
-    let mut elided = false;
-    for (k, (c, line)) in ops.iter().enumerate() {
-        if *c == ' ' && !near_change(k) {
-            if !elided {
-                out.push_str("  ...\n");
-                elided = true;
-            }
-            continue;
-        }
-        elided = false;
-        out.push_str(&format!("{c} {line}\n"));
-    }
-    out
 }
 
 pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<i32> {
@@ -270,61 +154,4 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<i32> {
         );
         Ok(0)
     })
-}
-
-/// The file of `dir` that defines policy `name`, or `dir/NAME.json` when none does.
-pub fn policy_file(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    PolicySet::load_dir(dir).map_err(|e| {
-        anyhow::anyhow!(
-            "{e}\n(fix the directory first: `spendguard policy check {}`)",
-            dir.display()
-        )
-    })?;
-    for path in policy::dir_files(dir)? {
-        if policy::is_bindings_file(&path) {
-            continue;
-        }
-        let text = policy::read_text(&path)?;
-        if CompiledPolicy::parse(&text, &path.display().to_string())
-            .is_ok_and(|p| p.identity.name == name)
-        {
-            return Ok(path);
-        }
-    }
-    Ok(dir.join(format!("{name}.json")))
-}
-
-/// Replaces the file with the restored canonical content (JSON, which YAML files also
-/// accept), written aside then renamed so the service never reads half a file; checks it
-/// parses back to the recorded identity.
-fn write_restored(path: &Path, canonical: &str, r: &PolicyRevision) -> anyhow::Result<()> {
-    let text = pretty_canonical(canonical)?;
-    let back = CompiledPolicy::parse(&text, &path.display().to_string())?;
-    anyhow::ensure!(
-        back.identity.sha256 == r.sha256,
-        "the restored content parses to sha256 {}, not the recorded {}",
-        back.identity.sha256,
-        r.sha256
-    );
-    let tmp = path.with_extension("rollback.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn line_diff_shows_changed_fields_with_context() {
-        let a =
-            "{\n  \"a\": 1,\n  \"b\": 2,\n  \"c\": 3,\n  \"d\": 4,\n  \"e\": 5,\n  \"f\": 6\n}\n";
-        let b = a.replace("\"b\": 2", "\"b\": 20");
-        let d = line_diff(a, &b);
-        assert_eq!(
-            d,
-            "  {\n    \"a\": 1,\n-   \"b\": 2,\n+   \"b\": 20,\n    \"c\": 3,\n    \"d\": 4,\n  ...\n"
-        );
-    }
 }

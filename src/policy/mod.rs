@@ -15,6 +15,7 @@ pub mod limits;
 pub mod lint;
 pub mod model;
 pub mod rego;
+pub mod revisions;
 pub mod testing;
 
 pub use bindings::{Bindings, BindingsFile};

@@ -420,6 +420,11 @@ async fn start_api(
         announcer,
         checks,
     );
+    state.policy_lifecycle = Arc::new(api::policy_lifecycle::LedgerPolicyLifecycle {
+        ledger: shared.ledger.clone(),
+        instance: shared.settings.instance.clone(),
+        policies_dir: Some(shared.settings.policies_dir.clone()),
+    });
     // As many deciding lanes as Kafka workers: the same parallelism for both paths.
     state.intake = Arc::new(api::intake::LedgerIntake::start(
         api::intake::IntakeParts {

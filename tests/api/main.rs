@@ -11,3 +11,4 @@ mod endpoints;
 mod fx;
 mod lifecycle;
 mod limits;
+mod policy_history;

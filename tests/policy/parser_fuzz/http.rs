@@ -262,6 +262,7 @@ fn app(kill: Arc<MemKill>, fx: Arc<MemFx>, intake: Arc<MemIntake>) -> axum::Rout
         intake,
         metrics: spendguard::telemetry::metrics_handle(),
         chain: Arc::default(),
+        policy_lifecycle: Arc::new(spendguard::api::policy_lifecycle::Disabled),
         clock: Arc::new(chrono::Utc::now),
     })
 }
