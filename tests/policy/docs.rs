@@ -233,3 +233,23 @@ fn the_documented_fx_example_accepts_the_listed_currencies() {
     assert!(!p.accepts_fx("BRL") && !p.accepts_fx("JPY"));
     assert!(lint(p.spec()).is_empty(), "{:?}", lint(p.spec()));
 }
+
+#[test]
+fn the_documented_policy_test_file_passes_against_the_example_policies() {
+    let doc = std::fs::read_to_string("docs/policy-language.md").unwrap();
+    let files = blocks(&doc, "policy-test");
+    assert!(!files.is_empty(), "no policy-test block");
+    let set = spendguard::policy::PolicySet::load_dir(std::path::Path::new("policies")).unwrap();
+    for text in files {
+        let r = spendguard::policy::testing::run_text(&set, &text, "docs");
+        assert_eq!(r.error, None);
+        for c in &r.cases {
+            assert_eq!(
+                c.status,
+                spendguard::policy::testing::CaseStatus::Passed,
+                "{}",
+                c.name
+            );
+        }
+    }
+}
