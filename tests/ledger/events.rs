@@ -236,6 +236,23 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
         .await
         .unwrap();
 
+    // A policies directory refused by serve (SPEC §16).
+    ledger
+        .record_policy_set_refused(
+            spendguard::ledger::events::PolicySetRefused {
+                dir: "policies".into(),
+                stage: "reload".into(),
+                errors: vec![spendguard::ledger::events::PolicyRefusalReason {
+                    code: "unknown_country".into(),
+                    message: "country \"XX\" is not an ISO 3166-1 code".into(),
+                    location: "policy p".into(),
+                }],
+            },
+            &o,
+        )
+        .await
+        .unwrap();
+
     // Subject keys re-wrapped under another KEK and back (a rotation and its undo).
     let with_account = intent("i-account", "ag8", "10.00");
     let with_account = spendguard::intent::SpendIntent {
