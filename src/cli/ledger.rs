@@ -112,6 +112,9 @@ pub struct BenchArgs {
     /// (every bench agent belongs to one entity).
     #[arg(long, value_enum, default_value_t = crate::cli::bench::ledger::BenchLimits::None)]
     pub limits: crate::cli::bench::ledger::BenchLimits,
+    /// Bind a stricter candidate in shadow to every bench agent (what shadow mode costs).
+    #[arg(long)]
+    pub shadow: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,6 +320,7 @@ pub fn run_ledger(cmd: LedgerCommand) -> anyhow::Result<i32> {
             args.concurrency,
             args.keep_database,
             args.limits,
+            args.shadow,
         )),
     }
 }

@@ -8,6 +8,7 @@ pub mod policy;
 pub mod policy_lifecycle;
 // --- operators & auditors ---
 pub mod ops;
+pub mod promote;
 // --- ledger ---
 pub mod approve;
 pub mod bench;

@@ -37,6 +37,12 @@ pub enum PolicyCommand {
     /// Activate an earlier revision's content again as a new, audited revision, and write
     /// it into the policies directory the service reads.
     Rollback(crate::cli::policy_lifecycle::RollbackArgs),
+    /// Compare a shadow candidate's recorded would-be decisions with the enforced ones
+    /// over a period (transitions, spend newly allowed / blocked, examples).
+    ShadowReport(crate::cli::promote::ShadowReportArgs),
+    /// Enforce a shadow candidate if a replay of the period and its shadow decisions stay
+    /// within the thresholds (exit 3 when refused); records the evidence in the ledger.
+    Promote(crate::cli::promote::PromoteArgs),
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +115,8 @@ pub fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
         PolicyCommand::History(args) => crate::cli::policy_lifecycle::run_history(args),
         PolicyCommand::Diff(args) => crate::cli::policy_lifecycle::run_diff(args),
         PolicyCommand::Rollback(args) => crate::cli::policy_lifecycle::run_rollback(args),
+        PolicyCommand::ShadowReport(args) => crate::cli::promote::run_shadow_report(args),
+        PolicyCommand::Promote(args) => crate::cli::promote::run_promote(args),
     }
 }
 

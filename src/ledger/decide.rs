@@ -92,8 +92,20 @@ impl Ledger {
             .iter()
             .map(|(i, _)| set.resolve(&i.agent_id, &i.entity_id))
             .collect();
+        let shadows: Vec<Option<Arc<CompiledPolicy>>> = if set.bindings().has_shadow() {
+            items
+                .iter()
+                .map(|(i, _)| {
+                    let name = set.bindings().resolve_shadow(&i.agent_id, &i.entity_id)?;
+                    set.get(name).cloned()
+                })
+                .collect()
+        } else {
+            vec![None; items.len()]
+        };
         let unrecorded: Vec<_> = policies
             .iter()
+            .chain(&shadows)
             .flatten()
             .filter(|p| !self.is_activated(&p.identity.sha256))
             .map(|p| (p.identity.clone(), p.canonical_json().to_string()))
@@ -126,9 +138,10 @@ impl Ledger {
         let db_now = store::lock_chains(&mut tx, &locks, None, true).await?;
         let now = chain::to_micros(at.unwrap_or(db_now));
 
-        // Window keys of every intent that has a policy.
+        // Window keys of every intent that has a policy (or a shadow candidate).
         let mut wanted = Vec::new();
-        for ((intent, _), policy) in items.iter().zip(&policies) {
+        let governing = policies.iter().zip(items).chain(shadows.iter().zip(items));
+        for (policy, (intent, _)) in governing {
             if let Some(p) = policy {
                 let (d, m, _) = usage::keys(&intent.agent_id, p.tz, p.currency.code, now);
                 wanted.push(d);
@@ -143,7 +156,8 @@ impl Ledger {
         let agents: Vec<&str> = items.iter().map(|(i, _)| i.agent_id.as_str()).collect();
         let (mut snapshot, mut existing) =
             load_snapshot(&mut tx, &mut ws, &chains, &ids, &wanted, &agents).await?;
-        let limit_subjects = items.iter().zip(&policies).filter_map(|((i, _), p)| {
+        let with_shadows = policies.iter().zip(items).chain(shadows.iter().zip(items));
+        let limit_subjects = with_shadows.filter_map(|(p, (i, _))| {
             Some(LimitSubject {
                 policy: p.as_deref()?,
                 agent_id: Some(&i.agent_id),
@@ -211,7 +225,11 @@ impl Ledger {
             .map_err(|e| LedgerError::Bug(e.to_string()))?;
             // The step's time: the rule and the event it stages, not the append.
             let evaluation_time = evaluated_from.elapsed();
-            let staged = match step {
+            // On the same projections as the enforced step, before its decision folds in.
+            let shadow = shadows[idx]
+                .as_deref()
+                .map(|c| machine::shadow_decision(&snapshot, intent, c, now));
+            let mut staged = match step {
                 DecideStep::Redelivered => {
                     let e = &existing[&intent.intent_id];
                     let message: DecisionMessage =
@@ -239,6 +257,9 @@ impl Ledger {
                 }
                 DecideStep::Decided(staged) => staged,
             };
+            if let super::events::LedgerEvent::IntentDecided(d) = &mut staged.event {
+                d.shadow = shadow;
+            }
             let appended = ws.record(&mut snapshot, &staged, now, origin)?;
             if let machine::Staged {
                 event: super::events::LedgerEvent::IntentDecided(d),

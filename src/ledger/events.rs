@@ -29,8 +29,9 @@ pub mod kind {
     pub const SUBJECT_KEYS_REWRAPPED: &str = "subject_keys_rewrapped";
     pub const REGISTRY_ACTIVATED: &str = "registry_activated";
     pub const BINDINGS_ACTIVATED: &str = "bindings_activated";
+    pub const POLICY_PROMOTED: &str = "policy_promoted";
 
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         POLICY_ACTIVATED,
         INTENT_DECIDED,
         INTENT_INVALID,
@@ -49,6 +50,7 @@ pub mod kind {
         SUBJECT_KEYS_REWRAPPED,
         REGISTRY_ACTIVATED,
         BINDINGS_ACTIVATED,
+        POLICY_PROMOTED,
     ];
 }
 
@@ -73,10 +75,11 @@ pub enum EventKind {
     SubjectKeysRewrapped,
     RegistryActivated,
     BindingsActivated,
+    PolicyPromoted,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::PolicyActivated,
         EventKind::IntentDecided,
         EventKind::IntentInvalid,
@@ -95,6 +98,7 @@ impl EventKind {
         EventKind::SubjectKeysRewrapped,
         EventKind::RegistryActivated,
         EventKind::BindingsActivated,
+        EventKind::PolicyPromoted,
     ];
 
     /// The stored name (`ledger_event.event_type`).
@@ -118,6 +122,7 @@ impl EventKind {
             EventKind::SubjectKeysRewrapped => kind::SUBJECT_KEYS_REWRAPPED,
             EventKind::RegistryActivated => kind::REGISTRY_ACTIVATED,
             EventKind::BindingsActivated => kind::BINDINGS_ACTIVATED,
+            EventKind::PolicyPromoted => kind::POLICY_PROMOTED,
         }
     }
 
@@ -157,6 +162,7 @@ pub enum LedgerEvent {
     SubjectKeysRewrapped(SubjectKeysRewrapped),
     RegistryActivated(ConfigActivated),
     BindingsActivated(ConfigActivated),
+    PolicyPromoted(Box<PolicyPromoted>),
 }
 
 /// A stored event that cannot be read back as a [`LedgerEvent`].
@@ -192,6 +198,7 @@ impl LedgerEvent {
             LedgerEvent::SubjectKeysRewrapped(_) => EventKind::SubjectKeysRewrapped,
             LedgerEvent::RegistryActivated(_) => EventKind::RegistryActivated,
             LedgerEvent::BindingsActivated(_) => EventKind::BindingsActivated,
+            LedgerEvent::PolicyPromoted(_) => EventKind::PolicyPromoted,
         }
     }
 
@@ -215,6 +222,7 @@ impl LedgerEvent {
             LedgerEvent::PolicySetRefused(p) => canonical(p),
             LedgerEvent::SubjectKeysRewrapped(p) => canonical(p),
             LedgerEvent::RegistryActivated(p) | LedgerEvent::BindingsActivated(p) => canonical(p),
+            LedgerEvent::PolicyPromoted(p) => canonical(p),
         }
     }
 
@@ -284,6 +292,9 @@ impl LedgerEvent {
             }
             EventKind::BindingsActivated => {
                 LedgerEvent::BindingsActivated(Deserialize::deserialize(de)?)
+            }
+            EventKind::PolicyPromoted => {
+                LedgerEvent::PolicyPromoted(Box::new(Deserialize::deserialize(de)?))
             }
         })
     }
@@ -442,6 +453,65 @@ pub struct IntentDecided<I = serde_json::Value> {
     /// bindings were versioned, and when the caller decided without a recorded set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bindings: Option<ConfigVersion>,
+    /// What the shadow candidate bound to this agent would have decided on the same
+    /// state (SPEC §16 "Shadow mode"): recorded, never enforced, never published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowDecision>,
+}
+
+/// A shadow candidate made the enforced policy of the patterns it shadowed (SPEC §16
+/// "Promotion gate"), with the evidence the gate passed on: an audit record; the new
+/// bindings take effect when they are loaded (and are recorded then).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyPromoted {
+    pub policy: PolicyIdentity,
+    pub actor: String,
+    /// The period the evidence covers (UTC days, inclusive).
+    pub from: chrono::NaiveDate,
+    pub to: chrono::NaiveDate,
+    /// `agents["pattern"]` / `entities["pattern"]`: the bindings that now enforce it.
+    pub patterns: Vec<String>,
+    pub thresholds: PromotionThresholds,
+    /// Replay of the period under the candidate with its own windows.
+    pub impact: PromotionEvidence,
+    /// The candidate's live shadow decisions in the period.
+    pub shadow: PromotionEvidence,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromotionThresholds {
+    pub max_deny_to_allow: u64,
+    /// Percent of the compared intents an ALLOW may turn into anything else.
+    pub max_tightening_pct: rust_decimal::Decimal,
+}
+
+/// The numbers of one comparison (impact or shadow) a promotion was judged on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromotionEvidence {
+    pub intents: u64,
+    pub unchanged: u64,
+    pub deny_to_allow: u64,
+    /// ALLOW decisions the candidate would not allow.
+    pub tightened: u64,
+    pub tightening_pct: rust_decimal::Decimal,
+    pub transitions: std::collections::BTreeMap<String, u64>,
+}
+
+/// A shadow candidate's would-be decision, evaluated by the one decision rule
+/// (`machine::verdict`) on the projections the enforced decision saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowDecision {
+    pub policy: PolicyIdentity,
+    pub effect: crate::decision::Effect,
+    #[serde(default)]
+    pub approvals_required: u32,
+    /// The codes of the findings that determined it, in the evaluator's order.
+    #[serde(default)]
+    pub codes: Vec<String>,
 }
 
 /// A conversion recorded with a decision.

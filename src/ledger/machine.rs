@@ -387,7 +387,8 @@ pub fn delta(
         | LedgerEvent::SubjectKeysRewrapped(_)
         | LedgerEvent::PolicySetRefused(_)
         | LedgerEvent::MessageSetAside(_)
-        | LedgerEvent::SettlementRefused(_) => {}
+        | LedgerEvent::SettlementRefused(_)
+        | LedgerEvent::PolicyPromoted(_) => {}
     }
     Ok(())
 }
@@ -1459,6 +1460,24 @@ pub fn decided(
         authorization_ttl_secs: v.authorization_ttl_secs,
         fx: v.fx,
         bindings: None,
+        shadow: None,
+    }
+}
+
+/// A shadow candidate's would-be decision on `s`, the projections the enforced decision
+/// of the same intent sees: the same rule, only recorded.
+pub fn shadow_decision(
+    s: &Projections,
+    intent: &SpendIntent,
+    candidate: &CompiledPolicy,
+    now: DateTime<Utc>,
+) -> events::ShadowDecision {
+    let v = verdict(s, intent, Some(candidate), now);
+    events::ShadowDecision {
+        policy: candidate.identity.clone(),
+        effect: v.evaluation.effect,
+        approvals_required: v.evaluation.approvals_required,
+        codes: v.evaluation.reasons.into_iter().map(|f| f.code.into_owned()).collect(),
     }
 }
 

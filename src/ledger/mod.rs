@@ -862,6 +862,36 @@ impl Ledger {
         Ok(seq)
     }
 
+    /// Records a promotion and its evidence (`policy_promoted`, chain `global`).
+    pub async fn record_promotion(
+        &self,
+        promoted: events::PolicyPromoted,
+        origin: &Origin,
+    ) -> Result<i64, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let chains = vec![GLOBAL_CHAIN.to_string()];
+        let now = store::lock_chains(&mut tx, &chains, None, false).await?;
+        let staged = Staged {
+            chain_id: GLOBAL_CHAIN.to_string(),
+            actor: promoted.actor.clone(),
+            resource: format!(
+                "policy:{}@{}",
+                promoted.policy.name, promoted.policy.version
+            ),
+            event: LedgerEvent::PolicyPromoted(Box::new(promoted)),
+        };
+        let mut ws = WriteSet::default();
+        ws.load_heads(&mut tx, &chains).await?;
+        ws.reserve_seqs(&mut tx, 1).await?;
+        let seq = ws
+            .record(&mut Projections::default(), &staged, now, origin)?
+            .recorded
+            .seq;
+        ws.flush(&mut tx).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
     pub async fn kill_switch_state(&self) -> Result<Vec<KillSwitchEntry>, LedgerError> {
         Ok(sqlx::query_as::<_, KillSwitchEntry>(
             "SELECT scope, active, actor, reason, changed_at, seq FROM kill_switch ORDER BY scope",

@@ -26,6 +26,26 @@ pub struct BindingsFile {
     /// Agent id pattern -> policy name. Wins over entity bindings.
     #[serde(default)]
     pub agents: BTreeMap<String, String>,
+    /// Candidates evaluated beside the enforced policy on live traffic, never enforced
+    /// (SPEC §16 "Shadow mode"); resolved with the same rules as the enforced bindings.
+    #[serde(default, skip_serializing_if = "ShadowBindings::is_empty")]
+    pub shadow: ShadowBindings,
+}
+
+/// The `shadow:` section: agent and entity patterns -> candidate policy name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShadowBindings {
+    #[serde(default)]
+    pub entities: BTreeMap<String, String>,
+    #[serde(default)]
+    pub agents: BTreeMap<String, String>,
+}
+
+impl ShadowBindings {
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty() && self.agents.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -51,6 +71,8 @@ pub struct Bindings {
     /// Canonical JSON of what decides (default, entities, agents; not the envelope):
     /// what `bindings_activated` records and hashes (SPEC §16).
     canonical: String,
+    shadow_agents: Vec<Binding>,
+    shadow_entities: Vec<Binding>,
 }
 
 impl Default for Bindings {
@@ -77,7 +99,20 @@ impl Bindings {
             entities: compile_level(&file.entities),
             default: file.default.clone(),
             canonical: crate::ledger::events::canonical(&content),
+            shadow_agents: compile_level(&file.shadow.agents),
+            shadow_entities: compile_level(&file.shadow.entities),
         }
+    }
+
+    /// Name of the shadow candidate for this agent, by the rules of [`Bindings::resolve`]
+    /// (there is no shadow `default`).
+    pub fn resolve_shadow(&self, agent_id: &str, entity_id: &str) -> Option<&str> {
+        best(&self.shadow_agents, agent_id).or_else(|| best(&self.shadow_entities, entity_id))
+    }
+
+    /// Whether any shadow candidate is bound (deciding skips the lookup otherwise).
+    pub fn has_shadow(&self) -> bool {
+        !self.shadow_agents.is_empty() || !self.shadow_entities.is_empty()
     }
 
     /// Bindings as `bindings_activated` recorded them ([`Bindings::canonical`]).
@@ -124,6 +159,12 @@ impl Bindings {
         }
         if let Some(d) = &self.default {
             v.push(("default".into(), d));
+        }
+        for b in &self.shadow_agents {
+            v.push((format!("shadow.agents[{:?}]", b.pattern), &b.policy));
+        }
+        for b in &self.shadow_entities {
+            v.push((format!("shadow.entities[{:?}]", b.pattern), &b.policy));
         }
         v
     }
@@ -206,5 +247,23 @@ mod tests {
         assert_eq!(back.sha256(), a.sha256());
         assert_eq!(back.resolve("y1", "z"), Some("b"));
         assert_eq!(back.resolve("q", "e"), Some("c"));
+    }
+
+    #[test]
+    fn shadow_candidates_resolve_apart_from_the_enforced_policy() {
+        let (b, _) = Bindings::parse(
+            "entities:\n  acme-br: enforced\nshadow:\n  entities:\n    \"acme-*\": cand\n  agents:\n    agent-7: cand7\n",
+            "b.yaml",
+        )
+        .unwrap();
+        assert!(b.has_shadow());
+        assert_eq!(b.resolve("agent-1", "acme-br"), Some("enforced"));
+        assert_eq!(b.resolve_shadow("agent-1", "acme-br"), Some("cand"));
+        assert_eq!(b.resolve_shadow("agent-7", "acme-br"), Some("cand7"));
+        assert_eq!(b.resolve_shadow("agent-1", "other"), None);
+        assert!(b.references().iter().any(|(at, n)| at.starts_with("shadow.") && *n == "cand7"));
+        let (plain, _) = Bindings::parse("default: d\n", "b.yaml").unwrap();
+        assert!(!plain.has_shadow());
+        assert!(Bindings::parse("shadow:\n  default: x\n", "b.yaml").is_err());
     }
 }

@@ -564,7 +564,8 @@ pub fn build(
             | EventKind::MessageSetAside
             | EventKind::PolicySetRefused
             | EventKind::FxRateSet
-            | EventKind::SubjectKeysRewrapped => {}
+            | EventKind::SubjectKeysRewrapped
+            | EventKind::PolicyPromoted => {}
             EventKind::SettlementApplied => {
                 let Ok(v) = serde_json::from_value::<SettlementAppliedView>(ev.payload.clone())
                 else {

@@ -235,6 +235,34 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
         )
         .await
         .unwrap();
+    // An audit-only record (the promotion gate's evidence; tests/ledger/shadow.rs).
+    let evidence = spendguard::ledger::events::PromotionEvidence {
+        intents: 0,
+        unchanged: 0,
+        deny_to_allow: 0,
+        tightened: 0,
+        tightening_pct: rust_decimal::Decimal::ZERO,
+        transitions: Default::default(),
+    };
+    ledger
+        .record_promotion(
+            spendguard::ledger::events::PolicyPromoted {
+                policy: set.get("p").unwrap().identity.clone(),
+                actor: "alice".into(),
+                from: chrono::Utc::now().date_naive(),
+                to: chrono::Utc::now().date_naive(),
+                patterns: vec!["default".into()],
+                thresholds: spendguard::ledger::events::PromotionThresholds {
+                    max_deny_to_allow: 0,
+                    max_tightening_pct: rust_decimal::Decimal::ONE,
+                },
+                impact: evidence.clone(),
+                shadow: evidence,
+            },
+            &o,
+        )
+        .await
+        .unwrap();
 
     // A policies directory refused by serve (SPEC §16).
     ledger

@@ -18,6 +18,7 @@ mod machine_model;
 mod policy_history;
 mod privacy;
 mod report_scenario;
+mod shadow;
 mod tamper;
 mod tls;
 mod windows;

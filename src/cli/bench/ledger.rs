@@ -61,6 +61,32 @@ impl BenchLimits {
     }
 }
 
+/// A stricter candidate bound in shadow to every bench agent (`--shadow`, SPEC §16): what
+/// shadow evaluation costs a decision. Its lower caps change some would-be decisions, so
+/// the recorded shadow results are not all equal to the enforced ones.
+const SHADOW_CANDIDATE: &str = r#"
+name: bench-candidate
+description: ledger benchmark, shadow candidate
+currency: BRL
+timezone: America/Sao_Paulo
+caps: { perTxn: "2500.00", daily: "50000.00", monthly: "1000000.00" }
+msig: { threshold: { higherThan: "2000.00", approvals: 2 } }
+"#;
+
+/// The bench set with [`SHADOW_CANDIDATE`] in shadow beside the enforced policy.
+pub fn bench_policies_shadowed(
+    dir: &std::path::Path,
+    limits: BenchLimits,
+) -> anyhow::Result<PolicySet> {
+    bench_policies_with(dir, limits)?;
+    std::fs::write(dir.join("bench-candidate.yaml"), SHADOW_CANDIDATE)?;
+    std::fs::write(
+        dir.join("bindings.yaml"),
+        format!("{BENCH_BINDINGS}shadow:\n  entities:\n    \"acme-*\": bench-candidate\n"),
+    )?;
+    PolicySet::load_dir(dir).map_err(|e| anyhow::anyhow!("bench policy does not load: {e}"))
+}
+
 /// Writes the bench policy set into `dir` and loads it.
 pub fn bench_policies(dir: &std::path::Path) -> anyhow::Result<PolicySet> {
     bench_policies_with(dir, BenchLimits::None)
@@ -111,10 +137,15 @@ pub async fn run(
     concurrency: usize,
     keep_database: bool,
     limits: BenchLimits,
+    shadow: bool,
 ) -> anyhow::Result<i32> {
     let dir = std::env::temp_dir().join(format!("spendguard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let set = Arc::new(bench_policies_with(&dir, limits)?);
+    let set = Arc::new(if shadow {
+        bench_policies_shadowed(&dir, limits)?
+    } else {
+        bench_policies_with(&dir, limits)?
+    });
     // A scratch database so the numbers do not depend on what else is in the ledger.
     let admin = sqlx::PgPool::connect(database_url).await?;
     let db_name = format!("spendguard_bench_{}", std::process::id());
@@ -184,7 +215,7 @@ pub async fn run(
             / 1000.0
     };
     println!(
-        "decide bench: {intents} intents, {agents} agents of one entity, limits {limits:?}, batch {batch}, concurrency {concurrency}: {:.0} decisions/s; batch latency ms p50 {:.2} p95 {:.2} p99 {:.2} max {:.2}",
+        "decide bench: {intents} intents, {agents} agents of one entity, limits {limits:?}, shadow {shadow}, batch {batch}, concurrency {concurrency}: {:.0} decisions/s; batch latency ms p50 {:.2} p95 {:.2} p99 {:.2} max {:.2}",
         intents as f64 / secs,
         pct(0.50),
         pct(0.95),
