@@ -74,7 +74,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn reader(url: &str) -> anyhow::Result<LedgerReader> {
     LedgerReader::connect(url, 2).await.map_err(|e| {
-        anyhow::anyhow!("cannot connect to the ledger database: {e} (check --database-url / DATABASE_URL)")
+        anyhow::anyhow!(
+            "cannot connect to the ledger database: {e} (check --database-url / DATABASE_URL)"
+        )
     })
 }
 
@@ -194,7 +196,10 @@ fn bindings_path(dir: &Path) -> PathBuf {
 pub fn run_promote(args: PromoteArgs) -> anyhow::Result<i32> {
     let period = args.period.period()?;
     let set = PolicySet::load_dir(&args.policies).map_err(|e| {
-        anyhow::anyhow!("{e}\n(run `spendguard policy check {}`)", args.policies.display())
+        anyhow::anyhow!(
+            "{e}\n(run `spendguard policy check {}`)",
+            args.policies.display()
+        )
     })?;
     let candidate = set.get(&args.name).cloned().with_context(|| {
         format!(
@@ -206,8 +211,8 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<i32> {
     let path = bindings_path(&args.policies);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let (_, mut file) = Bindings::parse(&text, &path.display().to_string())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, mut file) =
+        Bindings::parse(&text, &path.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let patterns = promote_bindings(&mut file, &args.name);
     if patterns.is_empty() {
         anyhow::bail!(
@@ -341,11 +346,17 @@ mod tests {
     #[test]
     fn the_gate_refuses_each_crossed_threshold_and_passes_at_the_limits() {
         let t = thresholds(0, "1%");
-        assert!(gate(&ev(200, 0, 2), &ev(200, 0, 2), &t).is_empty(), "1% is allowed");
+        assert!(
+            gate(&ev(200, 0, 2), &ev(200, 0, 2), &t).is_empty(),
+            "1% is allowed"
+        );
         let r = gate(&ev(200, 0, 3), &ev(200, 1, 0), &t);
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r[0].starts_with("replay: 1.5% of 200"), "{r:?}");
-        assert!(r[1].starts_with("shadow: 1 intents recorded as DENY"), "{r:?}");
+        assert!(
+            r[1].starts_with("shadow: 1 intents recorded as DENY"),
+            "{r:?}"
+        );
         let none = gate(&ev(10, 0, 0), &ev(0, 0, 0), &t);
         assert!(none[0].contains("no shadow decision"), "{none:?}");
     }

@@ -16,15 +16,29 @@ const TZ: &str = "America/Sao_Paulo";
 fn policies() -> Vec<(&'static str, String)> {
     vec![
         // Enforced: perTxn 1000, daily 500, MSIG above 800.
-        ("p.yaml", policy_text("p", TZ, "1000.00", "500.00", "2000.00", "800.00", "3600s")),
+        (
+            "p.yaml",
+            policy_text("p", TZ, "1000.00", "500.00", "2000.00", "800.00", "3600s"),
+        ),
         // Stricter: perTxn 100, daily 150.
-        ("strict.yaml", policy_text("strict", TZ, "100.00", "150.00", "2000.00", "800.00", "3600s")),
+        (
+            "strict.yaml",
+            policy_text(
+                "strict", TZ, "100.00", "150.00", "2000.00", "800.00", "3600s",
+            ),
+        ),
         // Looser: perTxn 5000, daily 50000, MSIG above 4000.
-        ("loose.yaml", policy_text("loose", TZ, "5000.00", "50000.00", "90000.00", "4000.00", "3600s")),
+        (
+            "loose.yaml",
+            policy_text(
+                "loose", TZ, "5000.00", "50000.00", "90000.00", "4000.00", "3600s",
+            ),
+        ),
     ]
 }
 
-const BINDINGS: &str = "default: p\nshadow:\n  entities:\n    acme-br: strict\n  agents:\n    \"agent-l*\": loose\n";
+const BINDINGS: &str =
+    "default: p\nshadow:\n  entities:\n    acme-br: strict\n  agents:\n    \"agent-l*\": loose\n";
 
 #[tokio::test]
 async fn shadow_decisions_are_recorded_never_enforced_and_the_report_matches_a_replay() {
@@ -106,14 +120,23 @@ async fn shadow_decisions_are_recorded_never_enforced_and_the_report_matches_a_r
         );
         assert_eq!(shadow.intents_replayed, direct.intents_replayed, "{name}");
         assert_eq!(shadow.transitions, direct.transitions, "{name}");
-        assert_eq!(shadow.newly_allowed_spend, direct.newly_allowed_spend, "{name}");
-        assert_eq!(shadow.newly_blocked_spend, direct.newly_blocked_spend, "{name}");
+        assert_eq!(
+            shadow.newly_allowed_spend, direct.newly_allowed_spend,
+            "{name}"
+        );
+        assert_eq!(
+            shadow.newly_blocked_spend, direct.newly_blocked_spend,
+            "{name}"
+        );
         assert_eq!(shadow.candidate.sha256, candidate.identity.sha256);
         assert!(!shadow.transitions.is_empty(), "{name}: {shadow:#?}");
     }
     let strict = impact::shadow_report(&events, period.clone(), "strict");
     assert_eq!(strict.intents_replayed, 12);
-    assert!(strict.transitions.keys().any(|k| k.starts_with("ALLOW->")), "{strict:#?}");
+    assert!(
+        strict.transitions.keys().any(|k| k.starts_with("ALLOW->")),
+        "{strict:#?}"
+    );
     assert_eq!(strict.denied_now_allowed, 0);
     let loose = impact::shadow_report(&events, period, "loose");
     assert_eq!(loose.intents_replayed, 7);
@@ -148,13 +171,17 @@ async fn shadow_decisions_are_recorded_never_enforced_and_the_report_matches_a_r
     let (code, out) = promote("strict", &[]);
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("lose their ALLOW"), "{out}");
-    let promoted: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM ledger_event WHERE event_type = 'policy_promoted'")
-            .fetch_one(&mut su)
-            .await
-            .unwrap();
+    let promoted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM ledger_event WHERE event_type = 'policy_promoted'",
+    )
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
     assert_eq!(promoted, 0);
-    assert_eq!(std::fs::read_to_string(dir.join("bindings.yaml")).unwrap(), BINDINGS);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("bindings.yaml")).unwrap(),
+        BINDINGS
+    );
 
     // Accepted with the operator's allowance: evidence recorded, then bindings rewritten.
     let (code, out) = promote("strict", &["--max-tightening", "100%"]);
@@ -172,9 +199,15 @@ async fn shadow_decisions_are_recorded_never_enforced_and_the_report_matches_a_r
     assert_eq!(evidence["patterns"][0], "entities[\"acme-br\"]");
     assert!(evidence["impact"]["tightened"].as_u64().unwrap() >= 1);
     let after = load(&dir);
-    assert_eq!(after.resolve("agent-s1", "acme-br").unwrap().identity.name, "strict");
+    assert_eq!(
+        after.resolve("agent-s1", "acme-br").unwrap().identity.name,
+        "strict"
+    );
     assert_eq!(after.bindings().resolve_shadow("agent-s1", "acme-br"), None);
-    assert_eq!(after.bindings().resolve_shadow("agent-l1", "acme-br"), Some("loose"));
+    assert_eq!(
+        after.bindings().resolve_shadow("agent-l1", "acme-br"),
+        Some("loose")
+    );
     let v = ledger.audit_verify().await.unwrap();
     assert!(v.problems.is_empty(), "{:?}", v.problems);
 }

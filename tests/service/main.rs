@@ -24,5 +24,6 @@ mod loadgen;
 mod pipeline;
 mod reload;
 mod settlements;
+mod shadow;
 mod tls;
 mod webhooks;
