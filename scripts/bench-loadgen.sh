@@ -82,9 +82,9 @@ if [ -n "$workers$partitions" ]; then
   config_args=(--config "$dir/serve.yaml")
 fi
 
-serve_args=()
+# The API always listens: its /metrics gives the latency breakdown printed at the end.
+serve_args=(--http-addr 127.0.0.1:18080 --api-tokens examples/api-tokens.yaml)
 if [ -n "$http" ]; then
-  serve_args=(--http-addr 127.0.0.1:18080 --api-tokens examples/api-tokens.yaml)
   loadgen_flags+=(--http http://127.0.0.1:18080 --http-token demo-payment-token)
 fi
 [ -n "$no_kafka" ] && serve_args+=(--no-kafka)
@@ -107,4 +107,26 @@ echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agen
 status=0
 "$bin" loadgen "${config_args[@]}" --rate "$rate" --duration "$duration" --agents "$agents" "${loadgen_flags[@]}" || status=$?
 echo "serve peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$serve_pid/status")"
+# Where the time went (issue 15): mean and bucket-estimated p99 of each stage.
+curl -s -H 'Authorization: Bearer demo-auditor-token' http://127.0.0.1:18080/metrics >"$dir/metrics.txt" || true
+echo "latency breakdown (serve's spendguard_pipeline_stage_seconds; p99 = upper bound of its bucket):"
+awk '
+  /^spendguard_pipeline_stage_seconds_bucket/ {
+    match($0, /stage="[a-z_]+"/); st = substr($0, RSTART + 7, RLENGTH - 8)
+    match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+    n[st]++; les[st, n[st]] = le; cnt[st, n[st]] = $NF
+  }
+  /^spendguard_pipeline_stage_seconds_sum/ { match($0, /stage="[a-z_]+"/); sum[substr($0, RSTART + 7, RLENGTH - 8)] = $NF }
+  /^spendguard_pipeline_stage_seconds_count/ { match($0, /stage="[a-z_]+"/); c[substr($0, RSTART + 7, RLENGTH - 8)] = $NF }
+  END {
+    printf "  %-12s %10s %10s %10s\n", "stage", "count", "mean ms", "p99 <= ms"
+    split("queued decide outbox_wait produce_ack mark", order, " ")
+    for (i = 1; i <= 5; i++) {
+      st = order[i]; if (!(st in c) || c[st] == 0) continue
+      p99 = "+Inf"
+      for (j = 1; j <= n[st]; j++) if (cnt[st, j] >= 0.99 * c[st]) { p99 = les[st, j]; break }
+      if (p99 != "+Inf") p99 = sprintf("%.1f", p99 * 1000)
+      printf "  %-12s %10d %10.2f %10s\n", st, c[st], 1000 * sum[st] / c[st], p99
+    }
+  }' "$dir/metrics.txt"
 exit "$status"

@@ -91,9 +91,15 @@ pub const OUTBOX_BACKLOG_MESSAGES: &str = "spendguard_outbox_backlog_messages";
 pub const HTTP_REQUESTS_TOTAL: &str = "spendguard_http_requests_total";
 /// Histogram, seconds, labels `route`, `method`: HTTP API request handling time.
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "spendguard_http_request_duration_seconds";
+/// Histogram: where a decision's time goes, by `stage` (issue 15, docs/benchmarks.md
+/// "Latency breakdown"): `queued` (producer timestamp to the start of its deciding
+/// transaction), `decide` (the transaction), `outbox_wait` (row written to claimed for
+/// publishing), `produce_ack` (claimed to acknowledged by the broker), `mark` (marking
+/// the batch published).
+pub const PIPELINE_STAGE_SECONDS: &str = "spendguard_pipeline_stage_seconds";
 
 /// Every metric name above, for documentation and tests.
-pub const ALL_METRICS: [&str; 14] = [
+pub const ALL_METRICS: [&str; 15] = [
     EVALUATIONS_TOTAL,
     EVALUATION_DURATION_SECONDS,
     INTENT_TO_DECISION_SECONDS,
@@ -108,6 +114,7 @@ pub const ALL_METRICS: [&str; 14] = [
     OUTBOX_BACKLOG_MESSAGES,
     HTTP_REQUESTS_TOTAL,
     HTTP_REQUEST_DURATION_SECONDS,
+    PIPELINE_STAGE_SECONDS,
 ];
 
 /// Evaluation takes about a microsecond (SPEC §10); buckets from 100 ns to 10 ms.
@@ -197,6 +204,11 @@ fn describe_metrics() {
         Unit::Seconds,
         "HTTP API request time"
     );
+    describe_histogram!(
+        PIPELINE_STAGE_SECONDS,
+        Unit::Seconds,
+        "Time of each stage of a decision: queued, decide, outbox_wait, produce_ack, mark"
+    );
 }
 
 // ---- helpers other modules call ----
@@ -214,6 +226,33 @@ pub fn record_intent_to_decision(latency: Duration) {
 
 pub fn record_ledger_commit(duration: Duration) {
     metrics::histogram!(LEDGER_COMMIT_DURATION_SECONDS).record(duration.as_secs_f64());
+    record_stage(Stage::Decide, duration);
+}
+
+/// The stages of [`PIPELINE_STAGE_SECONDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Queued,
+    Decide,
+    OutboxWait,
+    ProduceAck,
+    Mark,
+}
+
+impl Stage {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queued => "queued",
+            Stage::Decide => "decide",
+            Stage::OutboxWait => "outbox_wait",
+            Stage::ProduceAck => "produce_ack",
+            Stage::Mark => "mark",
+        }
+    }
+}
+
+pub fn record_stage(stage: Stage, duration: Duration) {
+    metrics::histogram!(PIPELINE_STAGE_SECONDS, "stage" => stage.as_str()).record(duration.as_secs_f64());
 }
 
 pub fn set_consumer_lag(topic: &str, partition: i32, lag_messages: i64) {
@@ -308,6 +347,7 @@ mod tests {
             INTENT_TO_DECISION_SECONDS,
             LEDGER_COMMIT_DURATION_SECONDS,
             HTTP_REQUEST_DURATION_SECONDS,
+            PIPELINE_STAGE_SECONDS,
         ] {
             assert!(
                 histogram.ends_with("_seconds"),

@@ -361,6 +361,8 @@ pub struct OutboxRow {
     pub topic: String,
     pub key: String,
     pub payload: String,
+    /// When the deciding transaction wrote it (database clock).
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What is known of an intent's beneficiary account.
@@ -986,7 +988,7 @@ impl Ledger {
                                        AND older.claimed_by <> $2 AND older.claimed_until >= now())
                    ORDER BY id LIMIT $1) c
              WHERE o.id = c.id
-             RETURNING o.id, o.seq, o.topic, o.msg_key AS key, o.payload",
+             RETURNING o.id, o.seq, o.topic, o.msg_key AS key, o.payload, o.created_at",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(&self.instance)

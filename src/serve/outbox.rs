@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Shared;
+use crate::telemetry::{self, Stage};
 
 // A claim outlives every delivery attempt of its rows by a wide margin, so a slow
 // broker never lets another instance claim and publish the same rows meanwhile.
@@ -80,6 +81,15 @@ async fn publish_batch(shared: &Shared) -> Result<usize, String> {
     if rows.is_empty() {
         return Ok(0);
     }
+    let claimed = std::time::Instant::now();
+    // Row written to claimed; the two clocks are the database's and this host's (a skew
+    // between them shows here, and only here).
+    let now = chrono::Utc::now();
+    for row in &rows {
+        if let Ok(waited) = (now - row.created_at).to_std() {
+            telemetry::record_stage(Stage::OutboxWait, waited);
+        }
+    }
     // Enqueue the whole batch first (in claim order, so one agent's messages keep their
     // order on its partition), then wait for the acknowledgements.
     let mut deliveries = Vec::with_capacity(rows.len());
@@ -106,7 +116,10 @@ async fn publish_batch(shared: &Shared) -> Result<usize, String> {
     let mut failed = 0usize;
     for (id, delivery) in deliveries {
         match delivery.await {
-            Ok(Ok(_)) => published.push(id),
+            Ok(Ok(_)) => {
+                telemetry::record_stage(Stage::ProduceAck, claimed.elapsed());
+                published.push(id);
+            }
             Ok(Err((e, _))) => {
                 failed += 1;
                 tracing::warn!(error = %e, outbox_id = id, "publish failed; the row stays in the outbox");
@@ -114,11 +127,13 @@ async fn publish_batch(shared: &Shared) -> Result<usize, String> {
             Err(_) => failed += 1,
         }
     }
+    let marking = std::time::Instant::now();
     shared
         .ledger
         .outbox_mark_published(&published)
         .await
         .map_err(|e| e.to_string())?;
+    telemetry::record_stage(Stage::Mark, marking.elapsed());
     metrics::counter!("spendguard_published_total").increment(published.len() as u64);
     if failed > 0 {
         return Err(format!(

@@ -11,6 +11,7 @@ use super::{Attempt, Shared, retry_bounded};
 use crate::approvals;
 use crate::bus::dlq::{self, DeadLetter, DeadLetterReason};
 use crate::intent::{self, IntentError};
+use crate::telemetry::Stage;
 use crate::ledger::settle::SettleResult;
 use crate::ledger::{DecideStatus, LedgerError, Origin, VoteResult};
 use crate::settlement;
@@ -128,6 +129,15 @@ async fn handle_intents(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
     }
     if items.is_empty() {
         return true;
+    }
+    // Producer timestamp to the start of deciding: broker delivery, consumer, worker queue.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for msg in &item_msgs {
+        if let Some(produced_ms) = msg.timestamp().to_millis()
+            && let Ok(queued_ms) = u64::try_from(now_ms - produced_ms)
+        {
+            telemetry::record_stage(Stage::Queued, std::time::Duration::from_millis(queued_ms));
+        }
     }
     // Ranges of `items` still to decide, first on top. A batch the ledger keeps refusing
     // is split in halves until the intent that causes it stands alone (SPEC §15: a
