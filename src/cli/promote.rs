@@ -45,6 +45,11 @@ pub struct PromoteArgs {
     /// Most intents recorded as DENY the candidate may ALLOW (in the replay and in shadow).
     #[arg(long, default_value_t = 0)]
     pub max_deny_to_allow: u64,
+    /// Most intents recorded as DENY, REQUIRE_HITL or REQUIRE_MSIG the candidate may
+    /// auto-allow (in the replay and in shadow): money a human had to approve, or that
+    /// was refused, leaving without anyone looking.
+    #[arg(long, default_value_t = 0)]
+    pub max_newly_allowed: u64,
     /// Largest share of the compared intents whose ALLOW the candidate would withhold,
     /// e.g. `1%` or `0.5`.
     #[arg(long, default_value = "1%", value_parser = parse_percent)]
@@ -108,6 +113,12 @@ fn render_shadow(r: &ImpactReport) -> String {
 
 /// The numbers a promotion is judged on, from one comparison.
 pub fn evidence(r: &ImpactReport) -> PromotionEvidence {
+    let newly_allowed: u64 = r
+        .transitions
+        .iter()
+        .filter(|(k, _)| k.ends_with("->ALLOW") && !k.starts_with("ALLOW->"))
+        .map(|(_, n)| n)
+        .sum();
     let tightened: u64 = r
         .transitions
         .iter()
@@ -125,6 +136,7 @@ pub fn evidence(r: &ImpactReport) -> PromotionEvidence {
         intents: r.intents_replayed,
         unchanged: r.unchanged,
         deny_to_allow: r.denied_now_allowed,
+        newly_allowed,
         tightened,
         tightening_pct,
         transitions: r.transitions.clone(),
@@ -149,6 +161,12 @@ pub fn gate(
             refusals.push(format!(
                 "{what}: {} intents recorded as DENY would be ALLOWed (at most {} allowed by --max-deny-to-allow)",
                 e.deny_to_allow, t.max_deny_to_allow
+            ));
+        }
+        if e.newly_allowed > t.max_newly_allowed {
+            refusals.push(format!(
+                "{what}: {} intents that were not auto-allowed (denied or sent to approvers) would be ALLOWed (at most {} allowed by --max-newly-allowed)",
+                e.newly_allowed, t.max_newly_allowed
             ));
         }
         if e.tightening_pct > t.max_tightening_pct {
@@ -223,6 +241,7 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<i32> {
     }
     let thresholds = PromotionThresholds {
         max_deny_to_allow: args.max_deny_to_allow,
+        max_newly_allowed: args.max_newly_allowed,
         max_tightening_pct: args.max_tightening,
     };
     let rt = runtime()?;
@@ -339,6 +358,7 @@ mod tests {
     fn thresholds(max_deny_to_allow: u64, pct: &str) -> PromotionThresholds {
         PromotionThresholds {
             max_deny_to_allow,
+            max_newly_allowed: max_deny_to_allow,
             max_tightening_pct: parse_percent(pct).unwrap(),
         }
     }
@@ -351,12 +371,27 @@ mod tests {
             "1% is allowed"
         );
         let r = gate(&ev(200, 0, 3), &ev(200, 1, 0), &t);
-        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r.len(), 3, "{r:?}");
         assert!(r[0].starts_with("replay: 1.5% of 200"), "{r:?}");
         assert!(
             r[1].starts_with("shadow: 1 intents recorded as DENY"),
             "{r:?}"
         );
+        assert!(
+            r[2].starts_with("shadow: 1 intents that were not auto-allowed"),
+            "{r:?}"
+        );
+        // An approval skipped is a loosening too, with its own allowance.
+        let mut hitl = ev(200, 0, 0);
+        hitl.newly_allowed = 4;
+        let r = gate(&ev(200, 0, 0), &hitl, &t);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].contains("4 intents that were not auto-allowed"), "{r:?}");
+        let loose = PromotionThresholds {
+            max_newly_allowed: 4,
+            ..t.clone()
+        };
+        assert!(gate(&ev(200, 0, 0), &hitl, &loose).is_empty());
         let none = gate(&ev(10, 0, 0), &ev(0, 0, 0), &t);
         assert!(none[0].contains("no shadow decision"), "{none:?}");
     }

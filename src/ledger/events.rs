@@ -483,6 +483,10 @@ pub struct PolicyPromoted {
 #[serde(rename_all = "camelCase")]
 pub struct PromotionThresholds {
     pub max_deny_to_allow: u64,
+    /// Most intents recorded as anything but ALLOW (a human's approval included) the
+    /// candidate would auto-allow.
+    #[serde(default)]
+    pub max_newly_allowed: u64,
     /// Percent of the compared intents an ALLOW may turn into anything else.
     pub max_tightening_pct: rust_decimal::Decimal,
 }
@@ -494,6 +498,10 @@ pub struct PromotionEvidence {
     pub intents: u64,
     pub unchanged: u64,
     pub deny_to_allow: u64,
+    /// Decisions recorded as anything but ALLOW the candidate would auto-allow (DENY,
+    /// REQUIRE_HITL, REQUIRE_MSIG → ALLOW).
+    #[serde(default)]
+    pub newly_allowed: u64,
     /// ALLOW decisions the candidate would not allow.
     pub tightened: u64,
     pub tightening_pct: rust_decimal::Decimal,

@@ -396,7 +396,14 @@ fn count(
             candidate_reasons: eval
                 .reasons
                 .iter()
-                .map(|r| format!("{}: {}", r.code, r.detail))
+                .map(|r| {
+                    // Shadow decisions record codes only.
+                    if r.detail.is_empty() {
+                        r.code.to_string()
+                    } else {
+                        format!("{}: {}", r.code, r.detail)
+                    }
+                })
                 .collect(),
         });
     }

@@ -240,6 +240,7 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
         intents: 0,
         unchanged: 0,
         deny_to_allow: 0,
+        newly_allowed: 0,
         tightened: 0,
         tightening_pct: rust_decimal::Decimal::ZERO,
         transitions: Default::default(),
@@ -254,6 +255,7 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
                 patterns: vec!["default".into()],
                 thresholds: spendguard::ledger::events::PromotionThresholds {
                     max_deny_to_allow: 0,
+                    max_newly_allowed: 0,
                     max_tightening_pct: rust_decimal::Decimal::ONE,
                 },
                 impact: evidence.clone(),

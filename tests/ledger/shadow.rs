@@ -166,7 +166,8 @@ async fn shadow_decisions_are_recorded_never_enforced_and_the_report_matches_a_r
     // Loosening: refused whatever the tightening allowance; nothing recorded or changed.
     let (code, out) = promote("loose", &["--max-tightening", "100%"]);
     assert_eq!(code, 3, "{out}");
-    assert!(out.contains("would be ALLOWed"), "{out}");
+    assert!(out.contains("recorded as DENY would be ALLOWed"), "{out}");
+    assert!(out.contains("not auto-allowed"), "{out}");
     // Tightening beyond the default 1%: refused too.
     let (code, out) = promote("strict", &[]);
     assert_eq!(code, 3, "{out}");
