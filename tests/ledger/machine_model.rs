@@ -111,11 +111,17 @@ struct Model {
 
 impl Model {
     fn append(&mut self, staged: &Staged, at: DateTime<Utc>) -> i64 {
+        self.append_hashed(staged, at, [0; 32])
+    }
+
+    /// Appends with the hash the live ledger gave the same event: the model keeps no
+    /// chains, but a decision's hash is what its outcome message carries.
+    fn append_hashed(&mut self, staged: &Staged, at: DateTime<Utc>, hash: [u8; 32]) -> i64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         let r = Recorded {
             seq,
-            hash: [0; 32],
+            hash,
             recorded_at: at,
         };
         let problems = self
@@ -213,7 +219,14 @@ async fn run_ops(ledger: &Ledger, tables: &PgPool, set: &PolicySet, ops: &[Op]) 
                     .await
                     .expect("batch transaction");
                 for (i, live) in batch.iter().zip(live) {
-                    let pure = model_decide(&mut model, ledger, set, i, now);
+                    let live_hash = match &live {
+                        Ok(d) => hex::decode(&d.decision_hash)
+                            .ok()
+                            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                            .unwrap_or([0; 32]),
+                        Err(_) => [0; 32],
+                    };
+                    let pure = model_decide(&mut model, ledger, set, i, now, live_hash);
                     let live = match live {
                         Ok(d) if d.status == DecideStatus::New => Decision::New(d.message.effect),
                         Ok(d) => Decision::Redelivered(d.message.effect),
@@ -408,6 +421,7 @@ fn model_decide(
     set: &PolicySet,
     i: &spendguard::intent::SpendIntent,
     now: DateTime<Utc>,
+    live_hash: [u8; 32],
 ) -> Decision {
     let policy = set.resolve(&i.agent_id, &i.entity_id);
     let fingerprint = ledger.intent_fingerprint(i);
@@ -436,7 +450,7 @@ fn model_decide(
             Decision::Conflict
         }
         DecideStep::Decided(st) => {
-            let seq = model.append(&st, now);
+            let seq = model.append_hashed(&st, now, live_hash);
             let LedgerEvent::IntentDecided(d) = &st.event else {
                 unreachable!("step_decide decides with intent_decided")
             };
