@@ -25,8 +25,8 @@ pub mod bus;
 pub mod config;
 pub mod kill_switch;
 pub mod notify;
-pub mod tls_client;
 pub mod serve;
+pub mod tls_client;
 pub mod vote_intake;
 
 // --- operators & auditors ---

@@ -252,7 +252,8 @@ impl Stage {
 }
 
 pub fn record_stage(stage: Stage, duration: Duration) {
-    metrics::histogram!(PIPELINE_STAGE_SECONDS, "stage" => stage.as_str()).record(duration.as_secs_f64());
+    metrics::histogram!(PIPELINE_STAGE_SECONDS, "stage" => stage.as_str())
+        .record(duration.as_secs_f64());
 }
 
 pub fn set_consumer_lag(topic: &str, partition: i32, lag_messages: i64) {

@@ -317,9 +317,7 @@ pub async fn serve_listener_tls(
     let stopper = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
-        stopper.graceful_shutdown(Some(std::time::Duration::from_millis(
-            REQUEST_DEADLINE_MS,
-        )));
+        stopper.graceful_shutdown(Some(std::time::Duration::from_millis(REQUEST_DEADLINE_MS)));
     });
     axum_server::from_tcp_rustls(listener.into_std()?, tls)?
         .handle(handle)

@@ -319,8 +319,10 @@ pub fn run_ledger(cmd: LedgerCommand) -> anyhow::Result<i32> {
             args.batch,
             args.concurrency,
             args.keep_database,
-            args.limits,
-            args.shadow,
+            crate::cli::bench::ledger::BenchPolicy {
+                limits: args.limits,
+                shadow: args.shadow,
+            },
         )),
     }
 }
@@ -662,7 +664,10 @@ fn write_kek_file(path: &std::path::Path, kek: &crate::keywrap::LocalKek) -> any
         options.mode(0o600);
     }
     let mut file = options.open(path).with_context(|| {
-        format!("cannot create KEK file {} (it must not exist yet)", path.display())
+        format!(
+            "cannot create KEK file {} (it must not exist yet)",
+            path.display()
+        )
     })?;
     writeln!(
         file,

@@ -386,7 +386,10 @@ mod tests {
         hitl.newly_allowed = 4;
         let r = gate(&ev(200, 0, 0), &hitl, &t);
         assert_eq!(r.len(), 1, "{r:?}");
-        assert!(r[0].contains("4 intents that were not auto-allowed"), "{r:?}");
+        assert!(
+            r[0].contains("4 intents that were not auto-allowed"),
+            "{r:?}"
+        );
         let loose = PromotionThresholds {
             max_newly_allowed: 4,
             ..t.clone()

@@ -149,7 +149,8 @@ pub enum LedgerEvent {
     IdempotencyConflict(IdempotencyConflict),
     VoteAccepted(VoteAccepted),
     VoteRefused(VoteRefused),
-    IntentClosed(IntentClosed),
+    /// Boxed: the reservation, settlement and approval terms make it the largest.
+    IntentClosed(Box<IntentClosed>),
     KillSwitchSet(KillSwitchSet),
     SubjectErased(SubjectErased),
     MessageSetAside(MessageSetAside),
@@ -265,7 +266,9 @@ impl LedgerEvent {
             }
             EventKind::VoteAccepted => LedgerEvent::VoteAccepted(Deserialize::deserialize(de)?),
             EventKind::VoteRefused => LedgerEvent::VoteRefused(Deserialize::deserialize(de)?),
-            EventKind::IntentClosed => LedgerEvent::IntentClosed(Deserialize::deserialize(de)?),
+            EventKind::IntentClosed => {
+                LedgerEvent::IntentClosed(Box::new(Deserialize::deserialize(de)?))
+            }
             EventKind::KillSwitchSet => LedgerEvent::KillSwitchSet(Deserialize::deserialize(de)?),
             EventKind::SubjectErased => LedgerEvent::SubjectErased(Deserialize::deserialize(de)?),
             EventKind::MessageSetAside => {

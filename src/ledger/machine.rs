@@ -1477,7 +1477,12 @@ pub fn shadow_decision(
         policy: candidate.identity.clone(),
         effect: v.evaluation.effect,
         approvals_required: v.evaluation.approvals_required,
-        codes: v.evaluation.reasons.into_iter().map(|f| f.code.into_owned()).collect(),
+        codes: v
+            .evaluation
+            .reasons
+            .into_iter()
+            .map(|f| f.code.into_owned())
+            .collect(),
     }
 }
 
@@ -1511,7 +1516,7 @@ pub fn close(
         chain_id: agent_chain(&p.agent_id),
         actor: actor.to_string(),
         resource: p.intent_id.clone(),
-        event: LedgerEvent::IntentClosed(events::IntentClosed {
+        event: LedgerEvent::IntentClosed(Box::new(events::IntentClosed {
             intent_id: p.intent_id.clone(),
             agent_id: p.agent_id.clone(),
             entity_id: p.entity_id.clone(),
@@ -1543,7 +1548,7 @@ pub fn close(
             votes: Vec::new(),
             approvals_required: None,
             terms: None,
-        }),
+        })),
     }
 }
 

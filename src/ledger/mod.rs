@@ -40,10 +40,10 @@ pub mod store;
 pub mod subject_keys;
 pub mod sweep;
 mod timeline;
+mod tls;
 pub mod usage;
 pub mod vote_audit;
 pub mod votes;
-mod tls;
 
 pub use events::Origin;
 
@@ -299,7 +299,8 @@ pub struct OutcomeMessage {
 pub enum VoteResult {
     Accepted {
         seq: i64,
-        outcome: Option<OutcomeMessage>,
+        /// Boxed: an outcome message is large, and most accepted votes close nothing.
+        outcome: Option<Box<OutcomeMessage>>,
     },
     /// `reason` is a stable code: `unknown_intent`, `not_awaiting_approval`,
     /// `already_closed`, `expired`, `self_approval`, `duplicate_approver`.

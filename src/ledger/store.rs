@@ -620,10 +620,22 @@ impl WriteSet {
                 continue;
             }
             sqlx::query(sql)
-                .bind(rows.iter().map(|(k, _)| k.agent_id.as_str()).collect::<Vec<_>>())
-                .bind(rows.iter().map(|(k, _)| k.kind.as_str()).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|(k, _)| k.agent_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    rows.iter()
+                        .map(|(k, _)| k.kind.as_str())
+                        .collect::<Vec<_>>(),
+                )
                 .bind(rows.iter().map(|(k, _)| k.tz.as_str()).collect::<Vec<_>>())
-                .bind(rows.iter().map(|(k, _)| k.currency.as_str()).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|(k, _)| k.currency.as_str())
+                        .collect::<Vec<_>>(),
+                )
                 .bind(rows.iter().map(|(k, _)| k.start).collect::<Vec<_>>())
                 .bind(rows.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
                 .bind(rows.iter().map(|(_, v)| v.1).collect::<Vec<_>>())
@@ -691,29 +703,25 @@ impl WriteSet {
             .await?;
         }
         for k in &self.kills {
-            sqlx::query(
-                "SELECT ledger_set_kill_switch($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&k.scope)
-            .bind(k.active)
-            .bind(&k.actor)
-            .bind(&k.reason)
-            .bind(k.changed_at)
-            .bind(k.seq)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query("SELECT ledger_set_kill_switch($1, $2, $3, $4, $5, $6)")
+                .bind(&k.scope)
+                .bind(k.active)
+                .bind(&k.actor)
+                .bind(&k.reason)
+                .bind(k.changed_at)
+                .bind(k.seq)
+                .execute(&mut *conn)
+                .await?;
         }
         for p in &self.policies {
-            sqlx::query(
-                "SELECT ledger_write_policy_version($1, $2, $3, $4, $5)",
-            )
-            .bind(&p.sha256)
-            .bind(&p.name)
-            .bind(&p.version)
-            .bind(&p.canonical)
-            .bind(p.seq)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query("SELECT ledger_write_policy_version($1, $2, $3, $4, $5)")
+                .bind(&p.sha256)
+                .bind(&p.name)
+                .bind(&p.version)
+                .bind(&p.canonical)
+                .bind(p.seq)
+                .execute(&mut *conn)
+                .await?;
         }
         for c in &self.configs {
             sqlx::query("SELECT ledger_write_config_version($1, $2, $3, $4, $5, $6)")
@@ -771,22 +779,20 @@ impl WriteSet {
             let a = &self.agent_entities;
             // The first binding wins, in the batch as in the table (the fold's rule).
             sqlx::query("SELECT ledger_bind_agents($1::text[], $2::text[], $3::bigint[])")
-            .bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+                .bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+                .bind(a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
+                .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
         }
         for f in &self.fx_rates {
-            sqlx::query(
-                "SELECT ledger_set_fx_rate($1, $2, $3, $4)",
-            )
-            .bind(&f.pair)
-            .bind(f.rate)
-            .bind(f.set_at)
-            .bind(f.seq)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query("SELECT ledger_set_fx_rate($1, $2, $3, $4)")
+                .bind(&f.pair)
+                .bind(f.rate)
+                .bind(f.set_at)
+                .bind(f.seq)
+                .execute(&mut *conn)
+                .await?;
         }
         if !self.records.is_empty() {
             let r = &self.records;

@@ -209,7 +209,7 @@ fn vote_result(staged: &[Staged], appended: &[store::Appended]) -> Result<VoteRe
             }
             LedgerEvent::IntentClosed(_) => {
                 if let Some(VoteResult::Accepted { outcome, .. }) = &mut result {
-                    *outcome = a.outcome.clone();
+                    *outcome = a.outcome.clone().map(Box::new);
                 }
             }
             other => {

@@ -261,7 +261,11 @@ mod tests {
         assert_eq!(b.resolve_shadow("agent-1", "acme-br"), Some("cand"));
         assert_eq!(b.resolve_shadow("agent-7", "acme-br"), Some("cand7"));
         assert_eq!(b.resolve_shadow("agent-1", "other"), None);
-        assert!(b.references().iter().any(|(at, n)| at.starts_with("shadow.") && *n == "cand7"));
+        assert!(
+            b.references()
+                .iter()
+                .any(|(at, n)| at.starts_with("shadow.") && *n == "cand7")
+        );
         let (plain, _) = Bindings::parse("default: d\n", "b.yaml").unwrap();
         assert!(!plain.has_shadow());
         assert!(Bindings::parse("shadow:\n  default: x\n", "b.yaml").is_err());

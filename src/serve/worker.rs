@@ -11,11 +11,11 @@ use super::{Attempt, Shared, retry_bounded};
 use crate::approvals;
 use crate::bus::dlq::{self, DeadLetter, DeadLetterReason};
 use crate::intent::{self, IntentError};
-use crate::telemetry::Stage;
 use crate::ledger::settle::SettleResult;
 use crate::ledger::{DecideStatus, LedgerError, Origin, VoteResult};
 use crate::settlement;
 use crate::telemetry;
+use crate::telemetry::Stage;
 
 /// Intents decided in one ledger transaction at most (what is already queued is taken,
 /// nothing is waited for: a lone intent is decided at once).

@@ -363,13 +363,15 @@ async fn the_service_role_changes_projections_only_through_the_ledger() {
         assert!(e.to_string().contains("permission denied"), "{sql}: {e}");
     }
     // Through the ledger's function, but with the seq of an event appended earlier: refused.
-    let e = sqlx::query("SELECT ledger_set_kill_switch('agent:ag', false, 'mallory', 'x', now(), $1)")
-        .bind(kill_seq)
-        .execute(&mut c)
-        .await
-        .unwrap_err();
+    let e =
+        sqlx::query("SELECT ledger_set_kill_switch('agent:ag', false, 'mallory', 'x', now(), $1)")
+            .bind(kill_seq)
+            .execute(&mut c)
+            .await
+            .unwrap_err();
     assert!(
-        e.to_string().contains("was not appended by this transaction"),
+        e.to_string()
+            .contains("was not appended by this transaction"),
         "{e}"
     );
     let e = sqlx::query(

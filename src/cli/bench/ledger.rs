@@ -73,6 +73,13 @@ caps: { perTxn: "2500.00", daily: "50000.00", monthly: "1000000.00" }
 msig: { threshold: { higherThan: "2000.00", approvals: 2 } }
 "#;
 
+/// What the bench policy set holds besides the caps: limits, and a shadow candidate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BenchPolicy {
+    pub limits: BenchLimits,
+    pub shadow: bool,
+}
+
 /// The bench set with [`SHADOW_CANDIDATE`] in shadow beside the enforced policy.
 pub fn bench_policies_shadowed(
     dir: &std::path::Path,
@@ -136,9 +143,9 @@ pub async fn run(
     batch: usize,
     concurrency: usize,
     keep_database: bool,
-    limits: BenchLimits,
-    shadow: bool,
+    policy: BenchPolicy,
 ) -> anyhow::Result<i32> {
+    let BenchPolicy { limits, shadow } = policy;
     let dir = std::env::temp_dir().join(format!("spendguard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let set = Arc::new(if shadow {
