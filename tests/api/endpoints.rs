@@ -33,14 +33,21 @@ pub(crate) async fn start(
     let set = Arc::new(load(&policies));
     let catalog: Arc<dyn api::PolicyCatalog> =
         Arc::new(backends::PolicySource(move || set.clone()));
-    let state = backends::state_for(
-        Arc::new(ledger),
+    let ledger = Arc::new(ledger);
+    let mut state = backends::state_for(
+        ledger.clone(),
         catalog,
         tokens,
         "api-test",
         None,
         vec![backends::broker_check(harness::brokers())],
     );
+    // As serve does: rollbacks restore into the directory the policies came from.
+    state.policy_lifecycle = Arc::new(api::policy_lifecycle::LedgerPolicyLifecycle {
+        ledger,
+        instance: "api-test".into(),
+        policies_dir: Some(policies.clone()),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -69,6 +76,12 @@ async fn every_endpoint_every_role_against_the_real_ledger() {
         chrono::Utc::now(),
     )
     .await;
+    // A second revision of ops-p, so that revision 1 can be diffed and rolled back to.
+    let (_dir2, path2) = policy_dir(&policy_text("1.1.0", "600.00", true));
+    ledger
+        .activate_policies(&load(&path2), "api-test")
+        .await
+        .unwrap();
     let (addr, stop) = start(ledger, path.clone()).await;
 
     // Public routes.
@@ -94,13 +107,16 @@ async fn every_endpoint_every_role_against_the_real_ledger() {
         let path = template
             .replace("{intentId}", "i3")
             .replace("{agentId}", "a1")
-            .replace("{entityId}", "acme-br");
+            .replace("{entityId}", "acme-br")
+            .replace("{name}/diff", "{name}/diff?from=1&to=2")
+            .replace("{name}", "ops-p");
         for (method, op) in methods.as_object().unwrap() {
             operations += 1;
             let method = method.to_uppercase();
             let body = (method == "POST").then(|| match template.as_str() {
                 "/v1/kill-switch" => kill_body,
                 "/v1/fx-rates" => fx_body,
+                "/v1/policies/{name}/rollback" => r#"{"revision":"1","reason":"api test"}"#,
                 // Routes of roles not tried here: refused before the body is read.
                 "/v1/approvals/{intentId}/votes" | "/v1/intents" | "/v1/settlements" => kill_body,
                 other => panic!("no test body for POST {other}: add one"),
