@@ -45,10 +45,19 @@ fn documented_policies_parse_and_have_no_lint_errors() {
         assert!(errors.is_empty(), "doc block {k}: {errors:?}");
     }
     let bindings = blocks(&doc, "bindings");
-    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings.len(), 2, "the bindings example and the shadow example");
     let (b, _) = Bindings::parse(&bindings[0], "doc bindings").unwrap();
     assert_eq!(
         b.resolve("agent-invest-3", "x"),
+        Some("aggressive-investment-agent")
+    );
+    let (shadow, _) = Bindings::parse(&bindings[1], "doc shadow bindings").unwrap();
+    assert_eq!(
+        shadow.resolve("agent-1", "acme-br"),
+        Some("conservative-brazilian-agent")
+    );
+    assert_eq!(
+        shadow.resolve_shadow("agent-1", "acme-br"),
         Some("aggressive-investment-agent")
     );
 }
