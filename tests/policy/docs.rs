@@ -45,7 +45,11 @@ fn documented_policies_parse_and_have_no_lint_errors() {
         assert!(errors.is_empty(), "doc block {k}: {errors:?}");
     }
     let bindings = blocks(&doc, "bindings");
-    assert_eq!(bindings.len(), 2, "the bindings example and the shadow example");
+    assert_eq!(
+        bindings.len(),
+        2,
+        "the bindings example and the shadow example"
+    );
     let (b, _) = Bindings::parse(&bindings[0], "doc bindings").unwrap();
     assert_eq!(
         b.resolve("agent-invest-3", "x"),
