@@ -54,10 +54,10 @@ for i in $(seq "$instances"); do
 done
 for i in $(seq "$instances"); do
   for _ in $(seq 240); do
-    grep -q "ready" "$dir/ks-$i.log" && break
+    grep -q "spendguard serve: instance .* ready" "$dir/ks-$i.log" && break
     sleep 0.5
   done
-  grep -q "ready" "$dir/ks-$i.log" || { echo "instance ks-$i not ready:"; cat "$dir/ks-$i.log"; exit 1; }
+  grep -q "spendguard serve: instance .* ready" "$dir/ks-$i.log" || { echo "instance ks-$i not ready:"; cat "$dir/ks-$i.log"; exit 1; }
 done
 
 for r in $(seq "$rounds"); do

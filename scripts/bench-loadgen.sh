@@ -98,10 +98,10 @@ trap cleanup EXIT
 "$bin" serve --demo --instance lgbench-a "${config_args[@]}" "${serve_args[@]}" >"$dir/serve.log" 2>&1 &
 serve_pid=$!
 for _ in $(seq 240); do
-  grep -q "ready" "$dir/serve.log" && break
+  grep -q "spendguard serve: instance .* ready" "$dir/serve.log" && break
   sleep 0.5
 done
-grep -q "ready" "$dir/serve.log" || { echo "serve not ready:"; cat "$dir/serve.log"; exit 1; }
+grep -q "spendguard serve: instance .* ready" "$dir/serve.log" || { echo "serve not ready:"; cat "$dir/serve.log"; exit 1; }
 
 echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, intent partitions ${partitions:-default}, ${http:+HTTP }${no_kafka:+without Kafka }$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 status=0

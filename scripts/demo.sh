@@ -37,7 +37,7 @@ IDLE_S=5
 serve_pid=$!
 trap 'kill -TERM $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null || true' EXIT
 for _ in $(seq 120); do
-  grep -q "ready" "$log" && break
+  grep -q "spendguard serve: instance .* ready" "$log" && break
   kill -0 $serve_pid 2>/dev/null || { echo "serve exited:"; cat "$log"; exit 1; }
   sleep 0.5
 done

@@ -1,6 +1,8 @@
 //! The event catalogue: every fact the ledger records, with its payload. Payloads are
-//! serialized as canonical JSON (keys sorted, `serde_json` without `preserve_order`) and
-//! stored as the exact text that was hashed. docs/ledger.md lists them for auditors.
+//! serialized from these typed structs into one fixed form (keys in field order: a
+//! dependency turns on `serde_json`'s `preserve_order`, so keys are not sorted; maps are
+//! `BTreeMap`s) and stored as the exact text that was hashed. docs/ledger.md lists them
+//! for auditors.
 
 use crate::decision::{Evaluation, KillState, PolicyIdentity, UsageReport};
 use crate::intent::SpendIntent;
@@ -850,7 +852,8 @@ pub struct PolicyRefusalReason {
     pub location: String,
 }
 
-/// Canonical JSON text of a payload (sorted keys).
+/// The one JSON text of a payload: fields in declaration order, maps sorted (BTreeMap),
+/// no insignificant whitespace.
 pub fn canonical<T: Serialize>(payload: &T) -> String {
     // Serializing our own plain structs to a Value cannot fail (no non-string map keys).
     serde_json::to_value(payload)

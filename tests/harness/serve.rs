@@ -225,7 +225,10 @@ impl ServeProcess {
             instance: instance.to_string(),
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !p.log_text().contains("ready") {
+        // The exact line serve prints once it consumes ("ready" alone also matches log
+        // lines such as a lint warning saying "already").
+        let ready = format!("spendguard serve: instance {instance} ready");
+        while !p.log_text().contains(&ready) {
             if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("serve {instance} exited with {status}:\n{}", p.log_text());
             }

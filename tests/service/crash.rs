@@ -397,9 +397,13 @@ async fn serve_started_while_the_broker_is_down_waits_then_decides() {
         .spawn()
         .unwrap();
     wait_for_log(&mut child, &log, "waiting for the broker").await;
-    assert!(!std::fs::read_to_string(&log).unwrap().contains("ready"));
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("instance bdown-0 ready")
+    );
     proxy.heal();
-    wait_for_log(&mut child, &log, "ready").await;
+    wait_for_log(&mut child, &log, "instance bdown-0 ready").await;
     publish_intents(&topics.intents, "bdown", 20, 4).await;
     let serve = ServeProcess {
         child,
