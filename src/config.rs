@@ -349,19 +349,34 @@ impl ServiceArgs {
         for (k, path) in file_secrets.unwrap_or_default() {
             p.set_secret_file(&k, &path)?;
         }
-        if let Some(list) = &self.kafka_properties {
-            p.set_list(list)?;
-        }
-        if let Some(path) = &self.kafka_sasl_password_file {
-            p.set_secret_file("sasl.password", path)?;
-        } else if let Ok(password) = std::env::var(KAFKA_SASL_PASSWORD_ENV)
-            && !password.is_empty()
-        {
-            p.set_secret("sasl.password", password)?;
-        }
-        p.validate()?;
-        Ok(p)
+        kafka_client_flags(
+            p,
+            self.kafka_properties.as_deref(),
+            self.kafka_sasl_password_file.as_deref(),
+        )
     }
+}
+
+/// `--kafka-properties` over `p`, then the SASL password from its file or
+/// [`KAFKA_SASL_PASSWORD_ENV`]; validated. Also what commands without a config file
+/// (`spendguard approve`) use.
+pub fn kafka_client_flags(
+    mut p: crate::bus::properties::ClientProperties,
+    list: Option<&str>,
+    password_file: Option<&std::path::Path>,
+) -> Result<crate::bus::properties::ClientProperties, ConfigError> {
+    if let Some(list) = list {
+        p.set_list(list)?;
+    }
+    if let Some(path) = password_file {
+        p.set_secret_file("sasl.password", path)?;
+    } else if let Ok(password) = std::env::var(KAFKA_SASL_PASSWORD_ENV)
+        && !password.is_empty()
+    {
+        p.set_secret("sasl.password", password)?;
+    }
+    p.validate()?;
+    Ok(p)
 }
 
 impl Settings {

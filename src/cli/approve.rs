@@ -45,6 +45,13 @@ pub struct ApproveArgs {
     /// Prefix of the topic names, as `serve` was given it.
     #[arg(long, env = "SPENDGUARD_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
+    /// librdkafka security properties for --brokers, `key=value,...` (TLS / SASL, as for
+    /// `serve`; e.g. `security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username=alice`).
+    #[arg(long, env = "SPENDGUARD_KAFKA_PROPERTIES")]
+    pub kafka_properties: Option<String>,
+    /// File holding the SASL password (or SPENDGUARD_KAFKA_SASL_PASSWORD; never a flag).
+    #[arg(long, env = "SPENDGUARD_KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
     /// The waiting intent (required with --api without --decision, and --from-topic;
     /// checked against the decision otherwise).
     #[arg(long)]
@@ -76,6 +83,13 @@ enum Source<'a> {
 
 pub fn run(args: ApproveArgs) -> anyhow::Result<i32> {
     let key = approvals::read_signing_key(&args.key).map_err(anyhow::Error::msg)?;
+    // The broker of a secured deployment needs its TLS / SASL settings here too.
+    let security = crate::config::kafka_client_flags(
+        Default::default(),
+        args.kafka_properties.as_deref(),
+        args.kafka_sasl_password_file.as_deref(),
+    )?;
+    crate::bus::properties::install(&security);
     let token = args.token_file.as_deref().map(read_token).transpose()?;
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
     let runtime = tokio::runtime::Builder::new_current_thread()

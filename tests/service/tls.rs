@@ -216,6 +216,29 @@ fn kafka_security_properties_reach_librdkafka_and_secrets_stay_hidden() {
         "{out}"
     );
 
+    // `spendguard approve` (no config file) takes the same properties for its broker.
+    let alice_key = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/keys/alice.key");
+    let (code, out) = run(
+        &env("security.protocol=TLS_PLEASE"),
+        &[
+            "approve",
+            "--from-topic",
+            "--intent",
+            "i-1",
+            "--approver",
+            "alice",
+            "--key",
+            alice_key,
+            "--yes",
+        ],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("librdkafka refuses Kafka property \"security.protocol\""),
+        "{out}"
+    );
+    assert!(!out.contains(secret), "{out}");
+
     // --help shows the environment's values, but not the database URL (it may hold a
     // password).
     for command in [
