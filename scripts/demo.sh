@@ -22,6 +22,7 @@ psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS spendguard_demo" -qc "CREATE D
 export DATABASE_URL="$server/spendguard_demo"
 export SPENDGUARD_TOPIC_PREFIX="demo$run_id."
 export SPENDGUARD_POLICIES="${SPENDGUARD_POLICIES:-policies}"
+mkdir -p target
 log=target/demo-serve.log
 # The key-encryption key of the subject keys (SPEC §14): serve refuses to start without
 # one. A fresh one per run, like the database it protects; kept outside PostgreSQL.

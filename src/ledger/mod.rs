@@ -837,10 +837,6 @@ impl Ledger {
         reason: &str,
         origin: &Origin,
     ) -> Result<i64, LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        let chains = vec![GLOBAL_CHAIN.to_string()];
-        let now = store::lock_chains(&mut tx, &chains, Some(chain::kill_switch_lock_key()), false)
-            .await?;
         let staged = Staged {
             chain_id: GLOBAL_CHAIN.to_string(),
             actor: actor.to_string(),
@@ -853,11 +849,31 @@ impl Ledger {
                 reason: reason.to_string(),
             }),
         };
+        self.append_global(&staged, true, origin).await
+    }
+
+    /// Appends one event to the `global` chain in a transaction of its own; with
+    /// `kill_exclusive`, under the kill-switch key in exclusive mode (no decision
+    /// straddles it). Returns its seq.
+    async fn append_global(
+        &self,
+        staged: &Staged,
+        kill_exclusive: bool,
+        origin: &Origin,
+    ) -> Result<i64, LedgerError> {
+        assert_eq!(
+            staged.chain_id, GLOBAL_CHAIN,
+            "append_global appends to `global`"
+        );
+        let mut tx = self.pool.begin().await?;
+        let chains = vec![GLOBAL_CHAIN.to_string()];
+        let exclusive = kill_exclusive.then(chain::kill_switch_lock_key);
+        let now = store::lock_chains(&mut tx, &chains, exclusive, false).await?;
         let mut ws = WriteSet::default();
         ws.load_heads(&mut tx, &chains).await?;
         ws.reserve_seqs(&mut tx, 1).await?;
         let seq = ws
-            .record(&mut Projections::default(), &staged, now, origin)?
+            .record(&mut Projections::default(), staged, now, origin)?
             .recorded
             .seq;
         ws.flush(&mut tx).await?;
@@ -871,9 +887,6 @@ impl Ledger {
         promoted: events::PolicyPromoted,
         origin: &Origin,
     ) -> Result<i64, LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        let chains = vec![GLOBAL_CHAIN.to_string()];
-        let now = store::lock_chains(&mut tx, &chains, None, false).await?;
         let staged = Staged {
             chain_id: GLOBAL_CHAIN.to_string(),
             actor: promoted.actor.clone(),
@@ -883,16 +896,7 @@ impl Ledger {
             ),
             event: LedgerEvent::PolicyPromoted(Box::new(promoted)),
         };
-        let mut ws = WriteSet::default();
-        ws.load_heads(&mut tx, &chains).await?;
-        ws.reserve_seqs(&mut tx, 1).await?;
-        let seq = ws
-            .record(&mut Projections::default(), &staged, now, origin)?
-            .recorded
-            .seq;
-        ws.flush(&mut tx).await?;
-        tx.commit().await?;
-        Ok(seq)
+        self.append_global(&staged, false, origin).await
     }
 
     pub async fn kill_switch_state(&self) -> Result<Vec<KillSwitchEntry>, LedgerError> {
