@@ -41,6 +41,10 @@ export SPENDGUARD_GROUP_ID="ksbench$run_id"
 export SPENDGUARD_LOG=warn
 dir=target/ksbench
 rm -rf "$dir" && mkdir -p "$dir"
+# serve refuses to start without a key-encryption key (SPEC §14): a fresh one per run,
+# like the scratch database it protects.
+"$bin" privacy kek-gen --out "$dir/bench.kek" >/dev/null
+export SPENDGUARD_KEK_FILE="$PWD/$dir/bench.kek"
 
 pids=()
 cleanup() {

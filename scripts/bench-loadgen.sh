@@ -61,6 +61,10 @@ bin=${CARGO_TARGET_DIR:-target}/$profile/spendguard
 
 dir=target/lgbench
 rm -rf "$dir" && mkdir -p "$dir"
+# serve refuses to start without a key-encryption key (SPEC §14): a fresh one per run,
+# like the scratch database it protects.
+"$bin" privacy kek-gen --out "$dir/bench.kek" >/dev/null
+export SPENDGUARD_KEK_FILE="$PWD/$dir/bench.kek"
 export TANSU_PORT=19092 TANSU_DIR="$PWD/$dir/tansu" TANSU_STORAGE=memory://tansu/
 export SPENDGUARD_BROKERS="127.0.0.1:$TANSU_PORT"
 scripts/tansu.sh stop >/dev/null 2>&1 || true
