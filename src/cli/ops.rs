@@ -131,13 +131,13 @@ pub struct ImpactArgs {
     pub format: ImpactFormat,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
-async fn connect(url: &str) -> anyhow::Result<LedgerReader> {
+pub(crate) async fn connect(url: &str) -> anyhow::Result<LedgerReader> {
     LedgerReader::connect(url, 2).await.map_err(|e| {
         let e: &dyn std::fmt::Display = match &e {
             LedgerError::Database(e) => e,

@@ -2,9 +2,8 @@
 //! candidate's live would-be decisions compared with the enforced ones, and a promotion
 //! gated on them and on a replay of the same period.
 
-use crate::cli::ops::{ImpactFormat, PeriodArgs};
+use crate::cli::ops::{ImpactFormat, PeriodArgs, connect, runtime};
 use crate::ledger::events::{PolicyPromoted, PromotionEvidence, PromotionThresholds};
-use crate::ledger::query::LedgerReader;
 use crate::ledger::{Ledger, Origin};
 use crate::policy::{Bindings, BindingsFile, PolicySet};
 use crate::report::events::load_events;
@@ -71,25 +70,11 @@ fn parse_percent(text: &str) -> Result<Decimal, String> {
     Ok(v)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
-async fn reader(url: &str) -> anyhow::Result<LedgerReader> {
-    LedgerReader::connect(url, 2).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot connect to the ledger database: {e} (check --database-url / DATABASE_URL)"
-        )
-    })
-}
-
 /// `spendguard policy shadow-report`: always exit 0 (it reports; `promote` judges).
 pub fn run_shadow_report(args: ShadowReportArgs) -> anyhow::Result<i32> {
     let period = args.period.period()?;
     let report = runtime()?.block_on(async {
-        let ledger = reader(&args.database_url).await?;
+        let ledger = connect(&args.database_url).await?;
         let events = load_events(&ledger, period.end()).await?;
         anyhow::Ok(impact::shadow_report(&events, period, &args.candidate))
     })?;
@@ -246,7 +231,7 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<i32> {
     };
     let rt = runtime()?;
     let (impact_report, shadow_report) = rt.block_on(async {
-        let ledger = reader(&args.database_url).await?;
+        let ledger = connect(&args.database_url).await?;
         let events = load_events(&ledger, period.end()).await?;
         let scope = Scope::Shadowed(args.name.clone());
         anyhow::Ok((
