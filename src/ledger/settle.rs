@@ -8,8 +8,10 @@
 use super::chain::{self, INTAKE_CHAIN, agent_chain};
 use super::events::{self, LedgerEvent, Origin};
 use super::machine::{self, Projections, SettleInput, SettleStep, SettledIntent};
-use super::store::{self, AuthorizationRow, OutcomeRow, PendingRow, SettlementRow, WriteSet};
-use super::votes::{OUTCOME_COLUMNS, PENDING_COLUMNS};
+use super::store::{
+    self, AuthorizationRow, OutcomeRow, PendingRow, SettlementRow, VoteRow, WriteSet,
+};
+use super::votes::{OUTCOME_COLUMNS, PENDING_COLUMNS, VOTE_COLUMNS};
 use super::{Ledger, LedgerError, OutcomeMessage};
 use crate::decision::Effect;
 use crate::policy::PolicySet;
@@ -107,6 +109,17 @@ pub(super) async fn load_lifecycle(
         .await?
     {
         s.pending.insert(p.intent_id.clone(), p);
+    }
+    // A settlement that cancels an intent still waiting for approval names the approvals
+    // so far in its outcome, as the pure step does from the full projections (replay).
+    let sql = format!("SELECT {VOTE_COLUMNS} FROM approval_vote WHERE intent_id = ANY($1)");
+    for v in sqlx::query_as::<_, VoteRow>(sqlx::AssertSqlSafe(sql))
+        .bind(intent_ids)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        s.votes
+            .insert((v.intent_id.clone(), v.approver_id.clone()), v);
     }
     let sql = format!("SELECT {OUTCOME_COLUMNS} FROM intent_outcome WHERE intent_id = ANY($1)");
     for o in sqlx::query_as::<_, OutcomeRow>(sqlx::AssertSqlSafe(sql))
