@@ -23,6 +23,7 @@
 //! Guarantees and how they are enforced are in docs/ledger.md.
 
 pub mod authorization;
+mod calls;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
@@ -58,7 +59,7 @@ use events::LedgerEvent;
 use machine::{Projections, Staged};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use store::{KillRow, WriteSet};
@@ -501,11 +502,7 @@ impl Ledger {
         instance: &str,
         opts: ConnectOptions,
     ) -> Result<Ledger, LedgerError> {
-        let url = database_url.parse::<PgConnectOptions>().map_err(|e| {
-            LedgerError::Setup(format!(
-                "DATABASE_URL / --database-url is not a valid PostgreSQL URL: {e}"
-            ))
-        })?;
+        let url = tls::connect_options(database_url)?;
         tls::warn_if_unverified(&url);
         let connect = url.clone().options(opts.timeouts.startup_options());
         let pool = PgPoolOptions::new()

@@ -134,7 +134,7 @@ impl LedgerReader {
     ) -> Result<LedgerReader, LedgerError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .connect(database_url)
+            .connect_with(super::tls::connect_options(database_url)?)
             .await
             .map_err(super::tls::connect_error)?;
         Ok(LedgerReader { pool })

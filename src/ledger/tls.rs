@@ -31,6 +31,35 @@ pub(crate) fn connect_error(e: sqlx::Error) -> LedgerError {
     }
 }
 
+/// The connection options of `database_url`, with the ledger's TLS default: a server on
+/// this machine (loopback address, `localhost` or a Unix socket) is reached without TLS
+/// unless the URL's `sslmode` or `PGSSLMODE` asks for it. Traffic on loopback never
+/// leaves the kernel, so TLS there protects nothing, and it is not free: with libpq's
+/// `prefer` the synchronous API fell from 998 to 409 decisions/s on a 2-core host whose
+/// PostgreSQL has `ssl=on` (docs/benchmarks.md). A server elsewhere keeps libpq's rules
+/// and [`warn_if_unverified`].
+pub(crate) fn connect_options(database_url: &str) -> Result<PgConnectOptions, LedgerError> {
+    let url = database_url.parse::<PgConnectOptions>().map_err(|e| {
+        LedgerError::Setup(format!(
+            "DATABASE_URL / --database-url is not a valid PostgreSQL URL: {e}"
+        ))
+    })?;
+    let explicit = url_names_sslmode(database_url) || std::env::var_os("PGSSLMODE").is_some();
+    Ok(if explicit || is_remote(url.get_host()) {
+        url
+    } else {
+        url.ssl_mode(PgSslMode::Disable)
+    })
+}
+
+/// Whether the URL's query string sets `sslmode` (sqlx's options do not say whether a
+/// mode was asked for or defaulted).
+fn url_names_sslmode(database_url: &str) -> bool {
+    database_url
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|kv| kv.starts_with("sslmode=")))
+}
+
 /// Whether the connection leaves this machine (not a Unix socket, not loopback).
 fn is_remote(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -80,6 +109,38 @@ mod tests {
 
     fn opts(url: &str) -> PgConnectOptions {
         url.parse().unwrap()
+    }
+
+    #[test]
+    fn a_local_server_is_reached_without_tls_unless_asked() {
+        // PGSSLMODE would make every URL explicit; the suite does not set it.
+        if std::env::var_os("PGSSLMODE").is_some() {
+            eprintln!("skipped: PGSSLMODE is set in this environment");
+            return;
+        }
+        let mode = |url: &str| connect_options(url).unwrap().get_ssl_mode();
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/db"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://u@localhost:5433/db"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(mode("postgres://u@[::1]/db"), PgSslMode::Disable));
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/db?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@localhost/db?application_name=x&sslmode=verify-full"),
+            PgSslMode::VerifyFull
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.example/db"),
+            PgSslMode::Prefer
+        ));
+        assert!(connect_options("postgres://u@127.0.0.1:notaport/db").is_err());
     }
 
     #[test]
