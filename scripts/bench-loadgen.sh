@@ -113,24 +113,34 @@ status=0
 echo "serve peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$serve_pid/status")"
 # Where the time went (issue 15): mean and bucket-estimated p99 of each stage.
 curl -s -H 'Authorization: Bearer demo-auditor-token' http://127.0.0.1:18080/metrics >"$dir/metrics.txt" || true
-echo "latency breakdown (serve's spendguard_pipeline_stage_seconds; p99 = upper bound of its bucket):"
-awk '
-  /^spendguard_pipeline_stage_seconds_bucket/ {
-    match($0, /stage="[a-z_]+"/); st = substr($0, RSTART + 7, RLENGTH - 8)
-    match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
-    n[st]++; les[st, n[st]] = le; cnt[st, n[st]] = $NF
-  }
-  /^spendguard_pipeline_stage_seconds_sum/ { match($0, /stage="[a-z_]+"/); sum[substr($0, RSTART + 7, RLENGTH - 8)] = $NF }
-  /^spendguard_pipeline_stage_seconds_count/ { match($0, /stage="[a-z_]+"/); c[substr($0, RSTART + 7, RLENGTH - 8)] = $NF }
-  END {
-    printf "  %-12s %10s %10s %10s\n", "stage", "count", "mean ms", "p99 <= ms"
-    split("queued decide outbox_wait produce_ack mark", order, " ")
-    for (i = 1; i <= 5; i++) {
-      st = order[i]; if (!(st in c) || c[st] == 0) continue
-      p99 = "+Inf"
-      for (j = 1; j <= n[st]; j++) if (cnt[st, j] >= 0.99 * c[st]) { p99 = les[st, j]; break }
-      if (p99 != "+Inf") p99 = sprintf("%.1f", p99 * 1000)
-      printf "  %-12s %10d %10.2f %10s\n", st, c[st], 1000 * sum[st] / c[st], p99
+# breakdown METRIC LABEL ORDER...: mean and bucket-estimated p99 of each label value.
+breakdown() {
+  local metric=$1 label=$2
+  shift 2
+  awk -v metric="$metric" -v label="$label" -v order="$*" '
+    function value(line,   re) { re = label "=\"[a-z_]+\""; match(line, re); return substr(line, RSTART + length(label) + 2, RLENGTH - length(label) - 3) }
+    index($0, metric "_bucket{") == 1 {
+      st = value($0)
+      match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+      n[st]++; les[st, n[st]] = le; cnt[st, n[st]] = $NF
     }
-  }' "$dir/metrics.txt"
+    index($0, metric "_sum{") == 1 { sum[value($0)] = $NF }
+    index($0, metric "_count{") == 1 { c[value($0)] = $NF }
+    END {
+      printf "  %-12s %10s %10s %10s\n", label, "count", "mean ms", "p99 <= ms"
+      k = split(order, names, " ")
+      for (i = 1; i <= k; i++) {
+        st = names[i]; if (!(st in c) || c[st] == 0) continue
+        p99 = "+Inf"
+        for (j = 1; j <= n[st]; j++) if (cnt[st, j] >= 0.99 * c[st]) { p99 = les[st, j]; break }
+        if (p99 != "+Inf") p99 = sprintf("%.1f", p99 * 1000)
+        printf "  %-12s %10d %10.2f %10s\n", st, c[st], 1000 * sum[st] / c[st], p99
+      }
+    }' "$dir/metrics.txt"
+}
+echo "latency breakdown (serve's spendguard_pipeline_stage_seconds; p99 = upper bound of its bucket;"
+echo "for HTTP, queued = request received → its transaction starts):"
+breakdown spendguard_pipeline_stage_seconds stage queued decide outbox_wait produce_ack mark
+echo "deciding transaction by phase (spendguard_ledger_decide_phase_seconds):"
+breakdown spendguard_ledger_decide_phase_seconds phase begin lock read step write commit
 exit "$status"

@@ -97,9 +97,14 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "spendguard_http_request_duratio
 /// publishing), `produce_ack` (claimed to acknowledged by the broker), `mark` (marking
 /// the batch published).
 pub const PIPELINE_STAGE_SECONDS: &str = "spendguard_pipeline_stage_seconds";
+/// Histogram: where one deciding transaction's time goes, by `phase` (issue 15):
+/// `begin`, `lock` (chain and entity locks), `read` (snapshot, limit records, sequence
+/// numbers, subject keys), `step` (the pure rule and fold), `write` (the projection
+/// writes), `commit`.
+pub const LEDGER_DECIDE_PHASE_SECONDS: &str = "spendguard_ledger_decide_phase_seconds";
 
 /// Every metric name above, for documentation and tests.
-pub const ALL_METRICS: [&str; 15] = [
+pub const ALL_METRICS: [&str; 16] = [
     EVALUATIONS_TOTAL,
     EVALUATION_DURATION_SECONDS,
     INTENT_TO_DECISION_SECONDS,
@@ -115,6 +120,7 @@ pub const ALL_METRICS: [&str; 15] = [
     HTTP_REQUESTS_TOTAL,
     HTTP_REQUEST_DURATION_SECONDS,
     PIPELINE_STAGE_SECONDS,
+    LEDGER_DECIDE_PHASE_SECONDS,
 ];
 
 /// Evaluation takes about a microsecond (SPEC §10); buckets from 100 ns to 10 ms.
@@ -209,6 +215,11 @@ fn describe_metrics() {
         Unit::Seconds,
         "Time of each stage of a decision: queued, decide, outbox_wait, produce_ack, mark"
     );
+    describe_histogram!(
+        LEDGER_DECIDE_PHASE_SECONDS,
+        Unit::Seconds,
+        "Time of each phase of a deciding transaction: begin, lock, read, step, write, commit"
+    );
 }
 
 // ---- helpers other modules call ----
@@ -227,6 +238,27 @@ pub fn record_intent_to_decision(latency: Duration) {
 pub fn record_ledger_commit(duration: Duration) {
     metrics::histogram!(LEDGER_COMMIT_DURATION_SECONDS).record(duration.as_secs_f64());
     record_stage(Stage::Decide, duration);
+}
+
+/// Times the phases of one deciding transaction into [`LEDGER_DECIDE_PHASE_SECONDS`]:
+/// each [`PhaseClock::lap`] records the time since the previous one under its phase.
+pub struct PhaseClock {
+    last: std::time::Instant,
+}
+
+impl PhaseClock {
+    pub fn start() -> PhaseClock {
+        PhaseClock {
+            last: std::time::Instant::now(),
+        }
+    }
+
+    pub fn lap(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        metrics::histogram!(LEDGER_DECIDE_PHASE_SECONDS, "phase" => phase)
+            .record(now.duration_since(self.last).as_secs_f64());
+        self.last = now;
+    }
 }
 
 /// The stages of [`PIPELINE_STAGE_SECONDS`].
@@ -349,6 +381,7 @@ mod tests {
             LEDGER_COMMIT_DURATION_SECONDS,
             HTTP_REQUEST_DURATION_SECONDS,
             PIPELINE_STAGE_SECONDS,
+            LEDGER_DECIDE_PHASE_SECONDS,
         ] {
             assert!(
                 histogram.ends_with("_seconds"),

@@ -143,6 +143,10 @@ pub const MAX_LANE_BATCH: usize = 64;
 
 type Reply = tokio::sync::oneshot::Sender<Result<crate::ledger::Decided, IntakeError>>;
 
+/// An intent waiting for its lane, with when it was queued (the `queued` stage of the
+/// latency breakdown: request received → its deciding transaction starts).
+type Job = (SpendIntent, Reply, std::time::Instant);
+
 /// The intake over the service's ledger and live policy set.
 ///
 /// Intents are decided in lanes, like the Kafka worker decides a partition's messages:
@@ -153,7 +157,7 @@ type Reply = tokio::sync::oneshot::Sender<Result<crate::ledger::Decided, IntakeE
 /// lanes.
 pub struct LedgerIntake {
     parts: IntakeParts,
-    lanes: Vec<tokio::sync::mpsc::Sender<(SpendIntent, Reply)>>,
+    lanes: Vec<tokio::sync::mpsc::Sender<Job>>,
 }
 
 impl LedgerIntake {
@@ -173,7 +177,7 @@ impl LedgerIntake {
         }
     }
 
-    fn lane(&self, agent_id: &str) -> &tokio::sync::mpsc::Sender<(SpendIntent, Reply)> {
+    fn lane(&self, agent_id: &str) -> &tokio::sync::mpsc::Sender<Job> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         agent_id.hash(&mut h);
@@ -184,8 +188,8 @@ impl LedgerIntake {
 /// One lane: batches of what is queued, decided in one transaction each. A batch the
 /// ledger refuses for a reason other than unavailability is decided again one intent at
 /// a time, so one bad intent fails alone.
-async fn run_lane(parts: IntakeParts, mut rx: tokio::sync::mpsc::Receiver<(SpendIntent, Reply)>) {
-    let mut batch: Vec<(SpendIntent, Reply)> = Vec::with_capacity(MAX_LANE_BATCH);
+async fn run_lane(parts: IntakeParts, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_LANE_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_LANE_BATCH {
@@ -195,9 +199,18 @@ async fn run_lane(parts: IntakeParts, mut rx: tokio::sync::mpsc::Receiver<(Spend
             }
         }
         // Requests whose caller gave up (deadline) are not decided for nobody.
-        batch.retain(|(_, reply)| !reply.is_closed());
-        let jobs = std::mem::take(&mut batch);
-        let (intents, replies): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+        batch.retain(|(_, reply, _)| !reply.is_closed());
+        let started = std::time::Instant::now();
+        let mut intents = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (intent, reply, queued_at) in batch.drain(..) {
+            crate::telemetry::record_stage(
+                crate::telemetry::Stage::Queued,
+                started.duration_since(queued_at),
+            );
+            intents.push(intent);
+            replies.push(reply);
+        }
         let items: Vec<(SpendIntent, Origin)> =
             intents.into_iter().map(|i| (i, parts.origin())).collect();
         if items.is_empty() {
@@ -210,6 +223,7 @@ async fn run_lane(parts: IntakeParts, mut rx: tokio::sync::mpsc::Receiver<(Spend
         .await;
         match decided {
             Ok(results) => {
+                crate::telemetry::record_ledger_commit(started.elapsed());
                 answer(&parts, results, replies);
             }
             Err(e @ StoreError::Other(_)) if items.len() > 1 => {
@@ -306,7 +320,7 @@ impl Intake for LedgerIntake {
         Box::pin(async move {
             let (reply, answer) = tokio::sync::oneshot::channel();
             self.lane(&intent.agent_id)
-                .try_send((intent, reply))
+                .try_send((intent, reply, std::time::Instant::now()))
                 .map_err(|_| {
                     StoreError::Unavailable(format!(
                         "more than {LANE_QUEUE_LEN} intents are waiting for the ledger; retry with the same intentId"

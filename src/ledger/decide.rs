@@ -134,8 +134,11 @@ impl Ledger {
                 locks.push(entity_limits_lock(&intent.entity_id));
             }
         }
+        let mut clock = crate::telemetry::PhaseClock::start();
         let mut tx = self.pool.begin().await?;
+        clock.lap("begin");
         let db_now = store::lock_chains(&mut tx, &locks, None, true).await?;
+        clock.lap("lock");
         let now = chain::to_micros(at.unwrap_or(db_now));
 
         // Window keys of every intent that has a policy (or a shadow candidate).
@@ -204,6 +207,7 @@ impl Ledger {
         } else {
             super::subject_keys::for_subjects(&mut tx, self.key_wrap(), &subjects).await?
         };
+        clock.lap("read");
 
         let mut results: Vec<Result<Decided, LedgerError>> = Vec::with_capacity(items.len());
         for (idx, (intent, origin)) in items.iter().enumerate() {
@@ -292,8 +296,11 @@ impl Ledger {
                 status: DecideStatus::New,
             }));
         }
+        clock.lap("step");
         ws.flush(&mut tx).await?;
+        clock.lap("write");
         tx.commit().await?;
+        clock.lap("commit");
         Ok(results)
     }
 }
