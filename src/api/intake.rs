@@ -280,6 +280,17 @@ where
         match tokio::time::timeout(Duration::from_millis(INTAKE_ATTEMPT_TIMEOUT_MS), op()).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) if e.is_transient() => last = e.to_string(),
+            // The deployment is broken (privileges revoked, schema missing): retrying
+            // within this request cannot help, but the request is not at fault either.
+            // 503: the caller retries later with the same id, once an operator has fixed
+            // it. The server's words stay in the log.
+            Ok(Err(e)) if e.is_systemic() => {
+                let reason = e.systemic_reason().unwrap_or_default();
+                tracing::error!(error = %e, "{what} failed: the deployment is at fault (systemic), answering 503");
+                return Err(StoreError::Unavailable(format!(
+                    "{what} cannot be recorded now: the ledger database refuses this service's work ({reason}), a fault of the deployment that an operator must fix; retry later with the same id"
+                )));
+            }
             Ok(Err(e)) => return Err(StoreError::Other(format!("{what}: {e}"))),
             Err(_) => last = format!("no answer within {INTAKE_ATTEMPT_TIMEOUT_MS} ms"),
         }
@@ -597,6 +608,39 @@ mod tests {
         let parsed = serde_json::to_value(parse_settlement(settlement).unwrap()).unwrap();
         let doc: SettlementBody = serde_json::from_slice(settlement).unwrap();
         assert_eq!(keys(&parsed), keys(&serde_json::to_value(doc).unwrap()));
+    }
+
+    /// A systemic fault (the deployment, not the request) is answered at once as 503
+    /// (retry later), never as a permanent 500; a permanent one stays a 500.
+    #[tokio::test]
+    async fn systemic_faults_answer_retry_later() {
+        let mut calls = 0;
+        let r: Result<(), StoreError> = with_retries("ledger decide", || {
+            calls += 1;
+            async { Err(LedgerError::Setup("role may not migrate".into())) }
+        })
+        .await;
+        let Err(StoreError::Unavailable(m)) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(calls, 1, "nothing to gain from retrying within the request");
+        assert!(
+            m.contains("database setup") && m.contains("retry later"),
+            "{m}"
+        );
+        assert!(
+            !m.contains("role may not migrate"),
+            "the server's words stay in the log: {m}"
+        );
+        assert_eq!(
+            refused(IntakeError::Store(StoreError::Unavailable(m))).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let r: Result<(), StoreError> = with_retries("ledger decide", || async {
+            Err(LedgerError::Bug("no sequence reserved".into()))
+        })
+        .await;
+        assert!(matches!(r, Err(StoreError::Other(_))), "{r:?}");
     }
 
     #[test]

@@ -23,9 +23,9 @@ const AMOUNT: &str = "10.00";
 const MAX_ALLOWED_PER_AGENT: i64 = 5;
 /// Pause between produced intents, so the stream is still flowing at the kill.
 const PRODUCE_GAP_MS: u64 = 10;
-const WAIT_MS: u64 = 120_000;
+pub(crate) const WAIT_MS: u64 = 120_000;
 
-async fn scalar(db: &str, sql: &'static str) -> i64 {
+pub(crate) async fn scalar(db: &str, sql: &'static str) -> i64 {
     let mut conn = sqlx::PgConnection::connect(db).await.unwrap();
     sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
 }
@@ -188,7 +188,7 @@ async fn sigkill_of_one_instance_loses_and_duplicates_nothing() {
 // ---- SPEC §15: faults that must not stop a partition or lose an effect ----
 
 /// Publishes `n` valid intents over `agents` agents, ids `{prefix}-{i}`.
-async fn publish_intents(topic: &str, prefix: &str, n: usize, agents: usize) {
+pub(crate) async fn publish_intents(topic: &str, prefix: &str, n: usize, agents: usize) {
     let producer = bus::client_producer(&harness::brokers()).unwrap();
     let mut pending = Vec::with_capacity(n);
     for i in 0..n {
@@ -205,7 +205,7 @@ async fn publish_intents(topic: &str, prefix: &str, n: usize, agents: usize) {
 }
 
 /// Waits until `count(*)` of `sql` reaches `want`; panics with the log after `WAIT_MS`.
-async fn wait_for_count(db: &str, sql: &'static str, want: i64, serve: &ServeProcess) {
+pub(crate) async fn wait_for_count(db: &str, sql: &'static str, want: i64, serve: &ServeProcess) {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
     loop {
         let got = scalar(db, sql).await;

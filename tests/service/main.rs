@@ -25,5 +25,6 @@ mod pipeline;
 mod reload;
 mod settlements;
 mod shadow;
+mod systemic;
 mod tls;
 mod webhooks;
