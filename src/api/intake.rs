@@ -122,9 +122,35 @@ pub struct IntakeParts {
     /// Runs after a commit that queued a message in the outbox (serve wakes its
     /// publisher, so the decision leaves at once rather than at the next poll).
     pub committed: Arc<dyn Fn() + Send + Sync>,
+    /// The audit bound for refused bodies (SPEC §15, [`crate::audit_budget`]), shared
+    /// with serve's workers; serve records the summaries of windows that end quietly.
+    pub audit_budget: crate::audit_budget::SharedBudget,
 }
 
 impl IntakeParts {
+    /// Whether a refused body of `topic` with `code` gets its own audit event (within
+    /// the bound of this instance's API); otherwise it is counted, and answered 400 all
+    /// the same. A window that just closed has its summary recorded first.
+    async fn audit_refusal(&self, topic: &'static str, code: &str) -> Result<bool, StoreError> {
+        use crate::audit_budget::{self, RefusalSource, Verdict};
+        let source = RefusalSource {
+            topic,
+            partition: None,
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let (verdict, closed) =
+            audit_budget::admit(&self.audit_budget, &source, code, now_ms, None);
+        if let Some(summary) = closed {
+            let origin = self.origin();
+            with_retries("ledger record_refusals_summary", || {
+                self.ledger
+                    .record_refusals_summary(topic, &summary, &origin)
+            })
+            .await?;
+        }
+        Ok(verdict == Verdict::Audit)
+    }
+
     fn origin(&self) -> Origin {
         Origin {
             instance: self.instance.clone(),
@@ -340,6 +366,9 @@ impl Intake for LedgerIntake {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             metrics::counter!("spendguard_invalid_intents_total", "code" => err.code).increment(1);
+            if !self.parts.audit_refusal("spend.intents", err.code).await? {
+                return Ok(());
+            }
             let origin = self.parts.origin();
             with_retries("ledger record_invalid_intent", || {
                 self.parts.ledger.record_invalid_intent(&raw, &err, &origin)
@@ -390,6 +419,13 @@ impl Intake for LedgerIntake {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             metrics::counter!("spendguard_settlements_total", "result" => "invalid").increment(1);
+            if !self
+                .parts
+                .audit_refusal("spend.settlements", err.code)
+                .await?
+            {
+                return Ok(());
+            }
             let origin = self.parts.origin();
             with_retries("ledger record_invalid_settlement", || {
                 self.parts

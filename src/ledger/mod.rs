@@ -708,6 +708,50 @@ impl Ledger {
         .await
     }
 
+    /// Records refused input counted beyond the full-audit bound of a window
+    /// (`refusals_summarized`, chain `intake`; [`crate::audit_budget`]). `origin` is
+    /// the last counted Kafka message's (so a redelivered summary is recorded once) or
+    /// the API's.
+    pub async fn record_refusals_summary(
+        &self,
+        source_topic: &str,
+        summary: &crate::audit_budget::Summary<impl Sized>,
+        origin: &Origin,
+    ) -> Result<i64, LedgerError> {
+        let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        let payload = events::RefusalsSummarized {
+            source_topic: source_topic.to_string(),
+            source: origin.source.clone(),
+            partition: origin.partition,
+            first_offset: summary.first_position,
+            last_offset: summary.last_position,
+            window_start: at(summary.window_start_ms),
+            window_end: at(summary.window_end_ms),
+            audited: summary.audited,
+            total: summary.total(),
+            counts: summary.counts.clone(),
+        };
+        let resource = match origin.partition {
+            Some(p) => format!(
+                "{source_topic}/{p}@{}-{}",
+                summary.first_position.unwrap_or(-1),
+                summary.last_position.unwrap_or(-1)
+            ),
+            None => format!(
+                "{source_topic}/{}@{}",
+                origin.source, summary.window_start_ms
+            ),
+        };
+        self.append_single(
+            INTAKE_CHAIN,
+            "spendguard",
+            &resource,
+            (origin, source_topic),
+            LedgerEvent::RefusalsSummarized(payload),
+        )
+        .await
+    }
+
     /// Records a message that could be neither handled nor dead-lettered after bounded
     /// retries (`message_set_aside`, chain `intake`): the partition moves on past it and
     /// this event is what remains of it (size, digest and keyed fingerprint; never the

@@ -17,6 +17,7 @@ mod error;
 mod gauges;
 mod notifier;
 mod outbox;
+mod refusals;
 mod reload;
 mod systemic;
 mod worker;
@@ -71,6 +72,9 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Calls held on a systemic fault (readiness, gauge).
     pub systemic: Arc<SystemicFaults>,
+    /// How many refused messages per source are still audited one by one (workers and
+    /// the synchronous API share it).
+    pub audit_budget: crate::audit_budget::SharedBudget,
 }
 
 impl Shared {
@@ -206,6 +210,7 @@ pub async fn run(
         outbox_ready: Notify::new(),
         shutdown: stop_rx,
         systemic: Arc::default(),
+        audit_budget: Arc::default(),
         ledger: Arc::new(ledger),
         topics,
         settings,
@@ -219,6 +224,8 @@ pub async fn run(
     // Without a broker the outbox keeps every decision until a serve with Kafka runs.
     let outbox = kafka.then(|| tokio::spawn(outbox::run(shared.clone())));
     let sweeper = tokio::spawn(sweep_expired(shared.clone()));
+    // Ends by itself on shutdown; `refusals::drain` then records what is left.
+    let refusal_flusher = tokio::spawn(refusals::run(shared.clone()));
     let chain_status = Arc::new(crate::api::console::ChainStatus::default());
     let verifier = tokio::spawn(verify_chains(shared.clone(), chain_status.clone()));
     // Ends by itself on shutdown (it checks every probe); nothing waits for it.
@@ -282,7 +289,7 @@ pub async fn run(
         return stop_without_kafka(
             shared,
             stop_tx,
-            [sweeper, verifier, watcher, sampler],
+            [sweeper, verifier, watcher, sampler, refusal_flusher],
             http,
             control,
         )
@@ -335,6 +342,8 @@ pub async fn run(
         // The API's graceful shutdown follows the same stop signal; give it a bound.
         let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     }
+    let _ = refusal_flusher.await;
+    refusals::drain(&shared).await;
     control.abort();
     eprintln!(
         "spendguard serve: instance {} stopped cleanly",
@@ -348,7 +357,7 @@ pub async fn run(
 async fn stop_without_kafka(
     shared: Arc<Shared>,
     stop_tx: watch::Sender<bool>,
-    tasks: [tokio::task::JoinHandle<()>; 4],
+    tasks: [tokio::task::JoinHandle<()>; 5],
     http: Option<tokio::task::JoinHandle<()>>,
     control: tokio::task::JoinHandle<()>,
 ) -> Result<(), ServeError> {
@@ -359,6 +368,7 @@ async fn stop_without_kafka(
     for task in tasks {
         task.abort();
     }
+    refusals::drain(&shared).await;
     control.abort();
     eprintln!(
         "spendguard serve: instance {} stopped cleanly",
@@ -494,6 +504,7 @@ async fn start_api(
                 move || shared.policies.load_full()
             }),
             instance: shared.settings.instance.clone(),
+            audit_budget: shared.audit_budget.clone(),
             committed: Arc::new({
                 let shared = shared.clone();
                 move || shared.outbox_ready.notify_one()

@@ -7,8 +7,9 @@ use rdkafka::message::OwnedMessage;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-use super::{Attempt, Shared, retry_bounded};
+use super::{Attempt, Shared, refusals, retry_bounded};
 use crate::approvals;
+use crate::audit_budget::Verdict;
 use crate::bus::dlq::{self, DeadLetter, DeadLetterReason};
 use crate::intent::{self, IntentError};
 use crate::ledger::settle::SettleResult;
@@ -271,6 +272,16 @@ async fn dead_letter_intent(
     err: &IntentError,
 ) -> bool {
     metrics::counter!("spendguard_invalid_intents_total", "code" => err.code).increment(1);
+    // Over the audit bound of its partition: dead-lettered all the same, counted in the
+    // window's `refusals_summarized` instead of an event of its own.
+    match refusals::admit(shared, "spend.intents", msg, err.code).await {
+        None => return false,
+        Some(Verdict::Count) => {
+            return send_dead_letter(shared, msg, &DeadLetterReason::InvalidIntent(err.clone()))
+                .await;
+        }
+        Some(Verdict::Audit) => {}
+    }
     let raw = msg.payload().unwrap_or_default();
     match retry_bounded(shared.hold(), "ledger record_invalid_intent", || {
         shared.ledger.record_invalid_intent(raw, err, origin)
@@ -387,6 +398,17 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
                 code: refusal.code(),
                 detail: refusal.to_string(),
             };
+            let audited =
+                match refusals::admit(shared, "spend.approvals", msg, refusal.code()).await {
+                    None => return false,
+                    Some(v) => v == Verdict::Audit,
+                };
+            if !audited {
+                // Counted in the window's summary; metrics as for any refused vote.
+                metrics::counter!("spendguard_votes_total", "result" => "refused").increment(1);
+                telemetry::record_refused_vote(refusal.code());
+                return send_dead_letter(shared, msg, &reason).await;
+            }
             return refuse(shared, raw, refusal.code(), reason.message(), origin).await
                 && send_dead_letter(shared, msg, &reason).await;
         }
@@ -565,6 +587,18 @@ async fn handle_settlement(shared: &Shared, msg: &OwnedMessage, origin: &Origin)
         Ok(s) => s,
         Err(err) => {
             metrics::counter!("spendguard_settlements_total", "result" => "invalid").increment(1);
+            match refusals::admit(shared, "spend.settlements", msg, err.code).await {
+                None => return false,
+                Some(Verdict::Count) => {
+                    return send_dead_letter(
+                        shared,
+                        msg,
+                        &DeadLetterReason::InvalidSettlement(err),
+                    )
+                    .await;
+                }
+                Some(Verdict::Audit) => {}
+            }
             match retry_bounded(shared.hold(), "ledger record_invalid_settlement", || {
                 shared.ledger.record_invalid_settlement(raw, &err, origin)
             })

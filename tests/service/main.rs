@@ -19,6 +19,7 @@ mod expiry;
 mod hostile;
 mod http;
 mod intake;
+mod junk;
 mod kill_switch;
 mod loadgen;
 mod pipeline;
