@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The chaos run of SPEC §15: 3 `serve` instances under a stream of intents and votes
-# while a seeded fault schedule SIGKILLs, pauses (SIGSTOP/SIGCONT) and cuts, delays and
-# black-holes their PostgreSQL connections (through a fault-injecting proxy); then checks
-# that every intent has exactly one decision, every vote was applied once, no cap was
-# exceeded, nothing valid was dead-lettered or set aside, and the chains and replay verify.
+# The chaos run of SPEC §15: 3 `serve` instances under a stream of intents, votes and
+# settlements (captures, part captures then voids) while a seeded fault schedule
+# SIGKILLs, pauses (SIGSTOP/SIGCONT) and cuts, delays and black-holes their PostgreSQL
+# connections (through a fault-injecting proxy); then checks that every intent has
+# exactly one decision, every vote and every settlement was applied once, no cap was
+# exceeded, no authorization was captured past its amount, nothing valid was
+# dead-lettered or set aside, and the chains and replay verify.
 # The test suite runs a 20 s schedule; this script runs any seed and length.
 #
 #   scripts/chaos.sh [--seed N] [--duration S] [--rate INTENTS_PER_S] [--broker-faults] [--release]

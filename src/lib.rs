@@ -21,6 +21,7 @@ pub mod privacy;
 
 // --- service (Kafka side) ---
 pub mod approvals;
+pub mod audit_budget;
 pub mod bus;
 pub mod config;
 pub mod kill_switch;

@@ -391,7 +391,8 @@ impl FxRateControl for LedgerFxRates {
                 )
                 .await
                 .map_err(|e| {
-                    if e.is_transient() {
+                    // Transient or a fault of the deployment: 503, retry later.
+                    if e.fault().is_retried_without_end() {
                         db(e)
                     } else {
                         StoreError::Other(format!("recording the exchange rate failed: {e}"))

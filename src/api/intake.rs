@@ -122,9 +122,35 @@ pub struct IntakeParts {
     /// Runs after a commit that queued a message in the outbox (serve wakes its
     /// publisher, so the decision leaves at once rather than at the next poll).
     pub committed: Arc<dyn Fn() + Send + Sync>,
+    /// The audit bound for refused bodies (SPEC §15, [`crate::audit_budget`]), shared
+    /// with serve's workers; serve records the summaries of windows that end quietly.
+    pub audit_budget: crate::audit_budget::SharedBudget,
 }
 
 impl IntakeParts {
+    /// Whether a refused body of `topic` with `code` gets its own audit event (within
+    /// the bound of this instance's API); otherwise it is counted, and answered 400 all
+    /// the same. A window that just closed has its summary recorded first.
+    async fn audit_refusal(&self, topic: &'static str, code: &str) -> Result<bool, StoreError> {
+        use crate::audit_budget::{self, RefusalSource, Verdict};
+        let source = RefusalSource {
+            topic,
+            partition: None,
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let (verdict, closed) =
+            audit_budget::admit(&self.audit_budget, &source, code, now_ms, None);
+        if let Some(summary) = closed {
+            let origin = self.origin();
+            with_retries("ledger record_refusals_summary", || {
+                self.ledger
+                    .record_refusals_summary(topic, &summary, &origin)
+            })
+            .await?;
+        }
+        Ok(verdict == Verdict::Audit)
+    }
+
     fn origin(&self) -> Origin {
         Origin {
             instance: self.instance.clone(),
@@ -294,6 +320,17 @@ where
         match tokio::time::timeout(Duration::from_millis(INTAKE_ATTEMPT_TIMEOUT_MS), op()).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) if e.is_transient() => last = e.to_string(),
+            // The deployment is broken (privileges revoked, schema missing): retrying
+            // within this request cannot help, but the request is not at fault either.
+            // 503: the caller retries later with the same id, once an operator has fixed
+            // it. The server's words stay in the log.
+            Ok(Err(e)) if e.is_systemic() => {
+                let reason = e.systemic_reason().unwrap_or_default();
+                tracing::error!(error = %e, "{what} failed: the deployment is at fault (systemic), answering 503");
+                return Err(StoreError::Unavailable(format!(
+                    "{what} cannot be recorded now: the ledger database refuses this service's work ({reason}), a fault of the deployment that an operator must fix; retry later with the same id"
+                )));
+            }
             Ok(Err(e)) => return Err(StoreError::Other(format!("{what}: {e}"))),
             Err(_) => last = format!("no answer within {INTAKE_ATTEMPT_TIMEOUT_MS} ms"),
         }
@@ -343,6 +380,9 @@ impl Intake for LedgerIntake {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             metrics::counter!("spendguard_invalid_intents_total", "code" => err.code).increment(1);
+            if !self.parts.audit_refusal("spend.intents", err.code).await? {
+                return Ok(());
+            }
             let origin = self.parts.origin();
             with_retries("ledger record_invalid_intent", || {
                 self.parts.ledger.record_invalid_intent(&raw, &err, &origin)
@@ -393,6 +433,13 @@ impl Intake for LedgerIntake {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             metrics::counter!("spendguard_settlements_total", "result" => "invalid").increment(1);
+            if !self
+                .parts
+                .audit_refusal("spend.settlements", err.code)
+                .await?
+            {
+                return Ok(());
+            }
             let origin = self.parts.origin();
             with_retries("ledger record_invalid_settlement", || {
                 self.parts
@@ -611,6 +658,39 @@ mod tests {
         let parsed = serde_json::to_value(parse_settlement(settlement).unwrap()).unwrap();
         let doc: SettlementBody = serde_json::from_slice(settlement).unwrap();
         assert_eq!(keys(&parsed), keys(&serde_json::to_value(doc).unwrap()));
+    }
+
+    /// A systemic fault (the deployment, not the request) is answered at once as 503
+    /// (retry later), never as a permanent 500; a permanent one stays a 500.
+    #[tokio::test]
+    async fn systemic_faults_answer_retry_later() {
+        let mut calls = 0;
+        let r: Result<(), StoreError> = with_retries("ledger decide", || {
+            calls += 1;
+            async { Err(LedgerError::Setup("role may not migrate".into())) }
+        })
+        .await;
+        let Err(StoreError::Unavailable(m)) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(calls, 1, "nothing to gain from retrying within the request");
+        assert!(
+            m.contains("database setup") && m.contains("retry later"),
+            "{m}"
+        );
+        assert!(
+            !m.contains("role may not migrate"),
+            "the server's words stay in the log: {m}"
+        );
+        assert_eq!(
+            refused(IntakeError::Store(StoreError::Unavailable(m))).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let r: Result<(), StoreError> = with_retries("ledger decide", || async {
+            Err(LedgerError::Bug("no sequence reserved".into()))
+        })
+        .await;
+        assert!(matches!(r, Err(StoreError::Other(_))), "{r:?}");
     }
 
     #[test]

@@ -72,7 +72,9 @@ fn history_error(e: PolicyHistoryError) -> ApiError {
             field: None,
         },
         PolicyHistoryError::MissingReason => ApiError::InvalidRequest(e.to_string()),
-        PolicyHistoryError::Ledger(e) if e.is_transient() => ApiError::Unavailable(e.to_string()),
+        PolicyHistoryError::Ledger(e) if e.fault().is_retried_without_end() => {
+            ApiError::Unavailable(e.to_string())
+        }
         PolicyHistoryError::Ledger(e) => ApiError::Internal(e.to_string()),
     }
 }

@@ -32,8 +32,9 @@ pub mod kind {
     pub const REGISTRY_ACTIVATED: &str = "registry_activated";
     pub const BINDINGS_ACTIVATED: &str = "bindings_activated";
     pub const POLICY_PROMOTED: &str = "policy_promoted";
+    pub const REFUSALS_SUMMARIZED: &str = "refusals_summarized";
 
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         POLICY_ACTIVATED,
         INTENT_DECIDED,
         INTENT_INVALID,
@@ -53,6 +54,7 @@ pub mod kind {
         REGISTRY_ACTIVATED,
         BINDINGS_ACTIVATED,
         POLICY_PROMOTED,
+        REFUSALS_SUMMARIZED,
     ];
 }
 
@@ -78,10 +80,11 @@ pub enum EventKind {
     RegistryActivated,
     BindingsActivated,
     PolicyPromoted,
+    RefusalsSummarized,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::PolicyActivated,
         EventKind::IntentDecided,
         EventKind::IntentInvalid,
@@ -101,6 +104,7 @@ impl EventKind {
         EventKind::RegistryActivated,
         EventKind::BindingsActivated,
         EventKind::PolicyPromoted,
+        EventKind::RefusalsSummarized,
     ];
 
     /// The stored name (`ledger_event.event_type`).
@@ -125,6 +129,7 @@ impl EventKind {
             EventKind::RegistryActivated => kind::REGISTRY_ACTIVATED,
             EventKind::BindingsActivated => kind::BINDINGS_ACTIVATED,
             EventKind::PolicyPromoted => kind::POLICY_PROMOTED,
+            EventKind::RefusalsSummarized => kind::REFUSALS_SUMMARIZED,
         }
     }
 
@@ -166,6 +171,7 @@ pub enum LedgerEvent {
     RegistryActivated(ConfigActivated),
     BindingsActivated(ConfigActivated),
     PolicyPromoted(Box<PolicyPromoted>),
+    RefusalsSummarized(RefusalsSummarized),
 }
 
 /// A stored event that cannot be read back as a [`LedgerEvent`].
@@ -202,6 +208,7 @@ impl LedgerEvent {
             LedgerEvent::RegistryActivated(_) => EventKind::RegistryActivated,
             LedgerEvent::BindingsActivated(_) => EventKind::BindingsActivated,
             LedgerEvent::PolicyPromoted(_) => EventKind::PolicyPromoted,
+            LedgerEvent::RefusalsSummarized(_) => EventKind::RefusalsSummarized,
         }
     }
 
@@ -226,6 +233,7 @@ impl LedgerEvent {
             LedgerEvent::SubjectKeysRewrapped(p) => canonical(p),
             LedgerEvent::RegistryActivated(p) | LedgerEvent::BindingsActivated(p) => canonical(p),
             LedgerEvent::PolicyPromoted(p) => canonical(p),
+            LedgerEvent::RefusalsSummarized(p) => canonical(p),
         }
     }
 
@@ -300,6 +308,9 @@ impl LedgerEvent {
             }
             EventKind::PolicyPromoted => {
                 LedgerEvent::PolicyPromoted(Box::new(Deserialize::deserialize(de)?))
+            }
+            EventKind::RefusalsSummarized => {
+                LedgerEvent::RefusalsSummarized(Deserialize::deserialize(de)?)
             }
         })
     }
@@ -859,6 +870,34 @@ pub fn canonical<T: Serialize>(payload: &T) -> String {
     serde_json::to_value(payload)
         .map(|v| v.to_string())
         .unwrap_or_else(|_| "null".to_string())
+}
+
+/// Refused input of one source beyond the full-audit bound of a window
+/// ([`crate::audit_budget`]): counted by code instead of one event each. Every Kafka
+/// message counted here was dead-lettered with its bytes; an HTTP one was answered 400.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusalsSummarized {
+    /// Logical topic (`spend.intents`, `spend.approvals`, `spend.settlements`); for the
+    /// HTTP API the topic its body stands for.
+    pub source_topic: String,
+    /// `kafka` or `api`.
+    pub source: String,
+    /// The Kafka partition and the offsets of the first and last message counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_offset: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_offset: Option<i64>,
+    /// The window (the instance's clock): refusals in it were audited one by one up to
+    /// `audited`, the rest counted here.
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub audited: u32,
+    /// Counted refusals by stable code, and their sum.
+    pub counts: std::collections::BTreeMap<String, u64>,
+    pub total: u64,
 }
 
 /// A message the service could neither handle nor dead-letter after bounded retries

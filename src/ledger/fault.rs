@@ -8,6 +8,14 @@
 //! connection broke during COMMIT) is transient: the retry is answered by the ledger's
 //! idempotency (intentId for decisions, the Kafka origin for intake records and votes),
 //! never by a second event.
+//!
+//! Between the two sits a third kind: an error about the *deployment* rather than the
+//! message (the service role lost its privileges, the schema is not migrated, the
+//! credentials or the database are gone). It is as permanent as a bad request, but it
+//! would refuse every message alike, so dead-lettering is wrong: each message would be
+//! thrown away undecided for a fault that is not its own. Such a fault is systemic: the
+//! caller holds its work, retries slowly and raises an alarm until an operator fixes
+//! the deployment, then carries on without having lost anything.
 
 /// How a caller should treat a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +23,11 @@ pub enum Fault {
     /// The database is unreachable, restarting, failing over, overloaded, or a timeout
     /// or a lost race ended the statement: retry with back-off.
     Transient,
+    /// The deployment is broken (privileges revoked, schema or database missing,
+    /// credentials refused): every request fails alike until an operator acts. Hold
+    /// the work, retry with a capped back-off, report it (metric, readiness); never
+    /// dead-letter because of it.
+    Systemic,
     /// The request itself is refused (constraint, bad data, a bug): bounded retries,
     /// then the message is dead-lettered or set aside.
     Permanent,
@@ -24,11 +37,75 @@ impl Fault {
     pub fn is_transient(self) -> bool {
         self == Fault::Transient
     }
+
+    pub fn is_systemic(self) -> bool {
+        self == Fault::Systemic
+    }
+
+    /// Whether the work must be kept and retried without end (transient or systemic):
+    /// only a permanent fault lets a message go to the dead-letter topic.
+    pub fn is_retried_without_end(self) -> bool {
+        self != Fault::Permanent
+    }
+
+    /// Stable name for logs, metrics labels and readiness details.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Transient => "transient",
+            Fault::Systemic => "systemic",
+            Fault::Permanent => "permanent",
+        }
+    }
+}
+
+/// SQLSTATEs that say the deployment, not the request, is wrong. The service's SQL is
+/// fixed in this build, so "no such table / function / column" means the schema is not
+/// the one this build was migrated for, and "permission denied" means the role was
+/// changed under the service: neither depends on which message is being handled.
+pub fn is_systemic_sqlstate(code: &str) -> bool {
+    let class = code.get(..2).unwrap_or(code);
+    // 28 invalid authorization specification (28000 role refused, 28P01 password);
+    // 3D invalid catalog name (3D000: the database does not exist); 3F invalid schema
+    // name (3F000).
+    matches!(class, "28" | "3D" | "3F")
+        || matches!(
+            code,
+            // insufficient_privilege: a GRANT revoked (table, sequence, EXECUTE on a
+            // ledger function) or the service connected as the wrong role.
+            "42501"
+            // undefined_table, undefined_function, undefined_column, undefined_object:
+            // the schema is missing, older or newer than this build's migrations.
+            | "42P01"
+            | "42883"
+            | "42703"
+            | "42704"
+        )
+}
+
+/// PostgreSQL's name of a systemic SQLSTATE ([`is_systemic_sqlstate`]), for what an
+/// unauthenticated readiness probe and a metric may say (the server's message, which
+/// names roles and tables, stays in the log).
+pub fn systemic_name(code: &str) -> &'static str {
+    match code {
+        "42501" => "insufficient_privilege",
+        "42P01" => "undefined_table",
+        "42883" => "undefined_function",
+        "42703" => "undefined_column",
+        "42704" => "undefined_object",
+        "28P01" => "invalid_password",
+        "3D000" => "invalid_catalog_name",
+        "3F000" => "invalid_schema_name",
+        c if c.starts_with("28") => "invalid_authorization_specification",
+        _ => "deployment_fault",
+    }
 }
 
 /// SQLSTATE classes and codes that mean "not now" rather than "not this".
 /// <https://www.postgresql.org/docs/current/errcodes-appendix.html>
 pub fn classify_sqlstate(code: &str) -> Fault {
+    if is_systemic_sqlstate(code) {
+        return Fault::Systemic;
+    }
     let class = code.get(..2).unwrap_or(code);
     let transient = match class {
         // 08 connection exception; 40 transaction rollback (serialization failure,
@@ -100,8 +177,7 @@ mod tests {
             ("23505", Fault::Permanent), // unique violation
             ("23502", Fault::Permanent), // not null violation
             ("22P02", Fault::Permanent), // invalid text representation
-            ("42P01", Fault::Permanent), // undefined table (schema not migrated)
-            ("42501", Fault::Permanent), // insufficient privilege
+            ("42601", Fault::Permanent), // syntax error: a bug of ours, per statement
             ("P0001", Fault::Permanent), // raise exception (append-only trigger)
             ("XX000", Fault::Permanent), // internal error
             ("25P02", Fault::Permanent), // in failed transaction: a bug of ours
@@ -109,6 +185,51 @@ mod tests {
         for (code, want) in cases {
             assert_eq!(classify_sqlstate(code), want, "SQLSTATE {code}");
         }
+    }
+
+    #[test]
+    fn deployment_faults_are_systemic() {
+        // One case per SQLSTATE that is about the deployment, not the message: held
+        // and alerted on, never dead-lettered.
+        let cases = [
+            (
+                "42501",
+                "insufficient privilege (GRANT revoked, wrong role)",
+            ),
+            ("42P01", "undefined table (schema not migrated)"),
+            (
+                "42883",
+                "undefined function (ledger functions missing or revoked)",
+            ),
+            ("42703", "undefined column (schema older than this build)"),
+            ("42704", "undefined object (a type or role missing)"),
+            (
+                "28000",
+                "invalid authorization specification (role refused)",
+            ),
+            ("28P01", "invalid password"),
+            (
+                "3D000",
+                "invalid catalog name (the database does not exist)",
+            ),
+            ("3F000", "invalid schema name"),
+        ];
+        for (code, what) in cases {
+            assert_eq!(classify_sqlstate(code), Fault::Systemic, "{code}: {what}");
+            assert!(is_systemic_sqlstate(code), "{code}");
+            assert_ne!(systemic_name(code), "deployment_fault", "{code} has a name");
+            assert!(Fault::Systemic.is_retried_without_end());
+            assert!(!Fault::Systemic.is_transient());
+        }
+        // Neighbours of those codes that are about one request stay permanent.
+        for code in [
+            "42601", "42P02", "42804", "23505", "22P02", "P0001", "XX000",
+        ] {
+            assert!(!is_systemic_sqlstate(code), "{code}");
+            assert_eq!(classify_sqlstate(code), Fault::Permanent, "{code}");
+        }
+        assert!(!Fault::Permanent.is_retried_without_end());
+        assert!(Fault::Transient.is_retried_without_end());
     }
 
     #[test]
@@ -130,6 +251,18 @@ mod tests {
         assert!(!LedgerError::Corrupt("altered row".into()).is_transient());
         assert!(!LedgerError::Bug("no sequence reserved".into()).is_transient());
         assert!(!LedgerError::Setup("migrations refused".into()).is_transient());
+        assert!(LedgerError::Setup("migrations refused".into()).is_systemic());
+        let wrong_kek = crate::keywrap::KeyWrapError::WrongKek {
+            wrapped_by: "a".into(),
+            configured: "b".into(),
+        };
+        assert!(LedgerError::SubjectKey(wrong_kek).is_systemic());
+        let tampered = crate::keywrap::KeyWrapError::Tampered {
+            key_id: uuid::Uuid::nil(),
+            kek_id: "a".into(),
+        };
+        assert_eq!(LedgerError::SubjectKey(tampered).fault(), Fault::Permanent);
+        assert!(!LedgerError::Bug("no sequence reserved".into()).is_systemic());
         let conflict = LedgerError::IdempotencyConflict {
             intent_id: "i".into(),
             existing_seq: 1,

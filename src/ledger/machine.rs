@@ -387,6 +387,7 @@ pub fn delta(
         | LedgerEvent::SubjectKeysRewrapped(_)
         | LedgerEvent::PolicySetRefused(_)
         | LedgerEvent::MessageSetAside(_)
+        | LedgerEvent::RefusalsSummarized(_)
         | LedgerEvent::SettlementRefused(_)
         | LedgerEvent::PolicyPromoted(_) => {}
     }

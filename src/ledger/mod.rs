@@ -155,14 +155,56 @@ impl LedgerError {
     /// Whether retrying can succeed (SPEC §15): the database was unavailable, failing
     /// over, timed out or lost a race. An idempotency conflict never becomes right.
     pub fn is_transient(&self) -> bool {
+        self.fault().is_transient()
+    }
+
+    /// Whether the deployment rather than the request is at fault (SPEC §15, see
+    /// [`fault::Fault::Systemic`]): hold the work and alert, never dead-letter.
+    pub fn is_systemic(&self) -> bool {
+        self.fault().is_systemic()
+    }
+
+    /// For a systemic fault, what may be shown without the server's own words (an
+    /// unauthenticated readiness probe, a log summary): `SQLSTATE 42501
+    /// insufficient_privilege`, `database setup`, `key-encryption key`.
+    pub fn systemic_reason(&self) -> Option<String> {
+        if !self.is_systemic() {
+            return None;
+        }
+        Some(match self {
+            LedgerError::Database(sqlx::Error::Database(db))
+            | LedgerError::Connect(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                format!("SQLSTATE {code} {}", fault::systemic_name(&code))
+            }
+            LedgerError::SubjectKey(_) => "key-encryption key".into(),
+            _ => "database setup".into(),
+        })
+    }
+
+    /// How a caller should treat this failure ([`fault`]).
+    pub fn fault(&self) -> fault::Fault {
+        use crate::keywrap::KeyWrapError as K;
+        use fault::Fault;
         match self {
             LedgerError::IdempotencyConflict { .. }
             | LedgerError::Corrupt(_)
-            | LedgerError::Bug(_) => false,
-            LedgerError::Database(e) => fault::classify(e).is_transient(),
-            LedgerError::Connect(e) => fault::classify(e).is_transient(),
-            LedgerError::Setup(_) => false,
-            LedgerError::SubjectKey(e) => e.is_transient(),
+            | LedgerError::Bug(_) => Fault::Permanent,
+            LedgerError::Database(e) | LedgerError::Connect(e) => fault::classify(e),
+            // Migrations refused, wrong role: an operator must act, whatever the message.
+            LedgerError::Setup(_) => Fault::Systemic,
+            LedgerError::SubjectKey(e) if e.is_transient() => Fault::Transient,
+            // No usable KEK, or the one configured is not the one the keys were wrapped
+            // by (a rotation without kek_previous_file): every subject alike.
+            LedgerError::SubjectKey(
+                K::NotConfigured
+                | K::Read { .. }
+                | K::Invalid { .. }
+                | K::Ambiguous { .. }
+                | K::WrongKek { .. },
+            ) => Fault::Systemic,
+            // One subject's row (tampered, still in clear): that subject's messages only.
+            LedgerError::SubjectKey(_) => Fault::Permanent,
         }
     }
 }
@@ -659,6 +701,50 @@ impl Ledger {
             &resource,
             (origin, "spend.intents"),
             LedgerEvent::IntentInvalid(payload),
+        )
+        .await
+    }
+
+    /// Records refused input counted beyond the full-audit bound of a window
+    /// (`refusals_summarized`, chain `intake`; [`crate::audit_budget`]). `origin` is
+    /// the last counted Kafka message's (so a redelivered summary is recorded once) or
+    /// the API's.
+    pub async fn record_refusals_summary(
+        &self,
+        source_topic: &str,
+        summary: &crate::audit_budget::Summary<impl Sized>,
+        origin: &Origin,
+    ) -> Result<i64, LedgerError> {
+        let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        let payload = events::RefusalsSummarized {
+            source_topic: source_topic.to_string(),
+            source: origin.source.clone(),
+            partition: origin.partition,
+            first_offset: summary.first_position,
+            last_offset: summary.last_position,
+            window_start: at(summary.window_start_ms),
+            window_end: at(summary.window_end_ms),
+            audited: summary.audited,
+            total: summary.total(),
+            counts: summary.counts.clone(),
+        };
+        let resource = match origin.partition {
+            Some(p) => format!(
+                "{source_topic}/{p}@{}-{}",
+                summary.first_position.unwrap_or(-1),
+                summary.last_position.unwrap_or(-1)
+            ),
+            None => format!(
+                "{source_topic}/{}@{}",
+                origin.source, summary.window_start_ms
+            ),
+        };
+        self.append_single(
+            INTAKE_CHAIN,
+            "spendguard",
+            &resource,
+            (origin, source_topic),
+            LedgerEvent::RefusalsSummarized(payload),
         )
         .await
     }

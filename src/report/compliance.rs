@@ -558,9 +558,36 @@ pub fn build(
                         .push((s.subject, ev.recorded_at, ev.actor.clone()));
                 }
             }
+            // Refusals counted beyond the audit bound (SPEC §15, `audit_budget`): added to
+            // the same totals as the ones audited one by one. Like those, they name no
+            // entity: unfiltered report only.
+            EventKind::RefusalsSummarized if in_period && period.entity.is_none() => {
+                let Ok(v) = serde_json::from_value::<crate::ledger::events::RefusalsSummarized>(
+                    ev.payload.clone(),
+                ) else {
+                    continue;
+                };
+                for (code, n) in v.counts {
+                    match v.source_topic.as_str() {
+                        "spend.approvals" => {
+                            a.refused_votes += n;
+                            *a.refused_votes_by_reason.entry(code).or_default() += n;
+                        }
+                        "spend.settlements" => {
+                            lifecycle.refused_settlements += n;
+                            *lifecycle
+                                .refused_settlements_by_code
+                                .entry(code)
+                                .or_default() += n;
+                        }
+                        _ => *invalid_by_code.entry(code).or_default() += n,
+                    }
+                }
+            }
             // Not in the report (yet): invalid input outside the period or scope, and
             // messages set aside (counted by the operations metrics).
             EventKind::IntentInvalid
+            | EventKind::RefusalsSummarized
             | EventKind::MessageSetAside
             | EventKind::PolicySetRefused
             | EventKind::FxRateSet

@@ -17,7 +17,9 @@ mod error;
 mod gauges;
 mod notifier;
 mod outbox;
+mod refusals;
 mod reload;
+mod systemic;
 mod worker;
 
 use arc_swap::ArcSwap;
@@ -33,8 +35,10 @@ use crate::bus::{self, Topics};
 use crate::config::Settings;
 use crate::kill_switch::PropagationProbe;
 use crate::ledger::Ledger;
+use crate::ledger::fault::Fault;
 use crate::policy::PolicySet;
 pub use error::ServeError;
+pub use systemic::SystemicFaults;
 
 /// Messages queued per worker before the consume loop waits (backpressure).
 const WORKER_QUEUE_LEN: usize = 256;
@@ -44,6 +48,12 @@ const RETRY_MAX_MS: u64 = 5_000;
 /// Attempts for a failure that is not transient (a bug, a constraint the ledger refuses)
 /// before the message is dead-lettered instead of blocking its partition for ever.
 pub(crate) const MAX_PERMANENT_ATTEMPTS: u32 = 5;
+/// Largest pause between retries while the deployment is broken (a systemic fault:
+/// privileges revoked, schema missing). Longer than for a transient fault: it lasts
+/// until an operator acts, and each retry logs; short enough that work resumes within
+/// seconds of the fix.
+const SYSTEMIC_RETRY_MAX_MS: u64 = 10_000;
+const _: () = assert!(SYSTEMIC_RETRY_MAX_MS >= RETRY_MAX_MS);
 
 /// Everything the tasks of one instance share.
 pub struct Shared {
@@ -60,11 +70,61 @@ pub struct Shared {
     /// Wakes the outbox publisher right after a local ledger commit.
     pub outbox_ready: Notify,
     pub shutdown: watch::Receiver<bool>,
+    /// Calls held on a systemic fault (readiness, gauge).
+    pub systemic: Arc<SystemicFaults>,
+    /// How many refused messages per source are still audited one by one (workers and
+    /// the synchronous API share it).
+    pub audit_budget: crate::audit_budget::SharedBudget,
 }
 
 impl Shared {
     pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// What [`retry_bounded`] needs of this instance.
+    pub(crate) fn hold(&self) -> Hold<'_> {
+        Hold {
+            stop: &self.shutdown,
+            systemic: &self.systemic,
+        }
+    }
+}
+
+/// Where a retried call learns that the instance stops, and reports a systemic fault.
+#[derive(Clone, Copy)]
+pub(crate) struct Hold<'a> {
+    pub stop: &'a watch::Receiver<bool>,
+    pub systemic: &'a SystemicFaults,
+}
+
+/// An error [`retry_bounded`] can classify (SPEC §15).
+pub(crate) trait Retryable: std::fmt::Display {
+    fn fault(&self) -> Fault;
+    /// For a systemic fault: the classified reason readiness and the log summary give.
+    fn systemic_reason(&self) -> String {
+        "deployment fault".into()
+    }
+}
+
+impl Retryable for crate::ledger::LedgerError {
+    fn fault(&self) -> Fault {
+        crate::ledger::LedgerError::fault(self)
+    }
+    fn systemic_reason(&self) -> String {
+        crate::ledger::LedgerError::systemic_reason(self).unwrap_or_default()
+    }
+}
+
+/// The broker either answers later (transient) or refuses this message (permanent):
+/// a deployment fault of the broker (ACLs, TLS) shows up at start, not per message.
+impl Retryable for bus::BusError {
+    fn fault(&self) -> Fault {
+        if self.is_transient() {
+            Fault::Transient
+        } else {
+            Fault::Permanent
+        }
     }
 }
 
@@ -149,17 +209,23 @@ pub async fn run(
         approvers: ArcSwap::from_pointee(approvers),
         outbox_ready: Notify::new(),
         shutdown: stop_rx,
+        systemic: Arc::default(),
+        audit_budget: Arc::default(),
         ledger: Arc::new(ledger),
         topics,
         settings,
     });
 
+    // The series exists from the start (0), so an alert sees it rise.
+    metrics::gauge!("spendguard_ledger_systemic_fault").set(0.0);
     // The control consumer is positioned before the ledger state is read, so no kill
     // switch change can fall between the two.
     let control = control::start(shared.clone()).await?;
     // Without a broker the outbox keeps every decision until a serve with Kafka runs.
     let outbox = kafka.then(|| tokio::spawn(outbox::run(shared.clone())));
     let sweeper = tokio::spawn(sweep_expired(shared.clone()));
+    // Ends by itself on shutdown; `refusals::drain` then records what is left.
+    let refusal_flusher = tokio::spawn(refusals::run(shared.clone()));
     let chain_status = Arc::new(crate::api::console::ChainStatus::default());
     let verifier = tokio::spawn(verify_chains(shared.clone(), chain_status.clone()));
     // Ends by itself on shutdown (it checks every probe); nothing waits for it.
@@ -223,7 +289,7 @@ pub async fn run(
         return stop_without_kafka(
             shared,
             stop_tx,
-            [sweeper, verifier, watcher, sampler],
+            [sweeper, verifier, watcher, sampler, refusal_flusher],
             http,
             control,
         )
@@ -276,6 +342,8 @@ pub async fn run(
         // The API's graceful shutdown follows the same stop signal; give it a bound.
         let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     }
+    let _ = refusal_flusher.await;
+    refusals::drain(&shared).await;
     control.abort();
     eprintln!(
         "spendguard serve: instance {} stopped cleanly",
@@ -289,7 +357,7 @@ pub async fn run(
 async fn stop_without_kafka(
     shared: Arc<Shared>,
     stop_tx: watch::Sender<bool>,
-    tasks: [tokio::task::JoinHandle<()>; 4],
+    tasks: [tokio::task::JoinHandle<()>; 5],
     http: Option<tokio::task::JoinHandle<()>>,
     control: tokio::task::JoinHandle<()>,
 ) -> Result<(), ServeError> {
@@ -300,6 +368,7 @@ async fn stop_without_kafka(
     for task in tasks {
         task.abort();
     }
+    refusals::drain(&shared).await;
     control.abort();
     eprintln!(
         "spendguard serve: instance {} stopped cleanly",
@@ -392,7 +461,7 @@ async fn start_api(
     let announcer = shared.producer.as_ref().map(|producer| {
         crate::kill_switch::Announcer::connected(producer.clone(), &shared.topics.control)
     });
-    let checks = match consumer {
+    let mut checks = match consumer {
         Some(consumer) => {
             let assigned: backends::ExtraCheck = Arc::new(move || {
                 let consumer = consumer.clone();
@@ -412,6 +481,7 @@ async fn start_api(
         }
         None => vec![api::intake::no_kafka_check()],
     };
+    checks.push(systemic_check(shared.systemic.clone()));
     let mut state = backends::state_for(
         shared.ledger.clone(),
         policies,
@@ -434,6 +504,7 @@ async fn start_api(
                 move || shared.policies.load_full()
             }),
             instance: shared.settings.instance.clone(),
+            audit_budget: shared.audit_budget.clone(),
             committed: Arc::new({
                 let shared = shared.clone();
                 move || shared.outbox_ready.notify_one()
@@ -490,6 +561,31 @@ async fn start_api(
     let scheme = if mount.tls.is_some() { "https" } else { "http" };
     eprintln!("spendguard serve: HTTP API on {scheme}://{bound}");
     Ok(handle)
+}
+
+/// Readiness fails while a call is held on a systemic fault (SPEC §15): PostgreSQL
+/// answers, but refuses this service's work until an operator fixes the deployment.
+/// The detail is the classified reason only (the probe is unauthenticated).
+fn systemic_check(faults: Arc<SystemicFaults>) -> crate::api::backends::ExtraCheck {
+    Arc::new(move || {
+        let current = faults.current();
+        Box::pin(async move {
+            let (ok, detail) = match current {
+                None => (true, "no systemic fault".to_string()),
+                Some(reason) => (
+                    false,
+                    format!(
+                        "systemic fault ({reason}): the database refuses this service's work for a reason of the deployment, not of a message; work is held, nothing is dead-lettered; see the service log"
+                    ),
+                ),
+            };
+            crate::api::views::ReadinessCheck {
+                name: "ledger_writes".into(),
+                ok,
+                detail,
+            }
+        })
+    })
 }
 
 /// One worker per partition (stable), so a partition's messages stay in order.
@@ -627,14 +723,16 @@ async fn verify_chains(shared: Arc<Shared>, status: Arc<crate::api::console::Cha
     }
 }
 
-/// Retries `op` with exponential back-off. Only transient failures (the database unreachable, a
-/// serialization conflict) are retried without end: while the database is down no
-/// message can be handled anyway, and giving up would skip work. Any other failure is
-/// retried `MAX_PERMANENT_ATTEMPTS` times, then reported so the caller dead-letters.
-pub(crate) async fn retry_bounded<T, E: std::fmt::Display, F, Fut>(
-    stop: &watch::Receiver<bool>,
+/// Retries `op` with exponential back-off. Transient failures (the database
+/// unreachable, a serialization conflict) and systemic ones (the deployment is broken:
+/// privileges revoked, schema missing) are retried without end: while they last no
+/// message can be handled anyway, and giving up would dead-letter work that is not at
+/// fault. A systemic fault is reported while it lasts (`hold.systemic`: readiness 503,
+/// `spendguard_ledger_systemic_fault`) and retried at a slower pace. Any other failure
+/// is retried `MAX_PERMANENT_ATTEMPTS` times, then reported so the caller dead-letters.
+pub(crate) async fn retry_bounded<T, E: Retryable, F, Fut>(
+    hold: Hold<'_>,
     what: &str,
-    transient: impl Fn(&E) -> bool,
     mut op: F,
 ) -> Attempt<T>
 where
@@ -643,9 +741,18 @@ where
 {
     let mut pause_ms = RETRY_FIRST_MS;
     let mut permanent_failures = 0u32;
+    // Set while the last failure was systemic; dropped on the next outcome of another
+    // kind (success included), which clears readiness and the gauge.
+    let mut held: Option<systemic::Held<'_>> = None;
     loop {
+        let mut cap_ms = RETRY_MAX_MS;
         match tokio::time::timeout(Duration::from_millis(CALL_DEADLINE_MS), op()).await {
-            Ok(Ok(v)) => return Attempt::Done(v),
+            Ok(Ok(v)) => {
+                if held.take().is_some() {
+                    tracing::warn!("{what} succeeded again: the systemic fault has cleared");
+                }
+                return Attempt::Done(v);
+            }
             // No answer at all (a peer paused, a connection black-holed): the call is
             // abandoned and retried; if it did commit meanwhile, the ledger's
             // idempotency answers the retry with what was recorded.
@@ -657,22 +764,39 @@ where
             }
             Ok(Err(e)) => {
                 metrics::counter!("spendguard_retries_total").increment(1);
-                if transient(&e) {
-                    tracing::warn!(error = %e, "{what} failed (transient); retrying in {pause_ms} ms");
-                } else {
-                    permanent_failures += 1;
-                    tracing::error!(error = %e, attempt = permanent_failures, "{what} failed");
-                    if permanent_failures >= MAX_PERMANENT_ATTEMPTS {
-                        return Attempt::GaveUp(e.to_string());
+                match e.fault() {
+                    Fault::Transient => {
+                        held = None;
+                        tracing::warn!(error = %e, "{what} failed (transient); retrying in {pause_ms} ms");
+                    }
+                    Fault::Systemic => {
+                        let reason = e.systemic_reason();
+                        cap_ms = SYSTEMIC_RETRY_MAX_MS;
+                        match &held {
+                            Some(_) => hold.systemic.update(reason),
+                            None => held = Some(hold.systemic.hold(reason)),
+                        }
+                        tracing::error!(
+                            error = %e,
+                            "{what} failed: the deployment is at fault (systemic), not the message; holding it and retrying in {pause_ms} ms until an operator fixes the database (nothing is dead-lettered)"
+                        );
+                    }
+                    Fault::Permanent => {
+                        held = None;
+                        permanent_failures += 1;
+                        tracing::error!(error = %e, attempt = permanent_failures, "{what} failed");
+                        if permanent_failures >= MAX_PERMANENT_ATTEMPTS {
+                            return Attempt::GaveUp(e.to_string());
+                        }
                     }
                 }
             }
         }
-        if *stop.borrow() {
+        if *hold.stop.borrow() {
             return Attempt::Stopped;
         }
-        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-        pause_ms = (pause_ms * 2).min(RETRY_MAX_MS);
+        tokio::time::sleep(Duration::from_millis(pause_ms.min(cap_ms))).await;
+        pause_ms = (pause_ms * 2).min(cap_ms);
     }
 }
 
@@ -703,35 +827,102 @@ pub async fn termination() {
 mod tests {
     use super::*;
 
+    /// An error of a given kind, for the retry tests.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Failure(Fault, &'static str);
+
+    impl std::fmt::Display for Failure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.1)
+        }
+    }
+
+    impl Retryable for Failure {
+        fn fault(&self) -> Fault {
+            self.0
+        }
+        fn systemic_reason(&self) -> String {
+            format!("test: {}", self.1)
+        }
+    }
+
     #[tokio::test]
     async fn permanent_failures_give_up_and_transient_ones_do_not() {
         let (_tx, stop) = watch::channel(false);
+        let systemic = SystemicFaults::default();
+        let hold = Hold {
+            stop: &stop,
+            systemic: &systemic,
+        };
         let mut calls = 0u32;
-        let r: Attempt<()> = retry_bounded(
-            &stop,
-            "op",
-            |_: &String| false,
-            || {
-                calls += 1;
-                async { Err("constraint violated".to_string()) }
-            },
-        )
+        let r: Attempt<()> = retry_bounded(hold, "op", || {
+            calls += 1;
+            async { Err(Failure(Fault::Permanent, "constraint violated")) }
+        })
         .await;
         assert!(matches!(r, Attempt::GaveUp(ref e) if e == "constraint violated"));
         assert_eq!(calls, MAX_PERMANENT_ATTEMPTS);
 
         // More transient failures than the permanent limit, then success: still done.
         let mut calls = 0u32;
-        let r = retry_bounded(
-            &stop,
+        let r = retry_bounded(hold, "op", || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n <= MAX_PERMANENT_ATTEMPTS + 1 {
+                    Err(Failure(Fault::Transient, "connection refused"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert!(matches!(r, Attempt::Done(n) if n == MAX_PERMANENT_ATTEMPTS + 2));
+        assert_eq!(
+            systemic.current(),
+            None,
+            "a transient fault is not systemic"
+        );
+
+        // Shutting down: stop retrying, leave the message for the next owner.
+        let (tx, stop) = watch::channel(false);
+        tx.send(true).unwrap();
+        let r: Attempt<()> = retry_bounded(
+            Hold {
+                stop: &stop,
+                systemic: &systemic,
+            },
             "op",
-            |_: &String| true,
+            || async { Err(Failure(Fault::Transient, "down")) },
+        )
+        .await;
+        assert!(matches!(r, Attempt::Stopped));
+    }
+
+    /// A systemic fault never gives up (no dead letter), is visible while it lasts and
+    /// clears with the first success.
+    #[tokio::test]
+    async fn systemic_failures_are_held_and_reported_until_they_clear() {
+        let (_tx, stop) = watch::channel(false);
+        let systemic = Arc::new(SystemicFaults::default());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut calls = 0u32;
+        // More than a permanent failure gets (about 3 s of real back-off).
+        let attempts = MAX_PERMANENT_ATTEMPTS + 1;
+        let r = retry_bounded(
+            Hold {
+                stop: &stop,
+                systemic: &systemic,
+            },
+            "op",
             || {
                 calls += 1;
                 let n = calls;
+                // What readiness would say right before this attempt.
+                seen.lock().unwrap().push(systemic.current());
                 async move {
-                    if n <= MAX_PERMANENT_ATTEMPTS + 1 {
-                        Err("connection refused".to_string())
+                    if n <= attempts {
+                        Err(Failure(Fault::Systemic, "permission denied"))
                     } else {
                         Ok(n)
                     }
@@ -739,19 +930,37 @@ mod tests {
             },
         )
         .await;
-        assert!(matches!(r, Attempt::Done(n) if n == MAX_PERMANENT_ATTEMPTS + 2));
+        assert!(matches!(r, Attempt::Done(n) if n == attempts + 1), "{r:?}");
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        assert_eq!(seen[0], None, "nothing held before the first failure");
+        assert!(
+            seen[1..]
+                .iter()
+                .all(|s| s.as_deref() == Some("test: permission denied")),
+            "{seen:?}"
+        );
+        assert_eq!(systemic.current(), None, "cleared by the success");
 
-        // Shutting down: stop retrying, leave the message for the next owner.
+        // Held, then the instance stops: released too.
         let (tx, stop) = watch::channel(false);
-        tx.send(true).unwrap();
+        let mut calls = 0u32;
         let r: Attempt<()> = retry_bounded(
-            &stop,
+            Hold {
+                stop: &stop,
+                systemic: &systemic,
+            },
             "op",
-            |_: &String| true,
-            || async { Err("down".to_string()) },
+            || {
+                calls += 1;
+                if calls == 2 {
+                    tx.send(true).unwrap();
+                }
+                async { Err(Failure(Fault::Systemic, "no such table")) }
+            },
         )
         .await;
         assert!(matches!(r, Attempt::Stopped));
+        assert_eq!(systemic.current(), None);
     }
 
     #[test]

@@ -7,8 +7,9 @@ use rdkafka::message::OwnedMessage;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-use super::{Attempt, Shared, retry_bounded};
+use super::{Attempt, Shared, refusals, retry_bounded};
 use crate::approvals;
+use crate::audit_budget::Verdict;
 use crate::bus::dlq::{self, DeadLetter, DeadLetterReason};
 use crate::intent::{self, IntentError};
 use crate::ledger::settle::SettleResult;
@@ -210,12 +211,9 @@ async fn decide_batch(
 ) -> Attempt<Vec<Result<crate::ledger::Decided, LedgerError>>> {
     let policies = shared.policies.load_full();
     let started = std::time::Instant::now();
-    let attempt = retry_bounded(
-        &shared.shutdown,
-        "ledger decide",
-        LedgerError::is_transient,
-        || shared.ledger.decide_batch(&policies, items),
-    )
+    let attempt = retry_bounded(shared.hold(), "ledger decide", || {
+        shared.ledger.decide_batch(&policies, items)
+    })
     .await;
     if matches!(attempt, Attempt::Done(_)) {
         telemetry::record_ledger_commit(started.elapsed());
@@ -274,13 +272,20 @@ async fn dead_letter_intent(
     err: &IntentError,
 ) -> bool {
     metrics::counter!("spendguard_invalid_intents_total", "code" => err.code).increment(1);
+    // Over the audit bound of its partition: dead-lettered all the same, counted in the
+    // window's `refusals_summarized` instead of an event of its own.
+    match refusals::admit(shared, "spend.intents", msg, err.code).await {
+        None => return false,
+        Some(Verdict::Count) => {
+            return send_dead_letter(shared, msg, &DeadLetterReason::InvalidIntent(err.clone()))
+                .await;
+        }
+        Some(Verdict::Audit) => {}
+    }
     let raw = msg.payload().unwrap_or_default();
-    match retry_bounded(
-        &shared.shutdown,
-        "ledger record_invalid_intent",
-        LedgerError::is_transient,
-        || shared.ledger.record_invalid_intent(raw, err, origin),
-    )
+    match retry_bounded(shared.hold(), "ledger record_invalid_intent", || {
+        shared.ledger.record_invalid_intent(raw, err, origin)
+    })
     .await
     {
         Attempt::Stopped => false,
@@ -315,21 +320,16 @@ async fn send_dead_letter(shared: &Shared, msg: &OwnedMessage, reason: &DeadLett
     let Some(producer) = shared.producer.as_ref() else {
         return set_aside(shared, msg, "dead_letter_refused", "no producer").await;
     };
-    let attempt = retry_bounded(
-        &shared.shutdown,
-        "dead-letter publish",
-        crate::bus::BusError::is_transient,
-        || {
-            dlq::send(
-                producer,
-                &shared.topics.dlq,
-                msg.key(),
-                raw,
-                &letter,
-                Some(shared.ledger.fingerprint(raw)),
-            )
-        },
-    )
+    let attempt = retry_bounded(shared.hold(), "dead-letter publish", || {
+        dlq::send(
+            producer,
+            &shared.topics.dlq,
+            msg.key(),
+            raw,
+            &letter,
+            Some(shared.ledger.fingerprint(raw)),
+        )
+    })
     .await;
     match attempt {
         Attempt::Done(()) => {
@@ -371,16 +371,11 @@ async fn set_aside(shared: &Shared, msg: &OwnedMessage, code: &str, detail: &str
     );
     metrics::counter!("spendguard_messages_set_aside_total", "topic" => logical, "code" => code.to_string())
         .increment(1);
-    match retry_bounded(
-        &shared.shutdown,
-        "ledger record_set_aside",
-        LedgerError::is_transient,
-        || {
-            shared
-                .ledger
-                .record_set_aside(logical, raw, code, detail, &origin)
-        },
-    )
+    match retry_bounded(shared.hold(), "ledger record_set_aside", || {
+        shared
+            .ledger
+            .record_set_aside(logical, raw, code, detail, &origin)
+    })
     .await
     {
         Attempt::Done(_) => true,
@@ -403,17 +398,25 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
                 code: refusal.code(),
                 detail: refusal.to_string(),
             };
+            let audited =
+                match refusals::admit(shared, "spend.approvals", msg, refusal.code()).await {
+                    None => return false,
+                    Some(v) => v == Verdict::Audit,
+                };
+            if !audited {
+                // Counted in the window's summary; metrics as for any refused vote.
+                metrics::counter!("spendguard_votes_total", "result" => "refused").increment(1);
+                telemetry::record_refused_vote(refusal.code());
+                return send_dead_letter(shared, msg, &reason).await;
+            }
             return refuse(shared, raw, refusal.code(), reason.message(), origin).await
                 && send_dead_letter(shared, msg, &reason).await;
         }
     };
     let registry = shared.approvers.load();
-    let checked = match retry_bounded(
-        &shared.shutdown,
-        "ledger vote check",
-        LedgerError::is_transient,
-        || crate::vote_intake::check(&shared.ledger, &registry, &vote),
-    )
+    let checked = match retry_bounded(shared.hold(), "ledger vote check", || {
+        crate::vote_intake::check(&shared.ledger, &registry, &vote)
+    })
     .await
     {
         Attempt::Done(r) => r,
@@ -434,12 +437,9 @@ async fn handle_vote(shared: &Shared, msg: &OwnedMessage, origin: &Origin) -> bo
             return refuse(shared, raw, refusal.code(), &refusal.to_string(), origin).await;
         }
     };
-    match retry_bounded(
-        &shared.shutdown,
-        "ledger apply_vote",
-        LedgerError::is_transient,
-        || shared.ledger.apply_vote(&verified, origin),
-    )
+    match retry_bounded(shared.hold(), "ledger apply_vote", || {
+        shared.ledger.apply_vote(&verified, origin)
+    })
     .await
     {
         Attempt::Stopped => false,
@@ -475,12 +475,9 @@ async fn refuse(shared: &Shared, raw: &[u8], code: &str, detail: &str, origin: &
     tracing::info!(%code, %detail, "vote refused");
     metrics::counter!("spendguard_votes_total", "result" => "refused").increment(1);
     telemetry::record_refused_vote(code);
-    match retry_bounded(
-        &shared.shutdown,
-        "ledger refuse_vote",
-        LedgerError::is_transient,
-        || shared.ledger.refuse_vote(raw, code, detail, origin),
-    )
+    match retry_bounded(shared.hold(), "ledger refuse_vote", || {
+        shared.ledger.refuse_vote(raw, code, detail, origin)
+    })
     .await
     {
         Attempt::Done(_) => true,
@@ -528,12 +525,9 @@ async fn handle_settlements(shared: &Shared, msgs: &[&OwnedMessage]) -> bool {
         return true;
     }
     let policies = shared.policies.load_full();
-    match retry_bounded(
-        &shared.shutdown,
-        "ledger settle_batch",
-        LedgerError::is_transient,
-        || shared.ledger.settle_batch(&policies, &items),
-    )
+    match retry_bounded(shared.hold(), "ledger settle_batch", || {
+        shared.ledger.settle_batch(&policies, &items)
+    })
     .await
     {
         Attempt::Stopped => false,
@@ -593,12 +587,21 @@ async fn handle_settlement(shared: &Shared, msg: &OwnedMessage, origin: &Origin)
         Ok(s) => s,
         Err(err) => {
             metrics::counter!("spendguard_settlements_total", "result" => "invalid").increment(1);
-            match retry_bounded(
-                &shared.shutdown,
-                "ledger record_invalid_settlement",
-                LedgerError::is_transient,
-                || shared.ledger.record_invalid_settlement(raw, &err, origin),
-            )
+            match refusals::admit(shared, "spend.settlements", msg, err.code).await {
+                None => return false,
+                Some(Verdict::Count) => {
+                    return send_dead_letter(
+                        shared,
+                        msg,
+                        &DeadLetterReason::InvalidSettlement(err),
+                    )
+                    .await;
+                }
+                Some(Verdict::Audit) => {}
+            }
+            match retry_bounded(shared.hold(), "ledger record_invalid_settlement", || {
+                shared.ledger.record_invalid_settlement(raw, &err, origin)
+            })
             .await
             {
                 Attempt::Stopped => return false,
@@ -611,12 +614,9 @@ async fn handle_settlement(shared: &Shared, msg: &OwnedMessage, origin: &Origin)
         }
     };
     let policies = shared.policies.load_full();
-    match retry_bounded(
-        &shared.shutdown,
-        "ledger settle",
-        LedgerError::is_transient,
-        || shared.ledger.settle(&policies, &parsed, origin),
-    )
+    match retry_bounded(shared.hold(), "ledger settle", || {
+        shared.ledger.settle(&policies, &parsed, origin)
+    })
     .await
     {
         Attempt::Stopped => false,

@@ -123,6 +123,30 @@ async fn every_event_type_is_recorded_and_the_ledger_replays() {
             .await
             .unwrap()
     );
+    // Junk over the audit bound, counted in a summary; recorded once per Kafka origin
+    // (its last counted message) like the other intake records.
+    let mut budget = spendguard::audit_budget::AuditBudget::new(1, 60_000);
+    for (i, code) in ["invalid_json", "invalid_json", "missing_field"]
+        .iter()
+        .enumerate()
+    {
+        budget.admit(&4, code, 0, Some(2000 + i as i64));
+    }
+    let summary = budget.drain().pop().expect("a summary");
+    assert_eq!(summary.total(), 2);
+    let last = spendguard::ledger::Origin::kafka("test", 4, 2002);
+    let summarized = ledger
+        .record_refusals_summary("spend.intents", &summary, &last)
+        .await
+        .unwrap();
+    assert_eq!(
+        summarized,
+        ledger
+            .record_refusals_summary("spend.intents", &summary, &last)
+            .await
+            .unwrap(),
+        "a retry must not append a second summary"
+    );
     let conflict = ledger
         .decide(&set, &intent("i-allow", "ag", "301.00"), &o)
         .await

@@ -29,7 +29,7 @@ pub(crate) fn api_addr(p: &ServeProcess) -> SocketAddr {
 
 /// Value of the series `name{...}` whose labels contain every `label="value"` given;
 /// summed when several series match (None when none does).
-fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
