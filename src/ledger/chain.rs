@@ -193,40 +193,50 @@ impl Verifier {
     /// Compares the recorded chain heads with the last event seen of each chain.
     pub fn finish(&mut self, heads: &[(String, i64, Hash, i64)]) {
         for (chain_id, pos, hash, seq) in heads {
-            match self.last.get(chain_id) {
-                None => self.problems.push(ChainProblem {
-                    seq: *seq,
-                    chain_id: chain_id.clone(),
-                    chain_pos: *pos,
-                    problem: format!("chain head records position {pos} but the chain has no events (deleted)"),
-                }),
-                Some((last_pos, last_hash, _)) if last_pos != pos || last_hash != hash => {
-                    self.problems.push(ChainProblem {
-                        seq: *seq,
-                        chain_id: chain_id.clone(),
-                        chain_pos: *pos,
-                        problem: format!(
-                            "chain head records position {pos} (hash {}) but the last event is at position {last_pos} (hash {}): the tail was deleted or altered",
-                            hex::encode(hash),
-                            hex::encode(last_hash)
-                        ),
-                    })
-                }
-                Some(_) => {}
-            }
+            self.check_head(chain_id, *pos, hash, *seq);
         }
-        // A set, not a scan per chain: a ledger has one chain per agent (100,000s).
-        let recorded: std::collections::HashSet<&str> =
-            heads.iter().map(|(c, ..)| c.as_str()).collect();
-        for (chain_id, (pos, _, seq)) in &self.last {
-            if !recorded.contains(chain_id.as_str()) {
+        self.finish_heads();
+    }
+
+    /// Compares one recorded chain head with the last event seen of its chain. Heads
+    /// can be fed one at a time as they are read (a ledger has one chain per agent, and
+    /// holding 100,000 head rows was ~30 MB of replay's peak); then [`Self::finish_heads`].
+    pub fn check_head(&mut self, chain_id: &str, pos: i64, hash: &Hash, seq: i64) {
+        // A chain whose head was seen leaves `last` (`chain_head` has one row per
+        // chain): what remains at the end are the chains without a head.
+        match self.last.remove(chain_id) {
+            None => self.problems.push(ChainProblem {
+                seq,
+                chain_id: chain_id.to_string(),
+                chain_pos: pos,
+                problem: format!("chain head records position {pos} but the chain has no events (deleted)"),
+            }),
+            Some((last_pos, last_hash, _)) if last_pos != pos || last_hash != *hash => {
                 self.problems.push(ChainProblem {
-                    seq: *seq,
-                    chain_id: chain_id.clone(),
-                    chain_pos: *pos,
-                    problem: "chain has events but no recorded head".into(),
-                });
+                    seq,
+                    chain_id: chain_id.to_string(),
+                    chain_pos: pos,
+                    problem: format!(
+                        "chain head records position {pos} (hash {}) but the last event is at position {last_pos} (hash {}): the tail was deleted or altered",
+                        hex::encode(hash),
+                        hex::encode(last_hash)
+                    ),
+                })
             }
+            Some(_) => {}
+        }
+    }
+
+    /// After every head went through [`Self::check_head`]: chains with events but no
+    /// recorded head are problems too; problems end in seq order.
+    pub fn finish_heads(&mut self) {
+        for (chain_id, (pos, _, seq)) in std::mem::take(&mut self.last) {
+            self.problems.push(ChainProblem {
+                seq,
+                chain_id,
+                chain_pos: pos,
+                problem: "chain has events but no recorded head".into(),
+            });
         }
         self.problems.sort_by_key(|p| p.seq);
     }
@@ -294,6 +304,28 @@ mod tests {
         let truncated = &rows[..4];
         let p = verify(truncated, rows.last());
         assert_eq!(p[0].seq, 50);
+    }
+
+    #[test]
+    fn heads_streamed_one_at_a_time_find_headless_chains_and_chainless_heads() {
+        let rows = chain(3);
+        let mut v = Verifier::default();
+        rows.iter().for_each(|r| v.check(r));
+        // A head for a chain with no events, and none for the chain that has them.
+        v.check_head("agent:ghost", 4, &GENESIS, 99);
+        v.finish_heads();
+        let problems: Vec<_> = v.problems.iter().map(|p| p.problem.as_str()).collect();
+        assert_eq!(v.problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("no recorded head"), "{problems:?}");
+        assert!(problems[1].contains("has no events"), "{problems:?}");
+
+        // The matching head, streamed: nothing to report.
+        let mut v = Verifier::default();
+        rows.iter().for_each(|r| v.check(r));
+        let last = rows.last().unwrap();
+        v.check_head(&last.chain_id, last.chain_pos, &last.hash, last.seq);
+        v.finish_heads();
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
     }
 
     #[test]

@@ -120,6 +120,16 @@ impl Timeline {
         // this appends and updates O(log n) nodes.
         let at = self.entries.partition_point(|x| x.at <= e.at);
         self.total = add(self.total, self.held(&e));
+        // Most scopes (agents) hold one or two records, but `Vec`'s first growth
+        // reserves room for 4 entries (4 × 112 bytes, and 4 tree nodes): at 100,000
+        // agents the timelines took ~70 MB of replay's peak heap, mostly unused. Grow
+        // by doubling from 1 instead (same amortised cost for the large, entity
+        // timelines).
+        if self.entries.len() == self.entries.capacity() {
+            let more = self.entries.len().max(1);
+            self.entries.reserve_exact(more);
+            self.tree.reserve_exact(more);
+        }
         self.entries.insert(at, e);
         self.rebuild_from(at + 1);
     }
