@@ -9,8 +9,9 @@
 #   scripts/bench-loadgen.sh [--debug] [--rate 1000] [--duration 30] [--agents 1000]
 #                            [--workers N] [--intent-partitions N] [--no-baseline]
 #                            [--no-lifecycle] [--lifecycle-mix 70,15,10,5]
-#                            [--http | --no-kafka]
+#                            [--http | --no-kafka] [--bin PATH]
 #
+# --bin PATH runs that spendguard binary and builds nothing (A/B runs of two builds).
 # --http measures the synchronous API instead (SPEC §13.4): serve also listens on
 # 127.0.0.1:18080 and loadgen POSTs the same intent mix to /v1/intents with the demo
 # payment_service token (decisions still go through the outbox to tansu); --no-kafka
@@ -46,8 +47,9 @@ while [ $# -gt 0 ]; do
     --no-lifecycle) loadgen_flags+=(--no-lifecycle) ;;
     --lifecycle-mix) loadgen_flags+=(--lifecycle-mix "$2"); shift ;;
     --http) http=1 ;;
+    --bin) bin_override="$2"; shift ;;
     --no-kafka) http=1; no_kafka=1 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -56,8 +58,10 @@ done
 scripts/postgres.sh >/dev/null
 # shellcheck disable=SC1091
 source scripts/env.sh
-if [ "$profile" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
-bin=${CARGO_TARGET_DIR:-target}/$profile/spendguard
+if [ -z "${bin_override:-}" ]; then
+  if [ "$profile" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
+fi
+bin=${bin_override:-${CARGO_TARGET_DIR:-target}/$profile/spendguard}
 
 dir=target/lgbench
 rm -rf "$dir" && mkdir -p "$dir"

@@ -23,7 +23,6 @@
 //! Guarantees and how they are enforced are in docs/ledger.md.
 
 pub mod authorization;
-mod calls;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;

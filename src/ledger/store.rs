@@ -1,9 +1,8 @@
 //! Transaction plumbing shared by every write path: chain locks, sequence allocation,
-//! event appends and the bulk writes of events and projections (arrays through
-//! `unnest`; the events in one statement, every projection and the outbox in a second,
-//! so a batch of intents costs the same few round trips as a single intent).
+//! event appends and the bulk writes of events and projections (one statement per
+//! table per transaction, arrays through `unnest`, so a batch of intents costs a
+//! handful of round trips).
 
-use super::calls::Calls;
 use super::chain::{self, EventRow, Hash, Heads};
 use super::events::{Origin, canonical};
 use super::machine::{self, Change, DIGEST_BYTES, Digest, Projections, Recorded, Staged};
@@ -540,11 +539,7 @@ impl WriteSet {
         }
     }
 
-    /// Writes everything (the caller commits) in two round trips: the events, then every
-    /// projection through its ledger function plus the outbox rows in one statement
-    /// ([`Calls`]). The events go first and alone: each projection function checks that
-    /// the event it folds from was appended by this transaction, and a `WITH` insert
-    /// in the same statement would not be visible to it yet.
+    /// Writes everything (the caller commits).
     pub async fn flush(self, conn: &mut PgConnection) -> sqlx::Result<()> {
         if !self.events.is_empty() {
             let e = &self.events;
@@ -565,52 +560,44 @@ impl WriteSet {
             .bind(e.iter().map(|r| r.hash.to_vec()).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
-        }
-        self.projection_calls()?.execute(conn).await
-    }
 
-    /// The projection writes of [`WriteSet::flush`], in the order the separate
-    /// statements used to run.
-    fn projection_calls(&self) -> sqlx::Result<Calls> {
-        let mut c = Calls::default();
-        if !self.events.is_empty() {
-            let e = &self.events;
-            let (mut ids, mut pos, mut hashes, mut seqs) = (vec![], vec![], vec![], vec![]);
-            for chain in &self.touched_chains {
-                if let Some(last) = e.iter().rev().find(|r| &r.chain_id == chain) {
-                    ids.push(chain.as_str());
+            let mut ids = Vec::new();
+            let mut pos = Vec::new();
+            let mut hashes = Vec::new();
+            let mut seqs = Vec::new();
+            for c in &self.touched_chains {
+                if let Some(last) = e.iter().rev().find(|r| &r.chain_id == c) {
+                    ids.push(c.as_str());
                     pos.push(last.chain_pos);
                     hashes.push(last.hash.to_vec());
                     seqs.push(last.seq);
                 }
             }
-            c.call(
-                "ledger_write_chain_heads",
-                &["text[]", "bigint[]", "bytea[]", "bigint[]"],
-            );
-            c.bind(ids)?.bind(pos)?.bind(hashes)?.bind(seqs)?;
+            sqlx::query(
+                "SELECT ledger_write_chain_heads($1::text[], $2::bigint[], $3::bytea[], $4::bigint[])",
+            )
+            .bind(ids)
+            .bind(pos)
+            .bind(hashes)
+            .bind(seqs)
+            .execute(&mut *conn)
+            .await?;
         }
         if !self.decisions.is_empty() {
             let d = &self.decisions;
-            c.call(
-                "ledger_write_decisions",
-                &[
-                    "text[]", "text[]", "text[]", "bigint[]", "bytea[]", "bytea[]", "text[]",
-                    "text[]",
-                ],
-            );
-            c.bind(d.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())?
-                .bind(d.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())?
-                .bind(d.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())?
-                .bind(d.iter().map(|r| r.seq).collect::<Vec<_>>())?
-                .bind(d.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())?
-                .bind(
-                    d.iter()
-                        .map(|r| r.decision_hash.clone())
-                        .collect::<Vec<_>>(),
-                )?
-                .bind(d.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>())?
-                .bind(d.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())?;
+            sqlx::query(
+                "SELECT ledger_write_decisions($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::bytea[], $7::text[], $8::text[])",
+            )
+            .bind(d.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.decision_hash.clone()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
         // Increases are upserts; decreases (outcomes) touch rows that exist, and go
         // through UPDATE because an INSERT's CHECK constraints see the negative delta.
@@ -619,314 +606,239 @@ impl WriteSet {
             .iter()
             .filter(|(_, (c, r, _))| !c.is_zero() || !r.is_zero())
             .partition(|(_, (c, r, _))| !c.is_sign_negative() && !r.is_sign_negative());
-        for (rows, function) in [(grow, "ledger_grow_usage"), (shrink, "ledger_shrink_usage")] {
+        for (rows, sql) in [
+            (
+                grow,
+                "SELECT ledger_grow_usage($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::numeric[], $7::numeric[], $8::bigint[])",
+            ),
+            (
+                shrink,
+                "SELECT ledger_shrink_usage($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::numeric[], $7::numeric[], $8::bigint[])",
+            ),
+        ] {
             if rows.is_empty() {
                 continue;
             }
-            c.call(
-                function,
-                &[
-                    "text[]",
-                    "text[]",
-                    "text[]",
-                    "text[]",
-                    "date[]",
-                    "numeric[]",
-                    "numeric[]",
-                    "bigint[]",
-                ],
-            );
-            c.bind(
-                rows.iter()
-                    .map(|(k, _)| k.agent_id.as_str())
-                    .collect::<Vec<_>>(),
-            )?
-            .bind(
-                rows.iter()
-                    .map(|(k, _)| k.kind.as_str())
-                    .collect::<Vec<_>>(),
-            )?
-            .bind(rows.iter().map(|(k, _)| k.tz.as_str()).collect::<Vec<_>>())?
-            .bind(
-                rows.iter()
-                    .map(|(k, _)| k.currency.as_str())
-                    .collect::<Vec<_>>(),
-            )?
-            .bind(rows.iter().map(|(k, _)| k.start).collect::<Vec<_>>())?
-            .bind(rows.iter().map(|(_, v)| v.0).collect::<Vec<_>>())?
-            .bind(rows.iter().map(|(_, v)| v.1).collect::<Vec<_>>())?
-            .bind(rows.iter().map(|(_, v)| v.2).collect::<Vec<_>>())?;
+            sqlx::query(sql)
+                .bind(
+                    rows.iter()
+                        .map(|(k, _)| k.agent_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    rows.iter()
+                        .map(|(k, _)| k.kind.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(rows.iter().map(|(k, _)| k.tz.as_str()).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|(k, _)| k.currency.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(rows.iter().map(|(k, _)| k.start).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, v)| v.1).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, v)| v.2).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
         }
         if !self.pending_insert.is_empty() {
             let p = &self.pending_insert;
-            c.call(
-                "ledger_open_pending",
-                &[
-                    "text[]",
-                    "text[]",
-                    "text[]",
-                    "text[]",
-                    "int[]",
-                    "numeric[]",
-                    "text[]",
-                    "text[]",
-                    "date[]",
-                    "date[]",
-                    "bigint[]",
-                    "timestamptz[]",
-                    "bigint[]",
-                    "numeric[]",
-                    "numeric[]",
-                    "text[]",
-                ],
-            );
-            c.bind(p.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.approvals_required).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.amount).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.tz.as_str()).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.day).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.month).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.decided_seq).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.expires_at).collect::<Vec<_>>())?
-                .bind(
-                    p.iter()
-                        .map(|r| r.authorization_ttl_secs)
-                        .collect::<Vec<_>>(),
-                )?
-                .bind(p.iter().map(|r| r.fx_rate).collect::<Vec<_>>())?
-                .bind(p.iter().map(|r| r.intent_amount).collect::<Vec<_>>())?
-                .bind(
-                    p.iter()
-                        .map(|r| r.intent_currency.as_deref())
-                        .collect::<Vec<_>>(),
-                )?;
+            sqlx::query(
+                "SELECT ledger_open_pending($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::numeric[], $7::text[], $8::text[], $9::date[], $10::date[], $11::bigint[], $12::timestamptz[], $13::bigint[], $14::numeric[], $15::numeric[], $16::text[])",
+            )
+            .bind(p.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.approvals_required).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.amount).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.tz.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.day).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.month).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.decided_seq).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.expires_at).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.authorization_ttl_secs).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.fx_rate).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.intent_amount).collect::<Vec<_>>())
+            .bind(p.iter().map(|r| r.intent_currency.as_deref()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
         if !self.pending_delete.is_empty() {
             let d = &self.pending_delete;
-            c.call("ledger_close_pending", &["text[]", "bigint[]"]);
-            c.bind(d.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())?
-                .bind(d.iter().map(|(_, seq)| *seq).collect::<Vec<_>>())?;
+            sqlx::query("SELECT ledger_close_pending($1::text[], $2::bigint[])")
+                .bind(d.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
+                .bind(d.iter().map(|(_, seq)| *seq).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
         }
         if !self.votes.is_empty() {
             let v = &self.votes;
-            c.call(
-                "ledger_write_votes",
-                &["text[]", "text[]", "text[]", "timestamptz[]", "bigint[]"],
-            );
-            c.bind(v.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())?
-                .bind(v.iter().map(|r| r.approver_id.as_str()).collect::<Vec<_>>())?
-                .bind(v.iter().map(|r| r.vote.as_str()).collect::<Vec<_>>())?
-                .bind(v.iter().map(|r| r.signed_at).collect::<Vec<_>>())?
-                .bind(v.iter().map(|r| r.seq).collect::<Vec<_>>())?;
+            sqlx::query(
+                "SELECT ledger_write_votes($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])",
+            )
+            .bind(v.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(v.iter().map(|r| r.approver_id.as_str()).collect::<Vec<_>>())
+            .bind(v.iter().map(|r| r.vote.as_str()).collect::<Vec<_>>())
+            .bind(v.iter().map(|r| r.signed_at).collect::<Vec<_>>())
+            .bind(v.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
         if !self.outcomes.is_empty() {
             let o = &self.outcomes;
-            c.call(
-                "ledger_write_outcomes",
-                &[
-                    "text[]",
-                    "text[]",
-                    "text[]",
-                    "timestamptz[]",
-                    "bigint[]",
-                    "text[]",
-                ],
-            );
-            c.bind(o.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())?
-                .bind(o.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())?
-                .bind(o.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())?
-                .bind(o.iter().map(|r| r.closed_at).collect::<Vec<_>>())?
-                .bind(o.iter().map(|r| r.seq).collect::<Vec<_>>())?
-                .bind(o.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())?;
+            sqlx::query(
+                "SELECT ledger_write_outcomes($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::text[])",
+            )
+            .bind(o.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.closed_at).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
         for k in &self.kills {
-            c.call(
-                "ledger_set_kill_switch",
-                &["text", "boolean", "text", "text", "timestamptz", "bigint"],
-            );
-            c.bind(k.scope.as_str())?
-                .bind(k.active)?
-                .bind(k.actor.as_str())?
-                .bind(k.reason.as_str())?
-                .bind(k.changed_at)?
-                .bind(k.seq)?;
+            sqlx::query("SELECT ledger_set_kill_switch($1, $2, $3, $4, $5, $6)")
+                .bind(&k.scope)
+                .bind(k.active)
+                .bind(&k.actor)
+                .bind(&k.reason)
+                .bind(k.changed_at)
+                .bind(k.seq)
+                .execute(&mut *conn)
+                .await?;
         }
         for p in &self.policies {
-            c.call(
-                "ledger_write_policy_version",
-                &["text", "text", "text", "text", "bigint"],
-            );
-            c.bind(p.sha256.as_str())?
-                .bind(p.name.as_str())?
-                .bind(p.version.as_str())?
-                .bind(p.canonical.as_str())?
-                .bind(p.seq)?;
+            sqlx::query("SELECT ledger_write_policy_version($1, $2, $3, $4, $5)")
+                .bind(&p.sha256)
+                .bind(&p.name)
+                .bind(&p.version)
+                .bind(&p.canonical)
+                .bind(p.seq)
+                .execute(&mut *conn)
+                .await?;
         }
-        for cf in &self.configs {
-            c.call(
-                "ledger_write_config_version",
-                &["text", "bigint", "text", "text", "text", "bigint"],
-            );
-            c.bind(cf.kind.as_str())?
-                .bind(cf.version)?
-                .bind(cf.sha256.as_str())?
-                .bind(cf.canonical.as_str())?
-                .bind(cf.actor.as_str())?
-                .bind(cf.seq)?;
+        for c in &self.configs {
+            sqlx::query("SELECT ledger_write_config_version($1, $2, $3, $4, $5, $6)")
+                .bind(&c.kind)
+                .bind(c.version)
+                .bind(&c.sha256)
+                .bind(&c.canonical)
+                .bind(&c.actor)
+                .bind(c.seq)
+                .execute(&mut *conn)
+                .await?;
         }
         if !self.authorizations.is_empty() {
             let a: Vec<&AuthorizationRow> = self.authorizations.values().collect();
-            c.call(
-                "ledger_write_authorizations",
-                &[
-                    "text[]",
-                    "text[]",
-                    "text[]",
-                    "numeric[]",
-                    "numeric[]",
-                    "numeric[]",
-                    "numeric[]",
-                    "numeric[]",
-                    "numeric[]",
-                    "bool[]",
-                    "bool[]",
-                    "timestamptz[]",
-                    "text[]",
-                    "text[]",
-                    "date[]",
-                    "date[]",
-                    "bigint[]",
-                    "numeric[]",
-                    "text[]",
-                ],
-            );
-            c.bind(a.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.authorized).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.captured).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.voided).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.refunded).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.restored).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.expired_amount).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.is_final).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.expired).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.expires_at).collect::<Vec<_>>())?
-                .bind(
-                    a.iter()
-                        .map(|r| r.state.currency.as_str())
-                        .collect::<Vec<_>>(),
-                )?
-                .bind(a.iter().map(|r| r.state.tz.as_str()).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.day).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.month).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.state.fx_rate).collect::<Vec<_>>())?
-                .bind(
-                    a.iter()
-                        .map(|r| r.state.usage_currency.as_deref())
-                        .collect::<Vec<_>>(),
-                )?;
+            sqlx::query(
+                "SELECT ledger_write_authorizations($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::bool[], $11::bool[], $12::timestamptz[], $13::text[], $14::text[], $15::date[], $16::date[], $17::bigint[], $18::numeric[], $19::text[])",
+            )
+            .bind(a.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.authorized).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.captured).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.voided).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.refunded).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.restored).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.expired_amount).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.is_final).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.expired).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.expires_at).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.currency.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.tz.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.day).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.month).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.fx_rate).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.state.usage_currency.as_deref()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
         if !self.settlements.is_empty() {
             let st = &self.settlements;
-            c.call(
-                "ledger_write_settlements",
-                &[
-                    "text[]", "text[]", "text[]", "bytea[]", "bigint[]", "text[]",
-                ],
-            );
-            c.bind(
-                st.iter()
-                    .map(|r| r.settlement_id.as_str())
-                    .collect::<Vec<_>>(),
-            )?
-            .bind(st.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())?
-            .bind(st.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())?
-            .bind(st.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())?
-            .bind(st.iter().map(|r| r.seq).collect::<Vec<_>>())?
-            .bind(st.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())?;
+            sqlx::query(
+                "SELECT ledger_write_settlements($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::text[])",
+            )
+            .bind(st.iter().map(|r| r.settlement_id.as_str()).collect::<Vec<_>>())
+            .bind(st.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(st.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(st.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
+            .bind(st.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(st.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
         if !self.agent_entities.is_empty() {
             let a = &self.agent_entities;
             // The first binding wins, in the batch as in the table (the fold's rule).
-            c.call("ledger_bind_agents", &["text[]", "text[]", "bigint[]"]);
-            c.bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())?
-                .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())?;
+            sqlx::query("SELECT ledger_bind_agents($1::text[], $2::text[], $3::bigint[])")
+                .bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+                .bind(a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
+                .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
         }
         for f in &self.fx_rates {
-            c.call(
-                "ledger_set_fx_rate",
-                &["text", "numeric", "timestamptz", "bigint"],
-            );
-            c.bind(f.pair.as_str())?
-                .bind(f.rate)?
-                .bind(f.set_at)?
-                .bind(f.seq)?;
+            sqlx::query("SELECT ledger_set_fx_rate($1, $2, $3, $4)")
+                .bind(&f.pair)
+                .bind(f.rate)
+                .bind(f.set_at)
+                .bind(f.seq)
+                .execute(&mut *conn)
+                .await?;
         }
         if !self.records.is_empty() {
             let r = &self.records;
-            c.call(
-                "ledger_write_spend_records",
-                &[
-                    "text[]",
-                    "text[]",
-                    "text[]",
-                    "timestamptz[]",
-                    "text[]",
-                    "text[]",
-                    "text[]",
-                    "text[]",
-                    "text[]",
-                    "numeric[]",
-                    "bool[]",
-                    "bigint[]",
-                ],
-            );
-            c.bind(r.iter().map(|x| x.intent_id.as_str()).collect::<Vec<_>>())?
-                .bind(r.iter().map(|x| x.agent_id.as_str()).collect::<Vec<_>>())?
-                .bind(r.iter().map(|x| x.entity_id.as_str()).collect::<Vec<_>>())?
-                .bind(r.iter().map(|x| x.accepted_at).collect::<Vec<_>>())?
-                .bind(r.iter().map(|x| x.category.as_str()).collect::<Vec<_>>())?
-                .bind(
-                    r.iter()
-                        .map(|x| x.beneficiary_id.as_str())
-                        .collect::<Vec<_>>(),
-                )?
-                .bind(r.iter().map(|x| x.country.as_deref()).collect::<Vec<_>>())?
-                .bind(r.iter().map(|x| x.purpose.as_str()).collect::<Vec<_>>())?
-                .bind(r.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())?
-                .bind(r.iter().map(|x| x.amount).collect::<Vec<_>>())?
-                .bind(r.iter().map(|x| x.counts).collect::<Vec<_>>())?
-                .bind(r.iter().map(|x| x.seq).collect::<Vec<_>>())?;
+            sqlx::query(
+                "SELECT ledger_write_spend_records($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::bool[], $12::bigint[])",
+            )
+            .bind(r.iter().map(|x| x.intent_id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.agent_id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.accepted_at).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.category.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.beneficiary_id.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.country.as_deref()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.purpose.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.amount).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.counts).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.seq).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
         if !self.record_holds.is_empty() {
             let h = &self.record_holds;
-            c.call(
-                "ledger_hold_spend_records",
-                &["text[]", "numeric[]", "bool[]", "bigint[]"],
-            );
-            c.bind(h.keys().map(String::as_str).collect::<Vec<_>>())?
-                .bind(h.values().map(|v| v.0).collect::<Vec<_>>())?
-                .bind(h.values().map(|v| v.1).collect::<Vec<_>>())?
-                .bind(h.values().map(|v| v.2).collect::<Vec<_>>())?;
+            sqlx::query(
+                "SELECT ledger_hold_spend_records($1::text[], $2::numeric[], $3::bool[], $4::bigint[])",
+            )
+            .bind(h.keys().map(String::as_str).collect::<Vec<_>>())
+            .bind(h.values().map(|v| v.0).collect::<Vec<_>>())
+            .bind(h.values().map(|v| v.1).collect::<Vec<_>>())
+            .bind(h.values().map(|v| v.2).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
         if !self.outbox.is_empty() {
             let o = &self.outbox;
-            c.with_insert(
-                "INSERT INTO outbox (seq, topic, msg_key, payload) SELECT * FROM unnest({})",
-                &["bigint[]", "text[]", "text[]", "text[]"],
-            );
-            c.bind(o.iter().map(|r| r.0).collect::<Vec<_>>())?
-                .bind(o.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())?
-                .bind(o.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())?
-                .bind(o.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())?;
+            sqlx::query(
+                "INSERT INTO outbox (seq, topic, msg_key, payload)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])",
+            )
+            .bind(o.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
+            .bind(o.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
-        Ok(c)
+        Ok(())
     }
 }
