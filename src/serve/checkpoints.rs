@@ -59,7 +59,9 @@ pub async fn run(shared: Arc<Shared>, plan: CheckpointPlan) {
         if shared.shutting_down() {
             return;
         }
-        let max_seq = match shared.ledger.last_seq().await {
+        let last = shared.ledger.last_seq().await;
+        shared.systemic.observe("checkpoint writer", &last);
+        let max_seq = match last {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "checkpoint: cannot read the ledger's last seq; retrying");

@@ -606,20 +606,21 @@ fn worker_for(topic: &str, intents_topic: &str, partition: i32, workers: usize) 
 /// their `authorizationTtl` (SPEC §11, AUTH_EXPIRED). Safe with several instances: the
 /// ledger closes each intent and expires each authorization once.
 async fn sweep_expired(shared: Arc<Shared>) {
+    const TASK: &str = "expiry sweeper";
     let mut tick = tokio::time::interval(Duration::from_millis(
         shared.settings.expiry_sweep_interval_ms,
     ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let swept = match tokio::time::timeout(
-            Duration::from_millis(CALL_DEADLINE_MS),
-            shared.ledger.expire_due_now(),
-        )
-        .await
-        {
-            Ok(swept) => swept.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {CALL_DEADLINE_MS} ms")),
+        let deadline = Duration::from_millis(CALL_DEADLINE_MS);
+        let late = || format!("no answer within {CALL_DEADLINE_MS} ms");
+        let swept = match tokio::time::timeout(deadline, shared.ledger.expire_due_now()).await {
+            Ok(swept) => {
+                shared.systemic.observe(TASK, &swept);
+                swept.map_err(|e| e.to_string())
+            }
+            Err(_) => Err(late()),
         };
         match swept {
             Ok(expired) if !expired.is_empty() => {
@@ -630,15 +631,14 @@ async fn sweep_expired(shared: Arc<Shared>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed; retrying next tick"),
         }
-        let released = match tokio::time::timeout(
-            Duration::from_millis(CALL_DEADLINE_MS),
-            shared.ledger.expire_authorizations_now(),
-        )
-        .await
-        {
-            Ok(released) => released.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {CALL_DEADLINE_MS} ms")),
-        };
+        let released =
+            match tokio::time::timeout(deadline, shared.ledger.expire_authorizations_now()).await {
+                Ok(released) => {
+                    shared.systemic.observe(TASK, &released);
+                    released.map_err(|e| e.to_string())
+                }
+                Err(_) => Err(late()),
+            };
         match released {
             Ok(expired) if !expired.is_empty() => {
                 metrics::counter!("spendguard_authorizations_expired_total")
@@ -682,7 +682,9 @@ async fn verify_chains(shared: Arc<Shared>, status: Arc<crate::api::console::Cha
     tick.tick().await;
     loop {
         tick.tick().await;
-        match shared.ledger.audit_verify().await {
+        let verified = shared.ledger.audit_verify().await;
+        shared.systemic.observe("chain verification", &verified);
+        match verified {
             Ok(v) => {
                 let failed = !v.problems.is_empty();
                 status.record(crate::api::console::ChainVerification {

@@ -141,6 +141,9 @@ async fn watch_file(shared: Arc<Shared>, hooks: Arc<ArcSwap<Webhooks>>, mut runn
     }
 }
 
+/// How readiness names the notifier when the database refuses it systemically.
+const TASK: &str = "webhook notifier";
+
 async fn enqueue_loop(shared: Arc<Shared>, hooks: Arc<ArcSwap<Webhooks>>) {
     while !shared.shutting_down() {
         let current = hooks.load_full();
@@ -165,6 +168,9 @@ async fn enqueue_loop(shared: Arc<Shared>, hooks: Arc<ArcSwap<Webhooks>>) {
                 .notifications_enqueue(&subscriptions, ENQUEUE_BATCH),
         )
         .await;
+        if let Ok(outcome) = &round {
+            shared.systemic.observe(TASK, outcome);
+        }
         let full = match round {
             Ok(Ok(done)) => done.events as i64 == ENQUEUE_BATCH,
             Ok(Err(e)) => {
@@ -198,6 +204,9 @@ async fn send_loop(shared: Arc<Shared>, hooks: Arc<ArcSwap<Webhooks>>) {
             shared.ledger.notifications_claim(&ids, SEND_BATCH, LEASE_S),
         )
         .await;
+        if let Ok(outcome) = &claimed {
+            shared.systemic.observe(TASK, outcome);
+        }
         let batch = match claimed {
             Ok(Ok(batch)) => batch,
             Ok(Err(e)) => {

@@ -23,6 +23,9 @@ const _: () = assert!(
 /// claims them again first.
 const OUTBOX_ROUND_DEADLINE_MS: u64 = 25_000;
 
+/// How readiness names this task when the database refuses it systemically.
+const TASK: &str = "outbox publisher";
+
 /// Rows claimed per round trip.
 const CLAIM_BATCH: usize = 500;
 /// Pause when the client's local queue is full.
@@ -73,11 +76,9 @@ async fn publish_batch(shared: &Shared) -> Result<usize, String> {
     let Some(producer) = shared.producer.as_ref() else {
         return Ok(0);
     };
-    let rows = shared
-        .ledger
-        .outbox_claim(CLAIM_BATCH)
-        .await
-        .map_err(|e| e.to_string())?;
+    let rows = shared.ledger.outbox_claim(CLAIM_BATCH).await;
+    shared.systemic.observe(TASK, &rows);
+    let rows = rows.map_err(|e| e.to_string())?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -128,11 +129,9 @@ async fn publish_batch(shared: &Shared) -> Result<usize, String> {
         }
     }
     let marking = std::time::Instant::now();
-    shared
-        .ledger
-        .outbox_mark_published(&published)
-        .await
-        .map_err(|e| e.to_string())?;
+    let marked = shared.ledger.outbox_mark_published(&published).await;
+    shared.systemic.observe(TASK, &marked);
+    marked.map_err(|e| e.to_string())?;
     telemetry::record_stage(Stage::Mark, marking.elapsed());
     metrics::counter!("spendguard_published_total").increment(published.len() as u64);
     if failed > 0 {

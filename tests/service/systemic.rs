@@ -10,6 +10,7 @@ use crate::harness::serve::{Rig, ServeProcess, read_until};
 use crate::harness::{self, serial};
 use crate::http::{api_addr, metric};
 use serde_json::Value;
+use spendguard::bus::Topics;
 use sqlx::Connection;
 use std::time::Duration;
 
@@ -39,6 +40,43 @@ fn execute_on_ledger_functions(grant: bool) -> String {
                 EXECUTE format('{stmt}', f);
             END LOOP; END $$"
     )
+}
+
+/// A fresh ledger migrated by its owner and one `serve` running as the service role,
+/// as in production (the role whose privileges a mistaken change takes away), with the
+/// HTTP API. The temp dir must live as long as the process.
+async fn serve_as_service_role(
+    db_prefix: &str,
+    name: &str,
+) -> (String, Topics, ServeProcess, tempfile::TempDir) {
+    let mut rig = Rig::new(db_prefix, name).await;
+    spendguard::ledger::Ledger::connect_with(
+        &rig.db,
+        "owner",
+        spendguard::ledger::ConnectOptions {
+            key_wrap: Some(harness::db::key_wrap_for(&rig.db)),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("migrate as the owner");
+    let service_url = url_as(&rig.db, "spendguard_service");
+    rig.set_env("DATABASE_URL", &service_url);
+    let Rig {
+        db,
+        dir,
+        env,
+        topics,
+        ..
+    } = rig;
+    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
+    let serve = ServeProcess::start(
+        &env,
+        &format!("{name}-0"),
+        dir.path(),
+        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
+    );
+    (db, topics, serve, dir)
 }
 
 /// `/readyz` until `done(status, body)`; panics with the last answer after `WAIT_MS`.
@@ -86,34 +124,7 @@ async fn revoked_privileges_hold_every_intent_and_dead_letter_nothing() {
     let Some(_serial) = serial::service_test().await else {
         return;
     };
-    let mut rig = Rig::new("sg_systemic_", "systemic").await;
-    // The schema owner migrates; serve runs as the service role, as in production.
-    spendguard::ledger::Ledger::connect_with(
-        &rig.db,
-        "owner",
-        spendguard::ledger::ConnectOptions {
-            key_wrap: Some(harness::db::key_wrap_for(&rig.db)),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("migrate as the owner");
-    let service_url = url_as(&rig.db, "spendguard_service");
-    rig.set_env("DATABASE_URL", &service_url);
-    let Rig {
-        db,
-        dir,
-        env,
-        topics,
-        ..
-    } = rig;
-    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
-    let serve = ServeProcess::start(
-        &env,
-        "systemic-0",
-        dir.path(),
-        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
-    );
+    let (db, topics, serve, _dir) = serve_as_service_role("sg_systemic_", "systemic").await;
     let addr = api_addr(&serve);
 
     publish_intents(&topics.intents, "sysok", BEFORE, 4).await;
@@ -249,6 +260,81 @@ async fn revoked_privileges_hold_every_intent_and_dead_letter_nothing() {
     assert_eq!(
         metric(&text, "spendguard_ledger_systemic_fault", &[]),
         Some(0.0)
+    );
+    assert_eq!(serve.terminate(), Some(0));
+}
+
+/// Issue 16, open point: a systemic fault that only a background task meets (here
+/// UPDATE on `outbox` revoked, so the publisher cannot claim rows) used to show only as
+/// a growing outbox backlog. Now readiness is 503 naming the task and the SQLSTATE and
+/// the gauge is 1 while deciding goes on; after the grant the held decisions are
+/// published and readiness recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_systemic_fault_of_the_outbox_publisher_fails_readiness() {
+    const INTENTS: usize = 40;
+    let Some(_serial) = serial::service_test().await else {
+        return;
+    };
+    let (db, topics, serve, _dir) = serve_as_service_role("sg_sysbg_", "sysbg").await;
+    let addr = api_addr(&serve);
+    readiness_until(addr, &serve, |s, _| s == 200).await;
+
+    let mut admin = sqlx::PgConnection::connect(&db).await.unwrap();
+    sqlx::raw_sql("REVOKE UPDATE ON outbox FROM spendguard_service")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    publish_intents(&topics.intents, "sysbg", INTENTS, 4).await;
+    // Deciding does not need UPDATE on the outbox: every intent is decided ...
+    wait_for_count(&db, "SELECT count(*) FROM decision", INTENTS as i64, &serve).await;
+    let ready = readiness_until(addr, &serve, |s, _| s == 503).await;
+    let detail = check(&ready, "ledger_writes")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains("42501") && detail.contains("outbox publisher"),
+        "{detail}"
+    );
+    let (_, text) = request(addr, "GET", "/metrics", Some(OPERATOR), None).await;
+    assert_eq!(
+        metric(&text, "spendguard_ledger_systemic_fault", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    // ... and none is published while the publisher cannot claim.
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM outbox").await,
+        INTENTS as i64
+    );
+    let early = read_until(&harness::brokers(), &topics.decisions, 1_000, |m| {
+        !m.is_empty()
+    })
+    .await;
+    assert!(early.is_empty(), "{} decisions published", early.len());
+
+    sqlx::raw_sql("GRANT UPDATE ON outbox TO spendguard_service")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let published = read_until(&harness::brokers(), &topics.decisions, WAIT_MS, |m| {
+        m.len() >= INTENTS
+    })
+    .await;
+    assert_eq!(published.len(), INTENTS);
+    let ready = readiness_until(addr, &serve, |s, _| s == 200).await;
+    assert_eq!(check(&ready, "ledger_writes")["ok"], true, "{ready}");
+    let (_, text) = request(addr, "GET", "/metrics", Some(OPERATOR), None).await;
+    assert_eq!(
+        metric(&text, "spendguard_ledger_systemic_fault", &[]),
+        Some(0.0)
+    );
+    assert!(
+        serve
+            .log_text()
+            .contains("outbox publisher: the deployment is at fault"),
+        "the log says which task and why:\n{}",
+        serve.log_text()
     );
     assert_eq!(serve.terminate(), Some(0));
 }
