@@ -429,6 +429,11 @@ async fn load_snapshot(
     .bind(wanted.iter().map(|k| k.currency.as_str()).collect::<Vec<_>>())
     .bind(wanted.iter().map(|k| k.start).collect::<Vec<_>>())
     .bind(agents)
+    // Planned for its arguments on every call, not cached: a generic plan made while the
+    // tables were small hash-joins over full scans of `decision` and `usage_window`, and
+    // a session keeps it until an ANALYZE invalidates it (never, with autovacuum off):
+    // measured, every batch then read both tables whole (docs/benchmarks.md, issue 15).
+    .persistent(false)
     .fetch_all(&mut *tx)
     .await?;
     let bytes = |what: &str, hex_text: &str| {
