@@ -533,6 +533,22 @@ pub async fn migrate(pool: &PgPool) -> Result<(), LedgerError> {
     applied.map_err(|e| LedgerError::Setup(format!("applying database migrations failed: {e}. Check that the role in DATABASE_URL may create tables (run `spendguard db migrate` as the schema owner).")))
 }
 
+/// The ledger's tables start empty and grow by thousands of rows a minute; PostgreSQL
+/// plans its statements from table statistics that only ANALYZE (autovacuum, by default)
+/// refreshes. With autovacuum off the statistics of an empty ledger stay for good, and so
+/// do plans that scan whole tables (measured in issue 15): say so at start-up, it is the
+/// operator's setting to fix. Advisory only: a server that cannot answer is caught later.
+async fn warn_if_statistics_frozen(pool: &PgPool) {
+    let setting: Result<String, _> = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(pool)
+        .await;
+    if setting.is_ok_and(|s| s == "off") {
+        tracing::warn!(
+            "autovacuum is off on this PostgreSQL: the ledger's table statistics never refresh, and plans made while its tables were small can scan them whole on every decision; turn autovacuum on, or ANALYZE the ledger's tables regularly (docs/operations.md, \"PostgreSQL settings\")"
+        );
+    }
+}
+
 impl Ledger {
     pub async fn connect(database_url: &str, instance: &str) -> Result<Ledger, LedgerError> {
         Ledger::connect_with(database_url, instance, ConnectOptions::default()).await
@@ -564,6 +580,7 @@ impl Ledger {
             session.close().await;
         }
         let fingerprint_key = load_fingerprint_key(&pool).await?;
+        warn_if_statistics_frozen(&pool).await;
         let ledger = Ledger {
             pool,
             instance: instance.to_string(),
