@@ -10,12 +10,19 @@
 #                            [--workers N] [--intent-partitions N] [--no-baseline]
 #                            [--no-lifecycle] [--lifecycle-mix 70,15,10,5]
 #                            [--http | --no-kafka] [--bin PATH]
+#                            [--broker-outage SECONDS]
 #
 # --bin PATH runs that spendguard binary and builds nothing (A/B runs of two builds).
 # --http measures the synchronous API instead (SPEC §13.4): serve also listens on
 # 127.0.0.1:18080 and loadgen POSTs the same intent mix to /v1/intents with the demo
 # payment_service token (decisions still go through the outbox to tansu); --no-kafka
 # does the same with `serve --no-kafka` and no broker at all.
+#
+# --broker-outage S freezes the broker (SIGSTOP, so its in-memory topics survive) for S
+# seconds from a third of the run, then thaws it (SIGCONT): serve's RSS is sampled every
+# 0.5 s and printed before, during and after the outage (issue 16: bounded memory while
+# the broker is away). Every run also prints the CPU time each process used (serve,
+# loadgen, tansu, PostgreSQL's backends) from /proc: where the machine's cores went.
 #
 # --workers and --intent-partitions go into a config file given to serve and loadgen
 # (defaults: one worker per core, at most 8; 12 partitions for intents and decisions,
@@ -49,7 +56,8 @@ while [ $# -gt 0 ]; do
     --http) http=1 ;;
     --bin) bin_override="$2"; shift ;;
     --no-kafka) http=1; no_kafka=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --broker-outage) outage_s="$2"; shift ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -81,7 +89,7 @@ psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" -qc "CREATE DATABASE $db"
 export DATABASE_URL="$server/$db"
 export SPENDGUARD_TOPIC_PREFIX="lgbench$run_id."
 export SPENDGUARD_GROUP_ID="lgbench$run_id"
-export SPENDGUARD_LOG=warn
+export SPENDGUARD_LOG="${SPENDGUARD_LOG:-warn}"
 config_args=()
 if [ -n "$workers$partitions" ]; then
   : >"$dir/serve.yaml"
@@ -112,8 +120,61 @@ done
 grep -q "spendguard serve: instance .* ready" "$dir/serve.log" || { echo "serve not ready:"; cat "$dir/serve.log"; exit 1; }
 
 echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, intent partitions ${partitions:-default}, ${http:+HTTP }${no_kafka:+without Kafka }$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+# cpu_ticks PID...: user + system clock ticks the processes used so far (0 if gone).
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+tansu_pid=$(cat "$TANSU_DIR/tansu.pid" 2>/dev/null || true)
+# PostgreSQL's backends come and go with connections: its cumulative children's time is
+# read from the postmaster (cutime + cstime), plus the live ones.
+postmaster=$(pgrep -o -x postgres || pgrep -o postgres || true)
+pg_ticks() {
+  local live
+  live=$(cpu_ticks $(pgrep -x postgres | grep -vx "$postmaster"))
+  echo $(($(awk '{ sub(/^.*\) /, ""); print $14 + $15 }' "/proc/$postmaster/stat") + live))
+}
+serve_t0=$(cpu_ticks "$serve_pid"); tansu_t0=$(cpu_ticks $tansu_pid); pg_t0=$(pg_ticks)
 status=0
-"$bin" loadgen "${config_args[@]}" --rate "$rate" --duration "$duration" --agents "$agents" "${loadgen_flags[@]}" || status=$?
+"$bin" loadgen "${config_args[@]}" --rate "$rate" --duration "$duration" --agents "$agents" "${loadgen_flags[@]}" &
+loadgen_pid=$!
+loadgen_ticks=0
+rss_log="$dir/serve-rss.txt"
+: >"$rss_log"
+outage_from=$((duration / 3)); outage_until=$((duration / 3 + ${outage_s:-0}))
+started=$(date +%s.%N)
+while kill -0 "$loadgen_pid" 2>/dev/null; do
+  loadgen_ticks=$(cpu_ticks "$loadgen_pid" | awk -v prev="$loadgen_ticks" '{ print ($1 > prev ? $1 : prev) }')
+  elapsed=$(awk -v s="$started" -v n="$(date +%s.%N)" 'BEGIN { printf "%.1f", n - s }')
+  printf '%s %s\n' "$elapsed" "$(awk '/VmRSS/ {print $2}' "/proc/$serve_pid/status")" >>"$rss_log"
+  if [ -n "${outage_s:-}" ] && [ -n "$tansu_pid" ]; then
+    if [ -z "${frozen:-}" ] && awk -v e="$elapsed" -v f="$outage_from" 'BEGIN { exit !(e >= f) }'; then
+      kill -STOP "$tansu_pid"; frozen=1; echo "broker frozen at ${elapsed}s for ${outage_s}s"
+    elif [ "${frozen:-}" = 1 ] && awk -v e="$elapsed" -v u="$outage_until" 'BEGIN { exit !(e >= u) }'; then
+      kill -CONT "$tansu_pid"; frozen=2; echo "broker thawed at ${elapsed}s"
+    fi
+  fi
+  sleep 0.5
+done
+wait "$loadgen_pid" || status=$?
+[ "${frozen:-}" = 1 ] && kill -CONT "$tansu_pid"
+hz=$(getconf CLK_TCK)
+awk -v hz="$hz" -v s="$(($(cpu_ticks "$serve_pid") - serve_t0))" -v t="$(($(cpu_ticks $tansu_pid) - tansu_t0))" \
+    -v p="$(($(pg_ticks) - pg_t0))" -v l="$loadgen_ticks" 'BEGIN {
+  all = s + t + p + l; if (all == 0) all = 1
+  printf "CPU seconds during the run (from /proc; PostgreSQL = every backend, this run or not):\n"
+  printf "  serve %.1f (%.0f %%), PostgreSQL %.1f (%.0f %%), tansu %.1f (%.0f %%), loadgen %.1f (%.0f %%)\n",
+    s / hz, 100 * s / all, p / hz, 100 * p / all, t / hz, 100 * t / all, l / hz, 100 * l / all }'
+if [ -n "${outage_s:-}" ]; then
+  awk -v f="$outage_from" -v u="$outage_until" '
+    { phase = ($1 < f) ? "before" : ($1 < u ? "during" : "after"); if ($2 > peak[phase]) peak[phase] = $2; last[phase] = $2 }
+    END { printf "serve RSS (peak / last MiB): before the outage %.0f / %.0f, during %.0f / %.0f, after %.0f / %.0f\n",
+      peak["before"] / 1024, last["before"] / 1024, peak["during"] / 1024, last["during"] / 1024, peak["after"] / 1024, last["after"] / 1024 }' "$rss_log"
+fi
 echo "serve peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$serve_pid/status")"
 # Where the time went (issue 15): mean and bucket-estimated p99 of each stage.
 curl -s -H 'Authorization: Bearer demo-auditor-token' http://127.0.0.1:18080/metrics >"$dir/metrics.txt" || true
