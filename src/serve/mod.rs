@@ -387,7 +387,8 @@ async fn feed(
         match queue.recv().await {
             Ok(m) => {
                 if worker.send(m.detach()).await.is_err() {
-                    // Only at shutdown, or when the worker task died (logged by its join).
+                    // Only at shutdown, or when the worker task died: that is reported
+                    // when serve stops and joins it (until then this partition waits).
                     return;
                 }
             }
