@@ -53,6 +53,16 @@ pub fn default_workers() -> usize {
 /// ledger, cheap next to an hour of writes).
 pub const DEFAULT_CHAIN_VERIFY_INTERVAL_S: u64 = 3_600;
 pub const DEFAULT_CHECKPOINT_INTERVAL_S: u64 = 60;
+/// Messages queued per worker before the partitions feeding it wait (enough to fill
+/// the largest decide batch several times over, small enough that a full queue costs
+/// little memory).
+pub const DEFAULT_WORKER_QUEUE_LEN: usize = 256;
+/// librdkafka's own default: how long the consume loop may go without polling before
+/// the instance leaves the group. The loop never waits on a worker, so this only bounds
+/// a wedged process.
+pub const DEFAULT_MAX_POLL_INTERVAL_MS: u64 = 300_000;
+/// The group consumer's `session.timeout.ms`; librdkafka refuses a poll interval below it.
+pub const SESSION_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_CHECKPOINT_EVERY_EVENTS: i64 = 100_000;
 /// Longest config file accepted.
 const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
@@ -140,6 +150,8 @@ struct FileSettings {
     settlement_partitions: Option<i32>,
     dlq_partitions: Option<i32>,
     workers: Option<usize>,
+    worker_queue_len: Option<usize>,
+    max_poll_interval_ms: Option<u64>,
     expiry_sweep_interval_ms: Option<u64>,
     policy_poll_interval_ms: Option<u64>,
     outbox_poll_interval_ms: Option<u64>,
@@ -182,6 +194,11 @@ pub struct Settings {
     pub settlement_partitions: i32,
     pub dlq_partitions: i32,
     pub workers: usize,
+    /// Messages queued per worker; past it the partitions feeding that worker wait in
+    /// their own queues.
+    pub worker_queue_len: usize,
+    /// The group consumer's `max.poll.interval.ms`.
+    pub max_poll_interval_ms: u64,
     pub expiry_sweep_interval_ms: u64,
     pub policy_poll_interval_ms: u64,
     pub outbox_poll_interval_ms: u64,
@@ -285,6 +302,10 @@ impl ServiceArgs {
                 .unwrap_or(DEFAULT_SETTLEMENT_PARTITIONS),
             dlq_partitions: file.dlq_partitions.unwrap_or(DEFAULT_DLQ_PARTITIONS),
             workers: file.workers.unwrap_or_else(default_workers),
+            worker_queue_len: file.worker_queue_len.unwrap_or(DEFAULT_WORKER_QUEUE_LEN),
+            max_poll_interval_ms: file
+                .max_poll_interval_ms
+                .unwrap_or(DEFAULT_MAX_POLL_INTERVAL_MS),
             expiry_sweep_interval_ms: file
                 .expiry_sweep_interval_ms
                 .unwrap_or(DEFAULT_EXPIRY_SWEEP_INTERVAL_MS),
@@ -414,6 +435,17 @@ impl Settings {
         }
         if !(1..=256).contains(&self.workers) {
             return invalid("workers", "must be between 1 and 256");
+        }
+        // 0 is refused by the channel itself (it would panic).
+        if !(1..=65_536).contains(&self.worker_queue_len) {
+            return invalid("worker_queue_len", "must be between 1 and 65536");
+        }
+        // librdkafka's own bounds, checked here so the mistake names the setting.
+        if !(SESSION_TIMEOUT_MS..=86_400_000).contains(&self.max_poll_interval_ms) {
+            return invalid(
+                "max_poll_interval_ms",
+                "must be between 10000 (the session timeout) and 86400000 (ms)",
+            );
         }
         // 0 would switch a limit off: refused, every session must be bounded.
         for (name, ms) in [
@@ -560,6 +592,34 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(missing.resolve(), Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn worker_queue_and_poll_interval_come_from_the_file_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            ServiceArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let s = resolve("worker_queue_len: 4\nmax_poll_interval_ms: 10000\n").unwrap();
+        assert_eq!((s.worker_queue_len, s.max_poll_interval_ms), (4, 10_000));
+        let s = resolve("workers: 1\n").unwrap();
+        assert_eq!(
+            (s.worker_queue_len, s.max_poll_interval_ms),
+            (DEFAULT_WORKER_QUEUE_LEN, DEFAULT_MAX_POLL_INTERVAL_MS)
+        );
+        for (text, name) in [
+            ("worker_queue_len: 0\n", "worker_queue_len"),
+            ("max_poll_interval_ms: 9999\n", "max_poll_interval_ms"),
+        ] {
+            let err = resolve(text).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

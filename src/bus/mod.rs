@@ -302,14 +302,20 @@ fn producer_config(brokers: &str, linger_ms: u32, timeout_ms: u64) -> ClientConf
     c
 }
 
+/// Messages fetched ahead per partition by the group consumer (`queued.min.messages`).
+pub const QUEUED_MIN_MESSAGES: u32 = 1_000;
+
 /// A group consumer whose offsets are committed only for messages the caller stored
 /// (`store_offset` after the ledger commit); auto-commit then only ever commits
-/// processed work.
-pub fn group_consumer(
+/// processed work. `context` sees the rebalances; `max_poll_interval_ms` is how long
+/// the caller may go without polling before librdkafka leaves the group for it.
+pub fn group_consumer<C: rdkafka::consumer::ConsumerContext + 'static>(
     brokers: &str,
     group_id: &str,
     instance: &str,
-) -> Result<StreamConsumer, BusError> {
+    max_poll_interval_ms: u64,
+    context: C,
+) -> Result<StreamConsumer<C>, BusError> {
     client_config(brokers)
         .set("group.id", group_id)
         .set("client.id", format!("spendguard-{instance}"))
@@ -317,11 +323,19 @@ pub fn group_consumer(
         .set("auto.commit.interval.ms", "200")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
+        .set(
+            "session.timeout.ms",
+            crate::config::SESSION_TIMEOUT_MS.to_string(),
+        )
         .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", max_poll_interval_ms.to_string())
+        // What librdkafka fetches ahead per partition (its default is 100,000 messages):
+        // serve gives each partition a queue of its own, which fills up to this while
+        // the partition's worker is busy; enough for several decide batches.
+        .set("queued.min.messages", QUEUED_MIN_MESSAGES.to_string())
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", fetch_wait_max_ms())
-        .create()
+        .create_with_context(context)
         .map_err(client_err(brokers))
 }
 

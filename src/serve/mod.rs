@@ -15,6 +15,7 @@ mod control;
 pub mod demo;
 mod error;
 mod gauges;
+mod group;
 mod notifier;
 mod outbox;
 mod refusals;
@@ -25,6 +26,7 @@ mod worker;
 use arc_swap::ArcSwap;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::OwnedMessage;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +42,6 @@ use crate::policy::PolicySet;
 pub use error::ServeError;
 pub use systemic::SystemicFaults;
 
-/// Messages queued per worker before the consume loop waits (backpressure).
-const WORKER_QUEUE_LEN: usize = 256;
 /// First and largest pause between retries of a ledger call that failed transiently.
 const RETRY_FIRST_MS: u64 = 50;
 const RETRY_MAX_MS: u64 = 5_000;
@@ -235,15 +235,20 @@ pub async fn run(
     let watcher = tokio::spawn(reload::watch(shared.clone()));
     notifier::start(shared.clone(), webhooks).await?;
 
+    let mut partition_queues = Vec::new();
     let consumer = if kafka {
         let consumer = Arc::new(
             bus::group_consumer(
                 &shared.settings.brokers,
                 &shared.settings.group_id,
                 &shared.settings.instance,
+                shared.settings.max_poll_interval_ms,
+                group::GroupContext,
             )
             .map_err(ServeError::broker("cannot create the group consumer"))?,
         );
+        // Before subscribing: no message of these partitions reaches the shared queue.
+        partition_queues = split_partitions(&consumer, &shared);
         consumer
             .subscribe(&[
                 &shared.topics.intents,
@@ -262,7 +267,7 @@ pub async fn run(
     let mut workers = Vec::with_capacity(shared.settings.workers);
     if let Some(consumer) = &consumer {
         for _ in 0..shared.settings.workers {
-            let (tx, rx) = mpsc::channel(WORKER_QUEUE_LEN);
+            let (tx, rx) = mpsc::channel(shared.settings.worker_queue_len);
             senders.push(tx);
             workers.push(tokio::spawn(worker::run(
                 shared.clone(),
@@ -295,6 +300,16 @@ pub async fn run(
         )
         .await;
     };
+    let feeders: Vec<_> = partition_queues
+        .into_iter()
+        .map(|(topic, p, queue)| {
+            let idx = worker_for(&topic, &shared.topics.intents, p, senders.len());
+            tokio::spawn(feed(queue, senders[idx].clone()))
+        })
+        .collect();
+    // Polls for what the split queues do not carry: rebalances, errors, and messages of
+    // partitions that have no queue of their own. Polling is what keeps the instance in
+    // its group; it never waits on a worker for a split partition.
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -312,6 +327,14 @@ pub async fn run(
                 }
             }
         }
+    }
+    // A feeder waiting on a full worker holds a message whose offset is not stored: the
+    // next owner redelivers it. Their senders must go for the workers to finish.
+    for f in &feeders {
+        f.abort();
+    }
+    for f in feeders {
+        let _ = f.await;
     }
 
     tracing::info!("shutting down: draining workers");
@@ -350,6 +373,67 @@ pub async fn run(
         shared.settings.instance
     );
     Ok(())
+}
+
+/// One task per partition split off the consumer ([`split_partitions`]): hands that
+/// partition's messages, in order, to its worker. Waiting for a full worker here holds
+/// back this partition only; librdkafka stops fetching it once its own queue is full
+/// (`queued.min.messages`), and the consume loop goes on polling meanwhile.
+async fn feed(
+    queue: rdkafka::consumer::stream_consumer::StreamPartitionQueue<group::GroupContext>,
+    worker: mpsc::Sender<OwnedMessage>,
+) {
+    loop {
+        match queue.recv().await {
+            Ok(m) => {
+                if worker.send(m.detach()).await.is_err() {
+                    // Only at shutdown, or when the worker task died: that is reported
+                    // when serve stops and joins it (until then this partition waits).
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "consume error (the client retries)");
+                metrics::counter!("spendguard_consume_errors_total").increment(1);
+            }
+        }
+    }
+}
+
+/// Gives every partition of the consumed topics a queue of its own, before the first
+/// poll. Why not pause a full worker's partitions instead: pausing drops what librdkafka
+/// fetched ahead and resumes at the consumer's position, which is usually inside a
+/// record batch, and tansu answers a fetch from inside a batch with the batches that
+/// *start* at or after that offset: the rest of the batch is skipped, and a partition
+/// whose last batch it was gets nothing more (docs/reliability.md). Split queues are
+/// never paused or re-fetched. Partitions beyond the configured counts (a topic created
+/// with more elsewhere) stay on the shared queue.
+fn split_partitions(
+    consumer: &Arc<group::GroupConsumer>,
+    shared: &Shared,
+) -> Vec<(
+    String,
+    i32,
+    rdkafka::consumer::stream_consumer::StreamPartitionQueue<group::GroupContext>,
+)> {
+    let s = &shared.settings;
+    let t = &shared.topics;
+    let mut queues = Vec::new();
+    for (topic, count) in [
+        (&t.intents, s.intent_partitions),
+        (&t.approvals, s.approval_partitions),
+        (&t.settlements, s.settlement_partitions),
+    ] {
+        for p in 0..count {
+            match consumer.split_partition_queue(topic, p) {
+                Some(q) => queues.push((topic.clone(), p, q)),
+                None => {
+                    tracing::warn!(%topic, partition = p, "no queue of its own for this partition; it shares the consume loop's")
+                }
+            }
+        }
+    }
+    queues
 }
 
 /// The end of a serve without Kafka: no consumer to drain, no outbox to flush (its rows
@@ -446,7 +530,7 @@ pub struct ApiMount {
 async fn start_api(
     mount: ApiMount,
     shared: Arc<Shared>,
-    consumer: Option<Arc<rdkafka::consumer::StreamConsumer>>,
+    consumer: Option<Arc<group::GroupConsumer>>,
     chain_status: Arc<crate::api::console::ChainStatus>,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     use crate::api::{self, backends};

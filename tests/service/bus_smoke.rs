@@ -55,7 +55,14 @@ async fn create_produce_consume_round_trip() {
     }
 
     let group = harness::unique("smoke-group-");
-    let consumer = bus::group_consumer(&brokers, &group, "smoke").unwrap();
+    let consumer = bus::group_consumer(
+        &brokers,
+        &group,
+        "smoke",
+        spendguard::config::DEFAULT_MAX_POLL_INTERVAL_MS,
+        rdkafka::consumer::DefaultConsumerContext,
+    )
+    .unwrap();
     consumer.subscribe(&[&topic]).unwrap();
     let mut seen = Vec::new();
     let mut stream = consumer.stream();

@@ -364,6 +364,146 @@ async fn a_read_only_database_for_a_while_dead_letters_nothing() {
     assert_eq!(serve.terminate(), Some(0));
 }
 
+/// Regression (issue 16): a full worker queue used to block the consume loop, and a loop
+/// blocked past `max.poll.interval.ms` leaves the consumer group (its partitions go to
+/// another instance, or nowhere). Now each partition has a queue of its own and waits for
+/// its worker there while the consume loop goes on polling. Here the queues hold 4
+/// messages and the poll interval is 10 s; the database is read-only for longer than that while 400 intents
+/// arrive: the instance stays in the group (no revocation), and once the database is
+/// writable every intent is decided exactly once, each agent's in the order published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_queue_for_longer_than_the_poll_interval_keeps_the_instance_in_its_group() {
+    const WARM_UP: usize = 20;
+    const WHILE_READ_ONLY: usize = 400;
+    const AGENTS: usize = 10;
+    const MAX_POLL_INTERVAL_MS: u64 = 10_000;
+    let Some(_serial) = serial::service_test().await else {
+        return;
+    };
+    let mut rig = Rig::new("sg_fullq_", "fullq").await;
+    let config = rig.dir.path().join("spendguard.yaml");
+    std::fs::write(
+        &config,
+        format!("workers: 2\nworker_queue_len: 4\nmax_poll_interval_ms: {MAX_POLL_INTERVAL_MS}\n"),
+    )
+    .unwrap();
+    rig.set_env("SPENDGUARD_CONFIG", &config.display().to_string());
+    let Rig {
+        db,
+        dir,
+        env,
+        topics,
+        ..
+    } = rig;
+    let name = db.rsplit('/').next().unwrap().to_string();
+    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
+    let serve = ServeProcess::start(
+        &env,
+        "fullq-0",
+        dir.path(),
+        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
+    );
+    let addr = crate::http::api_addr(&serve);
+    let metric = |text: &str, name: &str, labels: &[&str]| {
+        crate::http::metric(text, name, labels).unwrap_or(0.0)
+    };
+
+    // In the group and deciding before the fault.
+    publish_intents(&topics.intents, "fqw", WARM_UP, AGENTS).await;
+    wait_for_count(&db, "SELECT count(*) FROM decision", WARM_UP as i64, &serve).await;
+    let before = crate::http::metrics_until(addr, |_| true).await;
+    let revoked = |t: &str| {
+        metric(
+            t,
+            "spendguard_consumer_rebalances_total",
+            &["kind=\"revoked\""],
+        )
+    };
+    let revoked_before = revoked(&before);
+    assert!(
+        metric(
+            &before,
+            "spendguard_consumer_rebalances_total",
+            &["kind=\"assigned\""]
+        ) >= 1.0,
+        "{before}"
+    );
+
+    let mut admin = sqlx::PgConnection::connect(&harness::database_url())
+        .await
+        .unwrap();
+    let failover = |read_only: bool| {
+        let setting = if read_only {
+            format!("ALTER DATABASE {name} SET default_transaction_read_only = on")
+        } else {
+            format!("ALTER DATABASE {name} RESET default_transaction_read_only")
+        };
+        format!(
+            "{setting}; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(failover(true)))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    publish_intents(&topics.intents, "fq", WHILE_READ_ONLY, AGENTS).await;
+    // 400 intents against two queues of 4: the workers' queues are full at once, and
+    // stay full while the database refuses every write.
+    // Held for longer than the poll interval: a consume loop waiting on a full queue
+    // all this time is put out of the group by librdkafka.
+    tokio::time::sleep(Duration::from_millis(MAX_POLL_INTERVAL_MS + 5_000)).await;
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM decision").await,
+        WARM_UP as i64,
+        "nothing can be decided while the database is read-only"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(failover(false)))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let all = (WARM_UP + WHILE_READ_ONLY) as i64;
+    wait_for_count(&db, "SELECT count(*) FROM decision", all, &serve).await;
+    // Exactly once: one decision event per intent, none dead-lettered.
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM ledger_event WHERE event_type = 'intent_decided'"
+        )
+        .await,
+        all
+    );
+    let letters = read_until(&harness::brokers(), &topics.dlq, 3_000, |m| !m.is_empty()).await;
+    assert!(letters.is_empty(), "{} dead letters", letters.len());
+    // Each agent's intents decided in the order published (ids count up per prefix).
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT agent_id, intent_id FROM decision ORDER BY seq")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let mut last: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (agent, intent) in &rows {
+        let (prefix, n) = intent.rsplit_once('-').unwrap();
+        let n: usize = n.parse().unwrap();
+        if let Some(prev) = last.insert((agent.clone(), prefix.to_string()), n) {
+            assert!(
+                prev < n,
+                "{agent}: {prefix}-{n} decided after {prefix}-{prev}"
+            );
+        }
+    }
+    // Still in the group: no partition was taken away.
+    let after = crate::http::metrics_until(addr, |_| true).await;
+    assert_eq!(
+        revoked(&after),
+        revoked_before,
+        "the instance left the group:\n{after}\n{}",
+        serve.log_text()
+    );
+    assert_eq!(serve.terminate(), Some(0));
+}
+
 /// Regression (issue 16): serve used to exit when the broker was down at start. Now it
 /// waits, and decides once the broker answers. The broker is made unreachable by a
 /// proxy that refuses connections (the broker is shared with the other tests).

@@ -46,7 +46,7 @@ pub(crate) fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 }
 
 /// Polls `/metrics` until `ready(text)` holds or the wait ends; returns the last text.
-async fn metrics_until(addr: SocketAddr, ready: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn metrics_until(addr: SocketAddr, ready: impl Fn(&str) -> bool) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (status, text) = request(addr, "GET", "/metrics", Some(OPERATOR), None).await;
