@@ -4,6 +4,7 @@
 //! Nothing here decides anything; it only moves bytes and reports what Kafka said.
 
 pub mod dlq;
+pub mod group;
 pub mod properties;
 
 use rdkafka::ClientConfig;
@@ -309,7 +310,7 @@ pub fn group_consumer(
     brokers: &str,
     group_id: &str,
     instance: &str,
-) -> Result<StreamConsumer, BusError> {
+) -> Result<group::GroupConsumer, BusError> {
     client_config(brokers)
         .set("group.id", group_id)
         .set("client.id", format!("spendguard-{instance}"))
@@ -321,7 +322,7 @@ pub fn group_consumer(
         .set("heartbeat.interval.ms", "1000")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", fetch_wait_max_ms())
-        .create()
+        .create_with_context(group::GroupContext::default())
         .map_err(client_err(brokers))
 }
 

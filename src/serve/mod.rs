@@ -40,6 +40,10 @@ use crate::policy::PolicySet;
 pub use error::ServeError;
 pub use systemic::SystemicFaults;
 
+/// How long a member that left the group on purpose (`bus::group`) stays out before it
+/// subscribes again: librdkafka first revokes its partitions (handled by the consume
+/// loop) and then sends the LeaveGroup, which must reach the coordinator first.
+const REJOIN_PAUSE_MS: u64 = 1_000;
 /// Messages queued per worker before the consume loop waits (backpressure).
 const WORKER_QUEUE_LEN: usize = 256;
 /// First and largest pause between retries of a ledger call that failed transiently.
@@ -245,11 +249,7 @@ pub async fn run(
             .map_err(ServeError::broker("cannot create the group consumer"))?,
         );
         consumer
-            .subscribe(&[
-                &shared.topics.intents,
-                &shared.topics.approvals,
-                &shared.topics.settlements,
-            ])
+            .subscribe(&subscribed_topics(&shared.topics))
             .map_err(ServeError::Subscribe)?;
         Some(consumer)
     } else {
@@ -295,9 +295,24 @@ pub async fn run(
         )
         .await;
     };
+    // While this member is out of the group on purpose (bus::group), it keeps receiving:
+    // that is what lets librdkafka revoke its partitions and send the LeaveGroup.
+    let resubscribe = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(resubscribe);
+    let mut out_of_group = false;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = consumer.context().rejoin_requested(), if !out_of_group => {
+                consumer.unsubscribe();
+                out_of_group = true;
+                resubscribe.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(REJOIN_PAUSE_MS));
+            }
+            _ = &mut resubscribe, if out_of_group => {
+                out_of_group = false;
+                consumer.subscribe(&subscribed_topics(&shared.topics)).map_err(ServeError::Subscribe)?;
+                tracing::info!("joining the consumer group again");
+            }
             msg = consumer.recv() => match msg {
                 Ok(m) => {
                     let owned = m.detach();
@@ -350,6 +365,11 @@ pub async fn run(
         shared.settings.instance
     );
     Ok(())
+}
+
+/// The topics of the consumer group.
+fn subscribed_topics(topics: &Topics) -> [&str; 3] {
+    [&topics.intents, &topics.approvals, &topics.settlements]
 }
 
 /// The end of a serve without Kafka: no consumer to drain, no outbox to flush (its rows
@@ -446,7 +466,7 @@ pub struct ApiMount {
 async fn start_api(
     mount: ApiMount,
     shared: Arc<Shared>,
-    consumer: Option<Arc<rdkafka::consumer::StreamConsumer>>,
+    consumer: Option<Arc<bus::group::GroupConsumer>>,
     chain_status: Arc<crate::api::console::ChainStatus>,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     use crate::api::{self, backends};

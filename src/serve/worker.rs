@@ -2,7 +2,7 @@
 //! stores each offset only once the ledger has committed what the message caused.
 
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -24,7 +24,7 @@ const MAX_DECIDE_BATCH: usize = 64;
 
 pub async fn run(
     shared: Arc<Shared>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<crate::bus::group::GroupConsumer>,
     mut rx: mpsc::Receiver<OwnedMessage>,
 ) {
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(MAX_DECIDE_BATCH);

@@ -185,6 +185,86 @@ async fn sigkill_of_one_instance_loses_and_duplicates_nothing() {
     assert_eq!(survivor.terminate(), Some(0));
 }
 
+/// Regression (issue 16, chaos seeds 3 and 7): tansu 0.6 expires a SIGKILLed member on
+/// the survivor's heartbeat without a rebalance, and hands the survivor its old
+/// assignment again under the same generation: the dead member's partitions were never
+/// consumed again. The survivor notices the repeated generation, leaves and joins again
+/// (`bus::group`), and decides intents of every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_expired_without_a_rebalance_does_not_strand_its_partitions() {
+    /// Agents per batch: over 12 partitions, every partition gets some.
+    const AGENTS: usize = 48;
+    const BATCH: usize = 96;
+    let Some(_serial) = serial::service_test().await else {
+        return;
+    };
+    let Rig {
+        db,
+        dir,
+        env,
+        topics,
+        ..
+    } = Rig::new("sg_strand_", "strand").await;
+    let mut victim = ServeProcess::start(&env, "strand-0", dir.path(), &[]);
+    let survivor = ServeProcess::start(&env, "strand-1", dir.path(), &[]);
+
+    // The group has formed with both members once both decided intents of one batch
+    // (the first batches may all go to whichever instance joined first).
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    let mut published = 0;
+    for round in 0.. {
+        publish_intents(&topics.intents, &format!("s{round}"), BATCH, AGENTS).await;
+        published += BATCH as i64;
+        wait_for_count(&db, "SELECT count(*) FROM decision", published, &survivor).await;
+        let deciders: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT origin::jsonb->>'instance') FROM ledger_event WHERE event_type = 'intent_decided' AND resource LIKE $1",
+        )
+        .bind(format!("s{round}-%"))
+        .fetch_one(&mut sqlx::PgConnection::connect(&db).await.unwrap())
+        .await
+        .unwrap();
+        if deciders == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the two instances never shared the partitions:\n{}\n{}",
+            victim.log_text(),
+            survivor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    victim.child.kill().unwrap(); // SIGKILL: no LeaveGroup
+    victim.child.wait().unwrap();
+    // Only the survivor talks to the coordinator now, so its heartbeat is what finds the
+    // victim's session expired (10 s): the path that stranded partitions.
+    publish_intents(&topics.intents, "t", BATCH, AGENTS).await;
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM decision",
+        published + BATCH as i64,
+        &survivor,
+    )
+    .await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM ledger_event WHERE event_type = 'intent_decided' AND resource LIKE 't-%' AND origin::jsonb->>'instance' = 'strand-1'"
+        )
+        .await,
+        BATCH as i64,
+        "the survivor decided every intent published after the kill"
+    );
+    let log = survivor.log_text();
+    eprintln!(
+        "survivor rejoined the group {} time(s)",
+        log.matches("assigned again without a new group generation")
+            .count()
+    );
+    assert_eq!(survivor.terminate(), Some(0));
+}
+
 // ---- SPEC §15: faults that must not stop a partition or lose an effect ----
 
 /// Publishes `n` valid intents over `agents` agents, ids `{prefix}-{i}`.
