@@ -6,7 +6,7 @@
 
 use crate::harness::intent::svc_intent_json;
 use crate::harness::policies::test_policies;
-use crate::harness::proxy::{Proxy, spawn_tansu_behind_proxy};
+use crate::harness::proxy::{Proxy, spawn_persistent_tansu_behind_proxy, spawn_tansu_behind_proxy};
 use crate::harness::serve::{Rig, ServeProcess, json, read_until, spendguard};
 use crate::harness::{self, serial};
 use rdkafka::Message;
@@ -514,11 +514,15 @@ enum Fault {
     /// The broker unreachable for `ms`: every connection cut, new ones refused (only with
     /// `SPENDGUARD_CHAOS_BROKER_FAULTS=1`, on a private tansu behind a proxy).
     BrokerDown(u64),
+    /// The broker process stopped (SIGTERM when `graceful`, else SIGKILL), down for `ms`,
+    /// then started again on the same port and the same SQLite storage (only with
+    /// `SPENDGUARD_CHAOS_BROKER_FAULTS=1`).
+    BrokerRestart { graceful: bool, ms: u64 },
 }
 
 fn draw_fault(rng: &mut rand::rngs::StdRng, instances: usize, broker_faults: bool) -> Fault {
     use rand::Rng;
-    let kinds = if broker_faults { 7 } else { 6 };
+    let kinds = if broker_faults { 8 } else { 6 };
     match rng.gen_range(0..kinds) {
         0 => Fault::Kill(rng.gen_range(0..instances)),
         1 => Fault::Pause(rng.gen_range(0..instances), rng.gen_range(500..3_000)),
@@ -526,7 +530,11 @@ fn draw_fault(rng: &mut rand::rngs::StdRng, instances: usize, broker_faults: boo
         3 => Fault::DbDown(rng.gen_range(500..3_000)),
         4 => Fault::DbSlow(rng.gen_range(5..80), rng.gen_range(500..3_000)),
         5 => Fault::DbPartition(rng.gen_range(300..1_500)),
-        _ => Fault::BrokerDown(rng.gen_range(500..3_000)),
+        6 => Fault::BrokerDown(rng.gen_range(500..3_000)),
+        _ => Fault::BrokerRestart {
+            graceful: rng.gen_bool(0.5),
+            ms: rng.gen_range(500..3_000),
+        },
     }
 }
 
@@ -563,11 +571,12 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
     let rate_per_s = env_u64("SPENDGUARD_CHAOS_RATE", 50);
     let broker_faults = env_u64("SPENDGUARD_CHAOS_BROKER_FAULTS", 0) == 1;
     // Broker faults need a broker of the run's own behind a proxy (the shared one serves
-    // every other test, and advertises itself, not a proxy).
+    // every other test, and advertises itself, not a proxy), on storage that outlives
+    // its process.
     let broker_dir = tempfile::tempdir().unwrap();
-    let private_broker = if broker_faults {
+    let mut private_broker = if broker_faults {
         Some(
-            spawn_tansu_behind_proxy(broker_dir.path())
+            spawn_persistent_tansu_behind_proxy(broker_dir.path())
                 .expect("tansu is needed for SPENDGUARD_CHAOS_BROKER_FAULTS"),
         )
     } else {
@@ -776,6 +785,13 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 proxy.heal();
             }
+            Fault::BrokerRestart { graceful, ms } => {
+                let broker = private_broker.as_mut().expect("broker faults need it");
+                // The restart sleeps and polls the port synchronously.
+                tokio::task::block_in_place(|| {
+                    broker.restart(graceful, Duration::from_millis(ms));
+                });
+            }
             Fault::DbPartition(ms) => {
                 pg_proxy.set_blackhole(true);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -916,8 +932,21 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // How often a member found itself assigned under a generation it already had and
+    // left the group to join again (bus::group), over every instance that ran.
+    let rejoins: usize = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("chaos-"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .matches("assigned again without a new group generation")
+                .count()
+        })
+        .sum();
     eprintln!(
-        "chaos seed {seed}, {duration_s} s: {} faults, {sent} intents, {} votes, {} settlements: lost 0, duplicated 0, caps exceeded 0, over-captures 0, chains and replay verified",
+        "chaos seed {seed}, {duration_s} s: {} faults, {sent} intents, {} votes, {} settlements: lost 0, duplicated 0, caps exceeded 0, over-captures 0, chains and replay verified; {rejoins} group rejoin(s)",
         schedule.len(),
         voted.len(),
         settlements.len()
