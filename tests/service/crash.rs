@@ -538,6 +538,29 @@ fn draw_fault(rng: &mut rand::rngs::StdRng, instances: usize, broker_faults: boo
     }
 }
 
+/// Publishes like a payment service or approver would: an error the broker may not
+/// repeat (tansu answered UNKNOWN_SERVER_ERROR to a produce right after a SIGKILL
+/// restart, seed 17) is retried, 240 times at most, 250 ms apart; a retry may duplicate
+/// the message, which serve must absorb anyway (at-least-once delivery).
+async fn publish_as_a_client(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+) {
+    const ATTEMPTS: u32 = 240;
+    for attempt in 1.. {
+        match bus::publish(producer, topic, key, payload, None).await {
+            Ok(_) => return,
+            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+                eprintln!("chaos client: publish to {topic} failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("publish to {topic}: {e}"),
+        }
+    }
+}
+
 fn signal(child: &std::process::Child, sig: &str) {
     let _ = std::process::Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -644,9 +667,7 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
                     "vendor:known"
                 };
                 let body = svc_intent_json(&format!("x-{sent}"), &agent, "10.00", beneficiary);
-                bus::publish(&producer, &topic, agent.as_bytes(), body.as_bytes(), None)
-                    .await
-                    .unwrap();
+                publish_as_a_client(&producer, &topic, agent.as_bytes(), body.as_bytes()).await;
                 sent += 1;
                 tokio::time::sleep(gap).await;
             }
@@ -682,9 +703,7 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
                         spendguard::approvals::Vote::Approve,
                     );
                     let body = serde_json::to_vec(&vote).unwrap();
-                    bus::publish(&producer, &topic, intent.as_bytes(), &body, None)
-                        .await
-                        .unwrap();
+                    publish_as_a_client(&producer, &topic, intent.as_bytes(), &body).await;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
@@ -716,15 +735,13 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
                         continue;
                     }
                     for s in chaos_settlements(&intent) {
-                        bus::publish(
+                        publish_as_a_client(
                             &producer,
                             &topic,
                             agent.as_bytes(),
                             s.body().as_bytes(),
-                            None,
                         )
-                        .await
-                        .unwrap();
+                        .await;
                         sent.push(s);
                     }
                 }
