@@ -306,11 +306,14 @@ pub async fn run(
             _ = consumer.context().rejoin_requested(), if !out_of_group => {
                 consumer.unsubscribe();
                 out_of_group = true;
-                resubscribe.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(REJOIN_PAUSE_MS));
+                let back_at = tokio::time::Instant::now() + Duration::from_millis(REJOIN_PAUSE_MS);
+                resubscribe.as_mut().reset(back_at);
             }
             _ = &mut resubscribe, if out_of_group => {
                 out_of_group = false;
-                consumer.subscribe(&subscribed_topics(&shared.topics)).map_err(ServeError::Subscribe)?;
+                consumer
+                    .subscribe(&subscribed_topics(&shared.topics))
+                    .map_err(ServeError::Subscribe)?;
                 tracing::info!("joining the consumer group again");
             }
             msg = consumer.recv() => match msg {
