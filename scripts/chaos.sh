@@ -10,8 +10,9 @@
 #
 #   scripts/chaos.sh [--seed N] [--duration S] [--rate INTENTS_PER_S] [--broker-faults] [--release]
 #
-# --broker-faults: the run gets a tansu of its own behind a proxy and the schedule also
-# makes the broker unreachable for 0.5-3 s (connections cut, new ones refused).
+# --broker-faults: the run gets a tansu of its own (SQLite storage) behind a proxy and the
+# schedule also makes the broker unreachable for 0.5-3 s (connections cut, new ones
+# refused) and restarts it (SIGKILL or SIGTERM, down 0.5-3 s, same port and storage).
 #
 # Brings up PostgreSQL and tansu like the tests (scripts/services.sh up). Results go to
 # stderr; record long runs in docs/reliability.md with the seed.
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --rate) rate="$2"; shift 2 ;;
     --release) profile=(--release); shift ;;
     --broker-faults) broker_faults=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -4,6 +4,7 @@
 //! Nothing here decides anything; it only moves bytes and reports what Kafka said.
 
 pub mod dlq;
+pub mod group;
 pub mod properties;
 
 use rdkafka::ClientConfig;
@@ -307,15 +308,15 @@ pub const QUEUED_MIN_MESSAGES: u32 = 1_000;
 
 /// A group consumer whose offsets are committed only for messages the caller stored
 /// (`store_offset` after the ledger commit); auto-commit then only ever commits
-/// processed work. `context` sees the rebalances; `max_poll_interval_ms` is how long
-/// the caller may go without polling before librdkafka leaves the group for it.
-pub fn group_consumer<C: rdkafka::consumer::ConsumerContext + 'static>(
+/// processed work. Its context ([`group::GroupContext`]) counts the rebalances and asks
+/// for a rejoin when tansu strands the group; `max_poll_interval_ms` is how long the
+/// caller may go without polling before librdkafka leaves the group for it.
+pub fn group_consumer(
     brokers: &str,
     group_id: &str,
     instance: &str,
     max_poll_interval_ms: u64,
-    context: C,
-) -> Result<StreamConsumer<C>, BusError> {
+) -> Result<group::GroupConsumer, BusError> {
     client_config(brokers)
         .set("group.id", group_id)
         .set("client.id", format!("spendguard-{instance}"))
@@ -335,7 +336,7 @@ pub fn group_consumer<C: rdkafka::consumer::ConsumerContext + 'static>(
         .set("queued.min.messages", QUEUED_MIN_MESSAGES.to_string())
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", fetch_wait_max_ms())
-        .create_with_context(context)
+        .create_with_context(group::GroupContext::default())
         .map_err(client_err(brokers))
 }
 

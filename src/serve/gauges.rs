@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Shared;
+use crate::bus::group::GroupConsumer;
 use crate::telemetry;
 
 /// How often the gauges are refreshed.
@@ -20,7 +21,7 @@ const WATERMARK_TIMEOUT_MS: u64 = 1_000;
 const MAX_LAG_PARTITIONS: usize = 256;
 
 /// `consumer`: `None` without Kafka (no lag to report).
-pub async fn run(shared: Arc<Shared>, consumer: Option<Arc<super::group::GroupConsumer>>) {
+pub async fn run(shared: Arc<Shared>, consumer: Option<Arc<GroupConsumer>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(SAMPLE_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -65,7 +66,7 @@ pub async fn run(shared: Arc<Shared>, consumer: Option<Arc<super::group::GroupCo
 /// A partition with no position yet (nothing consumed since assignment) counts from the
 /// low watermark, which over-states rather than hides lag.
 fn consumer_lag(
-    consumer: &super::group::GroupConsumer,
+    consumer: &GroupConsumer,
 ) -> Result<Vec<(String, i32, i64)>, rdkafka::error::KafkaError> {
     let assignment = consumer.assignment()?;
     if assignment.count() == 0 {

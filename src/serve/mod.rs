@@ -15,7 +15,6 @@ mod control;
 pub mod demo;
 mod error;
 mod gauges;
-mod group;
 mod notifier;
 mod outbox;
 mod refusals;
@@ -42,6 +41,10 @@ use crate::policy::PolicySet;
 pub use error::ServeError;
 pub use systemic::SystemicFaults;
 
+/// How long a member that left the group on purpose (`bus::group`) stays out before it
+/// subscribes again: librdkafka first revokes its partitions (handled by the consume
+/// loop) and then sends the LeaveGroup, which must reach the coordinator first.
+const REJOIN_PAUSE_MS: u64 = 1_000;
 /// First and largest pause between retries of a ledger call that failed transiently.
 const RETRY_FIRST_MS: u64 = 50;
 const RETRY_MAX_MS: u64 = 5_000;
@@ -243,18 +246,13 @@ pub async fn run(
                 &shared.settings.group_id,
                 &shared.settings.instance,
                 shared.settings.max_poll_interval_ms,
-                group::GroupContext,
             )
             .map_err(ServeError::broker("cannot create the group consumer"))?,
         );
         // Before subscribing: no message of these partitions reaches the shared queue.
         partition_queues = split_partitions(&consumer, &shared);
         consumer
-            .subscribe(&[
-                &shared.topics.intents,
-                &shared.topics.approvals,
-                &shared.topics.settlements,
-            ])
+            .subscribe(&subscribed_topics(&shared.topics))
             .map_err(ServeError::Subscribe)?;
         Some(consumer)
     } else {
@@ -310,9 +308,27 @@ pub async fn run(
     // Polls for what the split queues do not carry: rebalances, errors, and messages of
     // partitions that have no queue of their own. Polling is what keeps the instance in
     // its group; it never waits on a worker for a split partition.
+    // While this member is out of the group on purpose (bus::group), it keeps receiving:
+    // that is what lets librdkafka revoke its partitions and send the LeaveGroup.
+    let resubscribe = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(resubscribe);
+    let mut out_of_group = false;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = consumer.context().rejoin_requested(), if !out_of_group => {
+                consumer.unsubscribe();
+                out_of_group = true;
+                let back_at = tokio::time::Instant::now() + Duration::from_millis(REJOIN_PAUSE_MS);
+                resubscribe.as_mut().reset(back_at);
+            }
+            _ = &mut resubscribe, if out_of_group => {
+                out_of_group = false;
+                consumer
+                    .subscribe(&subscribed_topics(&shared.topics))
+                    .map_err(ServeError::Subscribe)?;
+                tracing::info!("joining the consumer group again");
+            }
             msg = consumer.recv() => match msg {
                 Ok(m) => {
                     let owned = m.detach();
@@ -380,7 +396,7 @@ pub async fn run(
 /// back this partition only; librdkafka stops fetching it once its own queue is full
 /// (`queued.min.messages`), and the consume loop goes on polling meanwhile.
 async fn feed(
-    queue: rdkafka::consumer::stream_consumer::StreamPartitionQueue<group::GroupContext>,
+    queue: rdkafka::consumer::stream_consumer::StreamPartitionQueue<bus::group::GroupContext>,
     worker: mpsc::Sender<OwnedMessage>,
 ) {
     loop {
@@ -409,12 +425,12 @@ async fn feed(
 /// never paused or re-fetched. Partitions beyond the configured counts (a topic created
 /// with more elsewhere) stay on the shared queue.
 fn split_partitions(
-    consumer: &Arc<group::GroupConsumer>,
+    consumer: &Arc<bus::group::GroupConsumer>,
     shared: &Shared,
 ) -> Vec<(
     String,
     i32,
-    rdkafka::consumer::stream_consumer::StreamPartitionQueue<group::GroupContext>,
+    rdkafka::consumer::stream_consumer::StreamPartitionQueue<bus::group::GroupContext>,
 )> {
     let s = &shared.settings;
     let t = &shared.topics;
@@ -434,6 +450,11 @@ fn split_partitions(
         }
     }
     queues
+}
+
+/// The topics of the consumer group.
+fn subscribed_topics(topics: &Topics) -> [&str; 3] {
+    [&topics.intents, &topics.approvals, &topics.settlements]
 }
 
 /// The end of a serve without Kafka: no consumer to drain, no outbox to flush (its rows
@@ -530,7 +551,7 @@ pub struct ApiMount {
 async fn start_api(
     mount: ApiMount,
     shared: Arc<Shared>,
-    consumer: Option<Arc<group::GroupConsumer>>,
+    consumer: Option<Arc<bus::group::GroupConsumer>>,
     chain_status: Arc<crate::api::console::ChainStatus>,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     use crate::api::{self, backends};

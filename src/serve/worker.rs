@@ -24,7 +24,7 @@ const MAX_DECIDE_BATCH: usize = 64;
 
 pub async fn run(
     shared: Arc<Shared>,
-    consumer: Arc<super::group::GroupConsumer>,
+    consumer: Arc<crate::bus::group::GroupConsumer>,
     mut rx: mpsc::Receiver<OwnedMessage>,
 ) {
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(MAX_DECIDE_BATCH);

@@ -57,6 +57,9 @@
 //! [`spawn_tansu_behind_proxy`] does exactly that; give its `brokers` to the clients (and
 //! as `SPENDGUARD_BROKERS` to `spendguard serve`). A topic lives in that broker's memory
 //! only, so each such test creates its own topics.
+//! [`spawn_persistent_tansu_behind_proxy`] keeps them in a SQLite file instead, so the
+//! broker can be restarted ([`TansuBehindProxy::restart`]) without losing topics,
+//! messages or committed group offsets.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -310,8 +313,9 @@ async fn pipe(
 
 /// A tansu broker of one test that clients can reach only through `proxy`: it listens on
 /// a free port of 127.0.0.1 and advertises the proxy's address, so bootstrap, metadata,
-/// produce, fetch and group traffic all pass through the proxy's faults. Memory storage.
-/// Dropping it kills the broker and stops the proxy.
+/// produce, fetch and group traffic all pass through the proxy's faults. Memory storage,
+/// or SQLite in the test's directory ([`spawn_persistent_tansu_behind_proxy`]), which
+/// [`TansuBehindProxy::restart`] keeps. Dropping it kills the broker and stops the proxy.
 pub struct TansuBehindProxy {
     pub proxy: Proxy,
     /// `bootstrap.servers` for clients: the proxy's address.
@@ -319,13 +323,46 @@ pub struct TansuBehindProxy {
     /// Where the broker listens (the proxy's upstream); clients must not use it.
     pub direct: SocketAddr,
     pub child: std::process::Child,
-    /// The broker's stdout and stderr.
+    /// The broker's stdout and stderr (every start appends to it).
     pub log: PathBuf,
+    bin: PathBuf,
+    /// The broker's working directory: tansu resolves a `sqlite://` path against it.
+    dir: PathBuf,
+    storage: &'static str,
 }
 
 impl TansuBehindProxy {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the broker (SIGKILL, or SIGTERM with `graceful`, SIGKILL if it has not exited
+    /// after 5 s), keeps it down for `down`, then starts it again on the same port with
+    /// the same storage and waits until the port answers. Clients' connections through
+    /// the proxy are closed when the broker's side closes.
+    pub fn restart(&mut self, graceful: bool, down: Duration) {
+        if graceful {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = start_tansu(
+            &self.bin,
+            self.direct,
+            self.proxy.addr(),
+            self.storage,
+            &self.dir,
+            &self.log,
+        );
+        wait_for_tansu(&mut self.child, self.direct, &self.log);
     }
 }
 
@@ -358,6 +395,18 @@ pub fn tansu_bin() -> Option<PathBuf> {
 /// `dir`, and waits until the broker's port answers. Without a `tansu` binary: fails
 /// under `CI=true`, otherwise prints why the test is skipped and returns `None`.
 pub fn spawn_tansu_behind_proxy(dir: &Path) -> Option<TansuBehindProxy> {
+    spawn_with_storage(dir, "memory://tansu/")
+}
+
+/// Like [`spawn_tansu_behind_proxy`], with the broker's topics, offsets and consumer
+/// groups in a SQLite file in `dir`, so they survive [`TansuBehindProxy::restart`].
+pub fn spawn_persistent_tansu_behind_proxy(dir: &Path) -> Option<TansuBehindProxy> {
+    // tansu 0.6 joins the URL's path to its working directory (set to `dir`), whatever
+    // the number of slashes.
+    spawn_with_storage(dir, "sqlite:///tansu.db")
+}
+
+fn spawn_with_storage(dir: &Path, storage: &'static str) -> Option<TansuBehindProxy> {
     let Some(bin) = tansu_bin() else {
         super::skip_or_fail("the tansu binary is not installed (scripts/tansu.sh install)");
         return None;
@@ -368,42 +417,64 @@ pub fn spawn_tansu_behind_proxy(dir: &Path) -> Option<TansuBehindProxy> {
         .expect("a free port for tansu");
     let proxy = Proxy::start(direct);
     let log = dir.join(format!("tansu-{}.log", direct.port()));
-    let out = std::fs::File::create(&log).expect("tansu log file");
-    let err = out.try_clone().expect("tansu log file");
-    let child = std::process::Command::new(&bin)
-        .arg("broker")
-        .args([
-            "--cluster-id",
-            &format!("spendguard-test-{}", direct.port()),
-        ])
-        .args(["--listener-url", &format!("tcp://{direct}")])
-        .args([
-            "--advertised-listener-url",
-            &format!("tcp://{}", proxy.addr()),
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        // tansu logs every request at info.
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    let child = start_tansu(&bin, direct, proxy.addr(), storage, dir, &log);
     let mut tansu = TansuBehindProxy {
         brokers: proxy.addr().to_string(),
         proxy,
         direct,
         child,
         log,
+        bin,
+        dir: dir.to_path_buf(),
+        storage,
     };
+    wait_for_tansu(&mut tansu.child, direct, &tansu.log);
+    Some(tansu)
+}
+
+fn start_tansu(
+    bin: &Path,
+    direct: SocketAddr,
+    advertised: SocketAddr,
+    storage: &str,
+    dir: &Path,
+    log: &Path,
+) -> std::process::Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("tansu log file");
+    let err = out.try_clone().expect("tansu log file");
+    std::process::Command::new(bin)
+        .arg("broker")
+        .args([
+            "--cluster-id",
+            &format!("spendguard-test-{}", direct.port()),
+        ])
+        .args(["--listener-url", &format!("tcp://{direct}")])
+        .args(["--advertised-listener-url", &format!("tcp://{advertised}")])
+        .args(["--storage-engine", storage])
+        .current_dir(dir)
+        // tansu logs every request at info.
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+}
+
+fn wait_for_tansu(child: &mut std::process::Child, direct: SocketAddr, log: &Path) {
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
     for _ in 0..TANSU_START_TRIES {
         if std::net::TcpStream::connect_timeout(&direct, Duration::from_millis(100)).is_ok() {
-            return Some(tansu);
+            return;
         }
-        if let Ok(Some(status)) = tansu.child.try_wait() {
-            panic!("tansu exited with {status}:\n{}", tansu.log_text());
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("tansu exited with {status}:\n{}", log_text());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("tansu did not open {direct} in time:\n{}", tansu.log_text());
+    panic!("tansu did not open {direct} in time:\n{}", log_text());
 }

@@ -60,7 +60,6 @@ async fn create_produce_consume_round_trip() {
         &group,
         "smoke",
         spendguard::config::DEFAULT_MAX_POLL_INTERVAL_MS,
-        rdkafka::consumer::DefaultConsumerContext,
     )
     .unwrap();
     consumer.subscribe(&[&topic]).unwrap();

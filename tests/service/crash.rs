@@ -6,7 +6,7 @@
 
 use crate::harness::intent::svc_intent_json;
 use crate::harness::policies::test_policies;
-use crate::harness::proxy::{Proxy, spawn_tansu_behind_proxy};
+use crate::harness::proxy::{Proxy, spawn_persistent_tansu_behind_proxy, spawn_tansu_behind_proxy};
 use crate::harness::serve::{Rig, ServeProcess, json, read_until, spendguard};
 use crate::harness::{self, serial};
 use rdkafka::Message;
@@ -182,6 +182,86 @@ async fn sigkill_of_one_instance_loses_and_duplicates_nothing() {
     }
     assert_eq!(seen.len(), INTENTS, "some decisions were never published");
 
+    assert_eq!(survivor.terminate(), Some(0));
+}
+
+/// Regression (issue 16, chaos seeds 3 and 7): tansu 0.6 expires a SIGKILLed member on
+/// the survivor's heartbeat without a rebalance, and hands the survivor its old
+/// assignment again under the same generation: the dead member's partitions were never
+/// consumed again. The survivor notices the repeated generation, leaves and joins again
+/// (`bus::group`), and decides intents of every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_expired_without_a_rebalance_does_not_strand_its_partitions() {
+    /// Agents per batch: over 12 partitions, every partition gets some.
+    const AGENTS: usize = 48;
+    const BATCH: usize = 96;
+    let Some(_serial) = serial::service_test().await else {
+        return;
+    };
+    let Rig {
+        db,
+        dir,
+        env,
+        topics,
+        ..
+    } = Rig::new("sg_strand_", "strand").await;
+    let mut victim = ServeProcess::start(&env, "strand-0", dir.path(), &[]);
+    let survivor = ServeProcess::start(&env, "strand-1", dir.path(), &[]);
+
+    // The group has formed with both members once both decided intents of one batch
+    // (the first batches may all go to whichever instance joined first).
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    let mut published = 0;
+    for round in 0.. {
+        publish_intents(&topics.intents, &format!("s{round}"), BATCH, AGENTS).await;
+        published += BATCH as i64;
+        wait_for_count(&db, "SELECT count(*) FROM decision", published, &survivor).await;
+        let deciders: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT origin::jsonb->>'instance') FROM ledger_event WHERE event_type = 'intent_decided' AND resource LIKE $1",
+        )
+        .bind(format!("s{round}-%"))
+        .fetch_one(&mut sqlx::PgConnection::connect(&db).await.unwrap())
+        .await
+        .unwrap();
+        if deciders == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the two instances never shared the partitions:\n{}\n{}",
+            victim.log_text(),
+            survivor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    victim.child.kill().unwrap(); // SIGKILL: no LeaveGroup
+    victim.child.wait().unwrap();
+    // Only the survivor talks to the coordinator now, so its heartbeat is what finds the
+    // victim's session expired (10 s): the path that stranded partitions.
+    publish_intents(&topics.intents, "t", BATCH, AGENTS).await;
+    wait_for_count(
+        &db,
+        "SELECT count(*) FROM decision",
+        published + BATCH as i64,
+        &survivor,
+    )
+    .await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM ledger_event WHERE event_type = 'intent_decided' AND resource LIKE 't-%' AND origin::jsonb->>'instance' = 'strand-1'"
+        )
+        .await,
+        BATCH as i64,
+        "the survivor decided every intent published after the kill"
+    );
+    let log = survivor.log_text();
+    eprintln!(
+        "survivor rejoined the group {} time(s)",
+        log.matches("assigned again without a new group generation")
+            .count()
+    );
     assert_eq!(survivor.terminate(), Some(0));
 }
 
@@ -574,11 +654,15 @@ enum Fault {
     /// The broker unreachable for `ms`: every connection cut, new ones refused (only with
     /// `SPENDGUARD_CHAOS_BROKER_FAULTS=1`, on a private tansu behind a proxy).
     BrokerDown(u64),
+    /// The broker process stopped (SIGTERM when `graceful`, else SIGKILL), down for `ms`,
+    /// then started again on the same port and the same SQLite storage (only with
+    /// `SPENDGUARD_CHAOS_BROKER_FAULTS=1`).
+    BrokerRestart { graceful: bool, ms: u64 },
 }
 
 fn draw_fault(rng: &mut rand::rngs::StdRng, instances: usize, broker_faults: bool) -> Fault {
     use rand::Rng;
-    let kinds = if broker_faults { 7 } else { 6 };
+    let kinds = if broker_faults { 8 } else { 6 };
     match rng.gen_range(0..kinds) {
         0 => Fault::Kill(rng.gen_range(0..instances)),
         1 => Fault::Pause(rng.gen_range(0..instances), rng.gen_range(500..3_000)),
@@ -586,7 +670,34 @@ fn draw_fault(rng: &mut rand::rngs::StdRng, instances: usize, broker_faults: boo
         3 => Fault::DbDown(rng.gen_range(500..3_000)),
         4 => Fault::DbSlow(rng.gen_range(5..80), rng.gen_range(500..3_000)),
         5 => Fault::DbPartition(rng.gen_range(300..1_500)),
-        _ => Fault::BrokerDown(rng.gen_range(500..3_000)),
+        6 => Fault::BrokerDown(rng.gen_range(500..3_000)),
+        _ => Fault::BrokerRestart {
+            graceful: rng.gen_bool(0.5),
+            ms: rng.gen_range(500..3_000),
+        },
+    }
+}
+
+/// Publishes like a payment service or approver would: an error the broker may not
+/// repeat (tansu answered UNKNOWN_SERVER_ERROR to a produce right after a SIGKILL
+/// restart, seed 17) is retried, 240 times at most, 250 ms apart; a retry may duplicate
+/// the message, which serve must absorb anyway (at-least-once delivery).
+async fn publish_as_a_client(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+) {
+    const ATTEMPTS: u32 = 240;
+    for attempt in 1.. {
+        match bus::publish(producer, topic, key, payload, None).await {
+            Ok(_) => return,
+            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+                eprintln!("chaos client: publish to {topic} failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("publish to {topic}: {e}"),
+        }
     }
 }
 
@@ -623,11 +734,12 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
     let rate_per_s = env_u64("SPENDGUARD_CHAOS_RATE", 50);
     let broker_faults = env_u64("SPENDGUARD_CHAOS_BROKER_FAULTS", 0) == 1;
     // Broker faults need a broker of the run's own behind a proxy (the shared one serves
-    // every other test, and advertises itself, not a proxy).
+    // every other test, and advertises itself, not a proxy), on storage that outlives
+    // its process.
     let broker_dir = tempfile::tempdir().unwrap();
-    let private_broker = if broker_faults {
+    let mut private_broker = if broker_faults {
         Some(
-            spawn_tansu_behind_proxy(broker_dir.path())
+            spawn_persistent_tansu_behind_proxy(broker_dir.path())
                 .expect("tansu is needed for SPENDGUARD_CHAOS_BROKER_FAULTS"),
         )
     } else {
@@ -695,9 +807,7 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
                     "vendor:known"
                 };
                 let body = svc_intent_json(&format!("x-{sent}"), &agent, "10.00", beneficiary);
-                bus::publish(&producer, &topic, agent.as_bytes(), body.as_bytes(), None)
-                    .await
-                    .unwrap();
+                publish_as_a_client(&producer, &topic, agent.as_bytes(), body.as_bytes()).await;
                 sent += 1;
                 tokio::time::sleep(gap).await;
             }
@@ -733,9 +843,7 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
                         spendguard::approvals::Vote::Approve,
                     );
                     let body = serde_json::to_vec(&vote).unwrap();
-                    bus::publish(&producer, &topic, intent.as_bytes(), &body, None)
-                        .await
-                        .unwrap();
+                    publish_as_a_client(&producer, &topic, intent.as_bytes(), &body).await;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
@@ -767,15 +875,13 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
                         continue;
                     }
                     for s in chaos_settlements(&intent) {
-                        bus::publish(
+                        publish_as_a_client(
                             &producer,
                             &topic,
                             agent.as_bytes(),
                             s.body().as_bytes(),
-                            None,
                         )
-                        .await
-                        .unwrap();
+                        .await;
                         sent.push(s);
                     }
                 }
@@ -835,6 +941,13 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
                 proxy.cut();
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 proxy.heal();
+            }
+            Fault::BrokerRestart { graceful, ms } => {
+                let broker = private_broker.as_mut().expect("broker faults need it");
+                // The restart sleeps and polls the port synchronously.
+                tokio::task::block_in_place(|| {
+                    broker.restart(graceful, Duration::from_millis(ms));
+                });
             }
             Fault::DbPartition(ms) => {
                 pg_proxy.set_blackhole(true);
@@ -976,8 +1089,21 @@ async fn chaos_run_loses_duplicates_and_overspends_nothing() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // How often a member found itself assigned under a generation it already had and
+    // left the group to join again (bus::group), over every instance that ran.
+    let rejoins: usize = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("chaos-"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .matches("assigned again without a new group generation")
+                .count()
+        })
+        .sum();
     eprintln!(
-        "chaos seed {seed}, {duration_s} s: {} faults, {sent} intents, {} votes, {} settlements: lost 0, duplicated 0, caps exceeded 0, over-captures 0, chains and replay verified",
+        "chaos seed {seed}, {duration_s} s: {} faults, {sent} intents, {} votes, {} settlements: lost 0, duplicated 0, caps exceeded 0, over-captures 0, chains and replay verified; {rejoins} group rejoin(s)",
         schedule.len(),
         voted.len(),
         settlements.len()
