@@ -433,16 +433,16 @@ fn split_partitions(
     rdkafka::consumer::stream_consumer::StreamPartitionQueue<bus::group::GroupContext>,
 )> {
     let s = &shared.settings;
-    let t = &shared.topics;
+    let counts = [
+        s.intent_partitions,
+        s.approval_partitions,
+        s.settlement_partitions,
+    ];
     let mut queues = Vec::new();
-    for (topic, count) in [
-        (&t.intents, s.intent_partitions),
-        (&t.approvals, s.approval_partitions),
-        (&t.settlements, s.settlement_partitions),
-    ] {
+    for (topic, count) in subscribed_topics(&shared.topics).into_iter().zip(counts) {
         for p in 0..count {
             match consumer.split_partition_queue(topic, p) {
-                Some(q) => queues.push((topic.clone(), p, q)),
+                Some(q) => queues.push((topic.to_string(), p, q)),
                 None => {
                     tracing::warn!(%topic, partition = p, "no queue of its own for this partition; it shares the consume loop's")
                 }
@@ -711,50 +711,55 @@ fn worker_for(topic: &str, intents_topic: &str, partition: i32, workers: usize) 
 /// their `authorizationTtl` (SPEC §11, AUTH_EXPIRED). Safe with several instances: the
 /// ledger closes each intent and expires each authorization once.
 async fn sweep_expired(shared: Arc<Shared>) {
-    const TASK: &str = "expiry sweeper";
     let mut tick = tokio::time::interval(Duration::from_millis(
         shared.settings.expiry_sweep_interval_ms,
     ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let deadline = Duration::from_millis(CALL_DEADLINE_MS);
-        let late = || format!("no answer within {CALL_DEADLINE_MS} ms");
-        let swept = match tokio::time::timeout(deadline, shared.ledger.expire_due_now()).await {
-            Ok(swept) => {
-                shared.systemic.observe(TASK, &swept);
-                swept.map_err(|e| e.to_string())
-            }
-            Err(_) => Err(late()),
-        };
-        match swept {
-            Ok(expired) if !expired.is_empty() => {
-                metrics::counter!("spendguard_intents_expired_total")
-                    .increment(expired.len() as u64);
-                shared.outbox_ready.notify_one();
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "expiry sweep failed; retrying next tick"),
+        let swept = shared.ledger.expire_due_now();
+        sweep_once(
+            &shared,
+            swept,
+            "spendguard_intents_expired_total",
+            "expiry sweep",
+        )
+        .await;
+        let released = shared.ledger.expire_authorizations_now();
+        sweep_once(
+            &shared,
+            released,
+            "spendguard_authorizations_expired_total",
+            "authorization expiry sweep",
+        )
+        .await;
+    }
+}
+
+/// One call of the sweeper, within the call deadline: what it closed is counted in
+/// `counter` and published; a failure is logged and retried on the next tick.
+async fn sweep_once(
+    shared: &Shared,
+    call: impl std::future::Future<
+        Output = Result<Vec<crate::ledger::OutcomeMessage>, crate::ledger::LedgerError>,
+    >,
+    counter: &'static str,
+    what: &str,
+) {
+    let outcome = match tokio::time::timeout(Duration::from_millis(CALL_DEADLINE_MS), call).await {
+        Ok(outcome) => {
+            shared.systemic.observe("expiry sweeper", &outcome);
+            outcome.map_err(|e| e.to_string())
         }
-        let released =
-            match tokio::time::timeout(deadline, shared.ledger.expire_authorizations_now()).await {
-                Ok(released) => {
-                    shared.systemic.observe(TASK, &released);
-                    released.map_err(|e| e.to_string())
-                }
-                Err(_) => Err(late()),
-            };
-        match released {
-            Ok(expired) if !expired.is_empty() => {
-                metrics::counter!("spendguard_authorizations_expired_total")
-                    .increment(expired.len() as u64);
-                shared.outbox_ready.notify_one();
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "authorization expiry sweep failed; retrying next tick")
-            }
+        Err(_) => Err(format!("no answer within {CALL_DEADLINE_MS} ms")),
+    };
+    match outcome {
+        Ok(expired) if !expired.is_empty() => {
+            metrics::counter!(counter).increment(expired.len() as u64);
+            shared.outbox_ready.notify_one();
         }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "{what} failed; retrying next tick"),
     }
 }
 
