@@ -297,10 +297,16 @@ impl Ledger {
             }));
         }
         clock.lap("step");
-        ws.flush(&mut tx).await?;
+        let lease = self.direct_lease();
+        let leased = ws
+            .flush_leasing(&mut tx, lease.as_ref().map(|l| l.claimer))
+            .await?;
         clock.lap("write");
         tx.commit().await?;
         clock.lap("commit");
+        if let Some(lease) = lease {
+            lease.hand_over(leased);
+        }
         Ok(results)
     }
 }

@@ -32,6 +32,7 @@ pub mod fault;
 pub mod limit_usage;
 pub mod machine;
 pub mod notifications;
+pub mod outbox;
 pub mod policy_history;
 pub mod query;
 pub mod replay;
@@ -69,8 +70,6 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 pub const MAX_RAW_STORED_BYTES: usize = 16 * 1024;
 /// How long an outbox claim is leased before another instance may publish it.
 pub const OUTBOX_LEASE_SECONDS: i64 = 30;
-/// Advisory-lock name that serializes outbox claims.
-const OUTBOX_CLAIM_LOCK: &str = "outbox-claim";
 /// Most pending approvals one `expire_due` call closes.
 pub const EXPIRE_BATCH_MAX: i64 = 500;
 
@@ -431,6 +430,9 @@ pub struct Ledger {
     /// (kind, sha256) → the registry / bindings version this instance activated or
     /// used for that content (`config`).
     configs: Mutex<std::collections::HashMap<(events::ConfigKind, String), events::ConfigVersion>>,
+    /// Where committed outbox rows go to be published at once (serve's direct
+    /// publisher); without it every row waits for `outbox_claim`.
+    handoff: Option<outbox::OutboxHandoff>,
 }
 
 /// Options of [`Ledger::connect_with`].
@@ -588,6 +590,7 @@ impl Ledger {
             key_wrap: opts.key_wrap,
             activated: Mutex::new(HashSet::new()),
             configs: Mutex::default(),
+            handoff: None,
         };
         if let Some(kw) = &ledger.key_wrap {
             subject_keys::wrap_legacy(&ledger, kw.as_ref()).await?;
@@ -1069,42 +1072,6 @@ impl Ledger {
         }))
     }
 
-    /// Leases up to `limit` unpublished outbox rows (oldest first) to this instance.
-    /// Rows leased by another live instance are skipped; a lease expires after
-    /// `OUTBOX_LEASE_SECONDS`, so a crashed publisher's rows are published by others.
-    ///
-    /// Per-agent order (SPEC §15): a row is claimed only when no older row with the same
-    /// key is leased to another instance, so two publishers never race on one agent's
-    /// messages (decisions before their outcomes, in ledger order). Claims are
-    /// serialized by an advisory lock: each sees every earlier claim committed.
-    pub async fn outbox_claim(&self, limit: usize) -> Result<Vec<OutboxRow>, LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(chain::lock_key(OUTBOX_CLAIM_LOCK))
-            .execute(&mut *tx)
-            .await?;
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "UPDATE outbox o SET claimed_by = $2, claimed_until = now() + make_interval(secs => $3)
-             FROM (SELECT id FROM outbox c
-                   WHERE (claimed_until IS NULL OR claimed_until < now() OR claimed_by = $2)
-                     AND NOT EXISTS (SELECT 1 FROM outbox older
-                                     WHERE older.msg_key = c.msg_key AND older.id < c.id
-                                       AND older.claimed_by <> $2 AND older.claimed_until >= now())
-                   ORDER BY id LIMIT $1) c
-             WHERE o.id = c.id
-             RETURNING o.id, o.seq, o.topic, o.msg_key AS key, o.payload, o.created_at",
-        )
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(&self.instance)
-        .bind(OUTBOX_LEASE_SECONDS as f64)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let mut out = rows;
-        out.sort_by_key(|r| r.id);
-        Ok(out)
-    }
-
     /// What the service's gauges report: intents waiting for approval and outbox rows
     /// not yet acknowledged by the broker (one round trip).
     pub async fn backlog(&self) -> Result<Backlog, LedgerError> {
@@ -1117,15 +1084,6 @@ impl Ledger {
             pending_approvals: u64::try_from(pending).unwrap_or(0),
             outbox_messages: u64::try_from(outbox).unwrap_or(0),
         })
-    }
-
-    /// Removes published rows from the outbox (the events keep everything).
-    pub async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), LedgerError> {
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     /// LGPD erasure: destroys the subject's keys and records `subject_erased`. The

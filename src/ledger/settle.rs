@@ -370,11 +370,17 @@ impl Ledger {
                 intake.push((key, seq));
             }
         }
-        ws.flush(&mut tx).await?;
+        let lease = self.direct_lease();
+        let leased = ws
+            .flush_leasing(&mut tx, lease.as_ref().map(|l| l.claimer))
+            .await?;
         for (key, seq) in &intake {
             key.record(&mut tx, *seq).await?;
         }
         tx.commit().await?;
+        if let Some(lease) = lease {
+            lease.hand_over(leased);
+        }
         Ok(results)
     }
 

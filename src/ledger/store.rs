@@ -541,6 +541,17 @@ impl WriteSet {
 
     /// Writes everything (the caller commits).
     pub async fn flush(self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        self.flush_leasing(conn, None).await.map(|_| ())
+    }
+
+    /// Writes everything; outbox rows whose key has no row left in the outbox are leased
+    /// to `direct` (the direct publisher, `ledger::outbox`) and returned, to be handed
+    /// over once the caller has committed.
+    pub async fn flush_leasing(
+        self,
+        conn: &mut PgConnection,
+        direct: Option<&str>,
+    ) -> sqlx::Result<Vec<super::OutboxRow>> {
         if !self.events.is_empty() {
             let e = &self.events;
             sqlx::query(
@@ -826,19 +837,47 @@ impl WriteSet {
             .execute(&mut *conn)
             .await?;
         }
-        if !self.outbox.is_empty() {
-            let o = &self.outbox;
-            sqlx::query(
-                "INSERT INTO outbox (seq, topic, msg_key, payload)
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])",
-            )
-            .bind(o.iter().map(|r| r.0).collect::<Vec<_>>())
-            .bind(o.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
-            .bind(o.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
-            .bind(o.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+        if self.outbox.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(())
+        let o = &self.outbox;
+        // The lease is taken only for a key with no row left in the outbox (an older row
+        // of this agent still unpublished goes first, through the claim round); rows of
+        // this same statement do not see each other, so one agent's rows of one
+        // transaction are leased together and handed over together, in seq order.
+        // Planned per call: a generic plan made on an empty outbox would scan it.
+        let written: Vec<WrittenOutboxRow> = sqlx::query_as(
+            "INSERT INTO outbox (seq, topic, msg_key, payload, claimed_by, claimed_until)
+             SELECT n.seq, n.topic, n.msg_key, n.payload, d.claimer, d.until
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+                  AS n(seq, topic, msg_key, payload)
+             LEFT JOIN LATERAL (
+                 SELECT $5::text AS claimer, now() + make_interval(secs => $6) AS until
+                 WHERE $5::text IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM outbox x WHERE x.msg_key = n.msg_key)
+             ) d ON true
+             RETURNING claimed_by IS NOT NULL AS leased, id, seq, topic, msg_key AS key, payload, created_at",
+        )
+        .bind(o.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(o.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .bind(o.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
+        .bind(o.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
+        .bind(direct)
+        .bind(super::OUTBOX_LEASE_SECONDS as f64)
+        .persistent(false)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(written
+            .into_iter()
+            .filter_map(|w| w.leased.then_some(w.row))
+            .collect())
     }
+}
+
+/// An outbox row as written, and whether it was leased to the direct publisher.
+#[derive(sqlx::FromRow)]
+struct WrittenOutboxRow {
+    leased: bool,
+    #[sqlx(flatten)]
+    row: super::OutboxRow,
 }

@@ -5,8 +5,10 @@
 //! - effectively once: the ledger decides in one transaction (idempotent per intentId);
 //!   the offset is stored only after that commit, so a crash redelivers and the ledger
 //!   answers with the recorded decision;
-//! - decisions are published from the ledger's outbox, never from memory, so a crash
-//!   between commit and publish loses nothing (another instance or the restart publishes);
+//! - decisions are published from rows committed to the ledger's outbox (handed to the
+//!   direct publisher right after the commit, or claimed later), never from memory
+//!   alone, so a crash between commit and publish loses nothing (another instance or
+//!   the restart publishes once the lease runs out);
 //! - one agent's intents are decided in order: they share a partition (key = agentId) and
 //!   each partition is handled by exactly one worker task, sequentially.
 
@@ -155,8 +157,15 @@ pub async fn run(
     // Every Kafka client of this process speaks the deployment's TLS / SASL.
     bus::properties::install(&settings.kafka_client);
     let topics = Topics::with_prefix(&settings.topic_prefix);
-    let ledger = connect_ledger(&settings).await?;
+    let mut ledger = connect_ledger(&settings).await?;
     let kafka = settings.kafka;
+    // With a broker, committed decisions are handed straight to the direct publisher
+    // (outbox::run_direct); the claim round publishes what it could not take.
+    let direct = kafka.then(|| {
+        let (tx, rx) = mpsc::channel(outbox::DIRECT_QUEUE_BATCHES);
+        ledger.hand_outbox_to(outbox::direct_claimer(&settings.instance), tx);
+        rx
+    });
     if kafka {
         wait_for_topics(&settings, &topics).await?;
     }
@@ -226,6 +235,7 @@ pub async fn run(
     let control = control::start(shared.clone()).await?;
     // Without a broker the outbox keeps every decision until a serve with Kafka runs.
     let outbox = kafka.then(|| tokio::spawn(outbox::run(shared.clone())));
+    let direct = direct.map(|rx| tokio::spawn(outbox::run_direct(shared.clone(), rx)));
     let sweeper = tokio::spawn(sweep_expired(shared.clone()));
     // Ends by itself on shutdown; `refusals::drain` then records what is left.
     let refusal_flusher = tokio::spawn(refusals::run(shared.clone()));
@@ -366,6 +376,11 @@ pub async fn run(
         && e.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::NoOffset)
     {
         tracing::warn!(error = %e, "final offset commit failed; the next owner redelivers (the ledger deduplicates)");
+    }
+    if let Some(direct) = direct {
+        direct
+            .await
+            .map_err(|e| ServeError::Stopped(format!("direct publisher failed: {e}")))?;
     }
     shared.outbox_ready.notify_one();
     if let Some(outbox) = outbox {

@@ -5,12 +5,14 @@
 //! in between republishes the same bytes: consumers may see a decision twice, identical.
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
 
 use super::Shared;
+use crate::ledger::OutboxRow;
 use crate::telemetry::{self, Stage};
 
 // A claim outlives every delivery attempt of its rows by a wide margin, so a slow
@@ -91,10 +93,36 @@ async fn publish_batch(shared: &Shared) -> Result<usize, String> {
             telemetry::record_stage(Stage::OutboxWait, waited);
         }
     }
-    // Enqueue the whole batch first (in claim order, so one agent's messages keep their
-    // order on its partition), then wait for the acknowledgements.
+    let deliveries = enqueue(producer, shared, &rows).await?;
+    let (published, failed) = await_deliveries(deliveries, claimed).await;
+    let marking = std::time::Instant::now();
+    let marked = shared.ledger.outbox_mark_published(&published).await;
+    shared.systemic.observe(TASK, &marked);
+    marked.map_err(|e| e.to_string())?;
+    telemetry::record_stage(Stage::Mark, marking.elapsed());
+    metrics::counter!("spendguard_published_total").increment(published.len() as u64);
+    if !failed.is_empty() {
+        return Err(format!(
+            "{} of {} outbox rows were not acknowledged by the broker",
+            failed.len(),
+            rows.len()
+        ));
+    }
+    Ok(rows.len())
+}
+
+/// Enqueues `rows` in their order (one agent's messages keep their order on its
+/// partition: the producer has one request in flight per connection), waiting while the
+/// client's local queue is full. Stops at the first row the client refuses outright (the
+/// rows enqueued before it still go out, and may go out again with the retried rows:
+/// identical copies, which consumers handle).
+async fn enqueue(
+    producer: &FutureProducer,
+    shared: &Shared,
+    rows: &[OutboxRow],
+) -> Result<Vec<(i64, DeliveryFuture)>, String> {
     let mut deliveries = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let topic = shared.topics.resolve(&row.topic);
         let mut record = FutureRecord::to(&topic)
             .key(row.key.as_bytes())
@@ -113,32 +141,141 @@ async fn publish_batch(shared: &Shared) -> Result<usize, String> {
             }
         }
     }
-    let mut published = Vec::with_capacity(rows.len());
-    let mut failed = 0usize;
+    Ok(deliveries)
+}
+
+/// Waits for every delivery (each fails within the producer's delivery timeout):
+/// (acknowledged ids, failed ids).
+async fn await_deliveries(
+    deliveries: Vec<(i64, DeliveryFuture)>,
+    enqueued: Instant,
+) -> (Vec<i64>, Vec<i64>) {
+    let mut published = Vec::with_capacity(deliveries.len());
+    let mut failed = Vec::new();
     for (id, delivery) in deliveries {
         match delivery.await {
             Ok(Ok(_)) => {
-                telemetry::record_stage(Stage::ProduceAck, claimed.elapsed());
+                telemetry::record_stage(Stage::ProduceAck, enqueued.elapsed());
                 published.push(id);
             }
             Ok(Err((e, _))) => {
-                failed += 1;
                 tracing::warn!(error = %e, outbox_id = id, "publish failed; the row stays in the outbox");
+                failed.push(id);
             }
-            Err(_) => failed += 1,
+            Err(_) => failed.push(id),
         }
     }
-    let marking = std::time::Instant::now();
-    let marked = shared.ledger.outbox_mark_published(&published).await;
-    shared.systemic.observe(TASK, &marked);
-    marked.map_err(|e| e.to_string())?;
-    telemetry::record_stage(Stage::Mark, marking.elapsed());
-    metrics::counter!("spendguard_published_total").increment(published.len() as u64);
-    if failed > 0 {
-        return Err(format!(
-            "{failed} of {} outbox rows were not acknowledged by the broker",
-            rows.len()
-        ));
+    (published, failed)
+}
+
+/// Hand-overs (one committed transaction's rows each) waiting for the direct publisher:
+/// when it is full, transactions leave their rows to the claim round instead of waiting.
+pub const DIRECT_QUEUE_BATCHES: usize = 256;
+/// Hand-overs enqueued to the broker and not yet acknowledged and marked; the next waits
+/// (and the queue above fills) when the broker or the database falls behind.
+const DIRECT_IN_FLIGHT_BATCHES: usize = 64;
+/// How long shutdown waits for the direct publisher's last acknowledgements (a delivery
+/// fails within the producer's timeout, so this is that and a mark).
+const DIRECT_DRAIN_DEADLINE_MS: u64 = crate::bus::SERVICE_PRODUCE_TIMEOUT_MS + 5_000;
+
+/// The claimer name of this instance's direct publisher (never the claim round's own).
+pub fn direct_claimer(instance: &str) -> String {
+    format!("{instance}/direct")
+}
+
+/// Publishes the rows committed transactions handed over (`ledger::outbox`) as soon as
+/// they arrive, without a claim round: enqueued in hand-over order, acknowledged and
+/// marked concurrently with the next ones. A row the broker did not take is released to
+/// the claim round; one whose mark failed stays leased and is published again by
+/// whoever claims it after the lease (identical bytes, as after any crash).
+pub async fn run_direct(shared: Arc<Shared>, mut handed: mpsc::Receiver<Vec<OutboxRow>>) {
+    let Some(producer) = shared.producer.as_ref() else {
+        return;
+    };
+    let in_flight = Arc::new(Semaphore::new(DIRECT_IN_FLIGHT_BATCHES));
+    let mut stop = shared.shutdown.clone();
+    let mut closing = false;
+    loop {
+        let rows = if closing {
+            handed.recv().await
+        } else {
+            tokio::select! {
+                rows = handed.recv() => rows,
+                _ = stop.changed() => {
+                    // No new hand-over from here on (a transaction that finds the queue
+                    // closed leaves its rows to the claim round); what is queued goes out.
+                    handed.close();
+                    closing = true;
+                    continue;
+                }
+            }
+        };
+        let Some(rows) = rows else { break };
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let received = chrono::Utc::now();
+        for row in &rows {
+            if let Ok(waited) = (received - row.created_at).to_std() {
+                telemetry::record_stage(Stage::OutboxWait, waited);
+            }
+        }
+        let enqueued = Instant::now();
+        let deliveries = match enqueue(producer, &shared, &rows).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "direct publish failed; the rows go to the claim round");
+                release(&shared, rows.iter().map(|r| r.id).collect()).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let (published, failed) = await_deliveries(deliveries, enqueued).await;
+            let marking = Instant::now();
+            let marked = shared.ledger.outbox_mark_published(&published).await;
+            shared.systemic.observe(TASK, &marked);
+            match marked {
+                Ok(()) => {
+                    telemetry::record_stage(Stage::Mark, marking.elapsed());
+                    metrics::counter!("spendguard_published_total")
+                        .increment(published.len() as u64);
+                    metrics::counter!("spendguard_published_direct_total")
+                        .increment(published.len() as u64);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, rows = published.len(), "published rows not marked; they are published again after their lease")
+                }
+            }
+            release(&shared, failed).await;
+            // Rows of the same agents that waited behind these can now be claimed.
+            shared.outbox_ready.notify_one();
+            drop(slot);
+        });
     }
-    Ok(rows.len())
+    // Shutdown: wait for the acknowledgements and marks still running.
+    let drained = tokio::time::timeout(
+        Duration::from_millis(DIRECT_DRAIN_DEADLINE_MS),
+        in_flight.acquire_many(DIRECT_IN_FLIGHT_BATCHES as u32),
+    )
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "direct publisher stopped with deliveries unanswered; their rows are published again after their lease"
+        );
+    }
+}
+
+/// Gives rows back to the claim round (their delivery failed) and wakes it.
+async fn release(shared: &Shared, ids: Vec<i64>) {
+    if ids.is_empty() {
+        return;
+    }
+    let claimer = direct_claimer(&shared.settings.instance);
+    match shared.ledger.outbox_release(&claimer, &ids).await {
+        Ok(_) => shared.outbox_ready.notify_one(),
+        Err(e) => {
+            tracing::warn!(error = %e, rows = ids.len(), "rows not released; the claim round takes them after their lease")
+        }
+    }
 }

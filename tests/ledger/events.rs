@@ -724,6 +724,111 @@ async fn outbox_holds_every_decision_and_outcome_until_published() {
     assert_eq!(row.get::<i64, _>("n"), 0);
 }
 
+/// The direct path of the outbox (issue 15): a committed decision is handed to the
+/// direct publisher leased to it, unless an older row of its agent is still in the
+/// outbox; the claim round never takes a handed-over row, nor anything behind it; a
+/// released row goes back to the claim round; a full hand-over queue leaves the rows to
+/// the claim round.
+#[tokio::test]
+async fn committed_rows_go_to_the_direct_publisher_without_breaking_per_agent_order() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let mut ledger = db.ledger().await;
+    let (tx, mut handed) = tokio::sync::mpsc::channel(1);
+    ledger.hand_outbox_to("inst/direct", tx);
+    let (_d, set) = standard_set();
+    let o = origin();
+
+    let d1 = ledger
+        .decide(&set, &intent("h1", "ag", "10.00"), &o)
+        .await
+        .unwrap();
+    let first = handed
+        .try_recv()
+        .expect("a committed decision is handed over");
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        (first[0].key.as_str(), first[0].topic.as_str()),
+        ("ag", "spend.decisions")
+    );
+    let message: spendguard::decision::DecisionMessage =
+        serde_json::from_str(&first[0].payload).unwrap();
+    assert_eq!(message, d1.message);
+
+    // Same agent while h1 is unpublished: not handed over, and the claim round waits
+    // behind the handed-over row.
+    ledger
+        .decide(&set, &intent("h2", "ag", "11.00"), &o)
+        .await
+        .unwrap();
+    assert!(handed.try_recv().is_err(), "h2 must wait behind h1");
+    assert!(ledger.outbox_claim(10).await.unwrap().is_empty());
+    ledger.outbox_mark_published(&[first[0].id]).await.unwrap();
+    let claimed = ledger.outbox_claim(10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        claimed[0].payload.contains("\"h2\""),
+        "{}",
+        claimed[0].payload
+    );
+    ledger
+        .outbox_mark_published(&[claimed[0].id])
+        .await
+        .unwrap();
+
+    // Another agent: handed over; a failed delivery is released to the claim round.
+    ledger
+        .decide(&set, &intent("h3", "bo", "12.00"), &o)
+        .await
+        .unwrap();
+    let third = handed.try_recv().expect("h3 handed over");
+    assert_eq!(third.len(), 1);
+    assert_eq!(
+        ledger
+            .outbox_release("someone-else", &[third[0].id])
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        ledger.outbox_claim(10).await.unwrap().is_empty(),
+        "still leased"
+    );
+    assert_eq!(
+        ledger
+            .outbox_release("inst/direct", &[third[0].id])
+            .await
+            .unwrap(),
+        1
+    );
+    let claimed = ledger.outbox_claim(10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![third[0].id]
+    );
+    ledger.outbox_mark_published(&[third[0].id]).await.unwrap();
+
+    // A full queue (capacity 1, not drained): the rows stay for the claim round.
+    ledger
+        .decide(&set, &intent("h4", "ci", "13.00"), &o)
+        .await
+        .unwrap();
+    ledger
+        .decide(&set, &intent("h5", "di", "14.00"), &o)
+        .await
+        .unwrap();
+    let fourth = handed.try_recv().expect("h4 handed over");
+    assert!(fourth[0].payload.contains("\"h4\""));
+    assert!(handed.try_recv().is_err());
+    let claimed = ledger.outbox_claim(10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(claimed[0].payload.contains("\"h5\""));
+
+    let report = ledger.replay(true).await.unwrap();
+    assert!(report.ok(), "{report:#?}");
+}
+
 #[tokio::test]
 async fn replay_names_every_live_row_that_differs_from_the_events() {
     let Some(db) = fresh_db("sg_ledger_").await else {
