@@ -155,6 +155,7 @@ struct FileSettings {
     expiry_sweep_interval_ms: Option<u64>,
     policy_poll_interval_ms: Option<u64>,
     outbox_poll_interval_ms: Option<u64>,
+    direct_publish: Option<bool>,
     kill_switch_resync_ms: Option<u64>,
     metrics_addr: Option<String>,
     db_statement_timeout_ms: Option<u64>,
@@ -202,6 +203,10 @@ pub struct Settings {
     pub expiry_sweep_interval_ms: u64,
     pub policy_poll_interval_ms: u64,
     pub outbox_poll_interval_ms: u64,
+    /// Committed decisions go straight to the direct publisher (true, the default) or
+    /// all wait for the outbox's claim round (false: the path before issue 15, kept as a
+    /// fallback an operator can switch to).
+    pub direct_publish: bool,
     pub kill_switch_resync_ms: u64,
     /// `host:port` for the Prometheus `/metrics` endpoint, if wanted.
     pub metrics_addr: Option<String>,
@@ -315,6 +320,7 @@ impl ServiceArgs {
             outbox_poll_interval_ms: file
                 .outbox_poll_interval_ms
                 .unwrap_or(DEFAULT_OUTBOX_POLL_INTERVAL_MS),
+            direct_publish: file.direct_publish.unwrap_or(true),
             kill_switch_resync_ms: file
                 .kill_switch_resync_ms
                 .unwrap_or(DEFAULT_KILL_SWITCH_RESYNC_MS),
@@ -608,6 +614,8 @@ mod tests {
         };
         let s = resolve("worker_queue_len: 4\nmax_poll_interval_ms: 10000\n").unwrap();
         assert_eq!((s.worker_queue_len, s.max_poll_interval_ms), (4, 10_000));
+        assert!(s.direct_publish, "the direct publisher is on by default");
+        assert!(!resolve("direct_publish: false\n").unwrap().direct_publish);
         let s = resolve("workers: 1\n").unwrap();
         assert_eq!(
             (s.worker_queue_len, s.max_poll_interval_ms),

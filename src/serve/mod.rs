@@ -161,7 +161,7 @@ pub async fn run(
     let kafka = settings.kafka;
     // With a broker, committed decisions are handed straight to the direct publisher
     // (outbox::run_direct); the claim round publishes what it could not take.
-    let direct = kafka.then(|| {
+    let direct = (kafka && settings.direct_publish).then(|| {
         let (tx, rx) = mpsc::channel(outbox::DIRECT_QUEUE_BATCHES);
         ledger.hand_outbox_to(outbox::direct_claimer(&settings.instance), tx);
         rx

@@ -27,6 +27,9 @@ const OUTBOX_ROUND_DEADLINE_MS: u64 = 25_000;
 
 /// How readiness names this task when the database refuses it systemically.
 const TASK: &str = "outbox publisher";
+/// The same for the direct publisher (its own name: the claim round succeeding must not
+/// clear a fault only the direct publisher meets, such as marking rows published).
+const TASK_DIRECT: &str = "direct publisher";
 
 /// Rows claimed per round trip.
 const CLAIM_BATCH: usize = 500;
@@ -234,7 +237,7 @@ pub async fn run_direct(shared: Arc<Shared>, mut handed: mpsc::Receiver<Vec<Outb
             let (published, failed) = await_deliveries(deliveries, enqueued).await;
             let marking = Instant::now();
             let marked = shared.ledger.outbox_mark_published(&published).await;
-            shared.systemic.observe(TASK, &marked);
+            shared.systemic.observe(TASK_DIRECT, &marked);
             match marked {
                 Ok(()) => {
                     telemetry::record_stage(Stage::Mark, marking.elapsed());
@@ -272,7 +275,9 @@ async fn release(shared: &Shared, ids: Vec<i64>) {
         return;
     }
     let claimer = direct_claimer(&shared.settings.instance);
-    match shared.ledger.outbox_release(&claimer, &ids).await {
+    let released = shared.ledger.outbox_release(&claimer, &ids).await;
+    shared.systemic.observe(TASK_DIRECT, &released);
+    match released {
         Ok(_) => shared.outbox_ready.notify_one(),
         Err(e) => {
             tracing::warn!(error = %e, rows = ids.len(), "rows not released; the claim round takes them after their lease")

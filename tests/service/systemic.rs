@@ -44,10 +44,12 @@ fn execute_on_ledger_functions(grant: bool) -> String {
 
 /// A fresh ledger migrated by its owner and one `serve` running as the service role,
 /// as in production (the role whose privileges a mistaken change takes away), with the
-/// HTTP API. The temp dir must live as long as the process.
+/// HTTP API, and `config` (YAML, may be empty) as its config file. The temp dir must
+/// live as long as the process.
 async fn serve_as_service_role(
     db_prefix: &str,
     name: &str,
+    config: &str,
 ) -> (String, Topics, ServeProcess, tempfile::TempDir) {
     let mut rig = Rig::new(db_prefix, name).await;
     spendguard::ledger::Ledger::connect_with(
@@ -70,11 +72,20 @@ async fn serve_as_service_role(
         ..
     } = rig;
     let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
+    let config_file = dir.path().join("serve-config.yaml");
+    std::fs::write(&config_file, config).expect("config file");
     let serve = ServeProcess::start(
         &env,
         &format!("{name}-0"),
         dir.path(),
-        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--api-tokens",
+            tokens,
+            "--config",
+            config_file.to_str().expect("utf-8 path"),
+        ],
     );
     (db, topics, serve, dir)
 }
@@ -124,7 +135,7 @@ async fn revoked_privileges_hold_every_intent_and_dead_letter_nothing() {
     let Some(_serial) = serial::service_test().await else {
         return;
     };
-    let (db, topics, serve, _dir) = serve_as_service_role("sg_systemic_", "systemic").await;
+    let (db, topics, serve, _dir) = serve_as_service_role("sg_systemic_", "systemic", "").await;
     let addr = api_addr(&serve);
 
     publish_intents(&topics.intents, "sysok", BEFORE, 4).await;
@@ -265,8 +276,8 @@ async fn revoked_privileges_hold_every_intent_and_dead_letter_nothing() {
 }
 
 /// Issue 16, open point: a systemic fault that only a background task meets (here
-/// UPDATE on `outbox` revoked, so the publisher cannot claim rows) used to show only as
-/// a growing outbox backlog. Now readiness is 503 naming the task and the SQLSTATE and
+/// UPDATE on `outbox` revoked, so the publisher cannot claim rows; the direct publisher,
+/// which needs no UPDATE, is switched off) used to show only as a growing outbox backlog. Now readiness is 503 naming the task and the SQLSTATE and
 /// the gauge is 1 while deciding goes on; after the grant the held decisions are
 /// published and readiness recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +286,8 @@ async fn a_systemic_fault_of_the_outbox_publisher_fails_readiness() {
     let Some(_serial) = serial::service_test().await else {
         return;
     };
-    let (db, topics, serve, _dir) = serve_as_service_role("sg_sysbg_", "sysbg").await;
+    let (db, topics, serve, _dir) =
+        serve_as_service_role("sg_sysbg_", "sysbg", "direct_publish: false\n").await;
     let addr = api_addr(&serve);
     readiness_until(addr, &serve, |s, _| s == 200).await;
 
@@ -335,6 +347,73 @@ async fn a_systemic_fault_of_the_outbox_publisher_fails_readiness() {
             .contains("outbox publisher: the deployment is at fault"),
         "the log says which task and why:\n{}",
         serve.log_text()
+    );
+    assert_eq!(serve.terminate(), Some(0));
+}
+
+/// The direct publisher (issue 15) meets a systemic fault of its own: DELETE on `outbox`
+/// revoked, so what it published cannot be marked. Every decision still goes out once,
+/// readiness is 503 naming the direct publisher while the claim round (which finds
+/// nothing to claim) succeeds, the rows stay in the outbox leased to it (no republish
+/// loop), and the next decision marked after the grant clears the fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_systemic_fault_of_the_direct_publisher_fails_readiness() {
+    const INTENTS: usize = 40;
+    let Some(_serial) = serial::service_test().await else {
+        return;
+    };
+    let (db, topics, serve, _dir) = serve_as_service_role("sg_sysdp_", "sysdp", "").await;
+    let addr = api_addr(&serve);
+    readiness_until(addr, &serve, |s, _| s == 200).await;
+
+    let mut admin = sqlx::PgConnection::connect(&db).await.unwrap();
+    sqlx::raw_sql("REVOKE DELETE ON outbox FROM spendguard_service")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    // One intent per agent: a second one would wait behind its agent's unmarked row.
+    publish_intents(&topics.intents, "sysdp", INTENTS, INTENTS).await;
+    let published = read_until(&harness::brokers(), &topics.decisions, WAIT_MS, |m| {
+        m.len() >= INTENTS
+    })
+    .await;
+    assert_eq!(published.len(), INTENTS, "each decision published once");
+    let ready = readiness_until(addr, &serve, |s, _| s == 503).await;
+    let detail = check(&ready, "ledger_writes")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains("42501") && detail.contains("direct publisher"),
+        "{detail}"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM outbox").await,
+        INTENTS as i64
+    );
+    // Not published again while they cannot be marked (they stay leased).
+    let again = read_until(&harness::brokers(), &topics.decisions, 2_000, |m| {
+        m.len() > INTENTS
+    })
+    .await;
+    assert_eq!(again.len(), INTENTS, "no republish loop");
+
+    sqlx::raw_sql("GRANT DELETE ON outbox TO spendguard_service")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    // New agents: their rows are leased to the direct publisher and marked.
+    publish_intents(&topics.intents, "sysdp-after", 4, 4).await;
+    let ready = readiness_until(addr, &serve, |s, _| s == 200).await;
+    assert_eq!(check(&ready, "ledger_writes")["ok"], true, "{ready}");
+    let (_, text) = request(addr, "GET", "/metrics", Some(OPERATOR), None).await;
+    assert_eq!(
+        metric(&text, "spendguard_ledger_systemic_fault", &[]),
+        Some(0.0)
+    );
+    assert!(
+        metric(&text, "spendguard_published_direct_total", &[]).unwrap_or(0.0) >= 4.0,
+        "{text}"
     );
     assert_eq!(serve.terminate(), Some(0));
 }
