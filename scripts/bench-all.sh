@@ -6,23 +6,26 @@
 # HTTP API. Prints one summary table at the end; every raw output is kept in
 # target/bench-all/<time>/ next to the table. Numbers are reported, never asserted.
 #
-#   scripts/bench-all.sh [--quick] [--skip-build] [--only criterion,ledger,pipeline,http]
+#   scripts/bench-all.sh [--quick] [--skip-build] [--only criterion,ledger,pipeline,http,sweep]
 #
+# sweep: the highest sustained rate of the bare broker and of the pipeline (default
+# layout, no lifecycle mix), from 1,000/s up in steps of 1,000 until neither sustains
+# (SPEC §10: the pipeline's ≥ 75 % of the broker's).
 # --quick divides sizes and durations (a smoke run of the script, not numbers to quote).
 # Needs PostgreSQL (scripts/services.sh up); the pipeline runs start their own tansu
-# (scripts/bench-loadgen.sh). Takes about 15 minutes on 2 cores (--quick: about 4).
+# (scripts/bench-loadgen.sh). Takes about 20 minutes on 2 cores (--quick: about 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=""
 build=1
-only="criterion,ledger,pipeline,http"
+only="criterion,ledger,pipeline,http,sweep"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --skip-build) build="" ;;
     --only) only="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -95,6 +98,21 @@ if wants http; then
   row "POST /v1/intents at 1,000/s" "$cmd" "${http:-failed (see $out/http.txt)} (SPEC §10: p99 ≤ 10 ms)"
 fi
 
+if wants sweep; then
+  best_base=0; best_pipe=0
+  max_rate=${quick:+2000}; max_rate=${max_rate:-8000}
+  for r in $(seq 1000 1000 "$max_rate"); do
+    file="$out/sweep-$r.txt"
+    scripts/bench-loadgen.sh --bin "$bin" --no-lifecycle --rate "$r" --duration "$duration" --agents "$agents" > "$file" 2>&1 || true
+    b=$(awk '$1=="baseline" {print $9}' "$file"); p=$(awk '$1=="pipeline" {print $9}' "$file")
+    [ "$b" = true ] && best_base=$r
+    [ "$p" = true ] && best_pipe=$r
+    if [ "$b" != true ] && [ "$p" != true ]; then break; fi
+  done
+  share=$(awk -v p="$best_pipe" -v b="$best_base" 'BEGIN { if (b > 0) printf "%d", 100 * p / b; else print "?" }')
+  row "highest sustained rate, steps of 1,000/s" "scripts/bench-loadgen.sh --no-lifecycle --rate R --duration $duration --agents $agents" \
+    "bare broker ${best_base}/s, pipeline ${best_pipe}/s = ${share} % (SPEC §10: ≥ 75 %); runs in $out/sweep-*.txt"
+fi
 echo
 cat "$summary"
 echo
