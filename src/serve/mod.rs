@@ -302,7 +302,11 @@ pub async fn run(
         .into_iter()
         .map(|(topic, p, queue)| {
             let idx = worker_for(&topic, &shared.topics.intents, p, senders.len());
-            tokio::spawn(feed(queue, senders[idx].clone()))
+            tokio::spawn(feed(
+                queue,
+                consumer.context().clone(),
+                senders[idx].clone(),
+            ))
         })
         .collect();
     // Polls for what the split queues do not carry: rebalances, errors, and messages of
@@ -330,6 +334,7 @@ pub async fn run(
                 tracing::info!("joining the consumer group again");
             }
             msg = consumer.recv() => match msg {
+                Ok(m) if !consumer.context().admit(m.topic(), m.partition(), m.offset()) => {}
                 Ok(m) => {
                     let owned = m.detach();
                     let idx = worker_for(owned.topic(), &shared.topics.intents, owned.partition(), senders.len());
@@ -394,13 +399,17 @@ pub async fn run(
 /// One task per partition split off the consumer ([`split_partitions`]): hands that
 /// partition's messages, in order, to its worker. Waiting for a full worker here holds
 /// back this partition only; librdkafka stops fetching it once its own queue is full
-/// (`queued.min.messages`), and the consume loop goes on polling meanwhile.
+/// (`queued.min.messages`), and the consume loop goes on polling meanwhile. Messages
+/// the group already handled (fetched again because an assigned partition starts before
+/// its committed offset, `bus::group`) never reach the worker.
 async fn feed(
     queue: rdkafka::consumer::stream_consumer::StreamPartitionQueue<bus::group::GroupContext>,
+    group: Arc<bus::group::GroupContext>,
     worker: mpsc::Sender<OwnedMessage>,
 ) {
     loop {
         match queue.recv().await {
+            Ok(m) if !group.admit(m.topic(), m.partition(), m.offset()) => {}
             Ok(m) => {
                 if worker.send(m.detach()).await.is_err() {
                     // Only at shutdown, or when the worker task died: that is reported
