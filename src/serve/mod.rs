@@ -15,6 +15,7 @@ mod control;
 pub mod demo;
 mod error;
 mod gauges;
+mod group_lag;
 mod notifier;
 mod outbox;
 mod refusals;
@@ -260,6 +261,9 @@ pub async fn run(
     };
 
     let sampler = tokio::spawn(gauges::run(shared.clone(), consumer.clone()));
+    let group_lag = consumer
+        .clone()
+        .map(|consumer| tokio::spawn(group_lag::run(shared.clone(), consumer)));
 
     let mut senders = Vec::with_capacity(shared.settings.workers);
     let mut workers = Vec::with_capacity(shared.settings.workers);
@@ -382,6 +386,9 @@ pub async fn run(
     verifier.abort();
     watcher.abort();
     sampler.abort();
+    if let Some(group_lag) = group_lag {
+        group_lag.abort();
+    }
     if let Some(http) = http {
         // The API's graceful shutdown follows the same stop signal; give it a bound.
         let _ = tokio::time::timeout(Duration::from_secs(5), http).await;

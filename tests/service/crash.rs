@@ -448,6 +448,131 @@ async fn an_instance_resuming_inside_record_batches_decides_every_intent_once() 
     );
 }
 
+/// `spendguard_consumer_group_lag_messages` covers partitions no instance consumes:
+/// a member of serve's group that takes partitions and never polls (as a member a broker
+/// forgot to expire would) holds some intent partitions; serve's own lag gauge has no
+/// series for them, the group lag shows every message waiting there; once that member
+/// leaves, serve takes the partitions over, decides everything and the group lag of
+/// every intent partition falls to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_lag_shows_partitions_nobody_consumes() {
+    use rdkafka::consumer::Consumer;
+    const INTENTS: usize = 96;
+    const AGENTS: usize = 48;
+    let Some(_serial) = serial::service_test().await else {
+        return;
+    };
+    let brokers = harness::brokers();
+    let Rig {
+        db,
+        dir,
+        env,
+        topics,
+        group,
+        ..
+    } = Rig::new("sg_grouplag_", "glag").await;
+    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
+    let serve = ServeProcess::start(
+        &env,
+        "glag-0",
+        dir.path(),
+        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
+    );
+    let addr = crate::http::api_addr(&serve);
+
+    // The squatter joins serve's group for the intents topic and stops polling once it
+    // holds partitions (librdkafka keeps heartbeating for it).
+    let squatter = bus::group_consumer(
+        &brokers,
+        &group,
+        "squatter",
+        spendguard::config::DEFAULT_MAX_POLL_INTERVAL_MS,
+    )
+    .unwrap();
+    squatter.subscribe(&[&topics.intents]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    while squatter.assignment().unwrap().count() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the squatter was never assigned a partition:\n{}",
+            serve.log_text()
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), squatter.recv()).await;
+    }
+    let held: Vec<i32> = squatter
+        .assignment()
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    // serve must have rejoined and been assigned the others before intents arrive.
+    let serve_assigned = |text: &str| {
+        crate::http::metric(
+            text,
+            "spendguard_consumer_rebalances_total",
+            &["kind=\"assigned\""],
+        )
+        .unwrap_or(0.0)
+    };
+    crate::http::metrics_until(addr, |t| serve_assigned(t) >= 2.0).await;
+    publish_intents(&topics.intents, "gl", INTENTS, AGENTS).await;
+
+    // Every message on a squatted partition waits, in the group lag only (its value is
+    // the broker's high watermark: nothing was committed there).
+    let waiting: Vec<(i32, i64)> = committed_and_high(&brokers, &group, &topics.intents)
+        .into_iter()
+        .filter(|(p, _, high)| held.contains(p) && *high > 0)
+        .map(|(p, _, high)| (p, high))
+        .collect();
+    assert!(
+        !waiting.is_empty(),
+        "no intent landed on the squatter's partitions {held:?}"
+    );
+    let partition_label = |p: i32| format!("partition=\"{p}\"");
+    let topic_label = format!("topic=\"{}\"", topics.intents);
+    let group_lag = |text: &str, p: i32| {
+        crate::http::metric(
+            text,
+            "spendguard_consumer_group_lag_messages",
+            &[&topic_label, &partition_label(p)],
+        )
+    };
+    let text = crate::http::metrics_until(addr, |t| {
+        waiting
+            .iter()
+            .all(|(p, high)| group_lag(t, *p) == Some(*high as f64))
+    })
+    .await;
+    for (p, high) in &waiting {
+        assert_eq!(
+            group_lag(&text, *p),
+            Some(*high as f64),
+            "partition {p}:\n{text}"
+        );
+        assert_eq!(
+            crate::http::metric(
+                &text,
+                "spendguard_consumer_lag_messages",
+                &[&topic_label, &partition_label(*p)]
+            ),
+            None,
+            "serve's own lag gauge covers only its assignment"
+        );
+    }
+
+    drop(squatter); // LeaveGroup: serve is assigned every partition
+    wait_for_count(&db, "SELECT count(*) FROM decision", INTENTS as i64, &serve).await;
+    let text = crate::http::metrics_until(addr, |t| {
+        (0..spendguard::config::DEFAULT_INTENT_PARTITIONS).all(|p| group_lag(t, p) == Some(0.0))
+    })
+    .await;
+    for p in 0..spendguard::config::DEFAULT_INTENT_PARTITIONS {
+        assert_eq!(group_lag(&text, p), Some(0.0), "partition {p}:\n{text}");
+    }
+    assert_eq!(serve.terminate(), Some(0));
+}
+
 // ---- SPEC §15: faults that must not stop a partition or lose an effect ----
 
 /// Publishes `n` valid intents over `agents` agents, ids `{prefix}-{i}`.
