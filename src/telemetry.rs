@@ -73,6 +73,13 @@ pub const INTENT_TO_DECISION_SECONDS: &str = "spendguard_intent_to_decision_seco
 pub const LEDGER_COMMIT_DURATION_SECONDS: &str = "spendguard_ledger_commit_duration_seconds";
 /// Gauge, messages, labels `topic`, `partition`: high watermark minus committed offset.
 pub const CONSUMER_LAG_MESSAGES: &str = "spendguard_consumer_lag_messages";
+/// Gauge, messages, labels `topic`, `partition`: high watermark minus the consumer
+/// group's committed offset, for every partition of the input topics, assigned or not
+/// (`serve::group_lag`).
+pub const CONSUMER_GROUP_LAG_MESSAGES: &str = "spendguard_consumer_group_lag_messages";
+/// Gauge, labels `topic`, `partition`: the consumer group's committed offset (the low
+/// watermark while it committed nothing), for every partition of the input topics.
+pub const CONSUMER_GROUP_COMMITTED_OFFSET: &str = "spendguard_consumer_group_committed_offset";
 /// Counter, labels `code`: malformed messages sent to the dead-letter topic.
 pub const DLQ_MESSAGES_TOTAL: &str = "spendguard_dlq_messages_total";
 /// Gauge: intents waiting for approval (HITL / MSIG) right now.
@@ -290,6 +297,14 @@ pub fn record_stage(stage: Stage, duration: Duration) {
 
 pub fn set_consumer_lag(topic: &str, partition: i32, lag_messages: i64) {
     metrics::gauge!(CONSUMER_LAG_MESSAGES, "topic" => topic.to_string(), "partition" => partition.to_string())
+        .set(lag_messages.max(0) as f64);
+}
+
+pub fn set_consumer_group_lag(topic: &str, partition: i32, committed: i64, lag_messages: i64) {
+    let partition = partition.to_string();
+    metrics::gauge!(CONSUMER_GROUP_COMMITTED_OFFSET, "topic" => topic.to_string(), "partition" => partition.clone())
+        .set(committed as f64);
+    metrics::gauge!(CONSUMER_GROUP_LAG_MESSAGES, "topic" => topic.to_string(), "partition" => partition)
         .set(lag_messages.max(0) as f64);
 }
 

@@ -17,6 +17,7 @@ mod control;
 pub mod demo;
 mod error;
 mod gauges;
+mod group_lag;
 mod notifier;
 mod outbox;
 mod refusals;
@@ -270,6 +271,9 @@ pub async fn run(
     };
 
     let sampler = tokio::spawn(gauges::run(shared.clone(), consumer.clone()));
+    let group_lag = consumer
+        .clone()
+        .map(|consumer| tokio::spawn(group_lag::run(shared.clone(), consumer)));
 
     let mut senders = Vec::with_capacity(shared.settings.workers);
     let mut workers = Vec::with_capacity(shared.settings.workers);
@@ -312,7 +316,11 @@ pub async fn run(
         .into_iter()
         .map(|(topic, p, queue)| {
             let idx = worker_for(&topic, &shared.topics.intents, p, senders.len());
-            tokio::spawn(feed(queue, senders[idx].clone()))
+            tokio::spawn(feed(
+                queue,
+                consumer.context().clone(),
+                senders[idx].clone(),
+            ))
         })
         .collect();
     // Polls for what the split queues do not carry: rebalances, errors, and messages of
@@ -340,6 +348,7 @@ pub async fn run(
                 tracing::info!("joining the consumer group again");
             }
             msg = consumer.recv() => match msg {
+                Ok(m) if !consumer.context().admit(m.topic(), m.partition(), m.offset()) => {}
                 Ok(m) => {
                     let owned = m.detach();
                     let idx = worker_for(owned.topic(), &shared.topics.intents, owned.partition(), senders.len());
@@ -392,6 +401,9 @@ pub async fn run(
     verifier.abort();
     watcher.abort();
     sampler.abort();
+    if let Some(group_lag) = group_lag {
+        group_lag.abort();
+    }
     if let Some(http) = http {
         // The API's graceful shutdown follows the same stop signal; give it a bound.
         let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
@@ -409,13 +421,17 @@ pub async fn run(
 /// One task per partition split off the consumer ([`split_partitions`]): hands that
 /// partition's messages, in order, to its worker. Waiting for a full worker here holds
 /// back this partition only; librdkafka stops fetching it once its own queue is full
-/// (`queued.min.messages`), and the consume loop goes on polling meanwhile.
+/// (`queued.min.messages`), and the consume loop goes on polling meanwhile. Messages
+/// the group already handled (fetched again because an assigned partition starts before
+/// its committed offset, `bus::group`) never reach the worker.
 async fn feed(
     queue: rdkafka::consumer::stream_consumer::StreamPartitionQueue<bus::group::GroupContext>,
+    group: Arc<bus::group::GroupContext>,
     worker: mpsc::Sender<OwnedMessage>,
 ) {
     loop {
         match queue.recv().await {
+            Ok(m) if !group.admit(m.topic(), m.partition(), m.offset()) => {}
             Ok(m) => {
                 if worker.send(m.detach()).await.is_err() {
                     // Only at shutdown, or when the worker task died: that is reported

@@ -3,7 +3,7 @@
 //! of the fault-injecting proxy of `tests/harness/proxy.rs` (echo server, PostgreSQL, and
 //! a tansu of the test's own behind it).
 
-use crate::harness::proxy::{Proxy, spawn_tansu_behind_proxy};
+use crate::harness::proxy::{Proxy, spawn_persistent_tansu_behind_proxy, spawn_tansu_behind_proxy};
 use crate::harness::serve::read_until;
 use crate::harness::{self, serial};
 use futures::StreamExt;
@@ -459,4 +459,157 @@ async fn proxy_in_front_of_own_tansu_carries_produce_and_fetch() {
         .collect();
     assert_eq!(payloads, [&b"before"[..], &b"during"[..]]);
     assert!(tansu.proxy.accepted() >= 2, "clients bypassed the proxy");
+}
+
+// ---- resuming from a committed offset inside a record batch ----
+
+/// Records per batch in [`resume_inside_a_batch`], and where the first member stops.
+const BATCH_RECORDS: i64 = 10;
+const FIRST_MEMBER_HANDLES: i64 = 5;
+
+/// Sends `n` records to partition 0 of `topic` at once, with a linger long enough that
+/// they travel as one record batch; returns their offsets.
+async fn produce_one_batch(brokers: &str, topic: &str, first: i64, n: i64) -> Vec<i64> {
+    let producer: rdkafka::producer::FutureProducer = bus::client_config(brokers)
+        .set("linger.ms", "50")
+        .create()
+        .unwrap();
+    let pending: Vec<_> = (first..first + n)
+        .map(|i| {
+            let body = format!("m{i}");
+            let record = rdkafka::producer::FutureRecord::to(topic)
+                .partition(0)
+                .key("k")
+                .payload(body.as_bytes());
+            producer.send_result(record).map_err(|(e, _)| e).unwrap()
+        })
+        .collect();
+    let mut offsets = Vec::new();
+    for delivery in pending {
+        let delivered = delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+        offsets.push(delivered.offset);
+    }
+    offsets
+}
+
+/// Offsets `consumer` receives until `want` of them passed `admit` or the wait ends
+/// (serve's workers get what `GroupContext::admit` lets through).
+async fn offsets_received<C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    admit: impl Fn(&str, i32, i64) -> bool,
+    want: usize,
+    wait_ms: u64,
+) -> Vec<i64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    let mut offsets = Vec::new();
+    while offsets.len() < want {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) if admit(m.topic(), m.partition(), m.offset()) => offsets.push(m.offset()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("consume error: {e}"),
+            Err(_) => break,
+        }
+    }
+    offsets
+}
+
+/// Two batches of [`BATCH_RECORDS`] on one partition; a member of a group handles the
+/// first [`FIRST_MEMBER_HANDLES`] records, commits and leaves; then a plain librdkafka
+/// member of the same group (no commit) and a member as `serve` makes it
+/// (`bus::group_consumer`, messages through `GroupContext::admit`) resume from the
+/// committed offset, inside the first batch. Returns what each received.
+async fn resume_inside_a_batch(brokers: &str) -> (Vec<i64>, Vec<i64>) {
+    let topic = harness::unique("resume.");
+    bus::ensure_topics(brokers, &[(topic.clone(), 1)])
+        .await
+        .expect("create topic");
+    let first = produce_one_batch(brokers, &topic, 0, BATCH_RECORDS).await;
+    let second = produce_one_batch(brokers, &topic, BATCH_RECORDS, BATCH_RECORDS).await;
+    assert_eq!(first, (0..BATCH_RECORDS).collect::<Vec<_>>());
+    assert_eq!(
+        second,
+        (BATCH_RECORDS..2 * BATCH_RECORDS).collect::<Vec<_>>()
+    );
+    let group = harness::unique("resume-group-");
+    let poll = spendguard::config::DEFAULT_MAX_POLL_INTERVAL_MS;
+
+    let handler = bus::group_consumer(brokers, &group, "resume-a", poll).unwrap();
+    handler.subscribe(&[&topic]).unwrap();
+    let handled = offsets_received(
+        &handler,
+        |_, _, _| true,
+        FIRST_MEMBER_HANDLES as usize,
+        RECEIVE_TIMEOUT_MS,
+    )
+    .await;
+    assert_eq!(handled, (0..FIRST_MEMBER_HANDLES).collect::<Vec<_>>());
+    for offset in &handled {
+        handler.store_offset(&topic, 0, *offset).unwrap();
+    }
+    handler.commit_consumer_state(CommitMode::Sync).unwrap();
+    drop(handler); // closes the consumer: LeaveGroup
+
+    let rest = (2 * BATCH_RECORDS - FIRST_MEMBER_HANDLES) as usize;
+    // What the broker hands a member that starts at the committed offset: printed, not
+    // asserted (it is the broker's behaviour, not spendguard's).
+    let plain: rdkafka::consumer::StreamConsumer = bus::client_config(brokers)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", bus::fetch_wait_max_ms())
+        .create()
+        .unwrap();
+    plain.subscribe(&[&topic]).unwrap();
+    let plain_got = offsets_received(&plain, |_, _, _| true, rest, 10_000).await;
+    drop(plain);
+
+    let serve_like = bus::group_consumer(brokers, &group, "resume-b", poll).unwrap();
+    serve_like.subscribe(&[&topic]).unwrap();
+    let group_context = serve_like.context().clone();
+    let serve_got = offsets_received(
+        &serve_like,
+        |t, p, o| group_context.admit(t, p, o),
+        rest,
+        RECEIVE_TIMEOUT_MS,
+    )
+    .await;
+    harness::visible(&format!(
+        "resume inside a batch on {brokers}: committed {FIRST_MEMBER_HANDLES}; a plain member received {plain_got:?}; serve's consumer received {serve_got:?}"
+    ));
+    (plain_got, serve_got)
+}
+
+/// tansu 0.6's default storage (memory://, the shared broker of scripts/tansu.sh)
+/// answers a fetch with the batches whose base offset is at or after the fetch offset,
+/// so a member resuming at a committed offset inside a batch never gets the rest of it
+/// (docs/reliability.md). serve's consumer starts before the committed offset and drops
+/// what the group handled: it receives every record after the committed offset, once.
+#[tokio::test]
+async fn a_member_resuming_inside_a_record_batch_receives_the_rest_of_it() {
+    if !harness::require_broker() {
+        return;
+    }
+    let _serial = serial::shared().await;
+    let (_, serve_got) = resume_inside_a_batch(&harness::brokers()).await;
+    assert_eq!(
+        serve_got,
+        (FIRST_MEMBER_HANDLES..2 * BATCH_RECORDS).collect::<Vec<_>>()
+    );
+}
+
+/// The same on tansu's SQLite storage (the chaos run's `--broker-faults` broker).
+#[tokio::test]
+async fn a_member_resuming_inside_a_record_batch_receives_the_rest_of_it_on_sqlite() {
+    let _serial = serial::shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tansu) = spawn_persistent_tansu_behind_proxy(dir.path()) else {
+        return;
+    };
+    let (_, serve_got) = resume_inside_a_batch(&tansu.brokers).await;
+    assert_eq!(
+        serve_got,
+        (FIRST_MEMBER_HANDLES..2 * BATCH_RECORDS).collect::<Vec<_>>(),
+        "{}",
+        tansu.log_text()
+    );
 }

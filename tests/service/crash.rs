@@ -265,6 +265,314 @@ async fn a_member_expired_without_a_rebalance_does_not_strand_its_partitions() {
     assert_eq!(survivor.terminate(), Some(0));
 }
 
+/// The committed offsets of `group` on every partition of `topic`, with each
+/// partition's high watermark as the broker answers a ListOffsets (tansu 0.6's memory
+/// storage answers the last record batch's *base* offset + 1, docs/reliability.md):
+/// (partition, committed or -1, high).
+fn committed_and_high(brokers: &str, group: &str, topic: &str) -> Vec<(i32, i64, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = bus::client_config(brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let count = bus::partition_count(brokers, topic).unwrap().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..count {
+        tpl.add_partition(topic, i32::try_from(p).unwrap());
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+                .unwrap();
+            let at = match e.offset() {
+                rdkafka::Offset::Offset(at) => at,
+                _ => -1,
+            };
+            (e.partition(), at, high)
+        })
+        .collect()
+}
+
+/// Regression: serve stores an offset per message once the ledger committed it, so an
+/// instance that dies mid-stream leaves committed offsets inside the record batches its
+/// producers sent (several intents per batch), and tansu 0.6's default storage answers a
+/// fetch from inside a batch with the batches that *start* after it: the instance that
+/// took over never received the rest of those batches, and those intents were never
+/// decided. serve now starts each assigned partition before its committed offset and
+/// drops what the group handled (`bus::group`). Here an instance deciding slowly (every
+/// byte to PostgreSQL delayed, small queues) is SIGKILLed with part of each partition's
+/// batch decided; more intents follow in new batches; the instance started next must
+/// decide every intent, each exactly once, and count no offset gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_resuming_inside_record_batches_decides_every_intent_once() {
+    /// Published at once: each partition gets batches of many intents.
+    const FIRST: usize = 480;
+    /// Published after the kill, in batches behind the ones the victim was inside.
+    const AFTER: usize = 120;
+    const AGENTS: usize = 24;
+    let Some(_serial) = serial::service_test().await else {
+        return;
+    };
+    let brokers = harness::brokers();
+    let mut rig = Rig::new("sg_resume_", "resume").await;
+    let config = rig.dir.path().join("spendguard.yaml");
+    std::fs::write(&config, "workers: 1\nworker_queue_len: 4\n").unwrap();
+    rig.set_env("SPENDGUARD_CONFIG", &config.display().to_string());
+    let pg_upstream = tokio::net::lookup_host(harness::pg_host_port(&harness::database_url()))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let pg_proxy = Proxy::start(pg_upstream);
+    let (server, name) = rig.db.rsplit_once('/').unwrap();
+    let (scheme_user, _) = server.rsplit_once('@').unwrap();
+    let victim_env = {
+        let mut env = rig.env.clone();
+        env.retain(|(k, _)| k != "DATABASE_URL");
+        env.push((
+            "DATABASE_URL".into(),
+            format!("{scheme_user}@{}/{name}", pg_proxy.addr()),
+        ));
+        env
+    };
+    let Rig {
+        db,
+        dir,
+        env,
+        topics,
+        group,
+        ..
+    } = rig;
+
+    let mut victim = ServeProcess::start(&victim_env, "resume-0", dir.path(), &[]);
+    // Slow enough that the victim is still inside its partitions' batches when killed.
+    pg_proxy.set_delay(Duration::from_millis(15));
+    publish_intents(&topics.intents, "r", FIRST, AGENTS).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    while scalar(&db, "SELECT count(*) FROM decision").await < (FIRST / 4) as i64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the victim decided too little:\n{}",
+            victim.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    victim.child.kill().unwrap(); // SIGKILL: no final commit, no LeaveGroup
+    victim.child.wait().unwrap();
+    pg_proxy.heal();
+    let decided_by_victim = scalar(&db, "SELECT count(*) FROM decision").await;
+    assert!(
+        decided_by_victim < FIRST as i64,
+        "the kill must land mid-stream ({decided_by_victim} of {FIRST} decided); raise FIRST"
+    );
+    let committed: Vec<(i32, i64)> = committed_and_high(&brokers, &group, &topics.intents)
+        .into_iter()
+        .map(|(p, c, _)| (p, c))
+        .collect();
+
+    publish_intents(&topics.intents, "ra", AFTER, AGENTS).await;
+    // Past the victim's session: the next member forms the group alone.
+    tokio::time::sleep(Duration::from_millis(
+        spendguard::config::SESSION_TIMEOUT_MS + 1_000,
+    ))
+    .await;
+    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
+    let next = ServeProcess::start(
+        &env,
+        "resume-1",
+        dir.path(),
+        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
+    );
+    let all = (FIRST + AFTER) as i64;
+    wait_for_count(&db, "SELECT count(*) FROM decision", all, &next).await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM ledger_event WHERE event_type = 'intent_decided'"
+        )
+        .await,
+        all,
+        "one decision event per intent"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(DISTINCT resource) FROM ledger_event WHERE event_type = 'intent_decided'"
+        )
+        .await,
+        all
+    );
+    // The premise: partitions were left part-way through what the first burst put on
+    // them (its intents per partition, from where each was decided).
+    let burst: BTreeMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(
+        "SELECT (origin::jsonb->>'partition')::int, count(*) FROM ledger_event WHERE event_type = 'intent_decided' AND resource LIKE 'r-%' GROUP BY 1",
+    )
+    .fetch_all(&mut sqlx::PgConnection::connect(&db).await.unwrap())
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let part_way: Vec<(i32, i64, i64)> = committed
+        .iter()
+        .filter_map(|(p, c)| {
+            let sent = burst.get(p).copied().unwrap_or(0);
+            (*c > 0 && *c < sent).then_some((*p, *c, sent))
+        })
+        .collect();
+    harness::visible(&format!(
+        "resume test: {decided_by_victim} of {FIRST} decided before the kill; (partition, committed, intents of the first burst) left part-way: {part_way:?}"
+    ));
+    assert!(
+        !part_way.is_empty(),
+        "no partition was left part-way: committed {committed:?}, first burst {burst:?}"
+    );
+    let text = crate::http::metrics_until(crate::http::api_addr(&next), |_| true).await;
+    assert_eq!(
+        crate::http::metric(&text, "spendguard_consumer_offset_gaps_total", &[]).unwrap_or(0.0),
+        0.0,
+        "{text}"
+    );
+    let log = next.log.clone();
+    assert_eq!(
+        next.terminate(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// `spendguard_consumer_group_lag_messages` covers partitions no instance consumes:
+/// a member of serve's group that takes partitions and never polls (as a member a broker
+/// forgot to expire would) holds some intent partitions; serve's own lag gauge has no
+/// series for them, the group lag shows every message waiting there; once that member
+/// leaves, serve takes the partitions over, decides everything and the group lag of
+/// every intent partition falls to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_lag_shows_partitions_nobody_consumes() {
+    use rdkafka::consumer::Consumer;
+    const INTENTS: usize = 96;
+    const AGENTS: usize = 48;
+    let Some(_serial) = serial::service_test().await else {
+        return;
+    };
+    let brokers = harness::brokers();
+    let Rig {
+        db,
+        dir,
+        env,
+        topics,
+        group,
+        ..
+    } = Rig::new("sg_grouplag_", "glag").await;
+    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
+    let serve = ServeProcess::start(
+        &env,
+        "glag-0",
+        dir.path(),
+        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
+    );
+    let addr = crate::http::api_addr(&serve);
+
+    // The squatter joins serve's group for the intents topic and stops polling once it
+    // holds partitions (librdkafka keeps heartbeating for it).
+    let squatter = bus::group_consumer(
+        &brokers,
+        &group,
+        "squatter",
+        spendguard::config::DEFAULT_MAX_POLL_INTERVAL_MS,
+    )
+    .unwrap();
+    squatter.subscribe(&[&topics.intents]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    while squatter.assignment().unwrap().count() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the squatter was never assigned a partition:\n{}",
+            serve.log_text()
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), squatter.recv()).await;
+    }
+    let held: Vec<i32> = squatter
+        .assignment()
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    // serve must have rejoined and been assigned the others before intents arrive.
+    let serve_assigned = |text: &str| {
+        crate::http::metric(
+            text,
+            "spendguard_consumer_rebalances_total",
+            &["kind=\"assigned\""],
+        )
+        .unwrap_or(0.0)
+    };
+    crate::http::metrics_until(addr, |t| serve_assigned(t) >= 2.0).await;
+    publish_intents(&topics.intents, "gl", INTENTS, AGENTS).await;
+
+    // Every message on a squatted partition waits, in the group lag only (its value is
+    // the broker's high watermark: nothing was committed there).
+    let waiting: Vec<(i32, i64)> = committed_and_high(&brokers, &group, &topics.intents)
+        .into_iter()
+        .filter(|(p, _, high)| held.contains(p) && *high > 0)
+        .map(|(p, _, high)| (p, high))
+        .collect();
+    assert!(
+        !waiting.is_empty(),
+        "no intent landed on the squatter's partitions {held:?}"
+    );
+    let partition_label = |p: i32| format!("partition=\"{p}\"");
+    let topic_label = format!("topic=\"{}\"", topics.intents);
+    let group_lag = |text: &str, p: i32| {
+        crate::http::metric(
+            text,
+            "spendguard_consumer_group_lag_messages",
+            &[&topic_label, &partition_label(p)],
+        )
+    };
+    let text = crate::http::metrics_until(addr, |t| {
+        waiting
+            .iter()
+            .all(|(p, high)| group_lag(t, *p) == Some(*high as f64))
+    })
+    .await;
+    for (p, high) in &waiting {
+        assert_eq!(
+            group_lag(&text, *p),
+            Some(*high as f64),
+            "partition {p}:\n{text}"
+        );
+        assert_eq!(
+            crate::http::metric(
+                &text,
+                "spendguard_consumer_lag_messages",
+                &[&topic_label, &partition_label(*p)]
+            ),
+            None,
+            "serve's own lag gauge covers only its assignment"
+        );
+    }
+
+    drop(squatter); // LeaveGroup: serve is assigned every partition
+    wait_for_count(&db, "SELECT count(*) FROM decision", INTENTS as i64, &serve).await;
+    let text = crate::http::metrics_until(addr, |t| {
+        (0..spendguard::config::DEFAULT_INTENT_PARTITIONS).all(|p| group_lag(t, p) == Some(0.0))
+    })
+    .await;
+    for p in 0..spendguard::config::DEFAULT_INTENT_PARTITIONS {
+        assert_eq!(group_lag(&text, p), Some(0.0), "partition {p}:\n{text}");
+    }
+    assert_eq!(serve.terminate(), Some(0));
+}
+
 // ---- SPEC §15: faults that must not stop a partition or lose an effect ----
 
 /// Publishes `n` valid intents over `agents` agents, ids `{prefix}-{i}`.
