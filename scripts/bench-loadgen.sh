@@ -74,6 +74,13 @@ if [ -z "${bin_override:-}" ]; then
 fi
 bin=${bin_override:-${CARGO_TARGET_DIR:-target}/$profile/spendguard}
 
+# One run per machine: the broker port and the scratch database below are fixed, and two
+# runs at once would share them (and measure each other's load anyway).
+exec 9>/tmp/spendguard-bench-loadgen.lock
+if ! flock -n 9; then
+  echo "bench-loadgen: another run holds /tmp/spendguard-bench-loadgen.lock (port 19092, database spendguard_lgbench); wait for it to end" >&2
+  exit 1
+fi
 dir=target/lgbench
 rm -rf "$dir" && mkdir -p "$dir"
 # serve refuses to start without a key-encryption key (SPEC §14): a fresh one per run,
