@@ -74,7 +74,8 @@ if [ -z "${bin_override:-}" ]; then
 fi
 bin=${bin_override:-${CARGO_TARGET_DIR:-target}/$profile/spendguard}
 
-# One run per machine: the broker port and the scratch database below are fixed, and two
+# One run per machine (the lock is not passed to the broker or serve, which may outlive
+# a killed run): the broker port and the scratch database below are fixed, and two
 # runs at once would share them (and measure each other's load anyway).
 exec 9>/tmp/spendguard-bench-loadgen.lock
 if ! flock -n 9; then
@@ -90,7 +91,7 @@ export SPENDGUARD_KEK_FILE="$PWD/$dir/bench.kek"
 export TANSU_PORT=19092 TANSU_DIR="$PWD/$dir/tansu" TANSU_STORAGE=memory://tansu/
 export SPENDGUARD_BROKERS="127.0.0.1:$TANSU_PORT"
 scripts/tansu.sh stop >/dev/null 2>&1 || true
-[ -n "$no_kafka" ] || scripts/tansu.sh start >/dev/null
+[ -n "$no_kafka" ] || scripts/tansu.sh start >/dev/null 9>&-
 
 run_id=$(date +%s)
 server=${DATABASE_URL%/*}
@@ -122,7 +123,7 @@ cleanup() {
   scripts/tansu.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-"$bin" serve --demo --instance lgbench-a "${config_args[@]}" "${serve_args[@]}" >"$dir/serve.log" 2>&1 &
+"$bin" serve --demo --instance lgbench-a "${config_args[@]}" "${serve_args[@]}" >"$dir/serve.log" 2>&1 9>&- &
 serve_pid=$!
 for _ in $(seq 240); do
   grep -q "spendguard serve: instance .* ready" "$dir/serve.log" && break
