@@ -1337,14 +1337,9 @@ impl Projections {
         entity_id: &str,
         currency: &str,
     ) -> policy::limits::SoFar {
-        let sums = self.limit_sums(
-            std::slice::from_ref(limit),
-            std::slice::from_ref(span),
-            agent_id,
-            entity_id,
-            currency,
-        );
-        sums[0]
+        // One scope's timeline only (each lookup hashes the id twice: interner, map).
+        self.timeline(limit, agent_id, entity_id)
+            .map_or_else(Default::default, |t| t.sum(limit, span, currency))
     }
 
     /// When the earliest record counting toward `limit` in `span` was accepted, by the
@@ -1392,8 +1387,14 @@ impl Projections {
         currency: &str,
     ) -> Vec<policy::limits::SoFar> {
         assert_eq!(limits.len(), spans.len(), "one span per limit");
-        let agent = self.agent_timeline(agent_id);
-        let entity = self.entity_timeline(entity_id);
+        // Only the scopes some limit has (each lookup hashes the id twice).
+        let has = |scope| limits.iter().any(|l| l.scope == scope);
+        let agent = has(crate::policy::model::LimitScope::Agent)
+            .then(|| self.agent_timeline(agent_id))
+            .flatten();
+        let entity = has(crate::policy::model::LimitScope::Entity)
+            .then(|| self.entity_timeline(entity_id))
+            .flatten();
         limits
             .iter()
             .zip(spans)
