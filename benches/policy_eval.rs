@@ -507,7 +507,7 @@ fn limit_snapshot() -> Projections {
         let (cat, ben, country, purpose) = kinds[k % kinds.len()];
         // Minutes before `at()`: from 7 minutes to ~60 days back.
         let ago = chrono::Duration::minutes(7 + (k as i64 * 433) % (60 * 24 * 60));
-        s.insert_record(SpendRecordRow {
+        s.insert_record(&SpendRecordRow {
             intent_id: format!("0000{k:04}-9a4d-4e7b-8c2a-1d5e6f7a8b90"),
             agent_id: agent,
             entity_id: "acme-br".into(),

@@ -132,10 +132,25 @@ pub struct ChainProblem {
     pub problem: String,
 }
 
+/// A chain in [`Verifier`]: the first 128 bits of the SHA-256 of its id (no accidental
+/// collision among any number of chains; a chosen one needs a SHA-256 collision).
+type ChainKey = [u8; 16];
+
+fn chain_key(chain_id: &str) -> ChainKey {
+    let full = Sha256::digest(chain_id.as_bytes());
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&full[..16]);
+    k
+}
+
 /// Streaming verifier: feed events in seq order, then `finish` with the recorded heads.
 #[derive(Debug, Default)]
 pub struct Verifier {
-    last: HashMap<String, (i64, Hash, i64)>,
+    /// chain → (position, hash, seq) of its last event. Keyed by [`chain_key`], not the
+    /// id: a ledger has a chain per agent, and 100,000 `String` keys were ~5 MB of
+    /// replay's peak. A chain left without a head is reported with an empty `chain_id`
+    /// and its last event's seq; [`Verifier::name_chains`] fills the id in.
+    last: HashMap<ChainKey, (i64, Hash, i64)>,
     pub events: u64,
     pub problems: Vec<ChainProblem>,
 }
@@ -143,7 +158,8 @@ pub struct Verifier {
 impl Verifier {
     pub fn check(&mut self, row: &EventRow) {
         self.events += 1;
-        let (expected_pos, expected_prev) = match self.last.get(&row.chain_id) {
+        let key = chain_key(&row.chain_id);
+        let (expected_pos, expected_prev) = match self.last.get(&key) {
             Some((pos, hash, _)) => (pos + 1, *hash),
             None => (1, GENESIS),
         };
@@ -186,8 +202,7 @@ impl Verifier {
             ));
         }
         // Continue from the stored hash: the next event is judged on its own link.
-        self.last
-            .insert(row.chain_id.clone(), (row.chain_pos, row.hash, row.seq));
+        self.last.insert(key, (row.chain_pos, row.hash, row.seq));
     }
 
     /// Compares the recorded chain heads with the last event seen of each chain.
@@ -204,7 +219,7 @@ impl Verifier {
     pub fn check_head(&mut self, chain_id: &str, pos: i64, hash: &Hash, seq: i64) {
         // A chain whose head was seen leaves `last` (`chain_head` has one row per
         // chain): what remains at the end are the chains without a head.
-        match self.last.remove(chain_id) {
+        match self.last.remove(&chain_key(chain_id)) {
             None => self.problems.push(ChainProblem {
                 seq,
                 chain_id: chain_id.to_string(),
@@ -230,15 +245,35 @@ impl Verifier {
     /// After every head went through [`Self::check_head`]: chains with events but no
     /// recorded head are problems too; problems end in seq order.
     pub fn finish_heads(&mut self) {
-        for (chain_id, (pos, _, seq)) in std::mem::take(&mut self.last) {
+        for (_, (pos, _, seq)) in std::mem::take(&mut self.last) {
             self.problems.push(ChainProblem {
                 seq,
-                chain_id,
+                chain_id: String::new(),
                 chain_pos: pos,
                 problem: "chain has events but no recorded head".into(),
             });
         }
         self.problems.sort_by_key(|p| p.seq);
+    }
+
+    /// The seqs of the problems whose chain is not named yet (chains without a head).
+    pub fn unnamed_seqs(&self) -> Vec<i64> {
+        self.problems
+            .iter()
+            .filter(|p| p.chain_id.is_empty())
+            .map(|p| p.seq)
+            .collect()
+    }
+
+    /// Names the chains of [`Verifier::unnamed_seqs`] (seq → chain id, from the events).
+    pub fn name_chains(&mut self, chain_of: &HashMap<i64, String>) {
+        for p in &mut self.problems {
+            if p.chain_id.is_empty()
+                && let Some(id) = chain_of.get(&p.seq)
+            {
+                p.chain_id = id.clone();
+            }
+        }
     }
 }
 
@@ -318,6 +353,14 @@ mod tests {
         assert_eq!(v.problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("no recorded head"), "{problems:?}");
         assert!(problems[1].contains("has no events"), "{problems:?}");
+        // The headless chain is named from its last event's seq.
+        assert_eq!(v.unnamed_seqs(), vec![rows.last().unwrap().seq]);
+        v.name_chains(&HashMap::from([(
+            rows.last().unwrap().seq,
+            "agent:a".to_string(),
+        )]));
+        assert_eq!(v.problems[0].chain_id, "agent:a");
+        assert_eq!(v.problems[1].chain_id, "agent:ghost");
 
         // The matching head, streamed: nothing to report.
         let mut v = Verifier::default();

@@ -469,7 +469,7 @@ async fn load_snapshot(
                 snapshot.fx_rates.insert(f.pair.clone(), f);
             }
             SnapshotRow::AgentEntity(a) => {
-                snapshot.agent_entities.insert(a.agent_id.clone(), a);
+                snapshot.load_agent_entity(&a);
             }
             SnapshotRow::Decided {
                 intent_id,

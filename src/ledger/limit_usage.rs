@@ -92,7 +92,7 @@ pub(crate) async fn load_limit_records<'a>(
         .fetch_all(&mut *conn)
         .await?
     {
-        snapshot.insert_record(rec);
+        snapshot.insert_record(&rec);
     }
     Ok(())
 }

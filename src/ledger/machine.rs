@@ -670,8 +670,10 @@ fn parse_month(yyyy_mm: &str) -> Option<NaiveDate> {
 /// ledger: SPEC §10's memory target).
 #[derive(Debug, Default, Clone)]
 struct Interner {
-    ids: HashMap<Box<str>, u32>,
-    names: Vec<Box<str>>,
+    /// Each name is allocated once, shared by the map and the list (two boxed copies
+    /// of 100,000 agent ids were ~4 MB of replay's peak).
+    ids: HashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
 }
 
 impl Interner {
@@ -680,8 +682,9 @@ impl Interner {
             return id;
         }
         let id = u32::try_from(self.names.len()).expect("fewer than 2^32 distinct names");
-        self.ids.insert(s.into(), id);
-        self.names.push(s.into());
+        let name: Arc<str> = Arc::from(s);
+        self.ids.insert(name.clone(), id);
+        self.names.push(name);
         id
     }
 
@@ -774,6 +777,11 @@ impl Windows {
         self.amounts.remove(&key)
     }
 
+    /// Frees the amounts, keeping the names (replay, once the windows are compared).
+    pub fn drop_amounts(&mut self) {
+        self.amounts = HashMap::new();
+    }
+
     /// Every window, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (UsageKey, (Decimal, Decimal))> + '_ {
         self.amounts.iter().map(|(k, v)| (self.usage_key(k), *v))
@@ -799,9 +807,142 @@ pub fn intent_key(intent_id: &str) -> IntentKey {
     k
 }
 
+/// An authorization as the projections keep it: its texts (agent, entity, currencies,
+/// zone) by interned name. As rows, with their five heap strings, 90,000 authorizations
+/// were ~40 MB of replay's peak.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Authorization {
+    agent: u32,
+    entity: u32,
+    currency: u32,
+    tz: u32,
+    usage_currency: Option<u32>,
+    seq: i64,
+    authorized: Decimal,
+    captured: Decimal,
+    voided: Decimal,
+    refunded: Decimal,
+    restored: Decimal,
+    expired_amount: Decimal,
+    fx_rate: Option<Decimal>,
+    expires_at: DateTime<Utc>,
+    day: NaiveDate,
+    month: NaiveDate,
+    is_final: bool,
+    expired: bool,
+}
+
+impl Authorization {
+    fn of(names: &mut Interner, row: AuthorizationRow) -> Authorization {
+        let st = row.state;
+        Authorization {
+            agent: names.intern(&row.agent_id),
+            entity: names.intern(&row.entity_id),
+            currency: names.intern(&st.currency),
+            tz: names.intern(&st.tz),
+            usage_currency: st.usage_currency.as_deref().map(|c| names.intern(c)),
+            seq: row.seq,
+            authorized: st.authorized,
+            captured: st.captured,
+            voided: st.voided,
+            refunded: st.refunded,
+            restored: st.restored,
+            expired_amount: st.expired_amount,
+            fx_rate: st.fx_rate,
+            expires_at: st.expires_at,
+            day: st.day,
+            month: st.month,
+            is_final: st.is_final,
+            expired: st.expired,
+        }
+    }
+
+    fn state(&self, names: &Interner) -> AuthorizationState {
+        AuthorizationState {
+            authorized: self.authorized,
+            captured: self.captured,
+            voided: self.voided,
+            refunded: self.refunded,
+            restored: self.restored,
+            expired_amount: self.expired_amount,
+            is_final: self.is_final,
+            expired: self.expired,
+            expires_at: self.expires_at,
+            currency: names.name(self.currency).to_string(),
+            tz: names.name(self.tz).to_string(),
+            day: self.day,
+            month: self.month,
+            fx_rate: self.fx_rate,
+            usage_currency: self.usage_currency.map(|c| names.name(c).to_string()),
+        }
+    }
+}
+
+/// An applied settlementId as the projections keep it: what idempotency needs
+/// (`step_settle`) and a digest of its `settlement` row, which replay compares with the
+/// live one. The row's outcome message is not kept (it was 33 MB of replay's peak at
+/// 50,000 settlements); live settling answers a redelivery from the row it loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedSettlement {
+    /// The event that applied it.
+    pub seq: i64,
+    /// `None`: the recorded fingerprint is not 32 bytes (it matches no payload).
+    pub fingerprint: Option<[u8; 32]>,
+    /// [`SettlementRow::digest`] of the row the fold built.
+    pub digest: Digest,
+}
+
+impl AppliedSettlement {
+    pub fn of(row: &SettlementRow) -> AppliedSettlement {
+        AppliedSettlement {
+            seq: row.seq,
+            fingerprint: row.fingerprint.as_slice().try_into().ok(),
+            digest: row.digest(),
+        }
+    }
+}
+
+/// A spend record as the projections keep it: its agent and entity by interned name
+/// (to find its timelines), when it was accepted, a digest of the columns that never
+/// change, and the columns that do (the full rows were ~45 MB of replay's peak at
+/// 100,000 records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    agent: u32,
+    entity: u32,
+    at: DateTime<Utc>,
+    /// [`SpendRecordRow::fixed_digest`].
+    fixed: Digest,
+    amount: Decimal,
+    counts: bool,
+    seq: i64,
+}
+
+/// What replay compares of a `spend_record` row: the digest of its fixed columns and
+/// the columns a lifecycle event changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordDigest {
+    pub fixed: Digest,
+    pub amount: Decimal,
+    pub counts: bool,
+    pub seq: i64,
+}
+
+impl RecordDigest {
+    pub fn of(row: &SpendRecordRow) -> RecordDigest {
+        RecordDigest {
+            fixed: row.fixed_digest(),
+            amount: row.amount.normalize(),
+            counts: row.counts,
+            seq: row.seq,
+        }
+    }
+}
+
 /// The state the events build. Live deciding holds the part a batch loaded; replay and
-/// impact analysis hold all of it. Decisions and windows, the two that grow with
-/// traffic and agents, are kept compact.
+/// impact analysis hold all of it. What grows with traffic and agents (decisions,
+/// windows, authorizations, settlements, spend records, bindings) is kept compact: ids
+/// interned, rows replay only compares kept as digests.
 #[derive(Debug, Default, Clone)]
 pub struct Projections {
     pub windows: Windows,
@@ -821,23 +962,25 @@ pub struct Projections {
     /// (kind, version) → registry / bindings version
     pub configs: BTreeMap<(String, i64), ConfigRow>,
     /// intent → its authorization (SPEC §11)
-    pub authorizations: BTreeMap<String, AuthorizationRow>,
+    authorizations: BTreeMap<String, Authorization>,
     /// settlementId → the settlement applied under it
-    pub settlements: BTreeMap<String, SettlementRow>,
+    pub settlements: BTreeMap<String, AppliedSettlement>,
     /// `USD/BRL` → the latest rate (SPEC §12.3)
     pub fx_rates: BTreeMap<String, FxRateRow>,
-    /// agent → the entity it was first decided under (SPEC §14)
-    pub agent_entities: BTreeMap<String, AgentEntityRow>,
+    /// agent → (the entity it was first decided under, seq of that decision) (SPEC §14),
+    /// by interned name
+    agent_entities: HashMap<u32, (u32, i64)>,
     /// intent → what it holds against limits (SPEC §12)
-    pub records: BTreeMap<String, SpendRecordRow>,
+    records: HashMap<IntentKey, Record>,
     /// agent → its records in time order with running totals (a window's sum is two
     /// prefix sums, not a scan of the agent's history)
-    agent_records: HashMap<String, Timeline>,
+    agent_records: HashMap<u32, Timeline>,
     /// entity → the same, over every agent of the entity
-    entity_records: HashMap<String, Timeline>,
-    /// Category, beneficiary, country and currency texts of the records, shared by
-    /// their timeline entries (a few distinct values across many records).
-    interned: HashSet<Arc<str>>,
+    entity_records: HashMap<u32, Timeline>,
+    /// Category, beneficiary, country and currency of the records, shared by their
+    /// timeline entries (a few distinct combinations across many records).
+    /// (By a hash of the texts: a record finds its attributes without allocating.)
+    attributes: HashMap<u64, Vec<Arc<timeline::RecordAttributes>>>,
 }
 
 /// A change that contradicts the state it is applied to (replay reports these).
@@ -866,11 +1009,32 @@ impl Projections {
     ) -> Result<Vec<Inconsistency>, FoldError> {
         let mut problems = Vec::new();
         delta(r, event, &mut |c| {
-            if let Some(p) = self.apply_change(&c) {
+            if let Some(p) = self.apply_owned(c) {
                 problems.push(p);
             }
         })?;
         Ok(problems)
+    }
+
+    /// [`Projections::apply_change`] of a change nobody else needs: the rows it carries
+    /// are moved in, not copied (replay folds every event of the ledger).
+    fn apply_owned(&mut self, change: Change) -> Option<Inconsistency> {
+        match change {
+            Change::PendingOpen(p) => {
+                self.pending.insert(p.intent_id.clone(), p);
+            }
+            Change::Authorization(a) => {
+                if let Err(problem) = a.state.check() {
+                    return Some(Inconsistency::BadAuthorization {
+                        intent_id: a.intent_id,
+                        problem,
+                    });
+                }
+                self.insert_authorization(*a);
+            }
+            other => return self.apply_change(&other),
+        }
+        None
     }
 
     /// Applies one change. By reference: what the snapshot keeps of a decision is its
@@ -914,13 +1078,12 @@ impl Projections {
                         problem,
                     });
                 }
-                self.authorizations
-                    .insert(a.intent_id.clone(), (**a).clone());
+                self.insert_authorization(AuthorizationRow::clone(a));
             }
             Change::Settlement(st) => {
                 if let Some(first) = self
                     .settlements
-                    .insert(st.settlement_id.clone(), st.clone())
+                    .insert(st.settlement_id.clone(), AppliedSettlement::of(st))
                 {
                     return Some(Inconsistency::SettledTwice {
                         settlement_id: st.settlement_id.clone(),
@@ -933,11 +1096,13 @@ impl Projections {
                 self.fx_rates.insert(f.pair.clone(), f.clone());
             }
             Change::AgentEntity(a) => {
-                self.agent_entities
-                    .entry(a.agent_id.clone())
-                    .or_insert_with(|| a.clone());
+                let agent = self.windows.names.intern(&a.agent_id);
+                if !self.agent_entities.contains_key(&agent) {
+                    let entity = self.windows.names.intern(&a.entity_id);
+                    self.agent_entities.insert(agent, (entity, a.seq));
+                }
             }
-            Change::Record(rec) => self.insert_record((**rec).clone()),
+            Change::Record(rec) => self.insert_record(rec),
             Change::RecordHolds {
                 intent_id,
                 amount,
@@ -961,58 +1126,204 @@ impl Projections {
         None
     }
 
+    /// Sets an agent's binding as loaded (live deciding reads it under the agent's lock).
+    pub fn load_agent_entity(&mut self, a: &AgentEntityRow) {
+        let agent = self.windows.names.intern(&a.agent_id);
+        let entity = self.windows.names.intern(&a.entity_id);
+        self.agent_entities.insert(agent, (entity, a.seq));
+    }
+
+    /// The entity an agent is bound to and the seq of the decision that bound it.
+    pub fn agent_entity(&self, agent_id: &str) -> Option<(&str, i64)> {
+        let agent = self.windows.names.get(agent_id)?;
+        let (entity, seq) = self.agent_entities.get(&agent)?;
+        Some((self.windows.names.name(*entity), *seq))
+    }
+
+    /// Removes and returns an agent's binding row (replay compares live rows one by one).
+    pub fn take_agent_entity(&mut self, agent_id: &str) -> Option<AgentEntityRow> {
+        let agent = self.windows.names.get(agent_id)?;
+        let (entity, seq) = self.agent_entities.remove(&agent)?;
+        Some(AgentEntityRow {
+            agent_id: agent_id.to_string(),
+            entity_id: self.windows.names.name(entity).to_string(),
+            seq,
+        })
+    }
+
+    /// Every binding row not taken yet, in agent order.
+    pub fn agent_entity_rows(&self) -> Vec<AgentEntityRow> {
+        let mut rows: Vec<AgentEntityRow> = self
+            .agent_entities
+            .iter()
+            .map(|(agent, (entity, seq))| AgentEntityRow {
+                agent_id: self.windows.names.name(*agent).to_string(),
+                entity_id: self.windows.names.name(*entity).to_string(),
+                seq: *seq,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        rows
+    }
+
+    /// Upserts an authorization (the fold, or a live snapshot loading one).
+    pub fn insert_authorization(&mut self, mut row: AuthorizationRow) {
+        let intent_id = std::mem::take(&mut row.intent_id);
+        let a = Authorization::of(&mut self.windows.names, row);
+        self.authorizations.insert(intent_id, a);
+    }
+
+    /// The money of an intent's authorization, if it has one.
+    pub fn authorization_state(&self, intent_id: &str) -> Option<AuthorizationState> {
+        self.authorizations
+            .get(intent_id)
+            .map(|a| a.state(&self.windows.names))
+    }
+
+    fn authorization_row(&self, intent_id: &str, a: &Authorization) -> AuthorizationRow {
+        AuthorizationRow {
+            intent_id: intent_id.to_string(),
+            agent_id: self.windows.names.name(a.agent).to_string(),
+            entity_id: self.windows.names.name(a.entity).to_string(),
+            state: a.state(&self.windows.names),
+            seq: a.seq,
+        }
+    }
+
+    /// An intent's `authorization_state` row, if it has one.
+    pub fn authorization(&self, intent_id: &str) -> Option<AuthorizationRow> {
+        let a = self.authorizations.get(intent_id)?;
+        Some(self.authorization_row(intent_id, a))
+    }
+
+    /// Every authorization row, in intent order.
+    pub fn authorization_rows(&self) -> impl Iterator<Item = AuthorizationRow> + '_ {
+        self.authorizations
+            .iter()
+            .map(|(id, a)| self.authorization_row(id, a))
+    }
+
+    /// Removes and returns an intent's authorization row (replay compares live rows one
+    /// by one).
+    pub fn take_authorization(&mut self, intent_id: &str) -> Option<AuthorizationRow> {
+        let a = self.authorizations.remove(intent_id)?;
+        Some(self.authorization_row(intent_id, &a))
+    }
+
     /// Adds a spend record (the fold, or a live snapshot loading what limits need).
-    pub fn insert_record(&mut self, rec: SpendRecordRow) {
+    pub fn insert_record(&mut self, rec: &SpendRecordRow) {
+        let attributes = self.attributes_of(rec);
+        let key = intent_key(&rec.intent_id);
+        let agent = self.windows.names.intern(&rec.agent_id);
+        let entity = self.windows.names.intern(&rec.entity_id);
         let entry = timeline::Entry {
             at: rec.accepted_at,
-            intent: intent_key(&rec.intent_id),
+            intent: key,
             amount: rec.amount,
             counts: rec.counts,
-            currency: self.intern(&rec.currency),
-            category: self.intern(&rec.category),
-            beneficiary: self.intern(&rec.beneficiary_id),
-            country: rec.country.as_deref().map(|c| self.intern(c)),
+            attributes,
             purpose: crate::intent::Purpose::parse(&rec.purpose),
         };
         self.entity_records
-            .entry(rec.entity_id.clone())
+            .entry(entity)
             .or_default()
             .insert(entry.clone());
-        self.agent_records
-            .entry(rec.agent_id.clone())
-            .or_default()
-            .insert(entry);
-        self.records.insert(rec.intent_id.clone(), rec);
+        self.agent_records.entry(agent).or_default().insert(entry);
+        self.records.insert(
+            key,
+            Record {
+                agent,
+                entity,
+                at: rec.accepted_at,
+                fixed: rec.fixed_digest(),
+                amount: rec.amount,
+                counts: rec.counts,
+                seq: rec.seq,
+            },
+        );
     }
 
-    fn intern(&mut self, text: &str) -> Arc<str> {
-        if let Some(s) = self.interned.get(text) {
-            return s.clone();
+    /// The shared attributes of a record, found without allocating when they are known.
+    fn attributes_of(&mut self, rec: &SpendRecordRow) -> Arc<timeline::RecordAttributes> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &rec.currency,
+            &rec.category,
+            &rec.beneficiary_id,
+            &rec.country,
+        )
+            .hash(&mut h);
+        let same = |a: &timeline::RecordAttributes| {
+            *a.currency == *rec.currency
+                && *a.category == *rec.category
+                && *a.beneficiary == *rec.beneficiary_id
+                && a.country.as_deref() == rec.country.as_deref()
+        };
+        let bucket = self.attributes.entry(h.finish()).or_default();
+        if let Some(shared) = bucket.iter().find(|a| same(a)) {
+            return shared.clone();
         }
-        let s: Arc<str> = Arc::from(text);
-        self.interned.insert(s.clone());
-        s
+        let shared = Arc::new(timeline::RecordAttributes {
+            currency: rec.currency.as_str().into(),
+            category: rec.category.as_str().into(),
+            beneficiary: rec.beneficiary_id.as_str().into(),
+            country: rec.country.as_deref().map(Into::into),
+        });
+        bucket.push(shared.clone());
+        shared
     }
 
     /// A record's holds changed: the record and both of its timelines follow.
     fn update_record(&mut self, intent_id: &str, amount: Decimal, counts: bool, seq: i64) {
+        let key = intent_key(intent_id);
         // Only live snapshots lack records (they load the ones limits need).
-        let Some(rec) = self.records.get_mut(intent_id) else {
+        let Some(rec) = self.records.get_mut(&key) else {
             return;
         };
         rec.amount = amount;
         rec.counts = counts;
         rec.seq = seq;
-        let key = intent_key(intent_id);
         for t in [
-            self.agent_records.get_mut(&rec.agent_id),
-            self.entity_records.get_mut(&rec.entity_id),
+            self.agent_records.get_mut(&rec.agent),
+            self.entity_records.get_mut(&rec.entity),
         ]
         .into_iter()
         .flatten()
         {
-            t.update(&key, rec.accepted_at, amount, counts);
+            t.update(&key, rec.at, amount, counts);
         }
+    }
+
+    /// Removes and returns what replay compares of an intent's spend record.
+    pub fn take_record(&mut self, intent_id: &str) -> Option<RecordDigest> {
+        let r = self.records.remove(&intent_key(intent_id))?;
+        Some(RecordDigest {
+            fixed: r.fixed,
+            amount: r.amount.normalize(),
+            counts: r.counts,
+            seq: r.seq,
+        })
+    }
+
+    /// Frees the limits' timelines (replay compares the records, not them).
+    pub fn drop_timelines(&mut self) {
+        self.agent_records = HashMap::new();
+        self.entity_records = HashMap::new();
+        self.attributes = HashMap::new();
+    }
+
+    /// Frees the spend records (replay, once compared).
+    pub fn drop_records(&mut self) {
+        self.records = HashMap::new();
+    }
+
+    /// The seq of the last event of every spend record not taken yet (replay names
+    /// them by their events), ascending.
+    pub fn record_seqs(&self) -> Vec<i64> {
+        let mut seqs: Vec<i64> = self.records.values().map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        seqs
     }
 
     /// What counted toward `limit` before an intent of `agent_id` / `entity_id` accepted
@@ -1026,14 +1337,9 @@ impl Projections {
         entity_id: &str,
         currency: &str,
     ) -> policy::limits::SoFar {
-        let sums = self.limit_sums(
-            std::slice::from_ref(limit),
-            std::slice::from_ref(span),
-            agent_id,
-            entity_id,
-            currency,
-        );
-        sums[0]
+        // One scope's timeline only (each lookup hashes the id twice: interner, map).
+        self.timeline(limit, agent_id, entity_id)
+            .map_or_else(Default::default, |t| t.sum(limit, span, currency))
     }
 
     /// When the earliest record counting toward `limit` in `span` was accepted, by the
@@ -1050,6 +1356,14 @@ impl Projections {
             .earliest(limit, span, currency)
     }
 
+    fn agent_timeline(&self, agent_id: &str) -> Option<&Timeline> {
+        self.agent_records.get(&self.windows.names.get(agent_id)?)
+    }
+
+    fn entity_timeline(&self, entity_id: &str) -> Option<&Timeline> {
+        self.entity_records.get(&self.windows.names.get(entity_id)?)
+    }
+
     fn timeline(
         &self,
         limit: &policy::limits::CompiledLimit,
@@ -1057,8 +1371,8 @@ impl Projections {
         entity_id: &str,
     ) -> Option<&Timeline> {
         match limit.scope {
-            crate::policy::model::LimitScope::Agent => self.agent_records.get(agent_id),
-            crate::policy::model::LimitScope::Entity => self.entity_records.get(entity_id),
+            crate::policy::model::LimitScope::Agent => self.agent_timeline(agent_id),
+            crate::policy::model::LimitScope::Entity => self.entity_timeline(entity_id),
         }
     }
 
@@ -1073,8 +1387,14 @@ impl Projections {
         currency: &str,
     ) -> Vec<policy::limits::SoFar> {
         assert_eq!(limits.len(), spans.len(), "one span per limit");
-        let agent = self.agent_records.get(agent_id);
-        let entity = self.entity_records.get(entity_id);
+        // Only the scopes some limit has (each lookup hashes the id twice).
+        let has = |scope| limits.iter().any(|l| l.scope == scope);
+        let agent = has(crate::policy::model::LimitScope::Agent)
+            .then(|| self.agent_timeline(agent_id))
+            .flatten();
+        let entity = has(crate::policy::model::LimitScope::Entity)
+            .then(|| self.entity_timeline(entity_id))
+            .flatten();
         limits
             .iter()
             .zip(spans)
@@ -1392,8 +1712,8 @@ pub fn verdict(
 /// alone (like the kill switch): nothing else about it can be trusted, and an entity's
 /// kill switch, limits and approvers must not be escaped by a look-alike entity id.
 fn entity_mismatch(s: &Projections, intent: &SpendIntent) -> Option<crate::decision::Evaluation> {
-    let bound = s.agent_entities.get(&intent.agent_id)?;
-    if bound.entity_id == intent.entity_id {
+    let (bound_entity, bound_seq) = s.agent_entity(&intent.agent_id)?;
+    if bound_entity == intent.entity_id {
         return None;
     }
     Some(crate::decision::Evaluation {
@@ -1404,7 +1724,7 @@ fn entity_mismatch(s: &Projections, intent: &SpendIntent) -> Option<crate::decis
             code: std::borrow::Cow::Borrowed(policy::codes::ENTITY_MISMATCH),
             detail: std::borrow::Cow::Owned(format!(
                 "agent {} is bound to entity {} (ledgerSeq {}); the intent claims entity {}",
-                intent.agent_id, bound.entity_id, bound.seq, intent.entity_id
+                intent.agent_id, bound_entity, bound_seq, intent.entity_id
             )),
             approvals: 0,
         }],
@@ -1812,7 +2132,7 @@ pub struct SettleInput<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SettleStep {
     /// Applied before with the same payload: nothing to append; the recorded row.
-    Redelivered(SettlementRow),
+    Redelivered(AppliedSettlement),
     /// A `settlement_refused` event (its code is also returned).
     Refused(Staged, SettlementRefusal),
     /// A `settlement_applied` event (CAPTURE, VOID, REFUND) or an `intent_closed`
@@ -1852,7 +2172,7 @@ pub fn step_settle(
         )
     };
     if let Some(earlier) = s.settlements.get(&st.settlement_id) {
-        if earlier.fingerprint == input.fingerprint {
+        if earlier.fingerprint == Some(input.fingerprint) {
             return SettleStep::Redelivered(earlier.clone());
         }
         return refuse(
@@ -1893,24 +2213,24 @@ pub fn step_settle(
         }
         return SettleStep::Applied(staged);
     }
-    let Some(auth) = s.authorizations.get(&st.intent_id) else {
+    let Some(auth) = s.authorization_state(&st.intent_id) else {
         return refuse(
             SettlementRefusal::NotAuthorized,
             not_authorized(s, &st.intent_id, intent.effect),
         );
     };
     if let Some(currency) = &st.currency
-        && *currency != auth.state.currency
+        && *currency != auth.currency
     {
         return refuse(
             SettlementRefusal::CurrencyMismatch,
             format!(
                 "settlement in {currency}, but the intent was authorized in {}",
-                auth.state.currency
+                auth.currency
             ),
         );
     }
-    let settled = match auth.state.settle(
+    let settled = match auth.settle(
         st.kind,
         st.amount,
         st.is_final,
@@ -1984,10 +2304,13 @@ fn not_waiting(s: &Projections, intent_id: &str, effect: Effect) -> String {
 /// Releases every authorization of the snapshot whose `authorizationTtl` ended at
 /// `now` (AUTH_EXPIRED), agent by agent, oldest expiry first.
 pub fn step_expire_authorizations(s: &Projections, now: DateTime<Utc>) -> Vec<Staged> {
-    let mut due: Vec<(&AuthorizationRow, AuthorizationState, Decimal)> = s
+    let mut due: Vec<(AuthorizationRow, AuthorizationState, Decimal)> = s
         .authorizations
-        .values()
-        .filter_map(|a| a.state.expire(now).map(|(after, delta)| (a, after, delta)))
+        .iter()
+        .filter_map(|(id, a)| {
+            let (after, delta) = a.state(&s.windows.names).expire(now)?;
+            Some((s.authorization_row(id, a), after, delta))
+        })
         .collect();
     due.sort_by(|x, y| {
         (&x.0.agent_id, x.0.state.expires_at, &x.0.intent_id).cmp(&(

@@ -71,7 +71,8 @@ pub(crate) const EVENT_COLUMNS: &str = "seq, chain_id, chain_pos, event_type, re
 /// streaming `chain_head` (one row per agent: holding them all was ~30 MB at 100,000
 /// agents, at replay's peak).
 async fn check_heads(conn: &mut sqlx::PgConnection, v: &mut Verifier) -> Result<(), LedgerError> {
-    let mut rows = sqlx::query("SELECT chain_id, chain_pos, hash, seq FROM chain_head").fetch(conn);
+    let mut rows =
+        sqlx::query("SELECT chain_id, chain_pos, hash, seq FROM chain_head").fetch(&mut *conn);
     while let Some(r) = rows.try_next().await? {
         let stored: &[u8] = r.try_get("hash")?;
         let mut h = chain::GENESIS;
@@ -85,7 +86,21 @@ async fn check_heads(conn: &mut sqlx::PgConnection, v: &mut Verifier) -> Result<
             r.try_get("seq")?,
         );
     }
+    drop(rows);
     v.finish_heads();
+    // Chains without a head are named by their last event.
+    let unnamed = v.unnamed_seqs();
+    if !unnamed.is_empty() {
+        let chain_of: HashMap<i64, String> = sqlx::query_as::<_, (i64, String)>(
+            "SELECT seq, chain_id FROM ledger_event WHERE seq = ANY($1)",
+        )
+        .bind(&unnamed)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        v.name_chains(&chain_of);
+    }
     Ok(())
 }
 
@@ -425,9 +440,8 @@ fn apply(
         }
         LedgerEvent::AuthorizationExpired(x) if verify => {
             let again = p
-                .authorizations
-                .get(&x.intent_id)
-                .and_then(|a| a.state.expire(e.recorded_at));
+                .authorization_state(&x.intent_id)
+                .and_then(|a| a.expire(e.recorded_at));
             if again.as_ref() != Some(&(x.authorization.clone(), x.usage_delta)) {
                 report.mismatch(at(&format!(
                     "intent {}: recorded expiry {:?} (usage {}) but the events before it give {:?}",
@@ -659,22 +673,21 @@ async fn compare_live(
     rebuilt: Projections,
     report: &mut ReplayReport,
 ) -> Result<(), LedgerError> {
-    let Projections {
-        mut decisions,
-        mut windows,
-        pending,
-        votes,
-        outcomes,
-        kills,
-        policies,
-        configs,
-        authorizations,
-        settlements,
-        records,
-        fx_rates,
-        agent_entities,
-        ..
-    } = rebuilt;
+    let mut rebuilt = rebuilt;
+    // The limits' timelines are not compared (they follow the records): freed first.
+    rebuilt.drop_timelines();
+    // Spend records first: one that differs is explained from its decision event,
+    // found through `decisions`.
+    compare_records(conn, &mut rebuilt, report).await?;
+    let mut decisions = std::mem::take(&mut rebuilt.decisions);
+    let pending = std::mem::take(&mut rebuilt.pending);
+    let votes = std::mem::take(&mut rebuilt.votes);
+    let outcomes = std::mem::take(&mut rebuilt.outcomes);
+    let kills = std::mem::take(&mut rebuilt.kills);
+    let policies = std::mem::take(&mut rebuilt.policies);
+    let configs = std::mem::take(&mut rebuilt.configs);
+    let settlements = std::mem::take(&mut rebuilt.settlements);
+    let fx_rates = std::mem::take(&mut rebuilt.fx_rates);
 
     // Rows that differ from their event, explained field by field once the scan is done.
     let mut changed: Vec<DecisionRow> = Vec::new();
@@ -771,10 +784,10 @@ async fn compare_live(
                 r.try_get("window_start")?,
             );
             let live: (Decimal, Decimal) = (r.try_get("committed")?, r.try_get("reserved")?);
-            let rebuilt = windows.take(&k).unwrap_or_default();
+            let taken = rebuilt.windows.take(&k).unwrap_or_default();
             let (live, rebuilt) = (
                 (live.0.normalize(), live.1.normalize()),
-                (rebuilt.0.normalize(), rebuilt.1.normalize()),
+                (taken.0.normalize(), taken.1.normalize()),
             );
             if live != rebuilt {
                 if rebuilt == (Decimal::ZERO, Decimal::ZERO) {
@@ -789,7 +802,8 @@ async fn compare_live(
             }
         }
     }
-    let mut missing: Vec<(UsageKey, (Decimal, Decimal))> = windows
+    let mut missing: Vec<(UsageKey, (Decimal, Decimal))> = rebuilt
+        .windows
         .iter()
         .filter(|(_, (c, r))| !c.is_zero() || !r.is_zero())
         .map(|(k, (c, r))| (k, (c.normalize(), r.normalize())))
@@ -861,38 +875,27 @@ async fn compare_live(
     .collect();
     diff_maps("config_version", &configs, &live_configs, report);
 
-    // The three tables that grow with traffic are streamed against their rebuilt copy
-    // (each live row consumes its rebuilt twin), so neither is held twice.
+    // The tables that grow with traffic are streamed against their rebuilt copy (each
+    // live row consumes its rebuilt twin), so neither is held twice.
+    // The names stay: authorizations and bindings are kept by interned name.
+    rebuilt.windows.drop_amounts();
     let sql = format!("SELECT {AUTHORIZATION_COLUMNS} FROM authorization_state");
     let rows = sqlx::query_as::<_, AuthorizationRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
     diff_stream(
         "authorization_state",
-        authorizations,
         rows,
         |a| a.intent_id.clone(),
+        |k| rebuilt.take_authorization(k),
         report,
     )
     .await?;
-    let sql = format!("SELECT {SETTLEMENT_COLUMNS} FROM settlement");
-    let rows = sqlx::query_as::<_, SettlementRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
-    diff_stream(
-        "settlement",
-        settlements,
-        rows,
-        |st| st.settlement_id.clone(),
-        report,
-    )
-    .await?;
-    let sql = format!("SELECT {SPEND_RECORD_COLUMNS} FROM spend_record");
-    let rows = sqlx::query_as::<_, SpendRecordRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
-    diff_stream(
-        "spend_record",
-        records,
-        rows,
-        |r| r.intent_id.clone(),
-        report,
-    )
-    .await?;
+    for a in rebuilt.authorization_rows() {
+        report.difference(format!(
+            "authorization_state {:?}: rebuilt {a:?}, missing in the live table",
+            a.intent_id
+        ));
+    }
+    compare_settlements(conn, settlements, report).await?;
     let live_fx: BTreeMap<String, FxRateRow> =
         sqlx::query_as::<_, FxRateRow>("SELECT pair, rate, set_at, seq FROM fx_rate")
             .fetch_all(&mut *conn)
@@ -901,14 +904,208 @@ async fn compare_live(
             .map(|f| (f.pair.clone(), f))
             .collect();
     diff_maps("fx_rate", &fx_rates, &live_fx, report);
-    let live_bindings: BTreeMap<String, AgentEntityRow> =
+    let rows =
         sqlx::query_as::<_, AgentEntityRow>("SELECT agent_id, entity_id, seq FROM agent_entity")
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|a| (a.agent_id.clone(), a))
-            .collect();
-    diff_maps("agent_entity", &agent_entities, &live_bindings, report);
+            .fetch(&mut *conn);
+    diff_stream(
+        "agent_entity",
+        rows,
+        |a| a.agent_id.clone(),
+        |k| rebuilt.take_agent_entity(k),
+        report,
+    )
+    .await?;
+    for a in rebuilt.agent_entity_rows() {
+        report.difference(format!(
+            "agent_entity {:?}: rebuilt {a:?}, missing in the live table",
+            a.agent_id
+        ));
+    }
+    Ok(())
+}
+
+/// Compares `spend_record` with the rebuilt records, which are kept as digests: a row
+/// that differs is rebuilt from its decision event (and the holds the events left it)
+/// to name what differs; one missing in the table is named by its last event.
+async fn compare_records(
+    conn: &mut sqlx::PgConnection,
+    rebuilt: &mut Projections,
+    report: &mut ReplayReport,
+) -> Result<(), LedgerError> {
+    let mut differing: Vec<(SpendRecordRow, machine::RecordDigest)> = Vec::new();
+    {
+        let sql = format!("SELECT {SPEND_RECORD_COLUMNS} FROM spend_record");
+        let mut rows =
+            sqlx::query_as::<_, SpendRecordRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
+        while let Some(l) = rows.try_next().await? {
+            match rebuilt.take_record(&l.intent_id) {
+                None => report.difference(format!(
+                    "spend_record {:?}: live {l:?} has no events behind it",
+                    l.intent_id
+                )),
+                Some(r) if r != machine::RecordDigest::of(&l) => {
+                    if differing.len() < MAX_LISTED {
+                        differing.push((l, r));
+                    } else {
+                        report.difference(format!(
+                            "spend_record {:?}: live row differs from its events",
+                            l.intent_id
+                        ));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (l, r) in differing {
+        let decided = rebuilt.decisions.get(&machine::intent_key(&l.intent_id));
+        let row = match decided {
+            Some((seq, _)) => record_row_at(conn, *seq, &l.intent_id).await?,
+            None => None,
+        };
+        report.difference(match row {
+            Some(mut v) => {
+                v.amount = r.amount;
+                v.counts = r.counts;
+                v.seq = r.seq;
+                format!("spend_record {:?}: rebuilt {v:?}, live {l:?}", l.intent_id)
+            }
+            None => format!(
+                "spend_record {:?}: rebuilt (holds {} counts {} seq {}), live {l:?}",
+                l.intent_id, r.amount, r.counts, r.seq
+            ),
+        });
+    }
+    let missing = rebuilt.record_seqs();
+    rebuilt.drop_records();
+    let named = resources_of(conn, &missing).await?;
+    for seq in missing {
+        let intent = named.get(&seq).map_or("?", String::as_str);
+        report.difference(format!(
+            "spend_record {intent:?}: rebuilt, last changed at seq {seq}, missing in the live table"
+        ));
+    }
+    Ok(())
+}
+
+/// The `resource` (an intent's events: its intent id) of the first [`MAX_LISTED`] of
+/// `seqs`, to name rebuilt rows kept only as digests.
+async fn resources_of(
+    conn: &mut sqlx::PgConnection,
+    seqs: &[i64],
+) -> Result<HashMap<i64, String>, LedgerError> {
+    if seqs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(sqlx::query_as::<_, (i64, String)>(
+        "SELECT seq, resource FROM ledger_event WHERE seq = ANY($1)",
+    )
+    .bind(&seqs[..seqs.len().min(MAX_LISTED)])
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect())
+}
+
+/// Re-reads the event at `seq` and folds it alone, passing its changes to `found`.
+async fn refold(
+    conn: &mut sqlx::PgConnection,
+    seq: i64,
+    found: &mut impl FnMut(machine::Change),
+) -> Result<(), LedgerError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM ledger_event WHERE seq = $1");
+    let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(seq)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(());
+    };
+    let e = row_to_event(&r)?;
+    // An event that does not parse or fold was reported while replaying.
+    if let Ok(event) = LedgerEvent::parse(&e.event_type, &e.payload) {
+        let _ = machine::delta(&recorded(&e), &event, found);
+    }
+    Ok(())
+}
+
+/// The spend record the decision event at `seq` created for `intent_id`.
+async fn record_row_at(
+    conn: &mut sqlx::PgConnection,
+    seq: i64,
+    intent_id: &str,
+) -> Result<Option<SpendRecordRow>, LedgerError> {
+    let mut row = None;
+    refold(conn, seq, &mut |c| {
+        if let machine::Change::Record(r) = c
+            && r.intent_id == intent_id
+        {
+            row = Some(*r);
+        }
+    })
+    .await?;
+    Ok(row)
+}
+
+/// Compares `settlement` with the rebuilt settlements, which are kept as digests: a row
+/// that differs is rebuilt from its event to name what differs.
+async fn compare_settlements(
+    conn: &mut sqlx::PgConnection,
+    mut rebuilt: BTreeMap<String, machine::AppliedSettlement>,
+    report: &mut ReplayReport,
+) -> Result<(), LedgerError> {
+    let mut differing: Vec<(SettlementRow, i64)> = Vec::new();
+    {
+        let sql = format!("SELECT {SETTLEMENT_COLUMNS} FROM settlement");
+        let mut rows =
+            sqlx::query_as::<_, SettlementRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
+        while let Some(l) = rows.try_next().await? {
+            match rebuilt.remove(&l.settlement_id) {
+                None => report.difference(format!(
+                    "settlement {:?}: live {l:?} has no events behind it",
+                    l.settlement_id
+                )),
+                Some(a) if a.digest != l.digest() => {
+                    if differing.len() < MAX_LISTED {
+                        differing.push((l, a.seq));
+                    } else {
+                        report.difference(format!(
+                            "settlement {:?}: live row differs from its event (seq {})",
+                            l.settlement_id, a.seq
+                        ));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (l, seq) in differing {
+        let mut rebuilt_row = None;
+        refold(conn, seq, &mut |c| {
+            if let machine::Change::Settlement(st) = c
+                && st.settlement_id == l.settlement_id
+            {
+                rebuilt_row = Some(st);
+            }
+        })
+        .await?;
+        report.difference(match rebuilt_row {
+            Some(v) => format!(
+                "settlement {:?}: rebuilt {v:?}, live {l:?}",
+                l.settlement_id
+            ),
+            None => format!(
+                "settlement {:?}: live row differs from its event (seq {seq})",
+                l.settlement_id
+            ),
+        });
+    }
+    for (k, a) in rebuilt {
+        report.difference(format!(
+            "settlement {k:?}: rebuilt from seq {}, missing in the live table",
+            a.seq
+        ));
+    }
     Ok(())
 }
 
@@ -933,33 +1130,30 @@ async fn rebuilt_by_intent(
     }
 }
 
-/// [`diff_maps`] with the live rows streamed: same findings, same wording.
+/// [`diff_maps`] with the live rows streamed, each taking its rebuilt twin out of the
+/// projections (`take`): same findings, same wording; the caller reports the rebuilt
+/// rows left (missing in the live table).
 async fn diff_stream<K, V, S>(
     table: &str,
-    mut rebuilt: BTreeMap<K, V>,
     mut live: S,
     key: impl Fn(&V) -> K,
+    mut take: impl FnMut(&K) -> Option<V>,
     report: &mut ReplayReport,
 ) -> Result<(), LedgerError>
 where
-    K: Ord + std::fmt::Debug,
+    K: std::fmt::Debug,
     V: PartialEq + std::fmt::Debug,
     S: futures::Stream<Item = Result<V, sqlx::Error>> + Unpin,
 {
     while let Some(l) = live.try_next().await? {
         let k = key(&l);
-        match rebuilt.remove(&k) {
+        match take(&k) {
             None => report.difference(format!("{table} {k:?}: live {l:?} has no events behind it")),
             Some(v) if v != l => {
                 report.difference(format!("{table} {k:?}: rebuilt {v:?}, live {l:?}"))
             }
             Some(_) => {}
         }
-    }
-    for (k, v) in rebuilt {
-        report.difference(format!(
-            "{table} {k:?}: rebuilt {v:?}, missing in the live table"
-        ));
     }
     Ok(())
 }

@@ -85,13 +85,16 @@ impl SettleResult {
 }
 
 /// The lifecycle state of `intent_ids`: authorizations, pending approvals, outcomes,
-/// and the rows of `settlement_ids`. Call under the agents' locks.
+/// and the rows of `settlement_ids`, with their outcome messages by settlementId (the
+/// projections keep only what idempotency needs; a redelivery is answered with the
+/// message). Call under the agents' locks.
 pub(super) async fn load_lifecycle(
     conn: &mut PgConnection,
     intent_ids: &[String],
     settlement_ids: &[String],
-) -> Result<Projections, LedgerError> {
+) -> Result<(Projections, HashMap<String, String>), LedgerError> {
     let mut s = Projections::default();
+    let mut messages = HashMap::new();
     let sql = format!(
         "SELECT {AUTHORIZATION_COLUMNS} FROM authorization_state WHERE intent_id = ANY($1)"
     );
@@ -100,7 +103,7 @@ pub(super) async fn load_lifecycle(
         .fetch_all(&mut *conn)
         .await?
     {
-        s.authorizations.insert(a.intent_id.clone(), a);
+        s.insert_authorization(a);
     }
     let sql = format!("SELECT {PENDING_COLUMNS} FROM pending_approval WHERE intent_id = ANY($1)");
     for p in sqlx::query_as::<_, PendingRow>(sqlx::AssertSqlSafe(sql))
@@ -137,10 +140,14 @@ pub(super) async fn load_lifecycle(
             .fetch_all(&mut *conn)
             .await?
         {
-            s.settlements.insert(st.settlement_id.clone(), st);
+            s.settlements.insert(
+                st.settlement_id.clone(),
+                machine::AppliedSettlement::of(&st),
+            );
+            messages.insert(st.settlement_id, st.message);
         }
     }
-    Ok(s)
+    Ok((s, messages))
 }
 
 /// A recorded outcome message, read back.
@@ -266,7 +273,8 @@ impl Ledger {
         let mut tx = self.pool.begin().await?;
         let db_now = store::lock_chains(&mut tx, &locks, None, false).await?;
         let now = chain::to_micros(at.unwrap_or(db_now));
-        let mut snapshot = load_lifecycle(&mut tx, &intent_ids, &settlement_ids).await?;
+        let (mut snapshot, messages) =
+            load_lifecycle(&mut tx, &intent_ids, &settlement_ids).await?;
         let mut ws = WriteSet::default();
         ws.load_heads(&mut tx, &chains).await?;
         // Messages handled before (a redelivery, or a retry after a COMMIT of unknown
@@ -298,7 +306,7 @@ impl Ledger {
                     && snapshot
                         .settlements
                         .get(&s.settlement_id)
-                        .is_none_or(|r| r.fingerprint != fp.as_slice())
+                        .is_none_or(|r| r.fingerprint != Some(**fp))
                     && seen.insert((s.settlement_id.as_str(), **fp))
             })
             .count();
@@ -336,9 +344,13 @@ impl Ledger {
                 },
             );
             let (staged, refusal) = match step {
-                SettleStep::Redelivered(row) => {
-                    results.push(SettleResult::Redelivered {
-                        outcome: outcome_of(&row.message)?,
+                SettleStep::Redelivered(earlier) => {
+                    // Applied before this batch (its row was loaded), or earlier in it.
+                    results.push(match messages.get(&settlement.settlement_id) {
+                        Some(text) => SettleResult::Redelivered {
+                            outcome: outcome_of(text)?,
+                        },
+                        None => results_of_seq(&results, earlier.seq)?,
                     });
                     continue;
                 }

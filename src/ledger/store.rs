@@ -136,6 +136,34 @@ pub struct SpendRecordRow {
     pub seq: i64,
 }
 
+impl SpendRecordRow {
+    /// A digest of the columns no lifecycle event changes (all but `amount`, `counts`
+    /// and `seq`), length-prefixed; `accepted_at` to the nanosecond.
+    pub fn fixed_digest(&self) -> Digest {
+        let at = (
+            self.accepted_at.timestamp(),
+            self.accepted_at.timestamp_subsec_nanos(),
+        );
+        let country: (&[u8], &[u8]) = match &self.country {
+            Some(c) => (b"1", c.as_bytes()),
+            None => (b"0", b""),
+        };
+        digest_of(&[
+            self.intent_id.as_bytes(),
+            self.agent_id.as_bytes(),
+            self.entity_id.as_bytes(),
+            &at.0.to_be_bytes(),
+            &at.1.to_be_bytes(),
+            self.category.as_bytes(),
+            self.beneficiary_id.as_bytes(),
+            country.0,
+            country.1,
+            self.purpose.as_bytes(),
+            self.currency.as_bytes(),
+        ])
+    }
+}
+
 /// `settlement`: one row per applied settlementId (idempotency), with the outcome
 /// message it published.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -146,6 +174,20 @@ pub struct SettlementRow {
     pub fingerprint: Vec<u8>,
     pub seq: i64,
     pub message: String,
+}
+
+impl SettlementRow {
+    /// A digest of the columns (length-prefixed), as [`DecisionRow::digest`].
+    pub fn digest(&self) -> Digest {
+        digest_of(&[
+            self.settlement_id.as_bytes(),
+            self.intent_id.as_bytes(),
+            self.agent_id.as_bytes(),
+            &self.fingerprint,
+            &self.seq.to_be_bytes(),
+            self.message.as_bytes(),
+        ])
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -79,7 +79,7 @@ impl Ledger {
                     (s, staged)
                 }
                 Sweep::Authorizations => {
-                    let s = settle::load_lifecycle(&mut tx, &intents, &[]).await?;
+                    let (s, _) = settle::load_lifecycle(&mut tx, &intents, &[]).await?;
                     let staged = machine::step_expire_authorizations(&s, at);
                     (s, staged)
                 }

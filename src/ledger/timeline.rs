@@ -17,6 +17,17 @@ use super::machine::IntentKey;
 use crate::intent::Purpose;
 use crate::policy::limits::{Attributes, CompiledLimit, SoFar, Span};
 
+/// The texts a filter reads of a record, shared by every record with the same ones
+/// (one pointer per entry instead of four: entries were 112 bytes, ~70 MB of replay's
+/// peak at 100,000 records before round 2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct RecordAttributes {
+    pub currency: Box<str>,
+    pub category: Box<str>,
+    pub beneficiary: Box<str>,
+    pub country: Option<Box<str>>,
+}
+
 /// One record as a limit sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
@@ -24,36 +35,49 @@ pub(crate) struct Entry {
     pub intent: IntentKey,
     pub amount: Decimal,
     pub counts: bool,
-    pub currency: Arc<str>,
-    pub category: Arc<str>,
-    pub beneficiary: Arc<str>,
-    pub country: Option<Arc<str>>,
     /// `None`: a purpose this build does not know; such a record counts toward nothing
     /// (as a filter could not be asked about it).
     pub purpose: Option<Purpose>,
+    pub attributes: Arc<RecordAttributes>,
 }
 
 impl Entry {
+    fn currency(&self) -> &str {
+        &self.attributes.currency
+    }
+
     fn attributes(&self) -> Option<Attributes<'_>> {
         Some(Attributes {
-            category: &self.category,
-            beneficiary: &self.beneficiary,
-            country: self.country.as_deref(),
+            category: &self.attributes.category,
+            beneficiary: &self.attributes.beneficiary,
+            country: self.attributes.country.as_deref(),
             purpose: self.purpose?,
         })
     }
 }
 
+/// Most timelines (one per agent) hold a record or two: up to this many entries, sums
+/// are a scan and no running totals are kept (at 100,000 agents the tree, the total
+/// and their allocations were ~10 MB of replay's peak). Above it, the Fenwick tree.
+const SCANNED_MAX: usize = 16;
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Timeline {
     /// In acceptance order (ties in arrival order).
     entries: Vec<Entry>,
+    /// The currency of the running totals: the first record's. (A policy's records are
+    /// all in its currency; another appears only if a policy changed currency.)
+    /// (Kept as the first record's shared attributes: no allocation per timeline.)
+    currency: Option<Arc<RecordAttributes>>,
+    /// The running totals, once the timeline holds more than [`SCANNED_MAX`] entries.
+    sums: Option<Box<Sums>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sums {
     /// Fenwick tree, 1-based: `tree[i - 1]` sums what entries `(i − lowbit(i), i]` hold
     /// in `currency`.
     tree: Vec<SoFar>,
-    /// The currency of the running totals: the first record's. (A policy's records are
-    /// all in its currency; another appears only if a policy changed currency.)
-    currency: Option<Arc<str>>,
     /// What every entry holds (`prefix(len)`, kept so that a window reaching the newest
     /// record, the usual case, needs one prefix query).
     total: SoFar,
@@ -78,10 +102,24 @@ fn sub(a: SoFar, b: SoFar) -> SoFar {
     }
 }
 
+/// The sum of the first `n` nodes' entries of a Fenwick tree.
+fn tree_prefix(tree: &[SoFar], mut n: usize) -> SoFar {
+    let mut sum = SoFar::default();
+    while n > 0 {
+        sum = add(sum, tree[n - 1]);
+        n -= lowbit(n);
+    }
+    sum
+}
+
 impl Timeline {
+    fn currency(&self) -> Option<&str> {
+        self.currency.as_deref().map(|a| &*a.currency)
+    }
+
     /// What one entry adds to the running totals.
     fn held(&self, e: &Entry) -> SoFar {
-        let in_currency = self.currency.as_deref() == Some(&*e.currency);
+        let in_currency = self.currency() == Some(e.currency());
         if !in_currency || e.purpose.is_none() {
             return SoFar::default();
         }
@@ -92,46 +130,76 @@ impl Timeline {
     }
 
     /// The sum of the first `n` entries.
-    fn prefix(&self, mut n: usize) -> SoFar {
-        let mut sum = SoFar::default();
-        while n > 0 {
-            sum = add(sum, self.tree[n - 1]);
-            n -= lowbit(n);
+    fn prefix(&self, n: usize) -> SoFar {
+        match &self.sums {
+            Some(sums) => tree_prefix(&sums.tree, n),
+            None => self.entries[..n]
+                .iter()
+                .fold(SoFar::default(), |sum, e| add(sum, self.held(e))),
         }
-        sum
+    }
+
+    /// What every entry holds.
+    fn total(&self) -> SoFar {
+        match &self.sums {
+            Some(sums) => sums.total,
+            None => self.prefix(self.entries.len()),
+        }
     }
 
     /// Recomputes tree nodes `from..` (1-based) after entries from there changed place.
-    /// Node i holds entry i plus the nodes below it, which are already right.
-    fn rebuild_from(&mut self, from: usize) {
-        self.tree.truncate(from - 1);
+    /// Node i holds entry i plus its children, the nodes i − 1, i − 2, i − 4, … above
+    /// i − lowbit(i), which are already right: one addition per node on average (two
+    /// prefix sums per node were 13 % of replay's CPU when records of one entity arrive
+    /// slightly out of time order, as concurrent deciders commit them).
+    fn rebuild_from(&self, sums: &mut Sums, from: usize) {
+        sums.tree.truncate(from - 1);
         for i in from..=self.entries.len() {
-            let below = sub(self.prefix(i - 1), self.prefix(i - lowbit(i)));
-            let node = add(self.held(&self.entries[i - 1]), below);
-            self.tree.push(node);
+            let mut node = self.held(&self.entries[i - 1]);
+            let mut m = 1;
+            while m < lowbit(i) {
+                node = add(node, sums.tree[i - m - 1]);
+                m <<= 1;
+            }
+            sums.tree.push(node);
         }
     }
 
     pub fn insert(&mut self, e: Entry) {
         if self.currency.is_none() {
-            self.currency = Some(e.currency.clone());
+            self.currency = Some(e.attributes.clone());
         }
         // Records mostly arrive in time order (the fold, a load ordered by time): then
         // this appends and updates O(log n) nodes.
         let at = self.entries.partition_point(|x| x.at <= e.at);
-        self.total = add(self.total, self.held(&e));
+        let held = self.held(&e);
         // Most scopes (agents) hold one or two records, but `Vec`'s first growth
-        // reserves room for 4 entries (4 × 112 bytes, and 4 tree nodes): at 100,000
-        // agents the timelines took ~70 MB of replay's peak heap, mostly unused. Grow
-        // by doubling from 1 instead (same amortised cost for the large, entity
-        // timelines).
+        // reserves room for 4 entries: grow by doubling from 1 instead (same amortised
+        // cost for the large, entity timelines).
         if self.entries.len() == self.entries.capacity() {
             let more = self.entries.len().max(1);
             self.entries.reserve_exact(more);
-            self.tree.reserve_exact(more);
         }
         self.entries.insert(at, e);
-        self.rebuild_from(at + 1);
+        let mut sums = match self.sums.take() {
+            Some(mut sums) => {
+                sums.total = add(sums.total, held);
+                sums
+            }
+            None if self.entries.len() > SCANNED_MAX => Box::new(Sums {
+                tree: Vec::with_capacity(self.entries.capacity()),
+                total: self.prefix(self.entries.len()),
+            }),
+            None => return,
+        };
+        if sums.tree.capacity() < self.entries.capacity() {
+            let more = self.entries.capacity() - sums.tree.len();
+            sums.tree.reserve_exact(more);
+        }
+        // A tree built now starts from node 1; one kept, from the entry inserted.
+        let from = if sums.tree.is_empty() { 1 } else { at + 1 };
+        self.rebuild_from(&mut sums, from);
+        self.sums = Some(sums);
     }
 
     /// A record's holds changed (settled, approved, expired, refunded).
@@ -149,11 +217,13 @@ impl Timeline {
         self.entries[k].amount = amount;
         self.entries[k].counts = counts;
         let after = self.held(&self.entries[k]);
-        self.total = add(sub(self.total, before), after);
-        let mut i = k + 1;
-        while i <= self.tree.len() {
-            self.tree[i - 1] = add(sub(self.tree[i - 1], before), after);
-            i += lowbit(i);
+        if let Some(sums) = &mut self.sums {
+            sums.total = add(sub(sums.total, before), after);
+            let mut i = k + 1;
+            while i <= sums.tree.len() {
+                sums.tree[i - 1] = add(sub(sums.tree[i - 1], before), after);
+                i += lowbit(i);
+            }
         }
     }
 
@@ -180,9 +250,9 @@ impl Timeline {
     /// What counted toward `limit` in `span`, in `currency`, passing its filter.
     pub fn sum(&self, limit: &CompiledLimit, span: &Span, currency: &str) -> SoFar {
         let (lo, hi) = self.range(span);
-        if limit.filter.is_any() && self.currency.as_deref() == Some(currency) {
+        if limit.filter.is_any() && self.currency() == Some(currency) {
             let upper = if hi == self.entries.len() {
-                self.total
+                self.total()
             } else {
                 self.prefix(hi)
             };
@@ -221,7 +291,7 @@ impl Timeline {
 /// running totals hold the same for an unfiltered limit in the timeline's currency.
 fn toward(e: &Entry, limit: &CompiledLimit, currency: &str) -> Option<SoFar> {
     let attrs = e.attributes()?;
-    (&*e.currency == currency && limit.filter.matches(&attrs)).then(|| SoFar {
+    (e.currency() == currency && limit.filter.matches(&attrs)).then(|| SoFar {
         amount: e.amount,
         count: u32::from(e.counts),
     })
@@ -240,11 +310,13 @@ mod tests {
             intent: [k; 16],
             amount: Decimal::new(amount, 2),
             counts,
-            currency: currency.into(),
-            category: "travel".into(),
-            beneficiary: "airline:latam".into(),
-            country: None,
             purpose: Some(Purpose::Card),
+            attributes: Arc::new(RecordAttributes {
+                currency: currency.into(),
+                category: "travel".into(),
+                beneficiary: "airline:latam".into(),
+                country: None,
+            }),
         }
     }
 
@@ -252,7 +324,7 @@ mod tests {
     fn scanned(t: &Timeline, lo: usize, hi: usize, currency: &str) -> SoFar {
         let mut s = SoFar::default();
         for e in &t.entries[lo..hi] {
-            if &*e.currency == currency {
+            if e.currency() == currency {
                 s.amount += e.amount;
                 s.count += u32::from(e.counts);
             }
@@ -279,12 +351,13 @@ mod tests {
                 let (intent, at) = (e.intent, e.at);
                 t.update(&intent, at, Decimal::new(amount, 2), counts);
             }
-            let currency = t.currency.clone().unwrap();
+            let currency = t.currency().unwrap().to_string();
             for hi in 0..=t.entries.len() {
                 let want = scanned(&t, 0, hi, &currency);
                 prop_assert_eq!(t.prefix(hi), want);
             }
-            prop_assert_eq!(t.total, scanned(&t, 0, t.entries.len(), &currency));
+            prop_assert_eq!(t.total(), scanned(&t, 0, t.entries.len(), &currency));
+            prop_assert_eq!(t.sums.is_some(), t.entries.len() > SCANNED_MAX);
         }
     }
 }

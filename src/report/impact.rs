@@ -338,12 +338,11 @@ fn expire_if_due(
     now: chrono::DateTime<chrono::Utc>,
     fold: &dyn Fn(&mut Projections, &LedgerEvent),
 ) {
-    let Some(auth) = sim.authorizations.get(intent_id) else {
+    let Some(auth) = sim.authorization(intent_id) else {
         return;
     };
     let mut one = Projections::default();
-    one.authorizations
-        .insert(intent_id.to_string(), auth.clone());
+    one.insert_authorization(auth);
     for staged in machine::step_expire_authorizations(&one, now) {
         fold(sim, &staged.event);
     }

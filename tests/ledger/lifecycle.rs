@@ -395,6 +395,35 @@ async fn replay_detects_a_tampered_captured_amount() {
             .any(|p| p.starts_with("authorization_state \"t1\"")),
         "{report:#?}"
     );
+    // Settlements and spend records are kept as digests while replaying: a row that
+    // differs is still named, with the rebuilt row beside the live one.
+    sqlx::query("UPDATE settlement SET message = replace(message, 'CAPTURED', 'VOIDED') WHERE settlement_id = 'tc'")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE spend_record SET category = 'forged-category' WHERE intent_id = 't1'")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let report = ledger.replay(true).await.unwrap();
+    let named = |prefix: &str, needle: &str| {
+        report
+            .projection_differences
+            .iter()
+            .any(|p| p.starts_with(prefix) && p.contains(needle))
+    };
+    assert!(
+        named("settlement \"tc\": rebuilt SettlementRow", "CAPTURED")
+            && named("settlement \"tc\"", "live SettlementRow"),
+        "{report:#?}"
+    );
+    assert!(
+        named(
+            "spend_record \"t1\": rebuilt SpendRecordRow",
+            "forged-category"
+        ),
+        "{report:#?}"
+    );
     // A settlement row deleted, and a spend record with no events behind it.
     sqlx::query("DELETE FROM settlement WHERE settlement_id = 'tc'")
         .execute(&mut su)

@@ -107,6 +107,9 @@ struct Model {
     decided: HashMap<String, Existing>,
     /// intent → agent
     agents: HashMap<String, String>,
+    /// settlement seq → its `settlement` row as the fold built it (the projections
+    /// keep a digest; the row answers a redelivery and checks the live table)
+    settlement_rows: HashMap<i64, spendguard::ledger::store::SettlementRow>,
 }
 
 impl Model {
@@ -128,6 +131,12 @@ impl Model {
             .s
             .apply(&r, &staged.event)
             .expect("a staged event folds");
+        machine::delta(&r, &staged.event, &mut |c| {
+            if let machine::Change::Settlement(row) = c {
+                self.settlement_rows.insert(seq, row);
+            }
+        })
+        .expect("a staged event folds");
         assert!(problems.is_empty(), "pure model inconsistent: {problems:?}");
         self.events.push((
             staged.event.kind().as_str().to_string(),
@@ -174,6 +183,7 @@ async fn run_ops(ledger: &Ledger, tables: &PgPool, set: &PolicySet, ops: &[Op]) 
         next_seq: 1,
         decided: HashMap::new(),
         agents: HashMap::new(),
+        settlement_rows: HashMap::new(),
     };
     // The policy activations recorded at start-up are the model's starting state.
     for (kind, payload) in live_events(tables).await {
@@ -501,7 +511,9 @@ fn model_settle(
         },
     );
     match step {
-        machine::SettleStep::Redelivered(row) => {
+        machine::SettleStep::Redelivered(earlier) => {
+            let row = &model.settlement_rows[&earlier.seq];
+            assert_eq!(row.digest(), earlier.digest, "the kept digest is the row's");
             let o: spendguard::ledger::OutcomeMessage = serde_json::from_str(&row.message).unwrap();
             format!("redelivered {}", o.outcome.as_str())
         }
@@ -647,8 +659,7 @@ async fn compare_projections(pool: &PgPool, s: &Projections) {
         .map(|(i, c, v, r, f, e, q)| (i, c.normalize(), v.normalize(), r.normalize(), f, e, q))
         .collect();
     let model_auth: Vec<_> = s
-        .authorizations
-        .values()
+        .authorization_rows()
         .map(|a| {
             let st = &a.state;
             (
@@ -663,15 +674,20 @@ async fn compare_projections(pool: &PgPool, s: &Projections) {
         })
         .collect();
     assert_eq!(live_auth, model_auth, "authorizations");
-    let live_settlements: Vec<(String, i64, String)> =
-        sqlx::query_as("SELECT settlement_id, seq, message FROM settlement ORDER BY settlement_id")
-            .fetch_all(pool)
-            .await
-            .unwrap();
+    // The model keeps a digest of each row: equal digests, equal rows (every column).
+    let live_settlements: Vec<_> = sqlx::query_as::<_, spendguard::ledger::store::SettlementRow>(
+        "SELECT settlement_id, intent_id, agent_id, fingerprint, seq, message FROM settlement ORDER BY settlement_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|st| (st.settlement_id.clone(), st.seq, st.digest()))
+    .collect();
     let model_settlements: Vec<_> = s
         .settlements
-        .values()
-        .map(|st| (st.settlement_id.clone(), st.seq, st.message.clone()))
+        .iter()
+        .map(|(id, st)| (id.clone(), st.seq, st.digest))
         .collect();
     assert_eq!(live_settlements, model_settlements, "settlements");
 
