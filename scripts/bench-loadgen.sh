@@ -10,11 +10,12 @@
 #                            [--workers N] [--intent-partitions N] [--no-baseline]
 #                            [--no-lifecycle] [--lifecycle-mix 70,15,10,5]
 #                            [--http | --no-kafka] [--bin PATH]
-#                            [--broker-outage SECONDS] [--no-direct-publish]
+#                            [--broker-outage SECONDS] [--direct-publish]
 #
 # --bin PATH runs that spendguard binary and builds nothing (A/B runs of two builds).
-# --no-direct-publish gives serve `direct_publish: false` (every decision waits for the
-# outbox's claim round, the path before issue 15): A/B of the direct publisher in one build.
+# --direct-publish gives serve `direct_publish: true` (decisions handed to a direct
+# publisher after their commit; the default waits for the outbox's claim round): A/B of
+# the direct publisher in one build.
 # --http measures the synchronous API instead (SPEC §13.4): serve also listens on
 # 127.0.0.1:18080 and loadgen POSTs the same intent mix to /v1/intents with the demo
 # payment_service token (decisions still go through the outbox to tansu); --no-kafka
@@ -52,7 +53,7 @@ while [ $# -gt 0 ]; do
     --agents) agents="$2"; shift ;;
     --workers) workers="$2"; shift ;;
     --intent-partitions) partitions="$2"; shift ;;
-    --no-direct-publish) no_direct=1 ;;
+    --direct-publish) direct=1 ;;
     --no-baseline) loadgen_flags+=(--no-baseline) ;;
     --no-lifecycle) loadgen_flags+=(--no-lifecycle) ;;
     --lifecycle-mix) loadgen_flags+=(--lifecycle-mix "$2"); shift ;;
@@ -60,7 +61,7 @@ while [ $# -gt 0 ]; do
     --bin) bin_override="$2"; shift ;;
     --no-kafka) http=1; no_kafka=1 ;;
     --broker-outage) outage_s="$2"; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -102,11 +103,11 @@ export SPENDGUARD_TOPIC_PREFIX="lgbench$run_id."
 export SPENDGUARD_GROUP_ID="lgbench$run_id"
 export SPENDGUARD_LOG="${SPENDGUARD_LOG:-warn}"
 config_args=()
-if [ -n "$workers$partitions${no_direct:-}" ]; then
+if [ -n "$workers$partitions${direct:-}" ]; then
   : >"$dir/serve.yaml"
   [ -n "$workers" ] && printf 'workers: %s\n' "$workers" >>"$dir/serve.yaml"
   [ -n "$partitions" ] && printf 'intent_partitions: %s\nsettlement_partitions: %s\n' "$partitions" "$partitions" >>"$dir/serve.yaml"
-  [ -n "${no_direct:-}" ] && printf 'direct_publish: false\n' >>"$dir/serve.yaml"
+  [ -n "${direct:-}" ] && printf 'direct_publish: true\n' >>"$dir/serve.yaml"
   config_args=(--config "$dir/serve.yaml")
 fi
 

@@ -203,9 +203,9 @@ pub struct Settings {
     pub expiry_sweep_interval_ms: u64,
     pub policy_poll_interval_ms: u64,
     pub outbox_poll_interval_ms: u64,
-    /// Committed decisions go straight to the direct publisher (true, the default) or
-    /// all wait for the outbox's claim round (false: the path before issue 15, kept as a
-    /// fallback an operator can switch to).
+    /// Committed decisions go straight to the direct publisher (true) or all wait for the
+    /// outbox's claim round (false, the default: on a quiet 2-core machine the direct
+    /// path measured no end-to-end gain at 1,000/s, docs/benchmarks.md).
     pub direct_publish: bool,
     pub kill_switch_resync_ms: u64,
     /// `host:port` for the Prometheus `/metrics` endpoint, if wanted.
@@ -320,7 +320,7 @@ impl ServiceArgs {
             outbox_poll_interval_ms: file
                 .outbox_poll_interval_ms
                 .unwrap_or(DEFAULT_OUTBOX_POLL_INTERVAL_MS),
-            direct_publish: file.direct_publish.unwrap_or(true),
+            direct_publish: file.direct_publish.unwrap_or(false),
             kill_switch_resync_ms: file
                 .kill_switch_resync_ms
                 .unwrap_or(DEFAULT_KILL_SWITCH_RESYNC_MS),
@@ -614,8 +614,8 @@ mod tests {
         };
         let s = resolve("worker_queue_len: 4\nmax_poll_interval_ms: 10000\n").unwrap();
         assert_eq!((s.worker_queue_len, s.max_poll_interval_ms), (4, 10_000));
-        assert!(s.direct_publish, "the direct publisher is on by default");
-        assert!(!resolve("direct_publish: false\n").unwrap().direct_publish);
+        assert!(!s.direct_publish, "the direct publisher is off by default");
+        assert!(resolve("direct_publish: true\n").unwrap().direct_publish);
         let s = resolve("workers: 1\n").unwrap();
         assert_eq!(
             (s.worker_queue_len, s.max_poll_interval_ms),

@@ -5,8 +5,8 @@
 //! - effectively once: the ledger decides in one transaction (idempotent per intentId);
 //!   the offset is stored only after that commit, so a crash redelivers and the ledger
 //!   answers with the recorded decision;
-//! - decisions are published from rows committed to the ledger's outbox (handed to the
-//!   direct publisher right after the commit, or claimed later), never from memory
+//! - decisions are published from rows committed to the ledger's outbox (claimed by the
+//!   publisher, or with `direct_publish` handed to it after the commit), never from memory
 //!   alone, so a crash between commit and publish loses nothing (another instance or
 //!   the restart publishes once the lease runs out);
 //! - one agent's intents are decided in order: they share a partition (key = agentId) and
@@ -160,8 +160,9 @@ pub async fn run(
     let topics = Topics::with_prefix(&settings.topic_prefix);
     let mut ledger = connect_ledger(&settings).await?;
     let kafka = settings.kafka;
-    // With a broker, committed decisions are handed straight to the direct publisher
-    // (outbox::run_direct); the claim round publishes what it could not take.
+    // With a broker and `direct_publish`, committed decisions are handed straight to the
+    // direct publisher (outbox::run_direct); the claim round publishes what it could not
+    // take. Off by default: on 2 cores it measured no end-to-end gain (benchmarks.md).
     let direct = (kafka && settings.direct_publish).then(|| {
         let (tx, rx) = mpsc::channel(outbox::DIRECT_QUEUE_BATCHES);
         ledger.hand_outbox_to(outbox::direct_claimer(&settings.instance), tx);

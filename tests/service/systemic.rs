@@ -362,7 +362,8 @@ async fn a_systemic_fault_of_the_direct_publisher_fails_readiness() {
     let Some(_serial) = serial::service_test().await else {
         return;
     };
-    let (db, topics, serve, _dir) = serve_as_service_role("sg_sysdp_", "sysdp", "").await;
+    let (db, topics, serve, _dir) =
+        serve_as_service_role("sg_sysdp_", "sysdp", "direct_publish: true\n").await;
     let addr = api_addr(&serve);
     readiness_until(addr, &serve, |s, _| s == 200).await;
 
