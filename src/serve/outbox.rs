@@ -90,12 +90,7 @@ async fn publish_batch(shared: &Shared) -> Result<usize, String> {
     let claimed = std::time::Instant::now();
     // Row written to claimed; the two clocks are the database's and this host's (a skew
     // between them shows here, and only here).
-    let now = chrono::Utc::now();
-    for row in &rows {
-        if let Ok(waited) = (now - row.created_at).to_std() {
-            telemetry::record_stage(Stage::OutboxWait, waited);
-        }
-    }
+    record_outbox_wait(&rows);
     let deliveries = enqueue(producer, shared, &rows).await?;
     let (published, failed) = await_deliveries(deliveries, claimed).await;
     let marking = std::time::Instant::now();
@@ -217,12 +212,7 @@ pub async fn run_direct(shared: Arc<Shared>, mut handed: mpsc::Receiver<Vec<Outb
         let Ok(slot) = in_flight.clone().acquire_owned().await else {
             break;
         };
-        let received = chrono::Utc::now();
-        for row in &rows {
-            if let Ok(waited) = (received - row.created_at).to_std() {
-                telemetry::record_stage(Stage::OutboxWait, waited);
-            }
-        }
+        record_outbox_wait(&rows);
         let enqueued = Instant::now();
         let deliveries = match enqueue(producer, &shared, &rows).await {
             Ok(d) => d,
@@ -281,6 +271,16 @@ async fn release(shared: &Shared, ids: Vec<i64>) {
         Ok(_) => shared.outbox_ready.notify_one(),
         Err(e) => {
             tracing::warn!(error = %e, rows = ids.len(), "rows not released; the claim round takes them after their lease")
+        }
+    }
+}
+
+/// Row written (database clock) → in a publisher's hands (this host's clock).
+fn record_outbox_wait(rows: &[OutboxRow]) {
+    let now = chrono::Utc::now();
+    for row in rows {
+        if let Ok(waited) = (now - row.created_at).to_std() {
+            telemetry::record_stage(Stage::OutboxWait, waited);
         }
     }
 }
