@@ -100,7 +100,12 @@ async fn a_valid_change_applies_live_and_a_broken_one_is_refused() {
     assert_ne!(v1, v2);
     replace(&file, &v2);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
-    while activations_of(&db, "2").await == 0 {
+    // The swap follows the ledger's record (activation, returning contents, bindings:
+    // three transactions), so the log line, not the ledger row, says version 2 decides.
+    while !server
+        .log_text()
+        .contains("policy-reload activated: svc-test@2")
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "version 2 never activated:\n{}",
@@ -108,6 +113,11 @@ async fn a_valid_change_applies_live_and_a_broken_one_is_refused() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        activations_of(&db, "2").await,
+        1,
+        "swapped but not recorded"
+    );
     let (effect, version, codes) = decide(&brokers, &producer, &topics, "r-2").await;
     assert_eq!(
         (effect.as_str(), version.as_str()),
