@@ -1,5 +1,5 @@
-//! Fuzzing of the parsers (SPEC §15, issue 16): the intent, vote, policy, bindings,
-//! approver-registry and kill-switch control parsers, and the HTTP API's request bodies
+//! Fuzzing of the parsers (SPEC §15, issue 16): the intent, settlement, vote, policy,
+//! bindings, approver-registry and kill-switch control parsers, and the HTTP API's request bodies
 //! (`http`), under generated hostile input: arbitrary bytes, byte edits of valid examples
 //! and structure-aware edits of their JSON/YAML trees.
 //!
@@ -67,6 +67,26 @@ const POLICY_CODES: &[&str] = &[
     "rego_compile_error",
 ];
 
+/// Every code `parse_settlement` may return (documented on `SettlementError`).
+const SETTLEMENT_CODES: &[&str] = &[
+    "message_too_large",
+    "invalid_utf8",
+    "invalid_json",
+    "missing_field",
+    "invalid_field",
+    "unknown_field",
+    "unknown_type",
+    "invalid_amount",
+    "non_positive_amount",
+    "amount_scale_exceeds_currency",
+    "amount_too_large",
+    "unknown_currency",
+    "amount_required",
+    "amount_not_allowed",
+    "currency_required",
+    "metadata_too_large",
+];
+
 const CONTROL_CODES: &[&str] = &[
     "malformed_control_message",
     "invalid_actor",
@@ -99,6 +119,21 @@ fn intent_seeds() -> Vec<String> {
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// The examples (captures, a void, a refund...) and a CANCEL and a VOID without amount.
+fn settlement_seeds() -> Vec<String> {
+    let mut seeds: Vec<String> = include_str!("../../../examples/settlements.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    seeds.push(r#"{"settlementId":"s-9","intentId":"i-9","type":"CANCEL"}"#.to_string());
+    seeds.push(
+        r#"{"settlementId":"s-8","intentId":"i-8","type":"VOID","metadata":{"k":[1,{"a":null}]}}"#
+            .to_string(),
+    );
+    seeds
 }
 
 fn policy_seeds() -> Vec<String> {
@@ -175,6 +210,48 @@ fn check_intent(bytes: &[u8]) -> Result<(), TestCaseError> {
                 let j = j.unwrap();
                 prop_assert_eq!(j.canonical_json(), i.canonical_json());
                 prop_assert_eq!(j, i);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_settlement(bytes: &[u8]) -> Result<(), TestCaseError> {
+    use spendguard::settlement::{MAX_SETTLEMENT_BYTES, SettlementType, parse_settlement};
+    match no_panic("parse_settlement", || parse_settlement(bytes))? {
+        Err(e) => {
+            known_code(e.code, SETTLEMENT_CODES, "parse_settlement")?;
+            prop_assert!(!e.message.is_empty());
+        }
+        Ok(s) => {
+            for id in [&s.settlement_id, &s.intent_id] {
+                prop_assert!(!id.is_empty() && id.len() <= intent::MAX_ID_LEN);
+                prop_assert!(!id.chars().any(char::is_control));
+            }
+            let needs_amount = matches!(s.kind, SettlementType::Capture | SettlementType::Refund);
+            prop_assert!(
+                !needs_amount || s.amount.is_some(),
+                "{:?} without amount",
+                s.kind
+            );
+            prop_assert!(s.kind != SettlementType::Cancel || s.amount.is_none());
+            prop_assert!(!s.is_final || s.kind == SettlementType::Capture);
+            if let Some(amount) = s.amount {
+                let code = s.currency.as_deref().unwrap_or_default();
+                let cur = spendguard::money::currency(code);
+                prop_assert!(cur.is_some(), "accepted unknown currency {code:?}");
+                prop_assert!(amount > Decimal::ZERO, "accepted amount {amount}");
+                prop_assert!(amount.normalize().scale() <= cur.unwrap().minor_units);
+                prop_assert!(amount <= Decimal::from(spendguard::money::MAX_AMOUNT_MAJOR));
+            }
+            // Re-serialized, it parses to the same settlement (when it still fits).
+            let again = serde_json::to_vec(&s).unwrap();
+            if again.len() <= MAX_SETTLEMENT_BYTES {
+                let t = no_panic("parse_settlement (again)", || parse_settlement(&again))?;
+                prop_assert!(t.is_ok(), "re-serialized settlement refused: {:?}", t);
+                let t = t.unwrap();
+                prop_assert_eq!(t.canonical_json(), s.canonical_json());
+                prop_assert_eq!(t, s);
             }
         }
     }
@@ -302,6 +379,11 @@ proptest! {
     #[test]
     fn fuzz_intent_parser(bytes in hostile_input(intent_seeds(), false)) {
         check_intent(&bytes)?;
+    }
+
+    #[test]
+    fn fuzz_settlement_parser(bytes in hostile_input(settlement_seeds(), false)) {
+        check_settlement(&bytes)?;
     }
 
     #[test]
@@ -526,6 +608,7 @@ fn fuzz_fixed_hostile_documents() {
     for doc in docs {
         check_policy(doc, &probes).unwrap();
         check_intent(doc.as_bytes()).unwrap();
+        check_settlement(doc.as_bytes()).unwrap();
         check_vote(doc.as_bytes()).unwrap();
         check_control(doc.as_bytes()).unwrap();
         // Bindings and approver files are read through the same 1 MiB file limit as
