@@ -1410,14 +1410,20 @@ async fn chaos_run(run: ChaosRun) -> Vec<Fault> {
         .await,
         0
     );
-    // Every decision published, copies identical (at-least-once publishing).
+    // Every decision published, copies identical (at-least-once publishing). The ids
+    // seen are kept between calls: a long run reads tens of thousands of messages, and
+    // parsing all of them again on each arrival made the check quadratic.
+    let seen = std::cell::RefCell::new((0usize, std::collections::BTreeSet::new()));
     let messages = read_until(&brokers, &topics.decisions, WAIT_MS, |m| {
-        m.iter()
-            .map(|m| json(m)["intentId"].as_str().unwrap_or_default().to_string())
-            .filter(|id| id.starts_with("x-"))
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-            >= sent
+        let (read, ids) = &mut *seen.borrow_mut();
+        for msg in &m[*read..] {
+            let id = json(msg)["intentId"].as_str().unwrap_or_default().to_string();
+            if id.starts_with("x-") {
+                ids.insert(id);
+            }
+        }
+        *read = m.len();
+        ids.len() >= sent
     })
     .await;
     let mut by_intent: BTreeMap<String, String> = BTreeMap::new();
@@ -1500,8 +1506,8 @@ impl ChaosSettlement {
 }
 
 /// What the chaos run sends for an open authorization of intent `x-N` (10.00): N % 3 = 0
-/// a final CAPTURE of all of it, 1 a CAPTURE of 4.00 then a VOID of the remaining 6.00,
-/// 2 nothing (left open).
+/// a final CAPTURE of all of it (when N % 6 = 3, then a REFUND of 3.00 of it), 1 a
+/// CAPTURE of 4.00 then a VOID of the remaining 6.00, 2 nothing (left open).
 fn chaos_settlements(intent: &str) -> Vec<ChaosSettlement> {
     let n: u64 = intent.trim_start_matches("x-").parse().unwrap_or(2);
     let s = |suffix: &str, kind, amount, is_final| ChaosSettlement {
@@ -1512,6 +1518,10 @@ fn chaos_settlements(intent: &str) -> Vec<ChaosSettlement> {
         is_final,
     };
     match n % 3 {
+        0 if n % 2 == 1 => vec![
+            s("c", "CAPTURE", Some("10.00"), true),
+            s("r", "REFUND", Some("3.00"), false),
+        ],
         0 => vec![s("c", "CAPTURE", Some("10.00"), true)],
         1 => vec![
             s("p", "CAPTURE", Some("4.00"), false),
@@ -1523,8 +1533,8 @@ fn chaos_settlements(intent: &str) -> Vec<ChaosSettlement> {
 
 /// Every settlement sent was applied exactly once (one `settlement_applied` each,
 /// none refused), and no authorization was captured or released past what it
-/// authorized: each ends as the plan says (10.00 captured; or 4.00 captured and 6.00
-/// voided).
+/// authorized, nor refunded past what it captured: each ends as the plan says (10.00
+/// captured, 3.00 of it refunded or none; or 4.00 captured and 6.00 voided).
 async fn check_chaos_settlements(db: &str, seed: u64, sent: &[ChaosSettlement]) {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
     while scalar(db, "SELECT count(*) FROM settlement").await < sent.len() as i64 {
@@ -1568,35 +1578,48 @@ async fn check_chaos_settlements(db: &str, seed: u64, sent: &[ChaosSettlement]) 
     assert_eq!(
         scalar(
             db,
-            "SELECT count(*) FROM authorization_state WHERE captured + voided + expired_amount > authorized"
+            "SELECT count(*) FROM authorization_state WHERE captured + voided + expired_amount > authorized OR refunded > captured"
         )
         .await,
         0,
         "seed {seed}: an authorization was captured or released past its amount"
     );
-    let states: Vec<(String, rust_decimal::Decimal, rust_decimal::Decimal, bool)> =
-        sqlx::query_as("SELECT intent_id, captured, voided, is_final FROM authorization_state")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
+    type Dec = rust_decimal::Decimal;
+    let states: Vec<(String, Dec, Dec, Dec, bool)> = sqlx::query_as(
+        "SELECT intent_id, captured, voided, refunded, is_final FROM authorization_state",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
     let states: BTreeMap<String, _> = states
         .into_iter()
-        .map(|(i, c, v, f)| (i, (c, v, f)))
+        .map(|(i, c, v, r, f)| (i, (c, v, r, f)))
         .collect();
-    let dec = |t: &str| t.parse::<rust_decimal::Decimal>().unwrap();
+    let dec = |t: &str| t.parse::<Dec>().unwrap();
+    let refunded: std::collections::BTreeSet<&str> = sent
+        .iter()
+        .filter(|s| s.kind == "REFUND")
+        .map(|s| s.intent.as_str())
+        .collect();
     for s in sent.iter().filter(|s| s.kind == "VOID" || s.is_final) {
         let want = if s.kind == "VOID" {
-            (dec("4.00"), dec("6.00"), true)
+            (dec("4.00"), dec("6.00"), dec("0"), true)
+        } else if refunded.contains(s.intent.as_str()) {
+            (dec("10.00"), dec("0"), dec("3.00"), true)
         } else {
-            (dec("10.00"), dec("0"), true)
+            (dec("10.00"), dec("0"), dec("0"), true)
         };
         assert_eq!(
             states.get(&s.intent),
             Some(&want),
-            "seed {seed}: authorization of {} (captured, voided, final)",
+            "seed {seed}: authorization of {} (captured, voided, refunded, final)",
             s.intent
         );
     }
+    assert!(
+        sent.iter().any(|s| s.kind == "REFUND"),
+        "seed {seed}: no refund sent"
+    );
 }
 
 /// Per agent, the first copy of every message on the decisions topic arrives in ledger
