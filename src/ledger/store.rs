@@ -613,44 +613,67 @@ impl WriteSet {
             .bind(e.iter().map(|r| r.hash.to_vec()).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
+        }
+        self.projection_calls().execute(conn).await?;
+        self.write_outbox(conn, direct).await
+    }
 
+    /// Every projection write of the set, in the order they must apply.
+    fn projection_calls(&self) -> Calls {
+        let mut c = Calls::default();
+        if !self.events.is_empty() {
             let mut ids = Vec::new();
             let mut pos = Vec::new();
             let mut hashes = Vec::new();
             let mut seqs = Vec::new();
-            for c in &self.touched_chains {
-                if let Some(last) = e.iter().rev().find(|r| &r.chain_id == c) {
-                    ids.push(c.as_str());
+            for chain in &self.touched_chains {
+                if let Some(last) = self.events.iter().rev().find(|r| &r.chain_id == chain) {
+                    ids.push(chain.as_str());
                     pos.push(last.chain_pos);
                     hashes.push(last.hash.to_vec());
                     seqs.push(last.seq);
                 }
             }
-            sqlx::query(
-                "SELECT ledger_write_chain_heads($1::text[], $2::bigint[], $3::bytea[], $4::bigint[])",
-            )
-            .bind(ids)
-            .bind(pos)
-            .bind(hashes)
-            .bind(seqs)
-            .execute(&mut *conn)
-            .await?;
+            c.call("ledger_write_chain_heads")
+                .arg(ids, "text[]")
+                .arg(pos, "bigint[]")
+                .arg(hashes, "bytea[]")
+                .arg(seqs, "bigint[]");
         }
         if !self.decisions.is_empty() {
             let d = &self.decisions;
-            sqlx::query(
-                "SELECT ledger_write_decisions($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::bytea[], $7::text[], $8::text[])",
-            )
-            .bind(d.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| r.seq).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| r.decision_hash.clone()).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+            c.call("ledger_write_decisions")
+                .arg(
+                    d.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    d.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    d.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(d.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]")
+                .arg(
+                    d.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>(),
+                    "bytea[]",
+                )
+                .arg(
+                    d.iter()
+                        .map(|r| r.decision_hash.clone())
+                        .collect::<Vec<_>>(),
+                    "bytea[]",
+                )
+                .arg(
+                    d.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    d.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                );
         }
         // Increases are upserts; decreases (outcomes) touch rows that exist, and go
         // through UPDATE because an INSERT's CHECK constraints see the negative delta.
@@ -659,226 +682,382 @@ impl WriteSet {
             .iter()
             .filter(|(_, (c, r, _))| !c.is_zero() || !r.is_zero())
             .partition(|(_, (c, r, _))| !c.is_sign_negative() && !r.is_sign_negative());
-        for (rows, sql) in [
-            (
-                grow,
-                "SELECT ledger_grow_usage($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::numeric[], $7::numeric[], $8::bigint[])",
-            ),
-            (
-                shrink,
-                "SELECT ledger_shrink_usage($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::numeric[], $7::numeric[], $8::bigint[])",
-            ),
-        ] {
+        for (rows, function) in [(grow, "ledger_grow_usage"), (shrink, "ledger_shrink_usage")] {
             if rows.is_empty() {
                 continue;
             }
-            sqlx::query(sql)
-                .bind(
+            c.call(function)
+                .arg(
                     rows.iter()
                         .map(|(k, _)| k.agent_id.as_str())
                         .collect::<Vec<_>>(),
+                    "text[]",
                 )
-                .bind(
+                .arg(
                     rows.iter()
                         .map(|(k, _)| k.kind.as_str())
                         .collect::<Vec<_>>(),
+                    "text[]",
                 )
-                .bind(rows.iter().map(|(k, _)| k.tz.as_str()).collect::<Vec<_>>())
-                .bind(
+                .arg(
+                    rows.iter().map(|(k, _)| k.tz.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
                     rows.iter()
                         .map(|(k, _)| k.currency.as_str())
                         .collect::<Vec<_>>(),
+                    "text[]",
                 )
-                .bind(rows.iter().map(|(k, _)| k.start).collect::<Vec<_>>())
-                .bind(rows.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
-                .bind(rows.iter().map(|(_, v)| v.1).collect::<Vec<_>>())
-                .bind(rows.iter().map(|(_, v)| v.2).collect::<Vec<_>>())
-                .execute(&mut *conn)
-                .await?;
+                .arg(
+                    rows.iter().map(|(k, _)| k.start).collect::<Vec<_>>(),
+                    "date[]",
+                )
+                .arg(
+                    rows.iter().map(|(_, v)| v.0).collect::<Vec<_>>(),
+                    "numeric[]",
+                )
+                .arg(
+                    rows.iter().map(|(_, v)| v.1).collect::<Vec<_>>(),
+                    "numeric[]",
+                )
+                .arg(
+                    rows.iter().map(|(_, v)| v.2).collect::<Vec<_>>(),
+                    "bigint[]",
+                );
         }
         if !self.pending_insert.is_empty() {
             let p = &self.pending_insert;
-            sqlx::query(
-                "SELECT ledger_open_pending($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::numeric[], $7::text[], $8::text[], $9::date[], $10::date[], $11::bigint[], $12::timestamptz[], $13::bigint[], $14::numeric[], $15::numeric[], $16::text[])",
-            )
-            .bind(p.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.approvals_required).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.amount).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.tz.as_str()).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.day).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.month).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.decided_seq).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.expires_at).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.authorization_ttl_secs).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.fx_rate).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.intent_amount).collect::<Vec<_>>())
-            .bind(p.iter().map(|r| r.intent_currency.as_deref()).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+            c.call("ledger_open_pending")
+                .arg(
+                    p.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    p.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    p.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    p.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    p.iter().map(|r| r.approvals_required).collect::<Vec<_>>(),
+                    "int[]",
+                )
+                .arg(p.iter().map(|r| r.amount).collect::<Vec<_>>(), "numeric[]")
+                .arg(
+                    p.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    p.iter().map(|r| r.tz.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(p.iter().map(|r| r.day).collect::<Vec<_>>(), "date[]")
+                .arg(p.iter().map(|r| r.month).collect::<Vec<_>>(), "date[]")
+                .arg(
+                    p.iter().map(|r| r.decided_seq).collect::<Vec<_>>(),
+                    "bigint[]",
+                )
+                .arg(
+                    p.iter().map(|r| r.expires_at).collect::<Vec<_>>(),
+                    "timestamptz[]",
+                )
+                .arg(
+                    p.iter()
+                        .map(|r| r.authorization_ttl_secs)
+                        .collect::<Vec<_>>(),
+                    "bigint[]",
+                )
+                .arg(p.iter().map(|r| r.fx_rate).collect::<Vec<_>>(), "numeric[]")
+                .arg(
+                    p.iter().map(|r| r.intent_amount).collect::<Vec<_>>(),
+                    "numeric[]",
+                )
+                .arg(
+                    p.iter()
+                        .map(|r| r.intent_currency.as_deref())
+                        .collect::<Vec<_>>(),
+                    "text[]",
+                );
         }
         if !self.pending_delete.is_empty() {
             let d = &self.pending_delete;
-            sqlx::query("SELECT ledger_close_pending($1::text[], $2::bigint[])")
-                .bind(d.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
-                .bind(d.iter().map(|(_, seq)| *seq).collect::<Vec<_>>())
-                .execute(&mut *conn)
-                .await?;
+            c.call("ledger_close_pending")
+                .arg(
+                    d.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    d.iter().map(|(_, seq)| *seq).collect::<Vec<_>>(),
+                    "bigint[]",
+                );
         }
         if !self.votes.is_empty() {
             let v = &self.votes;
-            sqlx::query(
-                "SELECT ledger_write_votes($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])",
-            )
-            .bind(v.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
-            .bind(v.iter().map(|r| r.approver_id.as_str()).collect::<Vec<_>>())
-            .bind(v.iter().map(|r| r.vote.as_str()).collect::<Vec<_>>())
-            .bind(v.iter().map(|r| r.signed_at).collect::<Vec<_>>())
-            .bind(v.iter().map(|r| r.seq).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+            c.call("ledger_write_votes")
+                .arg(
+                    v.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    v.iter().map(|r| r.approver_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    v.iter().map(|r| r.vote.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    v.iter().map(|r| r.signed_at).collect::<Vec<_>>(),
+                    "timestamptz[]",
+                )
+                .arg(v.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]");
         }
         if !self.outcomes.is_empty() {
             let o = &self.outcomes;
-            sqlx::query(
-                "SELECT ledger_write_outcomes($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::text[])",
-            )
-            .bind(o.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
-            .bind(o.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
-            .bind(o.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
-            .bind(o.iter().map(|r| r.closed_at).collect::<Vec<_>>())
-            .bind(o.iter().map(|r| r.seq).collect::<Vec<_>>())
-            .bind(o.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+            c.call("ledger_write_outcomes")
+                .arg(
+                    o.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    o.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    o.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    o.iter().map(|r| r.closed_at).collect::<Vec<_>>(),
+                    "timestamptz[]",
+                )
+                .arg(o.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]")
+                .arg(
+                    o.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                );
         }
         for k in &self.kills {
-            sqlx::query("SELECT ledger_set_kill_switch($1, $2, $3, $4, $5, $6)")
-                .bind(&k.scope)
-                .bind(k.active)
-                .bind(&k.actor)
-                .bind(&k.reason)
-                .bind(k.changed_at)
-                .bind(k.seq)
-                .execute(&mut *conn)
-                .await?;
+            c.call("ledger_set_kill_switch")
+                .arg(&k.scope, "text")
+                .arg(k.active, "bool")
+                .arg(&k.actor, "text")
+                .arg(&k.reason, "text")
+                .arg(k.changed_at, "timestamptz")
+                .arg(k.seq, "bigint");
         }
         for p in &self.policies {
-            sqlx::query("SELECT ledger_write_policy_version($1, $2, $3, $4, $5)")
-                .bind(&p.sha256)
-                .bind(&p.name)
-                .bind(&p.version)
-                .bind(&p.canonical)
-                .bind(p.seq)
-                .execute(&mut *conn)
-                .await?;
+            c.call("ledger_write_policy_version")
+                .arg(&p.sha256, "text")
+                .arg(&p.name, "text")
+                .arg(&p.version, "text")
+                .arg(&p.canonical, "text")
+                .arg(p.seq, "bigint");
         }
-        for c in &self.configs {
-            sqlx::query("SELECT ledger_write_config_version($1, $2, $3, $4, $5, $6)")
-                .bind(&c.kind)
-                .bind(c.version)
-                .bind(&c.sha256)
-                .bind(&c.canonical)
-                .bind(&c.actor)
-                .bind(c.seq)
-                .execute(&mut *conn)
-                .await?;
+        for v in &self.configs {
+            c.call("ledger_write_config_version")
+                .arg(&v.kind, "text")
+                .arg(v.version, "bigint")
+                .arg(&v.sha256, "text")
+                .arg(&v.canonical, "text")
+                .arg(&v.actor, "text")
+                .arg(v.seq, "bigint");
         }
         if !self.authorizations.is_empty() {
             let a: Vec<&AuthorizationRow> = self.authorizations.values().collect();
-            sqlx::query(
-                "SELECT ledger_write_authorizations($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::bool[], $11::bool[], $12::timestamptz[], $13::text[], $14::text[], $15::date[], $16::date[], $17::bigint[], $18::numeric[], $19::text[])",
-            )
-            .bind(a.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.authorized).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.captured).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.voided).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.refunded).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.restored).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.expired_amount).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.is_final).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.expired).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.expires_at).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.currency.as_str()).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.tz.as_str()).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.day).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.month).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.fx_rate).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.state.usage_currency.as_deref()).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+            c.call("ledger_write_authorizations")
+                .arg(
+                    a.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.state.authorized).collect::<Vec<_>>(),
+                    "numeric[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.state.captured).collect::<Vec<_>>(),
+                    "numeric[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.state.voided).collect::<Vec<_>>(),
+                    "numeric[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.state.refunded).collect::<Vec<_>>(),
+                    "numeric[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.state.restored).collect::<Vec<_>>(),
+                    "numeric[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.state.expired_amount).collect::<Vec<_>>(),
+                    "numeric[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.state.is_final).collect::<Vec<_>>(),
+                    "bool[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.state.expired).collect::<Vec<_>>(),
+                    "bool[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.state.expires_at).collect::<Vec<_>>(),
+                    "timestamptz[]",
+                )
+                .arg(
+                    a.iter()
+                        .map(|r| r.state.currency.as_str())
+                        .collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.state.tz.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(a.iter().map(|r| r.state.day).collect::<Vec<_>>(), "date[]")
+                .arg(
+                    a.iter().map(|r| r.state.month).collect::<Vec<_>>(),
+                    "date[]",
+                )
+                .arg(a.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]")
+                .arg(
+                    a.iter().map(|r| r.state.fx_rate).collect::<Vec<_>>(),
+                    "numeric[]",
+                )
+                .arg(
+                    a.iter()
+                        .map(|r| r.state.usage_currency.as_deref())
+                        .collect::<Vec<_>>(),
+                    "text[]",
+                );
         }
         if !self.settlements.is_empty() {
             let st = &self.settlements;
-            sqlx::query(
-                "SELECT ledger_write_settlements($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::text[])",
-            )
-            .bind(st.iter().map(|r| r.settlement_id.as_str()).collect::<Vec<_>>())
-            .bind(st.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>())
-            .bind(st.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
-            .bind(st.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>())
-            .bind(st.iter().map(|r| r.seq).collect::<Vec<_>>())
-            .bind(st.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+            c.call("ledger_write_settlements")
+                .arg(
+                    st.iter()
+                        .map(|r| r.settlement_id.as_str())
+                        .collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    st.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    st.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    st.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>(),
+                    "bytea[]",
+                )
+                .arg(st.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]")
+                .arg(
+                    st.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                );
         }
         if !self.agent_entities.is_empty() {
             let a = &self.agent_entities;
             // The first binding wins, in the batch as in the table (the fold's rule).
-            sqlx::query("SELECT ledger_bind_agents($1::text[], $2::text[], $3::bigint[])")
-                .bind(a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
-                .bind(a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>())
-                .bind(a.iter().map(|r| r.seq).collect::<Vec<_>>())
-                .execute(&mut *conn)
-                .await?;
+            c.call("ledger_bind_agents")
+                .arg(
+                    a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(a.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]");
         }
         for f in &self.fx_rates {
-            sqlx::query("SELECT ledger_set_fx_rate($1, $2, $3, $4)")
-                .bind(&f.pair)
-                .bind(f.rate)
-                .bind(f.set_at)
-                .bind(f.seq)
-                .execute(&mut *conn)
-                .await?;
+            c.call("ledger_set_fx_rate")
+                .arg(&f.pair, "text")
+                .arg(f.rate, "numeric")
+                .arg(f.set_at, "timestamptz")
+                .arg(f.seq, "bigint");
         }
         if !self.records.is_empty() {
             let r = &self.records;
-            sqlx::query(
-                "SELECT ledger_write_spend_records($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::bool[], $12::bigint[])",
-            )
-            .bind(r.iter().map(|x| x.intent_id.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.agent_id.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.entity_id.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.accepted_at).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.category.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.beneficiary_id.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.country.as_deref()).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.purpose.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.amount).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.counts).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.seq).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+            c.call("ledger_write_spend_records")
+                .arg(
+                    r.iter().map(|x| x.intent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    r.iter().map(|x| x.agent_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    r.iter().map(|x| x.entity_id.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    r.iter().map(|x| x.accepted_at).collect::<Vec<_>>(),
+                    "timestamptz[]",
+                )
+                .arg(
+                    r.iter().map(|x| x.category.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    r.iter()
+                        .map(|x| x.beneficiary_id.as_str())
+                        .collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    r.iter().map(|x| x.country.as_deref()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    r.iter().map(|x| x.purpose.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(
+                    r.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>(),
+                    "text[]",
+                )
+                .arg(r.iter().map(|x| x.amount).collect::<Vec<_>>(), "numeric[]")
+                .arg(r.iter().map(|x| x.counts).collect::<Vec<_>>(), "bool[]")
+                .arg(r.iter().map(|x| x.seq).collect::<Vec<_>>(), "bigint[]");
         }
         if !self.record_holds.is_empty() {
             let h = &self.record_holds;
-            sqlx::query(
-                "SELECT ledger_hold_spend_records($1::text[], $2::numeric[], $3::bool[], $4::bigint[])",
-            )
-            .bind(h.keys().map(String::as_str).collect::<Vec<_>>())
-            .bind(h.values().map(|v| v.0).collect::<Vec<_>>())
-            .bind(h.values().map(|v| v.1).collect::<Vec<_>>())
-            .bind(h.values().map(|v| v.2).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+            c.call("ledger_hold_spend_records")
+                .arg(h.keys().map(String::as_str).collect::<Vec<_>>(), "text[]")
+                .arg(h.values().map(|v| v.0).collect::<Vec<_>>(), "numeric[]")
+                .arg(h.values().map(|v| v.1).collect::<Vec<_>>(), "bool[]")
+                .arg(h.values().map(|v| v.2).collect::<Vec<_>>(), "bigint[]");
         }
+        c
+    }
+
+    /// Inserts the outbox rows; returns those leased to `direct`.
+    async fn write_outbox(
+        &self,
+        conn: &mut PgConnection,
+        direct: Option<&str>,
+    ) -> sqlx::Result<Vec<super::OutboxRow>> {
         if self.outbox.is_empty() {
             return Ok(Vec::new());
         }
@@ -922,4 +1101,80 @@ struct WrittenOutboxRow {
     leased: bool,
     #[sqlx(flatten)]
     row: super::OutboxRow,
+}
+
+/// A write set's projection functions sent as one statement, `SELECT f(…), g(…), …`:
+/// one round trip to PostgreSQL instead of one per function (on a busy 2-core host a
+/// round trip alone cost 1-1.5 ms, and a deciding transaction made about eight:
+/// docs/benchmarks.md, "One round trip for the projection writes"). PostgreSQL
+/// evaluates a target list left to right, and every function is VOLATILE (each of its
+/// statements sees what the calls before it wrote), so the calls apply in the order
+/// they are added, as the separate statements did. Each function still checks that its
+/// rows come from events this transaction appended (`ledger_assert_appended`).
+#[derive(Default)]
+struct Calls {
+    sql: String,
+    args: sqlx::postgres::PgArguments,
+    /// Placeholders used so far (`$1` is the first).
+    placeholders: usize,
+    /// The argument list of the last call is still open.
+    open: bool,
+    encode_error: Option<sqlx::error::BoxDynError>,
+}
+
+impl Calls {
+    /// Starts a call of `function` (a ledger function's name, never input).
+    fn call(&mut self, function: &'static str) -> &mut Self {
+        self.close();
+        self.sql
+            .push_str(if self.sql.is_empty() { "SELECT " } else { ", " });
+        self.sql.push_str(function);
+        self.sql.push('(');
+        self.open = true;
+        self
+    }
+
+    /// Adds an argument to the open call, cast to `sql_type` as the function declares it.
+    fn arg<'q, T>(&mut self, value: T, sql_type: &'static str) -> &mut Self
+    where
+        T: sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        use sqlx::Arguments as _;
+        assert!(self.open, "an argument outside a call");
+        if !self.sql.ends_with('(') {
+            self.sql.push_str(", ");
+        }
+        self.placeholders += 1;
+        // Writing into a String cannot fail.
+        let _ = std::fmt::Write::write_fmt(
+            &mut self.sql,
+            format_args!("${}::{sql_type}", self.placeholders),
+        );
+        if let Err(e) = self.args.add(value) {
+            self.encode_error.get_or_insert(e);
+        }
+        self
+    }
+
+    fn close(&mut self) {
+        if self.open {
+            self.sql.push(')');
+            self.open = false;
+        }
+    }
+
+    async fn execute(mut self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        self.close();
+        if let Some(e) = self.encode_error {
+            return Err(sqlx::Error::Encode(e));
+        }
+        if self.sql.is_empty() {
+            return Ok(());
+        }
+        // Only `call`'s static function names, placeholders and casts: no input.
+        sqlx::query_with(sqlx::AssertSqlSafe(self.sql), self.args)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
 }
