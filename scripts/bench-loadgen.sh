@@ -162,10 +162,11 @@ grep -q "spendguard serve: instance .* ready" "$dir/serve.log" || { echo "serve 
 echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, intent partitions ${partitions:-default}, ${http:+HTTP }${no_kafka:+without Kafka }${webhooks:+webhooks }$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 # cpu_ticks PID...: user + system clock ticks the processes used so far (0 if gone).
 cpu_ticks() {
-  local total=0 pid
+  local total=0 pid ticks
   for pid in "$@"; do
-    [ -r "/proc/$pid/stat" ] || continue
-    total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+    # A PostgreSQL backend may exit between the listing and the read: skip it.
+    ticks=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat" 2>/dev/null) || continue
+    [ -n "$ticks" ] && total=$((total + ticks))
   done
   echo "$total"
 }
