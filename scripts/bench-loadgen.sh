@@ -10,12 +10,20 @@
 #                            [--workers N] [--intent-partitions N] [--no-baseline]
 #                            [--no-lifecycle] [--lifecycle-mix 70,15,10,5]
 #                            [--http | --no-kafka] [--bin PATH]
-#                            [--broker-outage SECONDS] [--direct-publish]
+#                            [--broker-outage SECONDS] [--direct-publish] [--webhooks]
 #
 # --bin PATH runs that spendguard binary and builds nothing (A/B runs of two builds).
 # --direct-publish gives serve `direct_publish: true` (decisions handed to a direct
 # publisher after their commit; the default waits for the outbox's claim round): A/B of
 # the direct publisher in one build.
+# --webhooks measures notifications (SPEC §13.2, issue 15 item 5): the run dir gets a
+# notifications.yaml with one webhook `bench` (events decision and outcome, url
+# http://127.0.0.1:18090/hook, secret_env SPENDGUARD_BENCH_HOOK_SECRET holding a random
+# secret made for the run) given to serve (SPENDGUARD_NOTIFICATIONS), and loadgen receives
+# on 127.0.0.1:18090 (--webhook-sink, --webhook-secret-env): it verifies every signature
+# and reports deliveries by event, intents notified against decisions received,
+# duplicates, bad signatures and the decision delivery latency (intent sent → webhook
+# received); serve's spendguard_webhook_* metrics are printed at the end. Not with --http.
 # --http measures the synchronous API instead (SPEC §13.4): serve also listens on
 # 127.0.0.1:18080 and loadgen POSTs the same intent mix to /v1/intents with the demo
 # payment_service token (decisions still go through the outbox to tansu); --no-kafka
@@ -61,11 +69,16 @@ while [ $# -gt 0 ]; do
     --bin) bin_override="$2"; shift ;;
     --no-kafka) http=1; no_kafka=1 ;;
     --broker-outage) outage_s="$2"; shift ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    --webhooks) webhooks=1 ;;
+    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+if [ -n "${webhooks:-}" ] && [ -n "$http" ]; then
+  echo "--webhooks measures the Kafka path; not with --http or --no-kafka" >&2
+  exit 2
+fi
 
 scripts/postgres.sh >/dev/null
 # shellcheck disable=SC1091
@@ -117,6 +130,20 @@ if [ -n "$http" ]; then
   loadgen_flags+=(--http http://127.0.0.1:18080 --http-token demo-payment-token)
 fi
 [ -n "$no_kafka" ] && serve_args+=(--no-kafka)
+if [ -n "${webhooks:-}" ]; then
+  # A fresh secret per run, in the environment of serve (secret_env) and loadgen.
+  SPENDGUARD_BENCH_HOOK_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+  export SPENDGUARD_BENCH_HOOK_SECRET
+  cat >"$dir/notifications.yaml" <<'YAML'
+webhooks:
+  - id: bench
+    url: http://127.0.0.1:18090/hook
+    events: [decision, outcome]
+    secret_env: SPENDGUARD_BENCH_HOOK_SECRET
+YAML
+  export SPENDGUARD_NOTIFICATIONS="$PWD/$dir/notifications.yaml"
+  loadgen_flags+=(--webhook-sink 127.0.0.1:18090 --webhook-secret-env SPENDGUARD_BENCH_HOOK_SECRET)
+fi
 
 serve_pid=
 cleanup() {
@@ -132,13 +159,14 @@ for _ in $(seq 240); do
 done
 grep -q "spendguard serve: instance .* ready" "$dir/serve.log" || { echo "serve not ready:"; cat "$dir/serve.log"; exit 1; }
 
-echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, intent partitions ${partitions:-default}, ${http:+HTTP }${no_kafka:+without Kafka }$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "bench-loadgen: $profile build, rate $rate/s for ${duration}s, $agents agents, workers ${workers:-default}, intent partitions ${partitions:-default}, ${http:+HTTP }${no_kafka:+without Kafka }${webhooks:+webhooks }$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 # cpu_ticks PID...: user + system clock ticks the processes used so far (0 if gone).
 cpu_ticks() {
-  local total=0 pid
+  local total=0 pid ticks
   for pid in "$@"; do
-    [ -r "/proc/$pid/stat" ] || continue
-    total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+    # A PostgreSQL backend may exit between the listing and the read: skip it.
+    ticks=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat" 2>/dev/null) || continue
+    [ -n "$ticks" ] && total=$((total + ticks))
   done
   echo "$total"
 }
@@ -221,4 +249,8 @@ echo "for HTTP, queued = request received → its transaction starts):"
 breakdown spendguard_pipeline_stage_seconds stage queued decide outbox_wait produce_ack mark
 echo "deciding transaction by phase (spendguard_ledger_decide_phase_seconds):"
 breakdown spendguard_ledger_decide_phase_seconds phase begin lock read step write commit
+if [ -n "${webhooks:-}" ]; then
+  echo "webhooks (serve's counters; the backlog gauge is sampled every few send rounds):"
+  grep -E '^spendguard_webhook_(delivered_total|failures_total|backlog)' "$dir/metrics.txt" | sed 's/^/  /' || echo "  (none)"
+fi
 exit "$status"

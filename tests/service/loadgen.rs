@@ -2,8 +2,9 @@
 //! pipeline through a real `serve`) receive everything they sent, the mix produces
 //! every kind of outcome under the example policies, and the ledger holds exactly one
 //! decision per intent sent. With the lifecycle mix (issue 10) every ALLOW is settled and
-//! every settlement yields exactly one outcome, recorded once in the ledger. Timings are
-//! printed by loadgen, never asserted here.
+//! every settlement yields exactly one outcome, recorded once in the ledger. With
+//! `--webhook-sink`, loadgen also receives serve's webhooks: every decision arrives,
+//! signed, and the report counts it. Timings are printed by loadgen, never asserted here.
 
 use crate::harness::policies::repository_policies;
 use crate::harness::serial;
@@ -193,5 +194,140 @@ async fn loadgen_measures_both_phases_and_every_intent_is_decided_once() {
         .await
         .unwrap();
     assert_eq!(settled as u64, settlements);
+    assert_eq!(serve.terminate(), Some(0));
+}
+
+/// `loadgen --webhook-sink`: serve's webhook (notifications.yaml, events decision and
+/// outcome) points at loadgen, which verifies every signature; every decision of the run
+/// is delivered (at least once), and the report's counts match what the ledger queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_receives_every_decision_as_a_signed_webhook() {
+    let Some(_serial) = serial::service_test().await else {
+        return;
+    };
+    const SECRET_VAR: &str = "SPENDGUARD_LOADGEN_TEST_HOOK_SECRET";
+    let mut rig = Rig::with("sg_loadgen_wh_", "lgwh", |_| repository_policies()).await;
+    let sink = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let file = rig.dir.path().join("notifications.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "webhooks:\n  - id: lg\n    url: http://{sink}/hook\n    events: [decision, outcome]\n    secret_env: {SECRET_VAR}\n"
+        ),
+    )
+    .unwrap();
+    rig.set_env(SECRET_VAR, "whsec-loadgen-0123456789abcdef");
+    rig.set_env("SPENDGUARD_NOTIFICATIONS", &file.display().to_string());
+    let serve = ServeProcess::start(&rig.env, "lgwh-1", rig.dir.path(), &[]);
+
+    let sink_addr = sink.to_string();
+    let out = spendguard(&rig.env)
+        .args([
+            "loadgen",
+            "--rate",
+            "30",
+            "--duration",
+            "3",
+            "--agents",
+            "4",
+        ])
+        .args(["--no-baseline", "--no-lifecycle", "--format", "json"])
+        .args(["--drain-timeout", "60"])
+        .args([
+            "--webhook-sink",
+            &sink_addr,
+            "--webhook-secret-env",
+            SECRET_VAR,
+        ])
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "loadgen failed: {}\n{stdout}\n{}\nserve log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        serve.log_text()
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    let pipeline = &report["phases"][0];
+    assert_eq!(pipeline["phase"], "pipeline", "{report}");
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let sent = n(pipeline, "sent");
+    assert!(sent >= 60, "30/s for 3 s sends about 90: {pipeline}");
+    let w = &pipeline["webhooks"];
+    eprintln!("loadgen webhooks: {w}");
+    assert_eq!(w["addr"], sink_addr.as_str(), "{w}");
+    assert_eq!(
+        n(w, "intentsNotified"),
+        sent,
+        "every decision delivered: {w}"
+    );
+    assert_eq!(n(w, "notNotified"), 0, "{w}");
+    assert_eq!(
+        n(w, "decisionsReceived"),
+        n(pipeline, "received") + n(pipeline, "recovered"),
+        "{w}"
+    );
+    for zero in [
+        "badSignatures",
+        "malformed",
+        "refused",
+        "foreign",
+        "repeatedIntents",
+        "untracked",
+    ] {
+        assert_eq!(n(w, zero), 0, "{zero}: {w}");
+    }
+    let by_event = w["byEvent"].as_object().expect("byEvent");
+    assert_eq!(n(&w["byEvent"], "decision"), sent, "{w}");
+    assert_eq!(
+        by_event.values().filter_map(Value::as_u64).sum::<u64>(),
+        n(w, "deliveries"),
+        "{w}"
+    );
+    let (p50, p99) = (w["p50Ms"].as_f64().unwrap(), w["p99Ms"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99, "{w}");
+
+    // The ledger queued exactly one decision delivery per intent, and serve recorded each
+    // one delivered (it records after the receiver's answer: wait for the last ones).
+    let mut conn = sqlx::PgConnection::connect(&rig.db).await.unwrap();
+    let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
+    let queued = count(
+        "SELECT count(*) FROM notification_delivery WHERE webhook_id = 'lg' AND event_kind = 'decision'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(queued as u64, sent);
+    let all: i64 = count("SELECT count(*) FROM notification_delivery")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        all as u64,
+        n(w, "deliveries"),
+        "every queued delivery arrived once: {w}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let delivered: i64 =
+            count("SELECT count(*) FROM notification_delivery WHERE delivered_at IS NOT NULL")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        if delivered == all {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{delivered} of {all} deliveries recorded as delivered:\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert_eq!(serve.terminate(), Some(0));
 }

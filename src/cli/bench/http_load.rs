@@ -186,6 +186,7 @@ pub async fn run(base: &str, token: &str, args: &LoadgenArgs) -> anyhow::Result<
         effects: tally.effects,
         consumer_errors: tally.errors,
         lifecycle: None,
+        webhooks: None,
     };
     super::loadgen::print_reports(std::slice::from_ref(&report), args)?;
     println!(

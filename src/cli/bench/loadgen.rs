@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::webhook_sink::{WebhookReport, WebhookSink};
 use crate::bus::{self, Topics};
 use crate::config::{ServiceArgs, Settings};
 use crate::settlement::SettlementType;
@@ -89,6 +90,14 @@ pub struct LoadgenArgs {
     /// Most HTTP connections open at once (`--http`; keep-alive, reused).
     #[arg(long, default_value_t = 64)]
     pub http_connections: usize,
+    /// Also receive serve's webhooks on this address (`127.0.0.1:18090`; a webhook of
+    /// notifications.yaml must point at it): verifies each signature, counts deliveries
+    /// by event, and reports decision delivery latency (intent sent → delivery received).
+    #[arg(long, value_name = "ADDR", requires = "webhook_secret_env", conflicts_with_all = ["http", "baseline_only"])]
+    pub webhook_sink: Option<String>,
+    /// Name of the environment variable holding the webhook's secret (its `secret_env`).
+    #[arg(long, value_name = "VAR", requires = "webhook_sink")]
+    pub webhook_secret_env: Option<String>,
 }
 
 /// What one phase measured.
@@ -126,6 +135,9 @@ pub struct PhaseReport {
     /// Settlements and their outcomes (pipeline phase with the lifecycle mix only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<LifecycleReport>,
+    /// Webhooks received (pipeline phase with `--webhook-sink` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhookReport>,
 }
 
 /// What the lifecycle mix measured: settlement produced → its outcome consumed.
@@ -419,6 +431,15 @@ pub async fn run(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<i32>
     let mut layout = topics.layout(settings);
     layout.push((baseline_topic.clone(), settings.intent_partitions));
     bus::ensure_topics(&settings.brokers, &layout).await?;
+    // Listening before any phase, so a taken port fails the run at once.
+    let sink = match (&args.webhook_sink, &args.webhook_secret_env) {
+        (Some(addr), Some(var)) => {
+            let secret = std::env::var_os(var)
+                .with_context(|| format!("--webhook-secret-env {var}: the variable is not set"))?;
+            Some(WebhookSink::start(addr, secret.into_encoded_bytes()).await?)
+        }
+        _ => None,
+    };
 
     let mut reports = Vec::new();
     if !args.no_baseline {
@@ -427,7 +448,7 @@ pub async fn run(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<i32>
             consume_from: &baseline_topic,
             lifecycle: None,
         };
-        reports.push(phase("baseline", settings, args, route).await?);
+        reports.push(phase("baseline", settings, args, route, None).await?);
     }
     if !args.baseline_only {
         let route = Route {
@@ -438,7 +459,7 @@ pub async fn run(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<i32>
                 dlq: &topics.dlq,
             }),
         };
-        reports.push(phase("pipeline", settings, args, route).await?);
+        reports.push(phase("pipeline", settings, args, route, sink.as_ref()).await?);
     }
     print_reports(&reports, args)?;
     let errors: u64 = reports
@@ -446,13 +467,22 @@ pub async fn run(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<i32>
         .filter_map(|r| r.lifecycle.as_ref())
         .map(LifecycleReport::errors)
         .sum();
+    let webhook_errors: u64 = reports
+        .iter()
+        .filter_map(|r| r.webhooks.as_ref())
+        .map(WebhookReport::errors)
+        .sum();
     if errors > 0 {
         eprintln!(
             "loadgen: {errors} settlement(s) did not yield exactly one outcome (lost, duplicated, refused or not sent; see the report)"
         );
-        return Ok(1);
     }
-    Ok(0)
+    if webhook_errors > 0 {
+        eprintln!(
+            "loadgen: {webhook_errors} webhook error(s): bad signatures, decisions not notified within the drain, or a decision notified under two delivery ids (see the report)"
+        );
+    }
+    Ok(if errors + webhook_errors > 0 { 1 } else { 0 })
 }
 
 pub(crate) fn print_reports(reports: &[PhaseReport], args: &LoadgenArgs) -> anyhow::Result<()> {
@@ -533,6 +563,36 @@ pub(crate) fn print_reports(reports: &[PhaseReport], args: &LoadgenArgs) -> anyh
             println!(
                 "          recovered {} (outcome on the topic, missed by the live consumer), lost (no outcome on the topic when the drain ended) {}, duplicated {}, refused {:?}, send errors {}",
                 l.recovered, l.lost, l.duplicated, l.refused, l.send_errors
+            );
+        }
+        if let Some(w) = &r.webhooks {
+            println!(
+                "{:<9} {:>8} {:>8} {:>11.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                "webhooks",
+                w.decisions_received,
+                w.intents_notified,
+                w.per_s,
+                w.p50_ms,
+                w.p95_ms,
+                w.p99_ms,
+                w.max_ms
+            );
+            println!(
+                "          (decisions received, intents notified, deliveries/s, decision delivery latency = intent sent -> webhook received, on {})",
+                w.addr
+            );
+            println!(
+                "          deliveries {} by event {:?}; not notified {}, duplicates {}, repeated intents {}, foreign {}, bad signatures {}, malformed {}, refused {}, untracked {}",
+                w.deliveries,
+                w.by_event,
+                w.not_notified,
+                w.duplicates,
+                w.repeated_intents,
+                w.foreign,
+                w.bad_signatures,
+                w.malformed,
+                w.refused,
+                w.untracked
             );
         }
     }
@@ -690,6 +750,7 @@ async fn phase(
     settings: &Settings,
     args: &LoadgenArgs,
     route: Route<'_>,
+    sink: Option<&WebhookSink>,
 ) -> anyhow::Result<PhaseReport> {
     let consumer = bus::standalone_consumer(&settings.brokers)?;
     // Start exactly at the current end of the topic so nothing produced from now on is
@@ -742,7 +803,7 @@ async fn phase(
         settler.clone(),
     )));
     let started = Instant::now();
-    let (sent, send_errors) = offer(&producer, route.produce_to, args, &pending).await;
+    let (sent, send_errors) = offer(&producer, route.produce_to, args, &pending, sink).await;
 
     // Wait until every answer arrived (decisions, then every step of every settlement
     // plan) or the drain timeout passed.
@@ -781,6 +842,16 @@ async fn phase(
         (Recovered::default(), 0)
     };
     let lost = lock(&pending).len() as u64;
+    // The webhooks follow the ledger on their own: wait for the decision delivery of
+    // every intent sent, up to another drain timeout.
+    let webhooks = match sink {
+        Some(sink) => {
+            sink.wait_for_all(Instant::now() + Duration::from_secs(args.drain_timeout))
+                .await;
+            Some(sink.report(lock(&collected).hist.len() + recovered.answers))
+        }
+        None => None,
+    };
     let c = lock(&collected);
     let elapsed = c
         .last_receive
@@ -832,6 +903,7 @@ async fn phase(
         effects: c.effects.clone(),
         consumer_errors: c.consumer_errors.clone(),
         lifecycle,
+        webhooks,
     })
 }
 
@@ -845,6 +917,7 @@ async fn offer(
     topic: &str,
     args: &LoadgenArgs,
     pending: &Pending,
+    sink: Option<&WebhookSink>,
 ) -> (u64, u64) {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let total = args.rate.saturating_mul(args.duration);
@@ -881,10 +954,14 @@ async fn offer(
         let due = ((started.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
         while sent < due {
             let g = make_intent(&mut rng, args.agents, &args.entity, &args.currency);
+            let at = Instant::now();
+            if let Some(sink) = sink {
+                sink.register(&g.intent_id, at);
+            }
             lock(pending).insert(
                 g.intent_id.clone(),
                 Sent {
-                    at: Instant::now(),
+                    at,
                     agent: g.agent.clone(),
                     amount_minor: g.amount_minor,
                 },
@@ -908,6 +985,9 @@ async fn offer(
                     }
                     Err(_) => {
                         lock(pending).remove(&g.intent_id);
+                        if let Some(sink) = sink {
+                            sink.forget(&g.intent_id);
+                        }
                         break;
                     }
                 }

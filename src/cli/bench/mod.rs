@@ -5,3 +5,4 @@
 pub mod http_load;
 pub mod ledger;
 pub mod loadgen;
+pub mod webhook_sink;
