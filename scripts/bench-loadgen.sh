@@ -92,9 +92,14 @@ bin=${bin_override:-${CARGO_TARGET_DIR:-target}/$profile/spendguard}
 # a killed run): the broker port and the scratch database below are fixed, and two
 # runs at once would share them (and measure each other's load anyway).
 exec 9>/tmp/spendguard-bench-loadgen.lock
+# A second run queues behind the first (up to 30 minutes) rather than failing: a helper
+# looping over runs, or bench-all, then need no retry loop of their own.
 if ! flock -n 9; then
-  echo "bench-loadgen: another run holds /tmp/spendguard-bench-loadgen.lock (port 19092, database spendguard_lgbench); wait for it to end" >&2
-  exit 1
+  echo "bench-loadgen: another run holds /tmp/spendguard-bench-loadgen.lock (port 19092, database spendguard_lgbench); waiting for it to end (30 min at most)" >&2
+  if ! flock -w 1800 9; then
+    echo "bench-loadgen: still held after 30 minutes; giving up" >&2
+    exit 1
+  fi
 fi
 dir=target/lgbench
 rm -rf "$dir" && mkdir -p "$dir"
