@@ -283,19 +283,24 @@ impl Ledger {
             .collect()
     }
 
-    /// Records a 2xx answer.
-    pub async fn notification_delivered(
+    /// Records the 2xx answers of one sending round, `(delivery id, status)`, in one
+    /// statement: one commit per round instead of one per delivery (at 1,000 decisions/s
+    /// with a `decision` webhook that was 1,000 commits/s beside the deciders').
+    pub async fn notifications_delivered(
         &self,
-        id: uuid::Uuid,
-        status: i32,
+        delivered: &[(uuid::Uuid, i32)],
     ) -> Result<(), LedgerError> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
         sqlx::query(
-            "UPDATE notification_delivery SET attempts = attempts + 1, delivered_at = now(),
-                    last_status = $2, last_error = NULL
-              WHERE id = $1 AND delivered_at IS NULL",
+            "UPDATE notification_delivery d SET attempts = attempts + 1, delivered_at = now(),
+                    last_status = a.status, last_error = NULL
+               FROM unnest($1::uuid[], $2::int[]) AS a(id, status)
+              WHERE d.id = a.id AND d.delivered_at IS NULL",
         )
-        .bind(id)
-        .bind(status)
+        .bind(delivered.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(delivered.iter().map(|(_, s)| *s).collect::<Vec<_>>())
         .execute(&self.pool)
         .await?;
         Ok(())

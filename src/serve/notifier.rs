@@ -220,7 +220,12 @@ async fn send_loop(shared: Arc<Shared>, hooks: Arc<ArcSwap<Webhooks>>) {
             let hook = hooks.get(&d.webhook_id)?.clone();
             Some(send_one(shared.clone(), hook, d))
         });
-        futures::future::join_all(sends).await;
+        let delivered: Vec<(uuid::Uuid, i32)> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        record_delivered(&shared, &delivered).await;
         // A count over the pending rows: every few rounds is enough for a gauge.
         if rounds % BACKLOG_SAMPLE_ROUNDS == 1 {
             sample_backlog(&shared).await;
@@ -261,38 +266,60 @@ async fn prune(shared: &Shared) {
     }
 }
 
-async fn send_one(shared: Arc<Shared>, hook: Webhook, d: ClaimedDelivery) {
-    let answer = post(&hook, &d).await;
-    let recorded = match answer {
+/// Records a round's 2xx answers together. Not recorded (an error, the deadline): the
+/// leases run out and those deliveries are sent again, as the at-least-once contract
+/// allows (receivers deduplicate by `deliveryId`).
+async fn record_delivered(shared: &Shared, delivered: &[(uuid::Uuid, i32)]) {
+    if delivered.is_empty() {
+        return;
+    }
+    match tokio::time::timeout(
+        Duration::from_millis(CALL_DEADLINE_MS),
+        shared.ledger.notifications_delivered(delivered),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            error = %e, deliveries = delivered.len(),
+            "cannot record delivered webhooks; they will be sent again"
+        ),
+        Err(_) => tracing::warn!(
+            deliveries = delivered.len(),
+            "recording delivered webhooks timed out; they will be sent again"
+        ),
+    }
+}
+
+/// Sends one delivery. A 2xx answer is returned, to be recorded with the round's others;
+/// a failed attempt is recorded here (rare, and each has its own retry time).
+async fn send_one(
+    shared: Arc<Shared>,
+    hook: Webhook,
+    d: ClaimedDelivery,
+) -> Option<(uuid::Uuid, i32)> {
+    let (error, status) = match post(&hook, &d).await {
         Ok(status) => {
             metrics::counter!("spendguard_webhook_delivered_total", "webhook" => hook.id.clone())
                 .increment(1);
-            tokio::time::timeout(
-                Duration::from_millis(CALL_DEADLINE_MS),
-                shared
-                    .ledger
-                    .notification_delivered(d.id, i32::from(status)),
-            )
-            .await
-            .map(|r| r.map(|()| false))
+            return Some((d.id, i32::from(status)));
         }
-        Err((error, status)) => {
-            metrics::counter!("spendguard_webhook_failures_total", "webhook" => hook.id.clone())
-                .increment(1);
-            let wait = notify::backoff(d.attempts + 1, rand::random::<f64>());
-            tokio::time::timeout(
-                Duration::from_millis(CALL_DEADLINE_MS),
-                shared.ledger.notification_attempt_failed(
-                    d.id,
-                    &error,
-                    status.map(i32::from),
-                    i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
-                    notify::MAX_ATTEMPTS,
-                ),
-            )
-            .await
-        }
+        Err(failure) => failure,
     };
+    metrics::counter!("spendguard_webhook_failures_total", "webhook" => hook.id.clone())
+        .increment(1);
+    let wait = notify::backoff(d.attempts + 1, rand::random::<f64>());
+    let recorded = tokio::time::timeout(
+        Duration::from_millis(CALL_DEADLINE_MS),
+        shared.ledger.notification_attempt_failed(
+            d.id,
+            &error,
+            status.map(i32::from),
+            i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
+            notify::MAX_ATTEMPTS,
+        ),
+    )
+    .await;
     match recorded {
         Ok(Ok(true)) => tracing::warn!(
             delivery = %d.id, webhook = %hook.id,
@@ -306,6 +333,7 @@ async fn send_one(shared: Arc<Shared>, hook: Webhook, d: ClaimedDelivery) {
         }
         Err(_) => tracing::warn!(delivery = %d.id, "recording a webhook attempt timed out"),
     }
+    None
 }
 
 /// One signed POST; `Ok(status)` for 2xx, else the error and the status if any.
