@@ -1417,7 +1417,10 @@ async fn chaos_run(run: ChaosRun) -> Vec<Fault> {
     let messages = read_until(&brokers, &topics.decisions, WAIT_MS, |m| {
         let (read, ids) = &mut *seen.borrow_mut();
         for msg in &m[*read..] {
-            let id = json(msg)["intentId"].as_str().unwrap_or_default().to_string();
+            let id = json(msg)["intentId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if id.starts_with("x-") {
                 ids.insert(id);
             }
