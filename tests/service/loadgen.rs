@@ -36,15 +36,7 @@ async fn loadgen_measures_both_phases_and_every_intent_is_decided_once() {
         .args(["--lifecycle-mix", "40,20,20,20"])
         .output()
         .expect("run loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen failed: {}\n{stdout}\n{}\nserve log:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        serve.log_text()
-    );
-    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    let report = json_report(&out, &serve);
     let phases = report["phases"].as_array().expect("phases");
     assert_eq!(
         phases
@@ -244,15 +236,7 @@ async fn loadgen_receives_every_decision_as_a_signed_webhook() {
         ])
         .output()
         .expect("run loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen failed: {}\n{stdout}\n{}\nserve log:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        serve.log_text()
-    );
-    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    let report = json_report(&out, &serve);
     let pipeline = &report["phases"][0];
     assert_eq!(pipeline["phase"], "pipeline", "{report}");
     let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
@@ -330,4 +314,18 @@ async fn loadgen_receives_every_decision_as_a_signed_webhook() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(serve.terminate(), Some(0));
+}
+
+/// loadgen's `--format json` report; fails the test with loadgen's output and serve's log
+/// when loadgen failed.
+fn json_report(out: &std::process::Output, serve: &ServeProcess) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "loadgen failed: {}\n{stdout}\n{}\nserve log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        serve.log_text()
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON report")
 }
