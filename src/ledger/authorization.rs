@@ -288,7 +288,9 @@ impl AuthorizationState {
                     SettlementRefusal::AlreadyFinal,
                     format!(
                         "the authorization is final (captured {}, voided {} of {} {cur}); nothing more can be captured or voided",
-                        self.captured, self.voided, self.authorized
+                        shown(self.captured, cur),
+                        shown(self.voided, cur),
+                        shown(self.authorized, cur)
                     ),
                 ));
             }
@@ -320,10 +322,11 @@ impl AuthorizationState {
                     return Err((
                         SettlementRefusal::ExceedsRefundable,
                         format!(
-                            "refund {r} > {} {cur} refundable (captured {} − refunded {})",
-                            self.refundable(),
-                            self.captured,
-                            self.refunded
+                            "refund {} > {} {cur} refundable (captured {} − refunded {})",
+                            shown(r, cur),
+                            shown(self.refundable(), cur),
+                            shown(self.captured, cur),
+                            shown(self.refunded, cur)
                         ),
                     ));
                 }
@@ -378,8 +381,28 @@ fn over_remainder(
 ) -> (SettlementRefusal, String) {
     (
         SettlementRefusal::ExceedsRemainder,
-        format!("{what} {amount} > {remainder} {cur} remaining on the authorization"),
+        format!(
+            "{what} {} > {} {cur} remaining on the authorization",
+            shown(amount, cur),
+            shown(remainder, cur)
+        ),
     )
+}
+
+/// An amount as a refusal's text shows it: with the currency's minor units, whatever
+/// the Decimal's scale. Live settling reads amounts back from PostgreSQL, which returns
+/// a zero without its scale (`0`, where the pure fold holds `0.00`); the recorded text
+/// must not depend on which of the two computed it (the machine_model test found it).
+fn shown(amount: Decimal, currency: &str) -> String {
+    let known = crate::money::currency(currency);
+    debug_assert!(
+        known.is_some(),
+        "authorization in unknown currency {currency}"
+    );
+    match known {
+        Some(c) => format!("{:.*}", c.minor_units as usize, amount),
+        None => amount.normalize().to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -418,6 +441,35 @@ mod tests {
         assert_eq!(
             detail,
             "capture 100.01 > 100.00 BRL remaining on the authorization"
+        );
+    }
+
+    /// A refusal's text does not depend on an amount's scale: live settling reads a zero
+    /// back from PostgreSQL as `0` where the pure fold holds `0.00` (machine_model seed
+    /// e4a74d06), and amounts given without decimals (`50`) show as the currency writes
+    /// them.
+    #[test]
+    fn refusal_texts_show_amounts_in_the_currencys_minor_units() {
+        let mut folded = auth("50")
+            .settle(Capture, Some(d("50")), true, false)
+            .unwrap()
+            .after;
+        folded.voided = d("0.00");
+        let mut loaded = folded.clone();
+        loaded.voided = Decimal::ZERO;
+        let text = |a: &AuthorizationState| a.settle(Void, None, false, false).unwrap_err().1;
+        assert_eq!(text(&folded), text(&loaded));
+        assert_eq!(
+            text(&loaded),
+            "the authorization is final (captured 50.00, voided 0.00 of 50.00 BRL); nothing more can be captured or voided"
+        );
+        let refund = folded
+            .settle(Refund, Some(d("60")), false, false)
+            .unwrap_err()
+            .1;
+        assert_eq!(
+            refund,
+            "refund 60.00 > 50.00 BRL refundable (captured 50.00 − refunded 0.00)"
         );
     }
 
