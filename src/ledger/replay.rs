@@ -282,6 +282,9 @@ pub(crate) async fn replay(
 
     let mut report = ReplayReport::default();
     let mut p = Projections::default();
+    // Timelines only serve limits: built when a recorded policy with limits is first
+    // re-run (never without --verify; the records are compared all the same).
+    p.defer_timelines();
     let mut compiled: HashMap<String, CompiledPolicy> = HashMap::new();
     let mut bindings = RecordedBindings::new();
     // The hash chains are recomputed on another core while this one rebuilds the
@@ -430,6 +433,9 @@ fn apply(
             report.decisions += 1;
             if verify {
                 report.decisions_reevaluated += 1;
+                if let Some(c) = d.policy.as_ref().and_then(|pi| compiled.get(&pi.sha256)) {
+                    p.need_timelines(c.limits());
+                }
                 reverify_bindings(d, bindings, report, &at);
                 reverify(d, p, report, compiled, keys, &at);
             }
@@ -680,7 +686,7 @@ async fn compare_live(
     // found through `decisions`.
     compare_records(conn, &mut rebuilt, report).await?;
     let mut decisions = std::mem::take(&mut rebuilt.decisions);
-    let pending = std::mem::take(&mut rebuilt.pending);
+    let mut pending = std::mem::take(&mut rebuilt.pending);
     let votes = std::mem::take(&mut rebuilt.votes);
     let outcomes = std::mem::take(&mut rebuilt.outcomes);
     let kills = std::mem::take(&mut rebuilt.kills);
@@ -816,14 +822,21 @@ async fn compare_live(
     }
 
     let sql = format!("SELECT {PENDING_COLUMNS} FROM pending_approval");
-    let live_pending: BTreeMap<String, PendingRow> =
-        sqlx::query_as::<_, PendingRow>(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|p| (p.intent_id.clone(), p))
-            .collect();
-    diff_maps("pending_approval", &pending, &live_pending, report);
+    let rows = sqlx::query_as::<_, PendingRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
+    diff_stream(
+        "pending_approval",
+        rows,
+        |p| p.intent_id.clone(),
+        |k| pending.remove(k),
+        report,
+    )
+    .await?;
+    for p in pending.values() {
+        report.difference(format!(
+            "pending_approval {:?}: rebuilt {p:?}, missing in the live table",
+            p.intent_id
+        ));
+    }
 
     let sql = format!("SELECT {VOTE_COLUMNS} FROM approval_vote");
     let live_votes: BTreeMap<(String, String), VoteRow> =
@@ -1051,7 +1064,7 @@ async fn record_row_at(
 /// that differs is rebuilt from its event to name what differs.
 async fn compare_settlements(
     conn: &mut sqlx::PgConnection,
-    mut rebuilt: BTreeMap<String, machine::AppliedSettlement>,
+    mut rebuilt: HashMap<machine::IntentKey, machine::AppliedSettlement>,
     report: &mut ReplayReport,
 ) -> Result<(), LedgerError> {
     let mut differing: Vec<(SettlementRow, i64)> = Vec::new();
@@ -1060,7 +1073,7 @@ async fn compare_settlements(
         let mut rows =
             sqlx::query_as::<_, SettlementRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
         while let Some(l) = rows.try_next().await? {
-            match rebuilt.remove(&l.settlement_id) {
+            match rebuilt.remove(&machine::intent_key(&l.settlement_id)) {
                 None => report.difference(format!(
                     "settlement {:?}: live {l:?} has no events behind it",
                     l.settlement_id
@@ -1100,10 +1113,22 @@ async fn compare_settlements(
             ),
         });
     }
-    for (k, a) in rebuilt {
+    // Named by their events (the projections keep a hash of the settlementId).
+    let mut missing: Vec<i64> = rebuilt.into_values().map(|a| a.seq).collect();
+    missing.sort_unstable();
+    for (listed, seq) in missing.into_iter().enumerate() {
+        let mut id = None;
+        if listed < MAX_LISTED {
+            refold(conn, seq, &mut |c| {
+                if let machine::Change::Settlement(st) = c {
+                    id = Some(st.settlement_id);
+                }
+            })
+            .await?;
+        }
+        let id = id.unwrap_or_else(|| "?".to_string());
         report.difference(format!(
-            "settlement {k:?}: rebuilt from seq {}, missing in the live table",
-            a.seq
+            "settlement {id:?}: rebuilt from seq {seq}, missing in the live table"
         ));
     }
     Ok(())

@@ -333,7 +333,6 @@ fn run_case(
             let Some(p) = sim
                 .pending
                 .get(&intent.intent_id)
-                .cloned()
                 .filter(|_| waits)
             else {
                 return Err(format!(

@@ -144,7 +144,7 @@ pub fn analyse(
             LedgerEvent::KillSwitchSet(_) | LedgerEvent::FxRateSet(_) => fold(&mut sim, &event),
             LedgerEvent::IntentClosed(c) => {
                 if let (Some(p), Some(outcome)) = (
-                    sim.pending.get(&c.intent_id).cloned(),
+                    sim.pending.get(&c.intent_id),
                     Outcome::parse(&c.outcome),
                 ) {
                     let closed = machine::close(
