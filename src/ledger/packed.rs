@@ -36,7 +36,10 @@ impl Packed {
 
     pub fn get(self) -> Decimal {
         debug_assert!(self != Packed::NONE);
-        Decimal::from_i128_with_scale(i128::from(self.0 >> SCALE_BITS), (self.0 & SCALE_MASK) as u32)
+        Decimal::from_i128_with_scale(
+            i128::from(self.0 >> SCALE_BITS),
+            (self.0 & SCALE_MASK) as u32,
+        )
     }
 
     /// An optional amount: `None` packs as [`Packed::NONE`].
@@ -61,16 +64,29 @@ mod tests {
     #[test]
     fn packs_exactly_or_not_at_all() {
         for s in [
-            "0", "0.00", "80.00", "-80.00", "1", "0.000001", "123456789.123456789",
-            "-0.5", "5.123456789012345678", "0.0000000000000000000000000001",
-            "288230376151711743", "-288230376151711744",
+            "0",
+            "0.00",
+            "80.00",
+            "-80.00",
+            "1",
+            "0.000001",
+            "123456789.123456789",
+            "-0.5",
+            "5.123456789012345678",
+            "0.0000000000000000000000000001",
+            "288230376151711743",
+            "-288230376151711744",
         ] {
             let d = Decimal::from_str(s).unwrap();
             let p = Packed::of(d).unwrap_or_else(|| panic!("{s} packs"));
             assert_eq!(p.get().to_string(), d.to_string());
             assert_eq!(p.get().serialize(), d.serialize());
         }
-        for s in ["288230376151711744", "-288230376151711745", "79228162514264337593543950335"] {
+        for s in [
+            "288230376151711744",
+            "-288230376151711745",
+            "79228162514264337593543950335",
+        ] {
             assert_eq!(Packed::of(Decimal::from_str(s).unwrap()), None, "{s}");
         }
         let mut neg_zero = Decimal::ZERO;

@@ -285,6 +285,7 @@ pub(crate) async fn replay(
     // Timelines only serve limits: built when a recorded policy with limits is first
     // re-run (never without --verify; the records are compared all the same).
     p.defer_timelines();
+    p.forget_authorization_ids();
     let mut compiled: HashMap<String, CompiledPolicy> = HashMap::new();
     let mut bindings = RecordedBindings::new();
     // The hash chains are recomputed on another core while this one rebuilds the
@@ -902,7 +903,12 @@ async fn compare_live(
         report,
     )
     .await?;
-    for a in rebuilt.authorization_rows() {
+    // Kept without their ids: named by the event that last changed them.
+    let left: Vec<AuthorizationRow> = rebuilt.authorization_rows().collect();
+    let seqs: Vec<i64> = left.iter().map(|a| a.seq).collect();
+    let named = resources_of(conn, &seqs).await?;
+    for mut a in left {
+        a.intent_id = named.get(&a.seq).cloned().unwrap_or_else(|| "?".into());
         report.difference(format!(
             "authorization_state {:?}: rebuilt {a:?}, missing in the live table",
             a.intent_id

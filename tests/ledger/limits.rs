@@ -248,7 +248,11 @@ async fn limits_added_later_count_the_records_decided_before_them() {
         DEFAULT_BINDINGS,
     );
     let when = "2026-11-20T15:00:00Z";
-    for (id, agent, amount) in [("l1", "agent-a", "300.00"), ("l2", "agent-b", "100.00"), ("l3", "agent-a", "50.00")] {
+    for (id, agent, amount) in [
+        ("l1", "agent-a", "300.00"),
+        ("l2", "agent-b", "100.00"),
+        ("l3", "agent-a", "50.00"),
+    ] {
         let d = decide(&ledger, &plain, intent(id, agent, amount), when).await;
         assert_eq!(d.message.effect, Effect::Allow);
     }
