@@ -1299,6 +1299,18 @@ pub struct Projections {
     deferred: DeferredTimelines,
 }
 
+/// How many rows of each kind a ledger holds (replay reads them from the live tables of
+/// its snapshot: only a hint, the fold decides what is there).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Capacities {
+    pub decisions: usize,
+    pub authorizations: usize,
+    pub records: usize,
+    pub windows: usize,
+    pub settlements: usize,
+    pub agents: usize,
+}
+
 /// Scopes whose timelines are built only when a limit of that scope is first read.
 #[derive(Debug, Default, Clone, Copy)]
 struct DeferredTimelines {
@@ -1607,6 +1619,19 @@ impl Projections {
                 .insert(record.entry(key));
         }
         self.records.insert(key, record);
+    }
+
+    /// Reserves room for what a ledger of this size will hold. A map that grows holds
+    /// its old and its new table at once while it moves: replay's peak heap was reached
+    /// as the authorizations' table doubled (9.5 + 19 MB at 90,000 of them). Sized up
+    /// front, no table moves.
+    pub fn reserve(&mut self, c: &Capacities) {
+        self.decisions.reserve(c.decisions);
+        self.authorizations.reserve(c.authorizations);
+        self.records.reserve(c.records);
+        self.windows.amounts.reserve(c.windows);
+        self.settlements.reserve(c.settlements);
+        self.agent_entities.reserve(c.agents);
     }
 
     /// Builds no timeline until a limit asks for one ([`Projections::need_timelines`]):
