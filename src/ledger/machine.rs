@@ -1660,14 +1660,12 @@ impl Projections {
             *deferred = false;
             let mut all: Vec<(&IntentKey, &Record)> = self.records.iter().collect();
             all.sort_unstable_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)));
-            let (timelines, scope_of): (&mut HashMap<u32, Timeline>, fn(&Record) -> u32) = match l
-                .scope
-            {
-                crate::policy::model::LimitScope::Agent => (&mut self.agent_records, |r| r.agent),
-                crate::policy::model::LimitScope::Entity => {
-                    (&mut self.entity_records, |r| r.entity)
-                }
+            let timelines = match l.scope {
+                crate::policy::model::LimitScope::Agent => &mut self.agent_records,
+                crate::policy::model::LimitScope::Entity => &mut self.entity_records,
             };
+            let by_agent = l.scope == crate::policy::model::LimitScope::Agent;
+            let scope_of = |r: &Record| if by_agent { r.agent } else { r.entity };
             for (key, r) in all {
                 timelines
                     .entry(scope_of(r))
