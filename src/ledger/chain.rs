@@ -156,6 +156,14 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// Room for `chains` chains up front (replay: see [`super::machine::Capacities`]).
+    pub fn with_chains(chains: usize) -> Verifier {
+        Verifier {
+            last: HashMap::with_capacity(chains),
+            ..Verifier::default()
+        }
+    }
+
     pub fn check(&mut self, row: &EventRow) {
         self.events += 1;
         let key = chain_key(&row.chain_id);

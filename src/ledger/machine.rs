@@ -18,6 +18,7 @@
 use super::authorization::{AuthorizationState, SettlementRefusal};
 use super::chain::{self, Hash, INTAKE_CHAIN, agent_chain};
 use super::events::{self, LedgerEvent};
+use super::packed::Packed;
 use super::store::{
     AgentEntityRow, AuthorizationRow, ConfigRow, DecisionRow, FxRateRow, KillRow, OutcomeRow,
     PendingRow, PolicyRow, SettlementRow, SpendRecordRow, VoteRow,
@@ -668,32 +669,90 @@ fn parse_month(yyyy_mm: &str) -> Option<NaiveDate> {
 /// Strings that repeat across many window keys (agent ids, time zones, currencies),
 /// stored once; window keys then hold small numbers (replay holds every window of a
 /// ledger: SPEC §10's memory target).
+///
+/// The names sit one after the other in one `String`, found by a 64-bit hash of their
+/// text (an `Arc<str>` per name plus a map keyed by it were 8.6 MB of replay's peak at
+/// 100,000 agents). Two names with the same hash are told apart by their text.
 #[derive(Debug, Default, Clone)]
 struct Interner {
-    /// Each name is allocated once, shared by the map and the list (two boxed copies
-    /// of 100,000 agent ids were ~4 MB of replay's peak).
-    ids: HashMap<Arc<str>, u32>,
-    names: Vec<Arc<str>>,
+    text: String,
+    /// Where name `i` ends in `text` (it starts where name `i - 1` ends).
+    ends: Vec<u32>,
+    /// Hash of a name → its id: the first name with that hash.
+    ids: HashMap<u64, u32, std::hash::BuildHasherDefault<PassHasher>>,
+    /// Later names with a hash an earlier name has (never seen in practice).
+    collided: HashMap<u64, Vec<u32>>,
+}
+
+/// For keys that are already hashes.
+#[derive(Debug, Default, Clone, Copy)]
+struct PassHasher(u64);
+
+impl std::hash::Hasher for PassHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl Interner {
+    fn hash(s: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        s.hash(&mut h);
+        h.finish()
+    }
+
+    fn lookup(&self, h: u64, s: &str) -> Option<u32> {
+        let first = *self.ids.get(&h)?;
+        if self.name(first) == s {
+            return Some(first);
+        }
+        self.collided
+            .get(&h)?
+            .iter()
+            .copied()
+            .find(|&id| self.name(id) == s)
+    }
+
     fn intern(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.ids.get(s) {
+        self.intern_hashed(Self::hash(s), s)
+    }
+
+    fn intern_hashed(&mut self, h: u64, s: &str) -> u32 {
+        if let Some(id) = self.lookup(h, s) {
             return id;
         }
-        let id = u32::try_from(self.names.len()).expect("fewer than 2^32 distinct names");
-        let name: Arc<str> = Arc::from(s);
-        self.ids.insert(name.clone(), id);
-        self.names.push(name);
+        let id = u32::try_from(self.ends.len()).expect("fewer than 2^32 distinct names");
+        self.text.push_str(s);
+        self.ends
+            .push(u32::try_from(self.text.len()).expect("names under 4 GiB"));
+        match self.ids.entry(h) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(id);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.entry(h).or_default().push(id);
+            }
+        }
         id
     }
 
     fn get(&self, s: &str) -> Option<u32> {
-        self.ids.get(s).copied()
+        self.lookup(Self::hash(s), s)
     }
 
     fn name(&self, id: u32) -> &str {
-        &self.names[id as usize]
+        let i = id as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
     }
 }
 
@@ -711,7 +770,11 @@ struct WindowKey {
 #[derive(Debug, Default, Clone)]
 pub struct Windows {
     names: Interner,
-    amounts: HashMap<WindowKey, (Decimal, Decimal)>,
+    /// Both amounts packed into 8 bytes each (exactly: see [`Packed`]); 200,000
+    /// windows with two `Decimal`s were 13.9 MB of replay's peak.
+    amounts: HashMap<WindowKey, [Packed; 2]>,
+    /// Windows whose amounts do not pack (a mantissa beyond 2^58: never in practice).
+    wide: HashMap<WindowKey, (Decimal, Decimal)>,
 }
 
 impl Windows {
@@ -749,21 +812,46 @@ impl Windows {
         )
     }
 
+    fn amounts_at(&self, key: &WindowKey) -> Option<(Decimal, Decimal)> {
+        match self.amounts.get(key) {
+            Some([c, r]) => Some((c.get(), r.get())),
+            None => self.wide.get(key).copied(),
+        }
+    }
+
     pub fn add(&mut self, k: &UsageKey, committed: Decimal, reserved: Decimal) {
         let key = self.key(k);
-        let v = self
-            .amounts
-            .entry(key)
-            .or_insert((Decimal::ZERO, Decimal::ZERO));
-        v.0 += committed;
-        v.1 += reserved;
+        if let Some(v) = self.wide.get_mut(&key) {
+            v.0 += committed;
+            v.1 += reserved;
+            return;
+        }
+        let entry = self.amounts.entry(key);
+        let (c, r) = match &entry {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let [c, r] = e.get();
+                (c.get() + committed, r.get() + reserved)
+            }
+            std::collections::hash_map::Entry::Vacant(_) => {
+                (Decimal::ZERO + committed, Decimal::ZERO + reserved)
+            }
+        };
+        match (Packed::of(c), Packed::of(r)) {
+            (Some(pc), Some(pr)) => {
+                entry.insert_entry([pc, pr]);
+            }
+            _ => {
+                if let std::collections::hash_map::Entry::Occupied(e) = entry {
+                    e.remove();
+                }
+                self.wide.insert(key, (c, r));
+            }
+        }
     }
 
     /// (committed, reserved) of a window, if it was ever touched.
     pub fn get(&self, k: &UsageKey) -> Option<(Decimal, Decimal)> {
-        self.existing_key(k)
-            .and_then(|key| self.amounts.get(&key))
-            .copied()
+        self.existing_key(k).and_then(|key| self.amounts_at(&key))
     }
 
     /// committed + reserved of a window (zero when never touched).
@@ -774,17 +862,24 @@ impl Windows {
     /// Removes and returns a window (replay compares live rows one by one).
     pub fn take(&mut self, k: &UsageKey) -> Option<(Decimal, Decimal)> {
         let key = self.existing_key(k)?;
-        self.amounts.remove(&key)
+        match self.amounts.remove(&key) {
+            Some([c, r]) => Some((c.get(), r.get())),
+            None => self.wide.remove(&key),
+        }
     }
 
     /// Frees the amounts, keeping the names (replay, once the windows are compared).
     pub fn drop_amounts(&mut self) {
         self.amounts = HashMap::new();
+        self.wide = HashMap::new();
     }
 
     /// Every window, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (UsageKey, (Decimal, Decimal))> + '_ {
-        self.amounts.iter().map(|(k, v)| (self.usage_key(k), *v))
+        self.amounts
+            .iter()
+            .map(|(k, [c, r])| (self.usage_key(k), (c.get(), r.get())))
+            .chain(self.wide.iter().map(|(k, v)| (self.usage_key(k), *v)))
     }
 }
 
@@ -807,24 +902,55 @@ pub fn intent_key(intent_id: &str) -> IntentKey {
     k
 }
 
+/// Where an intent id sits in an [`IdArena`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IdRef {
+    start: u32,
+    len: u32,
+}
+
+/// Intent ids of the authorizations, one after the other in one allocation (a `String`
+/// per authorization was 24 bytes plus a heap block of 48).
+#[derive(Debug, Default, Clone)]
+struct IdArena {
+    text: String,
+}
+
+impl IdArena {
+    fn push(&mut self, id: &str) -> IdRef {
+        let start = u32::try_from(self.text.len()).expect("intent ids under 4 GiB");
+        self.text.push_str(id);
+        IdRef {
+            start,
+            len: u32::try_from(id.len()).expect("short intent id"),
+        }
+    }
+
+    fn get(&self, r: IdRef) -> &str {
+        &self.text[r.start as usize..(r.start + r.len) as usize]
+    }
+}
+
 /// An authorization as the projections keep it: its texts (agent, entity, currencies,
-/// zone) by interned name. As rows, with their five heap strings, 90,000 authorizations
-/// were ~40 MB of replay's peak.
+/// zone) by interned name, its amounts packed into 8 bytes each (exactly: see
+/// [`Packed`]). As rows, with their five heap strings, 90,000 authorizations were
+/// ~40 MB of replay's peak; with six `Decimal`s and a `String` key, 30.8 MB.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Authorization {
+    /// Its intent id, in [`Projections::intent_ids`] (the map is keyed by a hash).
+    id: IdRef,
     agent: u32,
     entity: u32,
     currency: u32,
     tz: u32,
     usage_currency: Option<u32>,
     seq: i64,
-    authorized: Decimal,
-    captured: Decimal,
-    voided: Decimal,
-    refunded: Decimal,
-    restored: Decimal,
-    expired_amount: Decimal,
-    fx_rate: Option<Decimal>,
+    /// authorized, captured, voided, refunded, restored, expired_amount, fx_rate
+    /// ([`Packed::NONE`]: no rate); unused when `wide` holds them.
+    amounts: [Packed; 7],
+    /// The amounts when one of them does not pack (never in practice: a mantissa
+    /// beyond 2^58).
+    wide: Option<Box<WideAmounts>>,
     expires_at: DateTime<Utc>,
     day: NaiveDate,
     month: NaiveDate,
@@ -832,23 +958,51 @@ struct Authorization {
     expired: bool,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WideAmounts {
+    amounts: [Decimal; 6],
+    fx_rate: Option<Decimal>,
+}
+
 impl Authorization {
-    fn of(names: &mut Interner, row: AuthorizationRow) -> Authorization {
+    fn of(names: &mut Interner, id: IdRef, row: AuthorizationRow) -> Authorization {
         let st = row.state;
+        let amounts = [
+            st.authorized,
+            st.captured,
+            st.voided,
+            st.refunded,
+            st.restored,
+            st.expired_amount,
+        ];
+        let mut packed = [Packed::NONE; 7];
+        let mut fits = true;
+        for (p, d) in packed.iter_mut().zip(amounts) {
+            match Packed::of(d) {
+                Some(v) => *p = v,
+                None => fits = false,
+            }
+        }
+        match Packed::of_option(st.fx_rate) {
+            Some(v) => packed[6] = v,
+            None => fits = false,
+        }
+        let wide = (!fits).then(|| {
+            Box::new(WideAmounts {
+                amounts,
+                fx_rate: st.fx_rate,
+            })
+        });
         Authorization {
+            id,
             agent: names.intern(&row.agent_id),
             entity: names.intern(&row.entity_id),
             currency: names.intern(&st.currency),
             tz: names.intern(&st.tz),
             usage_currency: st.usage_currency.as_deref().map(|c| names.intern(c)),
             seq: row.seq,
-            authorized: st.authorized,
-            captured: st.captured,
-            voided: st.voided,
-            refunded: st.refunded,
-            restored: st.restored,
-            expired_amount: st.expired_amount,
-            fx_rate: st.fx_rate,
+            amounts: if fits { packed } else { [Packed::NONE; 7] },
+            wide,
             expires_at: st.expires_at,
             day: st.day,
             month: st.month,
@@ -857,14 +1011,36 @@ impl Authorization {
         }
     }
 
+    /// The six amounts and the rate, as they were given.
+    fn amounts(&self) -> ([Decimal; 6], Option<Decimal>) {
+        match &self.wide {
+            Some(w) => (w.amounts, w.fx_rate),
+            None => (
+                std::array::from_fn(|i| self.amounts[i].get()),
+                self.amounts[6].get_option(),
+            ),
+        }
+    }
+
     fn state(&self, names: &Interner) -> AuthorizationState {
+        let (
+            [
+                authorized,
+                captured,
+                voided,
+                refunded,
+                restored,
+                expired_amount,
+            ],
+            fx_rate,
+        ) = self.amounts();
         AuthorizationState {
-            authorized: self.authorized,
-            captured: self.captured,
-            voided: self.voided,
-            refunded: self.refunded,
-            restored: self.restored,
-            expired_amount: self.expired_amount,
+            authorized,
+            captured,
+            voided,
+            refunded,
+            restored,
+            expired_amount,
             is_final: self.is_final,
             expired: self.expired,
             expires_at: self.expires_at,
@@ -872,7 +1048,7 @@ impl Authorization {
             tz: names.name(self.tz).to_string(),
             day: self.day,
             month: self.month,
-            fx_rate: self.fx_rate,
+            fx_rate,
             usage_currency: self.usage_currency.map(|c| names.name(c).to_string()),
         }
     }
@@ -902,11 +1078,125 @@ impl AppliedSettlement {
     }
 }
 
+/// The intents waiting for approval (`pending_approval` rows), kept compact: texts
+/// interned, the intent id in an arena, keyed by [`intent_key`] (11,000 full rows in a
+/// `BTreeMap` were 10 MB of replay's peak). Rows go in and come out whole.
+#[derive(Debug, Default, Clone)]
+pub struct Pendings {
+    names: Interner,
+    ids: IdArena,
+    rows: HashMap<IntentKey, Pending>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pending {
+    id: IdRef,
+    agent: u32,
+    entity: u32,
+    effect: u32,
+    currency: u32,
+    tz: u32,
+    intent_currency: Option<u32>,
+    approvals_required: i32,
+    amount: Decimal,
+    day: NaiveDate,
+    month: NaiveDate,
+    decided_seq: i64,
+    expires_at: DateTime<Utc>,
+    authorization_ttl_secs: i64,
+    fx_rate: Option<Decimal>,
+    intent_amount: Option<Decimal>,
+}
+
+impl Pendings {
+    /// Opens (or replaces) an intent's row.
+    pub fn insert(&mut self, p: PendingRow) {
+        use std::collections::hash_map::Entry;
+        let n = &mut self.names;
+        let entry = self.rows.entry(intent_key(&p.intent_id));
+        let id = match &entry {
+            Entry::Occupied(e) => e.get().id,
+            Entry::Vacant(_) => self.ids.push(&p.intent_id),
+        };
+        let row = Pending {
+            id,
+            agent: n.intern(&p.agent_id),
+            entity: n.intern(&p.entity_id),
+            effect: n.intern(&p.effect),
+            currency: n.intern(&p.currency),
+            tz: n.intern(&p.tz),
+            intent_currency: p.intent_currency.as_deref().map(|c| n.intern(c)),
+            approvals_required: p.approvals_required,
+            amount: p.amount,
+            day: p.day,
+            month: p.month,
+            decided_seq: p.decided_seq,
+            expires_at: p.expires_at,
+            authorization_ttl_secs: p.authorization_ttl_secs,
+            fx_rate: p.fx_rate,
+            intent_amount: p.intent_amount,
+        };
+        entry.insert_entry(row);
+    }
+
+    fn row(&self, p: &Pending) -> PendingRow {
+        let n = &self.names;
+        PendingRow {
+            intent_id: self.ids.get(p.id).to_string(),
+            agent_id: n.name(p.agent).to_string(),
+            entity_id: n.name(p.entity).to_string(),
+            effect: n.name(p.effect).to_string(),
+            approvals_required: p.approvals_required,
+            amount: p.amount,
+            currency: n.name(p.currency).to_string(),
+            tz: n.name(p.tz).to_string(),
+            day: p.day,
+            month: p.month,
+            decided_seq: p.decided_seq,
+            expires_at: p.expires_at,
+            authorization_ttl_secs: p.authorization_ttl_secs,
+            fx_rate: p.fx_rate,
+            intent_amount: p.intent_amount,
+            intent_currency: p.intent_currency.map(|c| n.name(c).to_string()),
+        }
+    }
+
+    /// An intent's row, if it is waiting.
+    pub fn get(&self, intent_id: &str) -> Option<PendingRow> {
+        self.rows.get(&intent_key(intent_id)).map(|p| self.row(p))
+    }
+
+    pub fn contains_key(&self, intent_id: &str) -> bool {
+        self.rows.contains_key(&intent_key(intent_id))
+    }
+
+    /// Closes an intent's row, returning it.
+    pub fn remove(&mut self, intent_id: &str) -> Option<PendingRow> {
+        let p = self.rows.remove(&intent_key(intent_id))?;
+        Some(self.row(&p))
+    }
+
+    /// Every row, in intent order.
+    pub fn values(&self) -> impl Iterator<Item = PendingRow> + use<> {
+        let mut rows: Vec<PendingRow> = self.rows.values().map(|p| self.row(p)).collect();
+        rows.sort_by(|a, b| a.intent_id.cmp(&b.intent_id));
+        rows.into_iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
 /// A spend record as the projections keep it: its agent and entity by interned name
 /// (to find its timelines), when it was accepted, a digest of the columns that never
 /// change, and the columns that do (the full rows were ~45 MB of replay's peak at
 /// 100,000 records).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Record {
     agent: u32,
     entity: u32,
@@ -916,6 +1206,23 @@ struct Record {
     amount: Decimal,
     counts: bool,
     seq: i64,
+    /// What a limit's filter reads (shared), so that a scope's timelines can be built
+    /// from the records when a limit first asks for them ([`Projections::defer_timelines`]).
+    attributes: Arc<timeline::RecordAttributes>,
+    purpose: Option<crate::intent::Purpose>,
+}
+
+impl Record {
+    fn entry(&self, intent: IntentKey) -> timeline::Entry {
+        timeline::Entry {
+            at: self.at,
+            intent,
+            amount: self.amount,
+            counts: self.counts,
+            attributes: self.attributes.clone(),
+            purpose: self.purpose,
+        }
+    }
 }
 
 /// What replay compares of a `spend_record` row: the digest of its fixed columns and
@@ -949,7 +1256,7 @@ pub struct Projections {
     /// intent → (seq of its decision event, digest of its `decision` row)
     /// (keyed by [`intent_key`]: 16 bytes instead of a heap string per decision)
     pub decisions: HashMap<IntentKey, (i64, Digest)>,
-    pub pending: BTreeMap<String, PendingRow>,
+    pub pending: Pendings,
     /// intent waiting for approval → its `decisionHash` (the outcome closing it repeats
     /// it); kept apart from `pending`, whose rows mirror the `pending_approval` table.
     pub waiting_hashes: HashMap<String, Vec<u8>>,
@@ -961,10 +1268,16 @@ pub struct Projections {
     pub policies: BTreeMap<String, PolicyRow>,
     /// (kind, version) → registry / bindings version
     pub configs: BTreeMap<(String, i64), ConfigRow>,
-    /// intent → its authorization (SPEC §11)
-    authorizations: BTreeMap<String, Authorization>,
-    /// settlementId → the settlement applied under it
-    pub settlements: BTreeMap<String, AppliedSettlement>,
+    /// intent → its authorization (SPEC §11), by [`intent_key`]
+    authorizations: HashMap<IntentKey, Authorization>,
+    /// The intent ids of `authorizations` (none kept after
+    /// [`Projections::forget_authorization_ids`]).
+    intent_ids: IdArena,
+    forget_ids: bool,
+    /// settlementId → the settlement applied under it, keyed by [`intent_key`] of the
+    /// settlementId (16 bytes instead of a heap string: 50,000 keys of ~73 bytes in a
+    /// `BTreeMap` were 12 MB of replay's peak)
+    pub settlements: HashMap<IntentKey, AppliedSettlement>,
     /// `USD/BRL` → the latest rate (SPEC §12.3)
     pub fx_rates: BTreeMap<String, FxRateRow>,
     /// agent → (the entity it was first decided under, seq of that decision) (SPEC §14),
@@ -981,6 +1294,37 @@ pub struct Projections {
     /// timeline entries (a few distinct combinations across many records).
     /// (By a hash of the texts: a record finds its attributes without allocating.)
     attributes: HashMap<u64, Vec<Arc<timeline::RecordAttributes>>>,
+    /// Which scopes' timelines are not built yet (replay: see
+    /// [`Projections::defer_timelines`]). Both are kept by default.
+    deferred: DeferredTimelines,
+}
+
+/// How many rows of each kind a ledger holds (replay reads them from the live tables of
+/// its snapshot: only a hint, the fold decides what is there).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Capacities {
+    pub decisions: usize,
+    pub authorizations: usize,
+    pub records: usize,
+    pub windows: usize,
+    pub settlements: usize,
+    pub agents: usize,
+}
+
+/// Scopes whose timelines are built only when a limit of that scope is first read.
+#[derive(Debug, Default, Clone, Copy)]
+struct DeferredTimelines {
+    agent: bool,
+    entity: bool,
+}
+
+impl DeferredTimelines {
+    fn of(&mut self, scope: crate::policy::model::LimitScope) -> &mut bool {
+        match scope {
+            crate::policy::model::LimitScope::Agent => &mut self.agent,
+            crate::policy::model::LimitScope::Entity => &mut self.entity,
+        }
+    }
 }
 
 /// A change that contradicts the state it is applied to (replay reports these).
@@ -1021,7 +1365,7 @@ impl Projections {
     fn apply_owned(&mut self, change: Change) -> Option<Inconsistency> {
         match change {
             Change::PendingOpen(p) => {
-                self.pending.insert(p.intent_id.clone(), p);
+                self.pending.insert(p);
             }
             Change::Authorization(a) => {
                 if let Err(problem) = a.state.check() {
@@ -1047,7 +1391,7 @@ impl Projections {
                 reserved,
             } => self.windows.add(key, *committed, *reserved),
             Change::PendingOpen(p) => {
-                self.pending.insert(p.intent_id.clone(), p.clone());
+                self.pending.insert(p.clone());
             }
             Change::PendingClose(id) => {
                 self.waiting_hashes.remove(id);
@@ -1083,7 +1427,7 @@ impl Projections {
             Change::Settlement(st) => {
                 if let Some(first) = self
                     .settlements
-                    .insert(st.settlement_id.clone(), AppliedSettlement::of(st))
+                    .insert(intent_key(&st.settlement_id), AppliedSettlement::of(st))
                 {
                     return Some(Inconsistency::SettledTwice {
                         settlement_id: st.settlement_id.clone(),
@@ -1167,22 +1511,35 @@ impl Projections {
     }
 
     /// Upserts an authorization (the fold, or a live snapshot loading one).
-    pub fn insert_authorization(&mut self, mut row: AuthorizationRow) {
-        let intent_id = std::mem::take(&mut row.intent_id);
-        let a = Authorization::of(&mut self.windows.names, row);
-        self.authorizations.insert(intent_id, a);
+    pub fn insert_authorization(&mut self, row: AuthorizationRow) {
+        use std::collections::hash_map::Entry;
+        match self.authorizations.entry(intent_key(&row.intent_id)) {
+            Entry::Occupied(mut e) => {
+                let id = e.get().id;
+                debug_assert!(self.forget_ids || self.intent_ids.get(id) == row.intent_id);
+                *e.get_mut() = Authorization::of(&mut self.windows.names, id, row);
+            }
+            Entry::Vacant(e) => {
+                let id = if self.forget_ids {
+                    IdRef { start: 0, len: 0 }
+                } else {
+                    self.intent_ids.push(&row.intent_id)
+                };
+                e.insert(Authorization::of(&mut self.windows.names, id, row));
+            }
+        }
     }
 
     /// The money of an intent's authorization, if it has one.
     pub fn authorization_state(&self, intent_id: &str) -> Option<AuthorizationState> {
         self.authorizations
-            .get(intent_id)
+            .get(&intent_key(intent_id))
             .map(|a| a.state(&self.windows.names))
     }
 
-    fn authorization_row(&self, intent_id: &str, a: &Authorization) -> AuthorizationRow {
+    fn authorization_row(&self, a: &Authorization) -> AuthorizationRow {
         AuthorizationRow {
-            intent_id: intent_id.to_string(),
+            intent_id: self.intent_ids.get(a.id).to_string(),
             agent_id: self.windows.names.name(a.agent).to_string(),
             entity_id: self.windows.names.name(a.entity).to_string(),
             state: a.state(&self.windows.names),
@@ -1192,22 +1549,44 @@ impl Projections {
 
     /// An intent's `authorization_state` row, if it has one.
     pub fn authorization(&self, intent_id: &str) -> Option<AuthorizationRow> {
-        let a = self.authorizations.get(intent_id)?;
-        Some(self.authorization_row(intent_id, a))
+        let a = self.authorizations.get(&intent_key(intent_id))?;
+        let mut row = self.authorization_row(a);
+        row.intent_id = intent_id.to_string();
+        Some(row)
     }
 
-    /// Every authorization row, in intent order.
-    pub fn authorization_rows(&self) -> impl Iterator<Item = AuthorizationRow> + '_ {
-        self.authorizations
-            .iter()
-            .map(|(id, a)| self.authorization_row(id, a))
+    /// Keeps no intent id per authorization (replay: it compares a live row by the live
+    /// row's id and names a rebuilt row missing in the table by its event; 90,000 ids
+    /// were 4.7 MB of its peak). Rows then come out of
+    /// [`Projections::authorization_rows`] with an empty `intent_id`, and
+    /// [`step_expire_authorizations`] refuses these projections. Only on empty ones.
+    pub fn forget_authorization_ids(&mut self) {
+        assert!(
+            self.authorizations.is_empty(),
+            "ids are forgotten before any authorization"
+        );
+        self.forget_ids = true;
+    }
+
+    /// Every authorization row not taken yet, in intent order (after
+    /// [`Projections::forget_authorization_ids`]: with empty ids, by seq).
+    pub fn authorization_rows(&self) -> impl Iterator<Item = AuthorizationRow> + use<> {
+        let mut rows: Vec<AuthorizationRow> = self
+            .authorizations
+            .values()
+            .map(|a| self.authorization_row(a))
+            .collect();
+        rows.sort_by(|a, b| (&a.intent_id, a.seq).cmp(&(&b.intent_id, b.seq)));
+        rows.into_iter()
     }
 
     /// Removes and returns an intent's authorization row (replay compares live rows one
     /// by one).
     pub fn take_authorization(&mut self, intent_id: &str) -> Option<AuthorizationRow> {
-        let a = self.authorizations.remove(intent_id)?;
-        Some(self.authorization_row(intent_id, &a))
+        let a = self.authorizations.remove(&intent_key(intent_id))?;
+        let mut row = self.authorization_row(&a);
+        row.intent_id = intent_id.to_string();
+        Some(row)
     }
 
     /// Adds a spend record (the fold, or a live snapshot loading what limits need).
@@ -1216,31 +1595,84 @@ impl Projections {
         let key = intent_key(&rec.intent_id);
         let agent = self.windows.names.intern(&rec.agent_id);
         let entity = self.windows.names.intern(&rec.entity_id);
-        let entry = timeline::Entry {
+        let record = Record {
+            agent,
+            entity,
             at: rec.accepted_at,
-            intent: key,
+            fixed: rec.fixed_digest(),
             amount: rec.amount,
             counts: rec.counts,
+            seq: rec.seq,
             attributes,
             purpose: crate::intent::Purpose::parse(&rec.purpose),
         };
-        self.entity_records
-            .entry(entity)
-            .or_default()
-            .insert(entry.clone());
-        self.agent_records.entry(agent).or_default().insert(entry);
-        self.records.insert(
-            key,
-            Record {
-                agent,
-                entity,
-                at: rec.accepted_at,
-                fixed: rec.fixed_digest(),
-                amount: rec.amount,
-                counts: rec.counts,
-                seq: rec.seq,
-            },
+        if !self.deferred.entity {
+            self.entity_records
+                .entry(entity)
+                .or_default()
+                .insert(record.entry(key));
+        }
+        if !self.deferred.agent {
+            self.agent_records
+                .entry(agent)
+                .or_default()
+                .insert(record.entry(key));
+        }
+        self.records.insert(key, record);
+    }
+
+    /// Reserves room for what a ledger of this size will hold. A map that grows holds
+    /// its old and its new table at once while it moves: replay's peak heap was reached
+    /// as the authorizations' table doubled (9.5 + 19 MB at 90,000 of them). Sized up
+    /// front, no table moves.
+    pub fn reserve(&mut self, c: &Capacities) {
+        self.decisions.reserve(c.decisions);
+        self.authorizations.reserve(c.authorizations);
+        self.records.reserve(c.records);
+        self.windows.amounts.reserve(c.windows);
+        self.settlements.reserve(c.settlements);
+        self.agent_entities.reserve(c.agents);
+    }
+
+    /// Builds no timeline until a limit asks for one ([`Projections::need_timelines`]):
+    /// replay folds ledgers whose policies may have no limits at all, and the
+    /// timelines were ~22 MB of its peak at 100,000 records. Only on empty projections.
+    pub fn defer_timelines(&mut self) {
+        assert!(
+            self.records.is_empty(),
+            "timelines are deferred before any record"
         );
+        self.deferred = DeferredTimelines {
+            agent: true,
+            entity: true,
+        };
+    }
+
+    /// Builds the timelines of every scope `limits` read that were deferred, from the
+    /// records (in acceptance order; the sums do not depend on the order of records
+    /// accepted at the same instant), and keeps them from then on.
+    pub fn need_timelines(&mut self, limits: &[policy::limits::CompiledLimit]) {
+        for l in limits {
+            let deferred = self.deferred.of(l.scope);
+            if !*deferred {
+                continue;
+            }
+            *deferred = false;
+            let mut all: Vec<(&IntentKey, &Record)> = self.records.iter().collect();
+            all.sort_unstable_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)));
+            let timelines = match l.scope {
+                crate::policy::model::LimitScope::Agent => &mut self.agent_records,
+                crate::policy::model::LimitScope::Entity => &mut self.entity_records,
+            };
+            let by_agent = l.scope == crate::policy::model::LimitScope::Agent;
+            let scope_of = |r: &Record| if by_agent { r.agent } else { r.entity };
+            for (key, r) in all {
+                timelines
+                    .entry(scope_of(r))
+                    .or_default()
+                    .insert(r.entry(*key));
+            }
+        }
     }
 
     /// The shared attributes of a record, found without allocating when they are known.
@@ -1357,10 +1789,18 @@ impl Projections {
     }
 
     fn agent_timeline(&self, agent_id: &str) -> Option<&Timeline> {
+        assert!(
+            !self.deferred.agent,
+            "agent timelines read before need_timelines"
+        );
         self.agent_records.get(&self.windows.names.get(agent_id)?)
     }
 
     fn entity_timeline(&self, entity_id: &str) -> Option<&Timeline> {
+        assert!(
+            !self.deferred.entity,
+            "entity timelines read before need_timelines"
+        );
         self.entity_records.get(&self.windows.names.get(entity_id)?)
     }
 
@@ -1981,6 +2421,7 @@ pub fn step_vote(
             ),
         }];
     };
+    let p = &p;
     if now >= p.expires_at {
         let expired = close(
             p,
@@ -2065,12 +2506,12 @@ pub fn step_vote(
 /// agent by agent (the live sweeper closes each agent's in its own transaction), oldest
 /// decision first.
 pub fn step_expire(s: &Projections, now: DateTime<Utc>) -> Vec<Staged> {
-    let mut due: Vec<&PendingRow> = s.pending.values().filter(|p| p.expires_at <= now).collect();
+    let mut due: Vec<PendingRow> = s.pending.values().filter(|p| p.expires_at <= now).collect();
     due.sort_by(|a, b| (&a.agent_id, a.decided_seq).cmp(&(&b.agent_id, b.decided_seq)));
     due.into_iter()
         .map(|p| {
             let expired = close(
-                p,
+                &p,
                 Outcome::Expired,
                 s.approvers(&p.intent_id),
                 None,
@@ -2171,7 +2612,7 @@ pub fn step_settle(
             code,
         )
     };
-    if let Some(earlier) = s.settlements.get(&st.settlement_id) {
+    if let Some(earlier) = s.settlements.get(&intent_key(&st.settlement_id)) {
         if earlier.fingerprint == Some(input.fingerprint) {
             return SettleStep::Redelivered(earlier.clone());
         }
@@ -2200,6 +2641,7 @@ pub fn step_settle(
                 not_waiting(s, &st.intent_id, intent.effect),
             );
         };
+        let p = &p;
         let mut staged = close(
             p,
             Outcome::Cancelled,
@@ -2288,7 +2730,7 @@ fn not_authorized(s: &Projections, intent_id: &str, effect: Effect) -> String {
 
 /// Why an intent cannot be cancelled.
 fn not_waiting(s: &Projections, intent_id: &str, effect: Effect) -> String {
-    if s.authorizations.contains_key(intent_id) {
+    if s.authorizations.contains_key(&intent_key(intent_id)) {
         return format!(
             "intent {intent_id} is authorized, not waiting for approval: send a VOID to release it"
         );
@@ -2304,12 +2746,16 @@ fn not_waiting(s: &Projections, intent_id: &str, effect: Effect) -> String {
 /// Releases every authorization of the snapshot whose `authorizationTtl` ended at
 /// `now` (AUTH_EXPIRED), agent by agent, oldest expiry first.
 pub fn step_expire_authorizations(s: &Projections, now: DateTime<Utc>) -> Vec<Staged> {
+    assert!(
+        !s.forget_ids,
+        "expiring authorizations needs their intent ids"
+    );
     let mut due: Vec<(AuthorizationRow, AuthorizationState, Decimal)> = s
         .authorizations
-        .iter()
-        .filter_map(|(id, a)| {
+        .values()
+        .filter_map(|a| {
             let (after, delta) = a.state(&s.windows.names).expire(now)?;
-            Some((s.authorization_row(id, a), after, delta))
+            Some((s.authorization_row(a), after, delta))
         })
         .collect();
     due.sort_by(|x, y| {
@@ -2334,4 +2780,56 @@ pub fn step_expire_authorizations(s: &Projections, now: DateTime<Utc>) -> Vec<St
             })),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interner_tells_apart_names_with_the_same_hash() {
+        let mut n = Interner::default();
+        let a = n.intern_hashed(7, "agent-a");
+        let b = n.intern_hashed(7, "agent-b");
+        assert_ne!(a, b);
+        assert_eq!(n.intern_hashed(7, "agent-b"), b);
+        assert_eq!(n.intern_hashed(7, "agent-a"), a);
+        assert_eq!(n.lookup(7, "agent-c"), None);
+        assert_eq!((n.name(a), n.name(b)), ("agent-a", "agent-b"));
+        let z = n.intern("America/Sao_Paulo");
+        assert_eq!(n.intern("America/Sao_Paulo"), z);
+        assert_eq!(n.get("America/Sao_Paulo"), Some(z));
+        assert_eq!(n.get("UTC"), None);
+        assert_eq!(n.name(z), "America/Sao_Paulo");
+        assert_eq!(n.intern(""), 3);
+        assert_eq!(n.name(3), "");
+    }
+
+    #[test]
+    fn windows_keep_amounts_that_do_not_pack() {
+        let mut w = Windows::default();
+        let k = usage::key(
+            "ag",
+            usage::DAY,
+            "UTC",
+            "BRL",
+            NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
+        );
+        let big = Decimal::from_i128_with_scale(1 << 60, 2);
+        w.add(&k, Decimal::new(1050, 2), Decimal::ZERO);
+        assert_eq!(w.get(&k), Some((Decimal::new(1050, 2), Decimal::ZERO)));
+        w.add(&k, big, Decimal::new(1, 0));
+        assert_eq!(
+            w.get(&k),
+            Some((Decimal::new(1050, 2) + big, Decimal::new(1, 0)))
+        );
+        w.add(&k, -big, Decimal::ZERO);
+        assert_eq!(w.total(&k), Decimal::new(1150, 2));
+        assert_eq!(w.iter().count(), 1);
+        assert_eq!(
+            w.take(&k),
+            Some((Decimal::new(1050, 2), Decimal::new(1, 0)))
+        );
+        assert_eq!(w.get(&k), None);
+    }
 }

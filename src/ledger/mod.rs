@@ -33,6 +33,7 @@ pub mod limit_usage;
 pub mod machine;
 pub mod notifications;
 pub mod outbox;
+mod packed;
 pub mod policy_history;
 pub mod query;
 pub mod replay;

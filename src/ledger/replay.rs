@@ -282,6 +282,12 @@ pub(crate) async fn replay(
 
     let mut report = ReplayReport::default();
     let mut p = Projections::default();
+    // Timelines only serve limits: built when a recorded policy with limits is first
+    // re-run (never without --verify; the records are compared all the same).
+    p.defer_timelines();
+    p.forget_authorization_ids();
+    let (capacities, chains) = table_sizes(&mut tx).await?;
+    p.reserve(&capacities);
     let mut compiled: HashMap<String, CompiledPolicy> = HashMap::new();
     let mut bindings = RecordedBindings::new();
     // The hash chains are recomputed on another core while this one rebuilds the
@@ -289,7 +295,7 @@ pub(crate) async fn replay(
     let (to_verifier, from_replay) =
         std::sync::mpsc::sync_channel::<Vec<EventRow>>(VERIFY_QUEUE_BATCHES);
     let verifier = std::thread::spawn(move || {
-        let mut v = Verifier::default();
+        let mut v = Verifier::with_chains(chains);
         for batch in from_replay {
             for e in &batch {
                 v.check(e);
@@ -350,6 +356,34 @@ pub(crate) async fn replay(
     );
     tx.commit().await?;
     Ok(report)
+}
+
+/// The sizes of the live tables in the snapshot: room replay reserves for their
+/// rebuilt twins (and the chain verifier, for the chains), so that no map doubles
+/// while the events are folded.
+async fn table_sizes(
+    conn: &mut sqlx::PgConnection,
+) -> Result<(machine::Capacities, usize), LedgerError> {
+    let n: (i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM decision), (SELECT count(*) FROM authorization_state),
+                (SELECT count(*) FROM spend_record), (SELECT count(*) FROM usage_window),
+                (SELECT count(*) FROM settlement), (SELECT count(*) FROM agent_entity),
+                (SELECT count(*) FROM chain_head)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let size = |v: i64| usize::try_from(v).unwrap_or(0);
+    Ok((
+        machine::Capacities {
+            decisions: size(n.0),
+            authorizations: size(n.1),
+            records: size(n.2),
+            windows: size(n.3),
+            settlements: size(n.4),
+            agents: size(n.5),
+        },
+        size(n.6),
+    ))
 }
 
 /// Rebuilds the `decision` row of one event again (to explain a difference).
@@ -430,6 +464,9 @@ fn apply(
             report.decisions += 1;
             if verify {
                 report.decisions_reevaluated += 1;
+                if let Some(c) = d.policy.as_ref().and_then(|pi| compiled.get(&pi.sha256)) {
+                    p.need_timelines(c.limits());
+                }
                 reverify_bindings(d, bindings, report, &at);
                 reverify(d, p, report, compiled, keys, &at);
             }
@@ -680,7 +717,7 @@ async fn compare_live(
     // found through `decisions`.
     compare_records(conn, &mut rebuilt, report).await?;
     let mut decisions = std::mem::take(&mut rebuilt.decisions);
-    let pending = std::mem::take(&mut rebuilt.pending);
+    let mut pending = std::mem::take(&mut rebuilt.pending);
     let votes = std::mem::take(&mut rebuilt.votes);
     let outcomes = std::mem::take(&mut rebuilt.outcomes);
     let kills = std::mem::take(&mut rebuilt.kills);
@@ -816,14 +853,21 @@ async fn compare_live(
     }
 
     let sql = format!("SELECT {PENDING_COLUMNS} FROM pending_approval");
-    let live_pending: BTreeMap<String, PendingRow> =
-        sqlx::query_as::<_, PendingRow>(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|p| (p.intent_id.clone(), p))
-            .collect();
-    diff_maps("pending_approval", &pending, &live_pending, report);
+    let rows = sqlx::query_as::<_, PendingRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
+    diff_stream(
+        "pending_approval",
+        rows,
+        |p| p.intent_id.clone(),
+        |k| pending.remove(k),
+        report,
+    )
+    .await?;
+    for p in pending.values() {
+        report.difference(format!(
+            "pending_approval {:?}: rebuilt {p:?}, missing in the live table",
+            p.intent_id
+        ));
+    }
 
     let sql = format!("SELECT {VOTE_COLUMNS} FROM approval_vote");
     let live_votes: BTreeMap<(String, String), VoteRow> =
@@ -889,7 +933,12 @@ async fn compare_live(
         report,
     )
     .await?;
-    for a in rebuilt.authorization_rows() {
+    // Kept without their ids: named by the event that last changed them.
+    let left: Vec<AuthorizationRow> = rebuilt.authorization_rows().collect();
+    let seqs: Vec<i64> = left.iter().map(|a| a.seq).collect();
+    let named = resources_of(conn, &seqs).await?;
+    for mut a in left {
+        a.intent_id = named.get(&a.seq).cloned().unwrap_or_else(|| "?".into());
         report.difference(format!(
             "authorization_state {:?}: rebuilt {a:?}, missing in the live table",
             a.intent_id
@@ -1051,7 +1100,7 @@ async fn record_row_at(
 /// that differs is rebuilt from its event to name what differs.
 async fn compare_settlements(
     conn: &mut sqlx::PgConnection,
-    mut rebuilt: BTreeMap<String, machine::AppliedSettlement>,
+    mut rebuilt: HashMap<machine::IntentKey, machine::AppliedSettlement>,
     report: &mut ReplayReport,
 ) -> Result<(), LedgerError> {
     let mut differing: Vec<(SettlementRow, i64)> = Vec::new();
@@ -1060,7 +1109,7 @@ async fn compare_settlements(
         let mut rows =
             sqlx::query_as::<_, SettlementRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
         while let Some(l) = rows.try_next().await? {
-            match rebuilt.remove(&l.settlement_id) {
+            match rebuilt.remove(&machine::intent_key(&l.settlement_id)) {
                 None => report.difference(format!(
                     "settlement {:?}: live {l:?} has no events behind it",
                     l.settlement_id
@@ -1100,10 +1149,22 @@ async fn compare_settlements(
             ),
         });
     }
-    for (k, a) in rebuilt {
+    // Named by their events (the projections keep a hash of the settlementId).
+    let mut missing: Vec<i64> = rebuilt.into_values().map(|a| a.seq).collect();
+    missing.sort_unstable();
+    for (listed, seq) in missing.into_iter().enumerate() {
+        let mut id = None;
+        if listed < MAX_LISTED {
+            refold(conn, seq, &mut |c| {
+                if let machine::Change::Settlement(st) = c {
+                    id = Some(st.settlement_id);
+                }
+            })
+            .await?;
+        }
+        let id = id.unwrap_or_else(|| "?".to_string());
         report.difference(format!(
-            "settlement {k:?}: rebuilt from seq {}, missing in the live table",
-            a.seq
+            "settlement {id:?}: rebuilt from seq {seq}, missing in the live table"
         ));
     }
     Ok(())

@@ -111,7 +111,7 @@ pub(super) async fn load_lifecycle(
         .fetch_all(&mut *conn)
         .await?
     {
-        s.pending.insert(p.intent_id.clone(), p);
+        s.pending.insert(p);
     }
     // A settlement that cancels an intent still waiting for approval names the approvals
     // so far in its outcome, as the pure step does from the full projections (replay).
@@ -141,7 +141,7 @@ pub(super) async fn load_lifecycle(
             .await?
         {
             s.settlements.insert(
-                st.settlement_id.clone(),
+                machine::intent_key(&st.settlement_id),
                 machine::AppliedSettlement::of(&st),
             );
             messages.insert(st.settlement_id, st.message);
@@ -305,7 +305,7 @@ impl Ledger {
                 before.is_none()
                     && snapshot
                         .settlements
-                        .get(&s.settlement_id)
+                        .get(&machine::intent_key(&s.settlement_id))
                         .is_none_or(|r| r.fingerprint != Some(**fp))
                     && seen.insert((s.settlement_id.as_str(), **fp))
             })

@@ -31,7 +31,7 @@ pub(super) async fn load_approvals(
         .fetch_all(&mut *conn)
         .await?
     {
-        s.pending.insert(p.intent_id.clone(), p);
+        s.pending.insert(p);
     }
     for (intent_id, hash) in sqlx::query_as::<_, (String, Vec<u8>)>(
         "SELECT d.intent_id, d.decision_hash FROM decision d JOIN pending_approval p USING (intent_id) WHERE d.intent_id = ANY($1)",

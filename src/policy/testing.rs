@@ -330,12 +330,7 @@ fn run_case(
         )
         .map_err(|e| format!("prior[{n}]: {e}"))?;
         if let Some(outcome) = outcome {
-            let Some(p) = sim
-                .pending
-                .get(&intent.intent_id)
-                .cloned()
-                .filter(|_| waits)
-            else {
+            let Some(p) = sim.pending.get(&intent.intent_id).filter(|_| waits) else {
                 return Err(format!(
                     "prior[{n}]: outcome {} given, but the intent was not waiting for approval",
                     outcome.as_str()

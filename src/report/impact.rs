@@ -143,10 +143,9 @@ pub fn analyse(
             // Operator state the candidate decides under, exactly as recorded.
             LedgerEvent::KillSwitchSet(_) | LedgerEvent::FxRateSet(_) => fold(&mut sim, &event),
             LedgerEvent::IntentClosed(c) => {
-                if let (Some(p), Some(outcome)) = (
-                    sim.pending.get(&c.intent_id).cloned(),
-                    Outcome::parse(&c.outcome),
-                ) {
+                if let (Some(p), Some(outcome)) =
+                    (sim.pending.get(&c.intent_id), Outcome::parse(&c.outcome))
+                {
                     let closed = machine::close(
                         &p,
                         outcome,

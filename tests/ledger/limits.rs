@@ -231,6 +231,56 @@ async fn entity_scope_sums_the_agents_of_one_entity() {
     replay_ok(&ledger).await;
 }
 
+/// Replay builds the limits' records (timelines) only when it first re-runs a recorded
+/// policy with limits: records decided and settled before any policy had limits must
+/// count then, in both scopes, as they did live.
+#[tokio::test]
+async fn limits_added_later_count_the_records_decided_before_them() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let (_p, plain) = policy_set(
+        &[(
+            "p.yaml",
+            "name: p\ncurrency: BRL\ntimezone: America/Sao_Paulo\ncaps: { perTxn: \"100000.00\", daily: \"1000000.00\", monthly: \"10000000.00\" }\n",
+        )],
+        DEFAULT_BINDINGS,
+    );
+    let when = "2026-11-20T15:00:00Z";
+    for (id, agent, amount) in [
+        ("l1", "agent-a", "300.00"),
+        ("l2", "agent-b", "100.00"),
+        ("l3", "agent-a", "50.00"),
+    ] {
+        let d = decide(&ledger, &plain, intent(id, agent, amount), when).await;
+        assert_eq!(d.message.effect, Effect::Allow);
+    }
+    // l3 voided: it holds nothing any more (its record changes before limits exist).
+    let void = spendguard::settlement::parse_settlement(
+        br#"{"settlementId":"lv","intentId":"l3","type":"VOID"}"#,
+    )
+    .unwrap();
+    ledger
+        .settle_at(&plain, &void, &origin(), Some(at(when)))
+        .await
+        .unwrap();
+    let (_l, limited) = set_with(
+        "  - { name: entity-monthly, window: { calendar: month }, amount: \"500.00\", scope: entity, effect: DENY }\n  - { name: agent-count, window: { calendar: month }, count: 2, effect: DENY }\n",
+    );
+    // agent-a: l1 counts, l3 (voided) does not: a second intent fits the count limit.
+    let a = decide(&ledger, &limited, intent("l4", "agent-a", "50.00"), when).await;
+    assert_eq!(a.message.effect, Effect::Allow, "{:?}", codes(&a));
+    // The entity holds l1 + l2 + l4 = 450 (l3 released): 60 more is over 500.
+    let b = decide(&ledger, &limited, intent("l5", "agent-b", "60.00"), when).await;
+    assert_eq!(b.message.effect, Effect::Deny);
+    assert_eq!(
+        b.message.reasons[0].detail,
+        "entity-monthly: 450.00 + 60.00 > 500.00 BRL (month 2026-11, America/Sao_Paulo)"
+    );
+    replay_ok(&ledger).await;
+}
+
 #[tokio::test]
 async fn a_filtered_limit_counts_and_checks_only_matching_intents() {
     let Some(db) = fresh_db("sg_ledger_").await else {

@@ -592,7 +592,7 @@ async fn compare_projections(pool: &PgPool, s: &Projections) {
     let model_pending: Vec<(String, i64)> = s
         .pending
         .values()
-        .map(|p| (p.intent_id.clone(), p.decided_seq))
+        .map(|p| (p.intent_id, p.decided_seq))
         .collect();
     assert_eq!(live_pending, model_pending, "pending approvals");
 
@@ -682,13 +682,23 @@ async fn compare_projections(pool: &PgPool, s: &Projections) {
     .await
     .unwrap()
     .into_iter()
-    .map(|st| (st.settlement_id.clone(), st.seq, st.digest()))
+    .map(|st| {
+        (
+            spendguard::ledger::machine::intent_key(&st.settlement_id),
+            st.seq,
+            st.digest(),
+        )
+    })
     .collect();
-    let model_settlements: Vec<_> = s
+    let mut live_settlements = live_settlements;
+    live_settlements.sort();
+    // The model keys them by a hash of the settlementId.
+    let mut model_settlements: Vec<_> = s
         .settlements
         .iter()
-        .map(|(id, st)| (id.clone(), st.seq, st.digest))
+        .map(|(id, st)| (*id, st.seq, st.digest))
         .collect();
+    model_settlements.sort();
     assert_eq!(live_settlements, model_settlements, "settlements");
 
     let decided = s.decisions.len() as i64;
