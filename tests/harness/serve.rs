@@ -193,6 +193,9 @@ pub fn demo_flag(env: &[(String, String)], extra: &[&str]) -> Option<&'static st
     (reads_examples && !extra.contains(&"--demo")).then_some("--demo")
 }
 
+/// The repository's example API tokens (`demo-payment-token`, ...), for `--api-tokens`.
+pub const DEMO_API_TOKENS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
+
 /// A `spendguard serve` process started from the built binary, its stderr in a file.
 pub struct ServeProcess {
     pub child: std::process::Child,
@@ -201,6 +204,32 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
+    /// Starts `serve` with its HTTP API on a free local port and the example tokens
+    /// ([`DEMO_API_TOKENS`]); [`ServeProcess::api_addr`] says where it listens.
+    pub fn start_with_api(env: &[(String, String)], instance: &str, dir: &Path) -> ServeProcess {
+        ServeProcess::start(
+            env,
+            instance,
+            dir,
+            &[
+                "--http-addr",
+                "127.0.0.1:0",
+                "--api-tokens",
+                DEMO_API_TOKENS,
+            ],
+        )
+    }
+
+    /// Where the HTTP API listens, from the line serve prints at start.
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        let log = self.log_text();
+        log.lines()
+            .find_map(|l| l.split_once("HTTP API on http://").map(|x| x.1.trim()))
+            .unwrap_or_else(|| panic!("serve did not print its API address:\n{log}"))
+            .parse()
+            .expect("API address")
+    }
+
     /// Starts `serve` and waits until it reports ready.
     pub fn start(
         env: &[(String, String)],

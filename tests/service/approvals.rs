@@ -512,7 +512,7 @@ async fn approvers_sign_with_the_decision_and_a_key_over_kafka_and_the_api() {
             &tokens_file.display().to_string(),
         ],
     );
-    let addr = crate::http::api_addr(&serve);
+    let addr = serve.api_addr();
     let api = format!("http://{addr}");
 
     // Three MSIG intents of AGENT (one for the CLI over Kafka, one over the API, one

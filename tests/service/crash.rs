@@ -383,13 +383,7 @@ async fn an_instance_resuming_inside_record_batches_decides_every_intent_once() 
         spendguard::config::SESSION_TIMEOUT_MS + 1_000,
     ))
     .await;
-    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
-    let next = ServeProcess::start(
-        &env,
-        "resume-1",
-        dir.path(),
-        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
-    );
+    let next = ServeProcess::start_with_api(&env, "resume-1", dir.path());
     let all = (FIRST + AFTER) as i64;
     wait_for_count(&db, "SELECT count(*) FROM decision", all, &next).await;
     assert_eq!(
@@ -433,7 +427,7 @@ async fn an_instance_resuming_inside_record_batches_decides_every_intent_once() 
         !part_way.is_empty(),
         "no partition was left part-way: committed {committed:?}, first burst {burst:?}"
     );
-    let text = crate::http::metrics_until(crate::http::api_addr(&next), |_| true).await;
+    let text = crate::http::metrics_until(next.api_addr(), |_| true).await;
     assert_eq!(
         crate::http::metric(&text, "spendguard_consumer_offset_gaps_total", &[]).unwrap_or(0.0),
         0.0,
@@ -471,14 +465,8 @@ async fn the_group_lag_shows_partitions_nobody_consumes() {
         group,
         ..
     } = Rig::new("sg_grouplag_", "glag").await;
-    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
-    let serve = ServeProcess::start(
-        &env,
-        "glag-0",
-        dir.path(),
-        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
-    );
-    let addr = crate::http::api_addr(&serve);
+    let serve = ServeProcess::start_with_api(&env, "glag-0", dir.path());
+    let addr = serve.api_addr();
 
     // The squatter joins serve's group for the intents topic and stops polling once it
     // holds partitions (librdkafka keeps heartbeating for it).
@@ -788,14 +776,8 @@ async fn a_full_worker_queue_for_longer_than_the_poll_interval_keeps_the_instanc
         ..
     } = rig;
     let name = db.rsplit('/').next().unwrap().to_string();
-    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
-    let serve = ServeProcess::start(
-        &env,
-        "fullq-0",
-        dir.path(),
-        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
-    );
-    let addr = crate::http::api_addr(&serve);
+    let serve = ServeProcess::start_with_api(&env, "fullq-0", dir.path());
+    let addr = serve.api_addr();
     let metric = |text: &str, name: &str, labels: &[&str]| {
         crate::http::metric(text, name, labels).unwrap_or(0.0)
     };

@@ -351,7 +351,7 @@ async fn card_numbers_in_every_field_reach_no_table_topic_answer_or_log() {
             &tokens.display().to_string(),
         ],
     );
-    let addr = crate::http::api_addr(&serve);
+    let addr = serve.api_addr();
     let producer = spendguard::bus::client_producer(&brokers).unwrap();
     let send = |topic: String, key: String, payload: Vec<u8>, partition: Option<i32>| {
         let producer = producer.clone();

@@ -18,15 +18,6 @@ const READER: &str = "demo-reader-token";
 const OPERATOR: &str = "demo-operator-token";
 const WAIT: Duration = Duration::from_secs(60);
 
-pub(crate) fn api_addr(p: &ServeProcess) -> SocketAddr {
-    let log = p.log_text();
-    let line = log
-        .lines()
-        .find_map(|l| l.split_once("HTTP API on http://").map(|x| x.1.trim()))
-        .unwrap_or_else(|| panic!("serve did not print its API address:\n{log}"));
-    line.parse().expect("API address")
-}
-
 /// Value of the series `name{...}` whose labels contain every `label="value"` given;
 /// summed when several series match (None when none does).
 pub(crate) fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
@@ -89,14 +80,8 @@ async fn the_api_inside_serve_controls_and_observes_the_running_service() {
     let Rig {
         dir, env, topics, ..
     } = Rig::new("sg_http_", "http").await;
-    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
-    let serve = ServeProcess::start(
-        &env,
-        "http-1",
-        dir.path(),
-        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
-    );
-    let addr = api_addr(&serve);
+    let serve = ServeProcess::start_with_api(&env, "http-1", dir.path());
+    let addr = serve.api_addr();
 
     let (status, _) = request(addr, "GET", "/healthz", None, None).await;
     assert_eq!(status, 200);

@@ -6,6 +6,7 @@
 
 use crate::harness::http::{exchange, request};
 use crate::harness::intent::svc_intent_json;
+use crate::harness::serve::DEMO_API_TOKENS;
 use crate::harness::serve::{Rig, ServeProcess, json, read_until};
 use crate::harness::{self, policies::test_policies, serial};
 use rdkafka::Message;
@@ -25,22 +26,6 @@ const WAIT_MS: u64 = 60_000;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tokens() -> String {
-    repo()
-        .join("examples/api-tokens.yaml")
-        .display()
-        .to_string()
-}
-
-fn api_addr(p: &ServeProcess) -> SocketAddr {
-    let log = p.log_text();
-    log.lines()
-        .find_map(|l| l.split_once("HTTP API on http://").map(|x| x.1.trim()))
-        .unwrap_or_else(|| panic!("serve did not print its API address:\n{log}"))
-        .parse()
-        .expect("API address")
 }
 
 fn replayed(head: &str) -> bool {
@@ -94,9 +79,14 @@ async fn payment_services_decide_and_settle_over_http_through_the_ledger_and_the
         &rig.env,
         "intake-1",
         rig.dir.path(),
-        &["--http-addr", "127.0.0.1:0", "--api-tokens", &tokens()],
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--api-tokens",
+            DEMO_API_TOKENS,
+        ],
     );
-    let addr = api_addr(&serve);
+    let addr = serve.api_addr();
 
     // A decision, then the same intent again: the recorded decision, byte for byte.
     let allow = svc_intent_json("hp-allow", "agent-hp1", "10.00", "vendor:known");
@@ -369,7 +359,7 @@ async fn serve_without_kafka_runs_the_readme_commands() {
     // Nowhere to connect: the test proves serve never tries.
     rig.set_env("SPENDGUARD_BROKERS", "127.0.0.1:1");
     let serve = ServeProcess::start(&rig.env, "nokafka-1", rig.dir.path(), &serve_args);
-    let addr = api_addr(&serve);
+    let addr = serve.api_addr();
     let (status, body) = request(addr, "GET", "/readyz", None, None).await;
     assert_eq!(status, 200, "ready with only PostgreSQL: {body}");
     assert!(body.contains("\"kafka\""), "{body}");

@@ -197,14 +197,8 @@ async fn a_set_with_lint_errors_is_refused_and_audited_warnings_are_not() {
         test_policies(dir, "1", "1000000", "1h")
     })
     .await;
-    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
-    let server = ServeProcess::start(
-        &env,
-        "reload-lint-0",
-        dir.path(),
-        &["--http-addr", "127.0.0.1:0", "--api-tokens", tokens],
-    );
-    let addr = crate::http::api_addr(&server);
+    let server = ServeProcess::start_with_api(&env, "reload-lint-0", dir.path());
+    let addr = server.api_addr();
     let refused_metric = || async move {
         let (status, text) = crate::harness::http::request(
             addr,

@@ -6,9 +6,10 @@
 use crate::crash::{WAIT_MS, publish_intents, scalar, wait_for_count};
 use crate::harness::http::request;
 use crate::harness::intent::svc_intent_json;
+use crate::harness::serve::DEMO_API_TOKENS;
 use crate::harness::serve::{Rig, ServeProcess, read_until};
 use crate::harness::{self, serial};
-use crate::http::{api_addr, metric};
+use crate::http::metric;
 use serde_json::Value;
 use spendguard::bus::Topics;
 use sqlx::Connection;
@@ -71,7 +72,6 @@ async fn serve_as_service_role(
         topics,
         ..
     } = rig;
-    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/api-tokens.yaml");
     let config_file = dir.path().join("serve-config.yaml");
     std::fs::write(&config_file, config).expect("config file");
     let serve = ServeProcess::start(
@@ -82,7 +82,7 @@ async fn serve_as_service_role(
             "--http-addr",
             "127.0.0.1:0",
             "--api-tokens",
-            tokens,
+            DEMO_API_TOKENS,
             "--config",
             config_file.to_str().expect("utf-8 path"),
         ],
@@ -136,7 +136,7 @@ async fn revoked_privileges_hold_every_intent_and_dead_letter_nothing() {
         return;
     };
     let (db, topics, serve, _dir) = serve_as_service_role("sg_systemic_", "systemic", "").await;
-    let addr = api_addr(&serve);
+    let addr = serve.api_addr();
 
     publish_intents(&topics.intents, "sysok", BEFORE, 4).await;
     wait_for_count(&db, "SELECT count(*) FROM decision", BEFORE as i64, &serve).await;
@@ -288,7 +288,7 @@ async fn a_systemic_fault_of_the_outbox_publisher_fails_readiness() {
     };
     let (db, topics, serve, _dir) =
         serve_as_service_role("sg_sysbg_", "sysbg", "direct_publish: false\n").await;
-    let addr = api_addr(&serve);
+    let addr = serve.api_addr();
     readiness_until(addr, &serve, |s, _| s == 200).await;
 
     let mut admin = sqlx::PgConnection::connect(&db).await.unwrap();
@@ -364,7 +364,7 @@ async fn a_systemic_fault_of_the_direct_publisher_fails_readiness() {
     };
     let (db, topics, serve, _dir) =
         serve_as_service_role("sg_sysdp_", "sysdp", "direct_publish: true\n").await;
-    let addr = api_addr(&serve);
+    let addr = serve.api_addr();
     readiness_until(addr, &serve, |s, _| s == 200).await;
 
     let mut admin = sqlx::PgConnection::connect(&db).await.unwrap();

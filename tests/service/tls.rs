@@ -8,6 +8,7 @@
 //! does not use them (its listener is plain TCP), and no other broker runs on these
 //! machines; docs/operations.md says so.
 
+use crate::harness::serve::DEMO_API_TOKENS;
 use crate::harness::serve::{Rig, ServeProcess, spendguard};
 use crate::harness::tls::{SaslTansu, TestCa, https_get, tls_client};
 use crate::harness::{self, serial};
@@ -16,13 +17,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const OPERATOR: &str = "demo-operator-token";
-
-fn tokens() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/api-tokens.yaml")
-        .display()
-        .to_string()
-}
 
 fn https_addr(p: &ServeProcess) -> SocketAddr {
     let log = p.log_text();
@@ -59,13 +53,12 @@ async fn the_api_speaks_https_with_its_certificate_and_nothing_else_and_picks_up
         .server(&["localhost", "127.0.0.1"])
         .write(rig.dir.path(), "api");
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    let tokens = tokens();
     let args = [
         "--no-kafka",
         "--http-addr",
         "127.0.0.1:0",
         "--api-tokens",
-        &tokens,
+        DEMO_API_TOKENS,
         "--tls-cert-file",
         &cert,
         "--tls-key-file",

@@ -6,6 +6,7 @@
 
 use crate::harness::http::{exchange, request};
 use crate::harness::intent::svc_intent_json;
+use crate::harness::serve::DEMO_API_TOKENS;
 use crate::harness::serve::{Rig, ServeProcess};
 use crate::harness::{self, policies::test_policies, serial};
 use axum::http::HeaderMap;
@@ -14,7 +15,6 @@ use serde_json::Value;
 use sha2::Sha256;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,22 +24,6 @@ const AUDITOR: &str = "demo-auditor-token";
 const READER: &str = "demo-reader-token";
 const SECRET: &str = "whsec-test-0123456789abcdef";
 const WAIT_MS: u64 = 90_000;
-
-fn tokens() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/api-tokens.yaml")
-        .display()
-        .to_string()
-}
-
-fn api_addr(p: &ServeProcess) -> SocketAddr {
-    let log = p.log_text();
-    log.lines()
-        .find_map(|l| l.split_once("HTTP API on http://").map(|x| x.1.trim()))
-        .unwrap_or_else(|| panic!("serve did not print its API address:\n{log}"))
-        .parse()
-        .expect("API address")
-}
 
 type Received = Arc<Mutex<Vec<(HeaderMap, String)>>>;
 
@@ -137,12 +121,12 @@ async fn webhooks_survive_a_dead_receiver_and_a_serve_restart_and_are_signed() {
         "--http-addr",
         "127.0.0.1:0",
         "--api-tokens",
-        &tokens(),
+        DEMO_API_TOKENS,
     ];
 
     // Receiver down: decisions are still answered, deliveries fail and are retried.
     let serve = ServeProcess::start(&rig.env, "webhooks-1", rig.dir.path(), &args);
-    let addr = api_addr(&serve);
+    let addr = serve.api_addr();
     let mut expected: BTreeSet<(String, String)> = BTreeSet::new();
     for i in 0..5 {
         let id = format!("wh-a{i}");
@@ -220,7 +204,7 @@ async fn webhooks_survive_a_dead_receiver_and_a_serve_restart_and_are_signed() {
         rig.dir.path().join("absent.yaml").display().to_string(),
     ));
     let quiet = ServeProcess::start(&without, "webhooks-none", rig.dir.path(), &args);
-    let quiet_addr = api_addr(&quiet);
+    let quiet_addr = quiet.api_addr();
     for i in 0..2 {
         let id = format!("wh-c{i}");
         decide(quiet_addr, &id, "11.00").await;
@@ -228,7 +212,7 @@ async fn webhooks_survive_a_dead_receiver_and_a_serve_restart_and_are_signed() {
     }
     assert_eq!(quiet.terminate(), Some(0));
     let serve = ServeProcess::start(&rig.env, "webhooks-2", rig.dir.path(), &args);
-    let addr = api_addr(&serve);
+    let addr = serve.api_addr();
     for i in 0..3 {
         let id = format!("wh-b{i}");
         decide(addr, &id, "12.00").await;
@@ -355,10 +339,10 @@ async fn a_receiver_that_never_answers_times_out_and_decisions_go_on() {
             "--http-addr",
             "127.0.0.1:0",
             "--api-tokens",
-            &tokens(),
+            DEMO_API_TOKENS,
         ],
     );
-    let addr = api_addr(&serve);
+    let addr = serve.api_addr();
     let started = std::time::Instant::now();
     let decided = 40;
     for i in 0..decided {
@@ -449,10 +433,10 @@ async fn webhooks_over_https_check_the_receiver_certificate() {
             "--http-addr",
             "127.0.0.1:0",
             "--api-tokens",
-            &tokens(),
+            DEMO_API_TOKENS,
         ],
     );
-    let addr = api_addr(&serve);
+    let addr = serve.api_addr();
     decide(addr, "wh-tls-1", "1.00").await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
@@ -597,10 +581,10 @@ async fn notifications_yaml_is_reloaded_and_a_bad_change_refused() {
             "--http-addr",
             "127.0.0.1:0",
             "--api-tokens",
-            &tokens(),
+            DEMO_API_TOKENS,
         ],
     );
-    let addr = api_addr(&serve);
+    let addr = serve.api_addr();
     let has = |got: &Received, id: &str| {
         got.lock()
             .unwrap()
