@@ -188,6 +188,24 @@ fn registry_seeds() -> Vec<String> {
     vec![include_str!("../../../policies/approvers.yaml").to_string()]
 }
 
+/// What every accepted amount satisfies: a known currency, positive, within the
+/// currency's scale and the largest amount.
+fn accepted_amount(amount: Decimal, currency: &str) -> Result<(), TestCaseError> {
+    let cur = spendguard::money::currency(currency);
+    prop_assert!(cur.is_some(), "accepted unknown currency {currency:?}");
+    prop_assert!(amount > Decimal::ZERO, "accepted amount {amount}");
+    prop_assert!(amount.normalize().scale() <= cur.unwrap().minor_units);
+    prop_assert!(amount <= Decimal::from(spendguard::money::MAX_AMOUNT_MAJOR));
+    Ok(())
+}
+
+/// What every accepted id satisfies: not empty, bounded, no control character.
+fn accepted_id(id: &str) -> Result<(), TestCaseError> {
+    prop_assert!(!id.is_empty() && id.len() <= intent::MAX_ID_LEN);
+    prop_assert!(!id.chars().any(char::is_control));
+    Ok(())
+}
+
 fn check_intent(bytes: &[u8]) -> Result<(), TestCaseError> {
     match no_panic("parse_intent", || parse_intent(bytes))? {
         Err(e) => {
@@ -195,12 +213,7 @@ fn check_intent(bytes: &[u8]) -> Result<(), TestCaseError> {
             prop_assert!(!e.message.is_empty());
         }
         Ok(i) => {
-            let cur = i.currency_info();
-            prop_assert!(cur.is_some(), "accepted unknown currency {}", i.currency);
-            let cur = cur.unwrap();
-            prop_assert!(i.amount > Decimal::ZERO, "accepted amount {}", i.amount);
-            prop_assert!(i.amount.normalize().scale() <= cur.minor_units);
-            prop_assert!(i.amount <= Decimal::from(spendguard::money::MAX_AMOUNT_MAJOR));
+            accepted_amount(i.amount, &i.currency)?;
             prop_assert!(i.validate().is_ok());
             // Re-serialized, it parses to the same intent (when it still fits).
             let again = serde_json::to_vec(&i).unwrap();
@@ -225,8 +238,7 @@ fn check_settlement(bytes: &[u8]) -> Result<(), TestCaseError> {
         }
         Ok(s) => {
             for id in [&s.settlement_id, &s.intent_id] {
-                prop_assert!(!id.is_empty() && id.len() <= intent::MAX_ID_LEN);
-                prop_assert!(!id.chars().any(char::is_control));
+                accepted_id(id)?;
             }
             let needs_amount = matches!(s.kind, SettlementType::Capture | SettlementType::Refund);
             prop_assert!(
@@ -237,12 +249,7 @@ fn check_settlement(bytes: &[u8]) -> Result<(), TestCaseError> {
             prop_assert!(s.kind != SettlementType::Cancel || s.amount.is_none());
             prop_assert!(!s.is_final || s.kind == SettlementType::Capture);
             if let Some(amount) = s.amount {
-                let code = s.currency.as_deref().unwrap_or_default();
-                let cur = spendguard::money::currency(code);
-                prop_assert!(cur.is_some(), "accepted unknown currency {code:?}");
-                prop_assert!(amount > Decimal::ZERO, "accepted amount {amount}");
-                prop_assert!(amount.normalize().scale() <= cur.unwrap().minor_units);
-                prop_assert!(amount <= Decimal::from(spendguard::money::MAX_AMOUNT_MAJOR));
+                accepted_amount(amount, s.currency.as_deref().unwrap_or_default())?;
             }
             // Re-serialized, it parses to the same settlement (when it still fits).
             let again = serde_json::to_vec(&s).unwrap();
@@ -263,8 +270,7 @@ fn check_vote(bytes: &[u8]) -> Result<(), TestCaseError> {
         Err(e) => known_code(e.code(), &["malformed_vote"], "parse_vote")?,
         Ok(v) => {
             for id in [&v.intent_id, &v.approver_id] {
-                prop_assert!(!id.is_empty() && id.len() <= intent::MAX_ID_LEN);
-                prop_assert!(!id.chars().any(char::is_control));
+                accepted_id(id)?;
             }
             let again = serde_json::to_vec(&v).unwrap();
             if again.len() <= approvals::MAX_VOTE_BYTES {
