@@ -403,15 +403,25 @@ impl WriteSet {
         if n == 0 {
             return Ok(());
         }
-        let mut seqs: Vec<i64> = sqlx::query_scalar(
+        let seqs: Vec<i64> = sqlx::query_scalar(
             "SELECT nextval('ledger_event_seq_seq') FROM generate_series(1, $1)",
         )
         .bind(i64::try_from(n).unwrap_or(i64::MAX))
         .fetch_all(conn)
         .await?;
+        self.add_reserved_seqs(seqs);
+        Ok(())
+    }
+
+    /// Takes sequence numbers the caller allocated (`nextval` under its locks).
+    pub fn add_reserved_seqs(&mut self, mut seqs: Vec<i64>) {
         seqs.sort_unstable();
         self.seqs.extend(seqs);
-        Ok(())
+    }
+
+    /// How many reserved sequence numbers are left.
+    pub fn reserved_seqs(&self) -> usize {
+        self.seqs.len()
     }
 
     /// Appends one staged event (its chain locked by the caller), writes its delta
@@ -594,33 +604,87 @@ impl WriteSet {
         conn: &mut PgConnection,
         direct: Option<&str>,
     ) -> sqlx::Result<Vec<super::OutboxRow>> {
-        if !self.events.is_empty() {
-            let e = &self.events;
-            sqlx::query(
-                "INSERT INTO ledger_event (seq, chain_id, chain_pos, event_type, recorded_at, actor, resource, origin, payload, prev_hash, hash)
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[], $11::bytea[])",
-            )
-            .bind(e.iter().map(|r| r.seq).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.chain_id.as_str()).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.chain_pos).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.event_type.as_str()).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.recorded_at).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.resource.as_str()).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.origin.as_str()).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.prev_hash.to_vec()).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.hash.to_vec()).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+        // One statement for the events, the projections and (unless rows are leased to
+        // the direct publisher, which needs them back) the outbox.
+        let mut calls = self.event_calls();
+        self.projection_calls(&mut calls);
+        if direct.is_none() {
+            self.outbox_call(&mut calls);
+            calls.execute(conn).await?;
+            return Ok(Vec::new());
         }
-        self.projection_calls().execute(conn).await?;
+        calls.execute(&mut *conn).await?;
         self.write_outbox(conn, direct).await
     }
 
-    /// Every projection write of the set, in the order they must apply.
-    fn projection_calls(&self) -> Calls {
+    /// The events' append (`ledger_append_events`): the first call of the write, so
+    /// that every projection function after it finds the events it folds from.
+    fn event_calls(&self) -> Calls {
         let mut c = Calls::default();
+        let e = &self.events;
+        if e.is_empty() {
+            return c;
+        }
+        c.call("ledger_append_events")
+            .arg(e.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]")
+            .arg(
+                e.iter().map(|r| r.chain_id.as_str()).collect::<Vec<_>>(),
+                "text[]",
+            )
+            .arg(
+                e.iter().map(|r| r.chain_pos).collect::<Vec<_>>(),
+                "bigint[]",
+            )
+            .arg(
+                e.iter().map(|r| r.event_type.as_str()).collect::<Vec<_>>(),
+                "text[]",
+            )
+            .arg(
+                e.iter().map(|r| r.recorded_at).collect::<Vec<_>>(),
+                "timestamptz[]",
+            )
+            .arg(
+                e.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>(),
+                "text[]",
+            )
+            .arg(
+                e.iter().map(|r| r.resource.as_str()).collect::<Vec<_>>(),
+                "text[]",
+            )
+            .arg(
+                e.iter().map(|r| r.origin.as_str()).collect::<Vec<_>>(),
+                "text[]",
+            )
+            .arg(
+                e.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>(),
+                "text[]",
+            )
+            .arg(
+                e.iter().map(|r| r.prev_hash.to_vec()).collect::<Vec<_>>(),
+                "bytea[]",
+            )
+            .arg(
+                e.iter().map(|r| r.hash.to_vec()).collect::<Vec<_>>(),
+                "bytea[]",
+            );
+        c
+    }
+
+    /// The outbox rows for the claim round (`ledger_write_outbox`), the last call.
+    fn outbox_call(&self, c: &mut Calls) {
+        let o = &self.outbox;
+        if o.is_empty() {
+            return;
+        }
+        c.call("ledger_write_outbox")
+            .arg(o.iter().map(|r| r.0).collect::<Vec<_>>(), "bigint[]")
+            .arg(o.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(), "text[]")
+            .arg(o.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(), "text[]")
+            .arg(o.iter().map(|r| r.3.as_str()).collect::<Vec<_>>(), "text[]");
+    }
+
+    /// Every projection write of the set, in the order they must apply.
+    fn projection_calls(&self, c: &mut Calls) {
         if !self.events.is_empty() {
             let mut ids = Vec::new();
             let mut pos = Vec::new();
@@ -1049,7 +1113,6 @@ impl WriteSet {
                 .arg(h.values().map(|v| v.1).collect::<Vec<_>>(), "bool[]")
                 .arg(h.values().map(|v| v.2).collect::<Vec<_>>(), "bigint[]");
         }
-        c
     }
 
     /// Inserts the outbox rows; returns those leased to `direct`.
