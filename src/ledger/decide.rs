@@ -189,7 +189,14 @@ impl Ledger {
             }
             n
         };
-        ws.reserve_seqs(&mut tx, needed).await?;
+        // The snapshot reserved one per intentId not decided yet, all of them needed;
+        // conflicts and second copies in the batch (rare) take one more round trip.
+        let reserved = ws.reserved_seqs();
+        assert!(
+            reserved <= needed,
+            "{reserved} sequence numbers reserved for {needed} events: seqs would have gaps"
+        );
+        ws.reserve_seqs(&mut tx, needed - reserved).await?;
 
         // Subject keys for intents carrying personal data.
         let subjects: Vec<String> = {
@@ -370,6 +377,11 @@ enum SnapshotRow {
         decision_hash: String,
         message: String,
     },
+    /// Sequence numbers for the batch's events: one per intentId with no decision yet,
+    /// each of which appends one event at least (a redelivery appends none, so it gets
+    /// no number: seqs stay dense).
+    #[serde(rename = "seqs")]
+    Seqs { seqs: Vec<i64> },
     #[serde(rename = "window", rename_all = "camelCase")]
     Window {
         #[serde(flatten)]
@@ -385,8 +397,10 @@ enum SnapshotRow {
 /// locks are held (READ COMMITTED: its snapshot is taken now, so it sees every
 /// decision, window and kill-switch change committed before we got the locks): the
 /// chain heads (into `ws`), the active kill switches and the wanted usage windows (the
-/// step's snapshot) and earlier decisions of these intentIds. Each part is one JSON
-/// object per row, decoded by name into [`SnapshotRow`].
+/// step's snapshot), earlier decisions of these intentIds, and a sequence number per
+/// intentId not decided yet (into `ws`; allocated under the locks, so within one chain
+/// seq order is chain order; read in the same snapshot as the decisions). Each part is one JSON object per row, decoded by name
+/// into [`SnapshotRow`].
 async fn load_snapshot(
     tx: &mut sqlx::PgConnection,
     ws: &mut WriteSet,
@@ -425,7 +439,12 @@ async fn load_snapshot(
          FROM usage_window u
          JOIN unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::date[])
            AS w(agent_id, kind, tz, currency, window_start)
-           USING (agent_id, kind, tz, currency, window_start)",
+           USING (agent_id, kind, tz, currency, window_start)
+         UNION ALL
+         SELECT jsonb_build_object('k', 'seqs',
+                                   'seqs', coalesce(array_agg(nextval('ledger_event_seq_seq')), '{}'))
+         FROM (SELECT DISTINCT n.id FROM unnest($2::text[]) AS n(id)
+               WHERE NOT EXISTS (SELECT 1 FROM decision d WHERE d.intent_id = n.id)) new",
     )
     .bind(chains)
     .bind(ids)
@@ -491,6 +510,7 @@ async fn load_snapshot(
                 committed,
                 reserved,
             } => snapshot.windows.add(&key, committed, reserved),
+            SnapshotRow::Seqs { seqs } => ws.add_reserved_seqs(seqs),
         }
     }
     Ok((snapshot, existing))
