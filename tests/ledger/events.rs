@@ -724,6 +724,98 @@ async fn outbox_holds_every_decision_and_outcome_until_published() {
     assert_eq!(row.get::<i64, _>("n"), 0);
 }
 
+/// The pipelined claim round (issue 15): one transaction marks what the broker
+/// acknowledged and claims what is new, never a row of an agent with a row in flight;
+/// per-agent order holds against another instance throughout.
+#[tokio::test]
+async fn an_outbox_turn_marks_and_claims_in_one_transaction_behind_rows_in_flight() {
+    let Some(db) = fresh_db("sg_ledger_").await else {
+        return;
+    };
+    let ledger = db.ledger().await;
+    let other = spendguard::ledger::Ledger::connect(&db.url, "other")
+        .await
+        .unwrap();
+    let (_d, set) = standard_set();
+    let o = origin();
+    let decide = |id: &'static str, agent: &'static str| {
+        let ledger = &ledger;
+        let set = &set;
+        let o = &o;
+        async move {
+            ledger
+                .decide(set, &intent(id, agent, "10.00"), o)
+                .await
+                .unwrap();
+        }
+    };
+    let outbox_rows = || async {
+        let mut c = db.superuser().await;
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    };
+    let busy = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    decide("t1", "ag").await;
+    decide("t2", "ag").await;
+    decide("t3", "bo").await;
+    let first = ledger.outbox_cycle(&[], &[], 10).await.unwrap();
+    let ids: Vec<i64> = first.iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 3);
+
+    // All three in flight: nothing for this instance or another.
+    assert!(
+        ledger
+            .outbox_cycle(&[], &busy(&["ag", "bo"]), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(other.outbox_cycle(&[], &[], 10).await.unwrap().is_empty());
+
+    // New decisions while they are in flight: another agent's is claimed at once (the
+    // turn marks t1 in the same transaction); `ag`'s waits behind t2, here and elsewhere.
+    decide("t4", "ag").await;
+    assert!(
+        other.outbox_cycle(&[], &[], 10).await.unwrap().is_empty(),
+        "t4 is behind rows leased here"
+    );
+    decide("t5", "ci").await;
+    let second = ledger
+        .outbox_cycle(&ids[..1], &busy(&["ag", "bo"]), 10)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert!(
+        second[0].payload.contains("\"t5\""),
+        "{}",
+        second[0].payload
+    );
+    assert_eq!(outbox_rows().await, 4, "t1 marked with t5's claim");
+
+    // t2's delivery failed (still leased here, no longer in flight) and t3 was
+    // acknowledged: the next turn claims t2 again, then t4 behind it.
+    let third = ledger
+        .outbox_cycle(&ids[2..], &busy(&["ci"]), 10)
+        .await
+        .unwrap();
+    assert_eq!(third.len(), 2);
+    assert_eq!(third[0].id, ids[1]);
+    assert!(third[1].payload.contains("\"t4\""), "{}", third[1].payload);
+
+    // A turn that only marks.
+    let marked: Vec<i64> = third.iter().map(|r| r.id).chain([second[0].id]).collect();
+    assert!(
+        ledger
+            .outbox_cycle(&marked, &[], 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(outbox_rows().await, 0);
+}
+
 /// The direct path of the outbox (issue 15): a committed decision is handed to the
 /// direct publisher leased to it, unless an older row of its agent is still in the
 /// outbox; the claim round never takes a handed-over row, nor anything behind it; a
