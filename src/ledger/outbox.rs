@@ -70,46 +70,24 @@ impl Ledger {
         })
     }
 
-    /// Leases up to `limit` unpublished outbox rows (oldest first) to this instance
-    /// ([`Ledger::outbox_cycle`] with nothing to mark and nothing in flight).
-    pub async fn outbox_claim(&self, limit: usize) -> Result<Vec<OutboxRow>, LedgerError> {
-        self.outbox_cycle(&[], &[], limit).await
-    }
-
-    /// One turn of the claim round in one transaction: removes the rows in `published`
-    /// (the broker acknowledged them), then leases up to `limit` more to this instance,
-    /// oldest first, none of a key in `busy_keys` (keys with a row this instance is
-    /// still delivering). Marking and claiming together save a transaction per turn, and
-    /// a claim need not wait for the broker to answer the last one (issue 15).
+    /// Leases up to `limit` unpublished outbox rows (oldest first) to this instance.
+    /// Rows leased by another live instance are skipped; a lease expires after
+    /// `OUTBOX_LEASE_SECONDS`, so a crashed publisher's rows are published by others.
     ///
-    /// Per-agent order (SPEC §15): one agent's rows are committed, so claimed, in ledger
-    /// order (its chain lock); a row is claimed only when no older row with the same key
-    /// is leased to another instance, so two publishers never race on one agent's
-    /// messages; and never while a row of its key is in flight here, so a later row is
-    /// never sent while an earlier one may still fail (it would overtake it when the
-    /// earlier one is published again). Rows leased by another live instance are
-    /// skipped; a lease expires after `OUTBOX_LEASE_SECONDS`, so a crashed publisher's
-    /// rows are published by others. Claims are serialized by an advisory lock: each
-    /// sees every earlier claim committed.
-    pub async fn outbox_cycle(
-        &self,
-        published: &[i64],
-        busy_keys: &[String],
-        limit: usize,
-    ) -> Result<Vec<OutboxRow>, LedgerError> {
+    /// Per-agent order (SPEC §15): a row is claimed only when no older row with the same
+    /// key is leased to another instance, so two publishers never race on one agent's
+    /// messages (decisions before their outcomes, in ledger order). Claims are
+    /// serialized by an advisory lock: each sees every earlier claim committed.
+    pub async fn outbox_claim(&self, limit: usize) -> Result<Vec<OutboxRow>, LedgerError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(chain::lock_key(OUTBOX_CLAIM_LOCK))
             .execute(&mut *tx)
             .await?;
-        // The DELETE of a WITH runs whatever the UPDATE reads, but the UPDATE does not
-        // see it: the published rows are also skipped by id.
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "WITH published AS (DELETE FROM outbox WHERE id = ANY($4))
-             UPDATE outbox o SET claimed_by = $2, claimed_until = now() + make_interval(secs => $3)
+            "UPDATE outbox o SET claimed_by = $2, claimed_until = now() + make_interval(secs => $3)
              FROM (SELECT id FROM outbox c
                    WHERE (claimed_until IS NULL OR claimed_until < now() OR claimed_by = $2)
-                     AND NOT (c.id = ANY($4)) AND NOT (c.msg_key = ANY($5))
                      AND NOT EXISTS (SELECT 1 FROM outbox older
                                      WHERE older.msg_key = c.msg_key AND older.id < c.id
                                        AND older.claimed_by <> $2 AND older.claimed_until >= now())
@@ -120,8 +98,6 @@ impl Ledger {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(&self.instance)
         .bind(OUTBOX_LEASE_SECONDS as f64)
-        .bind(published)
-        .bind(busy_keys)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
