@@ -126,6 +126,22 @@ impl Rig {
         self.env.push((key.into(), value.into()));
     }
 
+    /// Gives `serve` one webhook (SPEC §13.2): writes `notifications.yaml` in the rig's
+    /// directory ([`webhook_yaml`]) and points `SPENDGUARD_NOTIFICATIONS` at it. Returns
+    /// the file, for a test that rewrites it.
+    pub fn webhook(
+        &mut self,
+        id: &str,
+        addr: std::net::SocketAddr,
+        events: &str,
+        secret_env: &str,
+    ) -> PathBuf {
+        let file = self.dir.path().join("notifications.yaml");
+        std::fs::write(&file, webhook_yaml(id, addr, events, secret_env)).unwrap();
+        self.set_env("SPENDGUARD_NOTIFICATIONS", &file.display().to_string());
+        file
+    }
+
     /// The settings of `serve` in this process over this rig (add what else is needed
     /// with `ServiceArgs { approvers: …, ..rig.service_args(…) }`).
     pub fn service_args(&self, instance: &str) -> ServiceArgs {
@@ -174,6 +190,25 @@ impl InProcess {
 /// policies directory (its `approvers.yaml` holds the demo keys) or the example token
 /// file. Without them it refuses to start (SPEC §14); tests of that refusal spawn
 /// `serve` themselves.
+/// A notifications file with one webhook `id` posting `events` (a YAML list's items,
+/// e.g. `decision, outcome`) to `http://{addr}/hook`, signed with the secret in
+/// `secret_env`.
+pub fn webhook_yaml(
+    id: &str,
+    addr: std::net::SocketAddr,
+    events: &str,
+    secret_env: &str,
+) -> String {
+    format!(
+        "webhooks:\n  - id: {id}\n    url: http://{addr}/hook\n    events: [{events}]\n    secret_env: {secret_env}\n"
+    )
+}
+
+/// An address on 127.0.0.1 nobody listens on (free when this returns).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], super::tls::free_port()))
+}
+
 pub fn demo_flag(env: &[(String, String)], extra: &[&str]) -> Option<&'static str> {
     let examples = [
         super::policies::repository_policies(),

@@ -8,7 +8,7 @@
 
 use crate::harness::policies::repository_policies;
 use crate::harness::serial;
-use crate::harness::serve::{Rig, ServeProcess, spendguard};
+use crate::harness::serve::{Rig, ServeProcess, free_addr, spendguard};
 use serde_json::Value;
 use sqlx::Connection;
 
@@ -199,20 +199,9 @@ async fn loadgen_receives_every_decision_as_a_signed_webhook() {
     };
     const SECRET_VAR: &str = "SPENDGUARD_LOADGEN_TEST_HOOK_SECRET";
     let mut rig = Rig::with("sg_loadgen_wh_", "lgwh", |_| repository_policies()).await;
-    let sink = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let file = rig.dir.path().join("notifications.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "webhooks:\n  - id: lg\n    url: http://{sink}/hook\n    events: [decision, outcome]\n    secret_env: {SECRET_VAR}\n"
-        ),
-    )
-    .unwrap();
+    let sink = free_addr();
+    rig.webhook("lg", sink, "decision, outcome", SECRET_VAR);
     rig.set_env(SECRET_VAR, "whsec-loadgen-0123456789abcdef");
-    rig.set_env("SPENDGUARD_NOTIFICATIONS", &file.display().to_string());
     let serve = ServeProcess::start(&rig.env, "lgwh-1", rig.dir.path(), &[]);
 
     let sink_addr = sink.to_string();

@@ -7,7 +7,7 @@
 use crate::harness::http::{exchange, request};
 use crate::harness::intent::svc_intent_json;
 use crate::harness::serve::DEMO_API_TOKENS;
-use crate::harness::serve::{Rig, ServeProcess};
+use crate::harness::serve::{Rig, ServeProcess, free_addr, webhook_yaml};
 use crate::harness::{self, policies::test_policies, serial};
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
@@ -103,19 +103,13 @@ async fn webhooks_survive_a_dead_receiver_and_a_serve_restart_and_are_signed() {
     rig.set_env("SPENDGUARD_BROKERS", "127.0.0.1:1");
     rig.set_env("SPENDGUARD_TEST_HOOK_SECRET", SECRET);
     // A port nobody listens on until the receiver "comes back".
-    let hook_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let file = rig.dir.path().join("notifications.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "webhooks:\n  - id: test-receiver\n    url: http://{hook_addr}/hook\n    events: [decision, approval_requested, outcome, kill_switch]\n    secret_env: SPENDGUARD_TEST_HOOK_SECRET\n"
-        ),
-    )
-    .unwrap();
-    rig.set_env("SPENDGUARD_NOTIFICATIONS", &file.display().to_string());
+    let hook_addr = free_addr();
+    rig.webhook(
+        "test-receiver",
+        hook_addr,
+        "decision, approval_requested, outcome, kill_switch",
+        "SPENDGUARD_TEST_HOOK_SECRET",
+    );
     let args = [
         "--no-kafka",
         "--http-addr",
@@ -321,15 +315,12 @@ async fn a_receiver_that_never_answers_times_out_and_decisions_go_on() {
             open.push(socket);
         }
     });
-    let file = rig.dir.path().join("notifications.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "webhooks:\n  - id: silent\n    url: http://{hook_addr}/hook\n    events: [decision]\n    secret_env: SPENDGUARD_TEST_HOOK_SECRET\n"
-        ),
-    )
-    .unwrap();
-    rig.set_env("SPENDGUARD_NOTIFICATIONS", &file.display().to_string());
+    rig.webhook(
+        "silent",
+        hook_addr,
+        "decision",
+        "SPENDGUARD_TEST_HOOK_SECRET",
+    );
     let serve = ServeProcess::start(
         &rig.env,
         "webhooks-hang",
@@ -555,23 +546,15 @@ async fn notifications_yaml_is_reloaded_and_a_bad_change_refused() {
     let mut rig = Rig::new("sg_webhooks_reload_", "webhooksreload").await;
     rig.set_env("SPENDGUARD_BROKERS", "127.0.0.1:1");
     rig.set_env("SPENDGUARD_TEST_HOOK_SECRET", SECRET);
-    let free = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let (a_addr, b_addr) = (free(), free());
+    let (a_addr, b_addr) = (free_addr(), free_addr());
     let got_a: Received = Arc::default();
     let got_b: Received = Arc::default();
     let ra = receiver(a_addr, got_a.clone()).await;
     let rb = receiver(b_addr, got_b.clone()).await;
-    let hook = |id: &str, addr: SocketAddr, events: &str| {
-        format!(
-            "webhooks:\n  - id: {id}\n    url: http://{addr}/hook\n    events: [{events}]\n    secret_env: SPENDGUARD_TEST_HOOK_SECRET\n"
-        )
-    };
-    let file = rig.dir.path().join("notifications.yaml");
-    std::fs::write(&file, hook("first", a_addr, "decision")).unwrap();
-    rig.set_env("SPENDGUARD_NOTIFICATIONS", &file.display().to_string());
+    let secret_env = "SPENDGUARD_TEST_HOOK_SECRET";
+    let hook =
+        |id: &str, addr: SocketAddr, events: &str| webhook_yaml(id, addr, events, secret_env);
+    let file = rig.webhook("first", a_addr, "decision", secret_env);
     let serve = ServeProcess::start(
         &rig.env,
         "webhooks-reload",
