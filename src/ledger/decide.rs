@@ -399,8 +399,8 @@ enum SnapshotRow {
 /// chain heads (into `ws`), the active kill switches and the wanted usage windows (the
 /// step's snapshot), earlier decisions of these intentIds, and a sequence number per
 /// intentId not decided yet (into `ws`; allocated under the locks, so within one chain
-/// seq order is chain order; read in the same snapshot as the decisions). Each part is one JSON object per row, decoded by name
-/// into [`SnapshotRow`].
+/// seq order is chain order; read in the same snapshot as the decisions). Each part is
+/// one JSON object per row, decoded by name into [`SnapshotRow`].
 async fn load_snapshot(
     tx: &mut sqlx::PgConnection,
     ws: &mut WriteSet,

@@ -1166,7 +1166,8 @@ struct WrittenOutboxRow {
     row: super::OutboxRow,
 }
 
-/// A write set's projection functions sent as one statement, `SELECT f(…), g(…), …`:
+/// A write set's functions sent as one statement, `SELECT ledger_append_events(…),
+/// f(…), g(…), …, ledger_write_outbox(…)`:
 /// one round trip to PostgreSQL instead of one per function (on a busy 2-core host a
 /// round trip alone cost 1-1.5 ms, and a deciding transaction made about eight:
 /// docs/benchmarks.md, "One round trip for the projection writes"). PostgreSQL
