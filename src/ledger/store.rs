@@ -626,47 +626,17 @@ impl WriteSet {
             return c;
         }
         c.call("ledger_append_events")
-            .arg(e.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]")
-            .arg(
-                e.iter().map(|r| r.chain_id.as_str()).collect::<Vec<_>>(),
-                "text[]",
-            )
-            .arg(
-                e.iter().map(|r| r.chain_pos).collect::<Vec<_>>(),
-                "bigint[]",
-            )
-            .arg(
-                e.iter().map(|r| r.event_type.as_str()).collect::<Vec<_>>(),
-                "text[]",
-            )
-            .arg(
-                e.iter().map(|r| r.recorded_at).collect::<Vec<_>>(),
-                "timestamptz[]",
-            )
-            .arg(
-                e.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>(),
-                "text[]",
-            )
-            .arg(
-                e.iter().map(|r| r.resource.as_str()).collect::<Vec<_>>(),
-                "text[]",
-            )
-            .arg(
-                e.iter().map(|r| r.origin.as_str()).collect::<Vec<_>>(),
-                "text[]",
-            )
-            .arg(
-                e.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>(),
-                "text[]",
-            )
-            .arg(
-                e.iter().map(|r| r.prev_hash.to_vec()).collect::<Vec<_>>(),
-                "bytea[]",
-            )
-            .arg(
-                e.iter().map(|r| r.hash.to_vec()).collect::<Vec<_>>(),
-                "bytea[]",
-            );
+            .column(e.iter().map(|r| r.seq), "bigint[]")
+            .column(e.iter().map(|r| r.chain_id.as_str()), "text[]")
+            .column(e.iter().map(|r| r.chain_pos), "bigint[]")
+            .column(e.iter().map(|r| r.event_type.as_str()), "text[]")
+            .column(e.iter().map(|r| r.recorded_at), "timestamptz[]")
+            .column(e.iter().map(|r| r.actor.as_str()), "text[]")
+            .column(e.iter().map(|r| r.resource.as_str()), "text[]")
+            .column(e.iter().map(|r| r.origin.as_str()), "text[]")
+            .column(e.iter().map(|r| r.payload.as_str()), "text[]")
+            .column(e.iter().map(|r| r.prev_hash.to_vec()), "bytea[]")
+            .column(e.iter().map(|r| r.hash.to_vec()), "bytea[]");
         c
     }
 
@@ -677,10 +647,10 @@ impl WriteSet {
             return;
         }
         c.call("ledger_write_outbox")
-            .arg(o.iter().map(|r| r.0).collect::<Vec<_>>(), "bigint[]")
-            .arg(o.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(), "text[]")
-            .arg(o.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(), "text[]")
-            .arg(o.iter().map(|r| r.3.as_str()).collect::<Vec<_>>(), "text[]");
+            .column(o.iter().map(|r| r.0), "bigint[]")
+            .column(o.iter().map(|r| r.1.as_str()), "text[]")
+            .column(o.iter().map(|r| r.2.as_str()), "text[]")
+            .column(o.iter().map(|r| r.3.as_str()), "text[]");
     }
 
     /// Every projection write of the set, in the order they must apply.
@@ -707,37 +677,14 @@ impl WriteSet {
         if !self.decisions.is_empty() {
             let d = &self.decisions;
             c.call("ledger_write_decisions")
-                .arg(
-                    d.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    d.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    d.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(d.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]")
-                .arg(
-                    d.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>(),
-                    "bytea[]",
-                )
-                .arg(
-                    d.iter()
-                        .map(|r| r.decision_hash.clone())
-                        .collect::<Vec<_>>(),
-                    "bytea[]",
-                )
-                .arg(
-                    d.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    d.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                );
+                .column(d.iter().map(|r| r.intent_id.as_str()), "text[]")
+                .column(d.iter().map(|r| r.agent_id.as_str()), "text[]")
+                .column(d.iter().map(|r| r.entity_id.as_str()), "text[]")
+                .column(d.iter().map(|r| r.seq), "bigint[]")
+                .column(d.iter().map(|r| r.fingerprint.clone()), "bytea[]")
+                .column(d.iter().map(|r| r.decision_hash.clone()), "bytea[]")
+                .column(d.iter().map(|r| r.effect.as_str()), "text[]")
+                .column(d.iter().map(|r| r.message.as_str()), "text[]");
         }
         // Increases are upserts; decreases (outcomes) touch rows that exist, and go
         // through UPDATE because an INSERT's CHECK constraints see the negative delta.
@@ -751,162 +698,59 @@ impl WriteSet {
                 continue;
             }
             c.call(function)
-                .arg(
-                    rows.iter()
-                        .map(|(k, _)| k.agent_id.as_str())
-                        .collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    rows.iter()
-                        .map(|(k, _)| k.kind.as_str())
-                        .collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    rows.iter().map(|(k, _)| k.tz.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    rows.iter()
-                        .map(|(k, _)| k.currency.as_str())
-                        .collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    rows.iter().map(|(k, _)| k.start).collect::<Vec<_>>(),
-                    "date[]",
-                )
-                .arg(
-                    rows.iter().map(|(_, v)| v.0).collect::<Vec<_>>(),
-                    "numeric[]",
-                )
-                .arg(
-                    rows.iter().map(|(_, v)| v.1).collect::<Vec<_>>(),
-                    "numeric[]",
-                )
-                .arg(
-                    rows.iter().map(|(_, v)| v.2).collect::<Vec<_>>(),
-                    "bigint[]",
-                );
+                .column(rows.iter().map(|(k, _)| k.agent_id.as_str()), "text[]")
+                .column(rows.iter().map(|(k, _)| k.kind.as_str()), "text[]")
+                .column(rows.iter().map(|(k, _)| k.tz.as_str()), "text[]")
+                .column(rows.iter().map(|(k, _)| k.currency.as_str()), "text[]")
+                .column(rows.iter().map(|(k, _)| k.start), "date[]")
+                .column(rows.iter().map(|(_, v)| v.0), "numeric[]")
+                .column(rows.iter().map(|(_, v)| v.1), "numeric[]")
+                .column(rows.iter().map(|(_, v)| v.2), "bigint[]");
         }
         if !self.pending_insert.is_empty() {
             let p = &self.pending_insert;
             c.call("ledger_open_pending")
-                .arg(
-                    p.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    p.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    p.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    p.iter().map(|r| r.effect.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    p.iter().map(|r| r.approvals_required).collect::<Vec<_>>(),
-                    "int[]",
-                )
-                .arg(p.iter().map(|r| r.amount).collect::<Vec<_>>(), "numeric[]")
-                .arg(
-                    p.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    p.iter().map(|r| r.tz.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(p.iter().map(|r| r.day).collect::<Vec<_>>(), "date[]")
-                .arg(p.iter().map(|r| r.month).collect::<Vec<_>>(), "date[]")
-                .arg(
-                    p.iter().map(|r| r.decided_seq).collect::<Vec<_>>(),
-                    "bigint[]",
-                )
-                .arg(
-                    p.iter().map(|r| r.expires_at).collect::<Vec<_>>(),
-                    "timestamptz[]",
-                )
-                .arg(
-                    p.iter()
-                        .map(|r| r.authorization_ttl_secs)
-                        .collect::<Vec<_>>(),
-                    "bigint[]",
-                )
-                .arg(p.iter().map(|r| r.fx_rate).collect::<Vec<_>>(), "numeric[]")
-                .arg(
-                    p.iter().map(|r| r.intent_amount).collect::<Vec<_>>(),
-                    "numeric[]",
-                )
-                .arg(
-                    p.iter()
-                        .map(|r| r.intent_currency.as_deref())
-                        .collect::<Vec<_>>(),
-                    "text[]",
-                );
+                .column(p.iter().map(|r| r.intent_id.as_str()), "text[]")
+                .column(p.iter().map(|r| r.agent_id.as_str()), "text[]")
+                .column(p.iter().map(|r| r.entity_id.as_str()), "text[]")
+                .column(p.iter().map(|r| r.effect.as_str()), "text[]")
+                .column(p.iter().map(|r| r.approvals_required), "int[]")
+                .column(p.iter().map(|r| r.amount), "numeric[]")
+                .column(p.iter().map(|r| r.currency.as_str()), "text[]")
+                .column(p.iter().map(|r| r.tz.as_str()), "text[]")
+                .column(p.iter().map(|r| r.day), "date[]")
+                .column(p.iter().map(|r| r.month), "date[]")
+                .column(p.iter().map(|r| r.decided_seq), "bigint[]")
+                .column(p.iter().map(|r| r.expires_at), "timestamptz[]")
+                .column(p.iter().map(|r| r.authorization_ttl_secs), "bigint[]")
+                .column(p.iter().map(|r| r.fx_rate), "numeric[]")
+                .column(p.iter().map(|r| r.intent_amount), "numeric[]")
+                .column(p.iter().map(|r| r.intent_currency.as_deref()), "text[]");
         }
         if !self.pending_delete.is_empty() {
             let d = &self.pending_delete;
             c.call("ledger_close_pending")
-                .arg(
-                    d.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    d.iter().map(|(_, seq)| *seq).collect::<Vec<_>>(),
-                    "bigint[]",
-                );
+                .column(d.iter().map(|(id, _)| id.as_str()), "text[]")
+                .column(d.iter().map(|(_, seq)| *seq), "bigint[]");
         }
         if !self.votes.is_empty() {
             let v = &self.votes;
             c.call("ledger_write_votes")
-                .arg(
-                    v.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    v.iter().map(|r| r.approver_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    v.iter().map(|r| r.vote.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    v.iter().map(|r| r.signed_at).collect::<Vec<_>>(),
-                    "timestamptz[]",
-                )
-                .arg(v.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]");
+                .column(v.iter().map(|r| r.intent_id.as_str()), "text[]")
+                .column(v.iter().map(|r| r.approver_id.as_str()), "text[]")
+                .column(v.iter().map(|r| r.vote.as_str()), "text[]")
+                .column(v.iter().map(|r| r.signed_at), "timestamptz[]")
+                .column(v.iter().map(|r| r.seq), "bigint[]");
         }
         if !self.outcomes.is_empty() {
             let o = &self.outcomes;
             c.call("ledger_write_outcomes")
-                .arg(
-                    o.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    o.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    o.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    o.iter().map(|r| r.closed_at).collect::<Vec<_>>(),
-                    "timestamptz[]",
-                )
-                .arg(o.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]")
-                .arg(
-                    o.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                );
+                .column(o.iter().map(|r| r.intent_id.as_str()), "text[]")
+                .column(o.iter().map(|r| r.agent_id.as_str()), "text[]")
+                .column(o.iter().map(|r| r.outcome.as_str()), "text[]")
+                .column(o.iter().map(|r| r.closed_at), "timestamptz[]")
+                .column(o.iter().map(|r| r.seq), "bigint[]")
+                .column(o.iter().map(|r| r.message.as_str()), "text[]");
         }
         for k in &self.kills {
             c.call("ledger_set_kill_switch")
@@ -937,121 +781,46 @@ impl WriteSet {
         if !self.authorizations.is_empty() {
             let a: Vec<&AuthorizationRow> = self.authorizations.values().collect();
             c.call("ledger_write_authorizations")
-                .arg(
-                    a.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.state.authorized).collect::<Vec<_>>(),
-                    "numeric[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.state.captured).collect::<Vec<_>>(),
-                    "numeric[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.state.voided).collect::<Vec<_>>(),
-                    "numeric[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.state.refunded).collect::<Vec<_>>(),
-                    "numeric[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.state.restored).collect::<Vec<_>>(),
-                    "numeric[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.state.expired_amount).collect::<Vec<_>>(),
-                    "numeric[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.state.is_final).collect::<Vec<_>>(),
-                    "bool[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.state.expired).collect::<Vec<_>>(),
-                    "bool[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.state.expires_at).collect::<Vec<_>>(),
-                    "timestamptz[]",
-                )
-                .arg(
-                    a.iter()
-                        .map(|r| r.state.currency.as_str())
-                        .collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.state.tz.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(a.iter().map(|r| r.state.day).collect::<Vec<_>>(), "date[]")
-                .arg(
-                    a.iter().map(|r| r.state.month).collect::<Vec<_>>(),
-                    "date[]",
-                )
-                .arg(a.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]")
-                .arg(
-                    a.iter().map(|r| r.state.fx_rate).collect::<Vec<_>>(),
-                    "numeric[]",
-                )
-                .arg(
-                    a.iter()
-                        .map(|r| r.state.usage_currency.as_deref())
-                        .collect::<Vec<_>>(),
+                .column(a.iter().map(|r| r.intent_id.as_str()), "text[]")
+                .column(a.iter().map(|r| r.agent_id.as_str()), "text[]")
+                .column(a.iter().map(|r| r.entity_id.as_str()), "text[]")
+                .column(a.iter().map(|r| r.state.authorized), "numeric[]")
+                .column(a.iter().map(|r| r.state.captured), "numeric[]")
+                .column(a.iter().map(|r| r.state.voided), "numeric[]")
+                .column(a.iter().map(|r| r.state.refunded), "numeric[]")
+                .column(a.iter().map(|r| r.state.restored), "numeric[]")
+                .column(a.iter().map(|r| r.state.expired_amount), "numeric[]")
+                .column(a.iter().map(|r| r.state.is_final), "bool[]")
+                .column(a.iter().map(|r| r.state.expired), "bool[]")
+                .column(a.iter().map(|r| r.state.expires_at), "timestamptz[]")
+                .column(a.iter().map(|r| r.state.currency.as_str()), "text[]")
+                .column(a.iter().map(|r| r.state.tz.as_str()), "text[]")
+                .column(a.iter().map(|r| r.state.day), "date[]")
+                .column(a.iter().map(|r| r.state.month), "date[]")
+                .column(a.iter().map(|r| r.seq), "bigint[]")
+                .column(a.iter().map(|r| r.state.fx_rate), "numeric[]")
+                .column(
+                    a.iter().map(|r| r.state.usage_currency.as_deref()),
                     "text[]",
                 );
         }
         if !self.settlements.is_empty() {
             let st = &self.settlements;
             c.call("ledger_write_settlements")
-                .arg(
-                    st.iter()
-                        .map(|r| r.settlement_id.as_str())
-                        .collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    st.iter().map(|r| r.intent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    st.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    st.iter().map(|r| r.fingerprint.clone()).collect::<Vec<_>>(),
-                    "bytea[]",
-                )
-                .arg(st.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]")
-                .arg(
-                    st.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                );
+                .column(st.iter().map(|r| r.settlement_id.as_str()), "text[]")
+                .column(st.iter().map(|r| r.intent_id.as_str()), "text[]")
+                .column(st.iter().map(|r| r.agent_id.as_str()), "text[]")
+                .column(st.iter().map(|r| r.fingerprint.clone()), "bytea[]")
+                .column(st.iter().map(|r| r.seq), "bigint[]")
+                .column(st.iter().map(|r| r.message.as_str()), "text[]");
         }
         if !self.agent_entities.is_empty() {
             let a = &self.agent_entities;
             // The first binding wins, in the batch as in the table (the fold's rule).
             c.call("ledger_bind_agents")
-                .arg(
-                    a.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    a.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(a.iter().map(|r| r.seq).collect::<Vec<_>>(), "bigint[]");
+                .column(a.iter().map(|r| r.agent_id.as_str()), "text[]")
+                .column(a.iter().map(|r| r.entity_id.as_str()), "text[]")
+                .column(a.iter().map(|r| r.seq), "bigint[]");
         }
         for f in &self.fx_rates {
             c.call("ledger_set_fx_rate")
@@ -1063,55 +832,26 @@ impl WriteSet {
         if !self.records.is_empty() {
             let r = &self.records;
             c.call("ledger_write_spend_records")
-                .arg(
-                    r.iter().map(|x| x.intent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    r.iter().map(|x| x.agent_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    r.iter().map(|x| x.entity_id.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    r.iter().map(|x| x.accepted_at).collect::<Vec<_>>(),
-                    "timestamptz[]",
-                )
-                .arg(
-                    r.iter().map(|x| x.category.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    r.iter()
-                        .map(|x| x.beneficiary_id.as_str())
-                        .collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    r.iter().map(|x| x.country.as_deref()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    r.iter().map(|x| x.purpose.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(
-                    r.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>(),
-                    "text[]",
-                )
-                .arg(r.iter().map(|x| x.amount).collect::<Vec<_>>(), "numeric[]")
-                .arg(r.iter().map(|x| x.counts).collect::<Vec<_>>(), "bool[]")
-                .arg(r.iter().map(|x| x.seq).collect::<Vec<_>>(), "bigint[]");
+                .column(r.iter().map(|x| x.intent_id.as_str()), "text[]")
+                .column(r.iter().map(|x| x.agent_id.as_str()), "text[]")
+                .column(r.iter().map(|x| x.entity_id.as_str()), "text[]")
+                .column(r.iter().map(|x| x.accepted_at), "timestamptz[]")
+                .column(r.iter().map(|x| x.category.as_str()), "text[]")
+                .column(r.iter().map(|x| x.beneficiary_id.as_str()), "text[]")
+                .column(r.iter().map(|x| x.country.as_deref()), "text[]")
+                .column(r.iter().map(|x| x.purpose.as_str()), "text[]")
+                .column(r.iter().map(|x| x.currency.as_str()), "text[]")
+                .column(r.iter().map(|x| x.amount), "numeric[]")
+                .column(r.iter().map(|x| x.counts), "bool[]")
+                .column(r.iter().map(|x| x.seq), "bigint[]");
         }
         if !self.record_holds.is_empty() {
             let h = &self.record_holds;
             c.call("ledger_hold_spend_records")
-                .arg(h.keys().map(String::as_str).collect::<Vec<_>>(), "text[]")
-                .arg(h.values().map(|v| v.0).collect::<Vec<_>>(), "numeric[]")
-                .arg(h.values().map(|v| v.1).collect::<Vec<_>>(), "bool[]")
-                .arg(h.values().map(|v| v.2).collect::<Vec<_>>(), "bigint[]");
+                .column(h.keys().map(String::as_str), "text[]")
+                .column(h.values().map(|v| v.0), "numeric[]")
+                .column(h.values().map(|v| v.1), "bool[]")
+                .column(h.values().map(|v| v.2), "bigint[]");
         }
     }
 
@@ -1218,6 +958,18 @@ impl Calls {
             self.encode_error.get_or_insert(e);
         }
         self
+    }
+
+    /// Adds one column of a batch as an array argument (`unnest`ed by the function).
+    fn column<'q, T>(
+        &mut self,
+        values: impl Iterator<Item = T>,
+        sql_type: &'static str,
+    ) -> &mut Self
+    where
+        Vec<T>: sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        self.arg(values.collect::<Vec<T>>(), sql_type)
     }
 
     fn close(&mut self) {
