@@ -851,6 +851,8 @@ async fn replay_names_every_live_row_that_differs_from_the_events() {
     let mut su = db.superuser().await;
     for sql in [
         "UPDATE decision SET effect = 'DENY' WHERE intent_id = 't-a1'",
+        // Only the message: replay's scan compares PostgreSQL's digest of the row.
+        "UPDATE decision SET message = ' ' || message WHERE intent_id = 't-h1'",
         "DELETE FROM decision WHERE intent_id = 't-a2'",
         "INSERT INTO decision SELECT 't-ghost', agent_id, entity_id, seq, fingerprint, decision_hash, effect, message FROM decision WHERE intent_id = 't-a1'",
         "UPDATE usage_window SET committed = committed + 1 WHERE agent_id = 'tamper-ag' AND kind = 'D'",
@@ -862,11 +864,15 @@ async fn replay_names_every_live_row_that_differs_from_the_events() {
     assert!(!report.ok());
     assert_eq!(report.decision_mismatch_count, 0, "{report:#?}");
     assert!(report.chain_problems.is_empty(), "{report:#?}");
-    assert_eq!(report.projection_difference_count, 5, "{report:#?}");
+    assert_eq!(report.projection_difference_count, 6, "{report:#?}");
     let diffs = &report.projection_differences;
     let has = |needle: &str| diffs.iter().any(|d| d.contains(needle));
     assert!(
         has("decision \"t-a1\": effect: rebuilt ALLOW, live DENY"),
+        "{diffs:#?}"
+    );
+    assert!(
+        has("decision \"t-h1\": message: rebuilt {") && has(", live  {"),
         "{diffs:#?}"
     );
     assert!(
