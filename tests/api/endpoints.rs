@@ -62,7 +62,7 @@ async fn every_endpoint_every_role_against_the_real_ledger() {
     if !harness::require_broker() {
         return;
     }
-    let Some((_url, ledger)) = fresh_ledger().await else {
+    let Some((_db, ledger)) = fresh_ledger().await else {
         return;
     };
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));

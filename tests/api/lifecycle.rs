@@ -61,9 +61,10 @@ fn totals(v: &Value) -> Value {
 
 #[tokio::test]
 async fn decisions_show_the_authorization_and_usage_follows_the_money() {
-    let Some((url, ledger)) = fresh_ledger().await else {
+    let Some((db, ledger)) = fresh_ledger().await else {
         return;
     };
+    let url = db.url.clone();
     // `ops-p` (refunds: ignore by default), and a later version that restores refunds.
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);

@@ -40,11 +40,11 @@ pub fn origin() -> Origin {
 }
 
 /// A fresh database and a ledger connected to it (migrated, instance `ops-test`), or
-/// None to skip.
-pub async fn fresh_ledger() -> Option<(String, Ledger)> {
+/// None to skip. The database is dropped with the [`super::db::TestDb`].
+pub async fn fresh_ledger() -> Option<(super::db::TestDb, Ledger)> {
     let db = super::db::fresh_db("sg_ops_").await?;
     let ledger = db.ledger_named("ops-test").await;
-    Some((db.url, ledger))
+    Some((db, ledger))
 }
 
 /// Two days ago at 15:00 UTC (12:00 in São Paulo): all scenario decisions fall in one

@@ -24,9 +24,10 @@ fn args(url: &str, candidate: &std::path::Path) -> ImpactArgs {
 
 #[tokio::test]
 async fn tightening_and_loosening_candidates() {
-    let Some((url, ledger)) = fresh_ledger().await else {
+    let Some((db, ledger)) = fresh_ledger().await else {
         return;
     };
+    let url = db.url.clone();
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);
     impact_history(&ledger, &set).await;
@@ -93,9 +94,10 @@ async fn tightening_and_loosening_candidates() {
 
 #[tokio::test]
 async fn run_impact_exits_3_when_loosening() {
-    let Some((url, ledger)) = fresh_ledger().await else {
+    let Some((db, ledger)) = fresh_ledger().await else {
         return;
     };
+    let url = db.url.clone();
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);
     impact_history(&ledger, &set).await;
@@ -124,9 +126,10 @@ async fn run_impact_exits_3_when_loosening() {
 async fn impact_replays_settlements_on_the_candidates_windows() {
     use crate::harness::scenario::{base_time, decide};
     use spendguard::decision::Effect::Allow;
-    let Some((url, ledger)) = fresh_ledger().await else {
+    let Some((db, ledger)) = fresh_ledger().await else {
         return;
     };
+    let url = db.url.clone();
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);
     let t = base_time();
@@ -168,9 +171,10 @@ async fn impact_replays_settlements_on_the_candidates_windows() {
 async fn a_candidate_count_limit_reports_exact_transitions() {
     use crate::harness::scenario::{base_time, decide, intent};
     use spendguard::decision::Effect::Allow;
-    let Some((url, ledger)) = fresh_ledger().await else {
+    let Some((db, ledger)) = fresh_ledger().await else {
         return;
     };
+    let url = db.url.clone();
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);
     let t = base_time();
@@ -247,9 +251,10 @@ async fn a_candidate_count_limit_reports_exact_transitions() {
 #[tokio::test]
 async fn impact_converts_foreign_currency_with_the_recorded_rates() {
     use crate::harness::scenario::{base_time, decide};
-    let Some((url, ledger)) = fresh_ledger().await else {
+    let Some((db, ledger)) = fresh_ledger().await else {
         return;
     };
+    let url = db.url.clone();
     let text = "name: ops-p\nversion: \"1\"\ncurrency: BRL\ntimezone: America/Sao_Paulo\ncaps: { perTxn: \"5000.00\", daily: \"5000.00\", monthly: \"50000.00\" }\nfx: { accept: [USD] }\n";
     let (_dir, path) = policy_dir(text);
     let set = load(&path);

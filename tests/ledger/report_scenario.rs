@@ -123,9 +123,10 @@ fn run_report(url: &str, format: &str, out: &std::path::Path, entity: Option<&st
 
 #[tokio::test]
 async fn report_numbers_match_the_scenario_in_every_format() {
-    let Some((url, ledger)) = fresh_ledger().await else {
+    let Some((db, ledger)) = fresh_ledger().await else {
         return;
     };
+    let url = db.url.clone();
     let (_dir, path) = policy_dir(&lifecycle_policy());
     let set = load(&path);
     report_scenario(&ledger, &set).await;
@@ -304,9 +305,10 @@ async fn report_numbers_match_the_scenario_in_every_format() {
 
 #[tokio::test]
 async fn a_tampered_ledger_gives_exit_1_and_says_so() {
-    let Some((url, ledger)) = fresh_ledger().await else {
+    let Some((db, ledger)) = fresh_ledger().await else {
         return;
     };
+    let url = db.url.clone();
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);
     report_scenario(&ledger, &set).await;
@@ -351,9 +353,10 @@ fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
 /// `chromium` when it is missing.
 #[tokio::test]
 async fn html_report_renders_in_headless_chromium() {
-    let Some((url, ledger)) = fresh_ledger().await else {
+    let Some((db, ledger)) = fresh_ledger().await else {
         return;
     };
+    let url = db.url.clone();
     let (_dir, path) = policy_dir(&policy_text("1.0.0", "500.00", true));
     let set = load(&path);
     report_scenario(&ledger, &set).await;
