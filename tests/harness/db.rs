@@ -80,9 +80,7 @@ pub async fn fresh_db(prefix: &str) -> Option<TestDb> {
     if !super::require_postgres() {
         return None;
     }
-    let url = fresh_database(prefix).await;
-    let name = url.rsplit('/').next().unwrap_or_default().to_string();
-    Some(TestDb { url, name })
+    Some(TestDb::create(prefix).await)
 }
 
 /// A database outlives its test only when the test failed (kept for inspection, its URL
@@ -117,7 +115,23 @@ fn drop_database(name: &str) {
     }
 }
 
+/// A test database reads as its URL wherever a `&str` is wanted.
+impl std::ops::Deref for TestDb {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.url
+    }
+}
+
 impl TestDb {
+    /// A fresh database named `{prefix}…` ([`fresh_database`]); the caller has required
+    /// PostgreSQL already.
+    pub async fn create(prefix: &str) -> TestDb {
+        let url = fresh_database(prefix).await;
+        let name = url.rsplit('/').next().unwrap_or_default().to_string();
+        TestDb { url, name }
+    }
+
     /// URL of this database as another role.
     pub fn url_as(&self, role: &str) -> String {
         let rest = self.url.split_once("://").map(|x| x.1).unwrap_or(&self.url);

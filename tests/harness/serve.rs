@@ -3,7 +3,7 @@
 //! `serve` at them), then `serve` as a process ([`ServeProcess`]) or in this process
 //! ([`InProcess`]); and reading what the service published ([`read_until`]).
 
-use super::db::fresh_database;
+use super::db::TestDb;
 use super::policies::test_policies;
 use super::{brokers, unique};
 use spendguard::bus::Topics;
@@ -73,7 +73,8 @@ pub fn service_env(db: &str, prefix: &str, group: &str, policies: &Path) -> Vec<
 /// caller has required the servers and taken its turn first
 /// ([`super::serial::service_test`]).
 pub struct Rig {
-    pub db: String,
+    /// Dropped with the rig when the test passed ([`TestDb`]).
+    pub db: TestDb,
     pub dir: tempfile::TempDir,
     /// Topic prefix, `…` followed by a dot.
     pub prefix: String,
@@ -99,7 +100,7 @@ impl Rig {
         topic_prefix: &str,
         policies: impl FnOnce(&Path) -> PathBuf,
     ) -> Rig {
-        let db = fresh_database(db_prefix).await;
+        let db = TestDb::create(db_prefix).await;
         let prefix = format!("{}.", unique(topic_prefix));
         let group = unique("g-");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -146,7 +147,7 @@ impl Rig {
     /// with `ServiceArgs { approvers: …, ..rig.service_args(…) }`).
     pub fn service_args(&self, instance: &str) -> ServiceArgs {
         ServiceArgs {
-            database_url: Some(self.db.clone()),
+            database_url: Some(self.db.url.clone()),
             brokers: Some(brokers()),
             policies: Some(self.policies.clone()),
             topic_prefix: Some(self.prefix.clone()),

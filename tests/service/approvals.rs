@@ -85,7 +85,7 @@ async fn approvals_complete_reject_and_refuse_with_audited_reasons() {
         approvers: Some(approvers),
         ..rig.service_args("approvals-test")
     });
-    let (db, topics) = (rig.db.clone(), &rig.topics);
+    let (db, topics) = (rig.db.url.clone(), &rig.topics);
 
     // Large amounts need two approvals; an unknown beneficiary needs one.
     let producer = bus::producer(&brokers).unwrap();

@@ -1094,7 +1094,7 @@ async fn chaos_run(run: ChaosRun) -> Vec<Fault> {
         test_policies(dir, "1", CHAOS_DAILY_CAP, "1h")
     })
     .await;
-    let db = rig.db.clone();
+    let db = rig.db.url.clone();
     let pg_upstream = tokio::net::lookup_host(harness::pg_host_port(&harness::database_url()))
         .await
         .unwrap()
@@ -1126,7 +1126,12 @@ async fn chaos_run(run: ChaosRun) -> Vec<Fault> {
     }
     rig.set_env("SPENDGUARD_BROKERS", &brokers);
     let Rig {
-        dir, env, topics, ..
+        // Bound, not ignored: the database lives as long as the test.
+        db: _db,
+        dir,
+        env,
+        topics,
+        ..
     } = rig;
     let mut instances: Vec<ServeProcess> = (0..3)
         .map(|i| ServeProcess::start(&env, &format!("chaos-{i}"), dir.path(), &[]))

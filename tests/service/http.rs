@@ -78,7 +78,12 @@ async fn the_api_inside_serve_controls_and_observes_the_running_service() {
     };
     let brokers = harness::brokers();
     let Rig {
-        dir, env, topics, ..
+        // Bound, not ignored: the database lives as long as the test.
+        db: _db,
+        dir,
+        env,
+        topics,
+        ..
     } = Rig::new("sg_http_", "http").await;
     let serve = ServeProcess::start_with_api(&env, "http-1", dir.path());
     let addr = serve.api_addr();

@@ -119,7 +119,7 @@ async fn a_flood_of_junk_intents_is_dead_lettered_in_full_and_audited_within_the
 
     // The ledger still verifies and replays, and the report counts every refusal.
     let cli_env = vec![
-        ("DATABASE_URL".to_string(), db.clone()),
+        ("DATABASE_URL".to_string(), db.url.clone()),
         ("SPENDGUARD_KEK".to_string(), harness::db::kek_for(&db)),
     ];
     for args in [&["audit", "verify"][..], &["replay", "--verify"][..]] {

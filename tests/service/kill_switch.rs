@@ -46,7 +46,12 @@ async fn tripping_stops_every_instance() {
     };
     let brokers = harness::brokers();
     let Rig {
-        dir, env, topics, ..
+        // Bound, not ignored: the database lives as long as the test.
+        db: _db,
+        dir,
+        env,
+        topics,
+        ..
     } = Rig::with("sg_kill_", "kill", |_| policies_dir()).await;
 
     let servers: Vec<ServeProcess> = (0..INSTANCES)

@@ -82,7 +82,7 @@ async fn intents_are_decided_once_and_malformed_input_is_dead_lettered() {
     let brokers = harness::brokers();
     let rig = Rig::with("sg_pipeline_", "pipe", |_| policies_dir()).await;
     let service = InProcess::start(rig.service_args("pipeline-test"));
-    let (db, topics) = (rig.db.clone(), &rig.topics);
+    let (db, topics) = (rig.db.url.clone(), &rig.topics);
 
     let intents = example_intents();
     assert!(

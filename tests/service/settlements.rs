@@ -73,7 +73,7 @@ async fn settlements_are_applied_once_and_refusals_are_dead_lettered_with_their_
     let brokers = harness::brokers();
     let rig = Rig::new("sg_settle_", "settle").await;
     let service = InProcess::start(rig.service_args("settle-test"));
-    let (db, topics) = (rig.db.clone(), &rig.topics);
+    let (db, topics) = (rig.db.url.clone(), &rig.topics);
     let producer = bus::producer(&brokers).unwrap();
 
     // Intents of agent-a: two ALLOWed, one waiting for approval (beneficiary not

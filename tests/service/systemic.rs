@@ -51,7 +51,7 @@ async fn serve_as_service_role(
     db_prefix: &str,
     name: &str,
     config: &str,
-) -> (String, Topics, ServeProcess, tempfile::TempDir) {
+) -> (harness::db::TestDb, Topics, ServeProcess, tempfile::TempDir) {
     let mut rig = Rig::new(db_prefix, name).await;
     spendguard::ledger::Ledger::connect_with(
         &rig.db,
