@@ -11,8 +11,8 @@
 //!   PostgreSQL or the broker FAILS when `CI=true`; otherwise it skips with a visible
 //!   message (a developer without the services still gets a green run, and is told what
 //!   did not run). Every other "needs a tool" check goes through [`skip_or_fail`] too.
-//! - a fresh ledger database: [`db::fresh_db`] (or [`db::fresh_database`] once the
-//!   servers were required);
+//! - a fresh ledger database: [`db::fresh_db`] (or [`db::TestDb::create`] once the
+//!   servers were required), dropped when its test passes;
 //! - policies: [`policies`] (a directory per test, the standard test policy, the service
 //!   tests' `svc-test`, the repository's `policies/`);
 //! - an intent: [`intent::intent`] and the setters of [`intent::IntentExt`];

@@ -3,7 +3,7 @@
 //! final even with the KEK; rotation; keys stored in clear before the upgrade; the
 //! errors an operator sees without the KEK or with the wrong one.
 
-use crate::harness::db::{TestDb, fresh_database, fresh_db, origin};
+use crate::harness::db::{TestDb, fresh_db, origin};
 use crate::harness::intent::{IntentExt, intent};
 use crate::harness::policies::standard_set;
 use crate::harness::serve::{run, spendguard};
@@ -46,8 +46,8 @@ async fn ledger_with(url: &str, key_wrap: Option<Arc<dyn KeyWrap>>) -> Ledger {
 }
 
 /// A plain SQL dump of `db`, restored into a database of its own: all an attacker with
-/// the dump has. Returns the restored database's URL.
-async fn dump_and_restore(db: &TestDb) -> String {
+/// the dump has. Returns the restored database (dropped with the test, as `db` is).
+async fn dump_and_restore(db: &TestDb) -> TestDb {
     let out = std::process::Command::new("pg_dump")
         .args(["--no-owner", "--no-privileges", &db.url])
         .output()
@@ -57,7 +57,7 @@ async fn dump_and_restore(db: &TestDb) -> String {
         "pg_dump: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let restored = fresh_database("sg_kek_dump_").await;
+    let restored = TestDb::create("sg_kek_dump_").await;
     let mut psql = std::process::Command::new("psql")
         .args(["-q", "-v", "ON_ERROR_STOP=1", &restored])
         .stdin(std::process::Stdio::piped())
