@@ -20,17 +20,7 @@ async fn loadgen_measures_both_phases_and_every_intent_is_decided_once() {
     let Rig { db, dir, env, .. } = Rig::with("sg_loadgen_", "lg", |_| repository_policies()).await;
     let serve = ServeProcess::start(&env, "lg-1", dir.path(), &[]);
 
-    let out = spendguard(&env)
-        .args([
-            "loadgen",
-            "--rate",
-            "40",
-            "--duration",
-            "3",
-            "--agents",
-            "4",
-        ])
-        .args(["--format", "json", "--drain-timeout", "60"])
+    let out = short_loadgen(&env, "40")
         // Heavier on the two-step plans than the default 70,15,10,5, so a short run has
         // every plan.
         .args(["--lifecycle-mix", "40,20,20,20"])
@@ -205,18 +195,8 @@ async fn loadgen_receives_every_decision_as_a_signed_webhook() {
     let serve = ServeProcess::start(&rig.env, "lgwh-1", rig.dir.path(), &[]);
 
     let sink_addr = sink.to_string();
-    let out = spendguard(&rig.env)
-        .args([
-            "loadgen",
-            "--rate",
-            "30",
-            "--duration",
-            "3",
-            "--agents",
-            "4",
-        ])
-        .args(["--no-baseline", "--no-lifecycle", "--format", "json"])
-        .args(["--drain-timeout", "60"])
+    let out = short_loadgen(&rig.env, "30")
+        .args(["--no-baseline", "--no-lifecycle"])
         .args([
             "--webhook-sink",
             &sink_addr,
@@ -307,6 +287,23 @@ async fn loadgen_receives_every_decision_as_a_signed_webhook() {
 
 /// loadgen's `--format json` report; fails the test with loadgen's output and serve's log
 /// when loadgen failed.
+/// `spendguard loadgen` for three seconds at `rate` intents/s over four agents, its
+/// report as JSON, waiting up to 60 s for the last decisions.
+fn short_loadgen(env: &[(String, String)], rate: &str) -> std::process::Command {
+    let mut cmd = spendguard(env);
+    cmd.args([
+        "loadgen",
+        "--rate",
+        rate,
+        "--duration",
+        "3",
+        "--agents",
+        "4",
+    ])
+    .args(["--format", "json", "--drain-timeout", "60"]);
+    cmd
+}
+
 fn json_report(out: &std::process::Output, serve: &ServeProcess) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
