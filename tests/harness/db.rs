@@ -37,7 +37,7 @@ pub fn key_wrap_for(url: &str) -> Arc<dyn KeyWrap> {
 
 /// Creates a fresh, empty database on the server of `DATABASE_URL` and returns its URL.
 /// The caller has required PostgreSQL already (see [`fresh_db`], which does both).
-pub async fn fresh_database(prefix: &str) -> String {
+async fn fresh_database(prefix: &str) -> String {
     let base = super::database_url();
     let name = super::unique(prefix).replace(['-', '.'], "_");
     let mut conn = sqlx::PgConnection::connect(&base)
@@ -85,7 +85,7 @@ pub async fn fresh_db(prefix: &str) -> Option<TestDb> {
 
 /// A database outlives its test only when the test failed (kept for inspection, its URL
 /// printed) or `SPENDGUARD_TEST_KEEP_DB` is set: a full run makes about 180 of them,
-/// about 1 GB, and every run used to leave them all behind.
+/// about 1 GB.
 impl Drop for TestDb {
     fn drop(&mut self) {
         if std::thread::panicking() || std::env::var_os("SPENDGUARD_TEST_KEEP_DB").is_some() {

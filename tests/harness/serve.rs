@@ -187,10 +187,6 @@ impl InProcess {
     }
 }
 
-/// `--demo` when `serve` would read the repository's demo credentials: the example
-/// policies directory (its `approvers.yaml` holds the demo keys) or the example token
-/// file. Without them it refuses to start (SPEC §14); tests of that refusal spawn
-/// `serve` themselves.
 /// A notifications file with one webhook `id` posting `events` (a YAML list's items,
 /// e.g. `decision, outcome`) to `http://{addr}/hook`, signed with the secret in
 /// `secret_env`.
@@ -210,6 +206,10 @@ pub fn free_addr() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], super::tls::free_port()))
 }
 
+/// `--demo` when `serve` would read the repository's demo credentials: the example
+/// policies directory (its `approvers.yaml` holds the demo keys) or the example token
+/// file. Without them it refuses to start (SPEC §14); tests of that refusal spawn
+/// `serve` themselves.
 pub fn demo_flag(env: &[(String, String)], extra: &[&str]) -> Option<&'static str> {
     let examples = [
         super::policies::repository_policies(),

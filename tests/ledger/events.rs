@@ -851,7 +851,8 @@ async fn replay_names_every_live_row_that_differs_from_the_events() {
     let mut su = db.superuser().await;
     for sql in [
         "UPDATE decision SET effect = 'DENY' WHERE intent_id = 't-a1'",
-        // Only the message: replay's scan compares PostgreSQL's digest of the row.
+        // Only the message: replay compares decision rows by digest, and must still name
+        // the one field that differs.
         "UPDATE decision SET message = ' ' || message WHERE intent_id = 't-h1'",
         "DELETE FROM decision WHERE intent_id = 't-a2'",
         "INSERT INTO decision SELECT 't-ghost', agent_id, entity_id, seq, fingerprint, decision_hash, effect, message FROM decision WHERE intent_id = 't-a1'",
