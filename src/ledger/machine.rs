@@ -270,11 +270,7 @@ pub fn delta(
                 terms: c.terms.clone(),
                 approvals: c.votes.clone(),
             };
-            let text = serde_json::to_string(&message).map_err(|source| FoldError::Serialize {
-                seq: r.seq,
-                what: "outcome message",
-                source,
-            })?;
+            let text = message_text(r, "outcome message", &message)?;
             if outcome != Outcome::Approved {
                 out(Change::RecordHolds {
                     intent_id: c.intent_id.clone(),
@@ -503,13 +499,29 @@ fn lifecycle_message(
 /// Flag of a capture recorded after its authorization expired (SPEC §11), stable.
 pub const CAPTURE_AFTER_EXPIRY: &str = "capture_after_expiry";
 
+/// Room for a message's text before serialising it: decision messages are about 700
+/// bytes, and growing a buffer from serde_json's 128 bytes reallocated it three times
+/// per message (replay serialises one per decision and lifecycle event).
+const MESSAGE_TEXT_CAPACITY_BYTES: usize = 1024;
+
+/// The text a decision or outcome message is published and recorded as.
+fn message_text(
+    r: &Recorded,
+    what: &'static str,
+    message: &impl serde::Serialize,
+) -> Result<String, FoldError> {
+    let mut text = Vec::with_capacity(MESSAGE_TEXT_CAPACITY_BYTES);
+    serde_json::to_writer(&mut text, message).map_err(|source| FoldError::Serialize {
+        seq: r.seq,
+        what,
+        source,
+    })?;
+    Ok(String::from_utf8(text).expect("serde_json writes UTF-8"))
+}
+
 /// The text a lifecycle outcome message is published and recorded as.
 fn outcome_text(r: &Recorded, message: &OutcomeMessage) -> Result<String, FoldError> {
-    serde_json::to_string(message).map_err(|source| FoldError::Serialize {
-        seq: r.seq,
-        what: "lifecycle outcome message",
-        source,
-    })
+    message_text(r, "lifecycle outcome message", message)
 }
 
 fn lifecycle_change(r: &Recorded, agent_id: &str, message: OutcomeMessage, text: String) -> Change {
@@ -528,11 +540,7 @@ fn decided_delta(
 ) -> Result<(), FoldError> {
     let intent = &d.intent;
     let message = recorded_decision_message(d, r);
-    let text = serde_json::to_string(&message).map_err(|source| FoldError::Serialize {
-        seq: r.seq,
-        what: "decision message",
-        source,
-    })?;
+    let text = message_text(r, "decision message", &message)?;
     out(Change::Decision {
         row: Box::new(DecisionRow {
             intent_id: intent.intent_id.clone(),
@@ -682,7 +690,16 @@ struct Interner {
     ids: HashMap<u64, u32, std::hash::BuildHasherDefault<PassHasher>>,
     /// Later names with a hash an earlier name has (never seen in practice).
     collided: HashMap<u64, Vec<u32>>,
+    /// Seeded per interner: names are agent ids, chosen by whoever sends intents, and
+    /// `ids` buckets by the hash itself, so it must not be predictable (it was SipHash
+    /// with a fixed key, also three times slower on replay's hot path).
+    seed: foldhash::fast::RandomState,
 }
+
+/// The projections' large maps. Their keys are digests (an intent id's SHA-256) or small
+/// interned numbers, so SipHash's cost buys nothing here; foldhash is seeded per
+/// process, so keys chosen to collide still cannot be aimed at its buckets.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// For keys that are already hashes.
 #[derive(Debug, Default, Clone, Copy)]
@@ -703,11 +720,8 @@ impl std::hash::Hasher for PassHasher {
 }
 
 impl Interner {
-    fn hash(s: &str) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        s.hash(&mut h);
-        h.finish()
+    fn hash(&self, s: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.seed, s)
     }
 
     fn lookup(&self, h: u64, s: &str) -> Option<u32> {
@@ -723,7 +737,7 @@ impl Interner {
     }
 
     fn intern(&mut self, s: &str) -> u32 {
-        self.intern_hashed(Self::hash(s), s)
+        self.intern_hashed(self.hash(s), s)
     }
 
     fn intern_hashed(&mut self, h: u64, s: &str) -> u32 {
@@ -746,7 +760,7 @@ impl Interner {
     }
 
     fn get(&self, s: &str) -> Option<u32> {
-        self.lookup(Self::hash(s), s)
+        self.lookup(self.hash(s), s)
     }
 
     fn name(&self, id: u32) -> &str {
@@ -772,9 +786,9 @@ pub struct Windows {
     names: Interner,
     /// Both amounts packed into 8 bytes each (exactly: see [`Packed`]); 200,000
     /// windows with two `Decimal`s were 13.9 MB of replay's peak.
-    amounts: HashMap<WindowKey, [Packed; 2]>,
+    amounts: FastMap<WindowKey, [Packed; 2]>,
     /// Windows whose amounts do not pack (a mantissa beyond 2^58: never in practice).
-    wide: HashMap<WindowKey, (Decimal, Decimal)>,
+    wide: FastMap<WindowKey, (Decimal, Decimal)>,
 }
 
 impl Windows {
@@ -789,12 +803,23 @@ impl Windows {
     }
 
     fn existing_key(&self, k: &UsageKey) -> Option<WindowKey> {
+        self.existing_key_of(&k.agent_id, &k.kind, &k.tz, &k.currency, k.start)
+    }
+
+    fn existing_key_of(
+        &self,
+        agent_id: &str,
+        kind: &str,
+        tz: &str,
+        currency: &str,
+        start: NaiveDate,
+    ) -> Option<WindowKey> {
         Some(WindowKey {
-            agent: self.names.get(&k.agent_id)?,
-            tz: self.names.get(&k.tz)?,
-            currency: self.names.get(&k.currency)?,
-            day_window: k.kind == usage::DAY,
-            start: k.start,
+            agent: self.names.get(agent_id)?,
+            tz: self.names.get(tz)?,
+            currency: self.names.get(currency)?,
+            day_window: kind == usage::DAY,
+            start,
         })
     }
 
@@ -861,7 +886,20 @@ impl Windows {
 
     /// Removes and returns a window (replay compares live rows one by one).
     pub fn take(&mut self, k: &UsageKey) -> Option<(Decimal, Decimal)> {
-        let key = self.existing_key(k)?;
+        self.take_of(&k.agent_id, &k.kind, &k.tz, &k.currency, k.start)
+    }
+
+    /// [`Windows::take`] of a key given as borrowed columns (replay compares every live
+    /// window without building a key for it).
+    pub fn take_of(
+        &mut self,
+        agent_id: &str,
+        kind: &str,
+        tz: &str,
+        currency: &str,
+        start: NaiveDate,
+    ) -> Option<(Decimal, Decimal)> {
+        let key = self.existing_key_of(agent_id, kind, tz, currency, start)?;
         match self.amounts.remove(&key) {
             Some([c, r]) => Some((c.get(), r.get())),
             None => self.wide.remove(&key),
@@ -870,8 +908,8 @@ impl Windows {
 
     /// Frees the amounts, keeping the names (replay, once the windows are compared).
     pub fn drop_amounts(&mut self) {
-        self.amounts = HashMap::new();
-        self.wide = HashMap::new();
+        self.amounts = FastMap::default();
+        self.wide = FastMap::default();
     }
 
     /// Every window, in no particular order.
@@ -1085,7 +1123,7 @@ impl AppliedSettlement {
 pub struct Pendings {
     names: Interner,
     ids: IdArena,
-    rows: HashMap<IntentKey, Pending>,
+    rows: FastMap<IntentKey, Pending>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1255,7 +1293,7 @@ pub struct Projections {
     pub windows: Windows,
     /// intent → (seq of its decision event, digest of its `decision` row)
     /// (keyed by [`intent_key`]: 16 bytes instead of a heap string per decision)
-    pub decisions: HashMap<IntentKey, (i64, Digest)>,
+    pub decisions: FastMap<IntentKey, (i64, Digest)>,
     pub pending: Pendings,
     /// intent waiting for approval → its `decisionHash` (the outcome closing it repeats
     /// it); kept apart from `pending`, whose rows mirror the `pending_approval` table.
@@ -1269,7 +1307,7 @@ pub struct Projections {
     /// (kind, version) → registry / bindings version
     pub configs: BTreeMap<(String, i64), ConfigRow>,
     /// intent → its authorization (SPEC §11), by [`intent_key`]
-    authorizations: HashMap<IntentKey, Authorization>,
+    authorizations: FastMap<IntentKey, Authorization>,
     /// The intent ids of `authorizations` (none kept after
     /// [`Projections::forget_authorization_ids`]).
     intent_ids: IdArena,
@@ -1277,19 +1315,19 @@ pub struct Projections {
     /// settlementId → the settlement applied under it, keyed by [`intent_key`] of the
     /// settlementId (16 bytes instead of a heap string: 50,000 keys of ~73 bytes in a
     /// `BTreeMap` were 12 MB of replay's peak)
-    pub settlements: HashMap<IntentKey, AppliedSettlement>,
+    pub settlements: FastMap<IntentKey, AppliedSettlement>,
     /// `USD/BRL` → the latest rate (SPEC §12.3)
     pub fx_rates: BTreeMap<String, FxRateRow>,
     /// agent → (the entity it was first decided under, seq of that decision) (SPEC §14),
     /// by interned name
-    agent_entities: HashMap<u32, (u32, i64)>,
+    agent_entities: FastMap<u32, (u32, i64)>,
     /// intent → what it holds against limits (SPEC §12)
-    records: HashMap<IntentKey, Record>,
+    records: FastMap<IntentKey, Record>,
     /// agent → its records in time order with running totals (a window's sum is two
     /// prefix sums, not a scan of the agent's history)
-    agent_records: HashMap<u32, Timeline>,
+    agent_records: FastMap<u32, Timeline>,
     /// entity → the same, over every agent of the entity
-    entity_records: HashMap<u32, Timeline>,
+    entity_records: FastMap<u32, Timeline>,
     /// Category, beneficiary, country and currency of the records, shared by their
     /// timeline entries (a few distinct combinations across many records).
     /// (By a hash of the texts: a record finds its attributes without allocating.)
@@ -1740,14 +1778,14 @@ impl Projections {
 
     /// Frees the limits' timelines (replay compares the records, not them).
     pub fn drop_timelines(&mut self) {
-        self.agent_records = HashMap::new();
-        self.entity_records = HashMap::new();
+        self.agent_records = FastMap::default();
+        self.entity_records = FastMap::default();
         self.attributes = HashMap::new();
     }
 
     /// Frees the spend records (replay, once compared).
     pub fn drop_records(&mut self) {
-        self.records = HashMap::new();
+        self.records = FastMap::default();
     }
 
     /// The seq of the last event of every spend record not taken yet (replay names

@@ -179,7 +179,7 @@ impl Ledger {
         };
         // `xid >= $1` lets the xid index narrow the scan; the row comparison is the order.
         let sql = format!(
-            "SELECT xid::text::bigint AS xid_n, {EVENT_COLUMNS} FROM ledger_event
+            "SELECT {EVENT_COLUMNS}, xid::text::bigint AS xid_n FROM ledger_event
              WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
                AND xid >= $1::text::xid8
                AND (xid, seq) > ($1::text::xid8, $2)

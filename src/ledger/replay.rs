@@ -17,8 +17,8 @@ use super::events::{self, EventError, LedgerEvent, kind};
 use super::machine::{self, Projections, Recorded};
 use super::settle::{AUTHORIZATION_COLUMNS, SETTLEMENT_COLUMNS, SPEND_RECORD_COLUMNS};
 use super::store::{
-    AgentEntityRow, AuthorizationRow, ConfigRow, DecisionRow, FxRateRow, KillRow, OutcomeRow,
-    PendingRow, PolicyRow, SettlementRow, SpendRecordRow, VoteRow,
+    AgentEntityRow, AuthorizationRow, ConfigRow, DECISION_COLUMNS, DecisionColumns, DecisionRow,
+    FxRateRow, KillRow, OutcomeRow, PendingRow, PolicyRow, SettlementRow, SpendRecordRow, VoteRow,
 };
 use super::usage::{self, UsageKey};
 use super::votes::{OUTCOME_COLUMNS, PENDING_COLUMNS, VOTE_COLUMNS};
@@ -38,30 +38,34 @@ pub const MAX_LISTED: usize = 50;
 const VERIFY_BATCH_EVENTS: usize = 256;
 const VERIFY_QUEUE_BATCHES: usize = 4;
 
+/// Reads an event from a row whose first columns are [`EVENT_COLUMNS`], in that order.
+/// By position: replay decodes every event of the ledger, and looking each column up
+/// by name was a measurable share of it (docs/benchmarks.md, "Replay, issue 15 round 5").
 pub(crate) fn row_to_event(r: &sqlx::postgres::PgRow) -> Result<EventRow, LedgerError> {
-    let hash = |name: &str| -> Result<chain::Hash, LedgerError> {
-        let v: Vec<u8> = r.try_get(name)?;
-        let mut h = chain::GENESIS;
-        if v.len() == h.len() {
-            h.copy_from_slice(&v);
-        } else {
-            // A wrong-length hash cannot match anything; keep it visibly wrong.
-            h = [0xff; chain::HASH_BYTES];
-        }
-        Ok(h)
+    debug_assert!(
+        EVENT_COLUMNS
+            .split(", ")
+            .zip(r.columns())
+            .all(|(name, c)| sqlx::Column::name(c) == name),
+        "row_to_event needs EVENT_COLUMNS first, in order"
+    );
+    let hash = |at: usize| -> Result<chain::Hash, LedgerError> {
+        let v: &[u8] = r.try_get(at)?;
+        // A wrong-length hash cannot match anything; keep it visibly wrong.
+        Ok(chain::Hash::try_from(v).unwrap_or([0xff; chain::HASH_BYTES]))
     };
     Ok(EventRow {
-        seq: r.try_get("seq")?,
-        chain_id: r.try_get("chain_id")?,
-        chain_pos: r.try_get("chain_pos")?,
-        event_type: r.try_get("event_type")?,
-        recorded_at: r.try_get("recorded_at")?,
-        actor: r.try_get("actor")?,
-        resource: r.try_get("resource")?,
-        origin: r.try_get("origin")?,
-        payload: r.try_get("payload")?,
-        prev_hash: hash("prev_hash")?,
-        hash: hash("hash")?,
+        seq: r.try_get(0)?,
+        chain_id: r.try_get(1)?,
+        chain_pos: r.try_get(2)?,
+        event_type: r.try_get(3)?,
+        recorded_at: r.try_get(4)?,
+        actor: r.try_get(5)?,
+        resource: r.try_get(6)?,
+        origin: r.try_get(7)?,
+        payload: r.try_get(8)?,
+        prev_hash: hash(9)?,
+        hash: hash(10)?,
     })
 }
 
@@ -160,7 +164,7 @@ pub async fn events_after(
     limit: i64,
 ) -> Result<Vec<(Cursor, EventRow)>, LedgerError> {
     let sql = format!(
-        "SELECT xid::text::bigint AS xid_n, {EVENT_COLUMNS} FROM ledger_event
+        "SELECT {EVENT_COLUMNS}, xid::text::bigint AS xid_n FROM ledger_event
          WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
            AND (xid::text::bigint, seq) > ($1, $2)
          ORDER BY xid, seq LIMIT $3"
@@ -605,9 +609,9 @@ fn reverify(
     keys: &HashMap<uuid::Uuid, Option<privacy::SubjectKey>>,
     at: &dyn Fn(&str) -> String,
 ) {
-    let mut intent = d.intent.clone();
-    // Restore the personal data when its key still exists (a Rego module may read
-    // it); after erasure the masked account is used.
+    // Copied only to restore the personal data, when its key still exists (a Rego
+    // module may read it); after erasure the masked account is used.
+    let mut intent = std::borrow::Cow::Borrowed(&d.intent);
     if let Some(sealed) = &d.personal {
         match keys.get(&sealed.key_id).map(|k| {
             k.as_ref()
@@ -622,7 +626,7 @@ fn reverify(
                             .map(str::to_string)
                     })
                 {
-                    intent.beneficiary.account = Some(a);
+                    intent.to_mut().beneficiary.account = Some(a);
                 }
             }
             Some(Some(Err(err))) => {
@@ -729,19 +733,19 @@ async fn compare_live(
     // Rows that differ from their event, explained field by field once the scan is done.
     let mut changed: Vec<DecisionRow> = Vec::new();
     {
-        let mut rows = sqlx::query_as::<_, DecisionRow>(
-            "SELECT intent_id, agent_id, entity_id, seq, fingerprint, decision_hash, effect, message FROM decision",
-        )
-        .fetch(&mut *conn);
-        while let Some(live) = rows.try_next().await? {
-            match decisions.remove(&machine::intent_key(&live.intent_id)) {
+        // Borrowed from the row: only a row that differs is copied.
+        let sql = format!("SELECT {DECISION_COLUMNS} FROM decision");
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
+        while let Some(r) = rows.try_next().await? {
+            let live = DecisionColumns::of(&r)?;
+            match decisions.remove(&machine::intent_key(live.intent_id)) {
                 None => report.difference(format!(
                     "decision {:?}: live row (seq {}, {}) has no events behind it",
                     live.intent_id, live.seq, live.effect
                 )),
                 Some((_, digest)) if digest != live.digest() => {
                     if changed.len() < MAX_LISTED {
-                        changed.push(live);
+                        changed.push(live.to_row());
                     } else {
                         report.difference(format!(
                             "decision {:?}: live row differs from its event",
@@ -812,21 +816,26 @@ async fn compare_live(
             "SELECT agent_id, kind, tz, currency, window_start, committed, reserved FROM usage_window",
         )
         .fetch(&mut *conn);
+        // By position, in the order selected (the largest table: two rows per agent).
         while let Some(r) = rows.try_next().await? {
-            let k = usage::key(
-                r.try_get::<&str, _>("agent_id")?,
-                r.try_get::<&str, _>("kind")?,
-                r.try_get::<&str, _>("tz")?,
-                r.try_get::<&str, _>("currency")?,
-                r.try_get("window_start")?,
+            let (agent, kind, tz, currency) = (
+                r.try_get::<&str, _>(0)?,
+                r.try_get::<&str, _>(1)?,
+                r.try_get::<&str, _>(2)?,
+                r.try_get::<&str, _>(3)?,
             );
-            let live: (Decimal, Decimal) = (r.try_get("committed")?, r.try_get("reserved")?);
-            let taken = rebuilt.windows.take(&k).unwrap_or_default();
+            let start = r.try_get(4)?;
+            let live: (Decimal, Decimal) = (r.try_get(5)?, r.try_get(6)?);
+            let taken = rebuilt
+                .windows
+                .take_of(agent, kind, tz, currency, start)
+                .unwrap_or_default();
             let (live, rebuilt) = (
                 (live.0.normalize(), live.1.normalize()),
                 (taken.0.normalize(), taken.1.normalize()),
             );
             if live != rebuilt {
+                let k = usage::key(agent, kind, tz, currency, start);
                 if rebuilt == (Decimal::ZERO, Decimal::ZERO) {
                     report.difference(format!(
                         "usage_window {k:?}: live {live:?} has no events behind it"
@@ -1100,7 +1109,7 @@ async fn record_row_at(
 /// that differs is rebuilt from its event to name what differs.
 async fn compare_settlements(
     conn: &mut sqlx::PgConnection,
-    mut rebuilt: HashMap<machine::IntentKey, machine::AppliedSettlement>,
+    mut rebuilt: machine::FastMap<machine::IntentKey, machine::AppliedSettlement>,
     report: &mut ReplayReport,
 ) -> Result<(), LedgerError> {
     let mut differing: Vec<(SettlementRow, i64)> = Vec::new();

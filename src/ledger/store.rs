@@ -32,16 +32,86 @@ pub struct DecisionRow {
 impl DecisionRow {
     /// A digest of the columns (length-prefixed, so no two rows hash the same bytes).
     pub fn digest(&self) -> Digest {
+        self.columns().digest()
+    }
+
+    pub fn columns(&self) -> DecisionColumns<'_> {
+        DecisionColumns {
+            intent_id: &self.intent_id,
+            agent_id: &self.agent_id,
+            entity_id: &self.entity_id,
+            seq: self.seq,
+            fingerprint: &self.fingerprint,
+            decision_hash: &self.decision_hash,
+            effect: &self.effect,
+            message: &self.message,
+        }
+    }
+}
+
+/// A `decision` row's columns, borrowed (from a live row being compared, without
+/// copying its message). Selected in this order by [`DECISION_COLUMNS`].
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionColumns<'a> {
+    pub intent_id: &'a str,
+    pub agent_id: &'a str,
+    pub entity_id: &'a str,
+    pub seq: i64,
+    pub fingerprint: &'a [u8],
+    pub decision_hash: &'a [u8],
+    pub effect: &'a str,
+    pub message: &'a str,
+}
+
+pub const DECISION_COLUMNS: &str =
+    "intent_id, agent_id, entity_id, seq, fingerprint, decision_hash, effect, message";
+
+impl<'a> DecisionColumns<'a> {
+    /// Reads a row selected with [`DECISION_COLUMNS`] first, by position.
+    pub fn of(r: &'a sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        debug_assert!(
+            DECISION_COLUMNS
+                .split(", ")
+                .zip(r.columns())
+                .all(|(name, c)| sqlx::Column::name(c) == name),
+            "DecisionColumns::of needs DECISION_COLUMNS first, in order"
+        );
+        Ok(DecisionColumns {
+            intent_id: r.try_get(0)?,
+            agent_id: r.try_get(1)?,
+            entity_id: r.try_get(2)?,
+            seq: r.try_get(3)?,
+            fingerprint: r.try_get(4)?,
+            decision_hash: r.try_get(5)?,
+            effect: r.try_get(6)?,
+            message: r.try_get(7)?,
+        })
+    }
+
+    pub fn digest(&self) -> Digest {
         digest_of(&[
             self.intent_id.as_bytes(),
             self.agent_id.as_bytes(),
             self.entity_id.as_bytes(),
             &self.seq.to_be_bytes(),
-            &self.fingerprint,
-            &self.decision_hash,
+            self.fingerprint,
+            self.decision_hash,
             self.effect.as_bytes(),
             self.message.as_bytes(),
         ])
+    }
+
+    pub fn to_row(&self) -> DecisionRow {
+        DecisionRow {
+            intent_id: self.intent_id.to_string(),
+            agent_id: self.agent_id.to_string(),
+            entity_id: self.entity_id.to_string(),
+            seq: self.seq,
+            fingerprint: self.fingerprint.to_vec(),
+            decision_hash: self.decision_hash.to_vec(),
+            effect: self.effect.to_string(),
+            message: self.message.to_string(),
+        }
     }
 }
 
