@@ -43,10 +43,7 @@ const VERIFY_QUEUE_BATCHES: usize = 4;
 /// by name was a measurable share of it (docs/benchmarks.md, "Replay, issue 15 round 5").
 pub(crate) fn row_to_event(r: &sqlx::postgres::PgRow) -> Result<EventRow, LedgerError> {
     debug_assert!(
-        EVENT_COLUMNS
-            .split(", ")
-            .zip(r.columns())
-            .all(|(name, c)| sqlx::Column::name(c) == name),
+        super::store::selected_first(r, EVENT_COLUMNS),
         "row_to_event needs EVENT_COLUMNS first, in order"
     );
     let hash = |at: usize| -> Result<chain::Hash, LedgerError> {

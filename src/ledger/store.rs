@@ -70,10 +70,7 @@ impl<'a> DecisionColumns<'a> {
     /// Reads a row selected with [`DECISION_COLUMNS`] first, by position.
     pub fn of(r: &'a sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
         debug_assert!(
-            DECISION_COLUMNS
-                .split(", ")
-                .zip(r.columns())
-                .all(|(name, c)| sqlx::Column::name(c) == name),
+            selected_first(r, DECISION_COLUMNS),
             "DecisionColumns::of needs DECISION_COLUMNS first, in order"
         );
         Ok(DecisionColumns {
@@ -113,6 +110,16 @@ impl<'a> DecisionColumns<'a> {
             message: self.message.to_string(),
         }
     }
+}
+
+/// Whether `r` starts with the columns of `list` (`"a, b, c"`), in that order: what a
+/// reader by position relies on.
+pub(crate) fn selected_first(r: &sqlx::postgres::PgRow, list: &str) -> bool {
+    let names = list.split(", ");
+    names.clone().count() <= r.columns().len()
+        && names
+            .zip(r.columns())
+            .all(|(name, c)| sqlx::Column::name(c) == name)
 }
 
 /// Digest of a row given as its columns' bytes, length-prefixed.
