@@ -1523,14 +1523,12 @@ impl Projections {
     }
 
     /// Removes and returns an agent's binding row (replay compares live rows one by one).
-    pub fn take_agent_entity(&mut self, agent_id: &str) -> Option<AgentEntityRow> {
+    /// Takes an agent's binding out: (entity id, seq), borrowed from the interned names
+    /// (replay compares one live row per agent without copying either side).
+    pub fn take_agent_entity(&mut self, agent_id: &str) -> Option<(&str, i64)> {
         let agent = self.windows.names.get(agent_id)?;
         let (entity, seq) = self.agent_entities.remove(&agent)?;
-        Some(AgentEntityRow {
-            agent_id: agent_id.to_string(),
-            entity_id: self.windows.names.name(entity).to_string(),
-            seq,
-        })
+        Some((self.windows.names.name(entity), seq))
     }
 
     /// Every binding row not taken yet, in agent order.

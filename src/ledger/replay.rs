@@ -26,7 +26,7 @@ use crate::intent::SpendIntent;
 use crate::policy::CompiledPolicy;
 use crate::privacy;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
@@ -930,7 +930,9 @@ async fn compare_live(
     // The names stay: authorizations and bindings are kept by interned name.
     rebuilt.windows.drop_amounts();
     let sql = format!("SELECT {AUTHORIZATION_COLUMNS} FROM authorization_state");
-    let rows = sqlx::query_as::<_, AuthorizationRow>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch(&mut *conn)
+        .map(|r| r.and_then(|r| AuthorizationRow::by_position(&r)));
     diff_stream(
         "authorization_state",
         rows,
@@ -959,22 +961,45 @@ async fn compare_live(
             .map(|f| (f.pair.clone(), f))
             .collect();
     diff_maps("fx_rate", &fx_rates, &live_fx, report);
-    let rows =
-        sqlx::query_as::<_, AgentEntityRow>("SELECT agent_id, entity_id, seq FROM agent_entity")
-            .fetch(&mut *conn);
-    diff_stream(
-        "agent_entity",
-        rows,
-        |a| a.agent_id.clone(),
-        |k| rebuilt.take_agent_entity(k),
-        report,
-    )
-    .await?;
+    compare_agent_entities(conn, &mut rebuilt, report).await?;
     for a in rebuilt.agent_entity_rows() {
         report.difference(format!(
             "agent_entity {:?}: rebuilt {a:?}, missing in the live table",
             a.agent_id
         ));
+    }
+    Ok(())
+}
+
+/// Compares `agent_entity` (one row per agent) with the rebuilt bindings, reading the
+/// live rows by position and borrowing both sides; rows are built only to show a
+/// difference.
+async fn compare_agent_entities(
+    conn: &mut sqlx::PgConnection,
+    rebuilt: &mut Projections,
+    report: &mut ReplayReport,
+) -> Result<(), LedgerError> {
+    let row = |agent: &str, entity: &str, seq| AgentEntityRow {
+        agent_id: agent.to_string(),
+        entity_id: entity.to_string(),
+        seq,
+    };
+    let mut rows =
+        sqlx::query("SELECT agent_id, entity_id, seq FROM agent_entity").fetch(&mut *conn);
+    while let Some(r) = rows.try_next().await? {
+        let (agent, entity, seq): (&str, &str, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        match rebuilt.take_agent_entity(agent) {
+            None => report.difference(format!(
+                "agent_entity {agent:?}: live {:?} has no events behind it",
+                row(agent, entity, seq)
+            )),
+            Some(again) if again != (entity, seq) => report.difference(format!(
+                "agent_entity {agent:?}: rebuilt {:?}, live {:?}",
+                row(agent, again.0, again.1),
+                row(agent, entity, seq)
+            )),
+            Some(_) => {}
+        }
     }
     Ok(())
 }

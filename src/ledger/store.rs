@@ -190,6 +190,40 @@ pub struct AuthorizationRow {
     pub seq: i64,
 }
 
+impl AuthorizationRow {
+    /// Reads a row selected with `AUTHORIZATION_COLUMNS`, by position (replay compares
+    /// every live row; sqlx's `FromRow` looks each of the 19 columns up by name).
+    pub fn by_position(r: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        debug_assert!(
+            selected_first(r, super::settle::AUTHORIZATION_COLUMNS),
+            "AuthorizationRow::by_position needs AUTHORIZATION_COLUMNS first, in order"
+        );
+        Ok(AuthorizationRow {
+            intent_id: r.try_get(0)?,
+            agent_id: r.try_get(1)?,
+            entity_id: r.try_get(2)?,
+            state: AuthorizationColumns {
+                authorized: r.try_get(3)?,
+                captured: r.try_get(4)?,
+                voided: r.try_get(5)?,
+                refunded: r.try_get(6)?,
+                restored: r.try_get(7)?,
+                expired_amount: r.try_get(8)?,
+                is_final: r.try_get(9)?,
+                expired: r.try_get(10)?,
+                expires_at: r.try_get(11)?,
+                currency: r.try_get(12)?,
+                tz: r.try_get(13)?,
+                day: r.try_get(14)?,
+                month: r.try_get(15)?,
+                fx_rate: r.try_get(17)?,
+                usage_currency: r.try_get(18)?,
+            },
+            seq: r.try_get(16)?,
+        })
+    }
+}
+
 /// `AuthorizationState` as columns (sqlx maps by these names).
 pub type AuthorizationColumns = super::authorization::AuthorizationState;
 
