@@ -1522,7 +1522,6 @@ impl Projections {
         Some((self.windows.names.name(*entity), *seq))
     }
 
-    /// Removes and returns an agent's binding row (replay compares live rows one by one).
     /// Takes an agent's binding out: (entity id, seq), borrowed from the interned names
     /// (replay compares one live row per agent without copying either side).
     pub fn take_agent_entity(&mut self, agent_id: &str) -> Option<(&str, i64)> {

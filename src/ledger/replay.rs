@@ -42,10 +42,7 @@ const VERIFY_QUEUE_BATCHES: usize = 4;
 /// By position: replay decodes every event of the ledger, and looking each column up
 /// by name was a measurable share of it (docs/benchmarks.md, "Replay, issue 15 round 5").
 pub(crate) fn row_to_event(r: &sqlx::postgres::PgRow) -> Result<EventRow, LedgerError> {
-    debug_assert!(
-        super::store::selected_first(r, EVENT_COLUMNS),
-        "row_to_event needs EVENT_COLUMNS first, in order"
-    );
+    super::store::debug_assert_selected_first(r, EVENT_COLUMNS, "row_to_event");
     let hash = |at: usize| -> Result<chain::Hash, LedgerError> {
         let v: &[u8] = r.try_get(at)?;
         // A wrong-length hash cannot match anything; keep it visibly wrong.

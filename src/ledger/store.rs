@@ -69,10 +69,7 @@ pub const DECISION_COLUMNS: &str =
 impl<'a> DecisionColumns<'a> {
     /// Reads a row selected with [`DECISION_COLUMNS`] first, by position.
     pub fn of(r: &'a sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        debug_assert!(
-            selected_first(r, DECISION_COLUMNS),
-            "DecisionColumns::of needs DECISION_COLUMNS first, in order"
-        );
+        debug_assert_selected_first(r, DECISION_COLUMNS, "DecisionColumns::of");
         Ok(DecisionColumns {
             intent_id: r.try_get(0)?,
             agent_id: r.try_get(1)?,
@@ -112,14 +109,19 @@ impl<'a> DecisionColumns<'a> {
     }
 }
 
-/// Whether `r` starts with the columns of `list` (`"a, b, c"`), in that order: what a
-/// reader by position relies on.
-pub(crate) fn selected_first(r: &sqlx::postgres::PgRow, list: &str) -> bool {
-    let names = list.split(", ");
-    names.clone().count() <= r.columns().len()
-        && names
-            .zip(r.columns())
-            .all(|(name, c)| sqlx::Column::name(c) == name)
+/// Asserts (in debug builds) that `r` starts with the columns of `list` (`"a, b, c"`),
+/// in that order: what `reader`, which reads by position, relies on.
+pub(crate) fn debug_assert_selected_first(r: &sqlx::postgres::PgRow, list: &str, reader: &str) {
+    if cfg!(debug_assertions) {
+        let names = list.split(", ");
+        assert!(
+            names.clone().count() <= r.columns().len()
+                && names
+                    .zip(r.columns())
+                    .all(|(name, c)| sqlx::Column::name(c) == name),
+            "{reader} reads by position and needs the columns `{list}` first, in that order"
+        );
+    }
 }
 
 /// Digest of a row given as its columns' bytes, length-prefixed.
@@ -194,9 +196,10 @@ impl AuthorizationRow {
     /// Reads a row selected with `AUTHORIZATION_COLUMNS`, by position (replay compares
     /// every live row; sqlx's `FromRow` looks each of the 19 columns up by name).
     pub fn by_position(r: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        debug_assert!(
-            selected_first(r, super::settle::AUTHORIZATION_COLUMNS),
-            "AuthorizationRow::by_position needs AUTHORIZATION_COLUMNS first, in order"
+        debug_assert_selected_first(
+            r,
+            super::settle::AUTHORIZATION_COLUMNS,
+            "AuthorizationRow::by_position",
         );
         Ok(AuthorizationRow {
             intent_id: r.try_get(0)?,
